@@ -53,10 +53,10 @@ def official_url(name: str, arch: str) -> str:
         if cfg is None:
             tags = sorted(m.partition(".")[2] for m in timm.list_pretrained(f"{arch}.*"))
             raise WeightsError(f"timm has no pretrained weights {full!r}: tags for {arch} are {tags}")
+        if cfg.hf_hub_id:  # timm's own preference: the hub copy over a legacy release URL
+            return f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors"
         if cfg.url:
             return str(cfg.url)
-        if cfg.hf_hub_id:
-            return f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors"
         raise WeightsError(f"timm's pretrained config {full!r} names no download location")
     raise WeightsError(
         f"weights={name!r} is not a file, a URL or an official name "

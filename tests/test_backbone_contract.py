@@ -1,0 +1,184 @@
+"""Every registered backbone keeps the interface's promises, for every option."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchvision.ops import FrozenBatchNorm2d
+
+from backbones import LEVELS, Backbone, BasicBlock, Bottleneck, build_backbone, list_backbones
+from backbones.registry import register_backbone
+
+SMALL = ["resnet18", "resnet50", "resnext50_32x4d", "resnet50d"]
+
+
+def _check_feature_info(backbone: Backbone, height: int, width: int) -> None:
+    backbone.eval()
+    with torch.no_grad():
+        out = backbone(torch.randn(1, 3, height, width))
+    assert list(out) == [info.name for info in backbone.feature_info]
+    for info in backbone.feature_info:
+        _, channels, h, w = out[info.name].shape
+        assert channels == info.channels, info
+        assert abs(h - height / info.stride) < 1 and abs(w - width / info.stride) < 1, (info, h, w)
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_feature_info_is_true_at_odd_sizes(name: str) -> None:
+    backbone = build_backbone(name)
+    assert [info.stride for info in backbone.feature_info] == [2, 4, 8, 16, 32]
+    _check_feature_info(backbone, 53, 67)
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_feature_info_follows_dilation(name: str, output_stride: int) -> None:
+    backbone = build_backbone(name, output_stride=output_stride)
+    strides = [min(s, output_stride) for s in (2, 4, 8, 16, 32)]
+    assert [info.stride for info in backbone.feature_info] == strides
+    _check_feature_info(backbone, 45, 39)
+
+
+@pytest.mark.parametrize("name", ["timm:resnet18", "timm:convnext_atto"])
+@pytest.mark.parametrize("output_stride", [32, 16])
+def test_timm_feature_info_is_true(name: str, output_stride: int) -> None:
+    if "convnext" in name and output_stride != 32:
+        pytest.skip("convnext has no dilation in timm")
+    backbone = build_backbone(name, output_stride=output_stride)
+    assert backbone.feature_info[-1].name == "c5"
+    _check_feature_info(backbone, 64, 96)
+
+
+def test_out_levels_limits_outputs_and_skips_unused_stages() -> None:
+    backbone = build_backbone("resnet18", out_levels=("c3", "c2")).eval()
+    assert backbone.out_levels == ("c2", "c3")
+    calls = []
+    backbone.layer3.register_forward_hook(lambda *_: calls.append("layer3"))
+    out = backbone(torch.randn(1, 3, 64, 64))
+    assert list(out) == ["c2", "c3"] and calls == []
+    with pytest.raises(ValueError, match="c6"):
+        build_backbone("resnet18", out_levels=("c6",))
+
+
+@pytest.mark.parametrize("frozen_stages", [-1, 0, 2, 4])
+def test_frozen_stages_freeze_parameters_and_norm_statistics(frozen_stages: int) -> None:
+    backbone = build_backbone("resnet18", frozen_stages=frozen_stages)
+    backbone.train()
+    parts = [("stem", [backbone.conv1, backbone.bn1])] + [
+        (f"layer{i}", [getattr(backbone, f"layer{i}")]) for i in range(1, 5)
+    ]
+    before = {n: b.clone() for n, b in backbone.named_buffers() if n.endswith("running_mean")}
+    backbone(torch.randn(2, 3, 64, 64) * 3 + 1)
+    after = dict(backbone.named_buffers())
+    for index, (name, modules) in enumerate(parts):
+        frozen = index <= frozen_stages
+        for module in modules:
+            assert all(p.requires_grad != frozen for p in module.parameters()), name
+            assert all(m.training != frozen for m in module.modules()), name
+        prefix = "bn1" if name == "stem" else name
+        for key, value in before.items():
+            if key.startswith(prefix + "."):
+                assert torch.equal(after[key], value) == frozen, key
+
+
+def test_frozen_stages_on_timm_backbone() -> None:
+    backbone = build_backbone("timm:resnet18", frozen_stages=1)
+    frozen = {n.split(".")[1] for n, p in backbone.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "bn1", "layer1"}
+
+
+def test_norm_eval_keeps_running_statistics() -> None:
+    backbone = build_backbone("resnet18", norm_eval=True).train()
+    before = {n: b.clone() for n, b in backbone.named_buffers()}
+    backbone(torch.randn(2, 3, 64, 64) * 3 + 1)
+    assert all(torch.equal(before[n], b) for n, b in backbone.named_buffers())
+    assert all(p.requires_grad for p in backbone.parameters())
+
+
+@pytest.mark.parametrize(
+    "norm,layer", [("bn", torch.nn.BatchNorm2d), ("frozen_bn", FrozenBatchNorm2d), ("sync_bn", torch.nn.SyncBatchNorm),
+                   ("gn", torch.nn.GroupNorm)]
+)
+def test_norm_choices(norm: str, layer: type) -> None:
+    backbone = build_backbone("resnet50d", norm=norm).train()
+    norms = [m for m in backbone.modules() if isinstance(m, layer)]
+    assert len(norms) == 2 + 1 + 3 * 16 + 4  # deep stem 2, bn1, 3 per block, one per downsample
+    out = backbone(torch.randn(2, 3, 64, 64))
+    out["c5"].mean().backward()
+    with pytest.raises(ValueError, match="norm='ln'"):
+        build_backbone("resnet18", norm="ln")
+
+
+def test_in_channels_grayscale_weights_are_summed(tmp_path) -> None:
+    rgb = build_backbone("resnet18").eval()
+    torch.save(rgb.state_dict(), tmp_path / "rgb.pth")
+    gray = build_backbone("resnet18", in_channels=1, weights=tmp_path / "rgb.pth").eval()
+    x = torch.randn(1, 1, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(gray(x)["c5"], rgb(x.expand(-1, 3, -1, -1))["c5"], rtol=1e-4, atol=1e-5)
+
+
+def test_in_channels_four_repeats_and_rescales(tmp_path) -> None:
+    rgb = build_backbone("resnet18")
+    torch.save(rgb.state_dict(), tmp_path / "rgb.pth")
+    rgbd = build_backbone("resnet18", in_channels=4, weights=tmp_path / "rgb.pth")
+    w3, w4 = rgb.conv1.weight.detach(), rgbd.conv1.weight.detach()
+    expected = torch.cat([w3, w3[:, :1]], dim=1) * 3 / 4
+    torch.testing.assert_close(w4, expected)
+
+
+@pytest.mark.parametrize("name,block", [("resnet18", BasicBlock), ("resnet50", Bottleneck)])
+def test_zero_init_residual_makes_blocks_start_as_identity(name: str, block: type) -> None:
+    backbone = build_backbone(name, zero_init_residual=True)
+    blocks = [m for m in backbone.modules() if isinstance(m, block)]
+    assert blocks and all(float(b.last_norm.weight.abs().sum()) == 0 for b in blocks)
+    plain = build_backbone(name)
+    assert all(float(b.last_norm.weight.abs().sum()) > 0 for b in plain.modules() if isinstance(b, block))
+
+
+def test_drop_path_rate_rises_linearly_and_only_acts_in_training() -> None:
+    backbone = build_backbone("resnet18", drop_path_rate=0.3)
+    rates = [m.drop_prob for m in backbone.modules() if type(m).__name__ == "DropPath"]
+    assert len(rates) == 7 and math.isclose(rates[-1], 0.3) and rates == sorted(rates)
+    x = torch.randn(4, 3, 32, 32)
+    backbone.eval()
+    with torch.no_grad():
+        assert torch.equal(backbone(x)["c5"], backbone(x)["c5"])
+        backbone.train()
+        assert not torch.equal(backbone(x)["c5"], backbone(x)["c5"])
+
+
+def test_caffe_style_strides_the_first_1x1() -> None:
+    caffe, pytorch = build_backbone("resnet50", style="caffe"), build_backbone("resnet50")
+    assert caffe.layer2[0].conv1.stride == (2, 2) and caffe.layer2[0].conv2.stride == (1, 1)
+    assert pytorch.layer2[0].conv1.stride == (1, 1) and pytorch.layer2[0].conv2.stride == (2, 2)
+    _check_feature_info(caffe, 47, 51)
+
+
+@pytest.mark.parametrize(
+    "option", [{"output_stride": 4}, {"frozen_stages": 5}, {"style": "tf"}, {"in_channels": 0}, {"drop_path_rate": 1.0}]
+)
+def test_invalid_options_name_the_bad_value(option: dict) -> None:
+    key, value = next(iter(option.items()))
+    with pytest.raises(ValueError, match=f"{key}={value!r}"):
+        build_backbone("resnet18", **option)
+
+
+def test_unknown_name_lists_valid_names() -> None:
+    with pytest.raises(ValueError, match="resnet50d") as error:
+        build_backbone("resnet51")
+    assert "resnet51" in str(error.value)
+
+
+def test_registry_refuses_duplicates() -> None:
+    def resnet18() -> Backbone:  # same name as the registered builder
+        raise AssertionError
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_backbone(resnet18)
+
+
+def test_levels_constant_is_stride_order() -> None:
+    assert LEVELS == ("c1", "c2", "c3", "c4", "c5")
