@@ -49,7 +49,10 @@ def official_url(name: str, arch: str) -> str:
 
         tag = name.partition(":")[2]
         full = f"{arch}.{tag}" if tag else arch
-        cfg = timm.models.get_pretrained_cfg(full)
+        try:
+            cfg = timm.models.get_pretrained_cfg(full)
+        except RuntimeError:  # timm raises for an unknown tag of a known model
+            cfg = None
         if cfg is None:
             tags = sorted(m.partition(".")[2] for m in timm.list_pretrained(f"{arch}.*"))
             raise WeightsError(f"timm has no pretrained weights {full!r}: tags for {arch} are {tags}")
