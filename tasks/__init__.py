@@ -1,0 +1,1 @@
+"""Everything a user runs: data, metrics, the engine and the task command lines."""

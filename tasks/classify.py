@@ -1,0 +1,301 @@
+"""Image classification: ``python -m tasks.classify [train|eval|predict] ...``.
+
+With no ``--data`` it trains on the built-in handwritten digits (scikit-learn's, written
+once as an ImageFolder) with the packaged recipe ``configs/classify/digits.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from backbones import Backbone, build_backbone
+from heads.classification import ClassificationHead, Pool
+from tasks import distributed
+from tasks.checkpoint import check_num_classes, evaluation_weights, load_checkpoint
+from tasks.cli import COMMON_FLAGS, check_backbone_name, common_parser, new_run_dir, resolve_config, run, write_config
+from tasks.config import TrainConfig, to_dict
+from tasks.data.embedded import digits_imagefolder
+from tasks.data.folders import ClassificationDataset, Sample, collate_classification, load_split
+from tasks.data.images import READ_ERRORS, is_image_file, load_rgb
+from tasks.data.transforms import classification_eval, classification_train
+from tasks.engine import Engine, make_loader, resolve_device, seed_everything
+from tasks.errors import UserError
+from tasks.io import write_json
+from tasks.metrics.classification import ClassificationMeter
+from tasks.visualize import confusion_matrix_image, save_png
+
+TASK = "classify"
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"
+    weights: str | None = None
+    pool: Literal["avg", "max", "avgmax"] = "avg"
+    dropout: float = 0.0
+    freeze_backbone: bool = False
+    frozen_stages: int = -1
+    norm: Literal["bn", "frozen_bn", "sync_bn", "gn"] = "bn"
+    drop_path_rate: float = 0.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None
+    format: Literal["auto", "folder", "csv"] = "auto"
+    train_split: str = "train"
+    val_split: str = "val"
+    classes: list[str] | None = None
+    image_size: int = 224
+    crop_pct: float = 0.875
+    scale_min: float = 0.08
+    hflip: float = 0.5
+    color_jitter: float = 0.4
+
+
+@dataclass
+class ClassifyConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: str | None = None
+
+
+class ClassificationModel(nn.Module):
+    """A backbone and a classification head: images (N, 3, H, W) to logits (N, C)."""
+
+    def __init__(self, backbone: Backbone, head: ClassificationHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = self.backbone(images)
+        return self.head(features)
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    *,
+    weights: str | None = None,
+    pool: Pool = "avg",
+    dropout: float = 0.0,
+    freeze_backbone: bool = False,
+    **backbone_options: Any,
+) -> ClassificationModel:
+    """A classifier on any registered backbone; ``backbone_options`` go to :func:`build_backbone`.
+
+    ``freeze_backbone=True`` trains the head alone (a linear probe): the backbone gets
+    ``requires_grad=False`` and stays in eval mode.
+    """
+    if not backbone.startswith("timm:"):
+        backbone_options.setdefault("out_levels", ("c5",))
+    net = build_backbone(backbone, weights=weights, **backbone_options)
+    if freeze_backbone:
+        net.freeze([net])
+    head = ClassificationHead(net.feature_info, num_classes, pool=pool, dropout=dropout)
+    return ClassificationModel(net, head)
+
+
+class ClassifyTask:
+    """The engine's view of classification: cross-entropy in training, the meter in evaluation."""
+
+    name = TASK
+    main_metric = "accuracy"
+
+    def __init__(self, class_names: Sequence[str], *, label_smoothing: float = 0.0) -> None:
+        self.class_names = list(class_names)
+        self.label_smoothing = label_smoothing
+
+    def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        return {**batch, "images": batch["images"].to(device, non_blocking=True),
+                "labels": batch["labels"].to(device, non_blocking=True)}
+
+    def losses(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        logits = model(batch["images"])
+        return {"loss": F.cross_entropy(logits.float(), batch["labels"], label_smoothing=self.label_smoothing)}
+
+    def evaluate(self, model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+        meter = ClassificationMeter(len(self.class_names))
+        for batch in loader:
+            if batch["batch_size"] == 0:
+                continue
+            batch = self.to_device(batch, device)
+            meter.update(model(batch["images"]), batch["labels"])
+        return meter.compute(self.class_names)
+
+
+def _model_args(cfg: ClassifyConfig, num_classes: int) -> dict[str, Any]:
+    m = cfg.model
+    args: dict[str, Any] = dict(backbone=m.backbone, num_classes=num_classes, pool=m.pool, dropout=m.dropout,
+                                freeze_backbone=m.freeze_backbone, norm=m.norm, drop_path_rate=m.drop_path_rate)
+    if m.frozen_stages >= 0:
+        args["frozen_stages"] = m.frozen_stages
+    return args
+
+
+def _data_root(cfg: ClassifyConfig) -> Path:
+    if cfg.data.root is not None:
+        return Path(cfg.data.root)
+    root = digits_imagefolder()
+    if distributed.is_main():
+        print(f"no --data given: using the built-in handwritten digits at {root}")
+    return root
+
+
+def _dataset(cfg: ClassifyConfig, samples: list[Sample], *, train: bool) -> ClassificationDataset:
+    d = cfg.data
+    if train:
+        transform = classification_train(d.image_size, scale_min=d.scale_min, hflip=d.hflip, color_jitter=d.color_jitter)
+    else:
+        transform = classification_eval(d.image_size, crop_pct=d.crop_pct)
+    return ClassificationDataset(samples, transform)
+
+
+def _loader(cfg: ClassifyConfig, dataset: ClassificationDataset, *, train: bool) -> Any:
+    return make_loader(dataset, batch_size=cfg.train.batch_size, train=train, workers=cfg.train.workers,
+                       collate_fn=collate_classification, seed=cfg.train.seed)
+
+
+def _report(metrics: dict[str, Any], class_names: list[str], run_dir: Path) -> None:
+    save_png(confusion_matrix_image(metrics["confusion_matrix"], class_names), run_dir / "confusion_matrix.png")
+    keys = ["accuracy", "top5", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"]
+    print("\n".join(f"  {key:<16} {metrics[key]:.4f}" for key in keys if key in metrics))
+    print(f"metrics, checkpoints and confusion_matrix.png are in {run_dir}")
+
+
+def train(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
+    check_backbone_name(cfg.model.backbone)
+    seed_everything(cfg.train.seed)
+    root = _data_root(cfg)
+    train_samples, class_names = load_split(root, cfg.data.train_split, fmt=cfg.data.format, classes=cfg.data.classes)
+    val_samples, _ = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=class_names)
+    run_dir = new_run_dir(cfg.output, TASK, "train")
+    write_config(run_dir, cfg)
+    model_args = _model_args(cfg, len(class_names))
+    model = build_model(weights=cfg.model.weights, **model_args)
+    print(f"{cfg.model.backbone}: {len(class_names)} classes, {len(train_samples)} train / "
+          f"{len(val_samples)} val images, {cfg.train.epochs} epochs, run folder {run_dir}")
+    meta = dict(task=TASK, model_args=model_args, class_names=class_names,
+                image_size=cfg.data.image_size, crop_pct=cfg.data.crop_pct, config=to_dict(cfg))
+    engine = Engine(model, ClassifyTask(class_names, label_smoothing=cfg.model.label_smoothing), cfg.train, run_dir, meta)
+    metrics = engine.fit(_loader(cfg, _dataset(cfg, train_samples, train=True), train=True),
+                         _loader(cfg, _dataset(cfg, val_samples, train=False), train=False), resume=args.resume)
+    if distributed.is_main():
+        _report(metrics, class_names, run_dir)
+    return 0
+
+
+def _load_model(path: Path) -> tuple[ClassificationModel, dict[str, Any]]:
+    checkpoint = load_checkpoint(path, task=TASK)
+    model_args = dict(checkpoint["model_args"])
+    model = build_model(**model_args)
+    try:
+        model.load_state_dict(evaluation_weights(checkpoint))
+    except RuntimeError as error:
+        raise UserError(f"checkpoint {path} does not fit its own model: {str(error).splitlines()[0]}") from None
+    return model.eval(), checkpoint
+
+
+def _require_checkpoint(args: argparse.Namespace) -> Path:
+    if args.checkpoint is None:
+        raise UserError(f"{args.command} needs --checkpoint FILE (a best.pt or last.pt of a training run)")
+    return Path(args.checkpoint)
+
+
+def evaluate(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
+    path = _require_checkpoint(args)
+    model, checkpoint = _load_model(path)
+    class_names = list(checkpoint["class_names"])
+    root = _data_root(cfg)
+    _, found = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=None)
+    check_num_classes(checkpoint, len(found), path=path)
+    samples, _ = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=class_names)
+    cfg.data.image_size, cfg.data.crop_pct = checkpoint["image_size"], checkpoint["crop_pct"]
+    run_dir = new_run_dir(cfg.output, TASK, "eval")
+    write_config(run_dir, cfg)
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    with torch.inference_mode():
+        metrics = ClassifyTask(class_names).evaluate(model, _loader(cfg, _dataset(cfg, samples, train=False), train=False), device)
+    write_json(run_dir / "metrics.json", metrics)
+    _report(metrics, class_names, run_dir)
+    return 0
+
+
+def _predict_inputs(inputs: Sequence[str]) -> list[Path]:
+    if not inputs:
+        raise UserError("predict needs image files or folders, e.g. predict photo.jpg photos/")
+    paths: list[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise UserError(f"input {path} does not exist")
+    return paths
+
+
+def predict(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
+    path = _require_checkpoint(args)
+    paths = _predict_inputs(args.inputs)
+    model, checkpoint = _load_model(path)
+    class_names = list(checkpoint["class_names"])
+    transform = classification_eval(checkpoint["image_size"], crop_pct=checkpoint["crop_pct"])
+    explicit = {Path(t) for t in args.inputs}
+    results, skipped = [], 0
+    for image_path in paths:
+        try:
+            image = load_rgb(image_path)
+        except READ_ERRORS:
+            if image_path in explicit:
+                raise UserError(f"input {image_path} is not a readable image") from None
+            print(f"warning: skipping unreadable image {image_path}")
+            skipped += 1
+            continue
+        with torch.inference_mode():
+            probs = model(transform(image)[None]).softmax(dim=1)[0]  # (C,)
+        top = probs.topk(min(5, len(class_names)))
+        ranked = [{"class": class_names[i], "probability": float(p)} for p, i in zip(top.values, top.indices)]
+        results.append({"path": str(image_path), "top5": ranked})
+        print(f"{image_path}: " + ", ".join(f"{r['class']} ({r['probability']:.3f})" for r in ranked))
+    run_dir = new_run_dir(cfg.output, TASK, "predict")
+    write_json(run_dir / "predictions.json", results)
+    print(f"{len(results)} image(s) predicted{f', {skipped} skipped' if skipped else ''}; "
+          f"wrote {run_dir / 'predictions.json'}")
+    return 0
+
+
+FLAGS = {**COMMON_FLAGS, "freeze_backbone": "model.freeze_backbone", "backbone_lr_scale": "train.backbone_lr_scale"}
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = common_parser(TASK, "Train, evaluate and predict image classifiers.")
+    parser.add_argument("--freeze-backbone", action="store_true", default=None, help="train the head only")
+    parser.add_argument("--backbone-lr-scale", type=float, help="backbone learning rate = lr × this")
+    args = parser.parse_args(argv)
+    cfg = resolve_config(ClassifyConfig(), args, FLAGS,
+                         base=lambda user: "classify/digits" if user.get("data", {}).get("root") is None else None)
+    commands = {"train": train, "eval": evaluate, "predict": predict}
+    return commands[args.command](cfg, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""The command-line contract every task shares: parsing, config layering, run folders, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from backbones import WeightsError, list_backbones
+from tasks.config import apply, dump_yaml, load_yaml, merge_dicts, packaged_config, parse_set_option
+from tasks.errors import UserError
+from tasks.io import write_text
+
+T = TypeVar("T")
+
+COMMANDS = ("train", "eval", "predict")
+
+# flag destination -> dotted config key
+COMMON_FLAGS: dict[str, str] = {
+    "backbone": "model.backbone",
+    "weights": "model.weights",
+    "data": "data.root",
+    "format": "data.format",
+    "train_split": "data.train_split",
+    "val_split": "data.val_split",
+    "image_size": "data.image_size",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "workers": "train.workers",
+    "seed": "train.seed",
+    "device": "train.device",
+    "amp": "train.amp",
+    "output": "output",
+}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one-line :class:`UserError` s (exit code 2, no usage dump)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}")
+
+
+def common_parser(task: str, description: str) -> ArgumentParser:
+    parser = ArgumentParser(prog=f"python -m tasks.{task}", description=description)
+    parser.add_argument("command", nargs="?", default="train", choices=COMMANDS, help="default: train")
+    parser.add_argument("inputs", nargs="*", help="predict: image files or folders")
+    parser.add_argument("--backbone", help="a registered backbone or timm:<model>")
+    parser.add_argument("--weights", help="backbone weights: file, URL, IMAGENET1K_V1/V2, timm[:tag]")
+    parser.add_argument("--checkpoint", type=Path, help="a whole model of this library (eval, predict)")
+    parser.add_argument("--resume", type=Path, help="continue training from this last.pt")
+    parser.add_argument("--data", help="dataset root or dataset YAML; omitted: the built-in default data")
+    parser.add_argument("--format", help="dataset format; default: detected from the layout")
+    parser.add_argument("--train-split")
+    parser.add_argument("--val-split")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--amp", action="store_true", default=None, help="mixed precision")
+    parser.add_argument("--config", action="append", default=[], help="YAML file or packaged name; repeatable")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. train.ema=true")
+    parser.add_argument("--output", help="run folder; default: a new runs/<task>/<command>N")
+    return parser
+
+
+def flag_overrides(args: argparse.Namespace, flags: Mapping[str, str]) -> dict[str, Any]:
+    """The explicitly given flags as a nested config mapping."""
+    out: dict[str, Any] = {}
+    for dest, key in flags.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def resolve_config(
+    defaults: T,
+    args: argparse.Namespace,
+    flags: Mapping[str, str],
+    *,
+    base: Callable[[dict[str, Any]], str | None] = lambda user: None,
+) -> T:
+    """Defaults, then ``base(user)`` (a packaged config chosen from the user's layers), then each
+    ``--config``, then ``--set``, then flags."""
+    layers: list[tuple[dict[str, Any], str]] = [(load_yaml(path), f"config file {path}") for path in args.config]
+    layers += [(parse_set_option(text), f"--set {text}") for text in args.set]
+    layers.append((flag_overrides(args, flags), "command line"))
+    user: dict[str, Any] = {}
+    for layer, _ in layers:
+        user = merge_dicts(user, layer)
+    base_name = base(user)
+    if base_name is not None:
+        path = packaged_config(base_name)
+        if path is None:
+            raise UserError(f"packaged config {base_name} is missing from the installation")
+        layers.insert(0, (load_yaml(path), f"packaged config {base_name}"))
+    config = defaults
+    for layer, source in layers:
+        config = apply(config, layer, source=source)
+    return config
+
+
+def check_backbone_name(name: str) -> None:
+    if not name.startswith("timm:") and name not in list_backbones():
+        raise UserError(f"unknown backbone {name!r}: choose one of {', '.join(list_backbones())} or timm:<model>")
+
+
+def new_run_dir(output: str | None, task: str, command: str) -> Path:
+    """``output`` as given, or a fresh ``runs/<task>/<command>``, ``<command>2``, ... never reused."""
+    if output:
+        path = Path(output)
+    else:
+        base = Path("runs") / task
+        number = 1
+        while (path := base / (command if number == 1 else f"{command}{number}")).exists():
+            number += 1
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_config(run_dir: Path, config: Any) -> None:
+    write_text(run_dir / "config.yaml", dump_yaml(config))
+
+
+def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
+    """Call ``main``; a user's mistake becomes one line on stderr and exit code 2."""
+    try:
+        return main(argv)
+    except (UserError, WeightsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; last.pt holds the last finished epoch", file=sys.stderr)
+        return 130

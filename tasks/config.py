@@ -1,0 +1,197 @@
+"""Typed configs: dataclass defaults in code, overridden by YAML files, overridden by flags.
+
+Every layer is validated against the dataclass: an unknown key or a value of the wrong
+type is a :class:`ConfigError` naming the file (or flag) and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from tasks.errors import UserError
+
+T = TypeVar("T")
+
+
+class ConfigError(UserError):
+    """A config file or override that does not fit the task's config."""
+
+
+@dataclass
+class TrainConfig:
+    """What the shared engine needs, the same for every task."""
+
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 0.1
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    backbone_lr_scale: float = 1.0
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    step_milestones: list[int] = field(default_factory=list)
+    step_gamma: float = 0.1
+    min_lr_ratio: float = 0.0
+    accumulate: int = 1
+    clip_grad: float | None = None
+    amp: bool = False
+    ema: bool = False
+    ema_decay: float = 0.999
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: int = 2
+    channels_last: bool = False
+    max_iters_per_epoch: int | None = None
+    log_every: int = 20
+
+
+def packaged_config(name: str) -> Path | None:
+    """The packaged YAML ``configs/<name>.yaml`` (``name`` like ``classify/digits``), if it exists."""
+    resource = resources.files("configs").joinpath(*f"{name}.yaml".split("/"))
+    if not resource.is_file():
+        return None
+    with resources.as_file(resource) as path:
+        return Path(path)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a syntax error names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        found = packaged_config(str(path).removesuffix(".yaml"))
+        if found is None:
+            raise ConfigError(f"config file {path} does not exist")
+        path = found
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"config file {path}: YAML syntax error{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def apply(config: T, updates: Mapping[str, Any], *, source: str, prefix: str = "") -> T:
+    """A copy of ``config`` with ``updates`` validated and applied (nested mappings recurse)."""
+    fields = {f.name: f for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(type(config))
+    changes: dict[str, Any] = {}
+    for key, value in updates.items():
+        where = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown config key '{where}' (valid keys: {', '.join(fields)})")
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: '{where}' must be a mapping of keys, got {value!r}")
+            changes[key] = apply(current, value, source=source, prefix=f"{where}.")
+        else:
+            changes[key] = _check(value, hints[key], where, source)
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
+
+
+def _check(value: Any, hint: Any, where: str, source: str) -> Any:
+    ok, converted = _convert(value, hint)
+    if not ok:
+        raise ConfigError(f"{source}: '{where}' must be {_describe(hint)}, got {value!r}")
+    return converted
+
+
+def _convert(value: Any, hint: Any) -> tuple[bool, Any]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, converted = _convert(value, arg)
+            if ok:
+                return True, converted
+        return False, None
+    if hint is type(None):
+        return value is None, None
+    if origin is Literal:
+        return value in args, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else None
+    if hint is str:
+        return isinstance(value, str), value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, None
+        item = args[0] if args else Any
+        items = [_convert(v, item) for v in value]
+        if not all(ok for ok, _ in items):
+            return False, None
+        return True, [v for _, v in items]
+    if origin is dict:
+        return isinstance(value, dict), value
+    raise TypeError(f"config type {hint!r} is not supported")
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple):
+        return f"a list of {_describe(args[0]) if args else 'values'}"
+    if hint is type(None):
+        return "null"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def parse_set_option(text: str) -> dict[str, Any]:
+    """``--set train.ema=true`` as a nested mapping, the value read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def merge_dicts(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge_dicts(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_yaml(config: Any) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

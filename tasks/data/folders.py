@@ -1,0 +1,135 @@
+"""Classification data: the ImageFolder layout or a CSV of ``path,label``."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
+from tasks.errors import UserError
+
+Transform = Callable[[np.ndarray], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+def scan_image_folder(root: Path, classes: Sequence[str] | None = None) -> tuple[list[Sample], list[str]]:
+    """Samples of ``root/<class>/**/<image>``; classes are the sorted sub-folders unless given."""
+    if not root.is_dir():
+        raise UserError(f"data folder {root} does not exist")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise UserError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+    class_names = list(classes) if classes else found
+    unknown = sorted(set(found) - set(class_names))
+    if unknown:
+        raise UserError(f"data folder {root} has class folders not in the class list: {unknown}")
+    samples = []
+    for label, name in enumerate(class_names):
+        folder = root / name
+        if not folder.is_dir():
+            continue  # a class absent from this split (the list came from training)
+        images = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+        if not images:
+            raise UserError(f"class folder {folder} holds no images")
+        samples.extend(Sample(p, label) for p in images)
+    return samples, class_names
+
+
+def read_label_csv(path: Path, classes: Sequence[str] | None = None) -> tuple[list[Sample], list[str]]:
+    """Samples of a ``path,label`` CSV (an optional header is skipped); paths are relative to the CSV."""
+    if not path.is_file():
+        raise UserError(f"label file {path} does not exist")
+    rows = []
+    with path.open(newline="") as handle:
+        for number, row in enumerate(csv.reader(handle), start=1):
+            if not row or row[0].startswith("#"):
+                continue
+            if len(row) < 2:
+                raise UserError(f"label file {path}, line {number}: expected 'path,label', got {row!r}")
+            if number == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
+                continue
+            rows.append((number, row[0].strip(), row[1].strip()))
+    if not rows:
+        raise UserError(f"label file {path} lists no images")
+    class_names = list(classes) if classes else sorted({label for _, _, label in rows})
+    index = {name: i for i, name in enumerate(class_names)}
+    samples = []
+    for number, image, label in rows:
+        if label not in index:
+            raise UserError(f"label file {path}, line {number}: class {label!r} is not in the class list")
+        image_path = (path.parent / image).resolve()
+        if not image_path.is_file():
+            raise UserError(f"label file {path}, line {number}: image {image_path} does not exist")
+        samples.append(Sample(image_path, index[label]))
+    return samples, class_names
+
+
+def find_split(root: Path, split: str, *, fmt: str = "auto") -> tuple[Path, str]:
+    """Where a split lives: ``root/<split>/`` (folder) or ``root/<split>.csv`` (csv)."""
+    if not root.exists():
+        raise UserError(f"--data {root} does not exist")
+    if root.is_file() and root.suffix == ".csv":
+        return root, "csv"
+    candidates = []
+    if fmt in ("auto", "folder"):
+        candidates.append((root / split, "folder"))
+    if fmt in ("auto", "csv"):
+        candidates.append((root / f"{split}.csv", "csv"))
+    for candidate, kind in candidates:
+        if (kind == "folder" and candidate.is_dir()) or (kind == "csv" and candidate.is_file()):
+            return candidate, kind
+    raise UserError(f"--data {root} has no '{split}' split: expected {root}/{split}/<class>/ or {root}/{split}.csv")
+
+
+def load_split(root: Path, split: str, *, fmt: str, classes: Sequence[str] | None) -> tuple[list[Sample], list[str]]:
+    location, kind = find_split(root, split, fmt=fmt)
+    if kind == "csv":
+        return read_label_csv(location, classes)
+    return scan_image_folder(location, classes)
+
+
+class ClassificationDataset(Dataset[dict[str, Any] | None]):
+    """Images and labels; an unreadable image yields None, which the collate skips and counts."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Transform) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        sample = self.samples[index]
+        try:
+            image = load_rgb(sample.path)
+        except READ_ERRORS as error:
+            warn_unreadable(sample.path, error)
+            return None
+        return {"image": self.transform(image), "label": sample.label, "index": index}
+
+
+def collate_classification(items: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Stack the readable items; ``skipped`` counts the ones that were not."""
+    good = [item for item in items if item is not None]
+    batch: dict[str, Any] = {"skipped": len(items) - len(good), "batch_size": len(good)}
+    if good:
+        batch["images"] = torch.stack([item["image"] for item in good])
+        batch["labels"] = torch.tensor([item["label"] for item in good], dtype=torch.long)
+        batch["indices"] = torch.tensor([item["index"] for item in good], dtype=torch.long)
+    else:
+        batch["images"] = torch.empty(0)
+        batch["labels"] = torch.empty(0, dtype=torch.long)
+        batch["indices"] = torch.empty(0, dtype=torch.long)
+    return batch

@@ -1,0 +1,348 @@
+"""The one train/eval loop every task shares.
+
+A task plugs in through the small :class:`Task` protocol: how to move a batch to the
+device, the training losses of a batch, and how to evaluate a loader. The engine owns
+everything else: optimiser and schedule, AMP, accumulation, clipping, EMA, checkpoints,
+resume, the best checkpoint, TensorBoard, the progress bar, seeds and devices. Only the
+main process writes, and evaluation gathers across processes through the task.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from tasks import distributed
+from tasks.checkpoint import load_checkpoint, save_checkpoint
+from tasks.config import TrainConfig
+from tasks.errors import UserError
+from tasks.io import write_json
+
+Batch = dict[str, Any]
+
+
+class Task(Protocol):
+    """What a task tells the engine."""
+
+    name: str
+    main_metric: str
+
+    def to_device(self, batch: Batch, device: torch.device) -> Batch: ...
+
+    def losses(self, model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+        """Training losses of one batch; the key ``"loss"`` is the total to minimise."""
+        ...
+
+    def evaluate(self, model: nn.Module, loader: Iterable[Batch], device: torch.device) -> dict[str, Any]:
+        """Metrics over the loader's whole split, gathered across processes."""
+        ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def make_loader(
+    dataset: Dataset[Any],
+    *,
+    batch_size: int,
+    train: bool,
+    workers: int,
+    collate_fn: Callable[[list[Any]], Batch],
+    seed: int = 0,
+) -> DataLoader[Any]:
+    """A DataLoader whose sampler shards the data when a process group is up."""
+    sampler: Any
+    if distributed.is_distributed():
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed) if train else distributed.ShardSampler(len(dataset))  # type: ignore[arg-type]
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        sampler = torch.utils.data.RandomSampler(dataset, generator=generator) if train else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_fn,
+        drop_last=train and len(dataset) > batch_size,  # type: ignore[arg-type]
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        worker_init_fn=_seed_worker,
+    )
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Weight decay on weights only (not norms and biases); the backbone at ``backbone_lr_scale``."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = (name.startswith("backbone."), param.ndim > 1)
+        groups.setdefault(key, []).append(param)
+    out = []
+    for (is_backbone, decays), params in groups.items():
+        scale = cfg.backbone_lr_scale if is_backbone else 1.0
+        out.append(
+            dict(params=params, lr=cfg.lr * scale, initial_lr=cfg.lr * scale,
+                 weight_decay=cfg.weight_decay if decays else 0.0)
+        )
+    return out
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
+    if not groups:
+        raise UserError("nothing to train: every parameter is frozen")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def lr_factor(step: int, *, total: int, warmup: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Linear warmup from 0.1% of the rate, then cosine, step or constant."""
+    if step < warmup:
+        return 0.001 + (1 - 0.001) * step / max(warmup, 1)
+    if cfg.schedule == "cosine":
+        progress = (step - warmup) / max(total - warmup, 1)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if cfg.schedule == "step":
+        epoch = step // max(steps_per_epoch, 1)
+        return float(cfg.step_gamma ** sum(epoch >= m for m in cfg.step_milestones))
+    return 1.0
+
+
+class Engine:
+    """Trains and evaluates one model for one task.
+
+    Args:
+        model: the task model; in training it is called through ``task.losses``.
+        task: the task protocol implementation.
+        cfg: the engine settings.
+        run_dir: where checkpoints, metrics.json and TensorBoard events go.
+        meta: extra checkpoint entries (``task``, ``model_args``, ``config`` ...).
+    """
+
+    def __init__(self, model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, meta: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.task = task
+        self.run_dir = run_dir
+        self.meta = meta
+        self.device = resolve_device(cfg.device)
+        distributed.setup_from_env(self.device)
+        self.model = model.to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+            if cfg.ema
+            else None
+        )
+        self.train_model: nn.Module = self.model
+        if distributed.world_size() > 1:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp and self.device.type == "cuda")
+        self.writer: Any = None
+        self.best_metric = -math.inf
+        self.start_epoch = 0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _log(self, text: str) -> None:
+        if distributed.is_main():
+            print(text, flush=True)
+
+    def fit(
+        self, train_loader: DataLoader[Any], val_loader: DataLoader[Any], *, resume: Path | None = None
+    ) -> dict[str, Any]:
+        cfg = self.cfg
+        steps_per_epoch = len(train_loader) // cfg.accumulate
+        if cfg.max_iters_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, cfg.max_iters_per_epoch // cfg.accumulate)
+        steps_per_epoch = max(steps_per_epoch, 1)
+        total, warmup = steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_factor(step, total=total, warmup=warmup, cfg=cfg, steps_per_epoch=steps_per_epoch),
+        )
+        if resume is not None:
+            self._resume(resume)
+        if distributed.is_main():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir))
+        metrics: dict[str, Any] = {}
+        for epoch in range(self.start_epoch, cfg.epochs):
+            self._train_one_epoch(train_loader, epoch, steps_per_epoch)
+            metrics = self.evaluate(val_loader)
+            self._log_metrics(metrics, epoch)
+            score = float(metrics[self.task.main_metric])
+            improved = score > self.best_metric
+            self.best_metric = max(self.best_metric, score)
+            if distributed.is_main():
+                checkpoint = self._checkpoint(epoch)
+                save_checkpoint(self.run_dir / "last.pt", checkpoint)
+                if improved:
+                    save_checkpoint(self.run_dir / "best.pt", checkpoint)
+                write_json(self.run_dir / "metrics.json", metrics)
+            self._log(
+                f"epoch {epoch + 1}/{cfg.epochs}: {self.task.main_metric} {score:.4f}"
+                f"{' (best)' if improved else ''}"
+            )
+        if self.writer is not None:
+            self.writer.close()
+        if not metrics:  # resumed after the last epoch: report the saved state
+            metrics = self.evaluate(val_loader)
+            if distributed.is_main():
+                write_json(self.run_dir / "metrics.json", metrics)
+        return metrics
+
+    def _train_one_epoch(self, loader: DataLoader[Any], epoch: int, steps: int) -> None:
+        cfg = self.cfg
+        self.train_model.train()
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        show_bar = distributed.is_main() and sys.stderr.isatty()
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show_bar, leave=False)
+        images = skipped = 0
+        data_time = loss_sum = 0.0
+        start = last = time.perf_counter()
+        step = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for index, batch in enumerate(loader):
+            now = time.perf_counter()
+            data_time += now - last
+            skipped += int(batch.get("skipped", 0))
+            if batch["batch_size"] == 0:  # every image of the batch was unreadable
+                last = time.perf_counter()
+                continue
+            batch = self.task.to_device(batch, self.device)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=cfg.amp):
+                losses = self.task.losses(self.train_model, batch)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower --lr")
+            self.scaler.scale(loss / cfg.accumulate).backward()
+            images += int(batch["batch_size"])
+            if (index + 1) % cfg.accumulate:
+                last = time.perf_counter()
+                continue
+            if cfg.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            step += 1
+            loss_sum += loss.item()
+            global_step = epoch * steps + step
+            elapsed = time.perf_counter() - start
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{images / elapsed:.0f}")
+            if self.writer is not None and (step % cfg.log_every == 0 or step == steps):
+                for key, value in losses.items():
+                    self.writer.add_scalar(f"train/{key}", value.item(), global_step)
+                self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], global_step)
+            last = time.perf_counter()
+            if step >= steps:
+                break
+        bar.close()
+        elapsed = time.perf_counter() - start
+        if self.writer is not None:
+            self.writer.add_scalar("train/images_per_second", images / elapsed, epoch + 1)
+            self.writer.add_scalar("train/data_wait_fraction", data_time / elapsed, epoch + 1)
+        if skipped:
+            self._log(f"warning: skipped {skipped} unreadable image(s) in epoch {epoch + 1}")
+        self._log(
+            f"epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / max(step, 1):.4f}, "
+            f"lr {self.optimizer.param_groups[0]['lr']:.2e}, {images / elapsed:.1f} img/s, "
+            f"data wait {100 * data_time / elapsed:.0f}%, {elapsed:.1f}s"
+        )
+
+    def evaluate(self, loader: DataLoader[Any]) -> dict[str, Any]:
+        model = self.eval_model
+        model.eval()
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cfg.amp):
+            return self.task.evaluate(model, loader, self.device)
+
+    def _log_metrics(self, metrics: dict[str, Any], epoch: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in _scalars(metrics):
+            self.writer.add_scalar(f"val/{key}", value, epoch + 1)
+
+    def _checkpoint(self, epoch: int) -> dict[str, Any]:
+        return {
+            **self.meta,
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "best_metric": self.best_metric,
+        }
+
+    def _resume(self, path: Path) -> None:
+        checkpoint = load_checkpoint(path, task=self.task.name)
+        if checkpoint.get("optimizer") is None:
+            raise UserError(f"checkpoint {path} holds no optimizer state to resume from")
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, ValueError) as error:
+            raise UserError(f"checkpoint {path} does not fit this model: {str(error).splitlines()[0]}") from None
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.ema is not None and checkpoint.get("ema") is not None:
+            self.ema.module.load_state_dict(checkpoint["ema"])
+        self.start_epoch = int(checkpoint["epoch"]) + 1
+        self.best_metric = float(checkpoint["best_metric"])
+        self._log(f"resumed from {path} after epoch {self.start_epoch}")
+
+
+def _scalars(metrics: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, float]]:
+    for key, value in metrics.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            yield f"{prefix}{key}", float(value)
+        elif isinstance(value, dict):
+            yield from _scalars(value, f"{prefix}{key}/")

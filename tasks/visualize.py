@@ -1,0 +1,42 @@
+"""Pictures of results, drawn with Pillow and written atomically."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from tasks.io import atomic_write
+
+
+def save_png(image: Image.Image, path: Path) -> Path:
+    return atomic_write(path, lambda handle: image.save(handle, format="PNG"))
+
+
+def confusion_matrix_image(confusion: np.ndarray, class_names: Sequence[str], *, cell: int = 36) -> Image.Image:
+    """Rows are true classes, columns predictions; shade is the row-normalised rate, text the count."""
+    confusion = np.asarray(confusion)
+    n = len(class_names)
+    font = ImageFont.load_default()
+    label_width = min(max((len(str(c)) for c in class_names), default=1) * 7 + 10, 160)
+    margin_top = 40
+    width, height = label_width + n * cell + 10, margin_top + n * cell + 30
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    rows = confusion.sum(axis=1, keepdims=True).clip(min=1)
+    rates = confusion / rows
+    for i in range(n):
+        y = margin_top + i * cell
+        draw.text((4, y + cell // 2 - 5), str(class_names[i])[:22], fill="black", font=font)
+        for j in range(n):
+            x = label_width + j * cell
+            shade = int(255 * (1 - rates[i, j]))
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255), outline=(200, 200, 200))
+            text = str(int(confusion[i, j]))
+            draw.text((x + 4, y + cell // 2 - 5), text, fill="white" if rates[i, j] > 0.5 else "black", font=font)
+    for j in range(n):
+        draw.text((label_width + j * cell + 4, margin_top - 14), str(class_names[j])[:5], fill="black", font=font)
+    draw.text((4, 4), "confusion matrix (rows: true, columns: predicted)", fill="black", font=font)
+    return image
