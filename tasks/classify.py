@@ -157,7 +157,8 @@ def _data_root(cfg: ClassifyConfig) -> Path:
 def _dataset(cfg: ClassifyConfig, samples: list[Sample], *, train: bool) -> ClassificationDataset:
     d = cfg.data
     if train:
-        transform = classification_train(d.image_size, scale_min=d.scale_min, hflip=d.hflip, color_jitter=d.color_jitter)
+        transform = classification_train(d.image_size, scale_min=d.scale_min, hflip=d.hflip,
+                                         color_jitter=d.color_jitter, seed=cfg.train.seed)
     else:
         transform = classification_eval(d.image_size, crop_pct=d.crop_pct)
     return ClassificationDataset(samples, transform)

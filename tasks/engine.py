@@ -65,9 +65,14 @@ def seed_everything(seed: int) -> None:
 
 
 def _seed_worker(worker_id: int) -> None:
+    """Seed a DataLoader worker from torch's per-worker seed (itself drawn from the seeded loader)."""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    reseed = getattr(info.dataset, "reseed", None) if info is not None else None
+    if reseed is not None:
+        reseed(seed)
 
 
 def make_loader(

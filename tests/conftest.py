@@ -19,3 +19,20 @@ def randomize_bn_stats(model: torch.nn.Module, seed: int = 0) -> None:
             module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
             module.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
             module.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+
+
+def make_image_folder(root, *, classes=("red", "green", "blue"), per_class=(24, 4), size=32, seed=0):
+    """A tiny learnable ImageFolder: each class a colour, with noise. Returns the root."""
+    import numpy as np
+    from PIL import Image
+
+    colours = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200), "gray": (120, 120, 120)}
+    rng = np.random.default_rng(seed)
+    for split, count in zip(("train", "val"), per_class):
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = np.clip(np.array(colours[name]) + rng.normal(0, 25, (size, size, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root

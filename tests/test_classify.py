@@ -1,0 +1,203 @@
+"""tasks.classify end to end on generated images: outputs, eval, predict, resume and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_image_folder
+
+from tasks.classify import build_model, main
+from tasks.engine import seed_everything
+
+FAST = ["--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--workers", "0", "--lr", "0.02"]
+METRIC_KEYS = {
+    "accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_micro", "recall_micro", "f1_micro",
+    "precision_weighted", "recall_weighted", "f1_weighted", "per_class", "confusion_matrix", "num_samples",
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("colours"))
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--data", str(data), "--epochs", "3", "--output", str(out), *FAST]) == 0
+    return out
+
+
+def _one_line_error(capsys, rc: int, *needles: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_train_writes_the_run_folder(trained) -> None:
+    names = {p.name for p in trained.iterdir()}
+    assert {"config.yaml", "last.pt", "best.pt", "metrics.json", "confusion_matrix.png"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert set(metrics) == METRIC_KEYS  # 3 classes: no top5
+    for key in METRIC_KEYS - {"per_class", "confusion_matrix", "num_samples"}:
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["num_samples"] == 12 and sum(map(sum, metrics["confusion_matrix"])) == 12
+    assert set(metrics["per_class"]) == {"blue", "green", "red"}
+    assert metrics["accuracy"] >= 2 / 3  # colours are easy; chance is 1/3
+    checkpoint = torch.load(trained / "last.pt", weights_only=True)
+    assert checkpoint["task"] == "classify" and checkpoint["epoch"] == 2
+    assert {"optimizer", "scheduler", "scaler", "config", "model_args"} <= set(checkpoint)
+
+
+def test_eval_of_last_checkpoint_reproduces_training_metrics(trained, data, tmp_path) -> None:
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(trained / "last.pt"), "--data", str(data), "--output", str(out),
+                 "--workers", "0"]) == 0
+    assert json.loads((out / "metrics.json").read_text()) == json.loads((trained / "metrics.json").read_text())
+    assert (out / "confusion_matrix.png").stat().st_size > 0
+
+
+def test_predict_prints_and_writes_top_classes(trained, data, tmp_path, capsys) -> None:
+    out = tmp_path / "pred"
+    image = data / "val" / "red" / "0.png"
+    assert main(["predict", str(image), str(data / "val" / "blue"), "--checkpoint", str(trained / "best.pt"),
+                 "--output", str(out)]) == 0
+    results = json.loads((out / "predictions.json").read_text())
+    assert len(results) == 5 and results[0]["path"] == str(image)
+    for result in results:
+        probabilities = [r["probability"] for r in result["top5"]]
+        assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
+    assert f"{image}: " in capsys.readouterr().out
+
+
+def test_resume_continues_after_the_saved_epoch(data, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["--data", str(data), "--epochs", "1", "--output", str(out), *FAST]) == 0
+    assert main(["--data", str(data), "--epochs", "2", "--output", str(out), "--resume", str(out / "last.pt"), *FAST]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_seeded_runs_are_reproducible(data, tmp_path, workers: str) -> None:
+    states = []
+    for name in ("a", "b"):
+        args = ["--data", str(data), "--epochs", "1", "--output", str(tmp_path / name), *FAST, "--workers", workers]
+        assert main(args) == 0
+        states.append(torch.load(tmp_path / name / "last.pt", weights_only=True)["model"])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_linear_probe_trains_the_head_only(data, tmp_path) -> None:
+    out = tmp_path / "probe"
+    assert main(["--data", str(data), "--epochs", "1", "--output", str(out), "--freeze-backbone", *FAST]) == 0
+    trained = torch.load(out / "last.pt", weights_only=True)["model"]
+    seed_everything(0)
+    initial = build_model("resnet18", 3, freeze_backbone=True).state_dict()
+    backbone_keys = [k for k in initial if k.startswith("backbone.")]
+    assert all(torch.equal(trained[k], initial[k]) for k in backbone_keys)  # BN statistics included
+    assert not torch.equal(trained["head.fc.weight"], initial["head.fc.weight"])
+
+
+def test_engine_options_ema_amp_accumulation_clipping(data, tmp_path) -> None:
+    out = tmp_path / "opts"
+    args = ["--data", str(data), "--epochs", "1", "--output", str(out), "--amp", *FAST,
+            "--set", "train.ema=true", "--set", "train.accumulate=2", "--set", "train.clip_grad=1.0",
+            "--set", "train.optimizer=adamw", "--lr", "0.001"]
+    assert main(args) == 0
+    checkpoint = torch.load(out / "last.pt", weights_only=True)
+    assert checkpoint["ema"] is not None
+    assert not torch.equal(checkpoint["ema"]["head.fc.weight"], checkpoint["model"]["head.fc.weight"])
+
+
+def test_csv_layout(data, tmp_path) -> None:
+    for split in ("train", "val"):
+        rows = ["path,label"] + [f"{p.relative_to(tmp_path.parent) if False else p},{p.parent.name}"
+                                 for p in sorted((data / split).rglob("*.png"))]
+        (tmp_path / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "csvrun"
+    assert main(["--data", str(tmp_path), "--format", "csv", "--epochs", "1", "--output", str(out), *FAST]) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_samples"] == 12
+
+
+def test_corrupt_image_is_skipped_and_counted(data, tmp_path, capsys) -> None:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / "train" / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert main(["--data", str(copy), "--epochs", "1", "--output", str(tmp_path / "r"), *FAST]) == 0
+    captured = capsys.readouterr()
+    assert "skipping unreadable image" in captured.err and "broken.png" in captured.err
+    assert "skipped 1 unreadable image(s)" in captured.out
+
+
+# ---- bad input: one line, exit code 2, nothing lost ----
+
+
+def test_missing_data_path(tmp_path, capsys) -> None:
+    rc = main(["--data", str(tmp_path / "nowhere"), *FAST])
+    _one_line_error(capsys, rc, "nowhere", "does not exist")
+
+
+def test_unknown_backbone(data, capsys) -> None:
+    rc = main(["--data", str(data), "--backbone", "resnet51"])
+    _one_line_error(capsys, rc, "unknown backbone 'resnet51'", "resnet50")
+
+
+def test_yaml_syntax_error_and_key_typo(data, tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: 2\n")
+    _one_line_error(capsys, main(["--data", str(data), "--config", str(bad)]), "bad.yaml", "YAML syntax error")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train:\n  epoch: 2\n")
+    _one_line_error(capsys, main(["--data", str(data), "--config", str(typo)]), "typo.yaml", "'train.epoch'")
+    _one_line_error(capsys, main(["--data", str(data), "--epochs", "two"]), "--epochs", "two")
+
+
+def test_empty_class_folder(data, tmp_path, capsys) -> None:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / "train" / "purple").mkdir()
+    _one_line_error(capsys, main(["--data", str(copy), *FAST]), "purple", "holds no images")
+
+
+def test_checkpoint_of_another_task(trained, data, tmp_path, capsys) -> None:
+    foreign = torch.load(trained / "best.pt", weights_only=True)
+    foreign["task"] = "detect"
+    torch.save(foreign, tmp_path / "det.pt")
+    rc = main(["eval", "--checkpoint", str(tmp_path / "det.pt"), "--data", str(data), "--workers", "0"])
+    _one_line_error(capsys, rc, "det.pt", "'detect' model")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    rc = main(["eval", "--checkpoint", str(tmp_path / "junk.pt"), "--data", str(data)])
+    _one_line_error(capsys, rc, "junk.pt", "cannot be read")
+
+
+def test_checkpoint_with_another_class_count(trained, tmp_path, capsys) -> None:
+    two = make_image_folder(tmp_path / "two", classes=("red", "gray"), per_class=(2, 2))
+    rc = main(["eval", "--checkpoint", str(trained / "best.pt"), "--data", str(two), "--output", str(trained),
+               "--workers", "0"])
+    _one_line_error(capsys, rc, "best.pt", "3 classes", "2")
+    assert json.loads((trained / "metrics.json").read_text())["num_samples"] == 12  # nothing lost
+
+
+def test_non_image_file_to_predict(trained, tmp_path, capsys) -> None:
+    note = tmp_path / "notes.txt"
+    note.write_text("hello")
+    rc = main(["predict", str(note), "--checkpoint", str(trained / "best.pt"), "--output", str(tmp_path / "p")])
+    _one_line_error(capsys, rc, "notes.txt", "not a readable image")
+    rc = main(["predict", str(tmp_path / "absent.png"), "--checkpoint", str(trained / "best.pt")])
+    _one_line_error(capsys, rc, "absent.png", "does not exist")
+
+
+def test_missing_checkpoint_option(data, capsys) -> None:
+    _one_line_error(capsys, main(["eval", "--data", str(data)]), "--checkpoint")

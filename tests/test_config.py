@@ -1,0 +1,67 @@
+"""Config layering: defaults, YAML, --set and flags, with one-line errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+
+import pytest
+
+from tasks.classify import ClassifyConfig
+from tasks.config import ConfigError, TrainConfig, apply, load_yaml, packaged_config, parse_set_option
+
+
+@dataclass
+class _Inner:
+    size: int = 3
+    names: list[str] | None = None
+
+
+@dataclass
+class _Outer:
+    inner: _Inner = field(default_factory=_Inner)
+    rate: float = 0.1
+    mode: str = "a"
+
+
+def test_apply_validates_types_and_keys() -> None:
+    cfg = apply(_Outer(), {"inner": {"size": 5, "names": ["x"]}, "rate": 1}, source="test")
+    assert cfg.inner.size == 5 and cfg.inner.names == ["x"] and cfg.rate == 1.0 and isinstance(cfg.rate, float)
+    with pytest.raises(ConfigError, match=r"test: unknown config key 'inner.sise' \(valid keys: size, names\)"):
+        apply(_Outer(), {"inner": {"sise": 5}}, source="test")
+    with pytest.raises(ConfigError, match="'inner.size' must be an integer, got 'big'"):
+        apply(_Outer(), {"inner": {"size": "big"}}, source="test")
+    with pytest.raises(ConfigError, match="must be an integer, got True"):
+        apply(_Outer(), {"inner": {"size": True}}, source="test")
+    with pytest.raises(ConfigError, match="'train.optimizer' must be one of 'sgd', 'adamw'"):
+        apply(ClassifyConfig(), {"train": {"optimizer": "adam"}}, source="test")
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: 3\n  lr: [0.1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: YAML syntax error at line \d"):
+        load_yaml(path)
+
+
+def test_set_option_is_nested_yaml() -> None:
+    assert parse_set_option("train.ema=true") == {"train": {"ema": True}}
+    assert parse_set_option("data.classes=[a, b]") == {"data": {"classes": ["a", "b"]}}
+    with pytest.raises(ConfigError):
+        parse_set_option("novalue")
+
+
+def test_packaged_configs_ship_as_package_data() -> None:
+    names = {p.name for p in resources.files("configs").joinpath("classify").iterdir()}
+    assert "digits.yaml" in names
+    digits = packaged_config("classify/digits")
+    assert digits is not None and load_yaml(digits)["data"]["image_size"] == 32
+    assert load_yaml("classify/digits") == load_yaml(digits)  # names resolve without a path
+    for yaml_file in resources.files("configs").joinpath("classify").iterdir():
+        if yaml_file.name.endswith(".yaml"):
+            apply(ClassifyConfig(), load_yaml(packaged_config(f"classify/{yaml_file.name[:-5]}")), source=yaml_file.name)
+
+
+def test_train_config_defaults_are_valid() -> None:
+    cfg = apply(TrainConfig(), {"clip_grad": 1.0, "step_milestones": [3, 6]}, source="t")
+    assert cfg.clip_grad == 1.0 and cfg.step_milestones == [3, 6]
