@@ -32,9 +32,7 @@ def check_out_levels(out_levels: Iterable[str], available: Sequence[str]) -> tup
     wanted = tuple(out_levels)
     unknown = [name for name in wanted if name not in available]
     if not wanted or unknown:
-        raise ValueError(
-            f"out_levels={list(wanted)!r} is invalid: choose a non-empty subset of {list(available)}"
-        )
+        raise ValueError(f"out_levels={list(wanted)!r} is invalid: choose a non-empty subset of {list(available)}")
     return tuple(name for name in available if name in wanted)
 
 

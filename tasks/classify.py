@@ -7,7 +7,6 @@ once as an ImageFolder) with the packaged recipe ``configs/classify/digits.yaml`
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,8 +118,11 @@ class ClassifyTask:
         self.label_smoothing = label_smoothing
 
     def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-        return {**batch, "images": batch["images"].to(device, non_blocking=True),
-                "labels": batch["labels"].to(device, non_blocking=True)}
+        return {
+            **batch,
+            "images": batch["images"].to(device, non_blocking=True),
+            "labels": batch["labels"].to(device, non_blocking=True),
+        }
 
     def losses(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         logits = model(batch["images"])
@@ -138,8 +140,15 @@ class ClassifyTask:
 
 def _model_args(cfg: ClassifyConfig, num_classes: int) -> dict[str, Any]:
     m = cfg.model
-    args: dict[str, Any] = dict(backbone=m.backbone, num_classes=num_classes, pool=m.pool, dropout=m.dropout,
-                                freeze_backbone=m.freeze_backbone, norm=m.norm, drop_path_rate=m.drop_path_rate)
+    args: dict[str, Any] = dict(
+        backbone=m.backbone,
+        num_classes=num_classes,
+        pool=m.pool,
+        dropout=m.dropout,
+        freeze_backbone=m.freeze_backbone,
+        norm=m.norm,
+        drop_path_rate=m.drop_path_rate,
+    )
     if m.frozen_stages >= 0:
         args["frozen_stages"] = m.frozen_stages
     return args
@@ -157,16 +166,23 @@ def _data_root(cfg: ClassifyConfig) -> Path:
 def _dataset(cfg: ClassifyConfig, samples: list[Sample], *, train: bool) -> ClassificationDataset:
     d = cfg.data
     if train:
-        transform = classification_train(d.image_size, scale_min=d.scale_min, hflip=d.hflip,
-                                         color_jitter=d.color_jitter, seed=cfg.train.seed)
+        transform = classification_train(
+            d.image_size, scale_min=d.scale_min, hflip=d.hflip, color_jitter=d.color_jitter, seed=cfg.train.seed
+        )
     else:
         transform = classification_eval(d.image_size, crop_pct=d.crop_pct)
     return ClassificationDataset(samples, transform)
 
 
 def _loader(cfg: ClassifyConfig, dataset: ClassificationDataset, *, train: bool) -> Any:
-    return make_loader(dataset, batch_size=cfg.train.batch_size, train=train, workers=cfg.train.workers,
-                       collate_fn=collate_classification, seed=cfg.train.seed)
+    return make_loader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        train=train,
+        workers=cfg.train.workers,
+        collate_fn=collate_classification,
+        seed=cfg.train.seed,
+    )
 
 
 def _report(metrics: dict[str, Any], class_names: list[str], run_dir: Path) -> None:
@@ -186,13 +202,26 @@ def train(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     write_config(run_dir, cfg)
     model_args = _model_args(cfg, len(class_names))
     model = build_model(weights=cfg.model.weights, **model_args)
-    print(f"{cfg.model.backbone}: {len(class_names)} classes, {len(train_samples)} train / "
-          f"{len(val_samples)} val images, {cfg.train.epochs} epochs, run folder {run_dir}")
-    meta = dict(task=TASK, model_args=model_args, class_names=class_names,
-                image_size=cfg.data.image_size, crop_pct=cfg.data.crop_pct, config=to_dict(cfg))
-    engine = Engine(model, ClassifyTask(class_names, label_smoothing=cfg.model.label_smoothing), cfg.train, run_dir, meta)
-    metrics = engine.fit(_loader(cfg, _dataset(cfg, train_samples, train=True), train=True),
-                         _loader(cfg, _dataset(cfg, val_samples, train=False), train=False), resume=args.resume)
+    print(
+        f"{cfg.model.backbone}: {len(class_names)} classes, {len(train_samples)} train / "
+        f"{len(val_samples)} val images, {cfg.train.epochs} epochs, run folder {run_dir}"
+    )
+    meta = dict(
+        task=TASK,
+        model_args=model_args,
+        class_names=class_names,
+        image_size=cfg.data.image_size,
+        crop_pct=cfg.data.crop_pct,
+        config=to_dict(cfg),
+    )
+    engine = Engine(
+        model, ClassifyTask(class_names, label_smoothing=cfg.model.label_smoothing), cfg.train, run_dir, meta
+    )
+    metrics = engine.fit(
+        _loader(cfg, _dataset(cfg, train_samples, train=True), train=True),
+        _loader(cfg, _dataset(cfg, val_samples, train=False), train=False),
+        resume=args.resume,
+    )
     if distributed.is_main():
         _report(metrics, class_names, run_dir)
     return 0
@@ -229,7 +258,9 @@ def evaluate(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     device = resolve_device(cfg.train.device)
     model.to(device)
     with torch.inference_mode():
-        metrics = ClassifyTask(class_names).evaluate(model, _loader(cfg, _dataset(cfg, samples, train=False), train=False), device)
+        metrics = ClassifyTask(class_names).evaluate(
+            model, _loader(cfg, _dataset(cfg, samples, train=False), train=False), device
+        )
     write_json(run_dir / "metrics.json", metrics)
     _report(metrics, class_names, run_dir)
     return 0
@@ -275,8 +306,10 @@ def predict(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
         print(f"{image_path}: " + ", ".join(f"{r['class']} ({r['probability']:.3f})" for r in ranked))
     run_dir = new_run_dir(cfg.output, TASK, "predict")
     write_json(run_dir / "predictions.json", results)
-    print(f"{len(results)} image(s) predicted{f', {skipped} skipped' if skipped else ''}; "
-          f"wrote {run_dir / 'predictions.json'}")
+    print(
+        f"{len(results)} image(s) predicted{f', {skipped} skipped' if skipped else ''}; "
+        f"wrote {run_dir / 'predictions.json'}"
+    )
     return 0
 
 
@@ -288,8 +321,12 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument("--freeze-backbone", action="store_true", default=None, help="train the head only")
     parser.add_argument("--backbone-lr-scale", type=float, help="backbone learning rate = lr × this")
     args = parser.parse_args(argv)
-    cfg = resolve_config(ClassifyConfig(), args, FLAGS,
-                         base=lambda user: "classify/digits" if user.get("data", {}).get("root") is None else None)
+    cfg = resolve_config(
+        ClassifyConfig(),
+        args,
+        FLAGS,
+        base=lambda user: "classify/digits" if user.get("data", {}).get("root") is None else None,
+    )
     commands = {"train": train, "eval": evaluate, "predict": predict}
     return commands[args.command](cfg, args)
 

@@ -87,7 +87,9 @@ def make_loader(
     """A DataLoader whose sampler shards the data when a process group is up."""
     sampler: Any
     if distributed.is_distributed():
-        sampler = DistributedSampler(dataset, shuffle=True, seed=seed) if train else distributed.ShardSampler(len(dataset))  # type: ignore[arg-type]
+        sampler = (
+            DistributedSampler(dataset, shuffle=True, seed=seed) if train else distributed.ShardSampler(len(dataset))
+        )  # type: ignore[arg-type]
     else:
         generator = torch.Generator().manual_seed(seed)
         sampler = torch.utils.data.RandomSampler(dataset, generator=generator) if train else None
@@ -116,8 +118,12 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     for (is_backbone, decays), params in groups.items():
         scale = cfg.backbone_lr_scale if is_backbone else 1.0
         out.append(
-            dict(params=params, lr=cfg.lr * scale, initial_lr=cfg.lr * scale,
-                 weight_decay=cfg.weight_decay if decays else 0.0)
+            dict(
+                params=params,
+                lr=cfg.lr * scale,
+                initial_lr=cfg.lr * scale,
+                weight_decay=cfg.weight_decay if decays else 0.0,
+            )
         )
     return out
 
@@ -224,8 +230,7 @@ class Engine:
                     save_checkpoint(self.run_dir / "best.pt", checkpoint)
                 write_json(self.run_dir / "metrics.json", metrics)
             self._log(
-                f"epoch {epoch + 1}/{cfg.epochs}: {self.task.main_metric} {score:.4f}"
-                f"{' (best)' if improved else ''}"
+                f"epoch {epoch + 1}/{cfg.epochs}: {self.task.main_metric} {score:.4f}{' (best)' if improved else ''}"
             )
         if self.writer is not None:
             self.writer.close()

@@ -98,8 +98,13 @@ def test_norm_eval_keeps_running_statistics() -> None:
 
 
 @pytest.mark.parametrize(
-    "norm,layer", [("bn", torch.nn.BatchNorm2d), ("frozen_bn", FrozenBatchNorm2d), ("sync_bn", torch.nn.SyncBatchNorm),
-                   ("gn", torch.nn.GroupNorm)]
+    "norm,layer",
+    [
+        ("bn", torch.nn.BatchNorm2d),
+        ("frozen_bn", FrozenBatchNorm2d),
+        ("sync_bn", torch.nn.SyncBatchNorm),
+        ("gn", torch.nn.GroupNorm),
+    ],
 )
 def test_norm_choices(norm: str, layer: type) -> None:
     backbone = build_backbone("resnet50d", norm=norm).train()

@@ -13,8 +13,19 @@ from tasks.engine import seed_everything
 
 FAST = ["--backbone", "resnet18", "--image-size", "32", "--batch-size", "8", "--workers", "0", "--lr", "0.02"]
 METRIC_KEYS = {
-    "accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_micro", "recall_micro", "f1_micro",
-    "precision_weighted", "recall_weighted", "f1_weighted", "per_class", "confusion_matrix", "num_samples",
+    "accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "precision_micro",
+    "recall_micro",
+    "f1_micro",
+    "precision_weighted",
+    "recall_weighted",
+    "f1_weighted",
+    "per_class",
+    "confusion_matrix",
+    "num_samples",
 }
 
 
@@ -57,8 +68,22 @@ def test_train_writes_the_run_folder(trained) -> None:
 
 def test_eval_of_last_checkpoint_reproduces_training_metrics(trained, data, tmp_path) -> None:
     out = tmp_path / "eval"
-    assert main(["eval", "--checkpoint", str(trained / "last.pt"), "--data", str(data), "--output", str(out),
-                 "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(trained / "last.pt"),
+                "--data",
+                str(data),
+                "--output",
+                str(out),
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "metrics.json").read_text()) == json.loads((trained / "metrics.json").read_text())
     assert (out / "confusion_matrix.png").stat().st_size > 0
 
@@ -66,8 +91,20 @@ def test_eval_of_last_checkpoint_reproduces_training_metrics(trained, data, tmp_
 def test_predict_prints_and_writes_top_classes(trained, data, tmp_path, capsys) -> None:
     out = tmp_path / "pred"
     image = data / "val" / "red" / "0.png"
-    assert main(["predict", str(image), str(data / "val" / "blue"), "--checkpoint", str(trained / "best.pt"),
-                 "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(image),
+                str(data / "val" / "blue"),
+                "--checkpoint",
+                str(trained / "best.pt"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "predictions.json").read_text())
     assert len(results) == 5 and results[0]["path"] == str(image)
     for result in results:
@@ -80,7 +117,9 @@ def test_predict_prints_and_writes_top_classes(trained, data, tmp_path, capsys) 
 def test_resume_continues_after_the_saved_epoch(data, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     assert main(["--data", str(data), "--epochs", "1", "--output", str(out), *FAST]) == 0
-    assert main(["--data", str(data), "--epochs", "2", "--output", str(out), "--resume", str(out / "last.pt"), *FAST]) == 0
+    assert (
+        main(["--data", str(data), "--epochs", "2", "--output", str(out), "--resume", str(out / "last.pt"), *FAST]) == 0
+    )
     assert "resumed from" in capsys.readouterr().out
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
 
@@ -108,9 +147,26 @@ def test_linear_probe_trains_the_head_only(data, tmp_path) -> None:
 
 def test_engine_options_ema_amp_accumulation_clipping(data, tmp_path) -> None:
     out = tmp_path / "opts"
-    args = ["--data", str(data), "--epochs", "1", "--output", str(out), "--amp", *FAST,
-            "--set", "train.ema=true", "--set", "train.accumulate=2", "--set", "train.clip_grad=1.0",
-            "--set", "train.optimizer=adamw", "--lr", "0.001"]
+    args = [
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--output",
+        str(out),
+        "--amp",
+        *FAST,
+        "--set",
+        "train.ema=true",
+        "--set",
+        "train.accumulate=2",
+        "--set",
+        "train.clip_grad=1.0",
+        "--set",
+        "train.optimizer=adamw",
+        "--lr",
+        "0.001",
+    ]
     assert main(args) == 0
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert checkpoint["ema"] is not None
@@ -119,8 +175,10 @@ def test_engine_options_ema_amp_accumulation_clipping(data, tmp_path) -> None:
 
 def test_csv_layout(data, tmp_path) -> None:
     for split in ("train", "val"):
-        rows = ["path,label"] + [f"{p.relative_to(tmp_path.parent) if False else p},{p.parent.name}"
-                                 for p in sorted((data / split).rglob("*.png"))]
+        rows = ["path,label"] + [
+            f"{p.relative_to(tmp_path.parent) if False else p},{p.parent.name}"
+            for p in sorted((data / split).rglob("*.png"))
+        ]
         (tmp_path / f"{split}.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "csvrun"
     assert main(["--data", str(tmp_path), "--format", "csv", "--epochs", "1", "--output", str(out), *FAST]) == 0
@@ -184,8 +242,19 @@ def test_checkpoint_of_another_task(trained, data, tmp_path, capsys) -> None:
 
 def test_checkpoint_with_another_class_count(trained, tmp_path, capsys) -> None:
     two = make_image_folder(tmp_path / "two", classes=("red", "gray"), per_class=(2, 2))
-    rc = main(["eval", "--checkpoint", str(trained / "best.pt"), "--data", str(two), "--output", str(trained),
-               "--workers", "0"])
+    rc = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(trained / "best.pt"),
+            "--data",
+            str(two),
+            "--output",
+            str(trained),
+            "--workers",
+            "0",
+        ]
+    )
     _one_line_error(capsys, rc, "best.pt", "3 classes", "2")
     assert json.loads((trained / "metrics.json").read_text())["num_samples"] == 12  # nothing lost
 

@@ -59,7 +59,9 @@ def test_packaged_configs_ship_as_package_data() -> None:
     assert load_yaml("classify/digits") == load_yaml(digits)  # names resolve without a path
     for yaml_file in resources.files("configs").joinpath("classify").iterdir():
         if yaml_file.name.endswith(".yaml"):
-            apply(ClassifyConfig(), load_yaml(packaged_config(f"classify/{yaml_file.name[:-5]}")), source=yaml_file.name)
+            apply(
+                ClassifyConfig(), load_yaml(packaged_config(f"classify/{yaml_file.name[:-5]}")), source=yaml_file.name
+            )
 
 
 def test_train_config_defaults_are_valid() -> None:

@@ -26,7 +26,9 @@ def test_meter_equals_sklearn(num_classes: int, seed: int) -> None:
     labels = list(range(num_classes))
     assert got["accuracy"] == pytest.approx(accuracy_score(y, p), abs=1e-12)
     for average in ("macro", "micro", "weighted"):
-        precision, recall, f1, _ = precision_recall_fscore_support(y, p, labels=labels, average=average, zero_division=0)
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            y, p, labels=labels, average=average, zero_division=0
+        )
         assert got[f"precision_{average}"] == pytest.approx(precision, abs=1e-12)
         assert got[f"recall_{average}"] == pytest.approx(recall, abs=1e-12)
         assert got[f"f1_{average}"] == pytest.approx(f1, abs=1e-12)
@@ -48,8 +50,12 @@ def test_hand_computed_three_class_case() -> None:
     confusion = np.array([[2, 1, 0], [0, 1, 0], [1, 0, 1]])
     got = metrics_from_confusion(confusion, ["a", "b", "c"])
     assert got["accuracy"] == pytest.approx(4 / 6)
-    assert got["per_class"]["a"] == {"precision": pytest.approx(2 / 3), "recall": pytest.approx(2 / 3),
-                                     "f1": pytest.approx(2 / 3), "support": 3}
+    assert got["per_class"]["a"] == {
+        "precision": pytest.approx(2 / 3),
+        "recall": pytest.approx(2 / 3),
+        "f1": pytest.approx(2 / 3),
+        "support": 3,
+    }
     assert got["per_class"]["b"]["precision"] == pytest.approx(1 / 2)
     assert got["per_class"]["b"]["recall"] == pytest.approx(1.0)
     assert got["per_class"]["c"]["precision"] == pytest.approx(1.0)

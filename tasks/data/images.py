@@ -28,5 +28,5 @@ def load_rgb(path: str | Path) -> np.ndarray:
 
 
 def warn_unreadable(path: str | Path, error: BaseException) -> None:
-    print(f"warning: skipping unreadable image {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
-          file=sys.stderr, flush=True)
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    print(f"warning: skipping unreadable image {path}: {reason}", file=sys.stderr, flush=True)

@@ -1,0 +1,34 @@
+"""The built-in default data: made once, deterministic, and used with its own recipe when --data is omitted."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from tasks.classify import main
+from tasks.data.embedded import digits_imagefolder
+
+
+def test_digits_imagefolder_is_built_once_and_split_deterministically(tmp_path) -> None:
+    root = digits_imagefolder(tmp_path)
+    counts = {split: len(list((root / split).rglob("*.png"))) for split in ("train", "val")}
+    assert counts == {"train": 1437, "val": 360}
+    assert sorted(p.name for p in (root / "val").iterdir()) == [str(d) for d in range(10)]
+    stamp = (root / "val" / "3" / next(iter(sorted(p.name for p in (root / "val" / "3").iterdir())))).stat().st_mtime
+    assert digits_imagefolder(tmp_path) == root
+    first = root / "val" / "3" / sorted(p.name for p in (root / "val" / "3").iterdir())[0]
+    assert first.stat().st_mtime == stamp  # not rewritten
+
+
+def test_no_data_uses_the_digits_and_their_recipe(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    args = ["--backbone", "resnet18", "--epochs", "1", "--workers", "0", "--output", str(out)]
+    assert main([*args, "--set", "train.max_iters_per_epoch=2"]) == 0
+    assert "built-in handwritten digits" in capsys.readouterr().out
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["data"]["image_size"] == 32 and config["data"]["hflip"] == 0.0  # the packaged recipe
+    assert config["train"]["epochs"] == 1  # ... under the user's flags
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_samples"] == 360 and "top5" in metrics
