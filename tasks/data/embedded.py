@@ -23,7 +23,7 @@ def cache_root() -> Path:
 def digits_imagefolder(root: Path | None = None, *, size: int = 32) -> Path:
     """scikit-learn's 1,797 handwritten digits (8×8) as a 32×32 PNG ImageFolder.
 
-    Every fifth image of each class goes to ``val`` (deterministic, 360 images); the rest
+    Every fifth image of each class goes to ``val`` (deterministic, 355 images); the rest
     to ``train``. Built once into a temporary folder and renamed into place, so a run
     that is interrupted never leaves a half-written dataset behind.
     """
