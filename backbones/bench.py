@@ -1,0 +1,230 @@
+"""Time a backbone against torchvision's and timm's same architecture, interleaved in one run.
+
+    python -m backbones.bench --backbone resnet50 --batch-size 8 --image-size 224 --mode both
+
+Each round times one step of every candidate in turn, so drift in clock speed or load hits
+them all alike; the report is the median over rounds. Candidates at equal settings
+(``--channels-last``, ``--inference-mode``, ``--compile`` apply to all) are compared with
+torchvision; ``ours (best)`` (BatchNorm folded, channels-last, inference mode) is compared
+with torchvision's default eager model. Peak memory is CUDA's allocator peak on a GPU; on
+a CPU it is the growth of the process's peak resident memory during one step, measured in
+a forked child per candidate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import multiprocessing as mp
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from backbones import build_backbone
+from backbones.inference import optimize_for_inference
+
+
+class _Trunk(nn.Module):
+    """torchvision's or timm's ResNet without pooling and classifier: the same work as our c5."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.maxpool(m.act1(m.bn1(m.conv1(x)))) if hasattr(m, "act1") else m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        return m.layer4(m.layer3(m.layer2(m.layer1(x))))
+
+
+@dataclass
+class Candidate:
+    name: str
+    model: Callable[[torch.Tensor], object]
+    module: nn.Module
+    step: str  # "forward" or "train"
+    inference_mode: bool
+    channels_last: bool
+    times: list[float]
+
+
+def _build(name: str, arch: str, *, channels_last: bool, compile_model: bool, device: torch.device) -> nn.Module:
+    if name == "ours":
+        model: nn.Module = build_backbone(arch, out_levels=("c5",))
+    elif name == "ours (best)":
+        model = optimize_for_inference(build_backbone(arch, out_levels=("c5",)).eval())
+    elif name.startswith("torchvision"):
+        import torchvision
+
+        model = _Trunk(torchvision.models.get_model(arch, weights=None))
+    elif name == "timm":
+        import timm
+
+        model = _Trunk(timm.create_model(arch, pretrained=False))
+    else:  # pragma: no cover
+        raise ValueError(name)
+    model = model.to(device)
+    if channels_last and name != "ours (best)":
+        model = model.to(memory_format=torch.channels_last)
+    if compile_model:
+        model = torch.compile(model)  # type: ignore[assignment]
+    return model
+
+
+def _run_step(c: Candidate, x: torch.Tensor) -> None:
+    if c.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if c.step == "train":
+        c.module.train()
+        out = c.model(x)
+        tensor = next(iter(out.values())) if isinstance(out, dict) else out
+        tensor.float().mean().backward()
+        return
+    c.module.eval()
+    context = torch.inference_mode() if c.inference_mode else torch.no_grad()
+    with context:
+        c.model(x)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_memory_mb(c: Candidate, x: torch.Tensor, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        _run_step(c, x)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    ctx = mp.get_context("fork")
+    queue = ctx.SimpleQueue()
+
+    def child() -> None:
+        gc.collect()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        _run_step(c, x)
+        queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+
+    process = ctx.Process(target=child)
+    process.start()
+    process.join()
+    return float(queue.get()) if not queue.empty() else float("nan")
+
+
+def benchmark(
+    arch: str,
+    *,
+    batch_size: int,
+    image_size: int,
+    modes: Sequence[str],
+    channels_last: bool,
+    inference_mode: bool,
+    compile_model: bool,
+    rounds: int,
+    warmup: int,
+    device: torch.device,
+    references: Sequence[str] = ("torchvision", "timm"),
+) -> list[dict[str, object]]:
+    """Rows of {mode, candidate, images_per_s, ratio, reference, peak_mb}."""
+    x = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    candidates: list[Candidate] = []
+    for mode in modes:
+        names = ["ours", *references]
+        if mode == "forward":
+            names += ["ours (best)", "torchvision (default)"]
+        for name in names:
+            default = name == "torchvision (default)"
+            cl = channels_last and not default
+            module = _build(name, arch, channels_last=cl, compile_model=compile_model and not default, device=device)
+            im = (inference_mode or name == "ours (best)") and not default
+            candidates.append(Candidate(name, module, module, mode, im, cl or name == "ours (best)", []))
+    for _ in range(warmup):
+        for c in candidates:
+            _run_step(c, x)
+    for _ in range(rounds):
+        for c in candidates:
+            _sync(device)
+            start = time.perf_counter()
+            _run_step(c, x)
+            _sync(device)
+            c.times.append(time.perf_counter() - start)
+            if c.step == "train":
+                c.module.zero_grad(set_to_none=True)
+    rows = []
+    for c in candidates:
+        speed = batch_size / statistics.median(c.times)
+        reference_name = "torchvision (default)" if c.name == "ours (best)" else "torchvision"
+        reference = next(r for r in candidates if r.name == reference_name and r.step == c.step)
+        ratio = speed / (batch_size / statistics.median(reference.times))
+        rows.append(
+            dict(
+                mode=c.step,
+                candidate=c.name,
+                images_per_s=speed,
+                ratio=ratio,
+                reference=reference_name,
+                peak_mb=_peak_memory_mb(c, x, device),
+            )
+        )
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, object]]) -> str:
+    lines = ["| step | candidate | images/s | ratio | against | peak memory (MiB) |", "|---|---|---:|---:|---|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['mode']} | {r['candidate']} | {r['images_per_s']:.1f} | {r['ratio']:.2f}× | "
+            f"{r['reference']} | {r['peak_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backbones.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--mode", choices=("forward", "train", "both"), default="both")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--inference-mode", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-timm", action="store_true")
+    args = parser.parse_args(argv)
+    modes = ("forward", "train") if args.mode == "both" else (args.mode,)
+    device = torch.device(args.device)
+    rows = benchmark(
+        args.backbone,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        modes=modes,
+        channels_last=args.channels_last,
+        inference_mode=args.inference_mode,
+        compile_model=args.compile,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        device=device,
+        references=("torchvision",) if args.no_timm else ("torchvision", "timm"),
+    )
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    print(
+        f"{args.backbone}, batch {args.batch_size}, {args.image_size}px, device {device}"
+        f"{f' ({threads} threads)' if threads else ''}, channels_last={args.channels_last}, "
+        f"inference_mode={args.inference_mode}, compile={args.compile}, median of {args.rounds} interleaved rounds"
+    )
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
