@@ -21,8 +21,9 @@ def test_folded_backbone_matches_the_original(name: str, options: dict) -> None:
     with torch.inference_mode():
         want, got = backbone(x), fast(x)
     assert list(got) == list(want)
-    for level in want:
-        torch.testing.assert_close(got[level], want[level], rtol=1e-4, atol=1e-4)
+    for level in want:  # folding rounds differently; bound the error by the map's own magnitude
+        scale = float(want[level].abs().max())
+        assert float((got[level] - want[level]).abs().max()) <= 1e-5 * scale, level
     assert backbone.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
     with pytest.raises(RuntimeError, match="inference only"):
         fast.train()
