@@ -7,8 +7,8 @@ them all alike; the report is the median over rounds. Candidates at equal settin
 (``--channels-last``, ``--inference-mode``, ``--compile`` apply to all) are compared with
 torchvision; ``ours (best)`` (BatchNorm folded, channels-last, inference mode) is compared
 with torchvision's default eager model. Peak memory is CUDA's allocator peak on a GPU; on
-a CPU it is the growth of the process's peak resident memory during one step, measured in
-a forked child per candidate.
+a CPU it is the growth of peak resident memory during one step of the candidate, freshly
+built in a spawned interpreter of its own.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _peak_memory_mb(c: Candidate, x: torch.Tensor, device: torch.device) -> float:
+def _peak_memory_mb(c: Candidate, x: torch.Tensor, device: torch.device, spec: dict[str, object]) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -104,19 +104,40 @@ def _peak_memory_mb(c: Candidate, x: torch.Tensor, device: torch.device) -> floa
         _run_step(c, x)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    ctx = mp.get_context("fork")
-    queue = ctx.SimpleQueue()
+    # A fresh interpreter per candidate: forking after torch's thread pools start can deadlock.
+    with mp.get_context("spawn").Pool(1) as pool:
+        return float(pool.apply(_cpu_step_memory_mb, (spec,)))
 
-    def child() -> None:
-        gc.collect()
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        _run_step(c, x)
-        queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 
-    process = ctx.Process(target=child)
-    process.start()
-    process.join()
-    return float(queue.get()) if not queue.empty() else float("nan")
+def _cpu_step_memory_mb(spec: dict[str, object]) -> float:
+    """Growth of peak resident memory during one step of a freshly built candidate."""
+    torch.set_num_threads(int(spec["threads"]))  # type: ignore[call-overload]
+    c = _candidate(**spec)  # type: ignore[arg-type]
+    x = torch.randn(int(spec["batch_size"]), 3, int(spec["image_size"]), int(spec["image_size"]))  # type: ignore[call-overload]
+    gc.collect()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _run_step(c, x)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def _candidate(
+    *,
+    name: str,
+    arch: str,
+    mode: str,
+    channels_last: bool,
+    inference_mode: bool,
+    compile_model: bool,
+    device: str = "cpu",
+    **_: object,
+) -> Candidate:
+    default = name == "torchvision (default)"
+    cl = channels_last and not default
+    module = _build(
+        name, arch, channels_last=cl, compile_model=compile_model and not default, device=torch.device(device)
+    )
+    im = (inference_mode or name == "ours (best)") and not default
+    return Candidate(name, module, module, mode, im, cl or name == "ours (best)", [])
 
 
 def benchmark(
@@ -135,17 +156,27 @@ def benchmark(
 ) -> list[dict[str, object]]:
     """Rows of {mode, candidate, images_per_s, ratio, reference, peak_mb}."""
     x = torch.randn(batch_size, 3, image_size, image_size, device=device)
-    candidates: list[Candidate] = []
+    specs: list[dict[str, object]] = []
     for mode in modes:
         names = ["ours", *references]
         if mode == "forward":
             names += ["ours (best)", "torchvision (default)"]
-        for name in names:
-            default = name == "torchvision (default)"
-            cl = channels_last and not default
-            module = _build(name, arch, channels_last=cl, compile_model=compile_model and not default, device=device)
-            im = (inference_mode or name == "ours (best)") and not default
-            candidates.append(Candidate(name, module, module, mode, im, cl or name == "ours (best)", []))
+        specs += [
+            dict(
+                name=name,
+                arch=arch,
+                mode=mode,
+                channels_last=channels_last,
+                inference_mode=inference_mode,
+                compile_model=compile_model,
+                device=str(device),
+                batch_size=batch_size,
+                image_size=image_size,
+                threads=torch.get_num_threads(),
+            )
+            for name in names
+        ]
+    candidates = [_candidate(**spec) for spec in specs]  # type: ignore[arg-type]
     for _ in range(warmup):
         for c in candidates:
             _run_step(c, x)
@@ -159,7 +190,7 @@ def benchmark(
             if c.step == "train":
                 c.module.zero_grad(set_to_none=True)
     rows = []
-    for c in candidates:
+    for c, spec in zip(candidates, specs):
         speed = batch_size / statistics.median(c.times)
         reference_name = "torchvision (default)" if c.name == "ours (best)" else "torchvision"
         reference = next(r for r in candidates if r.name == reference_name and r.step == c.step)
@@ -171,7 +202,7 @@ def benchmark(
                 images_per_s=speed,
                 ratio=ratio,
                 reference=reference_name,
-                peak_mb=_peak_memory_mb(c, x, device),
+                peak_mb=_peak_memory_mb(c, x, device, spec),
             )
         )
     return rows
