@@ -1,6 +1,8 @@
-"""A faster inference form of any traceable backbone: BatchNorm folded into convolutions, channels-last."""
+"""A faster inference form of any traceable backbone: BatchNorm folded, channels-last, TorchScript-frozen."""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor
@@ -12,34 +14,72 @@ from backbones.base import Backbone
 class InferenceBackbone(Backbone):
     """An eval-only copy of a backbone with the same outputs (to float rounding) and ``feature_info``.
 
-    Each BatchNorm that follows a convolution is folded into that convolution's weights and
-    bias (torch.fx's ``fuse``), and weights and inputs use the channels-last layout that
-    oneDNN and cuDNN convolutions prefer. Built for ``eval`` and ``predict``; training it is
-    an error because the folded statistics would no longer be statistics.
+    Each BatchNorm that follows a convolution is folded into the convolution (torch.fx's
+    ``fuse``); weights and inputs use the channels-last layout that oneDNN and cuDNN
+    convolutions prefer; and with ``freeze`` the graph is traced, frozen and passed through
+    ``torch.jit.optimize_for_inference``, which fuses convolutions with their ReLU and residual
+    additions. On a 2-core CPU this runs ResNet-50 about 1.5× faster than torchvision's eager
+    model (docs/benchmarks.md). Training it is an error: folded statistics are no longer
+    statistics.
+
+    Args:
+        backbone: the backbone to copy; it is left unchanged.
+        channels_last: use the channels-last memory layout.
+        freeze: trace and freeze with TorchScript. Tracing records no shape-dependent control
+            flow in our backbones, so the frozen graph serves any input size.
     """
 
-    def __init__(self, backbone: Backbone, *, channels_last: bool = True) -> None:
+    def __init__(self, backbone: Backbone, *, channels_last: bool = True, freeze: bool = True) -> None:
         super().__init__()
         self.feature_info = backbone.feature_info
         was_training = backbone.training
-        self.graph = fuse(backbone.eval())
+        graph: torch.nn.Module = fuse(backbone.eval())
         backbone.train(was_training)
         self.channels_last = channels_last
         if channels_last:
-            self.graph = self.graph.to(memory_format=torch.channels_last)
-        self.eval()
+            graph = graph.to(memory_format=torch.channels_last)
+        if freeze:
+            graph = self._torchscript(graph)
+        self.graph = graph
+        self.training = False
+
+    def _torchscript(self, graph: torch.nn.Module) -> torch.nn.Module:
+        """TorchScript-freeze ``graph``, or return it unchanged where TorchScript cannot.
+
+        torch 2.14 marks TorchScript deprecated in favour of torch.compile; it is still the
+        fastest CPU inference path measured here (torch.compile: about the same speed after a
+        36 s compile per input shape), so it stays the default while it exists.
+        """
+        param = next(graph.parameters())
+        example = self._layout(torch.zeros(1, _in_channels(graph), 64, 64, device=param.device))
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore", FutureWarning)
+                traced = torch.jit.trace(graph, example, strict=False)
+                return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+        except (AttributeError, RuntimeError):  # TorchScript gone, or a graph it cannot trace
+            return graph
+
+    def _layout(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def train(self, mode: bool = True) -> InferenceBackbone:
         if mode:
             raise RuntimeError("InferenceBackbone is for inference only; train the original backbone")
-        return super().train(False)
+        self.training = False
+        return self
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.graph(x)
+        return dict(self.graph(self._layout(x)))
 
 
-def optimize_for_inference(backbone: Backbone, *, channels_last: bool = True) -> InferenceBackbone:
-    """Fold BatchNorm into convolutions and switch to channels-last; see :class:`InferenceBackbone`."""
-    return InferenceBackbone(backbone, channels_last=channels_last)
+def _in_channels(module: torch.nn.Module) -> int:
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Conv2d):
+            return sub.in_channels
+    raise ValueError("backbone has no Conv2d")
+
+
+def optimize_for_inference(backbone: Backbone, *, channels_last: bool = True, freeze: bool = True) -> InferenceBackbone:
+    """The fast inference form of ``backbone``; see :class:`InferenceBackbone`."""
+    return InferenceBackbone(backbone, channels_last=channels_last, freeze=freeze)

@@ -10,20 +10,39 @@ from backbones import build_backbone
 from backbones.inference import optimize_for_inference
 
 
-@pytest.mark.parametrize("name,options", [("resnet50", {}), ("resnet18", {"output_stride": 8}), ("resnet50d", {})])
-def test_folded_backbone_matches_the_original(name: str, options: dict) -> None:
+@pytest.mark.parametrize(
+    "name,options,freeze",
+    [
+        ("resnet50", {}, True),
+        ("resnet18", {"output_stride": 8}, True),
+        ("resnet50d", {}, True),
+        ("resnet18", {}, False),
+    ],
+)
+def test_folded_backbone_matches_the_original(name: str, options: dict, freeze: bool) -> None:
     backbone = build_backbone(name, **options).eval()
     randomize_bn_stats(backbone)
-    fast = optimize_for_inference(backbone)
+    fast = optimize_for_inference(backbone, freeze=freeze)
     assert fast.feature_info == backbone.feature_info
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
-    x = torch.randn(2, 3, 67, 59)
-    with torch.inference_mode():
-        want, got = backbone(x), fast(x)
+    if not freeze:
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    for size in ((67, 59), (128, 96)):  # the frozen graph was traced at 64x64: other sizes must work
+        x = torch.randn(2, 3, *size)
+        with torch.inference_mode():
+            want, got = backbone(x), fast(x)
+        _close(got, want)
+
+
+def _close(got: dict, want: dict) -> None:
     assert list(got) == list(want)
     for level in want:  # folding rounds differently; bound the error by the map's own magnitude
         scale = float(want[level].abs().max())
         assert float((got[level] - want[level]).abs().max()) <= 1e-5 * scale, level
-    assert backbone.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+
+
+def test_original_is_untouched_and_training_is_refused() -> None:
+    backbone = build_backbone("resnet18").train()
+    fast = optimize_for_inference(backbone)
+    assert backbone.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
     with pytest.raises(RuntimeError, match="inference only"):
         fast.train()

@@ -1,0 +1,192 @@
+"""Faster R-CNN with FPN over any backbone, assembled from torchvision's building blocks.
+
+The FPN's input channels, the RoI pooler's levels and the anchor levels all come from the
+backbone's ``feature_info``. Module names below ``fpn``, ``rpn`` and ``roi_heads`` are
+torchvision's, so :func:`from_torchvision_state_dict` maps a torchvision detector's
+checkpoint onto this head with renaming alone.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+
+from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from backbones.base import Backbone, FeatureInfo
+
+DETECTION_LEVELS = ("c2", "c3", "c4", "c5")
+DEFAULT_ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Detections = list[dict[str, Tensor]]
+
+
+class FasterRCNNHead(nn.Module):
+    """FPN, region proposal network and box head over the backbone's c2..c5 (plus a max-pooled P6).
+
+    Args:
+        feature_info: the backbone's ``feature_info``; it must hold every level in ``levels``.
+        num_classes: classes including background (torchvision's convention: COCO is 91).
+        levels: backbone levels fed to the FPN, shallowest first.
+        fpn_channels: FPN output channels.
+        anchor_sizes: one tuple of sizes per pyramid level, P6 included (``len(levels) + 1``).
+        aspect_ratios: anchor height/width ratios, the same at every level.
+        rpn_pre_nms_top_n_train, rpn_pre_nms_top_n_test: proposals kept per level before NMS.
+        rpn_post_nms_top_n_train, rpn_post_nms_top_n_test: proposals kept per image after NMS.
+        rpn_nms_thresh, rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image,
+        rpn_positive_fraction: the RPN's matching and sampling.
+        box_batch_size_per_image, box_positive_fraction, box_fg_iou_thresh, box_bg_iou_thresh:
+            RoI sampling for the box head.
+        box_score_thresh, box_nms_thresh, box_detections_per_img: inference post-processing.
+        representation_size: width of the two-layer box MLP.
+    """
+
+    def __init__(
+        self,
+        feature_info: Sequence[FeatureInfo],
+        num_classes: int,
+        *,
+        levels: Sequence[str] = DETECTION_LEVELS,
+        fpn_channels: int = 256,
+        anchor_sizes: Sequence[Sequence[int]] = DEFAULT_ANCHOR_SIZES,
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        rpn_pre_nms_top_n_train: int = 2000,
+        rpn_pre_nms_top_n_test: int = 1000,
+        rpn_post_nms_top_n_train: int = 2000,
+        rpn_post_nms_top_n_test: int = 1000,
+        rpn_nms_thresh: float = 0.7,
+        rpn_fg_iou_thresh: float = 0.7,
+        rpn_bg_iou_thresh: float = 0.3,
+        rpn_batch_size_per_image: int = 256,
+        rpn_positive_fraction: float = 0.5,
+        box_batch_size_per_image: int = 512,
+        box_positive_fraction: float = 0.25,
+        box_fg_iou_thresh: float = 0.5,
+        box_bg_iou_thresh: float = 0.5,
+        box_score_thresh: float = 0.05,
+        box_nms_thresh: float = 0.5,
+        box_detections_per_img: int = 100,
+        representation_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes!r} is invalid: it counts the background, so at least 2")
+        by_name = {info.name: info for info in feature_info}
+        missing = [level for level in levels if level not in by_name]
+        if missing:
+            raise ValueError(f"the backbone returns {list(by_name)}, but the detection head needs {list(levels)}")
+        if len(anchor_sizes) != len(levels) + 1:
+            raise ValueError(
+                f"anchor_sizes has {len(anchor_sizes)} levels; it needs {len(levels) + 1} "
+                f"(one per FPN level {list(levels)} and one for the pooled P6)"
+            )
+        self.levels = tuple(levels)
+        self.pyramid_names = [f"p{level[1:]}" for level in levels] + [f"p{int(levels[-1][1:]) + 1}"]
+        self.fpn = FeaturePyramidNetwork(
+            [by_name[level].channels for level in levels], fpn_channels, extra_blocks=LastLevelMaxPool()
+        )
+        anchors = AnchorGenerator(
+            tuple(tuple(sizes) for sizes in anchor_sizes), (tuple(aspect_ratios),) * len(anchor_sizes)
+        )
+        self.rpn = RegionProposalNetwork(
+            anchors,
+            RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
+            rpn_fg_iou_thresh,
+            rpn_bg_iou_thresh,
+            rpn_batch_size_per_image,
+            rpn_positive_fraction,
+            dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
+            dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
+            rpn_nms_thresh,
+        )
+        pooler = MultiScaleRoIAlign(self.pyramid_names[:-1], output_size=7, sampling_ratio=2)
+        self.roi_heads = RoIHeads(
+            pooler,
+            TwoMLPHead(fpn_channels * 7 * 7, representation_size),
+            FastRCNNPredictor(representation_size, num_classes),
+            box_fg_iou_thresh,
+            box_bg_iou_thresh,
+            box_batch_size_per_image,
+            box_positive_fraction,
+            None,
+            box_score_thresh,
+            box_nms_thresh,
+            box_detections_per_img,
+        )
+
+    def forward(
+        self, features: Mapping[str, Tensor], images: ImageList, targets: list[dict[str, Tensor]] | None = None
+    ) -> tuple[Detections, dict[str, Tensor]]:
+        pyramid = self.fpn(OrderedDict((level, features[level]) for level in self.levels))  # 256 channels each
+        pyramid = OrderedDict(zip(self.pyramid_names, pyramid.values()))  # p2..p5 and the pooled p6
+        proposals, rpn_losses = self.rpn(images, pyramid, targets)
+        detections, box_losses = self.roi_heads(pyramid, proposals, images.image_sizes, targets)
+        return detections, {**rpn_losses, **box_losses}
+
+
+class FasterRCNN(nn.Module):
+    """Images in, torchvision-style detections out: resize and normalise, backbone, head, rescale.
+
+    In training, ``forward(images, targets)`` returns the dict of the four losses; in
+    evaluation it returns one ``dict(boxes, labels, scores)`` per image, in that image's
+    original pixel coordinates. ``images`` are float (3, H, W) tensors in [0, 1].
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: FasterRCNNHead,
+        *,
+        min_size: int = 800,
+        max_size: int = 1333,
+        image_mean: Sequence[float] = IMAGENET_MEAN,
+        image_std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        self.transform = GeneralizedRCNNTransform(min_size, max_size, list(image_mean), list(image_std))
+        self.backbone = backbone
+        self.head = head
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> Detections | dict[str, Tensor]:
+        if self.training and targets is None:
+            raise ValueError("FasterRCNN needs targets in training mode")
+        original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        batch, targets = self.transform(images, targets)  # padded (N, 3, H', W') plus sizes
+        features = self.backbone(batch.tensors)
+        detections, losses = self.head(features, batch, targets)
+        if self.training:
+            return losses
+        return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+
+
+_TORCHVISION_PREFIXES = (
+    ("backbone.body.", "backbone."),
+    ("backbone.fpn.", "head.fpn."),
+    ("rpn.", "head.rpn."),
+    ("roi_heads.", "head.roi_heads."),
+)
+
+
+def from_torchvision_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a torchvision Faster R-CNN state dict (``fasterrcnn_resnet50_fpn`` and kin) to ours."""
+    out = {}
+    for key, value in state.items():
+        for old, new in _TORCHVISION_PREFIXES:
+            if key.startswith(old):
+                out[new + key[len(old) :]] = value
+                break
+        else:
+            out[key] = value
+    return out

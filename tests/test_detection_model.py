@@ -1,0 +1,84 @@
+"""Our Faster R-CNN against torchvision's fasterrcnn_resnet50_fpn with the same state dict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from conftest import randomize_bn_stats
+
+from heads.detection import FasterRCNNHead, from_torchvision_state_dict
+from tasks.detect import build_model
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_count_equals_torchvision() -> None:
+    reference = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    assert _count(build_model("resnet50", num_classes=91)) == _count(reference) == 41_755_286
+
+
+def test_same_detections_as_torchvision_with_its_weights(tmp_path) -> None:
+    options = dict(min_size=320, max_size=480, box_score_thresh=0.0)
+    reference = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=91, **options
+    ).eval()
+    randomize_bn_stats(reference)
+    with torch.no_grad():  # a classifier bias so that scores spread out and rank stably
+        reference.roi_heads.box_predictor.cls_score.bias.copy_(torch.linspace(-2, 2, 91))
+    torch.save(reference.state_dict(), tmp_path / "frcnn.pth")
+
+    ours = build_model("resnet50", num_classes=91, **options).eval()
+    state = torch.load(tmp_path / "frcnn.pth", weights_only=True)
+    ours.load_state_dict(from_torchvision_state_dict(state))
+
+    images = [torch.rand(3, 300, 410), torch.rand(3, 357, 299)]
+    with torch.no_grad():
+        want, got = reference(images), ours(images)
+    for w, g in zip(want, got):
+        assert len(w["boxes"]) > 0
+        torch.testing.assert_close(g["boxes"], w["boxes"], rtol=0, atol=1e-3)
+        assert torch.equal(g["labels"], w["labels"])
+        torch.testing.assert_close(g["scores"], w["scores"], rtol=0, atol=1e-5)
+
+
+def test_training_returns_the_four_losses() -> None:
+    model = build_model("resnet18", num_classes=3, min_size=128, max_size=128).train()
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])}] * 2
+    losses = model([torch.rand(3, 128, 128), torch.rand(3, 100, 120)], targets)
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+    sum(losses.values()).backward()
+    assert model.backbone.conv1.weight.grad is not None
+
+
+@pytest.mark.parametrize("backbone", ["resnet50d", "timm:convnext_atto"])
+def test_head_is_built_from_feature_info_of_any_backbone(backbone: str) -> None:
+    model = build_model(backbone, num_classes=5, min_size=160, max_size=160).eval()
+    channels = [info.channels for info in model.backbone.feature_info]
+    assert [block[0].in_channels for block in model.head.fpn.inner_blocks] == channels
+    with torch.no_grad():
+        out = model([torch.rand(3, 160, 200)])
+    assert set(out[0]) == {"boxes", "labels", "scores"}
+
+
+def test_pretrained_defaults_freeze_bn_and_the_stem(tmp_path) -> None:
+    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth")
+    model = build_model("resnet50", num_classes=3, weights=str(tmp_path / "r50.pth"))
+    assert isinstance(model.backbone.bn1, torchvision.ops.FrozenBatchNorm2d)
+    frozen = {n.split(".")[1] for n, p in model.named_parameters() if n.startswith("backbone.") and not p.requires_grad}
+    assert frozen == {"conv1", "layer1"}
+    scratch = build_model("resnet50", num_classes=3)
+    assert isinstance(scratch.backbone.bn1, torch.nn.BatchNorm2d) and all(p.requires_grad for p in scratch.parameters())
+
+
+def test_head_rejects_missing_levels_and_bad_anchor_levels() -> None:
+    from backbones import build_backbone
+
+    info = build_backbone("resnet18", out_levels=("c4", "c5")).feature_info
+    with pytest.raises(ValueError, match="needs"):
+        FasterRCNNHead(info, 3)
+    full = build_backbone("resnet18", out_levels=("c2", "c3", "c4", "c5")).feature_info
+    with pytest.raises(ValueError, match="anchor_sizes has 2 levels"):
+        FasterRCNNHead(full, 3, anchor_sizes=((32,), (64,)))
