@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.fx
 from torch import Tensor
 from torch.fx.experimental.optimization import fuse
 
@@ -83,3 +84,14 @@ def _in_channels(module: torch.nn.Module) -> int:
 def optimize_for_inference(backbone: Backbone, *, channels_last: bool = True, freeze: bool = True) -> InferenceBackbone:
     """The fast inference form of ``backbone``; see :class:`InferenceBackbone`."""
     return InferenceBackbone(backbone, channels_last=channels_last, freeze=freeze)
+
+
+def fast_inference(backbone: Backbone) -> Backbone:
+    """The inference form where the backbone can be traced, else the backbone itself (in eval mode).
+
+    timm models with data-dependent control flow cannot be traced by torch.fx; they run eagerly.
+    """
+    try:
+        return optimize_for_inference(backbone)
+    except (torch.fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError):
+        return backbone.eval()

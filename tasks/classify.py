@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from backbones import Backbone, build_backbone
+from backbones.inference import fast_inference
 from heads.classification import ClassificationHead, Pool
 from tasks import distributed
 from tasks.checkpoint import check_num_classes, evaluation_weights, load_checkpoint
@@ -235,7 +236,9 @@ def _load_model(path: Path) -> tuple[ClassificationModel, dict[str, Any]]:
         model.load_state_dict(evaluation_weights(checkpoint))
     except RuntimeError as error:
         raise UserError(f"checkpoint {path} does not fit its own model: {str(error).splitlines()[0]}") from None
-    return model.eval(), checkpoint
+    model.eval()
+    model.backbone = fast_inference(model.backbone)
+    return model, checkpoint
 
 
 def _require_checkpoint(args: argparse.Namespace) -> Path:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import randomize_bn_stats
 
-from backbones import build_backbone
+from backbones import Backbone, FeatureInfo, InferenceBackbone, build_backbone, fast_inference
 from backbones.inference import optimize_for_inference
 
 
@@ -46,3 +46,22 @@ def test_original_is_untouched_and_training_is_refused() -> None:
     assert backbone.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
     with pytest.raises(RuntimeError, match="inference only"):
         fast.train()
+
+
+class _DataDependent(Backbone):
+    """A backbone torch.fx cannot trace: its control flow depends on the input's values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=32)
+        self.feature_info = (FeatureInfo("c5", 4, 32),)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.conv(x)
+        return {"c5": out if out.sum() > 0 else -out}
+
+
+def test_fast_inference_falls_back_to_eager_for_untraceable_backbones() -> None:
+    assert isinstance(fast_inference(build_backbone("resnet18")), InferenceBackbone)
+    odd = _DataDependent().train()
+    assert fast_inference(odd) is odd and not odd.training
