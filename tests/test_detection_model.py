@@ -16,8 +16,17 @@ def _count(model: torch.nn.Module) -> int:
 
 
 def test_parameter_count_equals_torchvision() -> None:
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.models.detection.faster_rcnn import FasterRCNN
+
+    # from scratch both use trainable BatchNorm
     reference = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
-    assert _count(build_model("resnet50", num_classes=91)) == _count(reference) == 41_755_286
+    assert _count(build_model("resnet50", num_classes=91)) == _count(reference) == 41_808_406
+    # the published configuration (frozen BatchNorm, whose statistics are buffers): torchvision's documented count
+    frozen = FasterRCNN(
+        _resnet_fpn_extractor(torchvision.models.resnet50(norm_layer=torchvision.ops.FrozenBatchNorm2d), 3), 91
+    )
+    assert _count(build_model("resnet50", num_classes=91, norm="frozen_bn")) == _count(frozen) == 41_755_286
 
 
 def test_same_detections_as_torchvision_with_its_weights(tmp_path) -> None:
