@@ -1,0 +1,130 @@
+"""COCO metrics: faster-coco-eval equals pycocotools. VOC metrics: hand-computed devkit cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks.metrics.coco import COCO_KEYS, coco_box_metrics
+from tasks.metrics.voc import _voc_iou, to_voc_pixels, voc_box_metrics
+
+
+def synthetic_coco(num_images: int = 30, seed: int = 0) -> tuple[dict, list[dict]]:
+    """Ground truth with non-contiguous category ids, crowd boxes, empty images, all three sizes."""
+    rng = np.random.default_rng(seed)
+    categories = [{"id": 1, "name": "cat"}, {"id": 5, "name": "dog"}, {"id": 9, "name": "bird"}]
+    images, annotations, results = [], [], []
+    for image_id in range(1, num_images + 1):
+        images.append({"id": image_id, "width": 640, "height": 480, "file_name": f"{image_id}.jpg"})
+        if image_id % 7 == 0:
+            continue  # no annotations: stays in evaluation
+        for _ in range(rng.integers(1, 6)):
+            w, h = rng.choice([12, 60, 200]) * rng.uniform(0.7, 1.3, 2)
+            x, y = rng.uniform(0, 640 - w), rng.uniform(0, 480 - h)
+            category = int(rng.choice([1, 5, 9]))
+            crowd = int(rng.random() < 0.05)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": crowd,
+                }
+            )
+            if rng.random() < 0.8:
+                jitter = rng.normal(0, 0.08 * min(w, h), 4)
+                results.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": category if rng.random() < 0.9 else 5,
+                        "bbox": [x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]],
+                        "score": float(rng.random()),
+                    }
+                )
+        for _ in range(rng.integers(0, 3)):  # false positives
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(rng.choice([1, 5, 9])),
+                    "bbox": [float(rng.uniform(0, 500)), float(rng.uniform(0, 380)), 50.0, 40.0],
+                    "score": float(rng.random()),
+                }
+            )
+    return {"images": images, "annotations": annotations, "categories": categories}, results
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_faster_coco_eval_equals_pycocotools(seed: int) -> None:
+    gt, results = synthetic_coco(seed=seed)
+    fast = coco_box_metrics(gt, results, backend="faster-coco-eval")
+    reference = coco_box_metrics(gt, results, backend="pycocotools")
+    for key in COCO_KEYS:
+        assert fast[key] == pytest.approx(reference[key], abs=1e-6), key
+    assert fast["per_class_AP"].keys() == reference["per_class_AP"].keys() == {"cat", "dog", "bird"}
+    for name, value in reference["per_class_AP"].items():
+        assert fast["per_class_AP"][name] == pytest.approx(value, abs=1e-6)
+    assert 0 < reference["AP"] < reference["AP50"] <= 1
+    # AP is the mean of the per-class APs
+    assert np.mean(list(reference["per_class_AP"].values())) == pytest.approx(reference["AP"], abs=1e-9)
+
+
+def test_perfect_and_empty_predictions() -> None:
+    gt, _ = synthetic_coco(10)
+    perfect = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt["annotations"]
+        if not a["iscrowd"]
+    ]
+    assert coco_box_metrics(gt, perfect)["AP"] == pytest.approx(1.0)
+    empty = coco_box_metrics(gt, [])
+    assert empty["AP"] == 0.0 and set(empty["per_class_AP"]) == {"cat", "dog", "bird"}
+
+
+def test_voc_iou_uses_the_plus_one_pixel_convention() -> None:
+    assert to_voc_pixels(np.array([[0.0, 0.0, 4.0, 4.0]])).tolist() == [[1.0, 1.0, 4.0, 4.0]]
+    # 4x4 pixels against 4x3 pixels: 12 / 16 with VOC's inclusive widths (9 / 6 would give 0.667)
+    assert _voc_iou(np.array([1.0, 1.0, 4.0, 4.0]), np.array([[1.0, 1.0, 4.0, 3.0]]))[0] == pytest.approx(0.75)
+
+
+def _gt(boxes, labels, difficult=None):
+    return {
+        "boxes": np.array(boxes, float),
+        "labels": np.array(labels),
+        "difficult": np.array(difficult if difficult is not None else [False] * len(labels)),
+    }
+
+
+def _det(boxes, labels, scores):
+    return {"boxes": np.array(boxes, float), "labels": np.array(labels), "scores": np.array(scores)}
+
+
+def test_voc_difficult_objects_are_neither_hits_nor_misses() -> None:
+    gt = {"im": _gt([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 0], [False, True])}
+    det = {"im": _det([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], [0, 0, 0], [0.9, 0.8, 0.7])}
+    # hit (0.9), ignored difficult (0.8), miss (0.7): recall 1 at precision 1, then precision 1/2
+    metrics = voc_box_metrics(gt, det, ["a"])
+    assert metrics["mAP07"] == pytest.approx(1.0) and metrics["mAP"] == pytest.approx(1.0)
+
+
+def test_voc_eleven_point_and_area_differ_as_computed_by_hand() -> None:
+    gt = {"i1": _gt([[0, 0, 10, 10], [20, 0, 30, 10]], [0, 0]), "i2": _gt([[0, 0, 10, 10]], [0])}
+    det = {
+        "i1": _det([[0, 0, 10, 10], [40, 40, 50, 50]], [0, 0], [0.9, 0.8]),  # hit, miss
+        "i2": _det([[0, 0, 10, 10], [0, 0, 10, 10]], [0, 0], [0.7, 0.6]),  # hit, duplicate
+    }
+    # recall 1/3, 1/3, 2/3, 2/3; precision 1, 1/2, 2/3, 1/2
+    # 11-point: 4 thresholds at 1, 3 at 2/3, 4 at 0 -> 6/11; area: 1/3 * 1 + 1/3 * 2/3 -> 5/9
+    metrics = voc_box_metrics(gt, det, ["a", "b"])
+    assert metrics["per_class_AP07"]["a"] == pytest.approx(6 / 11)
+    assert metrics["per_class_AP"]["a"] == pytest.approx(5 / 9)
+    assert metrics["per_class_AP"]["b"] is None  # no ground truth: left out of the mean
+    assert metrics["mAP"] == pytest.approx(5 / 9) and metrics["mAP07"] == pytest.approx(6 / 11)
+
+
+def test_voc_threshold_is_strictly_greater_than_half() -> None:
+    gt = {"im": _gt([[0, 0, 10, 10]], [0])}
+    half = voc_box_metrics(gt, {"im": _det([[0, 0, 10, 5]], [0], [1.0])}, ["a"])  # IoU exactly 0.5
+    more = voc_box_metrics(gt, {"im": _det([[0, 0, 10, 6]], [0], [1.0])}, ["a"])
+    assert half["mAP"] == 0.0 and more["mAP"] == pytest.approx(1.0)
