@@ -20,8 +20,8 @@ class InferenceBackbone(Backbone):
     convolutions prefer; and with ``freeze`` the graph is traced, frozen and passed through
     ``torch.jit.optimize_for_inference``, which fuses convolutions with their ReLU and residual
     additions. On a 2-core CPU this runs ResNet-50 1.28× faster than torchvision's eager model,
-    with less than half its activation memory (docs/benchmarks.md). Training it is an error: folded statistics are no longer
-    statistics.
+    with less than half its activation memory (docs/benchmarks.md). Training it is an error:
+    folded statistics are no longer statistics.
 
     Args:
         backbone: the backbone to copy; it is left unchanged.
