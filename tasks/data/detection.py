@@ -1,0 +1,103 @@
+"""Detection data in one form, whatever format it was read from.
+
+Boxes are continuous pixel corners ``[x1, y1, x2, y2]`` in the original image; labels are
+contiguous 1..K (0 is the background, torchvision's convention); ``category_ids`` maps a label
+back to the dataset's own id for every output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class DetectionSample:
+    image_id: int | str
+    path: Path
+    width: int
+    height: int
+    boxes: np.ndarray  # (N, 4) float32, x1 y1 x2 y2
+    labels: np.ndarray  # (N,) int64, 1..K
+    crowd: np.ndarray  # (N,) bool: left out of training, handled by the COCO evaluator
+    difficult: np.ndarray  # (N,) bool: left out of training, ignored by the VOC evaluator
+
+    def training_targets(self) -> tuple[np.ndarray, np.ndarray]:
+        keep = ~(self.crowd | self.difficult)
+        return self.boxes[keep], self.labels[keep]
+
+
+@dataclass
+class FixCounts:
+    """Problems fixed rather than refused, reported once per split."""
+
+    clipped: int = 0
+    dropped: int = 0
+
+    def report(self, source: str) -> str | None:
+        parts = []
+        if self.clipped:
+            parts.append(f"clipped {self.clipped} box(es) that left the image")
+        if self.dropped:
+            parts.append(f"dropped {self.dropped} zero-area or inverted box(es)")
+        return f"warning: {source}: " + "; ".join(parts) if parts else None
+
+
+@dataclass
+class DetectionData:
+    samples: list[DetectionSample]
+    class_names: list[str]
+    category_ids: list[int]  # label k (1-based) -> category_ids[k - 1]
+    source: str
+    fixes: FixCounts = field(default_factory=FixCounts)
+
+    def coco_ground_truth(self) -> dict[str, Any]:
+        """The split as a COCO ground-truth dict with the dataset's own ids, for pycocotools.
+
+        Difficult objects become crowd regions, which COCO's evaluator likewise neither
+        rewards nor penalises.
+        """
+        images, annotations = [], []
+        for number, sample in enumerate(self.samples, start=1):
+            image_id = sample.image_id if isinstance(sample.image_id, int) else number
+            images.append(
+                {"id": image_id, "width": sample.width, "height": sample.height, "file_name": str(sample.path)}
+            )
+            for box, label, crowd, difficult in zip(sample.boxes, sample.labels, sample.crowd, sample.difficult):
+                x1, y1, x2, y2 = (float(v) for v in box)
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": self.category_ids[int(label) - 1],
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": (x2 - x1) * (y2 - y1),
+                        "iscrowd": int(bool(crowd) or bool(difficult)),
+                    }
+                )
+        categories = [{"id": cid, "name": name} for cid, name in zip(self.category_ids, self.class_names)]
+        return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def clean_boxes(boxes: np.ndarray, width: int, height: int, fixes: FixCounts) -> np.ndarray:
+    """Clip boxes to the image and return the mask of boxes with positive area (counting both fixes)."""
+    clipped = boxes.copy()
+    np.clip(clipped[:, 0::2], 0, width, out=clipped[:, 0::2])
+    np.clip(clipped[:, 1::2], 0, height, out=clipped[:, 1::2])
+    valid = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    fixes.clipped += int((np.any(clipped != boxes, axis=1) & valid).sum())
+    fixes.dropped += int((~valid).sum())
+    boxes[:] = clipped
+    return valid
+
+
+def empty_targets(count: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.zeros((count, 4), np.float32), np.zeros(count, np.int64), np.zeros(count, bool)
+
+
+def class_table(names: Sequence[str]) -> dict[str, int]:
+    return {name: index + 1 for index, name in enumerate(names)}

@@ -1,0 +1,101 @@
+"""The COCO reader: id mapping, crowd and empty images, sub-folders, fixes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.data.coco import find_coco_split, read_coco
+from tasks.errors import UserError
+
+
+def write_coco(root, *, split="val2017", image_mode="RGB"):
+    images_dir = root / split
+    (images_dir / "sub").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    Image.new(image_mode, (40, 30)).save(images_dir / "a.png")
+    Image.new(image_mode, (50, 60)).save(images_dir / "sub" / "b.png")
+    Image.new(image_mode, (20, 20)).save(images_dir / "c.png")
+    data = {
+        "images": [
+            {"id": 7, "file_name": "a.png", "width": 40, "height": 30},
+            {"id": 9, "file_name": "sub/b.png", "width": 50, "height": 60},
+            {"id": 11, "file_name": "c.png", "width": 20, "height": 20},  # no annotations
+        ],
+        "categories": [{"id": 90, "name": "zebra"}, {"id": 3, "name": "car"}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 3, "bbox": [1, 2, 10, 5], "iscrowd": 0},
+            {"id": 2, "image_id": 7, "category_id": 90, "bbox": [30, 20, 20, 20], "iscrowd": 0},  # leaves the image
+            {"id": 3, "image_id": 9, "category_id": 90, "bbox": [5, 5, 0, 10], "iscrowd": 0},  # zero width
+            {"id": 4, "image_id": 9, "category_id": 3, "bbox": [0, 0, 50, 60], "iscrowd": 1},
+        ],
+    }
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    return root
+
+
+def test_reads_ids_labels_crowd_and_sub_folders(tmp_path) -> None:
+    root = write_coco(tmp_path)
+    data = read_coco(*find_coco_split(root, "val2017"))
+    assert data.class_names == ["car", "zebra"] and data.category_ids == [3, 90]
+    a, b, c = data.samples
+    assert a.image_id == 7 and b.path.name == "b.png" and b.path.parent.name == "sub"
+    np.testing.assert_allclose(a.boxes, [[1, 2, 11, 7], [30, 20, 40, 30]])  # the second one clipped
+    assert a.labels.tolist() == [1, 2]
+    assert b.labels.tolist() == [1] and b.crowd.tolist() == [True]  # the zero-width box dropped
+    boxes, labels = b.training_targets()
+    assert len(boxes) == 0 and len(labels) == 0  # crowd left out of training
+    assert len(c.boxes) == 0  # images without annotations stay
+    assert (data.fixes.clipped, data.fixes.dropped) == (1, 1)
+    assert "clipped 1" in data.fixes.report("val") and "dropped 1" in data.fixes.report("val")
+
+
+def test_ground_truth_round_trip_keeps_the_dataset_ids(tmp_path) -> None:
+    data = read_coco(*find_coco_split(write_coco(tmp_path), "val2017"))
+    gt = data.coco_ground_truth()
+    assert [i["id"] for i in gt["images"]] == [7, 9, 11]
+    assert {c["id"]: c["name"] for c in gt["categories"]} == {3: "car", 90: "zebra"}
+    assert [(a["image_id"], a["category_id"], a["iscrowd"]) for a in gt["annotations"]] == [
+        (7, 3, 0),
+        (7, 90, 0),
+        (9, 3, 1),
+    ]
+    assert gt["annotations"][1]["bbox"] == [30.0, 20.0, 10.0, 10.0]
+
+
+def test_images_folder_layout(tmp_path) -> None:
+    root = write_coco(tmp_path, split="train")
+    (root / "images").mkdir()
+    (root / "train").rename(root / "images" / "train")
+    annotations, images = find_coco_split(root, "train")
+    assert images == root / "images" / "train"
+
+
+def test_malformed_json_names_file_and_position(tmp_path) -> None:
+    root = write_coco(tmp_path)
+    path = root / "annotations" / "instances_val2017.json"
+    path.write_text('{"images": [1, 2,}')
+    with pytest.raises(UserError, match=r"instances_val2017.json is not valid JSON: .* line 1, column \d+"):
+        read_coco(*find_coco_split(root, "val2017"))
+
+
+def test_missing_image_and_unknown_category(tmp_path) -> None:
+    root = write_coco(tmp_path)
+    (root / "val2017" / "c.png").unlink()
+    with pytest.raises(UserError, match=r"image .*c.png listed in .*instances_val2017.json does not exist"):
+        read_coco(*find_coco_split(root, "val2017"))
+    path = root / "annotations" / "instances_val2017.json"
+    data = json.loads(path.read_text())
+    data["images"] = data["images"][:2]
+    data["annotations"][0]["category_id"] = 4
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="unknown category_id 4"):
+        read_coco(*find_coco_split(root, "val2017"))
+
+
+def test_missing_split(tmp_path) -> None:
+    with pytest.raises(UserError, match="no COCO split 'train2017'"):
+        find_coco_split(write_coco(tmp_path), "train2017")
