@@ -1,0 +1,133 @@
+"""Pascal VOC detection data: ``Annotations/*.xml``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``.
+
+VOC boxes are 1-based inclusive pixels; they become continuous corners here
+(``x1 = xmin - 1``, ``x2 = xmax``) and go back the same way for VOC's evaluator.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tasks.data.detection import DetectionData, DetectionSample, FixCounts, clean_boxes
+from tasks.data.images import READ_ERRORS
+from tasks.errors import UserError
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+
+@dataclass
+class _VocObject:
+    name: str
+    box: tuple[float, float, float, float]  # continuous corners
+    difficult: bool
+
+
+def is_voc_root(root: Path) -> bool:
+    return (root / "Annotations").is_dir() and (root / "ImageSets" / "Main").is_dir()
+
+
+def split_ids(root: Path, split: str) -> list[str]:
+    path = root / "ImageSets" / "Main" / f"{split}.txt"
+    if not path.is_file():
+        raise UserError(f"--data {root} has no VOC split '{split}': expected {path}")
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise UserError(f"split file {path} lists no images")
+    return ids
+
+
+def choose_classes(root: Path, splits: Sequence[str], given: Sequence[str] | None) -> tuple[list[str], str]:
+    """The class list and where it came from: the user's list, VOC's 20, or the names found."""
+    if given:
+        return list(given), "the configured class list"
+    found = {
+        obj.name
+        for split in splits
+        for image_id in split_ids(root, split)
+        for obj in _parse(root / "Annotations" / f"{image_id}.xml")[1]
+    }
+    if found <= set(VOC_CLASSES):
+        return list(VOC_CLASSES), "the 20 Pascal VOC classes"
+    return sorted(found), "the names found in the annotations"
+
+
+def read_voc(root: Path, split: str, class_names: Sequence[str], *, strict_classes: bool = True) -> DetectionData:
+    """One split; an object of a class not in ``class_names`` is an error when ``strict_classes``
+    (a list the user gave), and otherwise skipped."""
+    label_of = {name: index + 1 for index, name in enumerate(class_names)}
+    fixes = FixCounts()
+    samples = []
+    for image_id in split_ids(root, split):
+        xml_path = root / "Annotations" / f"{image_id}.xml"
+        (filename, size), objects = _parse(xml_path)
+        image_path = root / "JPEGImages" / (filename or f"{image_id}.jpg")
+        if not image_path.is_file():
+            raise UserError(f"image {image_path} named by {xml_path} does not exist")
+        width, height = size or _image_size(image_path)
+        unknown = sorted({o.name for o in objects if o.name not in label_of})
+        if unknown and strict_classes:
+            raise UserError(f"{xml_path} has unknown class name(s) {unknown}; the class list is {list(class_names)}")
+        objects = [o for o in objects if o.name in label_of]
+        boxes = np.array([o.box for o in objects], dtype=np.float32).reshape(-1, 4)
+        labels = np.array([label_of[o.name] for o in objects], dtype=np.int64)
+        difficult = np.array([o.difficult for o in objects], dtype=bool)
+        valid = clean_boxes(boxes, width, height, fixes)
+        samples.append(
+            DetectionSample(
+                image_id,
+                image_path,
+                width,
+                height,
+                boxes[valid],
+                labels[valid],
+                np.zeros(int(valid.sum()), bool),
+                difficult[valid],
+            )
+        )
+    return DetectionData(
+        samples, list(class_names), list(range(1, len(class_names) + 1)), source=f"{root} ({split})", fixes=fixes
+    )
+
+
+def _parse(path: Path) -> tuple[tuple[str | None, tuple[int, int] | None], list[_VocObject]]:
+    if not path.is_file():
+        raise UserError(f"annotation file {path} does not exist")
+    try:
+        tree = ET.parse(path)
+    except ET.ParseError as error:
+        line, column = error.position
+        raise UserError(f"annotation file {path} is not valid XML: line {line}, column {column}") from None
+    node = tree.getroot()
+    filename = node.findtext("filename")
+    width, height = node.findtext("size/width"), node.findtext("size/height")
+    size = (int(float(width)), int(float(height))) if width and height and float(width) > 0 else None
+    objects = []
+    for obj in node.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        box = obj.find("bndbox")
+        if not name or box is None:
+            raise UserError(f"annotation file {path}: an <object> lacks <name> or <bndbox>")
+        try:
+            xmin, ymin, xmax, ymax = (float(box.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax"))
+        except ValueError:
+            raise UserError(f"annotation file {path}: object {name!r} has a non-numeric <bndbox>") from None
+        difficult = (obj.findtext("difficult") or "0").strip() == "1"
+        objects.append(_VocObject(name, (xmin - 1.0, ymin - 1.0, xmax, ymax), difficult))
+    return (filename.strip() if filename else None, size), objects
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except READ_ERRORS:
+        raise UserError(f"image {path} is not a readable image") from None

@@ -1,0 +1,84 @@
+"""The VOC reader: 1-based inclusive boxes, difficult objects, the class-choice rules and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.data.voc import VOC_CLASSES, choose_classes, is_voc_root, read_voc
+from tasks.errors import UserError
+
+
+def _xml(filename: str, objects: list[tuple[str, tuple[int, int, int, int], int]], size=(50, 40)) -> str:
+    body = "".join(
+        f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+        for n, b, d in objects
+    )
+    return (
+        f"<annotation><filename>{filename}</filename><size><width>{size[0]}</width>"
+        f"<height>{size[1]}</height><depth>3</depth></size>{body}</annotation>"
+    )
+
+
+def write_voc(root, images: dict[str, list], splits: dict[str, list[str]]):
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for image_id, objects in images.items():
+        Image.new("RGB", (50, 40)).save(root / "JPEGImages" / f"{image_id}.jpg")
+        (root / "Annotations" / f"{image_id}.xml").write_text(_xml(f"{image_id}.jpg", objects))
+    for split, ids in splits.items():
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+def test_boxes_difficult_and_voc_classes(tmp_path) -> None:
+    root = write_voc(
+        tmp_path,
+        {"000001": [("dog", (1, 1, 10, 20), 0), ("cat", (5, 5, 60, 30), 1)], "000002": []},
+        {"trainval": ["000001", "000002"]},
+    )
+    assert is_voc_root(root)
+    classes, origin = choose_classes(root, ["trainval"], None)
+    assert classes == list(VOC_CLASSES) and "20 Pascal VOC" in origin
+    data = read_voc(root, "trainval", classes)
+    first, second = data.samples
+    assert first.image_id == "000001"
+    # 1-based inclusive xmin=1..xmax=10 is 10 pixels wide: continuous 0..10
+    np.testing.assert_allclose(first.boxes, [[0, 0, 10, 20], [4, 4, 50, 30]])  # the cat clipped to 50
+    assert first.labels.tolist() == [VOC_CLASSES.index("dog") + 1, VOC_CLASSES.index("cat") + 1]
+    assert first.difficult.tolist() == [False, True]
+    boxes, labels = first.training_targets()
+    assert labels.tolist() == [VOC_CLASSES.index("dog") + 1]  # difficult left out of training
+    assert len(second.boxes) == 0 and data.fixes.clipped == 1
+    assert data.category_ids[:3] == [1, 2, 3]
+
+
+def test_class_choice_falls_back_to_sorted_names_and_honours_a_given_list(tmp_path) -> None:
+    root = write_voc(
+        tmp_path,
+        {"a": [("widget", (1, 1, 5, 5), 0)], "b": [("gadget", (1, 1, 5, 5), 0)]},
+        {"train": ["a"], "val": ["b"]},
+    )
+    classes, origin = choose_classes(root, ["train", "val"], None)
+    assert classes == ["gadget", "widget"] and "found" in origin
+    assert choose_classes(root, ["train"], ["widget", "gadget"])[0] == ["widget", "gadget"]
+    with pytest.raises(UserError, match=r"b.xml has unknown class name\(s\) \['gadget'\]"):
+        read_voc(root, "val", ["widget"])
+    lenient = read_voc(root, "val", ["widget"], strict_classes=False)
+    assert len(lenient.samples[0].boxes) == 0
+
+
+def test_malformed_xml_missing_image_and_empty_split(tmp_path) -> None:
+    root = write_voc(tmp_path, {"a": [("dog", (1, 1, 5, 5), 0)]}, {"train": ["a"], "empty": []})
+    with pytest.raises(UserError, match="lists no images"):
+        read_voc(root, "empty", ["dog"])
+    (root / "JPEGImages" / "a.jpg").unlink()
+    with pytest.raises(UserError, match=r"a.jpg named by .*a.xml does not exist"):
+        read_voc(root, "train", ["dog"])
+    (root / "Annotations" / "a.xml").write_text("<annotation><object>")
+    with pytest.raises(UserError, match=r"a.xml is not valid XML: line 1, column \d+"):
+        read_voc(root, "train", ["dog"])
+    with pytest.raises(UserError, match="no VOC split 'test'"):
+        read_voc(root, "test", ["dog"])
