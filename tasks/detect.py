@@ -1,17 +1,42 @@
-"""Object detection: Faster R-CNN with FPN on any backbone.
+"""Object detection: ``python -m tasks.detect [train|eval|predict] ...``, Faster R-CNN + FPN on any backbone.
 
-This module's command line (train, eval, predict on COCO and VOC data) is being built;
-``build_model`` is the stable entry point for users who import the detector.
+Data is COCO (``annotations/instances_<split>.json``) or Pascal VOC (``Annotations/``,
+``ImageSets/Main/``), detected from the layout. metrics.json holds a ``coco`` and a ``voc``
+section for either. ``eval --predictions FILE`` scores any detector's COCO-results file.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
 
 from backbones import build_backbone
 from heads.detection import DETECTION_LEVELS, FasterRCNN, FasterRCNNHead
+from tasks import distributed
+from tasks.checkpoint import check_num_classes, evaluation_weights, load_checkpoint
+from tasks.cli import COMMON_FLAGS, check_backbone_name, common_parser, new_run_dir, resolve_config, run, write_config
+from tasks.config import TrainConfig, to_dict
+from tasks.data.detection import DetectionData, DetectionDataset, collate_detection
+from tasks.data.embedded import shapes_coco
+from tasks.data.images import READ_ERRORS, is_image_file, load_rgb
+from tasks.data.transforms import detection_eval, detection_train
+from tasks.detect_data import load_detection_splits
+from tasks.engine import Engine, make_loader, resolve_device, seed_everything
+from tasks.errors import UserError
+from tasks.io import write_json
+from tasks.metrics.coco import Backend
+from tasks.metrics.detection import score, to_results
+from tasks.visualize import draw_detections, save_png
 
 TASK = "detect"
+PNG_COUNT = 8
 
 
 def build_model(
@@ -43,3 +68,323 @@ def build_model(
     net = build_backbone(backbone, weights=weights, **options)
     head = FasterRCNNHead(net.feature_info, num_classes, **head_options)
     return FasterRCNN(net, head, min_size=min_size, max_size=max_size)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"
+    weights: str | None = None
+    min_size: int = 800
+    max_size: int = 1333
+    frozen_stages: int | None = None
+    norm: Literal["bn", "frozen_bn", "sync_bn", "gn"] | None = None
+    anchor_sizes: list[list[int]] = field(default_factory=lambda: [[32], [64], [128], [256], [512]])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    box_batch_size_per_image: int = 512
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None
+    format: Literal["auto", "coco", "voc"] = "auto"
+    train_split: str | None = None
+    val_split: str | None = None
+    classes: list[str] | None = None
+    hflip: float = 0.5
+    scale_jitter: float = 0.25
+    color_jitter: float = 0.2
+
+
+@dataclass
+class DetectConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=0.02, batch_size=4, warmup_epochs=1.0))
+    output: str | None = None
+    coco_backend: Literal["faster-coco-eval", "pycocotools"] = "faster-coco-eval"
+
+
+class DetectTask:
+    """The engine's view of detection: the detector's four losses, COCO and VOC scoring."""
+
+    name = TASK
+    main_metric = "coco.AP"
+
+    def __init__(self, data: DetectionData, *, backend: Backend) -> None:
+        self.data = data
+        self.backend = backend
+        self.last_results: list[dict[str, Any]] = []
+
+    def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        return {
+            **batch,
+            "images": [image.to(device, non_blocking=True) for image in batch["images"]],
+            "targets": [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]],
+        }
+
+    def losses(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        losses = model(batch["images"], batch["targets"])
+        return {"loss": sum(losses.values()), **losses}
+
+    def evaluate(self, model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+        results: list[dict[str, Any]] = []
+        for batch in loader:
+            if batch["batch_size"] == 0:
+                continue
+            outputs = model([image.to(device) for image in batch["images"]])
+            for index, output in zip(batch["indices"], outputs):
+                results += to_results(self.data.samples[index], output, self.data)
+        self.last_results = [r for part in distributed.gather(results) for r in part]
+        return score(self.data, self.last_results, backend=self.backend)
+
+
+def _model_args(cfg: DetectConfig, num_classes: int) -> dict[str, Any]:
+    m = cfg.model
+    args = {k: v for k, v in to_dict(m).items() if k not in ("weights", "backbone", "anchor_sizes", "aspect_ratios")}
+    return dict(
+        backbone=m.backbone,
+        num_classes=num_classes,
+        anchor_sizes=[list(a) for a in m.anchor_sizes],
+        aspect_ratios=list(m.aspect_ratios),
+        pretrained=m.weights is not None,
+        **args,
+    )
+
+
+def _build_from_args(args: dict[str, Any], weights: str | None = None) -> FasterRCNN:
+    args = dict(args)
+    pretrained = args.pop("pretrained", False)
+    if pretrained and weights is None:  # rebuilding a fine-tuned model: keep its norm and freezing
+        args["norm"] = args.get("norm") or "frozen_bn"
+        args["frozen_stages"] = 1 if args.get("frozen_stages") is None else args["frozen_stages"]
+    args["anchor_sizes"] = tuple(tuple(a) for a in args["anchor_sizes"])
+    return build_model(weights=weights, **args)
+
+
+def _data(cfg: DetectConfig, *, need_train: bool) -> tuple[DetectionData | None, DetectionData]:
+    root = Path(cfg.data.root) if cfg.data.root is not None else shapes_coco()
+    if cfg.data.root is None and distributed.is_main():
+        print(f"no --data given: using the built-in shapes dataset at {root}")
+    train, val = load_detection_splits(
+        root,
+        fmt=cfg.data.format,
+        train_split=cfg.data.train_split,
+        val_split=cfg.data.val_split,
+        classes=cfg.data.classes,
+        need_train=need_train,
+    )
+    for data in (train, val):
+        message = data.fixes.report(data.source) if data is not None else None
+        if message and distributed.is_main():
+            print(message)
+    return train, val
+
+
+def _loader(cfg: DetectConfig, data: DetectionData, *, train: bool) -> Any:
+    d = cfg.data
+    transform = (
+        detection_train(hflip=d.hflip, scale_jitter=d.scale_jitter, color_jitter=d.color_jitter, seed=cfg.train.seed)
+        if train
+        else detection_eval()
+    )
+    return make_loader(
+        DetectionDataset(data, transform, train=train),
+        batch_size=cfg.train.batch_size,
+        train=train,
+        workers=cfg.train.workers,
+        collate_fn=collate_detection,
+        seed=cfg.train.seed,
+    )
+
+
+def _report(metrics: dict[str, Any], results: list[dict[str, Any]], data: DetectionData, run_dir: Path) -> None:
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "predictions.json", results)
+    by_image: dict[Any, list[dict[str, Any]]] = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    for sample in data.samples[:PNG_COUNT]:
+        try:
+            image = load_rgb(sample.path)
+        except READ_ERRORS:
+            continue
+        found = [r for r in by_image.get(sample.image_id, []) if r["score"] >= 0.3]
+        boxes = [[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in found)]
+        picture = draw_detections(
+            image,
+            boxes,
+            [r["category_name"] for r in found],
+            [r["score"] for r in found],
+            truth_boxes=sample.boxes,
+            truth_labels=[data.class_names[i - 1] for i in sample.labels],
+        )
+        save_png(picture, run_dir / "images" / f"{Path(str(sample.image_id)).name}.png")
+    coco, voc = metrics["coco"], metrics["voc"]
+    rows = [
+        ("COCO AP", coco["AP"]),
+        ("COCO AP50", coco["AP50"]),
+        ("COCO AP75", coco["AP75"]),
+        ("COCO AR100", coco["AR100"]),
+        ("VOC mAP07", voc["mAP07"]),
+        ("VOC mAP", voc["mAP"]),
+    ]
+    print("\n".join(f"  {name:<12} {value:.4f}" if value is not None else f"  {name:<12} n/a" for name, value in rows))
+    print(f"metrics.json, predictions.json and images/ are in {run_dir}")
+
+
+def train(cfg: DetectConfig, args: argparse.Namespace) -> int:
+    check_backbone_name(cfg.model.backbone)
+    seed_everything(cfg.train.seed)
+    train_data, val_data = _data(cfg, need_train=True)
+    assert train_data is not None
+    run_dir = new_run_dir(cfg.output, TASK, "train")
+    write_config(run_dir, cfg)
+    model_args = _model_args(cfg, len(train_data.class_names) + 1)
+    model = _build_from_args(model_args, cfg.model.weights)
+    print(
+        f"Faster R-CNN on {cfg.model.backbone}: {len(train_data.class_names)} classes, {len(train_data.samples)} "
+        f"train / {len(val_data.samples)} val images, images resized to {cfg.model.min_size}-{cfg.model.max_size} px, "
+        f"{cfg.train.epochs} epochs of batch {cfg.train.batch_size}; run folder {run_dir}"
+    )
+    meta = dict(
+        task=TASK,
+        model_args=model_args,
+        class_names=train_data.class_names,
+        category_ids=train_data.category_ids,
+        config=to_dict(cfg),
+    )
+    task = DetectTask(val_data, backend=cfg.coco_backend)
+    engine = Engine(model, task, cfg.train, run_dir, meta)
+    metrics = engine.fit(_loader(cfg, train_data, train=True), _loader(cfg, val_data, train=False), resume=args.resume)
+    if distributed.is_main():
+        _report(metrics, task.last_results, val_data, run_dir)
+    return 0
+
+
+def _load_model(path: Path) -> tuple[FasterRCNN, dict[str, Any]]:
+    checkpoint = load_checkpoint(path, task=TASK)
+    model = _build_from_args(checkpoint["model_args"])
+    try:
+        model.load_state_dict(evaluation_weights(checkpoint))
+    except RuntimeError as error:
+        raise UserError(f"checkpoint {path} does not fit its own model: {str(error).splitlines()[0]}") from None
+    return model.eval(), checkpoint
+
+
+def _read_predictions(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise UserError(f"predictions file {path} does not exist")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"predictions file {path} is not valid JSON: {error.msg} at line {error.lineno}") from None
+    if not isinstance(results, list) or not all(
+        isinstance(r, dict) and {"image_id", "bbox", "score"} <= set(r) for r in results
+    ):
+        raise UserError(
+            f"predictions file {path} must be a COCO results list of {{image_id, category_id, bbox, score}}"
+        )
+    return results
+
+
+def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
+    if args.predictions is not None:
+        _, val = _data(cfg, need_train=False)
+        results = _read_predictions(Path(args.predictions))
+        metrics = score(val, results, backend=cfg.coco_backend)
+        run_dir = new_run_dir(cfg.output, TASK, "eval")
+        write_config(run_dir, cfg)
+        _report(metrics, results, val, run_dir)
+        return 0
+    if args.checkpoint is None:
+        raise UserError("eval needs --checkpoint FILE (a trained model) or --predictions FILE (a results file)")
+    model, checkpoint = _load_model(Path(args.checkpoint))
+    if cfg.data.classes is None:
+        cfg.data.classes = list(checkpoint["class_names"]) if cfg.data.format == "voc" else None
+    _, val = _data(cfg, need_train=False)
+    check_num_classes(checkpoint, len(val.class_names) + 1, path=args.checkpoint)
+    run_dir = new_run_dir(cfg.output, TASK, "eval")
+    write_config(run_dir, cfg)
+    device = resolve_device(cfg.train.device)
+    task = DetectTask(val, backend=cfg.coco_backend)
+    with torch.inference_mode():
+        metrics = task.evaluate(model.to(device), _loader(cfg, val, train=False), device)
+    _report(metrics, task.last_results, val, run_dir)
+    return 0
+
+
+def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
+    if args.checkpoint is None:
+        raise UserError("predict needs --checkpoint FILE (a best.pt or last.pt of a training run)")
+    if not args.inputs:
+        raise UserError("predict needs image files or folders, e.g. predict street.jpg photos/")
+    paths: list[Path] = []
+    for text in args.inputs:
+        path = Path(text)
+        if path.is_dir():
+            paths += sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise UserError(f"input {path} does not exist")
+    model, checkpoint = _load_model(Path(args.checkpoint))
+    names = list(checkpoint["class_names"])
+    run_dir = new_run_dir(cfg.output, TASK, "predict")
+    results = []
+    for path in paths:
+        try:
+            image = load_rgb(path)
+        except READ_ERRORS:
+            raise UserError(f"input {path} is not a readable image") from None
+        with torch.inference_mode():
+            out = model([detection_eval()(image)[0]])[0]
+        keep = out["scores"] >= cfg.model.box_score_thresh
+        boxes, labels, scores = out["boxes"][keep], out["labels"][keep], out["scores"][keep]
+        detections = [
+            {"box": [round(float(v), 2) for v in b], "class": names[int(label) - 1], "score": float(s)}
+            for b, label, s in zip(boxes, labels, scores)
+        ]
+        results.append({"path": str(path), "detections": detections})
+        save_png(
+            draw_detections(image, boxes.numpy(), [d["class"] for d in detections], scores.tolist()),
+            run_dir / f"{path.stem}.png",
+        )
+        print(
+            f"{path}: {len(detections)} object(s)" + "".join(f", {d['class']} {d['score']:.2f}" for d in detections[:5])
+        )
+    write_json(run_dir / "predictions.json", results)
+    print(f"wrote {run_dir / 'predictions.json'} and drawn PNGs")
+    return 0
+
+
+FLAGS = {**COMMON_FLAGS, "image_size": "model.min_size", "coco_backend": "coco_backend"}
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = common_parser(TASK, "Train, evaluate and predict Faster R-CNN detectors on COCO or VOC data.")
+    parser.add_argument("--predictions", help="eval: score this COCO-results file, with no model")
+    parser.add_argument("--coco-backend", choices=("faster-coco-eval", "pycocotools"))
+    args = parser.parse_args(argv)
+    cfg = resolve_config(
+        DetectConfig(),
+        args,
+        FLAGS,
+        base=lambda user: "detect/shapes" if user.get("data", {}).get("root") is None else None,
+    )
+    seed_everything(cfg.train.seed)
+    return {"train": train, "eval": evaluate, "predict": predict}[args.command](cfg, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

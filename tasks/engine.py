@@ -37,7 +37,7 @@ class Task(Protocol):
     """What a task tells the engine."""
 
     name: str
-    main_metric: str
+    main_metric: str  # a key of the evaluation metrics; dotted for nested sections ("coco.AP")
 
     def to_device(self, batch: Batch, device: torch.device) -> Batch: ...
 
@@ -220,7 +220,7 @@ class Engine:
             self._train_one_epoch(train_loader, epoch, steps_per_epoch)
             metrics = self.evaluate(val_loader)
             self._log_metrics(metrics, epoch)
-            score = float(metrics[self.task.main_metric])
+            score = main_metric_value(metrics, self.task.main_metric)
             improved = score > self.best_metric
             self.best_metric = max(self.best_metric, score)
             if distributed.is_main():
@@ -346,6 +346,14 @@ class Engine:
         self.start_epoch = int(checkpoint["epoch"]) + 1
         self.best_metric = float(checkpoint["best_metric"])
         self._log(f"resumed from {path} after epoch {self.start_epoch}")
+
+
+def main_metric_value(metrics: dict[str, Any], key: str) -> float:
+    """``metrics[key]``, where a dotted key (``coco.AP``) reaches into nested sections; None counts as 0."""
+    value: Any = metrics
+    for part in key.split("."):
+        value = value[part]
+    return float(value) if value is not None else 0.0
 
 
 def _scalars(metrics: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, float]]:

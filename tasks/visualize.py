@@ -40,3 +40,26 @@ def confusion_matrix_image(confusion: np.ndarray, class_names: Sequence[str], *,
         draw.text((label_width + j * cell + 4, margin_top - 14), str(class_names[j])[:5], fill="black", font=font)
     draw.text((4, 4), "confusion matrix (rows: true, columns: predicted)", fill="black", font=font)
     return image
+
+
+def draw_detections(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: Sequence[str],
+    scores: Sequence[float],
+    *,
+    truth_boxes: np.ndarray | None = None,
+    truth_labels: Sequence[str] = (),
+) -> Image.Image:
+    """Predicted boxes in orange with class and score; ground truth, when given, in green."""
+    canvas = Image.fromarray(image).convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    if truth_boxes is not None:
+        for box, name in zip(truth_boxes, truth_labels):
+            draw.rectangle([float(v) for v in box], outline=(40, 200, 40), width=2)
+            draw.text((float(box[0]) + 2, float(box[3]) - 12), str(name), fill=(40, 200, 40), font=font)
+    for box, name, score in zip(boxes, labels, scores):
+        draw.rectangle([float(v) for v in box], outline=(255, 140, 0), width=2)
+        draw.text((float(box[0]) + 2, float(box[1]) + 1), f"{name} {score:.2f}", fill=(255, 140, 0), font=font)
+    return canvas

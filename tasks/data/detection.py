@@ -7,12 +7,16 @@ back to the dataset's own id for every output.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tasks.data.images import READ_ERRORS, load_rgb, warn_unreadable
 
 
 @dataclass
@@ -101,3 +105,44 @@ def empty_targets(count: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def class_table(names: Sequence[str]) -> dict[str, int]:
     return {name: index + 1 for index, name in enumerate(names)}
+
+
+class DetectionDataset(Dataset[dict[str, Any] | None]):
+    """Images with training targets; an unreadable image yields None, skipped and counted by the collate."""
+
+    def __init__(self, data: DetectionData, transform: Callable[..., Any], *, train: bool) -> None:
+        self.data = data
+        self.transform = transform
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.data.samples)
+
+    def reseed(self, seed: int) -> None:
+        reseed = getattr(self.transform, "reseed", None)
+        if reseed is not None:
+            reseed(seed)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        sample = self.data.samples[index]
+        try:
+            image = load_rgb(sample.path)
+        except READ_ERRORS as error:
+            warn_unreadable(sample.path, error)
+            return None
+        boxes, labels = sample.training_targets() if self.train else (sample.boxes, sample.labels)
+        tensor, boxes, labels = self.transform(image, boxes, labels)
+        target = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels)}
+        return {"image": tensor, "target": target, "index": index}
+
+
+def collate_detection(items: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Lists of images and targets (detectors take differently sized images); ``skipped`` counts unreadable ones."""
+    good = [item for item in items if item is not None]
+    return {
+        "images": [item["image"] for item in good],
+        "targets": [item["target"] for item in good],
+        "indices": [item["index"] for item in good],
+        "batch_size": len(good),
+        "skipped": len(items) - len(good),
+    }

@@ -49,3 +49,83 @@ def digits_imagefolder(root: Path | None = None, *, size: int = 32) -> Path:
     except OSError:  # another process finished first
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+SHAPES_VERSION = "shapes-v1"
+SHAPES = ("square", "circle", "triangle")
+
+
+def shapes_coco(root: Path | None = None, *, size: int = 128, train_images: int = 320, val_images: int = 80) -> Path:
+    """A small detection dataset of squares, circles and triangles on noisy backgrounds, in COCO format.
+
+    Deterministic (seed 0): ``train/`` and ``val/`` PNGs with ``annotations/instances_<split>.json``,
+    one to three objects of 18-56 px per image, overlapping little. Built once in a staging
+    folder and renamed into place.
+    """
+    from PIL import ImageDraw
+
+    root = root or cache_root()
+    target = root / f"{SHAPES_VERSION}-{size}px"
+    if (target / "annotations" / "instances_val.json").is_file():
+        return target
+    import json
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".shapes-", dir=root))
+    (staging / "annotations").mkdir()
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(SHAPES)]
+    for split, count in (("train", train_images), ("val", val_images)):
+        (staging / split).mkdir()
+        images, annotations = [], []
+        for image_id in range(1, count + 1):
+            background = rng.integers(60, 140, 3)
+            pixels = np.clip(background + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels)
+            draw = ImageDraw.Draw(image)
+            placed: list[tuple[float, float, float, float]] = []
+            for _ in range(int(rng.integers(1, 4))):
+                for _attempt in range(20):
+                    extent = float(rng.uniform(18, 56))
+                    x1, y1 = (float(v) for v in rng.uniform(0, size - extent, 2))
+                    box = (x1, y1, x1 + extent, y1 + extent)
+                    if all(_iou(box, other) < 0.1 for other in placed):
+                        break
+                else:
+                    continue
+                placed.append(box)
+                label = int(rng.integers(0, len(SHAPES)))
+                colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+                if SHAPES[label] == "square":
+                    draw.rectangle(box, fill=colour)
+                elif SHAPES[label] == "circle":
+                    draw.ellipse(box, fill=colour)
+                else:
+                    draw.polygon([(box[0], box[3]), ((box[0] + box[2]) / 2, box[1]), (box[2], box[3])], fill=colour)
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": label + 1,
+                        "bbox": [round(box[0], 2), round(box[1], 2), round(extent, 2), round(extent, 2)],
+                        "area": round(extent * extent, 2),
+                        "iscrowd": 0,
+                    }
+                )
+            name = f"{image_id:05d}.png"
+            image.save(staging / split / name)
+            images.append({"id": image_id, "file_name": name, "width": size, "height": size})
+        document = {"images": images, "annotations": annotations, "categories": categories}
+        (staging / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)

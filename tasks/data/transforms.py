@@ -52,3 +52,48 @@ def classification_eval(image_size: int, *, crop_pct: float = 0.875) -> Pipeline
             ToTensorV2(),
         ]
     )
+
+
+class DetectionPipeline(Pipeline):
+    """A bbox-aware pipeline: boxes are ``pascal_voc`` corners in pixels, labels ride along.
+
+    Leaves the image as float (3, H, W) in [0, 1]; the detector's own transform resizes
+    and normalises it.
+    """
+
+    def __init__(self, steps: list[A.BasicTransform], seed: int | None = None) -> None:
+        self.moves_boxes = bool(steps)  # without geometric steps the boxes pass through untouched
+        self.compose = A.Compose(
+            [*steps, A.ToFloat(max_value=255.0), ToTensorV2()],
+            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, min_area=1.0)
+            if steps
+            else None,
+            seed=seed,
+        )
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray | None = None, labels: np.ndarray | None = None):  # type: ignore[override]
+        boxes = np.zeros((0, 4), np.float32) if boxes is None else boxes
+        labels = np.zeros(0, np.int64) if labels is None else labels
+        if not self.moves_boxes:
+            return self.compose(image=image)["image"], boxes.astype(np.float32), labels.astype(np.int64)
+        out = self.compose(image=image, bboxes=boxes, labels=labels)
+        return out["image"], np.asarray(out["bboxes"], np.float32).reshape(-1, 4), np.asarray(out["labels"], np.int64)
+
+
+def detection_train(
+    *, hflip: float = 0.5, scale_jitter: float = 0.25, color_jitter: float = 0.2, seed: int | None = None
+) -> DetectionPipeline:
+    """Horizontal flip, scale jitter (zoom about the centre, so objects change size relative to the
+    image the detector resizes) and photometric jitter."""
+    steps: list[A.BasicTransform] = []
+    if hflip > 0:
+        steps.append(A.HorizontalFlip(p=hflip))
+    if scale_jitter > 0:
+        steps.append(A.Affine(scale=(1 - scale_jitter, 1 + scale_jitter), keep_ratio=True, p=0.5))
+    if color_jitter > 0:
+        steps.append(A.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=0.5))
+    return DetectionPipeline(steps, seed)
+
+
+def detection_eval() -> DetectionPipeline:
+    return DetectionPipeline([])

@@ -1,0 +1,103 @@
+"""Where detection data lives: format detection, split defaults, dataset YAML files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tasks.config import load_yaml
+from tasks.data.coco import find_coco_split, read_coco
+from tasks.data.detection import DetectionData
+from tasks.data.voc import choose_classes, is_voc_root, read_voc, split_ids
+from tasks.errors import UserError
+
+DEFAULT_SPLITS = {"voc": (("trainval", "train"), ("test", "val")), "coco": (("train2017", "train"), ("val2017", "val"))}
+
+
+def detect_format(root: Path, given: str) -> str:
+    if given in ("coco", "voc"):
+        return given
+    if given != "auto":
+        raise UserError(f"--format {given!r} is invalid for detection: choose coco or voc")
+    if root.is_file() and root.suffix in (".yaml", ".yml"):
+        return "yaml"
+    if is_voc_root(root):
+        return "voc"
+    if (root / "annotations").is_dir():
+        return "coco"
+    raise UserError(
+        f"--data {root}: neither a COCO root (annotations/instances_<split>.json) nor a VOC root "
+        f"(Annotations/, ImageSets/Main/)"
+    )
+
+
+def _default_split(root: Path, fmt: str, which: int, given: str | None) -> str:
+    if given:
+        return given
+    for candidate in DEFAULT_SPLITS[fmt][which]:
+        exists = (
+            (root / "ImageSets" / "Main" / f"{candidate}.txt").is_file()
+            if fmt == "voc"
+            else (root / "annotations" / f"instances_{candidate}.json").is_file()
+        )
+        if exists:
+            return candidate
+    return DEFAULT_SPLITS[fmt][which][0]
+
+
+def load_detection_splits(
+    root: Path,
+    *,
+    fmt: str,
+    train_split: str | None,
+    val_split: str | None,
+    classes: Sequence[str] | None,
+    need_train: bool = True,
+) -> tuple[DetectionData | None, DetectionData]:
+    """(train, val) data; train is None when ``need_train`` is False."""
+    if not root.exists():
+        raise UserError(f"--data {root} does not exist")
+    kind = detect_format(root, fmt)
+    if kind == "yaml":
+        return _from_yaml(root, train_split, val_split, need_train)
+    train_name = _default_split(root, kind, 0, train_split)
+    val_name = _default_split(root, kind, 1, val_split)
+    if kind == "voc":
+        splits = [val_name] + ([train_name] if need_train else [])
+        names, origin = choose_classes(root, splits, classes)
+        if not classes:
+            print(f"classes ({origin}): {', '.join(names)}")
+        strict = bool(classes)
+        train = read_voc(root, train_name, names, strict_classes=strict) if need_train else None
+        return train, read_voc(root, val_name, names, strict_classes=strict)
+    train = _check_nonempty(read_coco(*find_coco_split(root, train_name))) if need_train else None
+    val = read_coco(*find_coco_split(root, val_name))
+    if train is not None and train.category_ids != val.category_ids:
+        raise UserError(f"{train.source} and {val.source} list different categories")
+    return train, _check_nonempty(val)
+
+
+def _from_yaml(
+    path: Path, train_split: str | None, val_split: str | None, need_train: bool
+) -> tuple[DetectionData | None, DetectionData]:
+    """A dataset YAML: ``train: {annotations: FILE, images: DIR}`` and ``val: {...}``, paths relative to it."""
+    spec = load_yaml(path)
+    parts = []
+    for name in ((train_split or "train") if need_train else None, val_split or "val"):
+        if name is None:
+            parts.append(None)
+            continue
+        entry = spec.get(name)
+        if not isinstance(entry, dict) or "annotations" not in entry or "images" not in entry:
+            raise UserError(f"dataset file {path} needs '{name}: {{annotations: FILE, images: DIR}}'")
+        parts.append(read_coco(path.parent / entry["annotations"], path.parent / entry["images"]))
+    return parts[0], _check_nonempty(parts[1])
+
+
+def _check_nonempty(data: DetectionData) -> DetectionData:
+    if not data.samples:
+        raise UserError(f"{data.source} holds no images")
+    return data
+
+
+__all__ = ["load_detection_splits", "detect_format", "split_ids"]

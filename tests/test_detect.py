@@ -1,0 +1,256 @@
+"""tasks.detect end to end on generated COCO and VOC data: outputs, re-scoring, predict and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tasks.data.embedded import shapes_coco
+from tasks.detect import main
+
+FAST = [
+    "--backbone",
+    "resnet18",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "2",
+    "--workers",
+    "0",
+    "--set",
+    "model.min_size=64",
+    "--set",
+    "model.max_size=64",
+]
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    return shapes_coco(tmp_path_factory.mktemp("shapes"), size=64, train_images=6, val_images=4)
+
+
+@pytest.fixture(scope="module")
+def trained(coco_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("detrun")
+    assert main(["--data", str(coco_root), "--output", str(out), *FAST, "--set", "model.box_score_thresh=0.0"]) == 0
+    return out
+
+
+def _one_line_error(capsys, rc: int, *needles: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_train_writes_the_run_folder(trained, coco_root) -> None:
+    names = {p.name for p in trained.iterdir()}
+    assert {"config.yaml", "last.pt", "best.pt", "metrics.json", "predictions.json", "images"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    assert len(list((trained / "images").glob("*.png"))) == 4
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "per_class_AP"} <= set(metrics["coco"])
+    assert {"mAP07", "mAP", "per_class_AP07", "per_class_AP"} <= set(metrics["voc"])
+    for section in ("coco", "voc"):
+        for value in metrics[section].values():
+            if isinstance(value, float):
+                assert 0.0 <= value <= 1.0
+    predictions = json.loads((trained / "predictions.json").read_text())
+    assert predictions and set(predictions[0]) == {"image_id", "category_id", "category_name", "bbox", "score"}
+    assert {p["category_name"] for p in predictions} <= {"square", "circle", "triangle"}
+    assert torch.load(trained / "last.pt", weights_only=True)["task"] == "detect"
+
+
+def test_pycocotools_rescoring_of_predictions_json_matches(trained, coco_root) -> None:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO(str(coco_root / "annotations" / "instances_val.json"))
+    predictions = json.loads((trained / "predictions.json").read_text())
+    evaluator = COCOeval(gt, gt.loadRes(predictions), "bbox")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["coco"]["AP"] == pytest.approx(max(evaluator.stats[0], 0.0), abs=1e-6)
+    assert metrics["coco"]["AP50"] == pytest.approx(max(evaluator.stats[1], 0.0), abs=1e-6)
+
+
+def test_eval_checkpoint_and_predictions_file_reproduce_training(trained, coco_root, tmp_path) -> None:
+    want = json.loads((trained / "metrics.json").read_text())
+    out = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(trained / "last.pt"),
+                "--data",
+                str(coco_root),
+                "--output",
+                str(out),
+                "--workers",
+                "0",
+                "--set",
+                "model.min_size=64",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((out / "metrics.json").read_text()) == want
+    scored = tmp_path / "scored"
+    assert (
+        main(
+            [
+                "eval",
+                "--predictions",
+                str(trained / "predictions.json"),
+                "--data",
+                str(coco_root),
+                "--output",
+                str(scored),
+                "--coco-backend",
+                "pycocotools",
+            ]
+        )
+        == 0
+    )
+    got = json.loads((scored / "metrics.json").read_text())
+    assert got["voc"] == want["voc"]
+    for key in ("AP", "AP50", "AP75", "AR100"):
+        assert got["coco"][key] == pytest.approx(want["coco"][key], abs=1e-6)
+
+
+def test_category_name_decides_when_present(trained, coco_root, tmp_path) -> None:
+    predictions = json.loads((trained / "predictions.json").read_text())
+    for p in predictions:
+        p["category_id"] = 999  # ids are wrong, names are right
+    (tmp_path / "renamed.json").write_text(json.dumps(predictions))
+    out = tmp_path / "o"
+    assert (
+        main(["eval", "--predictions", str(tmp_path / "renamed.json"), "--data", str(coco_root), "--output", str(out)])
+        == 0
+    )
+    assert (
+        json.loads((out / "metrics.json").read_text())["voc"]
+        == json.loads((trained / "metrics.json").read_text())["voc"]
+    )
+
+
+def coco_to_voc(coco_root, target):
+    """The same images and boxes in a VOC2007-style layout (1-based inclusive pixels)."""
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (target / folder).mkdir(parents=True)
+    for split, voc_split in (("train", "trainval"), ("val", "test")):
+        data = json.loads((coco_root / "annotations" / f"instances_{split}.json").read_text())
+        names = {c["id"]: c["name"] for c in data["categories"]}
+        ids = []
+        for image in data["images"]:
+            image_id = f"{split}_{image['id']:04d}"
+            ids.append(image_id)
+            Image.open(coco_root / split / image["file_name"]).convert("RGB").save(
+                target / "JPEGImages" / f"{image_id}.jpg"
+            )
+            objects = ""
+            for a in (a for a in data["annotations"] if a["image_id"] == image["id"]):
+                x, y, w, h = a["bbox"]
+                objects += (
+                    f"<object><name>{names[a['category_id']]}</name><difficult>0</difficult><bndbox>"
+                    f"<xmin>{round(x) + 1}</xmin><ymin>{round(y) + 1}</ymin><xmax>{round(x + w)}</xmax>"
+                    f"<ymax>{round(y + h)}</ymax></bndbox></object>"
+                )
+            (target / "Annotations" / f"{image_id}.xml").write_text(
+                f"<annotation><filename>{image_id}.jpg</filename><size><width>{image['width']}</width>"
+                f"<height>{image['height']}</height></size>{objects}</annotation>"
+            )
+        (target / "ImageSets" / "Main" / f"{voc_split}.txt").write_text("\n".join(ids) + "\n")
+    return target
+
+
+def test_voc_layout_end_to_end(coco_root, tmp_path, capsys) -> None:
+    root = coco_to_voc(coco_root, tmp_path / "voc")
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    assert "names found in the annotations" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["voc"]["per_class_AP"]) == {"circle", "square", "triangle"}
+    for p in json.loads((out / "predictions.json").read_text()):
+        assert isinstance(p["image_id"], str) and p["image_id"].startswith("val_")
+        assert p["category_id"] in (1, 2, 3)
+
+
+def test_predict_writes_boxes_and_pictures(trained, coco_root, tmp_path) -> None:
+    out = tmp_path / "pred"
+    assert (
+        main(
+            [
+                "predict",
+                str(coco_root / "val"),
+                "--checkpoint",
+                str(trained / "best.pt"),
+                "--output",
+                str(out),
+                "--set",
+                "model.box_score_thresh=0.0",
+            ]
+        )
+        == 0
+    )
+    results = json.loads((out / "predictions.json").read_text())
+    assert len(results) == 4 and len(list(out.glob("*.png"))) == 4
+    for result in results:
+        for detection in result["detections"]:
+            x1, y1, x2, y2 = detection["box"]
+            assert 0 <= x1 <= x2 <= 64 and 0 <= y1 <= y2 <= 64
+
+
+# ---- bad input ----
+
+
+def test_malformed_json_and_missing_image(coco_root, tmp_path, capsys) -> None:
+    root = tmp_path / "c"
+    shutil.copytree(coco_root, root)
+    (root / "annotations" / "instances_val.json").write_text("{not json")
+    _one_line_error(capsys, main(["--data", str(root), *FAST]), "instances_val.json", "not valid JSON")
+    shutil.copy(coco_root / "annotations" / "instances_val.json", root / "annotations" / "instances_val.json")
+    next((root / "train").glob("*.png")).unlink()
+    _one_line_error(capsys, main(["--data", str(root), *FAST]), "does not exist", "instances_train.json")
+
+
+def test_unknown_class_name_and_empty_split(coco_root, tmp_path, capsys) -> None:
+    root = coco_to_voc(coco_root, tmp_path / "voc")
+    rc = main(["--data", str(root), *FAST, "--set", "data.classes=[square, circle]"])
+    _one_line_error(capsys, rc, "unknown class name", "triangle")
+    (root / "ImageSets" / "Main" / "test.txt").write_text("\n")
+    _one_line_error(capsys, main(["--data", str(root), *FAST]), "test.txt", "lists no images")
+
+
+def test_checkpoint_of_another_class_count_or_task(trained, coco_root, tmp_path, capsys) -> None:
+    checkpoint = torch.load(trained / "best.pt", weights_only=True)
+    checkpoint["model_args"]["num_classes"] = 6
+    torch.save(checkpoint, tmp_path / "six.pt")
+    rc = main(["eval", "--checkpoint", str(tmp_path / "six.pt"), "--data", str(coco_root)])
+    _one_line_error(capsys, rc, "six.pt")
+    checkpoint["task"] = "classify"
+    torch.save(checkpoint, tmp_path / "cls.pt")
+    rc = main(["eval", "--checkpoint", str(tmp_path / "cls.pt"), "--data", str(coco_root)])
+    _one_line_error(capsys, rc, "cls.pt", "'classify' model")
+
+
+def test_boxes_outside_are_clipped_and_degenerate_dropped_with_a_warning(coco_root, tmp_path, capsys) -> None:
+    root = tmp_path / "c"
+    shutil.copytree(coco_root, root)
+    path = root / "annotations" / "instances_train.json"
+    data = json.loads(path.read_text())
+    data["annotations"][0]["bbox"] = [50.0, 50.0, 40.0, 40.0]
+    data["annotations"][1]["bbox"] = [10.0, 10.0, -5.0, 4.0]
+    path.write_text(json.dumps(data))
+    assert main(["--data", str(root), "--output", str(tmp_path / "r"), *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "clipped 1 box(es)" in out and "dropped 1 zero-area or inverted box(es)" in out
+    np.testing.assert_equal(json.loads(path.read_text())["annotations"][0]["bbox"], [50.0, 50.0, 40.0, 40.0])
