@@ -88,6 +88,8 @@ class ModelConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
+    fpn_channels: int = 256
+    representation_size: int = 1024
 
 
 @dataclass

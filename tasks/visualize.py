@@ -51,15 +51,23 @@ def draw_detections(
     truth_boxes: np.ndarray | None = None,
     truth_labels: Sequence[str] = (),
 ) -> Image.Image:
-    """Predicted boxes in orange with class and score; ground truth, when given, in green."""
+    """Predicted boxes in orange with class and score; ground truth, when given, in green.
+
+    Images smaller than 512 px are enlarged first, so that labels stay legible.
+    """
     canvas = Image.fromarray(image).convert("RGB")
+    scale = max(1, 512 // max(canvas.size))
+    if scale > 1:
+        canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     if truth_boxes is not None:
         for box, name in zip(truth_boxes, truth_labels):
-            draw.rectangle([float(v) for v in box], outline=(40, 200, 40), width=2)
-            draw.text((float(box[0]) + 2, float(box[3]) - 12), str(name), fill=(40, 200, 40), font=font)
+            x1, y1, x2, y2 = (float(v) * scale for v in box)
+            draw.rectangle([x1, y1, x2, y2], outline=(40, 200, 40), width=2)
+            draw.text((x1 + 3, y2 - 13), str(name), fill=(40, 200, 40), font=font)
     for box, name, score in zip(boxes, labels, scores):
-        draw.rectangle([float(v) for v in box], outline=(255, 140, 0), width=2)
-        draw.text((float(box[0]) + 2, float(box[1]) + 1), f"{name} {score:.2f}", fill=(255, 140, 0), font=font)
+        x1, y1, x2, y2 = (float(v) * scale for v in box)
+        draw.rectangle([x1, y1, x2, y2], outline=(255, 140, 0), width=2)
+        draw.text((x1 + 3, y1 + 2), f"{name} {score:.2f}", fill=(255, 140, 0), font=font)
     return canvas
