@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-ARGS ?= --backbone resnet18
+TASK ?= detect
+ARGS ?= --backbone resnet50
 
 .PHONY: run test lint bench clean
 
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m tasks.classify $(ARGS)
+	$(BIN)/python -m tasks.$(TASK) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

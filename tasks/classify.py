@@ -21,11 +21,20 @@ from backbones.inference import fast_inference
 from heads.classification import ClassificationHead, Pool
 from tasks import distributed
 from tasks.checkpoint import check_num_classes, evaluation_weights, load_checkpoint
-from tasks.cli import COMMON_FLAGS, check_backbone_name, common_parser, new_run_dir, resolve_config, run, write_config
+from tasks.cli import (
+    COMMON_FLAGS,
+    check_backbone_name,
+    common_parser,
+    expand_inputs,
+    new_run_dir,
+    resolve_config,
+    run,
+    write_config,
+)
 from tasks.config import TrainConfig, to_dict
 from tasks.data.embedded import digits_imagefolder
 from tasks.data.folders import ClassificationDataset, Sample, collate_classification, load_split
-from tasks.data.images import READ_ERRORS, is_image_file, load_rgb
+from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.transforms import classification_eval, classification_train
 from tasks.engine import Engine, make_loader, resolve_device, seed_everything
 from tasks.errors import UserError
@@ -269,24 +278,9 @@ def evaluate(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_inputs(inputs: Sequence[str]) -> list[Path]:
-    if not inputs:
-        raise UserError("predict needs image files or folders, e.g. predict photo.jpg photos/")
-    paths: list[Path] = []
-    for text in inputs:
-        path = Path(text)
-        if path.is_dir():
-            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise UserError(f"input {path} does not exist")
-    return paths
-
-
 def predict(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     path = _require_checkpoint(args)
-    paths = _predict_inputs(args.inputs)
+    paths = expand_inputs(args.inputs, "photo.jpg photos/")
     model, checkpoint = _load_model(path)
     class_names = list(checkpoint["class_names"])
     transform = classification_eval(checkpoint["image_size"], crop_pct=checkpoint["crop_pct"])

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from backbones import WeightsError, list_backbones
-from tasks.config import apply, dump_yaml, load_yaml, merge_dicts, packaged_config, parse_set_option
+from tasks.config import apply, dump_yaml, load_yaml, merge_dicts, nested_update, packaged_config, parse_set_option
+from tasks.data.images import is_image_file
 from tasks.errors import UserError
 from tasks.io import write_text
 
@@ -75,13 +76,8 @@ def flag_overrides(args: argparse.Namespace, flags: Mapping[str, str]) -> dict[s
     out: dict[str, Any] = {}
     for dest, key in flags.items():
         value = getattr(args, dest, None)
-        if value is None:
-            continue
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        if value is not None:
+            out = merge_dicts(out, nested_update(key, value))
     return out
 
 
@@ -128,6 +124,22 @@ def new_run_dir(output: str | None, task: str, command: str) -> Path:
             number += 1
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def expand_inputs(inputs: Sequence[str], example: str) -> list[Path]:
+    """predict's inputs: files as given, folders as the images inside them (recursively)."""
+    if not inputs:
+        raise UserError(f"predict needs image files or folders, e.g. predict {example}")
+    paths: list[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise UserError(f"input {path} does not exist")
+    return paths
 
 
 def write_config(run_dir: Path, config: Any) -> None:

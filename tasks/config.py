@@ -170,12 +170,15 @@ def parse_set_option(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw else None
     except yaml.YAMLError:
         value = raw
-    nested: dict[str, Any] = {}
-    node = nested
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
+    return nested_update(key, value)
+
+
+def nested_update(key: str, value: Any) -> dict[str, Any]:
+    """``"train.ema", True`` as ``{"train": {"ema": True}}``."""
+    *sections, last = key.split(".")
+    nested: dict[str, Any] = {last: value}
+    for section in reversed(sections):
+        nested = {section: nested}
     return nested
 
 

@@ -21,11 +21,20 @@ from backbones import build_backbone
 from heads.detection import DETECTION_LEVELS, FasterRCNN, FasterRCNNHead
 from tasks import distributed
 from tasks.checkpoint import check_num_classes, evaluation_weights, load_checkpoint
-from tasks.cli import COMMON_FLAGS, check_backbone_name, common_parser, new_run_dir, resolve_config, run, write_config
+from tasks.cli import (
+    COMMON_FLAGS,
+    check_backbone_name,
+    common_parser,
+    expand_inputs,
+    new_run_dir,
+    resolve_config,
+    run,
+    write_config,
+)
 from tasks.config import TrainConfig, to_dict
 from tasks.data.detection import DetectionData, DetectionDataset, collate_detection
 from tasks.data.embedded import shapes_coco
-from tasks.data.images import READ_ERRORS, is_image_file, load_rgb
+from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.transforms import detection_eval, detection_train
 from tasks.detect_data import load_detection_splits
 from tasks.engine import Engine, make_loader, resolve_device, seed_everything
@@ -325,17 +334,7 @@ def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
 def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         raise UserError("predict needs --checkpoint FILE (a best.pt or last.pt of a training run)")
-    if not args.inputs:
-        raise UserError("predict needs image files or folders, e.g. predict street.jpg photos/")
-    paths: list[Path] = []
-    for text in args.inputs:
-        path = Path(text)
-        if path.is_dir():
-            paths += sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise UserError(f"input {path} does not exist")
+    paths = expand_inputs(args.inputs, "street.jpg photos/")
     model, checkpoint = _load_model(Path(args.checkpoint))
     names = list(checkpoint["class_names"])
     run_dir = new_run_dir(cfg.output, TASK, "predict")
