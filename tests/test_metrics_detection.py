@@ -128,3 +128,13 @@ def test_voc_threshold_is_strictly_greater_than_half() -> None:
     half = voc_box_metrics(gt, {"im": _det([[0, 0, 10, 5]], [0], [1.0])}, ["a"])  # IoU exactly 0.5
     more = voc_box_metrics(gt, {"im": _det([[0, 0, 10, 6]], [0], [1.0])}, ["a"])
     assert half["mAP"] == 0.0 and more["mAP"] == pytest.approx(1.0)
+
+
+def test_coco_eval_benchmark_backends_agree_on_its_synthetic_set() -> None:
+    from tasks.bench import coco_eval_benchmark, synthetic_coco
+
+    gt, results = synthetic_coco(30, 20, seed=3)
+    assert len(results) == 600 and len({a["category_id"] for a in gt["annotations"]}) > 20
+    row = coco_eval_benchmark(30, 20, rounds=1)
+    assert row["max_difference"] < 1e-6 and 0 < row["AP"] < 1
+    assert set(row["seconds"]) == {"faster-coco-eval", "pycocotools"}

@@ -1,0 +1,115 @@
+"""Benchmarks of the task layer, each against its reference, interleaved in one run.
+
+    python -m tasks.bench coco-eval --images 5000 --detections 100
+
+``coco-eval`` times COCO box evaluation through faster-coco-eval (our default) and pycocotools
+on the same synthetic ground truth and results, alternating, and checks that the twelve
+summary numbers agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from tasks.metrics.coco import COCO_KEYS, coco_box_metrics
+
+
+def synthetic_coco(num_images: int, detections_per_image: int, *, seed: int = 0) -> tuple[dict[str, Any], list]:
+    """COCO-like ground truth (7 boxes per image on average, 80 categories, all three sizes) and
+    ``detections_per_image`` scored results per image: jittered true boxes plus false positives."""
+    rng = np.random.default_rng(seed)
+    categories = [{"id": i, "name": f"class{i}"} for i in range(1, 81)]
+    images, annotations, results = [], [], []
+    for image_id in range(1, num_images + 1):
+        images.append({"id": image_id, "width": 640, "height": 480})
+        count = int(rng.poisson(7))
+        sizes = rng.choice([16.0, 64.0, 200.0], count)[:, None] * rng.uniform(0.6, 1.4, (count, 2))
+        corners = rng.uniform(0, 1, (count, 2)) * (np.array([640.0, 480.0]) - sizes)
+        labels = rng.integers(1, 81, count)
+        for (x, y), (w, h), label in zip(corners, sizes, labels):
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": [float(x), float(y), float(w), float(h)],
+                    "area": float(w * h),
+                    "iscrowd": 0,
+                }
+            )
+        true = min(count, detections_per_image // 2)
+        boxes = np.concatenate(
+            [
+                np.column_stack(
+                    [corners[:true] + rng.normal(0, 3, (true, 2)), sizes[:true] * rng.uniform(0.9, 1.1, (true, 2))]
+                ),
+                np.column_stack(
+                    [
+                        rng.uniform(0, 560, (detections_per_image - true, 1)),
+                        rng.uniform(0, 400, (detections_per_image - true, 1)),
+                        rng.uniform(8, 80, (detections_per_image - true, 2)),
+                    ]
+                ),
+            ]
+        )
+        classes = np.concatenate([labels[:true], rng.integers(1, 81, detections_per_image - true)])
+        for box, label, score in zip(boxes, classes, rng.random(detections_per_image)):
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": [float(v) for v in box],
+                    "score": float(score),
+                }
+            )
+    return {"images": images, "annotations": annotations, "categories": categories}, results
+
+
+def coco_eval_benchmark(num_images: int, detections: int, rounds: int) -> dict[str, Any]:
+    gt, results = synthetic_coco(num_images, detections)
+    times: dict[str, list[float]] = {"faster-coco-eval": [], "pycocotools": []}
+    metrics: dict[str, dict[str, Any]] = {}
+    for _ in range(rounds):
+        for backend in times:
+            start = time.perf_counter()
+            metrics[backend] = coco_box_metrics(gt, results, backend=backend)  # type: ignore[arg-type]
+            times[backend].append(time.perf_counter() - start)
+    difference = max(abs((metrics["faster-coco-eval"][k] or 0) - (metrics["pycocotools"][k] or 0)) for k in COCO_KEYS)
+    seconds = {backend: statistics.median(values) for backend, values in times.items()}
+    return dict(
+        images=num_images,
+        detections=len(results),
+        seconds=seconds,
+        speedup=seconds["pycocotools"] / seconds["faster-coco-eval"],
+        max_difference=difference,
+        AP=metrics["pycocotools"]["AP"],
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("benchmark", choices=("coco-eval",))
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--detections", type=int, default=100, help="per image")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    row = coco_eval_benchmark(args.images, args.detections, args.rounds)
+    print(
+        f"COCO box evaluation, {row['images']} images, {row['detections']} detections, "
+        f"median of {args.rounds} interleaved rounds (index, load, evaluate, accumulate, summarize)"
+    )
+    print("| backend | seconds | speed-up vs pycocotools |\n|---|---:|---:|")
+    for backend, seconds in row["seconds"].items():
+        print(f"| {backend} | {seconds:.2f} | {row['seconds']['pycocotools'] / seconds:.2f}× |")
+    print(f"largest difference over the 12 summary numbers: {row['max_difference']:.2e} (AP {row['AP']:.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
