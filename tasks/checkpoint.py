@@ -9,10 +9,12 @@ and ``config`` (the resolved config as a dict).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from tasks.errors import UserError
 from tasks.io import atomic_write
@@ -37,6 +39,20 @@ def load_checkpoint(path: str | os.PathLike[str], *, task: str) -> dict[str, Any
     if checkpoint["task"] != task:
         raise UserError(f"checkpoint {path} is a '{checkpoint['task']}' model, not a '{task}' model")
     return checkpoint
+
+
+def load_model(
+    path: str | os.PathLike[str], *, task: str, build: Callable[[dict[str, Any]], nn.Module]
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a checkpoint of ``task`` holds, rebuilt by ``build(model_args)``, with its evaluation
+    weights, in eval mode."""
+    checkpoint = load_checkpoint(path, task=task)
+    model = build(dict(checkpoint["model_args"]))
+    try:
+        model.load_state_dict(evaluation_weights(checkpoint))
+    except RuntimeError as error:
+        raise UserError(f"checkpoint {path} does not fit its own model: {str(error).splitlines()[0]}") from None
+    return model.eval(), checkpoint
 
 
 def evaluation_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

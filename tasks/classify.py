@@ -20,7 +20,7 @@ from backbones import Backbone, build_backbone
 from backbones.inference import fast_inference
 from heads.classification import ClassificationHead, Pool
 from tasks import distributed
-from tasks.checkpoint import check_num_classes, evaluation_weights, load_checkpoint
+from tasks.checkpoint import check_num_classes, load_model
 from tasks.cli import (
     COMMON_FLAGS,
     check_backbone_name,
@@ -238,14 +238,7 @@ def train(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
 
 
 def _load_model(path: Path) -> tuple[ClassificationModel, dict[str, Any]]:
-    checkpoint = load_checkpoint(path, task=TASK)
-    model_args = dict(checkpoint["model_args"])
-    model = build_model(**model_args)
-    try:
-        model.load_state_dict(evaluation_weights(checkpoint))
-    except RuntimeError as error:
-        raise UserError(f"checkpoint {path} does not fit its own model: {str(error).splitlines()[0]}") from None
-    model.eval()
+    model, checkpoint = load_model(path, task=TASK, build=lambda args: build_model(**args))
     model.backbone = fast_inference(model.backbone)
     return model, checkpoint
 

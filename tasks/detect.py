@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from backbones import build_backbone
 from heads.detection import DETECTION_LEVELS, FasterRCNN, FasterRCNNHead
 from tasks import distributed
-from tasks.checkpoint import check_num_classes, evaluation_weights, load_checkpoint
+from tasks.checkpoint import check_num_classes, load_model
 from tasks.cli import (
     COMMON_FLAGS,
     check_backbone_name,
@@ -280,13 +280,8 @@ def train(cfg: DetectConfig, args: argparse.Namespace) -> int:
 
 
 def _load_model(path: Path) -> tuple[FasterRCNN, dict[str, Any]]:
-    checkpoint = load_checkpoint(path, task=TASK)
-    model = _build_from_args(checkpoint["model_args"])
-    try:
-        model.load_state_dict(evaluation_weights(checkpoint))
-    except RuntimeError as error:
-        raise UserError(f"checkpoint {path} does not fit its own model: {str(error).splitlines()[0]}") from None
-    return model.eval(), checkpoint
+    model, checkpoint = load_model(path, task=TASK, build=_build_from_args)
+    return model, checkpoint  # type: ignore[return-value]
 
 
 def _read_predictions(path: Path) -> list[dict[str, Any]]:
