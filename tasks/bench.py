@@ -92,13 +92,94 @@ def coco_eval_benchmark(num_images: int, detections: int, rounds: int) -> dict[s
     )
 
 
+def detector_benchmark(*, images: int, size: tuple[int, int], rounds: int, min_size: int) -> list[dict[str, Any]]:
+    """Faster R-CNN R50-FPN inference and one SGD training step: ours against torchvision, same weights."""
+    import torch
+    import torchvision
+
+    from backbones.inference import fast_inference
+    from heads.detection import from_torchvision_state_dict
+    from tasks.detect import build_model
+
+    reference = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=min_size
+    )
+    ours = build_model("resnet50", 91, min_size=min_size)
+    ours.load_state_dict(from_torchvision_state_dict(reference.state_dict()))
+    fast = build_model("resnet50", 91, min_size=min_size)
+    fast.load_state_dict(ours.state_dict())
+    fast.eval()
+    fast.backbone = fast_inference(fast.backbone)
+    generator = torch.Generator().manual_seed(0)
+    batch = [torch.rand(3, *size, generator=generator) for _ in range(images)]
+    targets = [
+        {
+            "boxes": torch.tensor([[40.0, 60.0, 200.0, 220.0], [300.0, 100.0, 420.0, 300.0]]),
+            "labels": torch.tensor([3, 17]),
+        }
+        for _ in range(images)
+    ]
+    optimizers = {
+        name: torch.optim.SGD(model.parameters(), lr=1e-5)
+        for name, model in (("torchvision", reference), ("ours", ours))
+    }
+
+    def infer(model: torch.nn.Module) -> None:
+        model.eval()
+        with torch.inference_mode():
+            model(batch)
+
+    def train(name: str, model: torch.nn.Module) -> None:
+        model.train()
+        losses = model(batch, targets)
+        optimizers[name].zero_grad()
+        sum(losses.values()).backward()
+        optimizers[name].step()
+
+    steps = {
+        ("inference", "torchvision"): lambda: infer(reference),
+        ("inference", "ours"): lambda: infer(ours),
+        ("inference", "ours (fast backbone)"): lambda: infer(fast),
+        ("train step", "torchvision"): lambda: train("torchvision", reference),
+        ("train step", "ours"): lambda: train("ours", ours),
+    }
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
+    for step in steps.values():
+        step()  # warm-up
+    for _ in range(rounds):
+        for key, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[key].append(time.perf_counter() - start)
+    rows = []
+    for (mode, name), values in times.items():
+        seconds = statistics.median(values)
+        reference_seconds = statistics.median(times[(mode, "torchvision")])
+        rows.append(
+            dict(mode=mode, candidate=name, seconds_per_image=seconds / images, ratio=reference_seconds / seconds)
+        )
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("benchmark", choices=("coco-eval",))
+    parser.add_argument("benchmark", choices=("coco-eval", "detector"))
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--detections", type=int, default=100, help="per image")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=2, help="detector: images per call")
+    parser.add_argument("--min-size", type=int, default=800, help="detector: the resize target")
     args = parser.parse_args(argv)
+    if args.benchmark == "detector":
+        rows = detector_benchmark(images=args.batch, size=(480, 640), rounds=args.rounds, min_size=args.min_size)
+        print(
+            f"Faster R-CNN R50-FPN, {args.batch} images of 640x480 resized to {args.min_size}, "
+            f"median of {args.rounds} interleaved rounds"
+        )
+        print("| step | candidate | s/image | speed vs torchvision |\n|---|---|---:|---:|")
+        for r in rows:
+            print(f"| {r['mode']} | {r['candidate']} | {r['seconds_per_image']:.3f} | {r['ratio']:.2f}× |")
+        return 0
     row = coco_eval_benchmark(args.images, args.detections, args.rounds)
     print(
         f"COCO box evaluation, {row['images']} images, {row['detections']} detections, "
