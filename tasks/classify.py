@@ -315,7 +315,7 @@ def _main(argv: Sequence[str] | None) -> int:
         ClassifyConfig(),
         args,
         FLAGS,
-        base=lambda user: "classify/digits" if user.get("data", {}).get("root") is None else None,
+        embedded="classify/digits",
     )
     commands = {"train": train, "eval": evaluate, "predict": predict}
     return commands[args.command](cfg, args)

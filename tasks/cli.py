@@ -86,22 +86,21 @@ def resolve_config(
     args: argparse.Namespace,
     flags: Mapping[str, str],
     *,
-    base: Callable[[dict[str, Any]], str | None] = lambda user: None,
+    embedded: str | None = None,
 ) -> T:
-    """Defaults, then ``base(user)`` (a packaged config chosen from the user's layers), then each
-    ``--config``, then ``--set``, then flags."""
+    """Defaults, then the packaged recipe ``embedded`` when no layer names ``data.root`` (the built-in
+    data brings its own settings), then each ``--config``, then ``--set``, then flags."""
     layers: list[tuple[dict[str, Any], str]] = [(load_yaml(path), f"config file {path}") for path in args.config]
     layers += [(parse_set_option(text), f"--set {text}") for text in args.set]
     layers.append((flag_overrides(args, flags), "command line"))
     user: dict[str, Any] = {}
     for layer, _ in layers:
         user = merge_dicts(user, layer)
-    base_name = base(user)
-    if base_name is not None:
-        path = packaged_config(base_name)
+    if embedded is not None and user.get("data", {}).get("root") is None:
+        path = packaged_config(embedded)
         if path is None:
-            raise UserError(f"packaged config {base_name} is missing from the installation")
-        layers.insert(0, (load_yaml(path), f"packaged config {base_name}"))
+            raise UserError(f"packaged config {embedded} is missing from the installation")
+        layers.insert(0, (load_yaml(path), f"packaged config {embedded}"))
     config = defaults
     for layer, source in layers:
         config = apply(config, layer, source=source)

@@ -372,7 +372,7 @@ def _main(argv: Sequence[str] | None) -> int:
         DetectConfig(),
         args,
         FLAGS,
-        base=lambda user: "detect/shapes" if user.get("data", {}).get("root") is None else None,
+        embedded="detect/shapes",
     )
     seed_everything(cfg.train.seed)
     return {"train": train, "eval": evaluate, "predict": predict}[args.command](cfg, args)

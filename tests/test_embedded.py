@@ -37,3 +37,19 @@ def test_no_data_uses_the_digits_and_their_recipe(tmp_path, monkeypatch, capsys)
     assert config["train"]["epochs"] == 1  # ... under the user's flags
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_samples"] == 355 and "top5" in metrics  # every fifth digit of each class
+
+
+def test_detect_without_data_uses_the_shapes_and_their_recipe(tmp_path, monkeypatch, capsys) -> None:
+    from tasks.data.embedded import shapes_coco
+    from tasks.detect import main as detect_main
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    args = ["--backbone", "resnet18", "--epochs", "1", "--workers", "0", "--output", str(out)]
+    assert detect_main([*args, "--set", "train.max_iters_per_epoch=2"]) == 0
+    assert "built-in shapes dataset" in capsys.readouterr().out
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"]["min_size"] == 128 and config["train"]["lr"] == 0.01  # the packaged recipe
+    root = shapes_coco(tmp_path / "cache")
+    assert json.loads((out / "metrics.json").read_text())["num_images"] == 80
+    assert len(json.loads((root / "annotations" / "instances_train.json").read_text())["images"]) == 320
