@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -87,16 +86,8 @@ class Backbone(nn.Module):
         return self
 
 
-def feature_shapes(backbone: Backbone, height: int, width: int) -> dict[str, tuple[int, int, int]]:
-    """Run a dummy input through ``backbone`` and report (channels, h, w) per level."""
-    first = next(iter(backbone.parameters()))
-    in_channels = _first_conv_in_channels(backbone)
-    with torch.no_grad():
-        out = backbone(torch.zeros(1, in_channels, height, width, device=first.device, dtype=first.dtype))
-    return {name: tuple(t.shape[1:]) for name, t in out.items()}  # type: ignore[misc]
-
-
-def _first_conv_in_channels(module: nn.Module) -> int:
+def first_conv_in_channels(module: nn.Module) -> int:
+    """Input channels of the first Conv2d in ``module``: what a dummy input must have."""
     for sub in module.modules():
         if isinstance(sub, nn.Conv2d):
             return sub.in_channels

@@ -20,7 +20,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +46,6 @@ class _Trunk(nn.Module):
 @dataclass
 class Candidate:
     name: str
-    model: Callable[[torch.Tensor], object]
     module: nn.Module
     step: str  # "forward" or "train"
     inference_mode: bool
@@ -82,14 +81,14 @@ def _run_step(c: Candidate, x: torch.Tensor) -> None:
         x = x.contiguous(memory_format=torch.channels_last)
     if c.step == "train":
         c.module.train()
-        out = c.model(x)
+        out = c.module(x)
         tensor = next(iter(out.values())) if isinstance(out, dict) else out
         tensor.float().mean().backward()
         return
     c.module.eval()
     context = torch.inference_mode() if c.inference_mode else torch.no_grad()
     with context:
-        c.model(x)
+        c.module(x)
 
 
 def _sync(device: torch.device) -> None:
@@ -159,7 +158,7 @@ def _candidate(
         name, arch, channels_last=cl, compile_model=compile_model and not default, device=torch.device(device)
     )
     im = (inference_mode or name == "ours (best)") and not default
-    return Candidate(name, module, module, mode, im, cl or name == "ours (best)", [])
+    return Candidate(name, module, mode, im, cl or name == "ours (best)", [])
 
 
 def benchmark(

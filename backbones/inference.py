@@ -9,7 +9,7 @@ import torch.fx
 from torch import Tensor
 from torch.fx.experimental.optimization import fuse
 
-from backbones.base import Backbone
+from backbones.base import Backbone, first_conv_in_channels
 
 
 class InferenceBackbone(Backbone):
@@ -52,7 +52,7 @@ class InferenceBackbone(Backbone):
         36 s compile per input shape), so it stays the default while it exists.
         """
         param = next(graph.parameters())
-        example = self._layout(torch.zeros(1, _in_channels(graph), 64, 64, device=param.device))
+        example = self._layout(torch.zeros(1, first_conv_in_channels(graph), 64, 64, device=param.device))
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore", FutureWarning)
@@ -72,13 +72,6 @@ class InferenceBackbone(Backbone):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return dict(self.graph(self._layout(x)))
-
-
-def _in_channels(module: torch.nn.Module) -> int:
-    for sub in module.modules():
-        if isinstance(sub, torch.nn.Conv2d):
-            return sub.in_channels
-    raise ValueError("backbone has no Conv2d")
 
 
 def optimize_for_inference(backbone: Backbone, *, channels_last: bool = True, freeze: bool = True) -> InferenceBackbone:
