@@ -70,7 +70,8 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     info = torch.utils.data.get_worker_info()
-    reseed = getattr(info.dataset, "reseed", None) if info is not None else None
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    reseed = getattr(transform, "reseed", None)  # each worker's copy gets its own augmentation stream
     if reseed is not None:
         reseed(seed)
 

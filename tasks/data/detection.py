@@ -118,11 +118,6 @@ class DetectionDataset(Dataset[dict[str, Any] | None]):
     def __len__(self) -> int:
         return len(self.data.samples)
 
-    def reseed(self, seed: int) -> None:
-        reseed = getattr(self.transform, "reseed", None)
-        if reseed is not None:
-            reseed(seed)
-
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         sample = self.data.samples[index]
         try:

@@ -110,12 +110,6 @@ class ClassificationDataset(Dataset[dict[str, Any] | None]):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def reseed(self, seed: int) -> None:
-        """Give this copy of the dataset (one DataLoader worker's) its own augmentation stream."""
-        reseed = getattr(self.transform, "reseed", None)
-        if reseed is not None:
-            reseed(seed)
-
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         sample = self.samples[index]
         try:
