@@ -8,7 +8,6 @@ section for either. ``eval --predictions FILE`` scores any detector's COCO-resul
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from tasks.cli import (
     write_config,
 )
 from tasks.config import TrainConfig, to_dict
+from tasks.data.coco import read_json
 from tasks.data.detection import DetectionData, DetectionDataset, collate_detection
 from tasks.data.embedded import shapes_coco
 from tasks.data.images import READ_ERRORS, load_rgb
@@ -285,12 +285,7 @@ def _load_model(path: Path) -> tuple[FasterRCNN, dict[str, Any]]:
 
 
 def _read_predictions(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise UserError(f"predictions file {path} does not exist")
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"predictions file {path} is not valid JSON: {error.msg} at line {error.lineno}") from None
+    results = read_json(path, kind="predictions file")
     if not isinstance(results, list) or not all(
         isinstance(r, dict) and {"image_id", "bbox", "score"} <= set(r) for r in results
     ):

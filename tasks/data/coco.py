@@ -71,17 +71,22 @@ def read_coco(annotation_file: Path, image_dir: Path) -> DetectionData:
     return DetectionData(samples, names, category_ids, source=str(annotation_file), fixes=fixes)
 
 
-def _load_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path, *, kind: str) -> Any:
+    """A JSON file's content; a missing file or bad JSON is a one-line error naming the ``kind`` of file."""
     if not path.is_file():
-        raise UserError(f"annotation file {path} does not exist")
+        raise UserError(f"{kind} {path} does not exist")
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise UserError(
-            f"annotation file {path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
+            f"{kind} {path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
         ) from None
     except UnicodeDecodeError:
-        raise UserError(f"annotation file {path} is not UTF-8 text") from None
+        raise UserError(f"{kind} {path} is not UTF-8 text") from None
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    data = read_json(path, kind="annotation file")
     if not isinstance(data, dict):
         raise UserError(f"annotation file {path} must hold a JSON object, not {type(data).__name__}")
     return data

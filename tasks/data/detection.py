@@ -59,6 +59,11 @@ class DetectionData:
     source: str
     fixes: FixCounts = field(default_factory=FixCounts)
 
+    def coco_image_ids(self) -> dict[int | str, int]:
+        """Each sample's id for COCO's evaluators: its own when it is an integer (COCO), else its
+        1-based position (VOC's id strings)."""
+        return {s.image_id: (s.image_id if isinstance(s.image_id, int) else n) for n, s in enumerate(self.samples, 1)}
+
     def coco_ground_truth(self) -> dict[str, Any]:
         """The split as a COCO ground-truth dict with the dataset's own ids, for pycocotools.
 
@@ -66,8 +71,9 @@ class DetectionData:
         rewards nor penalises.
         """
         images, annotations = [], []
-        for number, sample in enumerate(self.samples, start=1):
-            image_id = sample.image_id if isinstance(sample.image_id, int) else number
+        coco_ids = self.coco_image_ids()
+        for sample in self.samples:
+            image_id = coco_ids[sample.image_id]
             images.append(
                 {"id": image_id, "width": sample.width, "height": sample.height, "file_name": str(sample.path)}
             )

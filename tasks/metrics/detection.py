@@ -35,7 +35,7 @@ def to_results(sample: DetectionSample, output: dict[str, torch.Tensor], data: D
 
 def score(data: DetectionData, results: Sequence[dict[str, Any]], *, backend: Backend) -> dict[str, Any]:
     """metrics.json's ``coco`` and ``voc`` sections for ``results`` on ``data``."""
-    coco_ids = {s.image_id: (s.image_id if isinstance(s.image_id, int) else n) for n, s in enumerate(data.samples, 1)}
+    coco_ids = data.coco_image_ids()
     labels = resolve_labels(data, results)
     coco_results = [
         {**r, "image_id": coco_ids[r["image_id"]], "category_id": data.category_ids[label - 1]}
