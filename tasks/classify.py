@@ -23,10 +23,11 @@ from tasks import distributed
 from tasks.checkpoint import check_num_classes, load_model
 from tasks.cli import (
     COMMON_FLAGS,
+    PredictImages,
     check_backbone_name,
     common_parser,
-    expand_inputs,
     new_run_dir,
+    require_checkpoint,
     resolve_config,
     run,
     write_config,
@@ -34,10 +35,8 @@ from tasks.cli import (
 from tasks.config import TrainConfig, to_dict
 from tasks.data.embedded import digits_imagefolder
 from tasks.data.folders import ClassificationDataset, Sample, collate_classification, load_split
-from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.transforms import classification_eval, classification_train
 from tasks.engine import Engine, make_loader, resolve_device, seed_everything
-from tasks.errors import UserError
 from tasks.io import write_json
 from tasks.metrics.classification import ClassificationMeter
 from tasks.visualize import confusion_matrix_image, save_png
@@ -243,14 +242,8 @@ def _load_model(path: Path) -> tuple[ClassificationModel, dict[str, Any]]:
     return model, checkpoint
 
 
-def _require_checkpoint(args: argparse.Namespace) -> Path:
-    if args.checkpoint is None:
-        raise UserError(f"{args.command} needs --checkpoint FILE (a best.pt or last.pt of a training run)")
-    return Path(args.checkpoint)
-
-
 def evaluate(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
-    path = _require_checkpoint(args)
+    path = require_checkpoint(args)
     model, checkpoint = _load_model(path)
     class_names = list(checkpoint["class_names"])
     root = _data_root(cfg)
@@ -272,22 +265,13 @@ def evaluate(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
 
 
 def predict(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
-    path = _require_checkpoint(args)
-    paths = expand_inputs(args.inputs, "photo.jpg photos/")
+    path = require_checkpoint(args)
+    images = PredictImages(args.inputs, "photo.jpg photos/")
     model, checkpoint = _load_model(path)
     class_names = list(checkpoint["class_names"])
     transform = classification_eval(checkpoint["image_size"], crop_pct=checkpoint["crop_pct"])
-    explicit = {Path(t) for t in args.inputs}
-    results, skipped = [], 0
-    for image_path in paths:
-        try:
-            image = load_rgb(image_path)
-        except READ_ERRORS:
-            if image_path in explicit:
-                raise UserError(f"input {image_path} is not a readable image") from None
-            print(f"warning: skipping unreadable image {image_path}")
-            skipped += 1
-            continue
+    results = []
+    for image_path, image in images:
         with torch.inference_mode():
             probs = model(transform(image)[None]).softmax(dim=1)[0]  # (C,)
         top = probs.topk(min(5, len(class_names)))
@@ -297,7 +281,7 @@ def predict(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     run_dir = new_run_dir(cfg.output, TASK, "predict")
     write_json(run_dir / "predictions.json", results)
     print(
-        f"{len(results)} image(s) predicted{f', {skipped} skipped' if skipped else ''}; "
+        f"{len(results)} image(s) predicted{f', {images.skipped} skipped' if images.skipped else ''}; "
         f"wrote {run_dir / 'predictions.json'}"
     )
     return 0

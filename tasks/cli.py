@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from backbones import WeightsError, list_backbones
 from tasks.config import apply, dump_yaml, load_yaml, merge_dicts, nested_update, packaged_config, parse_set_option
-from tasks.data.images import is_image_file
+from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
 from tasks.errors import UserError
 from tasks.io import write_text
 
@@ -125,20 +127,46 @@ def new_run_dir(output: str | None, task: str, command: str) -> Path:
     return path
 
 
-def expand_inputs(inputs: Sequence[str], example: str) -> list[Path]:
-    """predict's inputs: files as given, folders as the images inside them (recursively)."""
-    if not inputs:
-        raise UserError(f"predict needs image files or folders, e.g. predict {example}")
-    paths: list[Path] = []
-    for text in inputs:
-        path = Path(text)
-        if path.is_dir():
-            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise UserError(f"input {path} does not exist")
-    return paths
+class PredictImages:
+    """predict's inputs as (path, RGB array) pairs: files as given, folders as the images inside them.
+
+    An unreadable file named on the command line is a one-line error; an unreadable file found
+    inside a folder is skipped with a warning and counted in ``skipped``.
+    """
+
+    def __init__(self, inputs: Sequence[str], example: str) -> None:
+        if not inputs:
+            raise UserError(f"predict needs image files or folders, e.g. predict {example}")
+        self.paths: list[Path] = []
+        self.explicit: set[Path] = set()
+        for text in inputs:
+            path = Path(text)
+            if path.is_dir():
+                self.paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
+            elif path.is_file():
+                self.paths.append(path)
+                self.explicit.add(path)
+            else:
+                raise UserError(f"input {path} does not exist")
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[tuple[Path, np.ndarray]]:
+        for path in self.paths:
+            try:
+                image = load_rgb(path)
+            except READ_ERRORS as error:
+                if path in self.explicit:
+                    raise UserError(f"input {path} is not a readable image") from None
+                warn_unreadable(path, error)
+                self.skipped += 1
+                continue
+            yield path, image
+
+
+def require_checkpoint(args: argparse.Namespace) -> Path:
+    if args.checkpoint is None:
+        raise UserError(f"{args.command} needs --checkpoint FILE (a best.pt or last.pt of a training run)")
+    return Path(args.checkpoint)
 
 
 def write_config(run_dir: Path, config: Any) -> None:

@@ -22,10 +22,11 @@ from tasks import distributed
 from tasks.checkpoint import check_num_classes, load_model
 from tasks.cli import (
     COMMON_FLAGS,
+    PredictImages,
     check_backbone_name,
     common_parser,
-    expand_inputs,
     new_run_dir,
+    require_checkpoint,
     resolve_config,
     run,
     write_config,
@@ -149,7 +150,7 @@ class DetectTask:
         for batch in loader:
             if batch["batch_size"] == 0:
                 continue
-            outputs = model([image.to(device) for image in batch["images"]])
+            outputs = model(self.to_device(batch, device)["images"])
             for index, output in zip(batch["indices"], outputs):
                 results += to_results(self.data.samples[index], output, self.data)
         self.last_results = [r for part in distributed.gather(results) for r in part]
@@ -322,36 +323,34 @@ def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
 
 
 def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
-    if args.checkpoint is None:
-        raise UserError("predict needs --checkpoint FILE (a best.pt or last.pt of a training run)")
-    paths = expand_inputs(args.inputs, "street.jpg photos/")
-    model, checkpoint = _load_model(Path(args.checkpoint))
+    checkpoint_path = require_checkpoint(args)
+    images = PredictImages(args.inputs, "street.jpg photos/")
+    model, checkpoint = _load_model(checkpoint_path)
     names = list(checkpoint["class_names"])
     run_dir = new_run_dir(cfg.output, TASK, "predict")
+    to_tensor = detection_eval()
     results = []
-    for path in paths:
-        try:
-            image = load_rgb(path)
-        except READ_ERRORS:
-            raise UserError(f"input {path} is not a readable image") from None
+    for image_path, image in images:
         with torch.inference_mode():
-            out = model([detection_eval()(image)[0]])[0]
+            out = model([to_tensor(image)[0]])[0]
         keep = out["scores"] >= cfg.model.box_score_thresh
         boxes, labels, scores = out["boxes"][keep], out["labels"][keep], out["scores"][keep]
         detections = [
             {"box": [round(float(v), 2) for v in b], "class": names[int(label) - 1], "score": float(s)}
             for b, label, s in zip(boxes, labels, scores)
         ]
-        results.append({"path": str(path), "detections": detections})
+        results.append({"path": str(image_path), "detections": detections})
         save_png(
             draw_detections(image, boxes.numpy(), [d["class"] for d in detections], scores.tolist()),
-            run_dir / f"{path.stem}.png",
+            run_dir / f"{image_path.stem}.png",
         )
         print(
-            f"{path}: {len(detections)} object(s)" + "".join(f", {d['class']} {d['score']:.2f}" for d in detections[:5])
+            f"{image_path}: {len(detections)} object(s)"
+            + "".join(f", {d['class']} {d['score']:.2f}" for d in detections[:5])
         )
     write_json(run_dir / "predictions.json", results)
-    print(f"wrote {run_dir / 'predictions.json'} and drawn PNGs")
+    skipped = f", {images.skipped} unreadable skipped" if images.skipped else ""
+    print(f"{len(results)} image(s) predicted{skipped}; wrote {run_dir / 'predictions.json'} and drawn PNGs")
     return 0
 
 
@@ -369,7 +368,6 @@ def _main(argv: Sequence[str] | None) -> int:
         FLAGS,
         embedded="detect/shapes",
     )
-    seed_everything(cfg.train.seed)
     return {"train": train, "eval": evaluate, "predict": predict}[args.command](cfg, args)
 
 

@@ -254,3 +254,17 @@ def test_boxes_outside_are_clipped_and_degenerate_dropped_with_a_warning(coco_ro
     out = capsys.readouterr().out
     assert "clipped 1 box(es)" in out and "dropped 1 zero-area or inverted box(es)" in out
     np.testing.assert_equal(json.loads(path.read_text())["annotations"][0]["bbox"], [50.0, 50.0, 40.0, 40.0])
+
+
+def test_predict_skips_and_counts_an_unreadable_image_inside_a_folder(trained, coco_root, tmp_path, capsys) -> None:
+    folder = tmp_path / "photos"
+    shutil.copytree(coco_root / "val", folder)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert (
+        main(["predict", str(folder), "--checkpoint", str(trained / "best.pt"), "--output", str(tmp_path / "p")]) == 0
+    )
+    captured = capsys.readouterr()
+    assert "broken.png" in captured.err and "1 unreadable skipped" in captured.out
+    assert len(json.loads((tmp_path / "p" / "predictions.json").read_text())) == 4
+    rc = main(["predict", str(folder / "broken.png"), "--checkpoint", str(trained / "best.pt")])
+    _one_line_error(capsys, rc, "broken.png", "not a readable image")
