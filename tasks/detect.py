@@ -308,8 +308,8 @@ def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         raise UserError("eval needs --checkpoint FILE (a trained model) or --predictions FILE (a results file)")
     model, checkpoint = _load_model(Path(args.checkpoint))
-    if cfg.data.classes is None:
-        cfg.data.classes = list(checkpoint["class_names"]) if cfg.data.format == "voc" else None
+    if cfg.data.classes is None:  # VOC labels must follow the model's class list (COCO files carry their own)
+        cfg.data.classes = list(checkpoint["class_names"])
     _, val = _data(cfg, need_train=False)
     check_num_classes(checkpoint, len(val.class_names) + 1, path=args.checkpoint)
     run_dir = new_run_dir(cfg.output, TASK, "eval")

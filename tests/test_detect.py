@@ -268,3 +268,33 @@ def test_predict_skips_and_counts_an_unreadable_image_inside_a_folder(trained, c
     assert len(json.loads((tmp_path / "p" / "predictions.json").read_text())) == 4
     rc = main(["predict", str(folder / "broken.png"), "--checkpoint", str(trained / "best.pt")])
     _one_line_error(capsys, rc, "broken.png", "not a readable image")
+
+
+def test_eval_on_voc_uses_the_checkpoints_classes(coco_root, tmp_path) -> None:
+    import re
+
+    root = coco_to_voc(coco_root, tmp_path / "voc")
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    for xml in (root / "Annotations").glob("val_*.xml"):  # the val split now shows only squares
+        text = xml.read_text()
+        xml.write_text(re.sub(r"<object><name>(circle|triangle)</name>.*?</object>", "", text))
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(out / "best.pt"),
+                "--data",
+                str(root),
+                "--output",
+                str(tmp_path / "eval"),
+                "--set",
+                "model.min_size=64",
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics["voc"]["per_class_AP"]) == {"circle", "square", "triangle"}
+    assert metrics["voc"]["per_class_AP"]["circle"] is None  # no ground truth left in val
