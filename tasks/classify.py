@@ -247,9 +247,10 @@ def evaluate(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     model, checkpoint = _load_model(path)
     class_names = list(checkpoint["class_names"])
     root = _data_root(cfg)
-    _, found = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=None)
+    samples, found = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=None)
     check_num_classes(checkpoint, len(found), path=path)
-    samples, _ = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=class_names)
+    if found != class_names:  # label the samples in the model's class order (unknown classes are an error)
+        samples, _ = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=class_names)
     cfg.data.image_size, cfg.data.crop_pct = checkpoint["image_size"], checkpoint["crop_pct"]
     run_dir = new_run_dir(cfg.output, TASK, "eval")
     write_config(run_dir, cfg)
