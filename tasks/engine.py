@@ -13,7 +13,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from tqdm import tqdm
 from tasks import distributed
 from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.config import TrainConfig
+from tasks.data.sampling import GroupedBatchSampler
 from tasks.errors import UserError
 from tasks.io import write_json
 
@@ -84,8 +85,13 @@ def make_loader(
     workers: int,
     collate_fn: Callable[[list[Any]], Batch],
     seed: int = 0,
+    groups: Sequence[int] | None = None,
 ) -> DataLoader[Any]:
-    """A DataLoader whose sampler shards the data when a process group is up."""
+    """A DataLoader whose sampler shards the data when a process group is up.
+
+    ``groups`` (one id per item, for training) makes every batch come from one group while the
+    groups last: see :class:`tasks.data.sampling.GroupedBatchSampler`.
+    """
     sampler: Any
     if distributed.is_distributed():
         sampler = (
@@ -94,13 +100,15 @@ def make_loader(
     else:
         generator = torch.Generator().manual_seed(seed)
         sampler = torch.utils.data.RandomSampler(dataset, generator=generator) if train else None
+    drop_last = train and len(dataset) > batch_size  # type: ignore[arg-type]
+    batching: dict[str, Any] = dict(batch_size=batch_size, sampler=sampler, drop_last=drop_last)
+    if groups is not None and train:
+        batching = dict(batch_sampler=GroupedBatchSampler(sampler, groups, batch_size, drop_last=drop_last))
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
+        **batching,
         num_workers=workers,
         collate_fn=collate_fn,
-        drop_last=train and len(dataset) > batch_size,  # type: ignore[arg-type]
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
         worker_init_fn=_seed_worker,
@@ -244,7 +252,7 @@ class Engine:
     def _train_one_epoch(self, loader: DataLoader[Any], epoch: int, steps: int) -> None:
         cfg = self.cfg
         self.train_model.train()
-        sampler = getattr(loader, "sampler", None)
+        sampler = getattr(loader.batch_sampler, "sampler", None)  # a BatchSampler's or GroupedBatchSampler's
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
         show_bar = distributed.is_main() and sys.stderr.isatty()
