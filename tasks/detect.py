@@ -36,13 +36,14 @@ from tasks.data.coco import read_json
 from tasks.data.detection import DetectionData, DetectionDataset, collate_detection
 from tasks.data.embedded import shapes_coco
 from tasks.data.images import READ_ERRORS, load_rgb
+from tasks.data.sampling import aspect_ratio_groups
 from tasks.data.transforms import detection_eval, detection_train
 from tasks.detect_data import load_detection_splits
 from tasks.engine import Engine, make_loader, resolve_device, seed_everything
 from tasks.errors import UserError
 from tasks.io import write_json
 from tasks.metrics.coco import Backend
-from tasks.metrics.detection import score, to_results
+from tasks.metrics.detection import resolve_labels, score, to_results
 from tasks.visualize import draw_detections, save_png
 
 TASK = "detect"
@@ -112,6 +113,7 @@ class DataConfig:
     hflip: float = 0.5
     scale_jitter: float = 0.25
     color_jitter: float = 0.2
+    aspect_ratio_grouping: bool = True
 
 
 @dataclass
@@ -213,6 +215,7 @@ def _loader(cfg: DetectConfig, data: DetectionData, *, train: bool) -> Any:
         workers=cfg.train.workers,
         collate_fn=collate_detection,
         seed=cfg.train.seed,
+        groups=aspect_ratio_groups([(s.width, s.height) for s in data.samples]) if d.aspect_ratio_grouping else None,
     )
 
 
@@ -301,6 +304,10 @@ def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
         _, val = _data(cfg, need_train=False)
         results = _read_predictions(Path(args.predictions))
         metrics = score(val, results, backend=cfg.coco_backend)
+        results = [  # written back with the dataset's ids and names, whichever of the two the file gave
+            {**r, "category_id": val.category_ids[label - 1], "category_name": val.class_names[label - 1]}
+            for r, label in zip(results, resolve_labels(val, results))
+        ]
         run_dir = new_run_dir(cfg.output, TASK, "eval")
         write_config(run_dir, cfg)
         _report(metrics, results, val, run_dir)

@@ -298,3 +298,46 @@ def test_eval_on_voc_uses_the_checkpoints_classes(coco_root, tmp_path) -> None:
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics["voc"]["per_class_AP"]) == {"circle", "square", "triangle"}
     assert metrics["voc"]["per_class_AP"]["circle"] is None  # no ground truth left in val
+
+
+def test_eval_predictions_file_on_voc_data(coco_root, tmp_path) -> None:
+    """A results file in VOC ids (id strings, 1-based class positions, no names) scores as the ground truth."""
+    import xml.etree.ElementTree as ET
+
+    root = coco_to_voc(coco_root, tmp_path / "voc")
+    classes = ["circle", "square", "triangle"]  # the sorted names: VOC's rule 3
+    results = []
+    for xml in sorted((root / "Annotations").glob("val_*.xml")):
+        for obj in ET.parse(xml).findall("object"):
+            b = {k: float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")}
+            box = [b["xmin"] - 1, b["ymin"] - 1, b["xmax"] - b["xmin"] + 1, b["ymax"] - b["ymin"] + 1]
+            results.append(
+                {
+                    "image_id": xml.stem,
+                    "category_id": classes.index(obj.findtext("name")) + 1,
+                    "bbox": box,
+                    "score": 0.9,
+                }
+            )
+    (tmp_path / "perfect.json").write_text(json.dumps(results))
+    out = tmp_path / "scored"
+    assert (
+        main(["eval", "--predictions", str(tmp_path / "perfect.json"), "--data", str(root), "--output", str(out)]) == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["voc"]["mAP"] == pytest.approx(1.0) and metrics["voc"]["mAP07"] == pytest.approx(1.0)
+    assert metrics["coco"]["AP"] == pytest.approx(1.0)  # IoU 1 at every threshold: the boxes convert exactly
+    written = json.loads((out / "predictions.json").read_text())
+    assert [(p["category_id"], p["category_name"]) for p in written] == [
+        (r["category_id"], classes[r["category_id"] - 1]) for r in results
+    ]
+    assert len(list((out / "images").glob("*.png"))) == 4
+    for r in results:  # one pixel off on every box: COCO's strict thresholds notice, VOC's 0.5 does not
+        r["bbox"][0] += 1
+    (tmp_path / "shifted.json").write_text(json.dumps(results))
+    out = tmp_path / "shifted"
+    assert (
+        main(["eval", "--predictions", str(tmp_path / "shifted.json"), "--data", str(root), "--output", str(out)]) == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["voc"]["mAP"] == pytest.approx(1.0) and metrics["coco"]["AP"] < 0.99
