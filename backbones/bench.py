@@ -20,8 +20,9 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -104,21 +105,25 @@ def _peak_memory_mb(c: Candidate, x: torch.Tensor, device: torch.device, spec: d
         _run_step(c, x)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    # A fresh interpreter per candidate: forking after torch's thread pools start can deadlock.
-    with mp.get_context("spawn").Pool(1) as pool:
-        return float(pool.apply(_cpu_step_memory_mb, (spec,)))
+    return first_call_memory_mb(_candidate_step, spec)
 
 
-def _cpu_step_memory_mb(spec: dict[str, object]) -> float:
-    """Growth of resident memory during the first step of a freshly built candidate, sampled every 0.2 ms.
+def first_call_memory_mb(factory: Callable[..., Callable[[], object]], kwargs: dict[str, Any]) -> float:
+    """Growth of resident memory (MiB) during the first call of ``factory(**kwargs)()``.
 
+    The factory runs in a freshly spawned interpreter (forking after torch's thread pools start
+    can deadlock), and resident memory is sampled from /proc every 0.2 ms while the call runs.
+    There is no warm-up: the allocator would keep a warm-up call's memory and hide the next one.
     The peak-RSS counter is useless here: importing torch alone peaks higher than a step.
+    ``factory`` must be a module-level function so that it pickles by name.
     """
-    torch.set_num_threads(int(spec["threads"]))  # type: ignore[call-overload]
-    c = _candidate(**spec)  # type: ignore[arg-type]
-    size = int(spec["image_size"])  # type: ignore[call-overload]
-    x = torch.randn(int(spec["batch_size"]), 3, size, size)  # type: ignore[call-overload]
-    gc.collect()  # no warm-up: the allocator would keep a warm-up step's memory and hide the next one
+    with mp.get_context("spawn").Pool(1) as pool:
+        return float(pool.apply(_first_call_rss_growth, (factory, kwargs)))
+
+
+def _first_call_rss_growth(factory: Callable[..., Callable[[], object]], kwargs: dict[str, Any]) -> float:
+    call = factory(**kwargs)
+    gc.collect()
     page = os.sysconf("SC_PAGE_SIZE")
     with open("/proc/self/statm") as statm:
 
@@ -135,10 +140,18 @@ def _cpu_step_memory_mb(spec: dict[str, object]) -> float:
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        _run_step(c, x)
+        call()
         done.set()
         sampler.join()
     return max(peak[0] - before, 0) / 2**20
+
+
+def _candidate_step(**spec: Any) -> Callable[[], None]:
+    torch.set_num_threads(int(spec["threads"]))
+    c = _candidate(**spec)
+    size = int(spec["image_size"])
+    x = torch.randn(int(spec["batch_size"]), 3, size, size)
+    return lambda: _run_step(c, x)
 
 
 def _candidate(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -92,8 +92,19 @@ def coco_eval_benchmark(num_images: int, detections: int, rounds: int) -> dict[s
     )
 
 
-def detector_benchmark(*, images: int, size: tuple[int, int], rounds: int, min_size: int) -> list[dict[str, Any]]:
-    """Faster R-CNN R50-FPN inference and one SGD training step: ours against torchvision, same weights."""
+DETECTOR_STEPS = (
+    ("inference", "torchvision"),
+    ("inference", "ours"),
+    ("inference", "ours (fast backbone)"),
+    ("train step", "torchvision"),
+    ("train step", "ours"),
+)
+
+
+def _detector_step(
+    *, mode: str, candidate: str, images: int, size: tuple[int, int], min_size: int, threads: int
+) -> Callable[[], None]:
+    """One benchmark step, ready to call: the same seeded weights and inputs for every candidate."""
     import torch
     import torchvision
 
@@ -101,17 +112,26 @@ def detector_benchmark(*, images: int, size: tuple[int, int], rounds: int, min_s
     from heads.detection import from_torchvision_state_dict
     from tasks.detect import build_model
 
-    reference = torchvision.models.detection.fasterrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, min_size=min_size
-    )
-    ours = build_model("resnet50", 91, min_size=min_size)
-    ours.load_state_dict(from_torchvision_state_dict(reference.state_dict()))
-    fast = build_model("resnet50", 91, min_size=min_size)
-    fast.load_state_dict(ours.state_dict())
-    fast.eval()
-    fast.backbone = fast_inference(fast.backbone)
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=min_size)
+    if candidate != "torchvision":
+        ours = build_model("resnet50", 91, min_size=min_size)
+        ours.load_state_dict(from_torchvision_state_dict(model.state_dict()))
+        model = ours
+    if candidate == "ours (fast backbone)":
+        model.eval()
+        model.backbone = fast_inference(model.backbone)
     generator = torch.Generator().manual_seed(0)
     batch = [torch.rand(3, *size, generator=generator) for _ in range(images)]
+    if mode == "inference":
+        model.eval()
+
+        def infer() -> None:
+            with torch.inference_mode():
+                model(batch)
+
+        return infer
     targets = [
         {
             "boxes": torch.tensor([[40.0, 60.0, 200.0, 220.0], [300.0, 100.0, 420.0, 300.0]]),
@@ -119,30 +139,37 @@ def detector_benchmark(*, images: int, size: tuple[int, int], rounds: int, min_s
         }
         for _ in range(images)
     ]
-    optimizers = {
-        name: torch.optim.SGD(model.parameters(), lr=1e-5)
-        for name, model in (("torchvision", reference), ("ours", ours))
-    }
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-5)
+    model.train()
 
-    def infer(model: torch.nn.Module) -> None:
-        model.eval()
-        with torch.inference_mode():
-            model(batch)
-
-    def train(name: str, model: torch.nn.Module) -> None:
-        model.train()
+    def train() -> None:
         losses = model(batch, targets)
-        optimizers[name].zero_grad()
+        optimizer.zero_grad()
         sum(losses.values()).backward()
-        optimizers[name].step()
+        optimizer.step()
 
-    steps = {
-        ("inference", "torchvision"): lambda: infer(reference),
-        ("inference", "ours"): lambda: infer(ours),
-        ("inference", "ours (fast backbone)"): lambda: infer(fast),
-        ("train step", "torchvision"): lambda: train("torchvision", reference),
-        ("train step", "ours"): lambda: train("ours", ours),
+    return train
+
+
+def detector_benchmark(
+    *, images: int, size: tuple[int, int], rounds: int, min_size: int, memory: bool = True
+) -> list[dict[str, Any]]:
+    """Faster R-CNN R50-FPN inference and one SGD training step: ours against torchvision, same weights.
+
+    Speed is the median over interleaved rounds. Peak memory is the growth of resident memory
+    during each candidate's first step in a fresh interpreter (see backbones.bench).
+    """
+    import torch
+
+    from backbones.bench import first_call_memory_mb
+
+    specs = {
+        key: dict(
+            mode=key[0], candidate=key[1], images=images, size=size, min_size=min_size, threads=torch.get_num_threads()
+        )
+        for key in DETECTOR_STEPS
     }
+    steps = {key: _detector_step(**spec) for key, spec in specs.items()}  # type: ignore[arg-type]
     times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
     for step in steps.values():
         step()  # warm-up
@@ -155,8 +182,15 @@ def detector_benchmark(*, images: int, size: tuple[int, int], rounds: int, min_s
     for (mode, name), values in times.items():
         seconds = statistics.median(values)
         reference_seconds = statistics.median(times[(mode, "torchvision")])
+        peak = first_call_memory_mb(_detector_step, specs[(mode, name)]) if memory else float("nan")
         rows.append(
-            dict(mode=mode, candidate=name, seconds_per_image=seconds / images, ratio=reference_seconds / seconds)
+            dict(
+                mode=mode,
+                candidate=name,
+                seconds_per_image=seconds / images,
+                ratio=reference_seconds / seconds,
+                peak_mb=peak,
+            )
         )
     return rows
 
@@ -176,9 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Faster R-CNN R50-FPN, {args.batch} images of 640x480 resized to {args.min_size}, "
             f"median of {args.rounds} interleaved rounds"
         )
-        print("| step | candidate | s/image | speed vs torchvision |\n|---|---|---:|---:|")
+        print("| step | candidate | s/image | speed vs torchvision | peak memory (MiB) |\n|---|---|---:|---:|---:|")
         for r in rows:
-            print(f"| {r['mode']} | {r['candidate']} | {r['seconds_per_image']:.3f} | {r['ratio']:.2f}× |")
+            print(
+                f"| {r['mode']} | {r['candidate']} | {r['seconds_per_image']:.3f} | {r['ratio']:.2f}× "
+                f"| {r['peak_mb']:.0f} |"
+            )
         return 0
     row = coco_eval_benchmark(args.images, args.detections, args.rounds)
     print(
