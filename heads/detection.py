@@ -22,6 +22,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from backbones.base import Backbone, FeatureInfo
+from heads.state_dict import rename_prefixes
 
 DETECTION_LEVELS = ("c2", "c3", "c4", "c5")
 DEFAULT_ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
@@ -181,12 +182,4 @@ _TORCHVISION_PREFIXES = (
 
 def from_torchvision_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Rename a torchvision Faster R-CNN state dict (``fasterrcnn_resnet50_fpn`` and kin) to ours."""
-    out = {}
-    for key, value in state.items():
-        for old, new in _TORCHVISION_PREFIXES:
-            if key.startswith(old):
-                out[new + key[len(old) :]] = value
-                break
-        else:
-            out[key] = value
-    return out
+    return rename_prefixes(state, _TORCHVISION_PREFIXES)

@@ -1,0 +1,113 @@
+"""U-Net over any backbone's c1..c5, built from segmentation-models-pytorch's decoder blocks.
+
+The decoder is smp's ``UnetDecoder`` and the final 3×3 conv is smp's ``SegmentationHead``,
+both under the module names smp uses, so :func:`from_smp_state_dict` and
+:func:`to_smp_state_dict` move checkpoints between ``smp.Unet`` and this model with
+renaming alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+from segmentation_models_pytorch.base import SegmentationHead
+from segmentation_models_pytorch.base.initialization import initialize_decoder, initialize_head
+from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
+from torch import Tensor, nn
+
+from backbones.base import Backbone, FeatureInfo
+from heads.state_dict import rename_prefixes
+
+SEGMENTATION_LEVELS = ("c1", "c2", "c3", "c4", "c5")
+DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+
+
+class UNetHead(nn.Module):
+    """U-Net decoder: the deepest level is upsampled step by step, joined at each step by the
+    next shallower level (skip connections at strides 16, 8, 4 and 2 for a ResNet), and a last
+    step without a skip brings it to the input size, where a 3×3 conv gives the class logits.
+
+    Args:
+        feature_info: the backbone's ``feature_info``; every level in ``levels`` must be there.
+        num_classes: output channels (one logit per class).
+        levels: the levels read, shallowest first; the last one starts the decoder.
+        decoder_channels: output channels of each decoder step, one per level.
+        attention: ``"scse"`` adds spatial and channel squeeze-and-excitation to every step.
+        decoder_norm: ``"batchnorm"`` (smp's default) or any ``use_norm`` value smp takes.
+        interpolation: upsampling mode, smp's ``decoder_interpolation``.
+    """
+
+    def __init__(
+        self,
+        feature_info: Sequence[FeatureInfo],
+        num_classes: int,
+        *,
+        levels: Sequence[str] = SEGMENTATION_LEVELS,
+        decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
+        attention: Literal["scse"] | None = None,
+        decoder_norm: bool | str = "batchnorm",
+        interpolation: str = "nearest",
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes={num_classes!r} is invalid: it must be at least 1")
+        by_name = {info.name: info for info in feature_info}
+        missing = [level for level in levels if level not in by_name]
+        if missing:
+            raise ValueError(f"levels {missing} are not among the backbone's levels {list(by_name)}")
+        if len(decoder_channels) != len(levels):
+            raise ValueError(f"decoder_channels={list(decoder_channels)} needs one entry per level {list(levels)}")
+        if attention not in (None, "scse"):
+            raise ValueError(f"attention={attention!r} is invalid: choose None or 'scse'")
+        self.levels = tuple(levels)
+        # smp's decoder drops its first encoder entry (the input itself); 0 channels stand in for it.
+        self.decoder = UnetDecoder(
+            encoder_channels=[0, *(by_name[level].channels for level in levels)],
+            decoder_channels=list(decoder_channels),
+            n_blocks=len(levels),
+            use_norm=decoder_norm,
+            attention_type=attention,
+            interpolation_mode=interpolation,
+        )
+        self.segmentation_head = SegmentationHead(decoder_channels[-1], num_classes, kernel_size=3)
+        initialize_decoder(self.decoder)
+        initialize_head(self.segmentation_head)
+
+    def forward(self, features: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
+        deepest, *skips = [features[level] for level in reversed(self.levels)]  # deepest first
+        targets = [skip.shape[-2:] for skip in skips] + [size]
+        x = self.decoder.center(deepest)
+        for block, skip, (height, width) in zip(self.decoder.blocks, [*skips, None], targets):
+            x = block(x, height, width, skip_connection=skip)  # (N, C_i, H_i, W_i)
+        return self.segmentation_head(x)  # (N, num_classes, H, W)
+
+
+class UNet(nn.Module):
+    """A backbone and a :class:`UNetHead`: image in, per-pixel logits at the input size out."""
+
+    def __init__(self, backbone: Backbone, head: UNetHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.backbone(x)  # c1..c5
+        return self.head(features, (x.shape[-2], x.shape[-1]))  # (N, num_classes, H, W)
+
+
+_SMP_PREFIXES = (
+    ("encoder.", "backbone."),
+    ("decoder.", "head.decoder."),
+    ("segmentation_head.", "head.segmentation_head."),
+)
+
+
+def from_smp_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an ``smp.Unet`` state dict (ResNet encoder) to this model's keys."""
+    return rename_prefixes(state, _SMP_PREFIXES)
+
+
+def to_smp_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename this model's state dict to ``smp.Unet``'s keys."""
+    return rename_prefixes(state, tuple((new, old) for old, new in _SMP_PREFIXES))
