@@ -34,7 +34,7 @@ from tasks.cli import (
 from tasks.config import TrainConfig, to_dict
 from tasks.data.coco import read_json
 from tasks.data.detection import DetectionData, DetectionDataset, collate_detection
-from tasks.data.embedded import shapes_coco
+from tasks.data.embedded import shapes_dataset
 from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.sampling import aspect_ratio_groups
 from tasks.data.transforms import detection_eval, detection_train
@@ -183,7 +183,7 @@ def _build_from_args(args: dict[str, Any], weights: str | None = None) -> Faster
 
 
 def _data(cfg: DetectConfig, *, need_train: bool) -> tuple[DetectionData | None, DetectionData]:
-    root = Path(cfg.data.root) if cfg.data.root is not None else shapes_coco()
+    root = Path(cfg.data.root) if cfg.data.root is not None else shapes_dataset()
     if cfg.data.root is None and distributed.is_main():
         print(f"no --data given: using the built-in shapes dataset at {root}")
     train, val = load_detection_splits(

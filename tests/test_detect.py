@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.data.embedded import shapes_coco
+from tasks.data.embedded import shapes_dataset
 from tasks.detect import main
 
 FAST = [
@@ -31,7 +31,7 @@ FAST = [
 
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory):
-    return shapes_coco(tmp_path_factory.mktemp("shapes"), size=64, train_images=6, val_images=4)
+    return shapes_dataset(tmp_path_factory.mktemp("shapes"), size=64, train_images=6, val_images=4)
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def test_no_data_uses_the_digits_and_their_recipe(tmp_path, monkeypatch, capsys)
 
 
 def test_detect_without_data_uses_the_shapes_and_their_recipe(tmp_path, monkeypatch, capsys) -> None:
-    from tasks.data.embedded import shapes_coco
+    from tasks.data.embedded import shapes_dataset
     from tasks.detect import main as detect_main
 
     monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
@@ -50,6 +50,6 @@ def test_detect_without_data_uses_the_shapes_and_their_recipe(tmp_path, monkeypa
     assert "built-in shapes dataset" in capsys.readouterr().out
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["model"]["min_size"] == 128 and config["train"]["lr"] == 0.01  # the packaged recipe
-    root = shapes_coco(tmp_path / "cache")
+    root = shapes_dataset(tmp_path / "cache")
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 80
     assert len(json.loads((root / "annotations" / "instances_train.json").read_text())["images"]) == 320

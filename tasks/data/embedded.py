@@ -51,16 +51,20 @@ def digits_imagefolder(root: Path | None = None, *, size: int = 32) -> Path:
     return target
 
 
-SHAPES_VERSION = "shapes-v1"
+SHAPES_VERSION = "shapes-v2"
 SHAPES = ("square", "circle", "triangle")
 
 
-def shapes_coco(root: Path | None = None, *, size: int = 128, train_images: int = 320, val_images: int = 80) -> Path:
-    """A small detection dataset of squares, circles and triangles on noisy backgrounds, in COCO format.
+def shapes_dataset(root: Path | None = None, *, size: int = 128, train_images: int = 320, val_images: int = 80) -> Path:
+    """A small dataset of squares, circles and triangles on noisy backgrounds, with three kinds of labels.
 
-    Deterministic (seed 0): ``train/`` and ``val/`` PNGs with ``annotations/instances_<split>.json``,
-    one to three objects of 18-56 px per image, overlapping little. Built once in a staging
-    folder and renamed into place.
+    Deterministic (seed 0): ``train/`` and ``val/`` PNGs, one to three objects of 18-56 px per
+    image, overlapping little. Each image has
+      - boxes in COCO format: ``annotations/instances_<split>.json``;
+      - a class-index mask: ``masks/<split>/<name>.png`` (0 background, 1 square, 2 circle,
+        3 triangle), with the names in ``classes.txt``;
+      - an image label, its largest shape: ``<split>.csv`` rows of ``<split>/<name>.png,<shape>``.
+    Built once in a staging folder and renamed into place.
     """
     from PIL import ImageDraw
 
@@ -74,16 +78,20 @@ def shapes_coco(root: Path | None = None, *, size: int = 128, train_images: int 
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".shapes-", dir=root))
     (staging / "annotations").mkdir()
+    (staging / "classes.txt").write_text("\n".join(("background", *SHAPES)) + "\n")
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(SHAPES)]
     for split, count in (("train", train_images), ("val", val_images)):
         (staging / split).mkdir()
-        images, annotations = [], []
+        (staging / "masks" / split).mkdir(parents=True)
+        images, annotations, rows = [], [], []
         for image_id in range(1, count + 1):
             background = rng.integers(60, 140, 3)
             pixels = np.clip(background + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
             image = Image.fromarray(pixels)
-            draw = ImageDraw.Draw(image)
+            mask = Image.new("L", (size, size), 0)
+            draws = (ImageDraw.Draw(image), ImageDraw.Draw(mask))
             placed: list[tuple[float, float, float, float]] = []
+            largest = (0.0, "")
             for _ in range(int(rng.integers(1, 4))):
                 for _attempt in range(20):
                     extent = float(rng.uniform(18, 56))
@@ -96,12 +104,14 @@ def shapes_coco(root: Path | None = None, *, size: int = 128, train_images: int 
                 placed.append(box)
                 label = int(rng.integers(0, len(SHAPES)))
                 colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-                if SHAPES[label] == "square":
-                    draw.rectangle(box, fill=colour)
-                elif SHAPES[label] == "circle":
-                    draw.ellipse(box, fill=colour)
-                else:
-                    draw.polygon([(box[0], box[3]), ((box[0] + box[2]) / 2, box[1]), (box[2], box[3])], fill=colour)
+                for draw, fill in zip(draws, (colour, label + 1)):
+                    if SHAPES[label] == "square":
+                        draw.rectangle(box, fill=fill)
+                    elif SHAPES[label] == "circle":
+                        draw.ellipse(box, fill=fill)
+                    else:
+                        draw.polygon([(box[0], box[3]), ((box[0] + box[2]) / 2, box[1]), (box[2], box[3])], fill=fill)
+                largest = max(largest, (extent, SHAPES[label]))
                 annotations.append(
                     {
                         "id": len(annotations) + 1,
@@ -114,9 +124,12 @@ def shapes_coco(root: Path | None = None, *, size: int = 128, train_images: int 
                 )
             name = f"{image_id:05d}.png"
             image.save(staging / split / name)
+            mask.save(staging / "masks" / split / name)
             images.append({"id": image_id, "file_name": name, "width": size, "height": size})
+            rows.append(f"{split}/{name},{largest[1]}")
         document = {"images": images, "annotations": annotations, "categories": categories}
         (staging / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
+        (staging / f"{split}.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
     try:
         staging.rename(target)
     except OSError:  # another process finished first
