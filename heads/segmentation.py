@@ -14,6 +14,7 @@ from typing import Literal
 from segmentation_models_pytorch.base import SegmentationHead
 from segmentation_models_pytorch.base.initialization import initialize_decoder, initialize_head
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
+from segmentation_models_pytorch.losses import DiceLoss
 from torch import Tensor, nn
 
 from backbones.base import Backbone, FeatureInfo
@@ -94,6 +95,45 @@ class UNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         features = self.backbone(x)  # c1..c5
         return self.head(features, (x.shape[-2], x.shape[-1]))  # (N, num_classes, H, W)
+
+
+class SegmentationLoss(nn.Module):
+    """Cross-entropy and Dice, and their weighted sum; void pixels are ignored by both.
+
+    Dice is smp's multiclass soft Dice over the batch, where classes absent from the batch's
+    ground truth add nothing. Cross-entropy is torch's: smp's ``SoftCrossEntropyLoss`` averages
+    over void pixels too (as zeros), which shrinks the loss by the void fraction of each batch.
+
+    Returns ``{"ce", "dice", "loss"}``: a term whose weight is 0 is left out, and ``loss`` is
+    the weighted total.
+    """
+
+    def __init__(
+        self,
+        *,
+        ce_weight: float = 1.0,
+        dice_weight: float = 0.0,
+        ignore_index: int = 255,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if ce_weight < 0 or dice_weight < 0 or ce_weight + dice_weight == 0:
+            raise ValueError(f"loss weights ce={ce_weight}, dice={dice_weight} must be >= 0 and not both 0")
+        self.ce_weight = ce_weight
+        self.dice_weight = dice_weight
+        self.ce = nn.CrossEntropyLoss(ignore_index=ignore_index, label_smoothing=label_smoothing)
+        self.dice = DiceLoss("multiclass", ignore_index=ignore_index)
+
+    def forward(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
+        logits = logits.float()  # (N, C, H, W); the softmax stays in float32 under autocast
+        terms: dict[str, Tensor] = {}
+        if self.ce_weight:
+            terms["ce"] = self.ce(logits, target)
+        if self.dice_weight:
+            terms["dice"] = self.dice(logits, target)
+        weights = {"ce": self.ce_weight, "dice": self.dice_weight}
+        terms["loss"] = sum(weights[name] * value for name, value in terms.items())  # type: ignore[assignment]
+        return terms
 
 
 _SMP_PREFIXES = (

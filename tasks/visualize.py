@@ -71,3 +71,34 @@ def draw_detections(
         draw.rectangle([x1, y1, x2, y2], outline=(255, 140, 0), width=2)
         draw.text((x1 + 3, y1 + 2), f"{name} {score:.2f}", fill=(255, 140, 0), font=font)
     return canvas
+
+
+def voc_palette(size: int = 256) -> np.ndarray:
+    """Pascal VOC's colour map, (size, 3) uint8: the bits of each class index spread over R, G and B,
+    most significant first; index 255 (void) is the usual cream."""
+    colours = np.zeros((size, 3), np.uint8)
+    for index in range(size):
+        value, r, g, b = index, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (value & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        colours[index] = (r, g, b)
+    if size > 255:
+        colours[255] = (224, 224, 192)
+    return colours
+
+
+def palette_mask(mask: np.ndarray) -> Image.Image:
+    """A class-index mask as a palette PNG image: pixel values stay the indices, viewers show VOC colours."""
+    image = Image.fromarray(np.asarray(mask, np.uint8), mode="P")
+    image.putpalette(voc_palette().flatten().tolist())
+    return image
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.5) -> Image.Image:
+    """The image with each non-background class blended in its VOC colour."""
+    colours = voc_palette()[np.asarray(mask, np.uint8)].astype(np.float32)
+    blend = np.where((np.asarray(mask) > 0)[..., None], (1 - alpha) * image + alpha * colours, image)
+    return Image.fromarray(blend.astype(np.uint8))

@@ -97,3 +97,46 @@ def detection_train(
 
 def detection_eval() -> DetectionPipeline:
     return DetectionPipeline([])
+
+
+class SegmentationPipeline(Pipeline):
+    """A mask-aware pipeline: the image leaves normalised (3, H, W) float, the mask (H, W) int64.
+
+    Geometric steps move the mask with nearest-neighbour sampling; pixels they bring in from
+    outside the image become void (255) in the mask.
+    """
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None):  # type: ignore[override]
+        if mask is None:
+            return self.compose(image=image)["image"], None
+        out = self.compose(image=image, mask=mask)
+        return out["image"], out["mask"].long()
+
+
+def segmentation_train(
+    crop_size: int,
+    *,
+    scale: tuple[float, float] = (0.5, 2.0),
+    hflip: float = 0.5,
+    color_jitter: float = 0.2,
+    seed: int | None = None,
+) -> SegmentationPipeline:
+    """Random scale, padding with void to the crop size, random crop, flip, photometric jitter."""
+    steps: list[A.BasicTransform] = []
+    if scale != (1.0, 1.0):
+        steps.append(A.RandomScale(scale_limit=(scale[0] - 1.0, scale[1] - 1.0), p=1.0))
+    steps += [
+        A.PadIfNeeded(crop_size, crop_size, position="top_left", border_mode=0, fill=0, fill_mask=255),
+        A.RandomCrop(crop_size, crop_size),
+    ]
+    if hflip > 0:
+        steps.append(A.HorizontalFlip(p=hflip))
+    if color_jitter > 0:
+        steps.append(A.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=0.5))
+    steps += [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()]
+    return SegmentationPipeline(steps, seed)
+
+
+def segmentation_eval() -> SegmentationPipeline:
+    """Normalisation only: evaluation and prediction run at each image's own size."""
+    return SegmentationPipeline([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])

@@ -1,0 +1,251 @@
+"""Semantic segmentation data: Pascal VOC's layout and a generic images/ + masks/ layout.
+
+Masks hold one class index per pixel (palette or single-channel PNGs); 255 is void and is
+ignored by the losses and the metrics. Problems a reader can see without decoding pixels
+(a missing mask, an RGB mask, a mask whose size differs from its image) stop the run with
+one line naming the file. Pixel values outside the classes are only seen when a mask is
+decoded, so such a mask is skipped with a warning and counted, like an unreadable image.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
+from tasks.errors import UserError
+
+IGNORE_INDEX = 255
+VOC_SEGMENTATION_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+MASK_MODES = ("P", "L", "I", "I;16")
+
+
+@dataclass(frozen=True)
+class SegmentationSample:
+    image_id: str
+    image: Path
+    mask: Path | None  # None for images predicted without ground truth
+
+
+@dataclass
+class SegmentationData:
+    samples: list[SegmentationSample]
+    class_names: list[str]
+    source: str
+
+
+def is_voc_segmentation(root: Path) -> bool:
+    return (root / "SegmentationClass").is_dir() and (root / "ImageSets" / "Segmentation").is_dir()
+
+
+def read_voc_segmentation(root: Path, split: str) -> list[SegmentationSample]:
+    """``ImageSets/Segmentation/<split>.txt`` ids with ``JPEGImages/<id>.jpg`` and ``SegmentationClass/<id>.png``."""
+    listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not listing.is_file():
+        raise UserError(f"split file {listing} does not exist")
+    ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
+    samples = []
+    for image_id in ids:
+        image = _find_image(root / "JPEGImages", image_id)
+        if image is None:
+            raise UserError(f"image {root / 'JPEGImages' / image_id}.jpg (listed in {listing}) does not exist")
+        samples.append(SegmentationSample(image_id, image, root / "SegmentationClass" / f"{image_id}.png"))
+    return samples
+
+
+def mask_folder_layout(root: Path, split: str) -> tuple[Path, Path] | None:
+    """The (images, masks) folders of ``split``: ``images/<split>`` + ``masks/<split>``,
+    ``<split>/images`` + ``<split>/masks``, or COCO-style images in ``<split>/`` beside ``masks/<split>``."""
+    for images, masks in (
+        (root / "images" / split, root / "masks" / split),
+        (root / split / "images", root / split / "masks"),
+        (root / split, root / "masks" / split),
+    ):
+        if images.is_dir() and masks.is_dir():
+            return images, masks
+    return None
+
+
+def read_mask_folders(root: Path, split: str) -> list[SegmentationSample]:
+    """Every image of the split's image folder (sub-folders included) with the mask of the same
+    relative path and stem, as PNG."""
+    layout = mask_folder_layout(root, split)
+    if layout is None:
+        raise UserError(
+            f"no split {split!r} under {root}: expected images/{split}/ with masks/{split}/, "
+            f"or {split}/images/ with {split}/masks/, or {split}/ with masks/{split}/"
+        )
+    images, masks = layout
+    samples = []
+    for image in sorted(p for p in images.rglob("*") if p.is_file() and is_image_file(p)):
+        relative = image.relative_to(images).with_suffix("")
+        samples.append(SegmentationSample(relative.as_posix(), image, masks / relative.with_suffix(".png")))
+    return samples
+
+
+def check_masks(samples: Sequence[SegmentationSample]) -> None:
+    """What the file headers show: each mask exists, is single-channel, and has its image's size."""
+    for sample in samples:
+        if sample.mask is None:
+            continue
+        if not sample.mask.is_file():
+            raise UserError(f"mask {sample.mask} of image {sample.image} does not exist")
+        try:
+            with Image.open(sample.mask) as mask:
+                mode, mask_size = mask.mode, mask.size
+            with Image.open(sample.image) as image:
+                image_size = image.size
+        except READ_ERRORS:
+            continue  # unreadable files are skipped and counted when they are loaded
+        if mode not in MASK_MODES:
+            raise UserError(
+                f"mask {sample.mask} is a {mode} image; expected a palette or single-channel PNG of class indices"
+            )
+        if mask_size != image_size:
+            raise UserError(
+                f"mask {sample.mask} is {mask_size[0]}x{mask_size[1]} but its image {sample.image} "
+                f"is {image_size[0]}x{image_size[1]}"
+            )
+
+
+def scan_num_classes(samples: Sequence[SegmentationSample]) -> int:
+    """One more than the largest class index in the masks (void excluded)."""
+    largest = 0
+    for sample in samples:
+        if sample.mask is None:
+            continue
+        try:
+            values = np.unique(load_mask(sample.mask))
+        except READ_ERRORS:
+            continue
+        values = values[values != IGNORE_INDEX]
+        if values.size:
+            largest = max(largest, int(values.max()))
+    return largest + 1
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """(H, W) int64 class indices from a palette or single-channel PNG, with no palette lookup."""
+    with Image.open(path) as mask:
+        mask.load()
+        return np.asarray(mask).astype(np.int64)
+
+
+def load_segmentation(root: Path, split: str, *, classes: Sequence[str] | None, fmt: str = "auto") -> SegmentationData:
+    """One split of either layout (``fmt`` ``"voc"``, ``"masks"``, or ``"auto"`` to detect it), its
+    masks checked, with its class names.
+
+    Class names are the given list; else VOC's 21 for the VOC layout; else the lines of
+    ``classes.txt`` in the root; else ``"0"``..``"K-1"`` with K read from the masks.
+    """
+    voc = is_voc_segmentation(root)
+    if fmt == "voc" and not voc:
+        raise UserError(f"--format voc: {root} has no SegmentationClass/ and ImageSets/Segmentation/")
+    if voc and fmt != "masks":
+        samples = read_voc_segmentation(root, split)
+        names = list(classes) if classes is not None else list(VOC_SEGMENTATION_CLASSES)
+    else:
+        samples = read_mask_folders(root, split)
+        listing = root / "classes.txt"
+        if classes is not None:
+            names = list(classes)
+        elif listing.is_file():
+            names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        else:
+            names = [str(i) for i in range(scan_num_classes(samples))]
+    if not samples:
+        raise UserError(f"split {split!r} of {root} has no images")
+    if not 2 <= len(names) <= IGNORE_INDEX:
+        raise UserError(
+            f"{root} defines {len(names)} class(es); segmentation needs 2 to 255 (background included; 255 is void)"
+        )
+    check_masks(samples)
+    return SegmentationData(samples, names, f"{root} ({split})")
+
+
+def _find_image(folder: Path, image_id: str) -> Path | None:
+    for suffix in (".jpg", ".jpeg", ".png", ".JPG"):
+        if (path := folder / f"{image_id}{suffix}").is_file():
+            return path
+    return None
+
+
+def warn_bad_mask(path: Path, values: np.ndarray, num_classes: int) -> None:
+    shown = ", ".join(str(int(v)) for v in values[:5])
+    print(
+        f"warning: skipping {path}: values {shown} are neither a class (0..{num_classes - 1}) nor void (255)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+class SegmentationDataset(Dataset[dict[str, Any] | None]):
+    """Image and mask through a mask-aware transform; None (skipped and counted) for an unreadable
+    image or mask, or a mask with values outside the classes."""
+
+    def __init__(self, data: SegmentationData, transform: Callable[..., Any]) -> None:
+        self.data = data
+        self.transform = transform
+        self.num_classes = len(data.class_names)
+
+    def __len__(self) -> int:
+        return len(self.data.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        sample = self.data.samples[index]
+        try:
+            image = load_rgb(sample.image)
+        except READ_ERRORS as error:
+            warn_unreadable(sample.image, error)
+            return None
+        mask = None
+        if sample.mask is not None:
+            try:
+                mask = load_mask(sample.mask)
+            except READ_ERRORS as error:
+                warn_unreadable(sample.mask, error)
+                return None
+            bad = np.unique(mask[((mask >= self.num_classes) & (mask != IGNORE_INDEX)) | (mask < 0)])
+            if bad.size:
+                warn_bad_mask(sample.mask, bad, self.num_classes)
+                return None
+            mask = mask.astype(np.uint8)  # every value is now below 256; OpenCV's warps need a small dtype
+        height, width = image.shape[:2]
+        tensor, target = self.transform(image, mask)
+        return {"image": tensor, "mask": target, "index": index, "size": (height, width)}
+
+
+def collate_segmentation(items: list[dict[str, Any] | None], *, multiple: int = 32) -> dict[str, Any]:
+    """Images padded (bottom and right) to a common size, a multiple of ``multiple``; masks padded
+    with void. ``sizes`` keeps each image's own (H, W) before padding, ``skipped`` the unreadable count."""
+    good = [item for item in items if item is not None]
+    out: dict[str, Any] = {"batch_size": len(good), "skipped": len(items) - len(good)}
+    if not good:
+        return {**out, "images": torch.zeros(0, 3, multiple, multiple), "masks": None, "indices": [], "sizes": []}
+    height = -(-max(int(item["image"].shape[-2]) for item in good) // multiple) * multiple
+    width = -(-max(int(item["image"].shape[-1]) for item in good) // multiple) * multiple
+    images, masks = [], []
+    for item in good:
+        h, w = item["image"].shape[-2:]
+        images.append(F.pad(item["image"], (0, width - w, 0, height - h)))
+        if item["mask"] is not None:
+            masks.append(F.pad(item["mask"], (0, width - w, 0, height - h), value=IGNORE_INDEX))
+    return {
+        **out,
+        "images": torch.stack(images),  # (N, 3, H, W)
+        "masks": torch.stack(masks) if len(masks) == len(good) else None,  # (N, H, W) int64
+        "indices": [item["index"] for item in good],
+        "sizes": [tuple(item["image"].shape[-2:]) for item in good],
+    }

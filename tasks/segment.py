@@ -1,0 +1,341 @@
+"""Semantic segmentation: ``python -m tasks.segment [train|eval|predict] ...``, a U-Net on any backbone.
+
+Data is Pascal VOC's segmentation layout (``SegmentationClass/``, ``ImageSets/Segmentation/``)
+or ``images/<split>/`` with ``masks/<split>/`` class-index PNGs, detected from the layout.
+With no ``--data`` it trains on the built-in shapes dataset with ``configs/segment/shapes.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from backbones import build_backbone
+from backbones.inference import fast_inference
+from heads.segmentation import DEFAULT_DECODER_CHANNELS, SegmentationLoss, UNet, UNetHead
+from tasks import distributed
+from tasks.checkpoint import check_num_classes, load_model
+from tasks.cli import (
+    COMMON_FLAGS,
+    PredictImages,
+    check_backbone_name,
+    common_parser,
+    new_run_dir,
+    require_checkpoint,
+    resolve_config,
+    run,
+    write_config,
+)
+from tasks.config import TrainConfig, to_dict
+from tasks.data.embedded import shapes_dataset
+from tasks.data.images import READ_ERRORS, load_rgb
+from tasks.data.segmentation import (
+    SegmentationData,
+    SegmentationDataset,
+    collate_segmentation,
+    load_segmentation,
+)
+from tasks.data.transforms import segmentation_eval, segmentation_train
+from tasks.engine import Engine, make_loader, resolve_device, seed_everything
+from tasks.errors import UserError
+from tasks.io import atomic_write, write_json
+from tasks.metrics.segmentation import SegmentationMeter
+from tasks.visualize import overlay_mask, palette_mask, save_png
+
+TASK = "segment"
+PNG_COUNT = 8
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    *,
+    weights: str | None = None,
+    decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
+    attention: Literal["scse"] | None = None,
+    **backbone_options: Any,
+) -> UNet:
+    """A U-Net on any registered backbone; ``backbone_options`` go to :func:`build_backbone`.
+
+    With default options on ``resnet34`` or ``resnet50`` the model has the parameters of
+    ``smp.Unet`` with the same encoder, and :func:`heads.segmentation.from_smp_state_dict`
+    loads its checkpoints.
+    """
+    if backbone.startswith("timm:"):
+        backbone_options.pop("norm", None)  # timm models bring their own norm layers
+    net = build_backbone(backbone, weights=weights, **backbone_options)
+    return UNet(net, UNetHead(net.feature_info, num_classes, decoder_channels=decoder_channels, attention=attention))
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet34"
+    weights: str | None = None
+    decoder_channels: list[int] = field(default_factory=lambda: list(DEFAULT_DECODER_CHANNELS))
+    attention: Literal["scse"] | None = None
+    frozen_stages: int = -1
+    norm: Literal["bn", "frozen_bn", "sync_bn", "gn"] = "bn"
+    ce_weight: float = 1.0
+    dice_weight: float = 0.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None
+    format: Literal["auto", "voc", "masks"] = "auto"
+    train_split: str | None = None
+    val_split: str | None = None
+    classes: list[str] | None = None
+    crop_size: int = 512
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    hflip: float = 0.5
+    color_jitter: float = 0.2
+
+
+@dataclass
+class SegmentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=0.01, batch_size=8, warmup_epochs=1.0))
+    output: str | None = None
+
+
+class SegmentTask:
+    """The engine's view of segmentation: cross-entropy (+ Dice) in training, the pixel confusion
+    matrix in evaluation.
+
+    ``keep_masks`` predicted masks (the first ones of the split; ``None`` for all) are kept
+    from each evaluation, PNG-encoded and gathered from every process into ``masks``.
+    """
+
+    name = TASK
+    main_metric = "mIoU"
+
+    def __init__(self, class_names: Sequence[str], loss: SegmentationLoss, *, keep_masks: int | None = 0) -> None:
+        self.class_names = list(class_names)
+        self.loss = loss
+        self.keep_masks = keep_masks
+        self.masks: dict[int, bytes] = {}
+
+    def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        out = {**batch, "images": batch["images"].to(device, non_blocking=True)}
+        if batch["masks"] is not None:
+            out["masks"] = batch["masks"].to(device, non_blocking=True)
+        return out
+
+    def losses(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        return self.loss(model(batch["images"]), batch["masks"])
+
+    def evaluate(self, model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+        meter = SegmentationMeter(len(self.class_names))
+        kept: dict[int, bytes] = {}
+        for batch in loader:
+            if batch["batch_size"] == 0:
+                continue
+            batch = self.to_device(batch, device)
+            predicted = model(batch["images"]).argmax(dim=1)  # (N, H, W), padding included
+            if batch["masks"] is not None:
+                meter.update(predicted, batch["masks"])  # padding is void in the masks
+            for index, (height, width), mask in zip(batch["indices"], batch["sizes"], predicted):
+                if self.keep_masks is None or index < self.keep_masks:
+                    kept[index] = encode_mask(mask[:height, :width].cpu().numpy())
+        self.masks = {k: v for part in distributed.gather(kept) for k, v in part.items()}
+        return meter.compute(self.class_names)
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    palette_mask(mask).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _model_args(cfg: SegmentConfig, num_classes: int) -> dict[str, Any]:
+    m = cfg.model
+    return dict(
+        backbone=m.backbone,
+        num_classes=num_classes,
+        decoder_channels=list(m.decoder_channels),
+        attention=m.attention,
+        frozen_stages=m.frozen_stages,
+        norm=m.norm,
+    )
+
+
+def _loss(cfg: SegmentConfig) -> SegmentationLoss:
+    m = cfg.model
+    try:
+        return SegmentationLoss(ce_weight=m.ce_weight, dice_weight=m.dice_weight, label_smoothing=m.label_smoothing)
+    except ValueError as error:
+        raise UserError(f"model.ce_weight/model.dice_weight: {error}") from None
+
+
+def _root(cfg: SegmentConfig) -> Path:
+    if cfg.data.root is not None:
+        root = Path(cfg.data.root)
+        if not root.is_dir():
+            raise UserError(f"--data {root} is not a folder")
+        return root
+    root = shapes_dataset()
+    if distributed.is_main():
+        print(f"no --data given: using the built-in shapes dataset at {root}")
+    return root
+
+
+def _data(cfg: SegmentConfig, *, need_train: bool) -> tuple[SegmentationData | None, SegmentationData]:
+    root, d = _root(cfg), cfg.data
+    train = load_segmentation(root, d.train_split or "train", classes=d.classes, fmt=d.format) if need_train else None
+    classes = train.class_names if train is not None else d.classes
+    val = load_segmentation(root, d.val_split or "val", classes=classes, fmt=d.format)
+    return train, val
+
+
+def _loader(cfg: SegmentConfig, data: SegmentationData, *, train: bool) -> Any:
+    d = cfg.data
+    transform = (
+        segmentation_train(
+            d.crop_size,
+            scale=(d.scale_min, d.scale_max),
+            hflip=d.hflip,
+            color_jitter=d.color_jitter,
+            seed=cfg.train.seed,
+        )
+        if train
+        else segmentation_eval()
+    )
+    return make_loader(
+        SegmentationDataset(data, transform),
+        batch_size=cfg.train.batch_size,
+        train=train,
+        workers=cfg.train.workers,
+        collate_fn=collate_segmentation,
+        seed=cfg.train.seed,
+    )
+
+
+def _write_masks(masks: dict[int, bytes], data: SegmentationData, run_dir: Path, *, overlays: int) -> None:
+    """Predicted masks as ``masks/<image id>.png`` at each image's size; overlays for the first ones."""
+    for index, encoded in sorted(masks.items()):
+        sample = data.samples[index]
+        atomic_write(run_dir / "masks" / f"{sample.image_id}.png", lambda handle, b=encoded: handle.write(b))
+        if index < overlays:
+            try:
+                image = load_rgb(sample.image)
+            except READ_ERRORS:
+                continue
+            mask = np.asarray(Image.open(io.BytesIO(encoded)))
+            save_png(overlay_mask(image, mask), run_dir / "overlays" / f"{sample.image_id}.png")
+
+
+def _report(metrics: dict[str, Any], run_dir: Path) -> None:
+    write_json(run_dir / "metrics.json", metrics)
+    for key in ("mIoU", "mDice", "pixel_accuracy", "mean_class_accuracy"):
+        value = metrics[key]
+        print(f"  {key:<20} {'n/a' if value is None else f'{value:.4f}'}")
+    iou = ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in metrics["per_class_iou"].items())
+    print(f"  per-class IoU: {iou}")
+    print(f"metrics, masks/ and overlays/ are in {run_dir}")
+
+
+def train(cfg: SegmentConfig, args: argparse.Namespace) -> int:
+    check_backbone_name(cfg.model.backbone)
+    seed_everything(cfg.train.seed)
+    train_data, val = _data(cfg, need_train=True)
+    assert train_data is not None
+    run_dir = new_run_dir(cfg.output, TASK, "train")
+    write_config(run_dir, cfg)
+    model_args = _model_args(cfg, len(train_data.class_names))
+    model = build_model(weights=cfg.model.weights, **model_args)
+    print(
+        f"{cfg.model.backbone} U-Net: {len(train_data.class_names)} classes, {len(train_data.samples)} train / "
+        f"{len(val.samples)} val images, {cfg.data.crop_size}px crops, {cfg.train.epochs} epochs, run folder {run_dir}"
+    )
+    meta = dict(task=TASK, model_args=model_args, class_names=train_data.class_names, config=to_dict(cfg))
+    task = SegmentTask(train_data.class_names, _loss(cfg), keep_masks=PNG_COUNT)
+    engine = Engine(model, task, cfg.train, run_dir, meta)
+    metrics = engine.fit(_loader(cfg, train_data, train=True), _loader(cfg, val, train=False), resume=args.resume)
+    if distributed.is_main():
+        _write_masks(task.masks, val, run_dir, overlays=PNG_COUNT)
+        _report(metrics, run_dir)
+    return 0
+
+
+def _load_model(path: Path) -> tuple[UNet, dict[str, Any]]:
+    model, checkpoint = load_model(path, task=TASK, build=lambda args: build_model(**args))
+    model.backbone = fast_inference(model.backbone)
+    return model, checkpoint  # type: ignore[return-value]
+
+
+def evaluate(cfg: SegmentConfig, args: argparse.Namespace) -> int:
+    path = require_checkpoint(args)
+    model, checkpoint = _load_model(path)
+    class_names = list(checkpoint["class_names"])
+    if cfg.data.classes is None:
+        cfg.data.classes = class_names
+    _, val = _data(cfg, need_train=False)
+    check_num_classes(checkpoint, len(val.class_names), path=path)
+    run_dir = new_run_dir(cfg.output, TASK, "eval")
+    write_config(run_dir, cfg)
+    device = resolve_device(cfg.train.device)
+    task = SegmentTask(class_names, _loss(cfg), keep_masks=None)
+    with torch.inference_mode():
+        metrics = task.evaluate(model.to(device), _loader(cfg, val, train=False), device)
+    if distributed.is_main():
+        _write_masks(task.masks, val, run_dir, overlays=PNG_COUNT)
+        _report(metrics, run_dir)
+    return 0
+
+
+def predict(cfg: SegmentConfig, args: argparse.Namespace) -> int:
+    path = require_checkpoint(args)
+    images = PredictImages(args.inputs, "photo.jpg photos/")
+    model, checkpoint = _load_model(path)
+    class_names = list(checkpoint["class_names"])
+    run_dir = new_run_dir(cfg.output, TASK, "predict")
+    transform = segmentation_eval()
+    results = []
+    for image_path, image in images:
+        tensor, _ = transform(image)
+        batch = collate_segmentation([{"image": tensor, "mask": None, "index": 0, "size": image.shape[:2]}])
+        height, width = image.shape[:2]
+        with torch.inference_mode():
+            mask = model(batch["images"]).argmax(dim=1)[0, :height, :width].numpy()
+        atomic_write(run_dir / "masks" / f"{image_path.stem}.png", lambda h, m=mask: palette_mask(m).save(h, "PNG"))
+        save_png(overlay_mask(image, mask), run_dir / "overlays" / f"{image_path.stem}.png")
+        counts = np.bincount(mask.ravel(), minlength=len(class_names))
+        fractions = {class_names[i]: round(float(c) / mask.size, 4) for i, c in enumerate(counts) if c}
+        results.append({"path": str(image_path), "mask": f"masks/{image_path.stem}.png", "classes": fractions})
+        shown = ", ".join(f"{name} {share:.0%}" for name, share in sorted(fractions.items(), key=lambda kv: -kv[1]))
+        print(f"{image_path}: {shown}")
+    write_json(run_dir / "predictions.json", results)
+    skipped = f", {images.skipped} unreadable skipped" if images.skipped else ""
+    print(f"{len(results)} image(s) predicted{skipped}; masks and overlays are in {run_dir}")
+    return 0
+
+
+FLAGS = {**COMMON_FLAGS, "image_size": "data.crop_size"}
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = common_parser(TASK, "Train, evaluate and predict U-Net semantic segmentation.")
+    args = parser.parse_args(argv)
+    cfg = resolve_config(SegmentConfig(), args, FLAGS, embedded="segment/shapes")
+    return {"train": train, "eval": evaluate, "predict": predict}[args.command](cfg, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

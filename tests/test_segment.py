@@ -1,0 +1,193 @@
+"""tasks.segment end to end on generated data: both layouts, outputs, eval, predict and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.data.embedded import shapes_dataset
+from tasks.data.segmentation import VOC_SEGMENTATION_CLASSES
+from tasks.segment import main
+
+FAST = ["--backbone", "resnet18", "--epochs", "1", "--batch-size", "2", "--workers", "0", "--image-size", "64"]
+KEYS = {"mIoU", "per_class_iou", "mDice", "per_class_dice", "pixel_accuracy", "mean_class_accuracy"}
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    return shapes_dataset(tmp_path_factory.mktemp("shapes"), size=64, train_images=6, val_images=4)
+
+
+@pytest.fixture(scope="module")
+def trained(shapes_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("segrun")
+    assert main(["--data", str(shapes_root), "--output", str(out), *FAST]) == 0
+    return out
+
+
+def _one_line_error(capsys, rc: int, *needles: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def _copy(root, target):
+    shutil.copytree(root, target)
+    return target
+
+
+def test_train_writes_the_run_folder(trained, shapes_root) -> None:
+    assert {"config.yaml", "last.pt", "best.pt", "metrics.json", "masks", "overlays"} <= {
+        p.name for p in trained.iterdir()
+    }
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert set(metrics) >= KEYS
+    assert list(metrics["per_class_iou"]) == ["background", "square", "circle", "triangle"]  # classes.txt
+    for key in ("mIoU", "mDice", "pixel_accuracy", "mean_class_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["num_pixels"] == 4 * 64 * 64  # the whole val split, padding excluded
+    mask = Image.open(trained / "masks" / "00001.png")
+    assert mask.mode == "P" and mask.size == (64, 64)
+    assert np.asarray(mask).max() < 4
+    assert len(list((trained / "overlays").glob("*.png"))) == 4
+
+
+def test_eval_reproduces_training_and_writes_every_mask(trained, shapes_root, tmp_path) -> None:
+    out = tmp_path / "eval"
+    assert (
+        main(["eval", "--checkpoint", str(trained / "best.pt"), "--data", str(shapes_root), "--output", str(out)]) == 0
+    )
+    got, expected = (json.loads((d / "metrics.json").read_text()) for d in (out, trained))
+    assert got["confusion_matrix"] == expected["confusion_matrix"]
+    written = {p.name: np.asarray(Image.open(p)) for p in (out / "masks").glob("*.png")}
+    assert len(written) == 4
+    # The written masks are the predictions the metrics were computed from.
+    truth = {name: np.asarray(Image.open(shapes_root / "masks" / "val" / name)) for name in written}
+    confusion = np.zeros((4, 4), np.int64)
+    for name, predicted in written.items():
+        np.add.at(confusion, (truth[name].ravel(), predicted.ravel()), 1)
+    assert confusion.tolist() == got["confusion_matrix"]
+
+
+def test_predict_writes_masks_overlays_and_class_shares(trained, shapes_root, tmp_path) -> None:
+    out = tmp_path / "pred"
+    odd = tmp_path / "odd.png"  # a size that is not a multiple of 32
+    Image.open(shapes_root / "val" / "00001.png").crop((0, 0, 50, 37)).save(odd)
+    assert (
+        main(
+            [
+                "predict",
+                str(odd),
+                str(shapes_root / "val"),
+                "--checkpoint",
+                str(trained / "best.pt"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    results = json.loads((out / "predictions.json").read_text())
+    assert len(results) == 5
+    assert sum(results[0]["classes"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert Image.open(out / "masks" / "odd.png").size == (50, 37)
+    assert Image.open(out / "overlays" / "odd.png").size == (50, 37)
+
+
+def voc_from_shapes(root, target):
+    """A VOC2012-style segmentation root: JPEGs, palette PNG masks with a void border round each shape."""
+    from scipy import ndimage
+
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (target / folder).mkdir(parents=True)
+    for split in ("train", "val"):
+        ids = []
+        for image in sorted((root / split).glob("*.png")):
+            image_id = f"{split}_{image.stem}"
+            ids.append(image_id)
+            Image.open(image).convert("RGB").save(target / "JPEGImages" / f"{image_id}.jpg", quality=95)
+            mask = np.asarray(Image.open(root / "masks" / split / image.name)).copy()
+            edge = ndimage.binary_dilation(mask > 0) & ~ndimage.binary_erosion(mask > 0)
+            mask[edge] = 255
+            palette = Image.fromarray(mask, mode="P")
+            palette.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [224, 224, 192] * 252)
+            palette.save(target / "SegmentationClass" / f"{image_id}.png")
+        (target / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return target
+
+
+def test_voc_layout_end_to_end(shapes_root, tmp_path) -> None:
+    root = voc_from_shapes(shapes_root, tmp_path / "VOC2012")
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["per_class_iou"]) == list(VOC_SEGMENTATION_CLASSES)
+    void = sum(int((np.asarray(Image.open(p)) == 255).sum()) for p in (root / "SegmentationClass").glob("val_*.png"))
+    assert void > 0 and metrics["num_pixels"] == 4 * 64 * 64 - void  # void pixels are not scored
+    assert metrics["per_class_iou"]["aeroplane"] is not None  # index 1 (the squares) under VOC's names
+    assert metrics["per_class_iou"]["person"] is None or metrics["per_class_iou"]["person"] == 0.0
+    assert (out / "masks" / "val_00001.png").is_file()
+
+
+def test_images_and_masks_folders_with_sub_folders(shapes_root, tmp_path) -> None:
+    root = tmp_path / "generic"
+    for split in ("train", "val"):
+        for image in sorted((shapes_root / split).glob("*.png")):
+            group = "even" if int(image.stem) % 2 == 0 else "odd"
+            for kind, source in (("images", image), ("masks", shapes_root / "masks" / split / image.name)):
+                (root / kind / split / group).mkdir(parents=True, exist_ok=True)
+                shutil.copy(source, root / kind / split / group / image.name)
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST, "--set", "data.classes=[bg,sq,ci,tr]"]) == 0
+    assert list(json.loads((out / "metrics.json").read_text())["per_class_iou"]) == ["bg", "sq", "ci", "tr"]
+    assert (out / "masks" / "odd" / "00001.png").is_file() and (out / "masks" / "even" / "00002.png").is_file()
+
+
+def test_mask_of_another_size(shapes_root, tmp_path, capsys) -> None:
+    root = _copy(shapes_root, tmp_path / "data")
+    bad = root / "masks" / "train" / "00002.png"
+    Image.open(bad).resize((32, 32)).save(bad)
+    _one_line_error(
+        capsys, main(["--data", str(root), *FAST, "--output", str(tmp_path / "r")]), str(bad), "32x32", "64x64"
+    )
+
+
+def test_rgb_mask(shapes_root, tmp_path, capsys) -> None:
+    root = _copy(shapes_root, tmp_path / "data")
+    bad = root / "masks" / "val" / "00003.png"
+    Image.open(bad).convert("RGB").save(bad)
+    _one_line_error(capsys, main(["--data", str(root), *FAST, "--output", str(tmp_path / "r")]), str(bad), "RGB")
+
+
+def test_missing_mask(shapes_root, tmp_path, capsys) -> None:
+    root = _copy(shapes_root, tmp_path / "data")
+    (root / "masks" / "train" / "00004.png").unlink()
+    rc = main(["--data", str(root), *FAST, "--output", str(tmp_path / "r")])
+    _one_line_error(capsys, rc, str(root / "masks" / "train" / "00004.png"), "does not exist")
+
+
+def test_mask_values_outside_the_classes_are_skipped_and_counted(shapes_root, tmp_path, capsys) -> None:
+    root = _copy(shapes_root, tmp_path / "data")
+    bad = root / "masks" / "val" / "00002.png"
+    values = np.asarray(Image.open(bad)).copy()
+    values[:4, :4] = 7  # not a class (0..3) and not void
+    Image.fromarray(values).save(bad)
+    out = tmp_path / "r"
+    assert main(["--data", str(root), *FAST, "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"skipping {bad}" in err and "7" in err
+    assert json.loads((out / "metrics.json").read_text())["num_pixels"] == 3 * 64 * 64
+
+
+def test_missing_split_and_checkpoint_of_another_task(shapes_root, trained, tmp_path, capsys) -> None:
+    rc = main(["--data", str(shapes_root), "--val-split", "test", *FAST, "--output", str(tmp_path / "r")])
+    _one_line_error(capsys, rc, "no split 'test'")
+    from tasks.classify import main as classify_main
+
+    rc = classify_main(["eval", "--checkpoint", str(trained / "best.pt"), "--data", str(shapes_root)])
+    _one_line_error(capsys, rc, "'segment' model, not a 'classify' model")
