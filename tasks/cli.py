@@ -47,16 +47,16 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-def common_parser(task: str, description: str) -> ArgumentParser:
+def common_parser(task: str, description: str, *, commands: Sequence[str] = COMMANDS) -> ArgumentParser:
     parser = ArgumentParser(prog=f"python -m tasks.{task}", description=description)
-    parser.add_argument("command", nargs="?", default="train", choices=COMMANDS, help="default: train")
+    parser.add_argument("command", nargs="?", default="train", choices=commands, help="default: train")
     parser.add_argument("inputs", nargs="*", help="predict: image files or folders")
     parser.add_argument("--backbone", help="a registered backbone or timm:<model>")
     parser.add_argument("--weights", help="backbone weights: file, URL, IMAGENET1K_V1/V2, timm[:tag]")
     parser.add_argument("--checkpoint", type=Path, help="a whole model of this library (eval, predict)")
     parser.add_argument("--resume", type=Path, help="continue training from this last.pt")
     parser.add_argument("--data", help="dataset root or dataset YAML; omitted: the built-in default data")
-    parser.add_argument("--format", help="dataset format; default: detected from the layout")
+    parser.add_argument("--format", help="dataset format (default: detected from the layout); export: onnx")
     parser.add_argument("--train-split")
     parser.add_argument("--val-split")
     parser.add_argument("--epochs", type=int)

@@ -1,0 +1,296 @@
+"""Images with labels for some of three tasks, joined from one dataset per task by image path.
+
+``--data`` is a dataset root that carries several kinds of annotation (image labels as a
+``<split>.csv`` or ImageFolder, boxes as COCO or VOC, masks as VOC segmentation or
+``masks/<split>/``), or a dataset YAML naming one root per task::
+
+    classify: {root: data/labels, format: csv, classes: [cat, dog]}
+    detect: data/coco
+    segment: {root: data/masks}
+
+An image that appears in several tasks' data (the same file) carries all their labels;
+one that appears in one carries that one, and the other tasks' losses skip it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from tasks.config import load_yaml
+from tasks.data.detection import DetectionData, DetectionSample
+from tasks.data.folders import load_split
+from tasks.data.images import READ_ERRORS, load_rgb, warn_unreadable
+from tasks.data.segmentation import IGNORE_INDEX, SegmentationData, is_voc_segmentation, load_mask, load_segmentation
+from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tasks.detect_data import load_detection_splits
+from tasks.errors import UserError
+
+TASK_NAMES = ("classify", "detect", "segment")
+
+
+@dataclass
+class TaskSource:
+    root: Path
+    format: str = "auto"
+    classes: list[str] | None = None  # the task's class list; default: found in its training split
+
+
+@dataclass
+class MultiTaskSample:
+    path: Path
+    label: int | None = None  # classify
+    detection: DetectionSample | None = None  # detect
+    mask: Path | None = None  # segment
+
+
+@dataclass
+class MultiTaskData:
+    samples: list[MultiTaskSample]
+    tasks: tuple[str, ...]
+    class_names: dict[str, list[str]]  # per task; detection's without the background
+    detection: DetectionData | None = None  # the split's boxes, for COCO/VOC scoring
+    source: str = ""
+    counts: dict[str, int] = field(default_factory=dict)  # labelled images per task
+
+
+def parse_sources(data: Path, tasks: Sequence[str]) -> dict[str, TaskSource]:
+    """Where each task's labels live: the YAML's entries, or the one root for every task."""
+    if data.is_file() and data.suffix in (".yaml", ".yml"):
+        document = load_yaml(data)
+        sources = {}
+        for name in tasks:
+            entry = document.get(name)
+            if entry is None:
+                continue
+            if isinstance(entry, str):
+                entry = {"root": entry}
+            if not isinstance(entry, dict) or "root" not in entry:
+                raise UserError(f"dataset file {data}: '{name}' needs a root folder, e.g. {name}: {{root: DIR}}")
+            root = Path(entry["root"])
+            classes = entry.get("classes")
+            if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+                raise UserError(f"dataset file {data}: '{name}.classes' must be a list of class names")
+            sources[name] = TaskSource(
+                root if root.is_absolute() else data.parent / root, str(entry.get("format", "auto")), classes
+            )
+        missing = [name for name in tasks if name not in sources]
+        if missing:
+            raise UserError(f"dataset file {data} names no data for task(s) {', '.join(missing)}")
+        return sources
+    if not data.is_dir():
+        raise UserError(f"--data {data} is neither a folder nor a dataset YAML")
+    return {name: TaskSource(data) for name in tasks}
+
+
+def load_multitask(
+    sources: dict[str, TaskSource],
+    split: str,
+    *,
+    class_names: dict[str, list[str]] | None = None,
+    train_split: str | None = None,
+) -> MultiTaskData:
+    """The ``split`` of every task's data, joined by image path.
+
+    ``class_names`` (from the training split or a checkpoint) fixes each task's classes.
+    """
+    given = dict(class_names or {})
+    for name, src in sources.items():
+        if src.classes is not None:
+            given.setdefault(name, list(src.classes))
+    by_path: dict[Path, MultiTaskSample] = {}
+    names: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    detection: DetectionData | None = None
+
+    def sample(path: Path) -> MultiTaskSample:
+        key = path.resolve()
+        return by_path.setdefault(key, MultiTaskSample(key))
+
+    if "classify" in sources:
+        src = sources["classify"]
+        fmt = src.format
+        if fmt == "auto" and (src.root / f"{split}.csv").is_file():
+            fmt = "csv"  # a root that also holds <split>/ images of other tasks
+        samples, names["classify"] = load_split(src.root, split, fmt=fmt, classes=given.get("classify"))
+        for s in samples:
+            sample(s.path).label = s.label
+        counts["classify"] = len(samples)
+    if "detect" in sources:
+        src = sources["detect"]
+        _, detection = load_detection_splits(
+            src.root,
+            fmt=src.format,
+            train_split=train_split,
+            val_split=split,
+            classes=given.get("detect"),
+            need_train=False,
+        )
+        names["detect"] = list(detection.class_names)
+        for d in detection.samples:
+            sample(d.path).detection = d
+        counts["detect"] = len(detection.samples)
+    if "segment" in sources:
+        src = sources["segment"]
+        fmt = src.format if src.format != "auto" or is_voc_segmentation(src.root) else "masks"
+        seg: SegmentationData = load_segmentation(src.root, split, classes=given.get("segment"), fmt=fmt)
+        names["segment"] = list(seg.class_names)
+        for s in seg.samples:
+            sample(s.image).mask = s.mask
+        counts["segment"] = len(seg.samples)
+    source = ", ".join(f"{name} {src.root}" for name, src in sources.items())
+    return MultiTaskData(
+        sorted(by_path.values(), key=lambda s: str(s.path)),
+        tuple(sources),
+        names,
+        detection,
+        f"{source} ({split})",
+        counts,
+    )
+
+
+class MultiTaskPipeline:
+    """Longest side resized to ``image_size``, then (training) flip and colour jitter, moving boxes
+    and masks with the image; normalised for the backbone."""
+
+    def __init__(
+        self, image_size: int, *, train: bool, hflip: float = 0.5, color_jitter: float = 0.2, seed: int | None = None
+    ) -> None:
+        steps: list[A.BasicTransform] = [A.LongestMaxSize(max_size=image_size)]
+        if train and hflip > 0:
+            steps.append(A.HorizontalFlip(p=hflip))
+        if train and color_jitter > 0:
+            steps.append(A.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=0.5))
+        steps += [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()]
+        self.compose = A.Compose(
+            steps,
+            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, min_area=1.0),
+            seed=seed,
+        )
+
+    def __call__(
+        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, mask: np.ndarray
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, torch.Tensor]:
+        out = self.compose(image=image, bboxes=boxes, labels=labels, mask=mask)
+        return (
+            out["image"],
+            np.asarray(out["bboxes"], np.float32).reshape(-1, 4),
+            np.asarray(out["labels"], np.int64),
+            out["mask"].long(),
+        )
+
+    def reseed(self, seed: int) -> None:
+        self.compose.set_random_seed(seed)
+
+
+class MultiTaskDataset(Dataset[dict[str, Any] | None]):
+    """One image with whichever labels it has; None (skipped and counted) when unreadable."""
+
+    def __init__(self, data: MultiTaskData, transform: Callable[..., Any], *, train: bool) -> None:
+        self.data = data
+        self.transform = transform
+        self.train = train
+        self.num_seg_classes = len(data.class_names.get("segment", ()))
+
+    def __len__(self) -> int:
+        return len(self.data.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        sample = self.data.samples[index]
+        try:
+            image = load_rgb(sample.path)
+        except READ_ERRORS as error:
+            warn_unreadable(sample.path, error)
+            return None
+        height, width = image.shape[:2]
+        boxes, labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        if sample.detection is not None:
+            det = sample.detection
+            boxes, labels = det.training_targets() if self.train else (det.boxes, det.labels)
+        mask = np.full((height, width), IGNORE_INDEX, np.uint8)
+        has_mask = False
+        if sample.mask is not None:
+            try:
+                values = load_mask(sample.mask)
+            except READ_ERRORS as error:
+                warn_unreadable(sample.mask, error)
+                return None
+            if (
+                values.shape == mask.shape
+                and not (((values >= self.num_seg_classes) & (values != IGNORE_INDEX)) | (values < 0)).any()
+            ):
+                mask, has_mask = values.astype(np.uint8), True
+            else:
+                print(
+                    f"warning: ignoring mask {sample.mask}: values outside the classes (0..{self.num_seg_classes - 1}, "
+                    "255 void); its image trains without a segmentation label",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        tensor, boxes, labels, mask_tensor = self.transform(image, boxes, labels, mask)
+        item = {
+            "image": tensor,
+            "index": index,
+            "original_size": (height, width),
+            "label": sample.label,
+            "detection": {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels)}
+            if sample.detection is not None
+            else None,
+            "mask": mask_tensor if has_mask else None,
+        }
+        if not self.train:  # evaluation scores masks at each image's own size
+            item["original_mask"] = torch.from_numpy(mask.astype(np.int64)) if has_mask else None
+        return item
+
+
+def collate_multitask(items: list[dict[str, Any] | None], *, multiple: int = 32) -> dict[str, Any]:
+    """One padded image tensor, each image's unpadded size, and per task the labelled positions."""
+    good = [item for item in items if item is not None]
+    out: dict[str, Any] = {"batch_size": len(good), "skipped": len(items) - len(good)}
+    if not good:
+        return {**out, "images": torch.zeros(0, 3, multiple, multiple), "sizes": [], "indices": [], "targets": {}}
+    height = -(-max(int(i["image"].shape[-2]) for i in good) // multiple) * multiple
+    width = -(-max(int(i["image"].shape[-1]) for i in good) // multiple) * multiple
+    images = torch.stack(
+        [F.pad(i["image"], (0, width - i["image"].shape[-1], 0, height - i["image"].shape[-2])) for i in good]
+    )
+    targets: dict[str, tuple[torch.Tensor, Any]] = {}
+    labelled = [n for n, i in enumerate(good) if i["label"] is not None]
+    targets["classify"] = (
+        torch.tensor(labelled, dtype=torch.long),
+        torch.tensor([good[n]["label"] for n in labelled], dtype=torch.long),
+    )
+    boxed = [n for n, i in enumerate(good) if i["detection"] is not None]
+    targets["detect"] = (torch.tensor(boxed, dtype=torch.long), [good[n]["detection"] for n in boxed])
+    masked = [n for n, i in enumerate(good) if i["mask"] is not None]
+    masks = [
+        F.pad(
+            good[n]["mask"],
+            (0, width - good[n]["mask"].shape[-1], 0, height - good[n]["mask"].shape[-2]),
+            value=IGNORE_INDEX,
+        )
+        for n in masked
+    ]
+    targets["segment"] = (
+        torch.tensor(masked, dtype=torch.long),
+        torch.stack(masks) if masks else torch.zeros(0, height, width, dtype=torch.long),
+    )
+    return {
+        **out,
+        "images": images,  # (N, 3, H, W)
+        "sizes": [tuple(int(v) for v in i["image"].shape[-2:]) for i in good],
+        "original_sizes": [i["original_size"] for i in good],
+        "indices": [i["index"] for i in good],
+        "targets": targets,
+        "original_masks": [i.get("original_mask") for i in good],
+    }

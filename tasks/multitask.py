@@ -1,0 +1,572 @@
+"""Classification, detection and segmentation from one backbone pass:
+``python -m tasks.multitask [train|eval|predict] --tasks classify,detect,segment ...``.
+
+Each image may carry labels for only some tasks (see :mod:`tasks.data.multitask`); a task's
+loss is computed on the images that have its labels. metrics.json has one section per task
+with the single-task runner's metrics, plus ``main``, the mean of each task's headline
+number (accuracy, COCO AP, mIoU), which picks best.pt. With no ``--data`` it trains on the
+built-in shapes dataset, which carries all three kinds of labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from backbones import build_backbone
+from heads.classification import ClassificationHead
+from heads.detection import DETECTION_LEVELS, FasterRCNNHead
+from heads.multitask import TASKS, MultiTaskModel, Weighting
+from heads.segmentation import DEFAULT_DECODER_CHANNELS, SegmentationLoss, UNetHead
+from tasks import distributed
+from tasks.checkpoint import load_model
+from tasks.cli import (
+    COMMANDS,
+    COMMON_FLAGS,
+    PredictImages,
+    check_backbone_name,
+    common_parser,
+    new_run_dir,
+    require_checkpoint,
+    resolve_config,
+    run,
+    write_config,
+)
+from tasks.config import TrainConfig, to_dict
+from tasks.data.embedded import shapes_dataset
+from tasks.data.multitask import (
+    MultiTaskData,
+    MultiTaskDataset,
+    MultiTaskPipeline,
+    collate_multitask,
+    load_multitask,
+    parse_sources,
+)
+from tasks.engine import Engine, make_loader, resolve_device, seed_everything
+from tasks.errors import UserError
+from tasks.export import ExportSpec, check_onnx, export_onnx
+from tasks.io import atomic_write, write_json
+from tasks.metrics.classification import ClassificationMeter
+from tasks.metrics.coco import Backend
+from tasks.metrics.detection import score, to_results
+from tasks.metrics.segmentation import SegmentationMeter
+from tasks.visualize import draw_detections, overlay_mask, palette_mask, save_png
+
+TASK = "multitask"
+MAIN_METRICS = {"classify": "accuracy", "detect": "coco.AP", "segment": "mIoU"}
+
+
+def build_model(
+    backbone: str,
+    tasks: Sequence[str],
+    num_classes_per_task: dict[str, int],
+    *,
+    weights: str | None = None,
+    detection_options: dict[str, Any] | None = None,
+    decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
+    attention: Literal["scse"] | None = None,
+    loss_weights: dict[str, float] | None = None,
+    weighting: Weighting = "fixed",
+    dice_weight: float = 0.0,
+    label_smoothing: float = 0.0,
+    **backbone_options: Any,
+) -> MultiTaskModel:
+    """One backbone with the heads of ``tasks``; ``num_classes_per_task`` as each single-task
+    ``build_model`` counts them (detection includes the background).
+
+    The backbone returns the levels that the chosen heads read, and nothing more.
+    """
+    unknown = [name for name in tasks if name not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"tasks {unknown or list(tasks)} are invalid: choose from {', '.join(TASKS)}")
+    missing = [name for name in tasks if name not in num_classes_per_task]
+    if missing:
+        raise ValueError(f"num_classes_per_task has no entry for {missing}")
+    levels = {"classify": ("c5",), "detect": DETECTION_LEVELS, "segment": ("c1", "c2", "c3", "c4", "c5")}
+    wanted = sorted({level for name in tasks for level in levels[name]})
+    if backbone.startswith("timm:"):
+        backbone_options.pop("norm", None)
+    else:
+        backbone_options.setdefault("out_levels", tuple(wanted))
+    net = build_backbone(backbone, weights=weights, **backbone_options)
+    heads: dict[str, nn.Module] = {}
+    if "classify" in tasks:
+        heads["classify"] = ClassificationHead(net.feature_info, num_classes_per_task["classify"])
+    if "detect" in tasks:
+        heads["detect"] = FasterRCNNHead(net.feature_info, num_classes_per_task["detect"], **(detection_options or {}))
+    if "segment" in tasks:
+        heads["segment"] = UNetHead(
+            net.feature_info, num_classes_per_task["segment"], decoder_channels=decoder_channels, attention=attention
+        )
+    return MultiTaskModel(
+        net,
+        heads,
+        loss_weights=loss_weights,
+        weighting=weighting,
+        segmentation_loss=SegmentationLoss(dice_weight=dice_weight),
+        label_smoothing=label_smoothing,
+    )
+
+
+@dataclass
+class DetectionHeadConfig:
+    anchor_sizes: list[list[int]] = field(default_factory=lambda: [[32], [64], [128], [256], [512]])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    box_batch_size_per_image: int = 512
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+    fpn_channels: int = 256
+    representation_size: int = 1024
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"
+    weights: str | None = None
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    frozen_stages: int = -1
+    norm: Literal["bn", "frozen_bn", "sync_bn", "gn"] = "bn"
+    weighting: Literal["fixed", "uncertainty"] = "fixed"
+    classify_weight: float = 1.0
+    detect_weight: float = 1.0
+    segment_weight: float = 1.0
+    dice_weight: float = 0.0
+    label_smoothing: float = 0.0
+    decoder_channels: list[int] = field(default_factory=lambda: list(DEFAULT_DECODER_CHANNELS))
+    attention: Literal["scse"] | None = None
+    detection: DetectionHeadConfig = field(default_factory=DetectionHeadConfig)
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    image_size: int = 512
+    hflip: float = 0.5
+    color_jitter: float = 0.2
+
+
+@dataclass
+class MultiTaskConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=0.01, batch_size=8, warmup_epochs=1.0))
+    output: str | None = None
+    coco_backend: Literal["faster-coco-eval", "pycocotools"] = "faster-coco-eval"
+
+
+class MultiTaskTask:
+    """The engine's view: the model's weighted total in training; every task's metrics in evaluation."""
+
+    name = TASK
+    main_metric = "main"
+    find_unused_parameters = True  # a head whose task has no labels in a batch gets no gradient
+
+    def __init__(self, data: MultiTaskData, *, backend: Backend) -> None:
+        self.data = data
+        self.backend = backend
+        self.detections: list[dict[str, Any]] = []
+
+    def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        targets = {}
+        for name, (indices, labels) in batch["targets"].items():
+            if name == "detect":
+                labels = [{k: v.to(device) for k, v in t.items()} for t in labels]
+            else:
+                labels = labels.to(device, non_blocking=True)
+            targets[name] = (indices.to(device), labels)
+        return {**batch, "images": batch["images"].to(device, non_blocking=True), "targets": targets}
+
+    def losses(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        return model(batch["images"], batch["sizes"], batch["targets"])
+
+    def evaluate(self, model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+        names = self.data.class_names
+        tasks = [name for name in TASKS if name in self.data.tasks]
+        classify = ClassificationMeter(len(names["classify"])) if "classify" in tasks else None
+        segment = SegmentationMeter(len(names["segment"])) if "segment" in tasks else None
+        results: list[dict[str, Any]] = []
+        for batch in loader:
+            if batch["batch_size"] == 0:
+                continue
+            images = batch["images"].to(device, non_blocking=True)
+            outputs = model(images, batch["sizes"])
+            if classify is not None:
+                indices, labels = batch["targets"]["classify"]
+                if len(indices):
+                    classify.update(outputs["classify"][indices.to(device)], labels.to(device))
+            for n, (index, size, original) in enumerate(zip(batch["indices"], batch["sizes"], batch["original_sizes"])):
+                sample = self.data.samples[index]
+                if "detect" in outputs and sample.detection is not None:
+                    output = rescale_detections(outputs["detect"][n], size, original)
+                    results += to_results(sample.detection, output, self.data.detection)  # type: ignore[arg-type]
+                if segment is not None and batch["original_masks"][n] is not None:
+                    predicted = resize_segmentation(outputs["segment"][n], size, original).argmax(dim=0)
+                    segment.update(predicted, batch["original_masks"][n])
+        metrics: dict[str, Any] = {}
+        if classify is not None:
+            metrics["classify"] = classify.compute(names["classify"])
+        if "detect" in tasks:
+            self.detections = [r for part in distributed.gather(results) for r in part]
+            metrics["detect"] = score(self.data.detection, self.detections, backend=self.backend)  # type: ignore[arg-type]
+        if segment is not None:
+            metrics["segment"] = segment.compute(names["segment"])
+        metrics["main"] = main_score(metrics)
+        return metrics
+
+
+def main_score(metrics: dict[str, Any]) -> float:
+    """The mean of each present task's headline number (an undefined one counts as 0)."""
+    values = []
+    for name, key in MAIN_METRICS.items():
+        if name in metrics:
+            value: Any = metrics[name]
+            for part in key.split("."):
+                value = value[part]
+            values.append(float(value or 0.0))
+    return statistics.fmean(values) if values else 0.0
+
+
+def rescale_detections(output: dict[str, Tensor], size: Sequence[int], original: Sequence[int]) -> dict[str, Tensor]:
+    """Boxes from the resized image's pixels back to the original image's."""
+    scale = torch.tensor(
+        [original[1] / size[1], original[0] / size[0]] * 2, dtype=output["boxes"].dtype, device=output["boxes"].device
+    )
+    return {**output, "boxes": output["boxes"] * scale}
+
+
+def resize_segmentation(logits: Tensor, size: Sequence[int], original: Sequence[int]) -> Tensor:
+    """(K, H_pad, W_pad) logits cropped to the image and resized (bilinear) to its original size."""
+    crop = logits[:, : size[0], : size[1]]
+    return F.interpolate(crop[None].float(), size=tuple(original), mode="bilinear", align_corners=False)[0]
+
+
+def _parse_tasks(text: str | None, configured: list[str]) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()] if text is not None else list(configured)
+    unknown = [name for name in names if name not in TASKS]
+    if unknown:
+        raise UserError(f"--tasks: unknown task {unknown[0]!r}: choose from {', '.join(TASKS)}")
+    if not names:
+        raise UserError(f"--tasks names no task: choose from {', '.join(TASKS)}")
+    return [name for name in TASKS if name in names]
+
+
+def _model_args(cfg: MultiTaskConfig, class_names: dict[str, list[str]]) -> dict[str, Any]:
+    m = cfg.model
+    tasks = list(m.tasks)
+    counts = {name: len(class_names[name]) + (1 if name == "detect" else 0) for name in tasks}
+    detection = to_dict(m.detection)
+    detection["anchor_sizes"] = [list(a) for a in detection["anchor_sizes"]]
+    return dict(
+        backbone=m.backbone,
+        tasks=tasks,
+        num_classes_per_task=counts,
+        detection_options=detection,
+        decoder_channels=list(m.decoder_channels),
+        attention=m.attention,
+        loss_weights={name: getattr(m, f"{name}_weight") for name in tasks},
+        weighting=m.weighting,
+        dice_weight=m.dice_weight,
+        label_smoothing=m.label_smoothing,
+        frozen_stages=m.frozen_stages,
+        norm=m.norm,
+    )
+
+
+def _sources(cfg: MultiTaskConfig) -> Any:
+    if cfg.data.root is not None:
+        return parse_sources(Path(cfg.data.root), cfg.model.tasks)
+    root = shapes_dataset()
+    if distributed.is_main():
+        print(f"no --data given: using the built-in shapes dataset at {root} (labels, boxes and masks)")
+    return parse_sources(root, cfg.model.tasks)
+
+
+def _loader(cfg: MultiTaskConfig, data: MultiTaskData, *, train: bool) -> Any:
+    d = cfg.data
+    pipeline = MultiTaskPipeline(
+        d.image_size, train=train, hflip=d.hflip, color_jitter=d.color_jitter, seed=cfg.train.seed
+    )
+    return make_loader(
+        MultiTaskDataset(data, pipeline, train=train),
+        batch_size=cfg.train.batch_size,
+        train=train,
+        workers=cfg.train.workers,
+        collate_fn=collate_multitask,
+        seed=cfg.train.seed,
+    )
+
+
+def _report(metrics: dict[str, Any], detections: list[dict[str, Any]], run_dir: Path) -> None:
+    write_json(run_dir / "metrics.json", metrics)
+    if "detect" in metrics:
+        write_json(run_dir / "predictions.json", detections)
+    lines = []
+    if "classify" in metrics:
+        lines.append(
+            f"  classify  accuracy {metrics['classify']['accuracy']:.4f}  F1 {metrics['classify']['f1_macro']:.4f}"
+        )
+    if "detect" in metrics:
+        coco, voc = metrics["detect"]["coco"], metrics["detect"]["voc"]
+        lines.append(f"  detect    AP {coco['AP']:.4f}  AP50 {coco['AP50']:.4f}  VOC mAP {voc['mAP']:.4f}")
+    if "segment" in metrics:
+        seg = metrics["segment"]
+        lines.append(f"  segment   mIoU {seg['mIoU'] or 0:.4f}  mDice {seg['mDice'] or 0:.4f}")
+    print("\n".join(lines + [f"  main      {metrics['main']:.4f} (mean of the above headline numbers)"]))
+    print(f"metrics are in {run_dir}")
+
+
+def train(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
+    check_backbone_name(cfg.model.backbone)
+    seed_everything(cfg.train.seed)
+    sources = _sources(cfg)
+    train_data = load_multitask(sources, cfg.data.train_split, train_split=cfg.data.train_split)
+    val = load_multitask(
+        sources, cfg.data.val_split, class_names=train_data.class_names, train_split=cfg.data.train_split
+    )
+    run_dir = new_run_dir(cfg.output, TASK, "train")
+    write_config(run_dir, cfg)
+    model_args = _model_args(cfg, train_data.class_names)
+    model = build_model(weights=cfg.model.weights, **_build_args(model_args))
+    counts = ", ".join(f"{name} {count}" for name, count in train_data.counts.items())
+    print(
+        f"{cfg.model.backbone} with {', '.join(model.tasks)} heads: {len(train_data.samples)} train images "
+        f"(labelled for {counts}), {len(val.samples)} val, {cfg.data.image_size}px, {cfg.train.epochs} epochs, "
+        f"run folder {run_dir}"
+    )
+    meta = dict(
+        task=TASK,
+        model_args=model_args,
+        class_names=train_data.class_names,
+        image_size=cfg.data.image_size,
+        config=to_dict(cfg),
+    )
+    task = MultiTaskTask(val, backend=cfg.coco_backend)
+    engine = Engine(model, task, cfg.train, run_dir, meta)
+    metrics = engine.fit(_loader(cfg, train_data, train=True), _loader(cfg, val, train=False), resume=args.resume)
+    if distributed.is_main():
+        _report(metrics, task.detections, run_dir)
+        if cfg.model.weighting == "uncertainty":
+            learned = ", ".join(f"{k} {v:.3f}" for k, v in model.task_weights().items())
+            print(f"learned task weights: {learned}")
+    return 0
+
+
+def _build_args(model_args: dict[str, Any]) -> dict[str, Any]:
+    args = dict(model_args)
+    options = dict(args.pop("detection_options"))
+    options["anchor_sizes"] = tuple(tuple(a) for a in options["anchor_sizes"])
+    return {**args, "detection_options": options}
+
+
+def _load_model(path: Path) -> tuple[MultiTaskModel, dict[str, Any]]:
+    model, checkpoint = load_model(path, task=TASK, build=lambda args: build_model(**_build_args(args)))
+    return model, checkpoint  # type: ignore[return-value]
+
+
+def evaluate(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
+    path = require_checkpoint(args)
+    model, checkpoint = _load_model(path)
+    class_names = {k: list(v) for k, v in checkpoint["class_names"].items()}
+    cfg.model.tasks = list(model.tasks)
+    cfg.data.image_size = int(checkpoint["image_size"])
+    val = load_multitask(_sources(cfg), cfg.data.val_split, class_names=class_names, train_split=cfg.data.train_split)
+    for name in model.tasks:
+        if len(val.class_names[name]) != len(class_names[name]):
+            raise UserError(
+                f"checkpoint {path} has {len(class_names[name])} {name} classes but the data has "
+                f"{len(val.class_names[name])}"
+            )
+    run_dir = new_run_dir(cfg.output, TASK, "eval")
+    write_config(run_dir, cfg)
+    device = resolve_device(cfg.train.device)
+    task = MultiTaskTask(val, backend=cfg.coco_backend)
+    with torch.inference_mode():
+        metrics = task.evaluate(model.to(device), _loader(cfg, val, train=False), device)
+    if distributed.is_main():
+        _report(metrics, task.detections, run_dir)
+    return 0
+
+
+def predict(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
+    path = require_checkpoint(args)
+    images = PredictImages(args.inputs, "photo.jpg photos/")
+    model, checkpoint = _load_model(path)
+    names = {k: list(v) for k, v in checkpoint["class_names"].items()}
+    pipeline = MultiTaskPipeline(int(checkpoint["image_size"]), train=False)
+    run_dir = new_run_dir(cfg.output, TASK, "predict")
+    results = []
+    for image_path, image in images:
+        height, width = image.shape[:2]
+        tensor, *_ = pipeline(
+            image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros((height, width), np.uint8)
+        )
+        item = {
+            "image": tensor,
+            "index": 0,
+            "original_size": (height, width),
+            "label": None,
+            "detection": None,
+            "mask": None,
+        }
+        batch = collate_multitask([item])
+        with torch.inference_mode():
+            out = model(batch["images"], batch["sizes"])
+        entry: dict[str, Any] = {"path": str(image_path)}
+        if "classify" in out:
+            probs = out["classify"].softmax(dim=1)[0]
+            top = probs.topk(min(5, len(names["classify"])))
+            entry["classify"] = [
+                {"class": names["classify"][i], "probability": float(p)} for p, i in zip(top.values, top.indices)
+            ]
+        picture = image
+        if "segment" in out:
+            mask = resize_segmentation(out["segment"][0], batch["sizes"][0], (height, width)).argmax(dim=0).numpy()
+            atomic_write(run_dir / "masks" / f"{image_path.stem}.png", lambda h, m=mask: palette_mask(m).save(h, "PNG"))
+            entry["segment"] = f"masks/{image_path.stem}.png"
+            picture = np.asarray(overlay_mask(image, mask))
+        if "detect" in out:
+            found = rescale_detections(out["detect"][0], batch["sizes"][0], (height, width))
+            keep = found["scores"] >= 0.3
+            boxes, labels, scores = found["boxes"][keep], found["labels"][keep], found["scores"][keep]
+            entry["detect"] = [
+                {"box": [round(float(v), 2) for v in b], "class": names["detect"][int(c) - 1], "score": float(s)}
+                for b, c, s in zip(boxes, labels, scores)
+            ]
+            picture = np.asarray(
+                draw_detections(picture, boxes.numpy(), [d["class"] for d in entry["detect"]], scores.tolist())
+            )
+        save_png(_as_image(picture), run_dir / "images" / f"{image_path.stem}.png")
+        results.append(entry)
+        print(f"{image_path}: " + "; ".join(_summary(entry)))
+    write_json(run_dir / "predictions.json", results)
+    skipped = f", {images.skipped} unreadable skipped" if images.skipped else ""
+    print(f"{len(results)} image(s) predicted{skipped}; wrote {run_dir / 'predictions.json'} and pictures")
+    return 0
+
+
+def _as_image(picture: np.ndarray) -> Any:
+    from PIL import Image
+
+    return Image.fromarray(np.asarray(picture, np.uint8))
+
+
+def _summary(entry: dict[str, Any]) -> list[str]:
+    parts = []
+    if "classify" in entry:
+        best = entry["classify"][0]
+        parts.append(f"class {best['class']} ({best['probability']:.2f})")
+    if "detect" in entry:
+        parts.append(f"{len(entry['detect'])} object(s)")
+    if "segment" in entry:
+        parts.append(f"mask {entry['segment']}")
+    return parts
+
+
+class ExportGraph(nn.Module):
+    """The model as one graph of plain tensors: normalised images (N, 3, H, W) in; classification
+    logits, detection boxes, labels and scores (of the first image), and segmentation logits out,
+    for the heads present, in that order."""
+
+    def __init__(self, model: MultiTaskModel) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def output_names(self) -> list[str]:
+        names = {"classify": ["logits"], "detect": ["boxes", "labels", "scores"], "segment": ["masks"]}
+        return [name for task in self.model.tasks for name in names[task]]
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        out = self.model(images)
+        results: list[Tensor] = []
+        if "classify" in out:
+            results.append(out["classify"])  # (N, C)
+        if "detect" in out:
+            first = out["detect"][0]
+            results += [first["boxes"], first["labels"], first["scores"]]  # (D, 4), (D,), (D,)
+        if "segment" in out:
+            results.append(out["segment"])  # (N, K, H, W)
+        return tuple(results)
+
+
+def export_spec(model: MultiTaskModel, image_size: int) -> ExportSpec:
+    """Dynamic height and width; a dynamic batch too unless detection is among the heads, whose
+    torchvision ONNX path takes one image."""
+    graph = ExportGraph(model.eval())
+    generator = torch.Generator().manual_seed(0)
+    batch = 1 if "detect" in model.tasks else 2
+    example = torch.randn(batch, 3, image_size, image_size, generator=generator)
+    other = torch.randn(batch, 3, image_size // 2 + 32, image_size, generator=generator)
+    axes = {"images": {2: "height", 3: "width"} if batch == 1 else {0: "batch", 2: "height", 3: "width"}}
+    for name in graph.output_names:
+        axes[name] = {0: "detections"} if name in ("boxes", "labels", "scores") else {}
+    axes["masks"] = {2: "height", 3: "width"} if batch == 1 else {0: "batch", 2: "height", 3: "width"}
+    axes["logits"] = {} if batch == 1 else {0: "batch"}
+    axes = {k: v for k, v in axes.items() if k == "images" or k in graph.output_names}
+    return ExportSpec(graph, (example,), ["images"], graph.output_names, axes, [(other,)])
+
+
+def export(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
+    path = require_checkpoint(args)
+    fmt = args.format or "onnx"
+    if fmt != "onnx":
+        raise UserError(f"--format {fmt!r} is not an export format for multitask: choose onnx")
+    model, checkpoint = _load_model(path)
+    spec = export_spec(model, int(checkpoint["image_size"]))
+    target = Path(args.output) if args.output else path.with_suffix(".onnx")
+    export_onnx(spec, target)
+    difference = check_onnx(spec, target)
+    print(
+        f"wrote {target} ({target.stat().st_size / 2**20:.1f} MiB): inputs images (normalised N x 3 x H x W), "
+        f"outputs {', '.join(spec.output_names)}; onnxruntime matches eager within {difference:.1e}"
+    )
+    return 0
+
+
+FLAGS = {**COMMON_FLAGS, "coco_backend": "coco_backend"}
+FLAGS.pop("format")
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = common_parser(
+        TASK,
+        "Train, evaluate, predict and export one backbone with several task heads.",
+        commands=(*COMMANDS, "export"),
+    )
+    parser.add_argument("--tasks", help="comma-separated subset of classify,detect,segment (default: all three)")
+    parser.add_argument("--coco-backend", choices=("faster-coco-eval", "pycocotools"))
+    args = parser.parse_args(argv)
+    if args.format is not None and args.command != "export":
+        raise UserError(
+            "--format is set per task in a dataset YAML for multitask data (e.g. detect: {root: D, format: voc})"
+        )
+    flags = {k: v for k, v in FLAGS.items() if not (args.command == "export" and k == "output")}
+    cfg = resolve_config(MultiTaskConfig(), args, flags, embedded="multitask/shapes")
+    cfg.model.tasks = _parse_tasks(args.tasks, cfg.model.tasks)
+    if args.command == "export":
+        return export(cfg, args)
+    return {"train": train, "eval": evaluate, "predict": predict}[args.command](cfg, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""One backbone, three heads: one backbone call per forward, partial labels, weighting, and the runner."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from heads.segmentation import SegmentationLoss
+from tasks.data.embedded import shapes_dataset
+from tasks.multitask import build_model, main
+
+NUM = {"classify": 3, "detect": 4, "segment": 4}
+SMALL_DETECTION = dict(
+    anchor_sizes=((16,), (32,), (64,), (128,), (256,)),
+    fpn_channels=32,
+    representation_size=64,
+    box_batch_size_per_image=32,
+)
+FAST = ["--backbone", "resnet18", "--epochs", "1", "--batch-size", "2", "--workers", "0", "--image-size", "64"]
+
+
+def _model(**options):
+    return build_model("resnet18", ["classify", "detect", "segment"], NUM, detection_options=SMALL_DETECTION, **options)
+
+
+def _batch(n: int = 4, size: int = 64):
+    torch.manual_seed(0)
+    images = torch.randn(n, 3, size, size)
+    boxes = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([1 + i % 3])} for i in range(n)]
+    masks = torch.randint(0, 4, (n, size, size))
+    return images, boxes, masks
+
+
+def _count_backbone_calls(model) -> list[int]:
+    calls = [0]
+    model.backbone.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_one_backbone_call_per_forward_in_eval_and_training() -> None:
+    model = _model()
+    calls = _count_backbone_calls(model)
+    images, boxes, masks = _batch()
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert calls[0] == 1
+    assert out["classify"].shape == (4, 3) and out["segment"].shape == (4, 4, 64, 64) and len(out["detect"]) == 4
+    model.train()
+    targets = {
+        "classify": (torch.arange(4), torch.tensor([0, 1, 2, 0])),
+        "detect": (torch.arange(4), boxes),
+        "segment": (torch.arange(4), masks),
+    }
+    losses = model(images, None, targets)
+    assert calls[0] == 2
+    assert {"classify", "detect", "segment", "loss"} <= set(losses)
+    assert losses["loss"].item() == pytest.approx(sum(losses[t].item() for t in ("classify", "detect", "segment")))
+
+
+def test_heads_read_the_same_features_as_single_task_models() -> None:
+    from tasks.classify import ClassificationModel
+    from tasks.segment import UNet
+
+    model = _model().eval()
+    images, _, _ = _batch(2)
+    with torch.no_grad():
+        out = model(images)
+        single_classify = ClassificationModel(model.backbone, model.heads["classify"]).eval()(images)
+        single_segment = UNet(model.backbone, model.heads["segment"]).eval()(images)
+    torch.testing.assert_close(out["classify"], single_classify)
+    torch.testing.assert_close(out["segment"], single_segment)
+
+
+def test_partial_labels_use_only_the_labelled_images() -> None:
+    model = _model().train()
+    for module in model.modules():  # no batch statistics: an image's loss then depends on that image alone
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    images, boxes, masks = _batch()
+    targets = {
+        "classify": (torch.tensor([0, 1]), torch.tensor([2, 1])),
+        "detect": (torch.tensor([2]), [boxes[2]]),
+        "segment": (torch.tensor([1, 3]), masks[[1, 3]]),
+    }
+    torch.manual_seed(1)
+    losses = model(images, None, targets)
+    with torch.no_grad():  # the classification loss by hand, on images 0 and 1 only
+        logits = model.heads["classify"](model.backbone(images[:2]))
+    assert losses["classify"].item() == pytest.approx(F.cross_entropy(logits, torch.tensor([2, 1])).item(), rel=1e-5)
+    with torch.no_grad():
+        seg_logits = model.heads["segment"](model.backbone(images[[1, 3]]), (64, 64))
+    expected = SegmentationLoss()(seg_logits, masks[[1, 3]])["loss"]
+    assert losses["segment"].item() == pytest.approx(expected.item(), rel=1e-5)
+    changed = images.clone()
+    changed[3] = torch.randn(3, 64, 64)  # image 3 has no class label: the classification loss must not move
+    torch.manual_seed(1)
+    again = model(changed, None, targets)
+    assert again["classify"].item() == pytest.approx(losses["classify"].item(), rel=1e-6)
+    assert again["segment"].item() != pytest.approx(losses["segment"].item(), rel=1e-6)
+    only_boxes = model(
+        images,
+        None,
+        {
+            "detect": targets["detect"],
+            "classify": (torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long)),
+        },
+    )
+    assert "classify" not in only_boxes and only_boxes["loss"].item() == pytest.approx(only_boxes["detect"].item())
+
+
+def test_fixed_and_uncertainty_weighting() -> None:
+    images, boxes, masks = _batch(2)
+    targets = {"classify": (torch.arange(2), torch.tensor([0, 1])), "segment": (torch.arange(2), masks[:2])}
+    fixed = _model(loss_weights={"classify": 0.5, "segment": 2.0, "detect": 1.0}).train()
+    losses = fixed(images, None, targets)
+    assert losses["loss"].item() == pytest.approx(
+        0.5 * losses["classify"].item() + 2.0 * losses["segment"].item(), rel=1e-5
+    )
+    learned = _model(weighting="uncertainty").train()
+    with torch.no_grad():
+        learned.log_variances["classify"].fill_(1.0)
+        learned.log_variances["segment"].fill_(-0.5)
+    losses = learned(images, None, targets)
+    expected = (
+        torch.exp(torch.tensor(-1.0)) * losses["classify"]
+        + 0.5
+        + torch.exp(torch.tensor(0.5)) * losses["segment"]
+        - 0.25
+    )
+    assert losses["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    losses["loss"].backward()
+    assert learned.log_variances["classify"].grad is not None and learned.log_variances["classify"].grad != 0
+    assert learned.task_weights()["classify"] == pytest.approx(float(torch.exp(torch.tensor(-1.0))))
+
+
+def test_build_model_rejects_unknown_tasks() -> None:
+    with pytest.raises(ValueError, match="depth"):
+        build_model("resnet18", ["classify", "depth"], {"classify": 2, "depth": 1})
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    return shapes_dataset(tmp_path_factory.mktemp("shapes"), size=64, train_images=6, val_images=4)
+
+
+def test_runner_trains_on_partial_labels_from_a_dataset_yaml(shapes_root, tmp_path, capsys) -> None:
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for split, keep in (("train", 3), ("val", 2)):  # image labels for the first few images only
+        rows = (shapes_root / f"{split}.csv").read_text().splitlines()[1 : keep + 1]
+        (labels / f"{split}.csv").write_text("\n".join(f"{shapes_root}/{row}" for row in rows) + "\n")
+    seg = tmp_path / "seg"  # masks for copies of the last images: images no other task has
+    for split, names in (("train", ["00004.png", "00005.png", "00006.png"]), ("val", ["00003.png", "00004.png"])):
+        for kind, folder in (("images", shapes_root / split), ("masks", shapes_root / "masks" / split)):
+            (seg / kind / split).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                shutil.copy(folder / name, seg / kind / split / name)
+    shutil.copy(shapes_root / "classes.txt", seg / "classes.txt")
+    spec = tmp_path / "data.yaml"
+    spec.write_text(
+        f"classify: {{root: {labels}, format: csv, classes: [square, circle, triangle]}}\n"
+        f"detect: {shapes_root}\nsegment: seg\n"
+    )
+    out = tmp_path / "run"
+    assert main(["--data", str(spec), "--output", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "9 train images (labelled for classify 3, detect 6, segment 3)" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"classify", "detect", "segment", "main"}
+    assert metrics["classify"]["num_samples"] == 2  # scored on the labelled val images only
+    assert metrics["detect"]["num_images"] == 4  # the detection data's own val split
+    assert metrics["segment"]["num_pixels"] == 2 * 64 * 64
+    assert set(metrics["segment"]) >= {
+        "mIoU",
+        "per_class_iou",
+        "mDice",
+        "per_class_dice",
+        "pixel_accuracy",
+        "mean_class_accuracy",
+    }
+    assert set(metrics["detect"]) >= {"coco", "voc"} and "AP50" in metrics["detect"]["coco"]
+    assert 0.0 <= metrics["main"] <= 1.0
+
+
+def test_runner_eval_and_predict(shapes_root, tmp_path) -> None:
+    out = tmp_path / "run"
+    assert main(["--data", str(shapes_root), "--output", str(out), "--tasks", "detect,segment", *FAST]) == 0
+    trained = json.loads((out / "metrics.json").read_text())
+    assert set(trained) == {"detect", "segment", "main"}
+    assert (
+        main(
+            ["eval", "--checkpoint", str(out / "best.pt"), "--data", str(shapes_root), "--output", str(tmp_path / "e")]
+        )
+        == 0
+    )
+    again = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert again["segment"]["confusion_matrix"] == trained["segment"]["confusion_matrix"]
+    assert again["detect"]["coco"]["AP"] == pytest.approx(trained["detect"]["coco"]["AP"])
+    pred = tmp_path / "p"
+    assert (
+        main(
+            [
+                "predict",
+                str(shapes_root / "val" / "00001.png"),
+                "--checkpoint",
+                str(out / "best.pt"),
+                "--output",
+                str(pred),
+            ]
+        )
+        == 0
+    )
+    entry = json.loads((pred / "predictions.json").read_text())[0]
+    assert set(entry) == {"path", "detect", "segment"}
+    assert (pred / "masks" / "00001.png").is_file() and (pred / "images" / "00001.png").is_file()
+
+
+def test_unknown_task_name(capsys) -> None:
+    rc = main(["--tasks", "classify,depth", "--epochs", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == "error: --tasks: unknown task 'depth': choose from classify, detect, segment"
+
+
+def test_onnx_export_runs_in_onnxruntime_with_all_three_outputs(shapes_root, tmp_path, capsys) -> None:
+    import numpy as np
+    import onnxruntime
+
+    from tasks.data.images import load_rgb
+    from tasks.data.multitask import MultiTaskPipeline
+    from tasks.multitask import ExportGraph, _load_model
+
+    out = tmp_path / "run"
+    assert (
+        main(["--data", str(shapes_root), "--output", str(out), *FAST, "--set", "model.detection.box_score_thresh=0.0"])
+        == 0
+    )
+    target = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(out / "best.pt"), "--format", "onnx", "--output", str(target)]) == 0
+    assert "onnxruntime matches eager" in capsys.readouterr().out
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "boxes", "labels", "scores", "masks"]
+    model, _ = _load_model(out / "best.pt")
+    image = load_rgb(shapes_root / "val" / "00002.png")[:48]  # 48 x 64: another size than the export's
+    tensor = MultiTaskPipeline(64, train=False)(
+        image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(image.shape[:2], np.uint8)
+    )[0][None]
+    with torch.inference_mode():
+        expected = ExportGraph(model)(tensor)
+    got = session.run(None, {"images": tensor.numpy()})
+    assert got[4].shape == (1, 4, 48, 64)
+    for want, have in zip(expected, got):
+        np.testing.assert_allclose(have, want.numpy(), rtol=1e-3, atol=1e-4)
+    assert len(got[1]) > 0  # score threshold 0: detections to compare, not an empty list
+
+
+def test_export_of_a_bad_checkpoint_is_one_line(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    rc = main(["export", "--checkpoint", str(bad), "--format", "onnx"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"error: checkpoint {bad}") and "\n" not in err
