@@ -13,7 +13,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -71,15 +71,39 @@ def synthetic_coco(num_images: int, detections_per_image: int, *, seed: int = 0)
     return {"images": images, "annotations": annotations, "categories": categories}, results
 
 
+K = TypeVar("K")
+
+
+def interleaved(steps: dict[K, Callable[[], object]], rounds: int, *, warmup: bool = True) -> dict[K, list[float]]:
+    """Seconds of each step per round, after one warm-up call each (``warmup``). The order rotates every round, so
+    no candidate always runs right after the same neighbour (the allocator state a big step leaves
+    behind favours whoever comes next)."""
+    keys = list(steps)
+    times: dict[K, list[float]] = {key: [] for key in keys}
+    for step in steps.values() if warmup else ():
+        step()
+    for round_number in range(rounds):
+        shift = round_number % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            start = time.perf_counter()
+            steps[key]()
+            times[key].append(time.perf_counter() - start)
+    return times
+
+
 def coco_eval_benchmark(num_images: int, detections: int, rounds: int) -> dict[str, Any]:
     gt, results = synthetic_coco(num_images, detections)
-    times: dict[str, list[float]] = {"faster-coco-eval": [], "pycocotools": []}
     metrics: dict[str, dict[str, Any]] = {}
-    for _ in range(rounds):
-        for backend in times:
-            start = time.perf_counter()
+
+    def evaluate(backend: str) -> Callable[[], None]:
+        def call() -> None:
             metrics[backend] = coco_box_metrics(gt, results, backend=backend)  # type: ignore[arg-type]
-            times[backend].append(time.perf_counter() - start)
+
+        return call
+
+    times = interleaved(
+        {backend: evaluate(backend) for backend in ("faster-coco-eval", "pycocotools")}, rounds, warmup=False
+    )
     difference = max(abs((metrics["faster-coco-eval"][k] or 0) - (metrics["pycocotools"][k] or 0)) for k in COCO_KEYS)
     seconds = {backend: statistics.median(values) for backend, values in times.items()}
     return dict(
@@ -170,14 +194,7 @@ def detector_benchmark(
         for key in DETECTOR_STEPS
     }
     steps = {key: _detector_step(**spec) for key, spec in specs.items()}  # type: ignore[arg-type]
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
-    for step in steps.values():
-        step()  # warm-up
-    for _ in range(rounds):
-        for key, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[key].append(time.perf_counter() - start)
+    times = interleaved(steps, rounds)
     rows = []
     for (mode, name), values in times.items():
         seconds = statistics.median(values)
@@ -195,15 +212,79 @@ def detector_benchmark(
     return rows
 
 
+MULTITASK_CANDIDATES = ("three single-task models", "one multi-task model")
+
+
+def _multitask_step(*, candidate: str, backbone: str, images: int, size: int, threads: int) -> Callable[[], None]:
+    """Inference on one batch: three single-task models in turn, or one model with the three heads."""
+    import torch
+
+    from tasks.multitask import build_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    counts = {"classify": 1000, "detect": 91, "segment": 21}
+    if candidate == "one multi-task model":
+        models = [build_model(backbone, list(counts), counts)]
+    else:
+        models = [build_model(backbone, [task], counts) for task in counts]
+    for model in models:
+        model.eval()
+    batch = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def infer() -> None:
+        with torch.inference_mode():
+            for model in models:
+                model(batch)
+
+    return infer
+
+
+def multitask_benchmark(*, backbone: str, images: int, size: int, rounds: int) -> list[dict[str, Any]]:
+    """One forward of the three-headed model against the three single-task models on the same images."""
+    import torch
+
+    from backbones.bench import first_call_memory_mb
+
+    specs = {
+        name: dict(candidate=name, backbone=backbone, images=images, size=size, threads=torch.get_num_threads())
+        for name in MULTITASK_CANDIDATES
+    }
+    steps = {name: _multitask_step(**spec) for name, spec in specs.items()}  # type: ignore[arg-type]
+    times = interleaved(steps, rounds)
+    reference = statistics.median(times[MULTITASK_CANDIDATES[0]])
+    return [
+        dict(
+            candidate=name,
+            seconds_per_image=statistics.median(values) / images,
+            ratio=reference / statistics.median(values),
+            peak_mb=first_call_memory_mb(_multitask_step, specs[name]),
+        )
+        for name, values in times.items()
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("benchmark", choices=("coco-eval", "detector"))
+    parser.add_argument("benchmark", choices=("coco-eval", "detector", "multitask"))
+    parser.add_argument("--backbone", default="resnet50", help="multitask: the shared backbone")
+    parser.add_argument("--size", type=int, default=512, help="multitask: square image side")
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--detections", type=int, default=100, help="per image")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=2, help="detector: images per call")
     parser.add_argument("--min-size", type=int, default=800, help="detector: the resize target")
     args = parser.parse_args(argv)
+    if args.benchmark == "multitask":
+        rows = multitask_benchmark(backbone=args.backbone, images=args.batch, size=args.size, rounds=args.rounds)
+        print(
+            f"{args.backbone}: classification (1000) + Faster R-CNN (91) + U-Net (21) inference, {args.batch} images "
+            f"of {args.size}x{args.size}, median of {args.rounds} interleaved rounds"
+        )
+        print("| candidate | s/image | speed vs three models | peak memory (MiB) |\n|---|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['candidate']} | {r['seconds_per_image']:.3f} | {r['ratio']:.2f}× | {r['peak_mb']:.0f} |")
+        return 0
     if args.benchmark == "detector":
         rows = detector_benchmark(images=args.batch, size=(480, 640), rounds=args.rounds, min_size=args.min_size)
         print(
