@@ -191,3 +191,54 @@ def test_missing_split_and_checkpoint_of_another_task(shapes_root, trained, tmp_
 
     rc = classify_main(["eval", "--checkpoint", str(trained / "best.pt"), "--data", str(shapes_root)])
     _one_line_error(capsys, rc, "'segment' model, not a 'classify' model")
+
+
+def test_coco_polygons_become_semantic_masks(tmp_path, monkeypatch) -> None:
+    """A COCO root without masks/: polygons and RLEs are rasterised once into the cache, larger instances first."""
+    from pycocotools import mask as mask_utils
+
+    from tasks.data.segmentation import load_segmentation
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "coco"
+    (root / "val").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(root / "val" / "a.png")
+    crowd = np.zeros((40, 60), np.uint8, order="F")
+    crowd[30:40, 50:60] = 1
+    rle = mask_utils.encode(np.asfortranarray(crowd))
+    rle["counts"] = rle["counts"].decode()
+    annotations = [
+        {
+            "id": 1,
+            "image_id": 7,
+            "category_id": 5,
+            "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]],
+            "area": 400,
+            "iscrowd": 0,
+        },
+        {
+            "id": 2,
+            "image_id": 7,
+            "category_id": 9,
+            "segmentation": [[0, 0, 40, 0, 40, 20, 0, 20]],
+            "area": 800,
+            "iscrowd": 0,
+        },
+        {"id": 3, "image_id": 7, "category_id": 5, "segmentation": rle, "area": 100, "iscrowd": 1},
+    ]
+    document = {
+        "images": [{"id": 7, "file_name": "a.png", "width": 60, "height": 40}],
+        "annotations": annotations,
+        "categories": [{"id": 9, "name": "road"}, {"id": 5, "name": "car"}],
+    }
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(document))
+    data = load_segmentation(root, "val", classes=None)
+    assert data.class_names == ["background", "car", "road"]  # category-id order: 5 then 9
+    mask = np.asarray(Image.open(data.samples[0].mask))
+    assert mask.shape == (40, 60)
+    assert mask[5, 35] == 2 and mask[25, 5] == 0  # road's polygon, and outside every instance
+    assert mask[15, 20] == 1  # the smaller car is drawn over the larger road
+    assert (mask[30:40, 50:60] == 255).all()  # crowd is void
+    again = load_segmentation(root, "val", classes=None)  # read back from the cache
+    assert again.samples[0].mask == data.samples[0].mask

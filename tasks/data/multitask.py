@@ -31,7 +31,7 @@ from tasks.config import load_yaml
 from tasks.data.detection import DetectionData, DetectionSample
 from tasks.data.folders import load_split
 from tasks.data.images import READ_ERRORS, load_rgb, warn_unreadable
-from tasks.data.segmentation import IGNORE_INDEX, SegmentationData, is_voc_segmentation, load_mask, load_segmentation
+from tasks.data.segmentation import IGNORE_INDEX, SegmentationData, load_mask, load_segmentation
 from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tasks.detect_data import load_detection_splits
 from tasks.errors import UserError
@@ -142,7 +142,7 @@ def load_multitask(
         counts["detect"] = len(detection.samples)
     if "segment" in sources:
         src = sources["segment"]
-        fmt = src.format if src.format != "auto" or is_voc_segmentation(src.root) else "masks"
+        fmt = src.format
         seg: SegmentationData = load_segmentation(src.root, split, classes=given.get("segment"), fmt=fmt)
         names["segment"] = list(seg.class_names)
         for s in seg.samples:

@@ -21,6 +21,7 @@ from PIL import Image
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from tasks.data.coco_masks import coco_semantic_masks, has_coco_polygons
 from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
 from tasks.errors import UserError
 
@@ -85,9 +86,13 @@ def read_mask_folders(root: Path, split: str) -> list[SegmentationSample]:
     if layout is None:
         raise UserError(
             f"no split {split!r} under {root}: expected images/{split}/ with masks/{split}/, "
-            f"or {split}/images/ with {split}/masks/, or {split}/ with masks/{split}/"
+            f"or {split}/images/ with {split}/masks/, or {split}/ with masks/{split}/, "
+            f"or a COCO annotations/instances_{split}.json with polygons"
         )
-    images, masks = layout
+    return pair_images_and_masks(*layout)
+
+
+def pair_images_and_masks(images: Path, masks: Path) -> list[SegmentationSample]:
     samples = []
     for image in sorted(p for p in images.rglob("*") if p.is_file() and is_image_file(p)):
         relative = image.relative_to(images).with_suffix("")
@@ -144,7 +149,8 @@ def load_mask(path: Path) -> np.ndarray:
 
 
 def load_segmentation(root: Path, split: str, *, classes: Sequence[str] | None, fmt: str = "auto") -> SegmentationData:
-    """One split of either layout (``fmt`` ``"voc"``, ``"masks"``, or ``"auto"`` to detect it), its
+    """One split of any layout (``fmt`` ``"voc"``, ``"masks"``, ``"coco"`` (masks rasterised from the
+    instances file's polygons, see :mod:`tasks.data.coco_masks`), or ``"auto"`` to detect it), its
     masks checked, with its class names.
 
     Class names are the given list; else VOC's 21 for the VOC layout; else the lines of
@@ -153,9 +159,16 @@ def load_segmentation(root: Path, split: str, *, classes: Sequence[str] | None, 
     voc = is_voc_segmentation(root)
     if fmt == "voc" and not voc:
         raise UserError(f"--format voc: {root} has no SegmentationClass/ and ImageSets/Segmentation/")
-    if voc and fmt != "masks":
+    coco = fmt == "coco" or (
+        fmt == "auto" and mask_folder_layout(root, split) is None and has_coco_polygons(root, split)
+    )
+    if voc and fmt in ("auto", "voc"):
         samples = read_voc_segmentation(root, split)
         names = list(classes) if classes is not None else list(VOC_SEGMENTATION_CLASSES)
+    elif coco:
+        images, masks, found = coco_semantic_masks(root, split)
+        samples = pair_images_and_masks(images, masks)
+        names = list(classes) if classes is not None else found
     else:
         samples = read_mask_folders(root, split)
         listing = root / "classes.txt"

@@ -1,0 +1,80 @@
+"""Semantic masks from a COCO instances file's polygons and RLEs, rasterised once into the cache.
+
+Each pixel gets the contiguous label (1..K, category-id order, as detection uses) of the
+instance drawn on it, larger instances first so that small ones stay visible; crowd regions
+are void (255), and the rest is background (0). The masks are written as PNGs under
+``<cache>/coco-masks/<key>/<split>/`` (the key follows the annotation file's path, size and
+modification time), in a staging folder renamed into place, so the segmentation loaders and
+the multi-task joiner read them like any other masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from tasks.data.coco import find_coco_split, read_json
+from tasks.data.embedded import cache_root
+from tasks.errors import UserError
+
+IGNORE_INDEX = 255
+
+
+def has_coco_polygons(root: Path, split: str) -> bool:
+    return (root / "annotations" / f"instances_{split}.json").is_file()
+
+
+def coco_semantic_masks(root: Path, split: str) -> tuple[Path, Path, list[str]]:
+    """(image folder, mask folder, class names with "background" first) for ``split`` of a COCO root."""
+    from pycocotools import mask as mask_utils
+
+    annotation_file, image_dir = find_coco_split(root, split)
+    data = read_json(annotation_file, kind="annotation file")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise UserError(f"annotation file {annotation_file} has no 'images' list")
+    categories = sorted(data.get("categories", []), key=lambda c: c["id"])
+    label_of = {int(c["id"]): i + 1 for i, c in enumerate(categories)}
+    names = ["background", *(str(c.get("name", c["id"])) for c in categories)]
+    stat = annotation_file.stat()
+    key = hashlib.sha1(f"{annotation_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_root() / "coco-masks" / key
+    if (target / split).is_dir():
+        return image_dir, target / split, names
+    by_image: dict[Any, list[dict[str, Any]]] = {}
+    for annotation in data.get("annotations", []):
+        by_image.setdefault(annotation.get("image_id"), []).append(annotation)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    try:
+        for image in data["images"]:
+            height, width = int(image["height"]), int(image["width"])
+            mask = np.zeros((height, width), np.uint8)
+            instances = sorted(by_image.get(image["id"], []), key=lambda a: -float(a.get("area", 0.0)))
+            for annotation in instances:
+                segmentation = annotation.get("segmentation")
+                if not segmentation or annotation.get("category_id") not in label_of:
+                    continue
+                if isinstance(segmentation, list):  # polygons
+                    rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+                elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
+                    rle = mask_utils.frPyObjects(segmentation, height, width)
+                else:
+                    rle = segmentation
+                pixels = mask_utils.decode(rle).astype(bool)
+                mask[pixels] = IGNORE_INDEX if annotation.get("iscrowd") else label_of[annotation["category_id"]]
+            out = staging / split / Path(image["file_name"]).with_suffix(".png")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(out)
+        target.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):  # another process finished first
+            (staging / split).rename(target / split)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return image_dir, target / split, names
