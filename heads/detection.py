@@ -163,7 +163,8 @@ class FasterRCNN(nn.Module):
     ) -> Detections | dict[str, Tensor]:
         if self.training and targets is None:
             raise ValueError("FasterRCNN needs targets in training mode")
-        original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        # Shape elements, not ints: under ONNX tracing they stay dynamic, as in torchvision's GeneralizedRCNN.
+        original_sizes = [(image.shape[-2], image.shape[-1]) for image in images]
         batch, targets = self.transform(images, targets)  # padded (N, 3, H', W') plus sizes
         features = self.backbone(batch.tensors)
         detections, losses = self.head(features, batch, targets)

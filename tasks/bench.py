@@ -215,7 +215,24 @@ def detector_benchmark(
 MULTITASK_CANDIDATES = ("three single-task models", "one multi-task model")
 
 
-def _multitask_step(*, candidate: str, backbone: str, images: int, size: int, threads: int) -> Callable[[], None]:
+class _Inference:
+    """Inference of some models on one batch, in turn; ``weights_mb`` is their parameter and buffer memory."""
+
+    def __init__(self, models: list[Any], batch: Any) -> None:
+        self.models = models
+        self.batch = batch
+        tensors = [t for m in models for t in (*m.parameters(), *m.buffers())]
+        self.weights_mb = sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+    def __call__(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            for model in self.models:
+                model(self.batch)
+
+
+def _multitask_step(*, candidate: str, backbone: str, images: int, size: int, threads: int) -> _Inference:
     """Inference on one batch: three single-task models in turn, or one model with the three heads."""
     import torch
 
@@ -228,16 +245,8 @@ def _multitask_step(*, candidate: str, backbone: str, images: int, size: int, th
         models = [build_model(backbone, list(counts), counts)]
     else:
         models = [build_model(backbone, [task], counts) for task in counts]
-    for model in models:
-        model.eval()
     batch = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(0))
-
-    def infer() -> None:
-        with torch.inference_mode():
-            for model in models:
-                model(batch)
-
-    return infer
+    return _Inference([model.eval() for model in models], batch)
 
 
 def multitask_benchmark(*, backbone: str, images: int, size: int, rounds: int) -> list[dict[str, Any]]:
@@ -259,6 +268,7 @@ def multitask_benchmark(*, backbone: str, images: int, size: int, rounds: int) -
             seconds_per_image=statistics.median(values) / images,
             ratio=reference / statistics.median(values),
             peak_mb=first_call_memory_mb(_multitask_step, specs[name]),
+            weights_mb=steps[name].weights_mb,
         )
         for name, values in times.items()
     ]
@@ -281,9 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.backbone}: classification (1000) + Faster R-CNN (91) + U-Net (21) inference, {args.batch} images "
             f"of {args.size}x{args.size}, median of {args.rounds} interleaved rounds"
         )
-        print("| candidate | s/image | speed vs three models | peak memory (MiB) |\n|---|---:|---:|---:|")
+        print(
+            "| candidate | s/image | speed vs three models | weights (MiB) | peak activation memory (MiB) |\n"
+            "|---|---:|---:|---:|---:|"
+        )
         for r in rows:
-            print(f"| {r['candidate']} | {r['seconds_per_image']:.3f} | {r['ratio']:.2f}× | {r['peak_mb']:.0f} |")
+            print(
+                f"| {r['candidate']} | {r['seconds_per_image']:.3f} | {r['ratio']:.2f}× | {r['weights_mb']:.0f} "
+                f"| {r['peak_mb']:.0f} |"
+            )
         return 0
     if args.benchmark == "detector":
         rows = detector_benchmark(images=args.batch, size=(480, 640), rounds=args.rounds, min_size=args.min_size)

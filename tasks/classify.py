@@ -25,6 +25,7 @@ from tasks.cli import (
     COMMON_FLAGS,
     PredictImages,
     check_backbone_name,
+    command_flags,
     common_parser,
     new_run_dir,
     require_checkpoint,
@@ -36,7 +37,8 @@ from tasks.config import TrainConfig, to_dict
 from tasks.data.embedded import digits_imagefolder
 from tasks.data.folders import ClassificationDataset, Sample, collate_classification, load_split
 from tasks.data.transforms import classification_eval, classification_train
-from tasks.engine import Engine, make_loader, resolve_device, seed_everything
+from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
+from tasks.export import Exported, ExportSpec, default_target, export_and_check, is_exported
 from tasks.io import write_json
 from tasks.metrics.classification import ClassificationMeter
 from tasks.visualize import confusion_matrix_image, save_png
@@ -260,17 +262,25 @@ def evaluate(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
         metrics = ClassifyTask(class_names).evaluate(
             model, _loader(cfg, _dataset(cfg, samples, train=False), train=False), device
         )
-    write_json(run_dir / "metrics.json", metrics)
-    _report(metrics, class_names, run_dir)
+    if distributed.is_main():
+        write_json(run_dir / "metrics.json", metrics)
+        _report(metrics, class_names, run_dir)
     return 0
 
 
 def predict(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     path = require_checkpoint(args)
     images = PredictImages(args.inputs, "photo.jpg photos/")
-    model, checkpoint = _load_model(path)
-    class_names = list(checkpoint["class_names"])
-    transform = classification_eval(checkpoint["image_size"], crop_pct=checkpoint["crop_pct"])
+    if is_exported(path):  # served from the exported file alone
+        exported = Exported(path)
+        meta = exported.metadata
+
+        def model(x: Tensor) -> Tensor:
+            return torch.from_numpy(exported(x)[0])
+    else:
+        model, meta = _load_model(path)  # type: ignore[assignment]
+    class_names = list(meta["class_names"])
+    transform = classification_eval(meta["image_size"], crop_pct=meta["crop_pct"])
     results = []
     for image_path, image in images:
         with torch.inference_mode():
@@ -288,6 +298,30 @@ def predict(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def export_spec(model: nn.Module, image_size: int) -> ExportSpec:
+    """Normalised images (N, 3, H, W) in, logits (N, C) out; batch, height and width dynamic."""
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, 3, image_size, image_size, generator=generator)
+    other = torch.randn(1, 3, image_size + 32, image_size + 16, generator=generator)
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}}
+    return ExportSpec(model.eval(), (example,), ["images"], ["logits"], axes, [(other,)])
+
+
+def export(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
+    path = require_checkpoint(args)
+    model, checkpoint = load_model(path, task=TASK, build=lambda a: build_model(**a))  # eager: exporters trace it
+    fmt = args.format or "onnx"
+    metadata = dict(
+        task=TASK,
+        class_names=list(checkpoint["class_names"]),
+        image_size=checkpoint["image_size"],
+        crop_pct=checkpoint["crop_pct"],
+    )
+    spec = export_spec(model, int(checkpoint["image_size"]))
+    print(export_and_check(spec, fmt, default_target(path, fmt, args.output), metadata))
+    return 0
+
+
 FLAGS = {**COMMON_FLAGS, "freeze_backbone": "model.freeze_backbone", "backbone_lr_scale": "train.backbone_lr_scale"}
 
 
@@ -296,13 +330,10 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument("--freeze-backbone", action="store_true", default=None, help="train the head only")
     parser.add_argument("--backbone-lr-scale", type=float, help="backbone learning rate = lr × this")
     args = parser.parse_args(argv)
-    cfg = resolve_config(
-        ClassifyConfig(),
-        args,
-        FLAGS,
-        embedded="classify/digits",
-    )
-    commands = {"train": train, "eval": evaluate, "predict": predict}
+    cfg = resolve_config(ClassifyConfig(), args, command_flags(args, FLAGS), embedded="classify/digits")
+    if args.command in ("train", "eval"):
+        start_processes(cfg.train)  # joins torchrun's process group, if any
+    commands = {"train": train, "eval": evaluate, "predict": predict, "export": export}
     return commands[args.command](cfg, args)
 
 

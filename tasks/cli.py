@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from backbones import WeightsError, list_backbones
+from tasks import distributed
 from tasks.config import apply, dump_yaml, load_yaml, merge_dicts, nested_update, packaged_config, parse_set_option
 from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
 from tasks.errors import UserError
@@ -18,7 +19,7 @@ from tasks.io import write_text
 
 T = TypeVar("T")
 
-COMMANDS = ("train", "eval", "predict")
+COMMANDS = ("train", "eval", "predict", "export")
 
 # flag destination -> dotted config key
 COMMON_FLAGS: dict[str, str] = {
@@ -36,6 +37,7 @@ COMMON_FLAGS: dict[str, str] = {
     "seed": "train.seed",
     "device": "train.device",
     "amp": "train.amp",
+    "sync_bn": "train.sync_bn",
     "output": "output",
 }
 
@@ -56,7 +58,9 @@ def common_parser(task: str, description: str, *, commands: Sequence[str] = COMM
     parser.add_argument("--checkpoint", type=Path, help="a whole model of this library (eval, predict)")
     parser.add_argument("--resume", type=Path, help="continue training from this last.pt")
     parser.add_argument("--data", help="dataset root or dataset YAML; omitted: the built-in default data")
-    parser.add_argument("--format", help="dataset format (default: detected from the layout); export: onnx")
+    parser.add_argument(
+        "--format", help="dataset format (default: detected from the layout); export: onnx (default) or torchscript"
+    )
     parser.add_argument("--train-split")
     parser.add_argument("--val-split")
     parser.add_argument("--epochs", type=int)
@@ -67,9 +71,15 @@ def common_parser(task: str, description: str, *, commands: Sequence[str] = COMM
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--amp", action="store_true", default=None, help="mixed precision")
+    parser.add_argument(
+        "--sync-bn", action="store_true", default=None, help="under torchrun: SyncBatchNorm across processes (CUDA)"
+    )
     parser.add_argument("--config", action="append", default=[], help="YAML file or packaged name; repeatable")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. train.ema=true")
-    parser.add_argument("--output", help="run folder; default: a new runs/<task>/<command>N")
+    parser.add_argument(
+        "--output",
+        help="run folder (default: a new runs/<task>/<command>N); export: the file (default beside --checkpoint)",
+    )
     return parser
 
 
@@ -109,13 +119,26 @@ def resolve_config(
     return config
 
 
+def command_flags(args: argparse.Namespace, flags: Mapping[str, str]) -> dict[str, str]:
+    """The flag-to-config mapping for this command: under ``export``, ``--format`` and ``--output``
+    name the exported file's format and path, not the data's format and a run folder."""
+    if args.command != "export":
+        return dict(flags)
+    return {dest: key for dest, key in flags.items() if dest not in ("format", "output")}
+
+
 def check_backbone_name(name: str) -> None:
     if not name.startswith("timm:") and name not in list_backbones():
         raise UserError(f"unknown backbone {name!r}: choose one of {', '.join(list_backbones())} or timm:<model>")
 
 
 def new_run_dir(output: str | None, task: str, command: str) -> Path:
-    """``output`` as given, or a fresh ``runs/<task>/<command>``, ``<command>2``, ... never reused."""
+    """``output`` as given, or a fresh ``runs/<task>/<command>``, ``<command>2``, ... never reused.
+
+    Under torchrun, rank 0 chooses and creates the folder and every rank gets its name.
+    """
+    if not distributed.is_main():
+        return Path(distributed.broadcast(""))
     if output:
         path = Path(output)
     else:
@@ -124,7 +147,7 @@ def new_run_dir(output: str | None, task: str, command: str) -> Path:
         while (path := base / (command if number == 1 else f"{command}{number}")).exists():
             number += 1
     path.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(distributed.broadcast(str(path)))
 
 
 class PredictImages:
@@ -170,7 +193,8 @@ def require_checkpoint(args: argparse.Namespace) -> Path:
 
 
 def write_config(run_dir: Path, config: Any) -> None:
-    write_text(run_dir / "config.yaml", dump_yaml(config))
+    if distributed.is_main():
+        write_text(run_dir / "config.yaml", dump_yaml(config))
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
@@ -183,3 +207,5 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None)
     except KeyboardInterrupt:
         print("interrupted; last.pt holds the last finished epoch", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()

@@ -51,6 +51,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int = 2
     channels_last: bool = False
+    sync_bn: bool = False  # BatchNorm -> SyncBatchNorm under torchrun (CUDA only: torch's SyncBatchNorm needs GPUs)
     max_iters_per_epoch: int | None = None
     log_every: int = 20
 

@@ -24,6 +24,7 @@ from tasks.cli import (
     COMMON_FLAGS,
     PredictImages,
     check_backbone_name,
+    command_flags,
     common_parser,
     new_run_dir,
     require_checkpoint,
@@ -39,8 +40,9 @@ from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.sampling import aspect_ratio_groups
 from tasks.data.transforms import detection_eval, detection_train
 from tasks.detect_data import load_detection_splits
-from tasks.engine import Engine, make_loader, resolve_device, seed_everything
+from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
+from tasks.export import Exported, ExportSpec, default_target, export_and_check, is_exported
 from tasks.io import write_json
 from tasks.metrics.coco import Backend
 from tasks.metrics.detection import resolve_labels, score, to_results
@@ -325,21 +327,31 @@ def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
     task = DetectTask(val, backend=cfg.coco_backend)
     with torch.inference_mode():
         metrics = task.evaluate(model.to(device), _loader(cfg, val, train=False), device)
-    _report(metrics, task.last_results, val, run_dir)
+    if distributed.is_main():
+        _report(metrics, task.last_results, val, run_dir)
     return 0
 
 
 def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
     checkpoint_path = require_checkpoint(args)
     images = PredictImages(args.inputs, "street.jpg photos/")
-    model, checkpoint = _load_model(checkpoint_path)
-    names = list(checkpoint["class_names"])
+    graph: Any
+    if is_exported(checkpoint_path):  # served from the exported file alone
+        exported = Exported(checkpoint_path)
+        meta = exported.metadata
+
+        def graph(image: Tensor) -> tuple[Tensor, ...]:
+            return tuple(torch.from_numpy(a) for a in exported(image))
+    else:
+        model, meta = _load_model(checkpoint_path)
+        graph = DetectionGraph(model)
+    names = list(meta["class_names"])
     run_dir = new_run_dir(cfg.output, TASK, "predict")
     to_tensor = detection_eval()
     results = []
     for image_path, image in images:
         with torch.inference_mode():
-            out = model([to_tensor(image)[0]])[0]
+            out = dict(zip(("boxes", "labels", "scores"), graph(to_tensor(image)[0])))
         keep = out["scores"] >= cfg.model.box_score_thresh
         boxes, labels, scores = out["boxes"][keep], out["labels"][keep], out["scores"][keep]
         detections = [
@@ -361,6 +373,40 @@ def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+class DetectionGraph(nn.Module):
+    """The detector as a graph of plain tensors, torchvision's ONNX-compatible path: one image
+    (3, H, W) in [0, 1] in; boxes (D, 4) in its pixels, labels (D,) and scores (D,) out."""
+
+    def __init__(self, model: FasterRCNN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.model([image])[0]
+        return out["boxes"], out["labels"], out["scores"]
+
+
+def export_spec(model: FasterRCNN, min_size: int) -> ExportSpec:
+    """Height and width dynamic; the detector resizes inside the graph as it does in eager mode."""
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand(3, min_size, min_size * 4 // 3, generator=generator)
+    other = torch.rand(3, min_size * 3 // 4, min_size, generator=generator)
+    axes = {"image": {1: "height", 2: "width"}, "boxes": {0: "detections"}, "labels": {0: "detections"}}
+    axes["scores"] = {0: "detections"}
+    outputs = ("boxes", "labels", "scores")
+    return ExportSpec(DetectionGraph(model.eval()), (example,), ["image"], list(outputs), axes, [(other,)], outputs)
+
+
+def export(cfg: DetectConfig, args: argparse.Namespace) -> int:
+    path = require_checkpoint(args)
+    model, checkpoint = _load_model(path)
+    fmt = args.format or "onnx"
+    min_size = int(checkpoint["model_args"].get("min_size", 800))
+    metadata = dict(task=TASK, class_names=list(checkpoint["class_names"]), min_size=min_size)
+    print(export_and_check(export_spec(model, min_size), fmt, default_target(path, fmt, args.output), metadata))
+    return 0
+
+
 FLAGS = {**COMMON_FLAGS, "image_size": "model.min_size", "coco_backend": "coco_backend"}
 
 
@@ -369,13 +415,11 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument("--predictions", help="eval: score this COCO-results file, with no model")
     parser.add_argument("--coco-backend", choices=("faster-coco-eval", "pycocotools"))
     args = parser.parse_args(argv)
-    cfg = resolve_config(
-        DetectConfig(),
-        args,
-        FLAGS,
-        embedded="detect/shapes",
-    )
-    return {"train": train, "eval": evaluate, "predict": predict}[args.command](cfg, args)
+    cfg = resolve_config(DetectConfig(), args, command_flags(args, FLAGS), embedded="detect/shapes")
+    if args.command in ("train", "eval"):
+        start_processes(cfg.train)  # joins torchrun's process group, if any
+    commands = {"train": train, "eval": evaluate, "predict": predict, "export": export}
+    return commands[args.command](cfg, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,6 +39,21 @@ def setup_from_env(device: torch.device) -> None:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
+def shutdown() -> None:
+    """Leave the process group, if one was joined."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def broadcast(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (the identity without a process group)."""
+    if not is_distributed():
+        return obj
+    box: list[Any] = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gather(obj: T) -> list[T]:
     """Every rank's ``obj``, in rank order (a one-element list without a process group)."""
     if not is_distributed():

@@ -10,6 +10,7 @@ main process writes, and evaluation gathers across processes through the task.
 from __future__ import annotations
 
 import math
+import os
 import random
 import sys
 import time
@@ -52,11 +53,23 @@ class Task(Protocol):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device to run on; under torchrun each process takes the GPU of its LOCAL_RANK."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA device is available")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        return device
     return torch.device(name)
+
+
+def start_processes(cfg: TrainConfig) -> torch.device:
+    """The run's device, after joining the process group that torchrun describes (if any)."""
+    device = resolve_device(cfg.device)
+    distributed.setup_from_env(device)
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -177,6 +190,10 @@ class Engine:
         self.meta = meta
         self.device = resolve_device(cfg.device)
         distributed.setup_from_env(self.device)
+        if cfg.sync_bn and distributed.world_size() > 1:
+            if self.device.type != "cuda":
+                raise UserError("--sync-bn needs CUDA devices: torch's SyncBatchNorm does not run on the CPU")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -221,7 +238,7 @@ class Engine:
             lambda step: lr_factor(step, total=total, warmup=warmup, cfg=cfg, steps_per_epoch=steps_per_epoch),
         )
         if resume is not None:
-            self._resume(resume)
+            self._resume(resume, steps_per_epoch)
         if distributed.is_main():
             from torch.utils.tensorboard import SummaryWriter
 
@@ -341,7 +358,7 @@ class Engine:
             "best_metric": self.best_metric,
         }
 
-    def _resume(self, path: Path) -> None:
+    def _resume(self, path: Path, steps_per_epoch: int) -> None:
         checkpoint = load_checkpoint(path, task=self.task.name)
         if checkpoint.get("optimizer") is None:
             raise UserError(f"checkpoint {path} holds no optimizer state to resume from")
@@ -356,6 +373,12 @@ class Engine:
             self.ema.module.load_state_dict(checkpoint["ema"])
         self.start_epoch = int(checkpoint["epoch"]) + 1
         self.best_metric = float(checkpoint["best_metric"])
+        # The schedule restarts at this run's own step count: with another number of processes an
+        # epoch has another number of steps than the checkpoint's run had.
+        self.scheduler.last_epoch = self.start_epoch * steps_per_epoch
+        factors = [fn(self.scheduler.last_epoch) for fn in self.scheduler.lr_lambdas]
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, factors):
+            group["lr"] = base * factor
         self._log(f"resumed from {path} after epoch {self.start_epoch}")
 
 

@@ -1,22 +1,26 @@
-"""Trained models as ONNX graphs, checked against the eager model in onnxruntime.
+"""Trained models as ONNX graphs or TorchScript modules, checked against the eager model.
 
 Each task describes its export with an :class:`ExportSpec`: a module whose forward takes and
-returns plain tensors, an example input, names, and which axes stay dynamic. The ONNX file
-is written atomically, then run in onnxruntime on the example and on a second input of
-another size, and compared with the eager outputs within :data:`TOLERANCE`.
+returns plain tensors, an example input, names, and which axes stay dynamic. The file is
+written atomically with the task's metadata (class names, input size) inside it, then run
+(onnxruntime or ``torch.jit.load``) on the example and on inputs of other sizes, and compared
+with the eager outputs within :data:`TOLERANCE`.
 
 Detection goes through torchvision's ONNX-compatible path (the TorchScript-based exporter,
-which torchvision's detection ops register symbolic functions for); its graph takes one image.
+for which torchvision registers its detection ops); its graph takes one image.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +30,8 @@ from tasks.errors import UserError
 
 ONNX_OPSET = 17
 TOLERANCE = dict(rtol=1e-3, atol=1e-4)  # README states these
+EXPORT_FORMATS = ("onnx", "torchscript")
+METADATA_FILE = "metadata.json"  # TorchScript's extra file with the task's metadata
 
 
 @dataclass
@@ -36,14 +42,30 @@ class ExportSpec:
     output_names: list[str]
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
     check_inputs: list[tuple[Tensor, ...]] = field(default_factory=list)  # more inputs to compare on
+    # Names of detection outputs (boxes, labels, scores): compared as sets of detections, since two
+    # detections whose scores tie to float rounding may come out in either order.
+    detections: tuple[str, str, str] | None = None
 
 
-def export_onnx(spec: ExportSpec, path: Path) -> Path:
-    """Write ``spec`` as an ONNX graph to ``path`` (atomically)."""
+def _staged(path: Path, write: Callable[[str], None]) -> Path:
+    """``write(staging_path)`` then rename into place, so a failed export leaves no partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
+        write(staging)
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.unlink(staging)
+    return path
+
+
+def export_onnx(spec: ExportSpec, path: Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``spec`` as an ONNX graph, with ``metadata`` as JSON strings in its metadata_props."""
+    import onnx
+
+    def write(staging: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer and deprecation chatter
             torch.onnx.export(
@@ -56,49 +78,158 @@ def export_onnx(spec: ExportSpec, path: Path) -> Path:
                 output_names=spec.output_names,
                 dynamic_axes=spec.dynamic_axes,
             )
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.unlink(staging)
-    return path
+        if metadata:
+            graph = onnx.load(staging)
+            for key, value in metadata.items():
+                entry = graph.metadata_props.add()
+                entry.key, entry.value = key, json.dumps(value)
+            onnx.save(graph, staging)
+
+    return _staged(path, write)
 
 
-def onnx_session(path: Path):  # -> onnxruntime.InferenceSession
-    import onnxruntime
+def export_torchscript(spec: ExportSpec, path: Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Trace ``spec`` and save it with ``metadata`` as the extra file ``metadata.json``."""
 
-    try:
-        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own exception types for bad files
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path} is not a readable ONNX model: {first[:200]}") from None
+    def write(staging: str) -> None:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(spec.module.eval(), spec.example, check_trace=False)
+            torch.jit.save(traced, staging, _extra_files={METADATA_FILE: json.dumps(metadata or {})})
 
-
-def run_onnx(session, inputs: Sequence[Tensor]) -> list[np.ndarray]:
-    names = [i.name for i in session.get_inputs()]
-    return session.run(None, {name: t.detach().cpu().numpy() for name, t in zip(names, inputs)})
+    return _staged(path, write)
 
 
-def check_onnx(spec: ExportSpec, path: Path) -> float:
-    """Run the exported graph on the example (and ``check_inputs``) and compare with eager outputs;
+class Exported:
+    """An exported file, ready to run: ``outputs = exported(*inputs)`` as numpy arrays, plus its metadata."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise UserError(f"exported model {path} does not exist")
+        self.path = path
+        self.format = "onnx" if path.suffix == ".onnx" else "torchscript"
+        if self.format == "onnx":
+            import onnxruntime
+
+            try:
+                self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            except Exception as error:  # onnxruntime raises its own types for unreadable files
+                raise UserError(f"{path} is not a readable ONNX model: {_first_line(error)}") from None
+            raw = self.session.get_modelmeta().custom_metadata_map
+            self.metadata = {key: json.loads(value) for key, value in raw.items()}
+            self.input_names = [i.name for i in self.session.get_inputs()]
+        else:
+            extra = {METADATA_FILE: ""}
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in torch 2.14
+                    self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            except Exception as error:
+                raise UserError(f"{path} is not a readable TorchScript model: {_first_line(error)}") from None
+            self.metadata = json.loads(extra[METADATA_FILE] or "{}")
+
+    def __call__(self, *inputs: Tensor) -> list[np.ndarray]:
+        if self.format == "onnx":
+            feed = {name: t.detach().cpu().numpy() for name, t in zip(self.input_names, inputs)}
+            return list(self.session.run(None, feed))
+        with torch.inference_mode():
+            out = self.module(*inputs)
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return [t.detach().cpu().numpy() for t in out]
+
+
+def check_export(spec: ExportSpec, exported: Exported) -> float:
+    """Run the exported file on the example and ``check_inputs`` and compare with the eager outputs;
     returns the largest absolute difference, raising :class:`UserError` beyond :data:`TOLERANCE`."""
-    session = onnx_session(path)
     worst = 0.0
     for inputs in [spec.example, *spec.check_inputs]:
         with torch.inference_mode():
             expected = spec.module(*inputs)
         expected = expected if isinstance(expected, (tuple, list)) else (expected,)
-        got = run_onnx(session, inputs)
-        for name, want, have in zip(spec.output_names, expected, got):
-            want = want.detach().cpu().numpy()
+        wanted = {name: t.detach().cpu().numpy() for name, t in zip(spec.output_names, expected)}
+        got = dict(zip(spec.output_names, exported(*inputs)))
+        if spec.detections is not None:
+            got.update(
+                _match_detections(
+                    exported.path,
+                    [wanted[n] for n in spec.detections],
+                    [got[n] for n in spec.detections],
+                    spec.detections,
+                )
+            )
+        for name, want in wanted.items():
+            have = got[name]
             if want.shape != have.shape:
-                raise UserError(f"exported {path}: output {name} has shape {have.shape}, eager {want.shape}")
+                raise UserError(f"exported {exported.path}: output {name} has shape {have.shape}, eager {want.shape}")
             if want.size == 0:
                 continue
             difference = float(np.abs(want.astype(np.float64) - have.astype(np.float64)).max())
             if not np.allclose(have, want, **TOLERANCE):  # type: ignore[arg-type]
                 raise UserError(
-                    f"exported {path}: output {name} differs from the eager model by {difference:.2e} "
+                    f"exported {exported.path}: output {name} differs from the eager model by {difference:.2e} "
                     f"(tolerance rtol {TOLERANCE['rtol']}, atol {TOLERANCE['atol']})"
                 )
             worst = max(worst, difference)
     return worst
+
+
+def _match_detections(
+    path: Path, want: list[np.ndarray], got: list[np.ndarray], names: tuple[str, str, str]
+) -> dict[str, np.ndarray]:
+    """The exported detections reordered to pair with the eager ones: each eager detection takes the
+    unused exported detection of the same label with the nearest box and score."""
+    (want_boxes, want_labels, want_scores), (boxes, labels, scores) = want, got
+    if len(boxes) != len(want_boxes):
+        raise UserError(f"exported {path}: {len(boxes)} detections, eager {len(want_boxes)}")
+    order, used = [], np.zeros(len(boxes), bool)
+    for box, label, score in zip(want_boxes, want_labels, want_scores):
+        distance = np.abs(boxes - box).max(axis=1) + np.abs(scores - score) * 1e3
+        distance[(labels != label) | used] = np.inf
+        best = int(np.argmin(distance)) if len(distance) else 0
+        if not np.isfinite(distance[best]):
+            raise UserError(f"exported {path}: an eager detection of label {label} has no exported match")
+        used[best] = True
+        order.append(best)
+    index = np.asarray(order, dtype=np.int64)
+    return {names[0]: boxes[index], names[1]: labels[index], names[2]: scores[index]}
+
+
+def export_and_check(spec: ExportSpec, fmt: str, target: Path, metadata: dict[str, Any]) -> str:
+    """Export, check against eager, and describe the result in one line."""
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"--format {fmt!r} is not an export format: choose {' or '.join(EXPORT_FORMATS)}")
+    writer = export_onnx if fmt == "onnx" else export_torchscript
+    writer(spec, target, metadata)
+    exported = Exported(target)
+    difference = check_export(spec, exported)
+    runtime = "onnxruntime" if fmt == "onnx" else "torch.jit"
+    return (
+        f"wrote {target} ({target.stat().st_size / 2**20:.1f} MiB), inputs {', '.join(spec.input_names)}, "
+        f"outputs {', '.join(spec.output_names)}; {runtime} matches eager within {difference:.1e} "
+        f"on {1 + len(spec.check_inputs)} input(s)"
+    )
+
+
+def default_target(checkpoint: Path, fmt: str, output: str | None) -> Path:
+    return Path(output) if output else checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
+
+
+def is_exported(path: Path) -> bool:
+    """An exported file (served without the training code) rather than a training checkpoint."""
+    return path.suffix == ".onnx" or path.name.endswith(".torchscript.pt")
+
+
+def time_call(call: Callable[[], object], rounds: int = 5) -> float:
+    """Median seconds of ``call`` after one warm-up call."""
+    call()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__

@@ -30,10 +30,10 @@ from heads.segmentation import DEFAULT_DECODER_CHANNELS, SegmentationLoss, UNetH
 from tasks import distributed
 from tasks.checkpoint import load_model
 from tasks.cli import (
-    COMMANDS,
     COMMON_FLAGS,
     PredictImages,
     check_backbone_name,
+    command_flags,
     common_parser,
     new_run_dir,
     require_checkpoint,
@@ -51,9 +51,9 @@ from tasks.data.multitask import (
     load_multitask,
     parse_sources,
 )
-from tasks.engine import Engine, make_loader, resolve_device, seed_everything
+from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
-from tasks.export import ExportSpec, check_onnx, export_onnx
+from tasks.export import ExportSpec, default_target, export_and_check
 from tasks.io import atomic_write, write_json
 from tasks.metrics.classification import ClassificationMeter
 from tasks.metrics.coco import Backend
@@ -519,23 +519,23 @@ def export_spec(model: MultiTaskModel, image_size: int) -> ExportSpec:
     axes["masks"] = {2: "height", 3: "width"} if batch == 1 else {0: "batch", 2: "height", 3: "width"}
     axes["logits"] = {} if batch == 1 else {0: "batch"}
     axes = {k: v for k, v in axes.items() if k == "images" or k in graph.output_names}
-    return ExportSpec(graph, (example,), ["images"], graph.output_names, axes, [(other,)])
+    detections = ("boxes", "labels", "scores") if "detect" in model.tasks else None
+    return ExportSpec(graph, (example,), ["images"], graph.output_names, axes, [(other,)], detections)
 
 
 def export(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
     path = require_checkpoint(args)
-    fmt = args.format or "onnx"
-    if fmt != "onnx":
-        raise UserError(f"--format {fmt!r} is not an export format for multitask: choose onnx")
     model, checkpoint = _load_model(path)
-    spec = export_spec(model, int(checkpoint["image_size"]))
-    target = Path(args.output) if args.output else path.with_suffix(".onnx")
-    export_onnx(spec, target)
-    difference = check_onnx(spec, target)
-    print(
-        f"wrote {target} ({target.stat().st_size / 2**20:.1f} MiB): inputs images (normalised N x 3 x H x W), "
-        f"outputs {', '.join(spec.output_names)}; onnxruntime matches eager within {difference:.1e}"
+    fmt = args.format or "onnx"
+    metadata = dict(
+        task=TASK,
+        tasks=list(model.tasks),
+        class_names=checkpoint["class_names"],
+        image_size=int(checkpoint["image_size"]),
+        outputs=ExportGraph(model).output_names,
     )
+    spec = export_spec(model, int(checkpoint["image_size"]))
+    print(export_and_check(spec, fmt, default_target(path, fmt, args.output), metadata))
     return 0
 
 
@@ -544,11 +544,7 @@ FLAGS.pop("format")
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = common_parser(
-        TASK,
-        "Train, evaluate, predict and export one backbone with several task heads.",
-        commands=(*COMMANDS, "export"),
-    )
+    parser = common_parser(TASK, "Train, evaluate, predict and export one backbone with several task heads.")
     parser.add_argument("--tasks", help="comma-separated subset of classify,detect,segment (default: all three)")
     parser.add_argument("--coco-backend", choices=("faster-coco-eval", "pycocotools"))
     args = parser.parse_args(argv)
@@ -556,12 +552,11 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError(
             "--format is set per task in a dataset YAML for multitask data (e.g. detect: {root: D, format: voc})"
         )
-    flags = {k: v for k, v in FLAGS.items() if not (args.command == "export" and k == "output")}
-    cfg = resolve_config(MultiTaskConfig(), args, flags, embedded="multitask/shapes")
+    cfg = resolve_config(MultiTaskConfig(), args, command_flags(args, FLAGS), embedded="multitask/shapes")
     cfg.model.tasks = _parse_tasks(args.tasks, cfg.model.tasks)
-    if args.command == "export":
-        return export(cfg, args)
-    return {"train": train, "eval": evaluate, "predict": predict}[args.command](cfg, args)
+    if args.command in ("train", "eval"):
+        start_processes(cfg.train)  # joins torchrun's process group, if any
+    return {"train": train, "eval": evaluate, "predict": predict, "export": export}[args.command](cfg, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from tasks.cli import (
     COMMON_FLAGS,
     PredictImages,
     check_backbone_name,
+    command_flags,
     common_parser,
     new_run_dir,
     require_checkpoint,
@@ -45,8 +46,9 @@ from tasks.data.segmentation import (
     load_segmentation,
 )
 from tasks.data.transforms import segmentation_eval, segmentation_train
-from tasks.engine import Engine, make_loader, resolve_device, seed_everything
+from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
+from tasks.export import Exported, ExportSpec, default_target, export_and_check, is_exported
 from tasks.io import atomic_write, write_json
 from tasks.metrics.segmentation import SegmentationMeter
 from tasks.visualize import overlay_mask, palette_mask, save_png
@@ -92,7 +94,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     root: str | None = None
-    format: Literal["auto", "voc", "masks"] = "auto"
+    format: Literal["auto", "voc", "masks", "coco"] = "auto"
     train_split: str | None = None
     val_split: str | None = None
     classes: list[str] | None = None
@@ -299,8 +301,15 @@ def evaluate(cfg: SegmentConfig, args: argparse.Namespace) -> int:
 def predict(cfg: SegmentConfig, args: argparse.Namespace) -> int:
     path = require_checkpoint(args)
     images = PredictImages(args.inputs, "photo.jpg photos/")
-    model, checkpoint = _load_model(path)
-    class_names = list(checkpoint["class_names"])
+    if is_exported(path):  # served from the exported file alone
+        exported = Exported(path)
+        meta = exported.metadata
+
+        def model(x: Tensor) -> Tensor:
+            return torch.from_numpy(exported(x)[0])
+    else:
+        model, meta = _load_model(path)  # type: ignore[assignment]
+    class_names = list(meta["class_names"])
     run_dir = new_run_dir(cfg.output, TASK, "predict")
     transform = segmentation_eval()
     results = []
@@ -323,14 +332,35 @@ def predict(cfg: SegmentConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def export_spec(model: nn.Module, size: int) -> ExportSpec:
+    """Normalised images (N, 3, H, W) in, logits (N, K, H, W) out; batch, height and width dynamic."""
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, 3, size, size, generator=generator)
+    other = torch.randn(1, 3, size + 32, size + 16, generator=generator)
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
+    return ExportSpec(model.eval(), (example,), ["images"], ["logits"], axes, [(other,)])
+
+
+def export(cfg: SegmentConfig, args: argparse.Namespace) -> int:
+    path = require_checkpoint(args)
+    model, checkpoint = load_model(path, task=TASK, build=lambda a: build_model(**a))  # eager: exporters trace it
+    fmt = args.format or "onnx"
+    size = int(checkpoint.get("config", {}).get("data", {}).get("crop_size", 256))
+    metadata = dict(task=TASK, class_names=list(checkpoint["class_names"]))
+    print(export_and_check(export_spec(model, size), fmt, default_target(path, fmt, args.output), metadata))
+    return 0
+
+
 FLAGS = {**COMMON_FLAGS, "image_size": "data.crop_size"}
 
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = common_parser(TASK, "Train, evaluate and predict U-Net semantic segmentation.")
     args = parser.parse_args(argv)
-    cfg = resolve_config(SegmentConfig(), args, FLAGS, embedded="segment/shapes")
-    return {"train": train, "eval": evaluate, "predict": predict}[args.command](cfg, args)
+    cfg = resolve_config(SegmentConfig(), args, command_flags(args, FLAGS), embedded="segment/shapes")
+    if args.command in ("train", "eval"):
+        start_processes(cfg.train)  # joins torchrun's process group, if any
+    return {"train": train, "eval": evaluate, "predict": predict, "export": export}[args.command](cfg, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,116 @@
+"""torchrun on the CPU (gloo): training finishes, and 1- and 2-process evaluation give the same metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tasks.data.embedded import shapes_dataset
+from tests.conftest import make_image_folder
+
+pytestmark = pytest.mark.slow
+
+
+def torchrun(processes: int, *args: str, cwd) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _metrics(folder) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_classify_under_torchrun_and_evaluation_independent_of_process_count(tmp_path) -> None:
+    data = make_image_folder(tmp_path / "data", per_class=(8, 5))  # 15 val images: shards of 8 and 7
+    common = ["--data", str(data), "--backbone", "resnet18", "--workers", "0", "--device", "cpu", "--image-size", "32"]
+    train = tmp_path / "train"
+    result = torchrun(
+        2, "-m", "tasks.classify", *common, "--epochs", "1", "--batch-size", "4", "--output", str(train), cwd=tmp_path
+    )
+    assert "1 classes" not in result.stdout and (train / "best.pt").is_file() and (train / "last.pt").is_file()
+    assert not list(tmp_path.glob("runs"))  # every rank used the given folder
+    one, two = tmp_path / "eval1", tmp_path / "eval2"
+    torchrun(
+        1,
+        "-m",
+        "tasks.classify",
+        "eval",
+        "--checkpoint",
+        str(train / "best.pt"),
+        *common,
+        "--output",
+        str(one),
+        cwd=tmp_path,
+    )
+    torchrun(
+        2,
+        "-m",
+        "tasks.classify",
+        "eval",
+        "--checkpoint",
+        str(train / "best.pt"),
+        *common,
+        "--output",
+        str(two),
+        cwd=tmp_path,
+    )
+    a, b = _metrics(one), _metrics(two)
+    assert a["num_samples"] == b["num_samples"] == 15
+    assert a["confusion_matrix"] == b["confusion_matrix"] and a["accuracy"] == b["accuracy"]
+    # --resume with another number of processes: one epoch on two processes, the second on one.
+    result = torchrun(
+        1, "-m", "tasks.classify", *common, "--epochs", "2", "--batch-size", "4",
+        "--resume", str(train / "last.pt"), "--output", str(train), cwd=tmp_path,
+    )  # fmt: skip
+    assert "resumed from" in result.stdout and "epoch 2/2" in result.stdout
+    import torch
+
+    assert torch.load(train / "last.pt", weights_only=True)["epoch"] == 1  # the second epoch (0-based) is done
+
+
+def test_detect_under_torchrun_and_evaluation_independent_of_process_count(tmp_path) -> None:
+    data = shapes_dataset(tmp_path / "shapes", size=64, train_images=4, val_images=5)
+    size = ["--set", "model.min_size=64", "--set", "model.max_size=64", "--set", "model.box_score_thresh=0.0"]
+    common = ["--data", str(data), "--backbone", "resnet18", "--workers", "0", "--device", "cpu", *size]
+    train = tmp_path / "train"
+    torchrun(
+        2, "-m", "tasks.detect", *common, "--epochs", "1", "--batch-size", "2", "--output", str(train), cwd=tmp_path
+    )
+    one, two = tmp_path / "eval1", tmp_path / "eval2"
+    torchrun(
+        1,
+        "-m",
+        "tasks.detect",
+        "eval",
+        "--checkpoint",
+        str(train / "best.pt"),
+        *common,
+        "--output",
+        str(one),
+        cwd=tmp_path,
+    )
+    torchrun(
+        2,
+        "-m",
+        "tasks.detect",
+        "eval",
+        "--checkpoint",
+        str(train / "best.pt"),
+        *common,
+        "--output",
+        str(two),
+        cwd=tmp_path,
+    )
+    a, b = _metrics(one), _metrics(two)
+    assert a["coco"] == b["coco"] and a["voc"] == b["voc"]
+    by_image = lambda folder: sorted(  # noqa: E731
+        (p["image_id"], p["category_id"], p["score"]) for p in json.loads((folder / "predictions.json").read_text())
+    )
+    assert by_image(one) == by_image(two) and len(by_image(one)) > 0

@@ -1,0 +1,112 @@
+"""Every task exports to ONNX and TorchScript, round-trips against the eager model, and serves predict."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.data.embedded import shapes_dataset
+from tasks.export import Exported
+from tests.conftest import make_image_folder
+
+FAST = ["--backbone", "resnet18", "--epochs", "1", "--batch-size", "2", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    return shapes_dataset(tmp_path_factory.mktemp("shapes"), size=64, train_images=6, val_images=3)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(shapes_root, tmp_path_factory):
+    from tasks.classify import main as classify
+    from tasks.detect import main as detect
+    from tasks.segment import main as segment
+
+    base = tmp_path_factory.mktemp("runs")
+    folder = make_image_folder(base / "colours", per_class=(6, 2))
+    assert classify(["--data", str(folder), "--output", str(base / "c"), *FAST, "--image-size", "32"]) == 0
+    assert segment(["--data", str(shapes_root), "--output", str(base / "s"), *FAST, "--image-size", "64"]) == 0
+    size = ["--set", "model.min_size=64", "--set", "model.max_size=64", "--set", "model.box_score_thresh=0.0"]
+    assert detect(["--data", str(shapes_root), "--output", str(base / "d"), *FAST, *size]) == 0
+    return {
+        "classify": (classify, base / "c" / "best.pt", folder / "val"),
+        "segment": (segment, base / "s" / "best.pt", shapes_root / "val"),
+        "detect": (detect, base / "d" / "best.pt", shapes_root / "val"),
+    }
+
+
+@pytest.mark.parametrize("task", ["classify", "segment", "detect"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_round_trips_and_serves_predict(task: str, fmt: str, checkpoints, tmp_path, capsys) -> None:
+    main, checkpoint, images = checkpoints[task]
+    target = tmp_path / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--output", str(target)]) == 0
+    assert "matches eager within" in capsys.readouterr().out
+    exported = Exported(target)
+    assert exported.metadata["task"] == task and exported.metadata["class_names"]
+    eager, served = tmp_path / "eager", tmp_path / "served"
+    assert main(["predict", str(images), "--checkpoint", str(checkpoint), "--output", str(eager)]) == 0
+    assert main(["predict", str(images), "--checkpoint", str(target), "--output", str(served)]) == 0
+    want, got = (json.loads((d / "predictions.json").read_text()) for d in (eager, served))
+    assert len(want) == len(got) > 0
+    for a, b in zip(want, got):
+        if task == "classify":
+            assert [c["class"] for c in a["top5"]] == [c["class"] for c in b["top5"]]
+            assert [c["probability"] for c in a["top5"]] == pytest.approx(
+                [c["probability"] for c in b["top5"]], abs=1e-4
+            )
+        elif task == "detect":  # the same detections; two whose scores tie to rounding may swap places
+            assert len(a["detections"]) == len(b["detections"])
+            unused = list(b["detections"])
+            for x in a["detections"]:
+                match = next(
+                    y
+                    for y in unused
+                    if y["class"] == x["class"]
+                    and y["box"] == pytest.approx(x["box"], abs=1e-2)
+                    and y["score"] == pytest.approx(x["score"], abs=1e-4)
+                )
+                unused.remove(match)
+        else:
+            assert a["classes"] == pytest.approx(b["classes"], abs=2e-3)  # pixel shares: a few argmax ties may flip
+
+
+def test_exported_detector_takes_other_image_sizes(checkpoints, tmp_path) -> None:
+    main, checkpoint, _ = checkpoints["detect"]
+    target = tmp_path / "det.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(target)]) == 0
+    boxes, labels, scores = Exported(target)(torch.rand(3, 50, 90))
+    assert boxes.shape[1:] == (4,) and len(boxes) == len(labels) == len(scores)
+    assert (boxes[:, 2] <= 90 + 1e-3).all() and (boxes[:, 3] <= 50 + 1e-3).all()  # in the input's own pixels
+
+
+def test_export_bad_format_and_missing_checkpoint(checkpoints, tmp_path, capsys) -> None:
+    main, checkpoint, _ = checkpoints["classify"]
+    rc = main(["export", "--checkpoint", str(checkpoint), "--format", "tflite"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == "error: --format 'tflite' is not an export format: choose onnx or torchscript"
+    rc = main(["export", "--checkpoint", str(tmp_path / "none.pt")])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"garbage")
+    rc = main(["predict", str(checkpoints["classify"][2]), "--checkpoint", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"error: {bad} is not a readable ONNX model") and "\n" not in err
+
+
+def test_eager_and_exported_logits_agree_numerically(checkpoints, tmp_path) -> None:
+    from tasks.checkpoint import load_model
+    from tasks.classify import build_model
+
+    main, checkpoint, _ = checkpoints["classify"]
+    target = tmp_path / "c.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(target)]) == 0
+    model, _ = load_model(checkpoint, task="classify", build=lambda a: build_model(**a))
+    x = torch.randn(3, 3, 40, 56)  # another batch and size than the export's example
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(Exported(target)(x)[0], expected, rtol=1e-3, atol=1e-4)
