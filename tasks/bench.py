@@ -212,7 +212,7 @@ def detector_benchmark(
     return rows
 
 
-MULTITASK_CANDIDATES = ("three single-task models", "one multi-task model")
+MULTITASK_CANDIDATES = ("three single-task models", "one multi-task model", "the backbone alone (c1..c5)")
 
 
 class _Inference:
@@ -243,6 +243,8 @@ def _multitask_step(*, candidate: str, backbone: str, images: int, size: int, th
     counts = {"classify": 1000, "detect": 91, "segment": 21}
     if candidate == "one multi-task model":
         models = [build_model(backbone, list(counts), counts)]
+    elif candidate.startswith("the backbone alone"):
+        models = [build_model(backbone, ["segment"], counts).backbone]  # the levels all three heads read
     else:
         models = [build_model(backbone, [task], counts) for task in counts]
     batch = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(0))

@@ -38,7 +38,7 @@ from tasks.data.embedded import digits_imagefolder
 from tasks.data.folders import ClassificationDataset, Sample, collate_classification, load_split
 from tasks.data.transforms import classification_eval, classification_train
 from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
-from tasks.export import Exported, ExportSpec, default_target, export_and_check, is_exported
+from tasks.export import ExportSpec, default_target, export_and_check, serving_model
 from tasks.io import write_json
 from tasks.metrics.classification import ClassificationMeter
 from tasks.visualize import confusion_matrix_image, save_png
@@ -271,20 +271,13 @@ def evaluate(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
 def predict(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     path = require_checkpoint(args)
     images = PredictImages(args.inputs, "photo.jpg photos/")
-    if is_exported(path):  # served from the exported file alone
-        exported = Exported(path)
-        meta = exported.metadata
-
-        def model(x: Tensor) -> Tensor:
-            return torch.from_numpy(exported(x)[0])
-    else:
-        model, meta = _load_model(path)  # type: ignore[assignment]
+    model, meta = serving_model(path, _load_model)  # a checkpoint, or an exported file alone
     class_names = list(meta["class_names"])
     transform = classification_eval(meta["image_size"], crop_pct=meta["crop_pct"])
     results = []
     for image_path, image in images:
         with torch.inference_mode():
-            probs = model(transform(image)[None]).softmax(dim=1)[0]  # (C,)
+            probs = model(transform(image)[None])[0].softmax(dim=1)[0]  # (C,)
         top = probs.topk(min(5, len(class_names)))
         ranked = [{"class": class_names[i], "probability": float(p)} for p, i in zip(top.values, top.indices)]
         results.append({"path": str(image_path), "top5": ranked})

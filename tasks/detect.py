@@ -42,7 +42,7 @@ from tasks.data.transforms import detection_eval, detection_train
 from tasks.detect_data import load_detection_splits
 from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
-from tasks.export import Exported, ExportSpec, default_target, export_and_check, is_exported
+from tasks.export import ExportSpec, default_target, export_and_check, serving_model
 from tasks.io import write_json
 from tasks.metrics.coco import Backend
 from tasks.metrics.detection import resolve_labels, score, to_results
@@ -290,6 +290,11 @@ def _load_model(path: Path) -> tuple[FasterRCNN, dict[str, Any]]:
     return model, checkpoint  # type: ignore[return-value]
 
 
+def _load_graph(path: Path) -> tuple[DetectionGraph, dict[str, Any]]:
+    model, checkpoint = _load_model(path)
+    return DetectionGraph(model), checkpoint
+
+
 def _read_predictions(path: Path) -> list[dict[str, Any]]:
     results = read_json(path, kind="predictions file")
     if not isinstance(results, list) or not all(
@@ -335,16 +340,7 @@ def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
 def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
     checkpoint_path = require_checkpoint(args)
     images = PredictImages(args.inputs, "street.jpg photos/")
-    graph: Any
-    if is_exported(checkpoint_path):  # served from the exported file alone
-        exported = Exported(checkpoint_path)
-        meta = exported.metadata
-
-        def graph(image: Tensor) -> tuple[Tensor, ...]:
-            return tuple(torch.from_numpy(a) for a in exported(image))
-    else:
-        model, meta = _load_model(checkpoint_path)
-        graph = DetectionGraph(model)
+    graph, meta = serving_model(checkpoint_path, _load_graph)  # a checkpoint, or an exported file alone
     names = list(meta["class_names"])
     run_dir = new_run_dir(cfg.output, TASK, "predict")
     to_tensor = detection_eval()

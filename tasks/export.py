@@ -210,6 +210,28 @@ def export_and_check(spec: ExportSpec, fmt: str, target: Path, metadata: dict[st
     )
 
 
+def serving_model(
+    path: Path, load_eager: Callable[[Path], tuple[Callable[..., Any], dict[str, Any]]]
+) -> tuple[Callable[..., tuple[Tensor, ...]], dict[str, Any]]:
+    """What ``predict`` runs, and the metadata it needs (class names, sizes): an exported file through
+    onnxruntime or torch.jit, with no training code, or else a training checkpoint through ``load_eager``.
+    Either way the model returns a tuple of tensors."""
+    if is_exported(path):
+        exported = Exported(path)
+
+        def run_exported(*inputs: Tensor) -> tuple[Tensor, ...]:
+            return tuple(torch.from_numpy(a) for a in exported(*inputs))
+
+        return run_exported, exported.metadata
+    model, meta = load_eager(path)
+
+    def run_eager(*inputs: Tensor) -> tuple[Tensor, ...]:
+        out = model(*inputs)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    return run_eager, meta
+
+
 def default_target(checkpoint: Path, fmt: str, output: str | None) -> Path:
     return Path(output) if output else checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
 

@@ -48,7 +48,7 @@ from tasks.data.segmentation import (
 from tasks.data.transforms import segmentation_eval, segmentation_train
 from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
-from tasks.export import Exported, ExportSpec, default_target, export_and_check, is_exported
+from tasks.export import ExportSpec, default_target, export_and_check, serving_model
 from tasks.io import atomic_write, write_json
 from tasks.metrics.segmentation import SegmentationMeter
 from tasks.visualize import overlay_mask, palette_mask, save_png
@@ -301,14 +301,7 @@ def evaluate(cfg: SegmentConfig, args: argparse.Namespace) -> int:
 def predict(cfg: SegmentConfig, args: argparse.Namespace) -> int:
     path = require_checkpoint(args)
     images = PredictImages(args.inputs, "photo.jpg photos/")
-    if is_exported(path):  # served from the exported file alone
-        exported = Exported(path)
-        meta = exported.metadata
-
-        def model(x: Tensor) -> Tensor:
-            return torch.from_numpy(exported(x)[0])
-    else:
-        model, meta = _load_model(path)  # type: ignore[assignment]
+    model, meta = serving_model(path, _load_model)  # a checkpoint, or an exported file alone
     class_names = list(meta["class_names"])
     run_dir = new_run_dir(cfg.output, TASK, "predict")
     transform = segmentation_eval()
@@ -318,7 +311,7 @@ def predict(cfg: SegmentConfig, args: argparse.Namespace) -> int:
         batch = collate_segmentation([{"image": tensor, "mask": None, "index": 0, "size": image.shape[:2]}])
         height, width = image.shape[:2]
         with torch.inference_mode():
-            mask = model(batch["images"]).argmax(dim=1)[0, :height, :width].numpy()
+            mask = model(batch["images"])[0].argmax(dim=1)[0, :height, :width].numpy()
         atomic_write(run_dir / "masks" / f"{image_path.stem}.png", lambda h, m=mask: palette_mask(m).save(h, "PNG"))
         save_png(overlay_mask(image, mask), run_dir / "overlays" / f"{image_path.stem}.png")
         counts = np.bincount(mask.ravel(), minlength=len(class_names))
