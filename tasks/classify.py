@@ -27,6 +27,7 @@ from tasks.cli import (
     check_backbone_name,
     command_flags,
     common_parser,
+    export_format,
     new_run_dir,
     require_checkpoint,
     resolve_config,
@@ -38,7 +39,15 @@ from tasks.data.embedded import digits_imagefolder
 from tasks.data.folders import ClassificationDataset, Sample, collate_classification, load_split
 from tasks.data.transforms import classification_eval, classification_train
 from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
-from tasks.export import ExportSpec, default_target, export_and_check, serving_model
+from tasks.export import (
+    Exported,
+    ExportSpec,
+    default_target,
+    export_and_check,
+    first_inputs,
+    quantize_and_report,
+    serving_model,
+)
 from tasks.io import write_json
 from tasks.metrics.classification import ClassificationMeter
 from tasks.visualize import confusion_matrix_image, save_png
@@ -303,7 +312,7 @@ def export_spec(model: nn.Module, image_size: int) -> ExportSpec:
 def export(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     path = require_checkpoint(args)
     model, checkpoint = load_model(path, task=TASK, build=lambda a: build_model(**a))  # eager: exporters trace it
-    fmt = args.format or "onnx"
+    fmt = export_format(args)
     metadata = dict(
         task=TASK,
         class_names=list(checkpoint["class_names"]),
@@ -311,7 +320,26 @@ def export(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
         crop_pct=checkpoint["crop_pct"],
     )
     spec = export_spec(model, int(checkpoint["image_size"]))
-    print(export_and_check(spec, fmt, default_target(path, fmt, args.output), metadata))
+    target = default_target(path, fmt, args.output)
+    print(export_and_check(spec, fmt, target, metadata))
+    if args.quantize:
+        class_names = list(checkpoint["class_names"])
+        cfg.data.image_size, cfg.data.crop_pct = checkpoint["image_size"], checkpoint["crop_pct"]
+        root = _data_root(cfg)
+        train_samples, _ = load_split(root, cfg.data.train_split, fmt=cfg.data.format, classes=class_names)
+        val_samples, _ = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=class_names)
+        calibration = first_inputs(
+            _dataset(cfg, train_samples, train=False), args.calibration_images, lambda item: item["image"][None]
+        )
+        loader = _loader(cfg, _dataset(cfg, val_samples, train=False), train=False)
+
+        def accuracy(exported: Exported) -> float:
+            def run(x: Tensor) -> Tensor:
+                return torch.from_numpy(exported(x)[0])
+
+            return ClassifyTask(class_names).evaluate(run, loader, torch.device("cpu"))["accuracy"]  # type: ignore[arg-type]
+
+        print(quantize_and_report(target, calibration, accuracy, "accuracy"))
     return 0
 
 

@@ -74,6 +74,8 @@ def common_parser(task: str, description: str, *, commands: Sequence[str] = COMM
     parser.add_argument(
         "--sync-bn", action="store_true", default=None, help="under torchrun: SyncBatchNorm across processes (CUDA)"
     )
+    parser.add_argument("--quantize", choices=("int8",), help="export: also an int8 ONNX copy, calibrated on --data")
+    parser.add_argument("--calibration-images", type=int, default=16, help="export --quantize: images to calibrate on")
     parser.add_argument("--config", action="append", default=[], help="YAML file or packaged name; repeatable")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. train.ema=true")
     parser.add_argument(
@@ -125,6 +127,14 @@ def command_flags(args: argparse.Namespace, flags: Mapping[str, str]) -> dict[st
     if args.command != "export":
         return dict(flags)
     return {dest: key for dest, key in flags.items() if dest not in ("format", "output")}
+
+
+def export_format(args: argparse.Namespace) -> str:
+    """``export``'s format (default onnx), checked against ``--quantize`` before anything is written."""
+    fmt = args.format or "onnx"
+    if args.quantize and fmt != "onnx":
+        raise UserError(f"--quantize {args.quantize} needs --format onnx")
+    return fmt
 
 
 def check_backbone_name(name: str) -> None:

@@ -26,6 +26,7 @@ from tasks.cli import (
     check_backbone_name,
     command_flags,
     common_parser,
+    export_format,
     new_run_dir,
     require_checkpoint,
     resolve_config,
@@ -42,7 +43,15 @@ from tasks.data.transforms import detection_eval, detection_train
 from tasks.detect_data import load_detection_splits
 from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
-from tasks.export import ExportSpec, default_target, export_and_check, serving_model
+from tasks.export import (
+    Exported,
+    ExportSpec,
+    default_target,
+    export_and_check,
+    first_inputs,
+    quantize_and_report,
+    serving_model,
+)
 from tasks.io import write_json
 from tasks.metrics.coco import Backend
 from tasks.metrics.detection import resolve_labels, score, to_results
@@ -396,10 +405,32 @@ def export_spec(model: FasterRCNN, min_size: int) -> ExportSpec:
 def export(cfg: DetectConfig, args: argparse.Namespace) -> int:
     path = require_checkpoint(args)
     model, checkpoint = _load_model(path)
-    fmt = args.format or "onnx"
+    fmt = export_format(args)
     min_size = int(checkpoint["model_args"].get("min_size", 800))
     metadata = dict(task=TASK, class_names=list(checkpoint["class_names"]), min_size=min_size)
-    print(export_and_check(export_spec(model, min_size), fmt, default_target(path, fmt, args.output), metadata))
+    target = default_target(path, fmt, args.output)
+    print(export_and_check(export_spec(model, min_size), fmt, target, metadata))
+    if args.quantize:
+        if cfg.data.classes is None:
+            cfg.data.classes = list(checkpoint["class_names"])
+        train_data, val = _data(cfg, need_train=True)
+        assert train_data is not None
+        calibration = first_inputs(
+            DetectionDataset(train_data, detection_eval(), train=False),
+            args.calibration_images,
+            lambda item: item["image"],
+        )
+        loader = _loader(cfg, val, train=False)
+
+        def coco_ap(exported: Exported) -> float:
+            def run(images: list[Tensor]) -> list[dict[str, Tensor]]:
+                names = ("boxes", "labels", "scores")
+                return [dict(zip(names, (torch.from_numpy(a) for a in exported(image)))) for image in images]
+
+            task = DetectTask(val, backend=cfg.coco_backend)
+            return task.evaluate(run, loader, torch.device("cpu"))["coco"]["AP"] or 0.0  # type: ignore[arg-type]
+
+        print(quantize_and_report(target, calibration, coco_ap, "COCO AP"))
     return 0
 
 

@@ -35,6 +35,7 @@ from tasks.cli import (
     check_backbone_name,
     command_flags,
     common_parser,
+    export_format,
     new_run_dir,
     require_checkpoint,
     resolve_config,
@@ -526,7 +527,9 @@ def export_spec(model: MultiTaskModel, image_size: int) -> ExportSpec:
 def export(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
     path = require_checkpoint(args)
     model, checkpoint = _load_model(path)
-    fmt = args.format or "onnx"
+    fmt = export_format(args)
+    if args.quantize:
+        raise UserError("--quantize is not available for multitask models yet: export float32, or quantize per task")
     metadata = dict(
         task=TASK,
         tasks=list(model.tasks),

@@ -30,6 +30,7 @@ from tasks.cli import (
     check_backbone_name,
     command_flags,
     common_parser,
+    export_format,
     new_run_dir,
     require_checkpoint,
     resolve_config,
@@ -48,7 +49,15 @@ from tasks.data.segmentation import (
 from tasks.data.transforms import segmentation_eval, segmentation_train
 from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
-from tasks.export import ExportSpec, default_target, export_and_check, serving_model
+from tasks.export import (
+    Exported,
+    ExportSpec,
+    default_target,
+    export_and_check,
+    first_inputs,
+    quantize_and_report,
+    serving_model,
+)
 from tasks.io import atomic_write, write_json
 from tasks.metrics.segmentation import SegmentationMeter
 from tasks.visualize import overlay_mask, palette_mask, save_png
@@ -337,10 +346,32 @@ def export_spec(model: nn.Module, size: int) -> ExportSpec:
 def export(cfg: SegmentConfig, args: argparse.Namespace) -> int:
     path = require_checkpoint(args)
     model, checkpoint = load_model(path, task=TASK, build=lambda a: build_model(**a))  # eager: exporters trace it
-    fmt = args.format or "onnx"
+    fmt = export_format(args)
     size = int(checkpoint.get("config", {}).get("data", {}).get("crop_size", 256))
-    metadata = dict(task=TASK, class_names=list(checkpoint["class_names"]))
-    print(export_and_check(export_spec(model, size), fmt, default_target(path, fmt, args.output), metadata))
+    class_names = list(checkpoint["class_names"])
+    metadata = dict(task=TASK, class_names=class_names)
+    target = default_target(path, fmt, args.output)
+    print(export_and_check(export_spec(model, size), fmt, target, metadata))
+    if args.quantize:
+        if cfg.data.classes is None:
+            cfg.data.classes = class_names
+        train_data, val = _data(cfg, need_train=True)
+        assert train_data is not None
+        calibration = first_inputs(
+            SegmentationDataset(train_data, segmentation_eval()),
+            args.calibration_images,
+            lambda item: collate_segmentation([item])["images"],
+        )
+        loader = _loader(cfg, val, train=False)
+
+        def miou(exported: Exported) -> float:
+            def run(x: Tensor) -> Tensor:
+                return torch.from_numpy(exported(x)[0])
+
+            task = SegmentTask(class_names, _loss(cfg))
+            return task.evaluate(run, loader, torch.device("cpu"))["mIoU"] or 0.0  # type: ignore[arg-type]
+
+        print(quantize_and_report(target, calibration, miou, "mIoU"))
     return 0
 
 

@@ -110,3 +110,48 @@ def test_eager_and_exported_logits_agree_numerically(checkpoints, tmp_path) -> N
     with torch.inference_mode():
         expected = model(x).numpy()
     np.testing.assert_allclose(Exported(target)(x)[0], expected, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("task", ["classify", "detect"])
+def test_quantize_int8_reports_size_speed_and_metric(task: str, checkpoints, shapes_root, tmp_path, capsys) -> None:
+    import re
+
+    main, checkpoint, images = checkpoints[task]
+    data = images.parent
+    target = tmp_path / "m.onnx"
+    extra = ["--set", "model.min_size=64", "--set", "model.max_size=64"] if task == "detect" else []
+    argv = [
+        "export",
+        "--checkpoint",
+        str(checkpoint),
+        "--output",
+        str(target),
+        "--quantize",
+        "int8",
+        "--data",
+        str(data),
+    ]
+    assert main([*argv, "--calibration-images", "4", *extra]) == 0
+    out = capsys.readouterr().out
+    int8 = tmp_path / "m.int8.onnx"
+    assert int8.is_file() and int8.stat().st_size < 0.4 * target.stat().st_size  # int8 weights: about a quarter
+    metric = "accuracy" if task == "classify" else "COCO AP"
+    values = [float(v) for v in re.findall(rf"{metric} (\d\.\d+)", out)]
+    assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
+    assert re.search(rf"{metric} change with int8: [+-]\d\.\d{{4}}", out)
+    exported = Exported(int8)
+    assert exported.metadata["class_names"] == Exported(target).metadata["class_names"]  # metadata kept
+    rc = main(
+        [
+            "export",
+            "--checkpoint",
+            str(checkpoint),
+            "--format",
+            "torchscript",
+            "--quantize",
+            "int8",
+            "--output",
+            str(tmp_path / "t.pt"),
+        ]
+    )
+    assert rc == 2 and "--quantize int8 needs --format onnx" in capsys.readouterr().err
