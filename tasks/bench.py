@@ -276,9 +276,73 @@ def multitask_benchmark(*, backbone: str, images: int, size: int, rounds: int) -
     ]
 
 
+EXPORT_MODELS = {
+    "classify": "resnet50 classifier, 1x3x224x224",
+    "segment": "resnet34 U-Net, 1x3x256x256",
+    "detect": "Faster R-CNN R50-FPN, one 512x512 image",
+}
+
+
+def _export_steps(task: str, folder: Any) -> dict[str, Callable[[], object]]:
+    """Eager PyTorch, onnxruntime float32 and onnxruntime int8 on the same input, random weights."""
+    from pathlib import Path
+
+    import torch
+
+    from tasks.export import Exported, export_onnx, quantize_int8
+
+    torch.manual_seed(0)
+    if task == "classify":
+        from tasks.classify import build_model as build_classifier
+        from tasks.classify import export_spec as classify_spec
+
+        spec = classify_spec(build_classifier("resnet50", 1000), 224)
+        spec.example = (spec.example[0][:1],)
+    elif task == "segment":
+        from tasks.segment import build_model as build_unet
+        from tasks.segment import export_spec as segment_spec
+
+        spec = segment_spec(build_unet("resnet34", 21), 256)
+        spec.example = (spec.example[0][:1],)
+    else:
+        from tasks.detect import build_model as build_detector
+        from tasks.detect import export_spec as detect_spec
+
+        spec = detect_spec(build_detector("resnet50", 91, min_size=512, max_size=512), 512)
+        spec.example = (torch.rand(3, 512, 512, generator=torch.Generator().manual_seed(0)),)
+    fp32 = export_onnx(spec, Path(folder) / f"{task}.onnx")
+    int8 = quantize_int8(fp32, Path(folder) / f"{task}.int8.onnx", [spec.example[0]] * 4)
+    runtimes = {"onnxruntime float32": Exported(fp32), "onnxruntime int8": Exported(int8)}
+    module, example = spec.module.eval(), spec.example
+
+    def eager() -> None:
+        with torch.inference_mode():
+            module(*example)
+
+    steps: dict[str, Callable[[], object]] = {"eager PyTorch float32": eager}
+    for name, runtime in runtimes.items():
+        steps[name] = lambda r=runtime: r(*example)  # type: ignore[misc]
+    return steps
+
+
+def export_benchmark(*, rounds: int, tasks: Sequence[str] = tuple(EXPORT_MODELS)) -> list[dict[str, Any]]:
+    """Per task: eager PyTorch against onnxruntime float32 and int8, interleaved, same input."""
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for task in tasks:
+            times = interleaved(_export_steps(task, folder), rounds)
+            reference = statistics.median(times["eager PyTorch float32"])
+            for name, values in times.items():
+                seconds = statistics.median(values)
+                rows.append(dict(model=EXPORT_MODELS[task], runtime=name, ms=seconds * 1000, ratio=reference / seconds))
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("benchmark", choices=("coco-eval", "detector", "multitask"))
+    parser.add_argument("benchmark", choices=("coco-eval", "detector", "multitask", "export"))
     parser.add_argument("--backbone", default="resnet50", help="multitask: the shared backbone")
     parser.add_argument("--size", type=int, default=512, help="multitask: square image side")
     parser.add_argument("--images", type=int, default=5000)
@@ -287,6 +351,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2, help="detector: images per call")
     parser.add_argument("--min-size", type=int, default=800, help="detector: the resize target")
     args = parser.parse_args(argv)
+    if args.benchmark == "export":
+        rows = export_benchmark(rounds=args.rounds)
+        print(f"exported models on the CPU, random weights, median of {args.rounds} interleaved rounds")
+        print("| model | runtime | ms per call | speed vs eager |\n|---|---|---:|---:|")
+        for r in rows:
+            print(f"| {r['model']} | {r['runtime']} | {r['ms']:.1f} | {r['ratio']:.2f}× |")
+        return 0
     if args.benchmark == "multitask":
         rows = multitask_benchmark(backbone=args.backbone, images=args.batch, size=args.size, rounds=args.rounds)
         print(
