@@ -340,9 +340,59 @@ def export_benchmark(*, rounds: int, tasks: Sequence[str] = tuple(EXPORT_MODELS)
     return rows
 
 
+RESNET50_GFLOP = 8.2  # per 224x224 image forward: 4.1 GMAC
+
+
+def matmul_gflops(*, size: int = 2048, rounds: int = 10) -> float:
+    """This machine's float32 matrix-multiply throughput (GFLOP/s): the practical ceiling for convolutions."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    seconds = statistics.median(interleaved({"mm": lambda: torch.mm(a, b)}, rounds)["mm"])
+    return 2 * size**3 / seconds / 1e9
+
+
+def roofline(*, batch: int, rounds: int) -> list[dict[str, Any]]:
+    """ResNet-50 forward at 224x224 as a fraction of the matmul ceiling: torchvision eager, ours, ours (best)."""
+    import torch
+    import torchvision
+
+    from backbones import build_backbone
+    from backbones.inference import optimize_for_inference
+
+    peak = matmul_gflops()
+    x = torch.randn(batch, 3, 224, 224)
+    reference = torchvision.models.resnet50().eval()
+    ours = build_backbone("resnet50", out_levels=("c5",)).eval()
+    best = optimize_for_inference(build_backbone("resnet50", out_levels=("c5",)).eval())
+    models = {"torchvision resnet50 (eager)": reference, "ours (eager)": ours, "ours (best)": best}
+
+    def forward(model: Any) -> Callable[[], None]:
+        def call() -> None:
+            with torch.inference_mode():
+                model(x)
+
+        return call
+
+    weight, maps = torch.randn(256, 256, 3, 3), torch.randn(batch, 256, 56, 56)
+    conv = statistics.median(
+        interleaved({"conv": lambda: torch.nn.functional.conv2d(maps, weight, padding=1)}, rounds)["conv"]
+    )
+    conv_gflops = 2 * batch * 256 * 256 * 9 * 56 * 56 / conv / 1e9
+    times = interleaved({name: forward(model) for name, model in models.items()}, rounds)
+    rows = [
+        dict(name="float32 matmul 2048x2048 (the ceiling)", gflops=peak, fraction=1.0),
+        dict(name="one 3x3 convolution, 256 channels at 56x56", gflops=conv_gflops, fraction=conv_gflops / peak),
+    ]
+    for name, values in times.items():
+        achieved = RESNET50_GFLOP * batch / statistics.median(values)
+        rows.append(dict(name=name, gflops=achieved, fraction=achieved / peak))
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("benchmark", choices=("coco-eval", "detector", "multitask", "export"))
+    parser.add_argument("benchmark", choices=("coco-eval", "detector", "multitask", "export", "roofline"))
     parser.add_argument("--backbone", default="resnet50", help="multitask: the shared backbone")
     parser.add_argument("--size", type=int, default=512, help="multitask: square image side")
     parser.add_argument("--images", type=int, default=5000)
@@ -351,6 +401,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2, help="detector: images per call")
     parser.add_argument("--min-size", type=int, default=800, help="detector: the resize target")
     args = parser.parse_args(argv)
+    if args.benchmark == "roofline":
+        rows = roofline(batch=args.batch, rounds=args.rounds)
+        print(f"ResNet-50 forward, batch {args.batch}, 224x224 ({RESNET50_GFLOP} GFLOP per image), float32")
+        print("| what | GFLOP/s | fraction of matmul peak |\n|---|---:|---:|")
+        for r in rows:
+            print(f"| {r['name']} | {r['gflops']:.1f} | {r['fraction']:.0%} |")
+        return 0
     if args.benchmark == "export":
         rows = export_benchmark(rounds=args.rounds)
         print(f"exported models on the CPU, random weights, median of {args.rounds} interleaved rounds")
