@@ -335,7 +335,7 @@ def export(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
 
         def accuracy(exported: Exported) -> float:
             def run(x: Tensor) -> Tensor:
-                return torch.from_numpy(exported(x)[0])
+                return exported.tensors(x)[0]
 
             return ClassifyTask(class_names).evaluate(run, loader, torch.device("cpu"))["accuracy"]  # type: ignore[arg-type]
 

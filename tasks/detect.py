@@ -93,13 +93,9 @@ def build_model(
 
 
 @dataclass
-class ModelConfig:
-    backbone: str = "resnet50"
-    weights: str | None = None
-    min_size: int = 800
-    max_size: int = 1333
-    frozen_stages: int | None = None
-    norm: Literal["bn", "frozen_bn", "sync_bn", "gn"] | None = None
+class DetectionHeadConfig:
+    """The Faster R-CNN head's options (heads.detection.FasterRCNNHead), shared with tasks.multitask."""
+
     anchor_sizes: list[list[int]] = field(default_factory=lambda: [[32], [64], [128], [256], [512]])
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     rpn_pre_nms_top_n_train: int = 2000
@@ -112,6 +108,16 @@ class ModelConfig:
     box_detections_per_img: int = 100
     fpn_channels: int = 256
     representation_size: int = 1024
+
+
+@dataclass
+class ModelConfig(DetectionHeadConfig):
+    backbone: str = "resnet50"
+    weights: str | None = None
+    min_size: int = 800
+    max_size: int = 1333
+    frozen_stages: int | None = None
+    norm: Literal["bn", "frozen_bn", "sync_bn", "gn"] | None = None
 
 
 @dataclass
@@ -425,7 +431,7 @@ def export(cfg: DetectConfig, args: argparse.Namespace) -> int:
         def coco_ap(exported: Exported) -> float:
             def run(images: list[Tensor]) -> list[dict[str, Tensor]]:
                 names = ("boxes", "labels", "scores")
-                return [dict(zip(names, (torch.from_numpy(a) for a in exported(image)))) for image in images]
+                return [dict(zip(names, exported.tensors(image))) for image in images]
 
             task = DetectTask(val, backend=cfg.coco_backend)
             return task.evaluate(run, loader, torch.device("cpu"))["coco"]["AP"] or 0.0  # type: ignore[arg-type]

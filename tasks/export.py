@@ -137,6 +137,10 @@ class Exported:
         out = out if isinstance(out, (tuple, list)) else (out,)
         return [t.detach().cpu().numpy() for t in out]
 
+    def tensors(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        """The outputs as CPU tensors, as the eager model would return them."""
+        return tuple(torch.from_numpy(a) for a in self(*inputs))
+
 
 def check_export(spec: ExportSpec, exported: Exported) -> float:
     """Run the exported file on the example and ``check_inputs`` and compare with the eager outputs;
@@ -218,11 +222,7 @@ def serving_model(
     Either way the model returns a tuple of tensors."""
     if is_exported(path):
         exported = Exported(path)
-
-        def run_exported(*inputs: Tensor) -> tuple[Tensor, ...]:
-            return tuple(torch.from_numpy(a) for a in exported(*inputs))
-
-        return run_exported, exported.metadata
+        return exported.tensors, exported.metadata
     model, meta = load_eager(path)
 
     def run_eager(*inputs: Tensor) -> tuple[Tensor, ...]:

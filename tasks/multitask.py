@@ -52,6 +52,7 @@ from tasks.data.multitask import (
     load_multitask,
     parse_sources,
 )
+from tasks.detect import DetectionHeadConfig
 from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
 from tasks.export import ExportSpec, default_target, export_and_check
@@ -116,22 +117,6 @@ def build_model(
         segmentation_loss=SegmentationLoss(dice_weight=dice_weight),
         label_smoothing=label_smoothing,
     )
-
-
-@dataclass
-class DetectionHeadConfig:
-    anchor_sizes: list[list[int]] = field(default_factory=lambda: [[32], [64], [128], [256], [512]])
-    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_test: int = 1000
-    box_batch_size_per_image: int = 512
-    box_score_thresh: float = 0.05
-    box_nms_thresh: float = 0.5
-    box_detections_per_img: int = 100
-    fpn_channels: int = 256
-    representation_size: int = 1024
 
 
 @dataclass

@@ -366,7 +366,7 @@ def export(cfg: SegmentConfig, args: argparse.Namespace) -> int:
 
         def miou(exported: Exported) -> float:
             def run(x: Tensor) -> Tensor:
-                return torch.from_numpy(exported(x)[0])
+                return exported.tensors(x)[0]
 
             task = SegmentTask(class_names, _loss(cfg))
             return task.evaluate(run, loader, torch.device("cpu"))["mIoU"] or 0.0  # type: ignore[arg-type]

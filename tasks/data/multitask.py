@@ -31,7 +31,7 @@ from tasks.config import load_yaml
 from tasks.data.detection import DetectionData, DetectionSample
 from tasks.data.folders import load_split
 from tasks.data.images import READ_ERRORS, load_rgb, warn_unreadable
-from tasks.data.segmentation import IGNORE_INDEX, SegmentationData, load_mask, load_segmentation
+from tasks.data.segmentation import IGNORE_INDEX, SegmentationData, invalid_values, load_mask, load_segmentation
 from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tasks.detect_data import load_detection_splits
 from tasks.errors import UserError
@@ -225,10 +225,7 @@ class MultiTaskDataset(Dataset[dict[str, Any] | None]):
             except READ_ERRORS as error:
                 warn_unreadable(sample.mask, error)
                 return None
-            if (
-                values.shape == mask.shape
-                and not (((values >= self.num_seg_classes) & (values != IGNORE_INDEX)) | (values < 0)).any()
-            ):
+            if values.shape == mask.shape and not invalid_values(values, self.num_seg_classes).size:
                 mask, has_mask = values.astype(np.uint8), True
             else:
                 print(

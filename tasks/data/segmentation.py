@@ -141,6 +141,11 @@ def scan_num_classes(samples: Sequence[SegmentationSample]) -> int:
     return largest + 1
 
 
+def invalid_values(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """The distinct values of ``mask`` that are neither a class (0..num_classes-1) nor void."""
+    return np.unique(mask[((mask >= num_classes) & (mask != IGNORE_INDEX)) | (mask < 0)])
+
+
 def load_mask(path: Path) -> np.ndarray:
     """(H, W) int64 class indices from a palette or single-channel PNG, with no palette lookup."""
     with Image.open(path) as mask:
@@ -230,7 +235,7 @@ class SegmentationDataset(Dataset[dict[str, Any] | None]):
             except READ_ERRORS as error:
                 warn_unreadable(sample.mask, error)
                 return None
-            bad = np.unique(mask[((mask >= self.num_classes) & (mask != IGNORE_INDEX)) | (mask < 0)])
+            bad = invalid_values(mask, self.num_classes)
             if bad.size:
                 warn_bad_mask(sample.mask, bad, self.num_classes)
                 return None
