@@ -38,7 +38,7 @@ from tasks.config import TrainConfig, to_dict
 from tasks.data.embedded import digits_imagefolder
 from tasks.data.folders import ClassificationDataset, Sample, collate_classification, load_split
 from tasks.data.transforms import classification_eval, classification_train
-from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
+from tasks.engine import Engine, Setup, make_loader, resolve_device, seed_everything, start_processes
 from tasks.export import (
     Exported,
     ExportSpec,
@@ -212,20 +212,14 @@ def _report(metrics: dict[str, Any], class_names: list[str], run_dir: Path) -> N
     print(f"metrics, checkpoints and confusion_matrix.png are in {run_dir}")
 
 
-def train(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
+def setup(cfg: ClassifyConfig) -> Setup:
+    """The model, task and loaders of a training run under ``cfg``."""
     check_backbone_name(cfg.model.backbone)
     seed_everything(cfg.train.seed)
     root = _data_root(cfg)
     train_samples, class_names = load_split(root, cfg.data.train_split, fmt=cfg.data.format, classes=cfg.data.classes)
     val_samples, _ = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=class_names)
-    run_dir = new_run_dir(cfg.output, TASK, "train")
-    write_config(run_dir, cfg)
     model_args = _model_args(cfg, len(class_names))
-    model = build_model(weights=cfg.model.weights, **model_args)
-    print(
-        f"{cfg.model.backbone}: {len(class_names)} classes, {len(train_samples)} train / "
-        f"{len(val_samples)} val images, {cfg.train.epochs} epochs, run folder {run_dir}"
-    )
     meta = dict(
         task=TASK,
         model_args=model_args,
@@ -234,16 +228,26 @@ def train(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
         crop_pct=cfg.data.crop_pct,
         config=to_dict(cfg),
     )
-    engine = Engine(
-        model, ClassifyTask(class_names, label_smoothing=cfg.model.label_smoothing), cfg.train, run_dir, meta
+    return Setup(
+        model=build_model(weights=cfg.model.weights, **model_args),
+        task=ClassifyTask(class_names, label_smoothing=cfg.model.label_smoothing),
+        train_loader=_loader(cfg, _dataset(cfg, train_samples, train=True), train=True),
+        val_loader=_loader(cfg, _dataset(cfg, val_samples, train=False), train=False),
+        meta=meta,
+        summary=f"{cfg.model.backbone}: {len(class_names)} classes, {len(train_samples)} train / "
+        f"{len(val_samples)} val images, {cfg.train.epochs} epochs",
     )
-    metrics = engine.fit(
-        _loader(cfg, _dataset(cfg, train_samples, train=True), train=True),
-        _loader(cfg, _dataset(cfg, val_samples, train=False), train=False),
-        resume=args.resume,
-    )
+
+
+def train(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
+    parts = setup(cfg)
+    run_dir = new_run_dir(cfg.output, TASK, "train")
+    write_config(run_dir, cfg)
+    print(f"{parts.summary}, run folder {run_dir}")
+    engine = Engine(parts.model, parts.task, cfg.train, run_dir, parts.meta)
+    metrics = engine.fit(parts.train_loader, parts.val_loader, resume=args.resume)
     if distributed.is_main():
-        _report(metrics, class_names, run_dir)
+        _report(metrics, parts.meta["class_names"], run_dir)
     return 0
 
 

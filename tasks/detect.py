@@ -41,7 +41,7 @@ from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.sampling import aspect_ratio_groups
 from tasks.data.transforms import detection_eval, detection_train
 from tasks.detect_data import load_detection_splits
-from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
+from tasks.engine import Engine, Setup, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
 from tasks.export import (
     Exported,
@@ -271,20 +271,13 @@ def _report(metrics: dict[str, Any], results: list[dict[str, Any]], data: Detect
     print(f"metrics.json, predictions.json and images/ are in {run_dir}")
 
 
-def train(cfg: DetectConfig, args: argparse.Namespace) -> int:
+def setup(cfg: DetectConfig) -> Setup:
+    """The model, task and loaders of a training run under ``cfg``."""
     check_backbone_name(cfg.model.backbone)
     seed_everything(cfg.train.seed)
     train_data, val_data = _data(cfg, need_train=True)
     assert train_data is not None
-    run_dir = new_run_dir(cfg.output, TASK, "train")
-    write_config(run_dir, cfg)
     model_args = _model_args(cfg, len(train_data.class_names) + 1)
-    model = _build_from_args(model_args, cfg.model.weights)
-    print(
-        f"Faster R-CNN on {cfg.model.backbone}: {len(train_data.class_names)} classes, {len(train_data.samples)} "
-        f"train / {len(val_data.samples)} val images, images resized to {cfg.model.min_size}-{cfg.model.max_size} px, "
-        f"{cfg.train.epochs} epochs of batch {cfg.train.batch_size}; run folder {run_dir}"
-    )
     meta = dict(
         task=TASK,
         model_args=model_args,
@@ -292,11 +285,29 @@ def train(cfg: DetectConfig, args: argparse.Namespace) -> int:
         category_ids=train_data.category_ids,
         config=to_dict(cfg),
     )
-    task = DetectTask(val_data, backend=cfg.coco_backend)
-    engine = Engine(model, task, cfg.train, run_dir, meta)
-    metrics = engine.fit(_loader(cfg, train_data, train=True), _loader(cfg, val_data, train=False), resume=args.resume)
+    return Setup(
+        model=_build_from_args(model_args, cfg.model.weights),
+        task=DetectTask(val_data, backend=cfg.coco_backend),
+        train_loader=_loader(cfg, train_data, train=True),
+        val_loader=_loader(cfg, val_data, train=False),
+        meta=meta,
+        val_data=val_data,
+        summary=f"Faster R-CNN on {cfg.model.backbone}: {len(train_data.class_names)} classes, "
+        f"{len(train_data.samples)} train / {len(val_data.samples)} val images, images resized to "
+        f"{cfg.model.min_size}-{cfg.model.max_size} px, {cfg.train.epochs} epochs of batch {cfg.train.batch_size}",
+    )
+
+
+def train(cfg: DetectConfig, args: argparse.Namespace) -> int:
+    parts = setup(cfg)
+    run_dir = new_run_dir(cfg.output, TASK, "train")
+    write_config(run_dir, cfg)
+    print(f"{parts.summary}; run folder {run_dir}")
+    engine = Engine(parts.model, parts.task, cfg.train, run_dir, parts.meta)
+    metrics = engine.fit(parts.train_loader, parts.val_loader, resume=args.resume)
     if distributed.is_main():
-        _report(metrics, task.last_results, val_data, run_dir)
+        task: DetectTask = parts.task  # type: ignore[assignment]
+        _report(metrics, task.last_results, parts.val_data, run_dir)
     return 0
 
 

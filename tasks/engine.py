@@ -15,6 +15,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -172,6 +173,38 @@ def lr_factor(step: int, *, total: int, warmup: int, cfg: TrainConfig, steps_per
     return 1.0
 
 
+@dataclass(frozen=True)
+class EpochStats:
+    """Timings of one training epoch: optimizer steps, images, wall seconds, and seconds spent waiting for data."""
+
+    steps: int
+    images: int
+    seconds: float
+    data_seconds: float
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / max(self.steps, 1)
+
+    @property
+    def data_fraction(self) -> float:
+        return self.data_seconds / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class Setup:
+    """What a task runner hands the engine: the model, the task, both loaders, checkpoint metadata and a
+    one-line summary of the run. The benchmark suite trains from the same object."""
+
+    model: nn.Module
+    task: Task
+    train_loader: DataLoader[Any]
+    val_loader: DataLoader[Any]
+    meta: dict[str, Any]
+    summary: str
+    val_data: Any = None  # the validation split as the runner loaded it, for its report
+
+
 class Engine:
     """Trains and evaluates one model for one task.
 
@@ -223,20 +256,30 @@ class Engine:
         if distributed.is_main():
             print(text, flush=True)
 
-    def fit(
-        self, train_loader: DataLoader[Any], val_loader: DataLoader[Any], *, resume: Path | None = None
-    ) -> dict[str, Any]:
+    def steps_per_epoch(self, train_loader: DataLoader[Any]) -> int:
+        """Optimizer steps in one epoch of ``train_loader`` (after accumulation and ``max_iters_per_epoch``)."""
         cfg = self.cfg
-        steps_per_epoch = len(train_loader) // cfg.accumulate
+        steps = len(train_loader) // cfg.accumulate
         if cfg.max_iters_per_epoch:
-            steps_per_epoch = min(steps_per_epoch, cfg.max_iters_per_epoch // cfg.accumulate)
-        steps_per_epoch = max(steps_per_epoch, 1)
+            steps = min(steps, cfg.max_iters_per_epoch // cfg.accumulate)
+        return max(steps, 1)
+
+    def prepare(self, steps_per_epoch: int) -> None:
+        """Build the optimizer and the learning-rate schedule for ``cfg.epochs`` of ``steps_per_epoch``."""
+        cfg = self.cfg
         total, warmup = steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda step: lr_factor(step, total=total, warmup=warmup, cfg=cfg, steps_per_epoch=steps_per_epoch),
         )
+
+    def fit(
+        self, train_loader: DataLoader[Any], val_loader: DataLoader[Any], *, resume: Path | None = None
+    ) -> dict[str, Any]:
+        cfg = self.cfg
+        steps_per_epoch = self.steps_per_epoch(train_loader)
+        self.prepare(steps_per_epoch)
         if resume is not None:
             self._resume(resume, steps_per_epoch)
         if distributed.is_main():
@@ -245,7 +288,7 @@ class Engine:
             self.writer = SummaryWriter(str(self.run_dir))
         metrics: dict[str, Any] = {}
         for epoch in range(self.start_epoch, cfg.epochs):
-            self._train_one_epoch(train_loader, epoch, steps_per_epoch)
+            self.train_epoch(train_loader, epoch, steps_per_epoch)
             metrics = self.evaluate(val_loader)
             self._log_metrics(metrics, epoch)
             score = main_metric_value(metrics, self.task.main_metric)
@@ -268,7 +311,8 @@ class Engine:
                 write_json(self.run_dir / "metrics.json", metrics)
         return metrics
 
-    def _train_one_epoch(self, loader: DataLoader[Any], epoch: int, steps: int) -> None:
+    def train_epoch(self, loader: DataLoader[Any], epoch: int, steps: int) -> EpochStats:
+        """Train for ``steps`` optimizer steps of ``loader`` (after :meth:`prepare`); log and return the timings."""
         cfg = self.cfg
         self.train_model.train()
         sampler = getattr(loader.batch_sampler, "sampler", None)  # a BatchSampler's or GroupedBatchSampler's
@@ -333,6 +377,7 @@ class Engine:
             f"lr {self.optimizer.param_groups[0]['lr']:.2e}, {images / elapsed:.1f} img/s, "
             f"data wait {100 * data_time / elapsed:.0f}%, {elapsed:.1f}s"
         )
+        return EpochStats(steps=step, images=images, seconds=elapsed, data_seconds=data_time)
 
     def evaluate(self, loader: DataLoader[Any]) -> dict[str, Any]:
         model = self.eval_model

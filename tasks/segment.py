@@ -47,7 +47,7 @@ from tasks.data.segmentation import (
     load_segmentation,
 )
 from tasks.data.transforms import segmentation_eval, segmentation_train
-from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
+from tasks.engine import Engine, Setup, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
 from tasks.export import (
     Exported,
@@ -258,25 +258,35 @@ def _report(metrics: dict[str, Any], run_dir: Path) -> None:
     print(f"metrics, masks/ and overlays/ are in {run_dir}")
 
 
-def train(cfg: SegmentConfig, args: argparse.Namespace) -> int:
+def setup(cfg: SegmentConfig) -> Setup:
+    """The model, task and loaders of a training run under ``cfg``."""
     check_backbone_name(cfg.model.backbone)
     seed_everything(cfg.train.seed)
     train_data, val = _data(cfg, need_train=True)
     assert train_data is not None
+    model_args = _model_args(cfg, len(train_data.class_names))
+    return Setup(
+        model=build_model(weights=cfg.model.weights, **model_args),
+        task=SegmentTask(train_data.class_names, _loss(cfg), keep_masks=PNG_COUNT),
+        train_loader=_loader(cfg, train_data, train=True),
+        val_loader=_loader(cfg, val, train=False),
+        val_data=val,
+        meta=dict(task=TASK, model_args=model_args, class_names=train_data.class_names, config=to_dict(cfg)),
+        summary=f"{cfg.model.backbone} U-Net: {len(train_data.class_names)} classes, {len(train_data.samples)} "
+        f"train / {len(val.samples)} val images, {cfg.data.crop_size}px crops, {cfg.train.epochs} epochs",
+    )
+
+
+def train(cfg: SegmentConfig, args: argparse.Namespace) -> int:
+    parts = setup(cfg)
     run_dir = new_run_dir(cfg.output, TASK, "train")
     write_config(run_dir, cfg)
-    model_args = _model_args(cfg, len(train_data.class_names))
-    model = build_model(weights=cfg.model.weights, **model_args)
-    print(
-        f"{cfg.model.backbone} U-Net: {len(train_data.class_names)} classes, {len(train_data.samples)} train / "
-        f"{len(val.samples)} val images, {cfg.data.crop_size}px crops, {cfg.train.epochs} epochs, run folder {run_dir}"
-    )
-    meta = dict(task=TASK, model_args=model_args, class_names=train_data.class_names, config=to_dict(cfg))
-    task = SegmentTask(train_data.class_names, _loss(cfg), keep_masks=PNG_COUNT)
-    engine = Engine(model, task, cfg.train, run_dir, meta)
-    metrics = engine.fit(_loader(cfg, train_data, train=True), _loader(cfg, val, train=False), resume=args.resume)
+    print(f"{parts.summary}, run folder {run_dir}")
+    engine = Engine(parts.model, parts.task, cfg.train, run_dir, parts.meta)
+    metrics = engine.fit(parts.train_loader, parts.val_loader, resume=args.resume)
     if distributed.is_main():
-        _write_masks(task.masks, val, run_dir, overlays=PNG_COUNT)
+        task: SegmentTask = parts.task  # type: ignore[assignment]
+        _write_masks(task.masks, parts.val_data, run_dir, overlays=PNG_COUNT)
         _report(metrics, run_dir)
     return 0
 
