@@ -55,7 +55,7 @@ from tasks.data.multitask import (
 from tasks.detect import DetectionHeadConfig
 from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
-from tasks.export import ExportSpec, default_target, export_and_check
+from tasks.export import ExportSpec, default_target, export_and_check, serving_model
 from tasks.io import atomic_write, write_json
 from tasks.metrics.classification import ClassificationMeter
 from tasks.metrics.coco import Backend
@@ -389,12 +389,24 @@ def evaluate(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_graph(path: Path) -> tuple[ExportGraph, dict[str, Any]]:
+    """A checkpoint as the exported graph runs it: images in, a tuple of named tensors out."""
+    model, checkpoint = _load_model(path)
+    graph = ExportGraph(model.eval())
+    return graph, dict(
+        tasks=list(model.tasks),
+        class_names=checkpoint["class_names"],
+        image_size=int(checkpoint["image_size"]),
+        outputs=graph.output_names,
+    )
+
+
 def predict(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
     path = require_checkpoint(args)
     images = PredictImages(args.inputs, "photo.jpg photos/")
-    model, checkpoint = _load_model(path)
-    names = {k: list(v) for k, v in checkpoint["class_names"].items()}
-    pipeline = MultiTaskPipeline(int(checkpoint["image_size"]), train=False)
+    model, meta = serving_model(path, _load_graph)  # a checkpoint, or an exported file alone
+    names = {k: list(v) for k, v in meta["class_names"].items()}
+    pipeline = MultiTaskPipeline(int(meta["image_size"]), train=False)
     run_dir = new_run_dir(cfg.output, TASK, "predict")
     results = []
     for image_path, image in images:
@@ -402,32 +414,31 @@ def predict(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
         tensor, *_ = pipeline(
             image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros((height, width), np.uint8)
         )
-        item = {
-            "image": tensor,
-            "index": 0,
-            "original_size": (height, width),
-            "label": None,
-            "detection": None,
-            "mask": None,
-        }
-        batch = collate_multitask([item])
+        item = {"image": tensor, "index": 0, "original_size": (height, width), "label": None}
+        batch = collate_multitask([{**item, "detection": None, "mask": None}])
+        size = batch["sizes"][0]
         with torch.inference_mode():
-            out = model(batch["images"], batch["sizes"])
+            out = dict(zip(meta["outputs"], model(batch["images"])))
         entry: dict[str, Any] = {"path": str(image_path)}
-        if "classify" in out:
-            probs = out["classify"].softmax(dim=1)[0]
+        if "logits" in out:
+            probs = out["logits"].float().softmax(dim=1)[0]
             top = probs.topk(min(5, len(names["classify"])))
             entry["classify"] = [
                 {"class": names["classify"][i], "probability": float(p)} for p, i in zip(top.values, top.indices)
             ]
         picture = image
-        if "segment" in out:
-            mask = resize_segmentation(out["segment"][0], batch["sizes"][0], (height, width)).argmax(dim=0).numpy()
+        if "masks" in out:
+            mask = resize_segmentation(out["masks"][0], size, (height, width)).argmax(dim=0).numpy()
             atomic_write(run_dir / "masks" / f"{image_path.stem}.png", lambda h, m=mask: palette_mask(m).save(h, "PNG"))
             entry["segment"] = f"masks/{image_path.stem}.png"
             picture = np.asarray(overlay_mask(image, mask))
-        if "detect" in out:
-            found = rescale_detections(out["detect"][0], batch["sizes"][0], (height, width))
+        if "boxes" in out:
+            boxes = out["boxes"].float().clone()  # the graph sees the padded batch: keep boxes on the image
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, float(size[1]))
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, float(size[0]))
+            found = rescale_detections(
+                {"boxes": boxes, "labels": out["labels"], "scores": out["scores"]}, size, (height, width)
+            )
             keep = found["scores"] >= 0.3
             boxes, labels, scores = found["boxes"][keep], found["labels"][keep], found["scores"][keep]
             entry["detect"] = [

@@ -229,6 +229,7 @@ def test_unknown_task_name(capsys) -> None:
 def test_onnx_export_runs_in_onnxruntime_with_all_three_outputs(shapes_root, tmp_path, capsys) -> None:
     import numpy as np
     import onnxruntime
+    from PIL import Image
 
     from tasks.data.images import load_rgb
     from tasks.data.multitask import MultiTaskPipeline
@@ -256,6 +257,27 @@ def test_onnx_export_runs_in_onnxruntime_with_all_three_outputs(shapes_root, tmp
     for want, have in zip(expected, got):
         np.testing.assert_allclose(have, want.numpy(), rtol=1e-3, atol=1e-4)
     assert len(got[1]) > 0  # score threshold 0: detections to compare, not an empty list
+
+    # predict serves the exported file alone, with the checkpoint's predictions
+    inputs = [str(shapes_root / "val" / name) for name in ("00001.png", "00002.png")]
+    entries = {}
+    for name, model_file in (("checkpoint", out / "best.pt"), ("onnx", target)):
+        folder = tmp_path / f"predict-{name}"
+        assert main(["predict", *inputs, "--checkpoint", str(model_file), "--output", str(folder)]) == 0
+        entries[name] = json.loads((folder / "predictions.json").read_text())
+        assert (folder / "masks" / "00001.png").is_file()
+    for eager, exported in zip(entries["checkpoint"], entries["onnx"]):
+        assert set(eager) == set(exported) == {"path", "classify", "detect", "segment"}
+        assert [c["class"] for c in eager["classify"]] == [c["class"] for c in exported["classify"]]
+        for a, b in zip(eager["classify"], exported["classify"]):
+            assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
+        key = lambda d: (d["class"], round(d["score"], 3))  # noqa: E731 - detections matched as sets
+        assert len(eager["detect"]) == len(exported["detect"])
+        for a, b in zip(sorted(eager["detect"], key=key), sorted(exported["detect"], key=key)):
+            assert a["class"] == b["class"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
+            assert a["box"] == pytest.approx(b["box"], abs=1e-2)
+    masks = [np.asarray(Image.open(tmp_path / f"predict-{n}" / "masks" / "00002.png")) for n in ("checkpoint", "onnx")]
+    assert (masks[0] == masks[1]).mean() > 0.999
 
 
 def test_export_of_a_bad_checkpoint_is_one_line(tmp_path, capsys) -> None:
