@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
-	$(BIN)/python -m backbones.bench --backbone resnet50
+	$(BIN)/python -m tasks.bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -52,6 +52,29 @@ class Candidate:
     inference_mode: bool
     channels_last: bool
     times: list[float]
+    amp: bool = False
+
+
+def count_flops(call: Callable[[], object]) -> float:
+    """Floating-point operations of one ``call()`` (multiply and add counted apart, so 2 per MAC), as torch's
+    FlopCounterMode counts them: convolutions and matrix products, forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        call()
+    return float(counter.get_total_flops())
+
+
+def step_flops(arch: str, mode: str, image_size: int) -> float:
+    """FLOPs per image of one step of the plain backbone (to c5): ``forward``, or ``train`` (forward + backward).
+    Every candidate of a benchmark computes this same trunk, so they share the number."""
+    model = build_backbone(arch, out_levels=("c5",))
+    x = torch.randn(1, 3, image_size, image_size)
+    if mode == "train":
+        return count_flops(lambda: model(x)["c5"].mean().backward())
+    model.eval()
+    with torch.no_grad():
+        return count_flops(lambda: model(x))
 
 
 def _build(name: str, arch: str, *, channels_last: bool, compile_model: bool, device: torch.device) -> nn.Module:
@@ -80,15 +103,18 @@ def _build(name: str, arch: str, *, channels_last: bool, compile_model: bool, de
 def _run_step(c: Candidate, x: torch.Tensor) -> None:
     if c.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    amp_dtype = torch.float16 if x.device.type == "cuda" else torch.bfloat16
+    autocast = torch.autocast(x.device.type, dtype=amp_dtype, enabled=c.amp)
     if c.step == "train":
         c.module.train()
-        out = c.module(x)
-        tensor = next(iter(out.values())) if isinstance(out, dict) else out
+        with autocast:
+            out = c.module(x)
+            tensor = next(iter(out.values())) if isinstance(out, dict) else out
         tensor.float().mean().backward()
         return
     c.module.eval()
     context = torch.inference_mode() if c.inference_mode else torch.no_grad()
-    with context:
+    with context, autocast:
         c.module(x)
 
 
@@ -163,6 +189,7 @@ def _candidate(
     inference_mode: bool,
     compile_model: bool,
     device: str = "cpu",
+    amp: bool = False,
     **_: object,
 ) -> Candidate:
     default = name == "torchvision (default)"
@@ -170,8 +197,9 @@ def _candidate(
     module = _build(
         name, arch, channels_last=cl, compile_model=compile_model and not default, device=torch.device(device)
     )
-    im = (inference_mode or name == "ours (best)") and not default
-    return Candidate(name, module, mode, im, cl or name == "ours (best)", [])
+    best = name == "ours (best)"
+    im = (inference_mode or best) and not default
+    return Candidate(name, module, mode, im, cl or best, [], amp=amp and not default and not best)
 
 
 def benchmark(
@@ -187,13 +215,21 @@ def benchmark(
     warmup: int,
     device: torch.device,
     references: Sequence[str] = ("torchvision", "timm"),
+    amp: bool = False,
+    memory: bool = True,
+    best: bool = True,
 ) -> list[dict[str, object]]:
-    """Rows of {mode, candidate, images_per_s, ratio, reference, peak_mb}."""
+    """Rows of {mode, candidate, images_per_s, ratio, reference, peak_mb, gflop_per_image}.
+
+    ``amp`` runs every candidate but torchvision's default under autocast (bfloat16 on a CPU, float16 on CUDA).
+    ``memory=False`` skips the peak-memory measurement (NaN), which on a CPU costs a fresh interpreter per row.
+    ``best=False`` leaves out "ours (best)" and the torchvision default it is compared with.
+    """
     x = torch.randn(batch_size, 3, image_size, image_size, device=device)
     specs: list[dict[str, object]] = []
     for mode in modes:
         names = ["ours", *references]
-        if mode == "forward":
+        if mode == "forward" and best:
             names += ["ours (best)", "torchvision (default)"]
         specs += [
             dict(
@@ -204,6 +240,7 @@ def benchmark(
                 inference_mode=inference_mode,
                 compile_model=compile_model,
                 device=str(device),
+                amp=amp,
                 batch_size=batch_size,
                 image_size=image_size,
                 threads=torch.get_num_threads(),
@@ -223,6 +260,7 @@ def benchmark(
             c.times.append(time.perf_counter() - start)
             if c.step == "train":
                 c.module.zero_grad(set_to_none=True)
+    flops = {mode: step_flops(arch, mode, image_size) for mode in modes}
     rows = []
     for c, spec in zip(candidates, specs):
         speed = batch_size / statistics.median(c.times)
@@ -236,18 +274,24 @@ def benchmark(
                 images_per_s=speed,
                 ratio=ratio,
                 reference=reference_name,
-                peak_mb=_peak_memory_mb(c, x, device, spec),
+                peak_mb=_peak_memory_mb(c, x, device, spec) if memory else float("nan"),
+                gflop_per_image=flops[c.step] / 1e9,
             )
         )
     return rows
 
 
-def format_table(rows: Sequence[dict[str, object]]) -> str:
-    lines = ["| step | candidate | images/s | ratio | against | peak memory (MiB) |", "|---|---|---:|---:|---|---:|"]
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| step | candidate | images/s | ratio | against | GFLOP/s | peak memory (MiB) |",
+        "|---|---|---:|---:|---|---:|---:|",
+    ]
     for r in rows:
+        gflops = r["gflop_per_image"] * r["images_per_s"]
+        memory = "—" if r["peak_mb"] != r["peak_mb"] else f"{r['peak_mb']:.0f}"
         lines.append(
             f"| {r['mode']} | {r['candidate']} | {r['images_per_s']:.1f} | {r['ratio']:.2f}× | "
-            f"{r['reference']} | {r['peak_mb']:.0f} |"
+            f"{r['reference']} | {gflops:.1f} | {memory} |"
         )
     return "\n".join(lines)
 
@@ -261,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--inference-mode", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--amp", action="store_true", help="autocast: bfloat16 on a CPU, float16 on CUDA")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -280,12 +325,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup=args.warmup,
         device=device,
         references=("torchvision",) if args.no_timm else ("torchvision", "timm"),
+        amp=args.amp,
     )
     threads = torch.get_num_threads() if device.type == "cpu" else None
     print(
         f"{args.backbone}, batch {args.batch_size}, {args.image_size}px, device {device}"
         f"{f' ({threads} threads)' if threads else ''}, channels_last={args.channels_last}, "
-        f"inference_mode={args.inference_mode}, compile={args.compile}, median of {args.rounds} interleaved rounds"
+        f"inference_mode={args.inference_mode}, compile={args.compile}, amp={args.amp}, "
+        f"median of {args.rounds} interleaved rounds"
     )
     print(format_table(rows))
     return 0

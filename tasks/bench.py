@@ -1,10 +1,12 @@
-"""Benchmarks of the task layer, each against its reference, interleaved in one run.
+"""The project's benchmarks, each against its reference, interleaved in one run.
 
-    python -m tasks.bench coco-eval --images 5000 --detections 100
+    python -m tasks.bench                      # all of them; rewrites docs/benchmarks.md
+    python -m tasks.bench detector coco-eval   # some of them; prints their tables
 
-``coco-eval`` times COCO box evaluation through faster-coco-eval (our default) and pycocotools
-on the same synthetic ground truth and results, alternating, and checks that the twelve
-summary numbers agree.
+The suite itself (settings, the machine's ceiling, the document) is :mod:`tasks.benchsuite`; the
+backbone benchmark is :mod:`backbones.bench`. This module holds the task-level benchmarks: COCO
+evaluation against pycocotools, the detector against torchvision, the training loop against a bare
+loop, multi-task against separate models, and exported models against eager PyTorch.
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ def detector_benchmark(
     """
     import torch
 
-    from backbones.bench import first_call_memory_mb
+    from backbones.bench import count_flops, first_call_memory_mb
 
     specs = {
         key: dict(
@@ -194,6 +196,7 @@ def detector_benchmark(
         for key in DETECTOR_STEPS
     }
     steps = {key: _detector_step(**spec) for key, spec in specs.items()}  # type: ignore[arg-type]
+    flops = {mode: count_flops(steps[(mode, "torchvision")]) / images for mode in ("inference", "train step")}
     times = interleaved(steps, rounds)
     rows = []
     for (mode, name), values in times.items():
@@ -207,6 +210,7 @@ def detector_benchmark(
                 seconds_per_image=seconds / images,
                 ratio=reference_seconds / seconds,
                 peak_mb=peak,
+                gflop_per_image=flops[mode] / 1e9,
             )
         )
     return rows
@@ -251,17 +255,20 @@ def _multitask_step(*, candidate: str, backbone: str, images: int, size: int, th
     return _Inference([model.eval() for model in models], batch)
 
 
-def multitask_benchmark(*, backbone: str, images: int, size: int, rounds: int) -> list[dict[str, Any]]:
+def multitask_benchmark(
+    *, backbone: str, images: int, size: int, rounds: int, memory: bool = True
+) -> list[dict[str, Any]]:
     """One forward of the three-headed model against the three single-task models on the same images."""
     import torch
 
-    from backbones.bench import first_call_memory_mb
+    from backbones.bench import count_flops, first_call_memory_mb
 
     specs = {
         name: dict(candidate=name, backbone=backbone, images=images, size=size, threads=torch.get_num_threads())
         for name in MULTITASK_CANDIDATES
     }
     steps = {name: _multitask_step(**spec) for name, spec in specs.items()}  # type: ignore[arg-type]
+    flops = {name: count_flops(step) / images for name, step in steps.items()}  # each candidate's own work
     times = interleaved(steps, rounds)
     reference = statistics.median(times[MULTITASK_CANDIDATES[0]])
     return [
@@ -269,26 +276,33 @@ def multitask_benchmark(*, backbone: str, images: int, size: int, rounds: int) -
             candidate=name,
             seconds_per_image=statistics.median(values) / images,
             ratio=reference / statistics.median(values),
-            peak_mb=first_call_memory_mb(_multitask_step, specs[name]),
+            peak_mb=first_call_memory_mb(_multitask_step, specs[name]) if memory else float("nan"),
             weights_mb=steps[name].weights_mb,
+            gflop_per_image=flops[name] / 1e9,
         )
         for name, values in times.items()
     ]
 
 
-EXPORT_MODELS = {
-    "classify": "resnet50 classifier, 1x3x224x224",
-    "segment": "resnet34 U-Net, 1x3x256x256",
-    "detect": "Faster R-CNN R50-FPN, one 512x512 image",
-}
+EXPORT_MODELS = {"classify": ("resnet50", 224), "segment": ("resnet34", 256), "detect": ("resnet50", 512)}
 
 
-def _export_steps(task: str, folder: Any) -> dict[str, Callable[[], object]]:
-    """Eager PyTorch, onnxruntime float32 and onnxruntime int8 on the same input, random weights."""
+def export_model_name(task: str, backbone: str, size: int) -> str:
+    return {
+        "classify": f"{backbone} classifier, 1×3×{size}×{size}",
+        "segment": f"{backbone} U-Net, 1×3×{size}×{size}",
+        "detect": f"Faster R-CNN {backbone}-FPN, one {size}×{size} image",
+    }[task]
+
+
+def _export_steps(task: str, backbone: str, size: int, folder: Any) -> tuple[dict[str, Callable[[], object]], float]:
+    """Eager PyTorch, onnxruntime float32 and onnxruntime int8 on the same input, random weights; and the
+    eager forward's FLOPs."""
     from pathlib import Path
 
     import torch
 
+    from backbones.bench import count_flops
     from tasks.export import Exported, export_onnx, quantize_int8
 
     torch.manual_seed(0)
@@ -296,20 +310,20 @@ def _export_steps(task: str, folder: Any) -> dict[str, Callable[[], object]]:
         from tasks.classify import build_model as build_classifier
         from tasks.classify import export_spec as classify_spec
 
-        spec = classify_spec(build_classifier("resnet50", 1000), 224)
+        spec = classify_spec(build_classifier(backbone, 1000), size)
         spec.example = (spec.example[0][:1],)
     elif task == "segment":
         from tasks.segment import build_model as build_unet
         from tasks.segment import export_spec as segment_spec
 
-        spec = segment_spec(build_unet("resnet34", 21), 256)
+        spec = segment_spec(build_unet(backbone, 21), size)
         spec.example = (spec.example[0][:1],)
     else:
         from tasks.detect import build_model as build_detector
         from tasks.detect import export_spec as detect_spec
 
-        spec = detect_spec(build_detector("resnet50", 91, min_size=512, max_size=512), 512)
-        spec.example = (torch.rand(3, 512, 512, generator=torch.Generator().manual_seed(0)),)
+        spec = detect_spec(build_detector(backbone, 91, min_size=size, max_size=size), size)
+        spec.example = (torch.rand(3, size, size, generator=torch.Generator().manual_seed(0)),)
     fp32 = export_onnx(spec, Path(folder) / f"{task}.onnx")
     int8 = quantize_int8(fp32, Path(folder) / f"{task}.int8.onnx", [spec.example[0]] * 4)
     runtimes = {"onnxruntime float32": Exported(fp32), "onnxruntime int8": Exported(int8)}
@@ -322,137 +336,200 @@ def _export_steps(task: str, folder: Any) -> dict[str, Callable[[], object]]:
     steps: dict[str, Callable[[], object]] = {"eager PyTorch float32": eager}
     for name, runtime in runtimes.items():
         steps[name] = lambda r=runtime: r(*example)  # type: ignore[misc]
-    return steps
+    return steps, count_flops(eager)
 
 
-def export_benchmark(*, rounds: int, tasks: Sequence[str] = tuple(EXPORT_MODELS)) -> list[dict[str, Any]]:
-    """Per task: eager PyTorch against onnxruntime float32 and int8, interleaved, same input."""
+def export_benchmark(*, rounds: int, models: dict[str, tuple[str, int]] | None = None) -> list[dict[str, Any]]:
+    """Per task: eager PyTorch against onnxruntime float32 and int8, interleaved, same input.
+    ``models`` maps a task to its (backbone, input side); by default :data:`EXPORT_MODELS`."""
     import tempfile
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for task in tasks:
-            times = interleaved(_export_steps(task, folder), rounds)
+        for task, (backbone, size) in (models or EXPORT_MODELS).items():
+            steps, flops = _export_steps(task, backbone, size, folder)
+            times = interleaved(steps, rounds)
             reference = statistics.median(times["eager PyTorch float32"])
             for name, values in times.items():
                 seconds = statistics.median(values)
-                rows.append(dict(model=EXPORT_MODELS[task], runtime=name, ms=seconds * 1000, ratio=reference / seconds))
+                rows.append(
+                    dict(
+                        model=export_model_name(task, backbone, size),
+                        runtime=name,
+                        ms=seconds * 1000,
+                        ratio=reference / seconds,
+                        gflop_per_call=flops / 1e9,
+                    )
+                )
     return rows
 
 
-RESNET50_GFLOP = 8.2  # per 224x224 image forward: 4.1 GMAC
+TRAINING_RECIPES = {
+    # task: (packaged recipe, backbone, what the recipe trains on)
+    "classify": ("classify/digits", "resnet18", "digits, 32 px, batch 64, SGD"),
+    "detect": ("detect/shapes", "resnet50", "shapes, 128 px, batch 4, SGD (the main job)"),
+    "segment": ("segment/shapes", "resnet34", "shapes, 128 px crops, batch 8, AdamW"),
+}
 
 
-def matmul_gflops(*, size: int = 2048, rounds: int = 10) -> float:
-    """This machine's float32 matrix-multiply throughput (GFLOP/s): the practical ceiling for convolutions."""
+def _runner_setup(task: str, overrides: Sequence[str]) -> Any:
+    """The runner's training Setup under its packaged recipe (the built-in data), plus ``--set`` overrides."""
+    import contextlib
+    import importlib
+    import io
+
+    from tasks.cli import resolve_config
+
+    module = importlib.import_module(f"tasks.{task}")
+    defaults = {"classify": "ClassifyConfig", "detect": "DetectConfig", "segment": "SegmentConfig"}[task]
+    args = argparse.Namespace(config=[], set=list(overrides))
+    cfg = resolve_config(getattr(module, defaults)(), args, {}, embedded=TRAINING_RECIPES[task][0])
+    with contextlib.redirect_stdout(io.StringIO()):  # "using the built-in data at ..."
+        return cfg, module.setup(cfg)
+
+
+def training_benchmark(
+    task: str, *, steps: int, rounds: int, backbone: str | None = None, overrides: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Seconds per training iteration and the fraction spent waiting for the DataLoader: our engine's loop
+    (``Engine.train_epoch``: autocast, loss check, scaler, schedule, logging) against a bare PyTorch loop
+    (next batch, forward, backward, optimizer step, as torchvision's reference scripts do), on the same
+    recipe, data, model weights, loss and optimizer. Each round runs ``steps`` iterations of each, in turn."""
+    import contextlib
+    import io
+    import tempfile
+    from pathlib import Path
+
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    seconds = statistics.median(interleaved({"mm": lambda: torch.mm(a, b)}, rounds)["mm"])
-    return 2 * size**3 / seconds / 1e9
+    from backbones.bench import count_flops
+    from tasks.engine import Engine, EpochStats, build_optimizer
 
+    overrides = [f"model.backbone={backbone or TRAINING_RECIPES[task][1]}", *overrides]
+    cfg, ours = _runner_setup(task, overrides)
+    _, plain = _runner_setup(task, overrides)  # the same seeded weights, its own loader
+    device = torch.device("cpu")
+    stats: dict[str, list[EpochStats]] = {"our engine": [], "bare PyTorch loop": []}
+    optimizer = build_optimizer(plain.model, cfg.train)
 
-def roofline(*, batch: int, rounds: int) -> list[dict[str, Any]]:
-    """ResNet-50 forward at 224x224 as a fraction of the matmul ceiling: torchvision eager, ours, ours (best)."""
-    import torch
-    import torchvision
+    def bare() -> None:
+        plain.model.train()
+        images = step = 0
+        data = 0.0
+        start = last = time.perf_counter()
+        for batch in plain.train_loader:
+            data += time.perf_counter() - last
+            loss = plain.task.losses(plain.model, plain.task.to_device(batch, device))["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            images, step = images + int(batch["batch_size"]), step + 1
+            last = time.perf_counter()
+            if step >= steps:
+                break
+        stats["bare PyTorch loop"].append(EpochStats(step, images, time.perf_counter() - start, data))
 
-    from backbones import build_backbone
-    from backbones.inference import optimize_for_inference
+    with tempfile.TemporaryDirectory() as folder:
+        engine = Engine(ours.model, ours.task, cfg.train, Path(folder), ours.meta)
+        engine.prepare(steps)
+        epochs = iter(range(10**6))
 
-    peak = matmul_gflops()
-    x = torch.randn(batch, 3, 224, 224)
-    reference = torchvision.models.resnet50().eval()
-    ours = build_backbone("resnet50", out_levels=("c5",)).eval()
-    best = optimize_for_inference(build_backbone("resnet50", out_levels=("c5",)).eval())
-    models = {"torchvision resnet50 (eager)": reference, "ours (eager)": ours, "ours (best)": best}
+        def engine_epoch() -> None:
+            with contextlib.redirect_stdout(io.StringIO()):  # the engine's per-epoch log line
+                stats["our engine"].append(engine.train_epoch(ours.train_loader, next(epochs), steps))
 
-    def forward(model: Any) -> Callable[[], None]:
-        def call() -> None:
-            with torch.inference_mode():
-                model(x)
-
-        return call
-
-    weight, maps = torch.randn(256, 256, 3, 3), torch.randn(batch, 256, 56, 56)
-    conv = statistics.median(
-        interleaved({"conv": lambda: torch.nn.functional.conv2d(maps, weight, padding=1)}, rounds)["conv"]
-    )
-    conv_gflops = 2 * batch * 256 * 256 * 9 * 56 * 56 / conv / 1e9
-    times = interleaved({name: forward(model) for name, model in models.items()}, rounds)
-    rows = [
-        dict(name="float32 matmul 2048x2048 (the ceiling)", gflops=peak, fraction=1.0),
-        dict(name="one 3x3 convolution, 256 channels at 56x56", gflops=conv_gflops, fraction=conv_gflops / peak),
-    ]
-    for name, values in times.items():
-        achieved = RESNET50_GFLOP * batch / statistics.median(values)
-        rows.append(dict(name=name, gflops=achieved, fraction=achieved / peak))
+        batch = plain.task.to_device(next(iter(plain.train_loader)), device)
+        flops = count_flops(lambda: plain.task.losses(plain.model, batch)["loss"].backward()) / batch["batch_size"]
+        plain.model.zero_grad(set_to_none=True)
+        interleaved({"our engine": engine_epoch, "bare PyTorch loop": bare}, rounds)
+    reference = statistics.median(s.seconds_per_step for s in stats["bare PyTorch loop"][1:])
+    rows = []
+    for name, runs in stats.items():
+        timed = runs[1:]  # the first is the warm-up (worker start-up)
+        seconds = statistics.median(s.seconds_per_step for s in timed)
+        images_per_step = sum(s.images for s in timed) / max(sum(s.steps for s in timed), 1)
+        rows.append(
+            dict(
+                task=task,
+                recipe=f"{cfg.model.backbone}, {TRAINING_RECIPES[task][2]}",
+                candidate=name,
+                seconds_per_iter=seconds,
+                images_per_s=images_per_step / seconds,
+                data_fraction=sum(s.data_seconds for s in timed) / sum(s.seconds for s in timed),
+                ratio=reference / seconds,
+                gflop_per_image=flops / 1e9,
+            )
+        )
     return rows
+
+
+def _best_seconds(call: Callable[[], object], rounds: int) -> float:
+    """The fastest of ``rounds`` timed calls, after two warm-up calls: a ceiling is what the hardware can reach."""
+    for _ in range(2):
+        call()
+    return min(interleaved({"call": call}, rounds, warmup=False)["call"])
+
+
+def matmul_gflops(*, size: int = 2048, rounds: int = 10, device: str = "cpu", dtype: str = "float32") -> float:
+    """Matrix-multiply throughput (GFLOP/s) of ``torch.mm`` on ``device`` in ``dtype`` (MKL's sgemm on a CPU)."""
+    import torch
+
+    kind = getattr(torch, dtype)
+    a, b = torch.randn(size, size, dtype=kind, device=device), torch.randn(size, size, dtype=kind, device=device)
+
+    def mm() -> None:
+        torch.mm(a, b)
+        if a.is_cuda:
+            torch.cuda.synchronize()
+
+    return 2 * size**3 / _best_seconds(mm, rounds) / 1e9
+
+
+def gemm_as_conv_gflops(*, size: int = 2048, rows: int = 1024, rounds: int = 10) -> float:
+    """The same float32 matrix product (``rows`` x ``size`` times ``size`` x ``size``) computed as a 1x1
+    convolution, which a CPU build of torch hands to oneDNN rather than MKL."""
+    import torch
+
+    side = int(rows**0.5)
+    maps, weight = torch.randn(1, size, side, side), torch.randn(size, size, 1, 1)
+    return 2 * side * side * size * size / _best_seconds(lambda: torch.nn.functional.conv2d(maps, weight), rounds) / 1e9
+
+
+def conv_gflops(*, batch: int = 8, channels: int = 256, side: int = 56, rounds: int = 10) -> float:
+    """Throughput of one large float32 3x3 convolution (oneDNN on a CPU), for comparison with the matmul."""
+    import torch
+
+    weight, maps = torch.randn(channels, channels, 3, 3), torch.randn(batch, channels, side, side)
+    seconds = _best_seconds(lambda: torch.nn.functional.conv2d(maps, weight, padding=1), rounds)
+    return 2 * batch * channels * channels * 9 * side * side / seconds / 1e9
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("benchmark", choices=("coco-eval", "detector", "multitask", "export", "roofline"))
-    parser.add_argument("--backbone", default="resnet50", help="multitask: the shared backbone")
-    parser.add_argument("--size", type=int, default=512, help="multitask: square image side")
-    parser.add_argument("--images", type=int, default=5000)
-    parser.add_argument("--detections", type=int, default=100, help="per image")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=2, help="detector: images per call")
-    parser.add_argument("--min-size", type=int, default=800, help="detector: the resize target")
-    args = parser.parse_args(argv)
-    if args.benchmark == "roofline":
-        rows = roofline(batch=args.batch, rounds=args.rounds)
-        print(f"ResNet-50 forward, batch {args.batch}, 224x224 ({RESNET50_GFLOP} GFLOP per image), float32")
-        print("| what | GFLOP/s | fraction of matmul peak |\n|---|---:|---:|")
-        for r in rows:
-            print(f"| {r['name']} | {r['gflops']:.1f} | {r['fraction']:.0%} |")
-        return 0
-    if args.benchmark == "export":
-        rows = export_benchmark(rounds=args.rounds)
-        print(f"exported models on the CPU, random weights, median of {args.rounds} interleaved rounds")
-        print("| model | runtime | ms per call | speed vs eager |\n|---|---|---:|---:|")
-        for r in rows:
-            print(f"| {r['model']} | {r['runtime']} | {r['ms']:.1f} | {r['ratio']:.2f}× |")
-        return 0
-    if args.benchmark == "multitask":
-        rows = multitask_benchmark(backbone=args.backbone, images=args.batch, size=args.size, rounds=args.rounds)
-        print(
-            f"{args.backbone}: classification (1000) + Faster R-CNN (91) + U-Net (21) inference, {args.batch} images "
-            f"of {args.size}x{args.size}, median of {args.rounds} interleaved rounds"
-        )
-        print(
-            "| candidate | s/image | speed vs three models | weights (MiB) | peak activation memory (MiB) |\n"
-            "|---|---:|---:|---:|---:|"
-        )
-        for r in rows:
-            print(
-                f"| {r['candidate']} | {r['seconds_per_image']:.3f} | {r['ratio']:.2f}× | {r['weights_mb']:.0f} "
-                f"| {r['peak_mb']:.0f} |"
-            )
-        return 0
-    if args.benchmark == "detector":
-        rows = detector_benchmark(images=args.batch, size=(480, 640), rounds=args.rounds, min_size=args.min_size)
-        print(
-            f"Faster R-CNN R50-FPN, {args.batch} images of 640x480 resized to {args.min_size}, "
-            f"median of {args.rounds} interleaved rounds"
-        )
-        print("| step | candidate | s/image | speed vs torchvision | peak memory (MiB) |\n|---|---|---:|---:|---:|")
-        for r in rows:
-            print(
-                f"| {r['mode']} | {r['candidate']} | {r['seconds_per_image']:.3f} | {r['ratio']:.2f}× "
-                f"| {r['peak_mb']:.0f} |"
-            )
-        return 0
-    row = coco_eval_benchmark(args.images, args.detections, args.rounds)
-    print(
-        f"COCO box evaluation, {row['images']} images, {row['detections']} detections, "
-        f"median of {args.rounds} interleaved rounds (index, load, evaluate, accumulate, summarize)"
+    from tasks.benchsuite import FULL, QUICK, SECTIONS, run_suite
+    from tasks.io import write_text
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.bench",
+        description="Run the project's benchmarks, each against its reference, and write docs/benchmarks.md.",
     )
-    print("| backend | seconds | speed-up vs pycocotools |\n|---|---:|---:|")
-    for backend, seconds in row["seconds"].items():
-        print(f"| {backend} | {seconds:.2f} | {row['seconds']['pycocotools'] / seconds:.2f}× |")
-    print(f"largest difference over the 12 summary numbers: {row['max_difference']:.2e} (AP {row['AP']:.4f})")
+    parser.add_argument(
+        "benchmarks", nargs="*", metavar="BENCHMARK", help=f"any of {', '.join(SECTIONS)} (default: all)"
+    )
+    parser.add_argument("--quick", action="store_true", help="small inputs and one round: checks the suite runs")
+    parser.add_argument(
+        "--output", help="the Markdown file to write (default: docs/benchmarks.md for the whole suite, else stdout)"
+    )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.benchmarks if name not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+    sections = [name for name in SECTIONS if name in args.benchmarks] or list(SECTIONS)
+    output = args.output or ("docs/benchmarks.md" if len(sections) == len(SECTIONS) else None)
+    text = run_suite(QUICK if args.quick else FULL, sections)
+    if output is None:
+        print(text)
+    else:
+        print(f"wrote {write_text(output, text)}")
     return 0
 
 

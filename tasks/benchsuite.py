@@ -1,0 +1,530 @@
+"""The whole benchmark suite: every benchmark of the project in one run, written as docs/benchmarks.md.
+
+``python -m tasks.bench`` runs :func:`run_suite` with :data:`FULL` settings; ``--quick`` uses :data:`QUICK`
+(small inputs, one round, no memory sampling) to check the suite end to end in about a minute. Each
+benchmark lives in :mod:`tasks.bench` or :mod:`backbones.bench`; this module chooses their settings,
+measures the machine's ceiling, and renders every table with its ratio, absolute numbers and the achieved
+FLOP/s as a fraction of that ceiling.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+
+from tasks import bench
+
+SECTIONS = ("backbone", "detector", "coco-eval", "training", "multitask", "export")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes and rounds of every benchmark in one suite run."""
+
+    name: str
+    backbone: tuple[str, int, int, int] = ("resnet50", 8, 224, 10)  # arch, batch, image side, rounds
+    detector: tuple[int, tuple[int, int], int, int] = (2, (480, 640), 800, 6)  # images, (H, W), min_size, rounds
+    coco_eval: tuple[int, int, int] = (5000, 100, 2)  # images, detections per image, rounds
+    training: tuple[int, int] = (10, 3)  # iterations per round, rounds
+    training_backbone: str | None = None  # None: each recipe's own backbone
+    training_overrides: tuple[str, ...] = ()
+    multitask: tuple[str, int, int, int] = ("resnet50", 2, 512, 8)  # backbone, images, side, rounds
+    export: dict[str, tuple[str, int]] = field(default_factory=lambda: dict(bench.EXPORT_MODELS))
+    export_rounds: int = 10
+    ceiling: tuple[int, int, int, int] = (2048, 8, 256, 56)  # matmul side, conv batch, channels, map side
+    ceiling_rounds: int = 10
+    memory: bool = True
+    gpu_backbone: tuple[str, int, int, int] = ("resnet50", 256, 224, 20)  # arch, batch, side, rounds
+
+
+FULL = Settings(name="full")
+QUICK = Settings(
+    name="quick",
+    backbone=("resnet18", 2, 64, 2),
+    detector=(1, (128, 128), 128, 1),
+    coco_eval=(200, 20, 1),
+    training=(2, 1),
+    training_backbone="resnet18",
+    training_overrides=("train.workers=0",),
+    multitask=("resnet18", 1, 64, 1),
+    export={"classify": ("resnet18", 64), "segment": ("resnet18", 64)},
+    export_rounds=2,
+    ceiling=(512, 1, 64, 28),
+    ceiling_rounds=3,
+    memory=False,
+    gpu_backbone=("resnet18", 2, 64, 2),
+)
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}×"
+
+
+def _mib(value: float) -> str:
+    return "—" if value != value else f"{value:.0f}"  # NaN: not measured
+
+
+def _table(header: Sequence[str], align: str, rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@dataclass
+class Section:
+    """One benchmark's part of the document, and the rows the summary repeats."""
+
+    title: str
+    text: str
+    table: str
+    headlines: list[tuple[str, str]]  # (what, ratio text)
+    command: str = ""  # how to run this part alone
+    seconds: float = 0.0
+
+    def markdown(self) -> str:
+        return (
+            f"## {self.title}\n\n```\n{self.command}\n```\n\n{self.text}\n\n{self.table}\n\n"
+            f"_This part took {self.seconds / 60:.1f} min._\n"
+        )
+
+
+def _command(s: Settings, name: str) -> str:
+    return f"python -m tasks.bench {name}{' --quick' if s.name == 'quick' else ''}"
+
+
+def _flop_columns(gflop: float, per_second: float, peak: float) -> list[str]:
+    """Achieved GFLOP/s and its fraction of the matmul ceiling, from FLOPs per unit and units per second."""
+    achieved = gflop * per_second
+    return [f"{achieved:.1f}", f"{achieved / peak:.0%}"]
+
+
+def backbone_section(s: Settings, peak: float) -> Section:
+    import torch
+
+    from backbones.bench import benchmark
+
+    arch, batch, side, rounds = s.backbone
+    rows = benchmark(
+        arch,
+        batch_size=batch,
+        image_size=side,
+        modes=("forward", "train"),
+        channels_last=False,
+        inference_mode=False,
+        compile_model=False,
+        rounds=rounds,
+        warmup=1,
+        device=torch.device("cpu"),
+        memory=s.memory,
+    )
+    body = [
+        [
+            str(r["mode"]),
+            str(r["candidate"]),
+            f"{r['images_per_s']:.1f}",
+            _ratio(r["ratio"]),  # type: ignore[arg-type]
+            str(r["reference"]),
+            *_flop_columns(r["gflop_per_image"], r["images_per_s"], peak),  # type: ignore[arg-type]
+            _mib(r["peak_mb"]),  # type: ignore[arg-type]
+        ]
+        for r in rows
+        if r["candidate"] != "torchvision (default)"
+    ]
+    table = _table(
+        ["step", "candidate", "images/s", "ratio", "against", "GFLOP/s", "of peak", "peak memory (MiB)"],
+        "llrrlrrr",
+        body,
+    )
+    flops = {r["mode"]: r["gflop_per_image"] for r in rows}
+    text = (
+        f"{arch}, batch {batch}, {side}×{side}, float32 on the CPU, median of {rounds} interleaved rounds. "
+        '"forward" runs under `torch.no_grad()`; "train" is forward plus backward of the c5 map. Every candidate '
+        "computes the same trunk (stem, layer1..layer4; ours returns c5 only): "
+        f"{flops['forward']:.2f} GFLOP per image forward, {flops['train']:.2f} forward and backward. "
+        '"ours (best)" is `backbones.optimize_for_inference` (BatchNorm folded, channels-last, frozen TorchScript '
+        "graph), compared with torchvision's default eager model. Peak memory is the growth of resident memory "
+        "during each candidate's first step, built alone in a fresh interpreter."
+    )
+    headlines = [
+        (f"{arch} {r['mode']}, {r['candidate']} vs {r['reference']}", _ratio(r["ratio"]))  # type: ignore[arg-type]
+        for r in rows
+        if str(r["candidate"]).startswith("ours")
+    ]
+    title = "Backbone: forward and forward+backward against torchvision and timm"
+    return Section(title, text, table, headlines)
+
+
+def detector_section(s: Settings, peak: float) -> Section:
+    images, (height, width), min_size, rounds = s.detector
+    rows = bench.detector_benchmark(
+        images=images, size=(height, width), rounds=rounds, min_size=min_size, memory=s.memory
+    )
+    body = [
+        [
+            r["mode"],
+            r["candidate"],
+            f"{r['seconds_per_image']:.3f}",
+            _ratio(r["ratio"]),
+            *_flop_columns(r["gflop_per_image"], 1 / r["seconds_per_image"], peak),
+            _mib(r["peak_mb"]),
+        ]
+        for r in rows
+    ]
+    table = _table(
+        ["step", "candidate", "s/image", "speed vs torchvision", "GFLOP/s", "of peak", "peak memory (MiB)"],
+        "llrrrrr",
+        body,
+    )
+    text = (
+        f"Faster R-CNN R50-FPN, torchvision's `fasterrcnn_resnet50_fpn` against ours with torchvision's weights "
+        f"loaded (random, seeded), {images} image(s) of {width}×{height} resized to {min_size} px, 91 classes, "
+        'float32. "inference" is a batched forward under `torch.inference_mode()`; "train step" is forward, '
+        "backward and an SGD step on two boxes per image. The fast backbone folds BatchNorm and freezes the "
+        f"trunk. Median of {rounds} interleaved rounds after a warm-up round. FLOPs (convolutions and linear "
+        "layers; RoIAlign and NMS are not counted) are torchvision's, per image: "
+        + ", ".join(f"{r['gflop_per_image']:.0f} GFLOP {r['mode']}" for r in rows if r["candidate"] == "torchvision")
+        + "."
+    )
+    headlines = [
+        (f"Faster R-CNN {r['mode']}, {r['candidate']} vs torchvision", _ratio(r["ratio"]))
+        for r in rows
+        if r["candidate"] != "torchvision"
+    ]
+    return Section("Detector: Faster R-CNN against torchvision", text, table, headlines)
+
+
+def coco_section(s: Settings, peak: float) -> Section:
+    images, detections, rounds = s.coco_eval
+    row = bench.coco_eval_benchmark(images, detections, rounds)
+    body = [
+        [backend, f"{seconds:.2f}", _ratio(row["seconds"]["pycocotools"] / seconds), "—", "—"]
+        for backend, seconds in row["seconds"].items()
+    ]
+    table = _table(["backend", "seconds", "speed vs pycocotools", "GFLOP/s", "of peak"], "lrrrr", body)
+    text = (
+        f"{images:,} synthetic COCO images (640×480, 80 categories, about 7 boxes each in all three sizes) with "
+        f"{detections} scored detections per image ({row['detections']:,} in all), through "
+        "`tasks.metrics.coco.coco_box_metrics`: index, load results, evaluate, accumulate, summarize. "
+        f"Median of {rounds} interleaved rounds. The twelve summary numbers agree to "
+        f"{row['max_difference']:.1e} (AP {row['AP']:.4f}). Evaluation is not floating-point arithmetic, so it "
+        "has no FLOP/s."
+    )
+    headlines = [("COCO evaluation, faster-coco-eval vs pycocotools", _ratio(row["speedup"]))]
+    return Section("COCO evaluation: faster-coco-eval against pycocotools", text, table, headlines)
+
+
+def training_section(s: Settings, peak: float) -> Section:
+    steps, rounds = s.training
+    rows = []
+    for task in bench.TRAINING_RECIPES:
+        rows += bench.training_benchmark(
+            task, steps=steps, rounds=rounds, backbone=s.training_backbone, overrides=s.training_overrides
+        )
+    body = [
+        [
+            f"{r['task']}: {r['recipe']}",
+            r["candidate"],
+            f"{r['seconds_per_iter']:.3f}",
+            f"{r['images_per_s']:.1f}",
+            f"{r['data_fraction']:.1%}",
+            _ratio(r["ratio"]),
+            *_flop_columns(r["gflop_per_image"], r["images_per_s"], peak),
+        ]
+        for r in rows
+    ]
+    table = _table(
+        ["recipe", "loop", "s/iteration", "images/s", "waiting for data", "speed vs bare loop", "GFLOP/s", "of peak"],
+        "llrrrrrr",
+        body,
+    )
+    text = (
+        "Each task runner's packaged recipe on its built-in data (`python -m tasks.<task>` with no `--data`), "
+        "trained through our engine (`Engine.train_epoch`: autocast, the non-finite loss check, gradient scaler, "
+        "schedule and logging) and through a bare PyTorch loop (next batch, forward, backward, optimizer step, as "
+        "in torchvision's reference scripts) with the same data loader settings, model weights, loss and "
+        f"optimizer. Each round runs {steps} iterations of each loop in turn, after one warm-up round (worker "
+        f'start-up); median of {rounds} round(s). "waiting for data" is the share of the loop\'s wall time spent '
+        "blocked on the DataLoader. FLOPs per image are one forward and backward pass."
+    )
+    headlines = [
+        (f"training, {r['task']}, our engine vs a bare loop (data wait {r['data_fraction']:.0%})", _ratio(r["ratio"]))
+        for r in rows
+        if r["candidate"] == "our engine"
+    ]
+    return Section("Training: seconds per iteration and time waiting for data", text, table, headlines)
+
+
+def multitask_section(s: Settings, peak: float) -> Section:
+    backbone, images, side, rounds = s.multitask
+    rows = bench.multitask_benchmark(backbone=backbone, images=images, size=side, rounds=rounds, memory=s.memory)
+    body = [
+        [
+            r["candidate"],
+            f"{r['seconds_per_image']:.3f}",
+            _ratio(r["ratio"]),
+            f"{r['gflop_per_image']:.1f}",
+            *_flop_columns(r["gflop_per_image"], 1 / r["seconds_per_image"], peak),
+            f"{r['weights_mb']:.0f}",
+            _mib(r["peak_mb"]),
+        ]
+        for r in rows
+    ]
+    table = _table(
+        [
+            "candidate",
+            "s/image",
+            "speed vs three models",
+            "GFLOP/image",
+            "GFLOP/s",
+            "of peak",
+            "weights (MiB)",
+            "peak activation memory (MiB)",
+        ],
+        "lrrrrrrr",
+        body,
+    )
+    text = (
+        f"{backbone} with a classification head (1000 classes), Faster R-CNN (FPN, RPN, RoI heads; 91 classes) and "
+        f"a U-Net decoder (21 classes), inference on {images} image(s) of {side}×{side}, float32, random weights. "
+        '"three single-task models" runs a classifier, a detector and a U-Net, each with its own backbone, one '
+        'after the other; "one multi-task model" is `MultiTaskModel` with the three heads, which calls the '
+        'backbone once; "the backbone alone" returns c1..c5, for scale. Each candidate\'s GFLOP/image is its own '
+        f"work. Median of {rounds} interleaved rounds. Weights are the parameters and buffers held; peak activation "
+        "memory is the growth of resident memory during the first call, in a fresh interpreter."
+    )
+    headlines = [(f"{backbone}, one multi-task model vs three single-task models", _ratio(rows[1]["ratio"]))]
+    return Section("Multi-task: one backbone for three heads against three models", text, table, headlines)
+
+
+def export_section(s: Settings, peak: float) -> Section:
+    rows = bench.export_benchmark(rounds=s.export_rounds, models=s.export)
+    body = [
+        [
+            r["model"],
+            r["runtime"],
+            f"{r['ms']:.1f}",
+            _ratio(r["ratio"]),
+            *_flop_columns(r["gflop_per_call"], 1000 / r["ms"], peak),
+        ]
+        for r in rows
+    ]
+    table = _table(["model", "runtime", "ms per call", "speed vs eager", "GFLOP/s", "of peak"], "llrrrr", body)
+    text = (
+        "Random weights, one input per call: eager PyTorch float32 (`torch.inference_mode()`) against the same "
+        "model exported to ONNX (as `export --format onnx`) in onnxruntime's CPU provider, in float32 and "
+        "quantized to int8 (as `export --quantize int8`: QDQ, per-channel weights, convolutions and matrix products; "
+        "calibrated here on the benchmark input). Median of "
+        f"{s.export_rounds} interleaved rounds. GFLOP/s counts the float32 model's FLOPs for every runtime, so an "
+        "int8 row above 100% of the float32 ceiling is possible."
+    )
+    headlines = [
+        (f"{r['model']}, {r['runtime']} vs eager", _ratio(r["ratio"]))
+        for r in rows
+        if r["runtime"] != "eager PyTorch float32"
+    ]
+    return Section("Export: onnxruntime float32 and int8 against eager PyTorch", text, table, headlines)
+
+
+GPU_VARIANTS = (
+    ("float32", dict(amp=False, channels_last=False, compile_model=False)),
+    ("AMP + channels_last", dict(amp=True, channels_last=True, compile_model=False)),
+    ("AMP + channels_last + torch.compile", dict(amp=True, channels_last=True, compile_model=True)),
+)
+
+
+def gpu_section(s: Settings, peak: float, *, device: str = "cuda", variants: Sequence[str] | None = None) -> Section:
+    """The backbone on a GPU in float32, with AMP and channels-last, and compiled, against torchvision at the
+    same settings, beside the published anchors. ``peak`` is this device's float16 matmul throughput."""
+    import torch
+
+    from backbones.bench import benchmark
+
+    arch, batch, side, rounds = s.gpu_backbone
+    body, headlines = [], []
+    for label, options in GPU_VARIANTS:
+        if variants is not None and label not in variants:
+            continue
+        rows = benchmark(
+            arch,
+            batch_size=batch,
+            image_size=side,
+            modes=("forward", "train"),
+            inference_mode=False,
+            rounds=rounds,
+            warmup=3,
+            device=torch.device(device),
+            references=("torchvision",),
+            memory=s.memory,
+            best=False,  # the frozen TorchScript form is a CPU recipe
+            **options,  # type: ignore[arg-type]
+        )
+        for r in rows:
+            if r["candidate"] in ("ours", "torchvision"):
+                body.append(
+                    [
+                        label,
+                        str(r["mode"]),
+                        str(r["candidate"]),
+                        f"{r['images_per_s']:.0f}",
+                        _ratio(r["ratio"]),  # type: ignore[arg-type]
+                        *_flop_columns(r["gflop_per_image"], r["images_per_s"], peak),  # type: ignore[arg-type]
+                        _mib(r["peak_mb"]),  # type: ignore[arg-type]
+                    ]
+                )
+                if r["candidate"] == "ours":
+                    headlines.append((f"GPU {arch} {r['mode']}, {label}, ours vs torchvision", _ratio(r["ratio"])))  # type: ignore[arg-type]
+    table = _table(
+        ["settings", "step", "candidate", "images/s", "ratio", "GFLOP/s", "of float16 peak", "peak memory (MiB)"],
+        "lllrrrrr",
+        body,
+    )
+    name = torch.cuda.get_device_name(0) if device == "cuda" else device
+    text = (
+        f"{arch}, batch {batch}, {side}×{side} on {name}, median of {rounds} interleaved rounds after 3 warm-up "
+        'rounds; each setting applies to ours and to torchvision alike. "of float16 peak" divides by this GPU\'s '
+        "float16 matmul throughput, measured in the same run. Published anchors: NVIDIA's ResNet-50 v1.5 reference "
+        "trains at 2,470 images/s on an A100 with AMP (batch 256, their whole training step with DALI data "
+        'loading); detectron2\'s R50-FPN Faster R-CNN infers at 0.038 s/image on a V100. The "train" rows here are '
+        "forward and backward of the trunk, without optimizer or data loading."
+    )
+    return Section(f"GPU: {arch} with AMP, channels_last and torch.compile", text, table, headlines)
+
+
+BUILDERS: dict[str, Callable[[Settings, float], Section]] = {
+    "backbone": backbone_section,
+    "detector": detector_section,
+    "coco-eval": coco_section,
+    "training": training_section,
+    "multitask": multitask_section,
+    "export": export_section,
+}
+
+
+def _versions() -> str:
+    names = ["torch", "torchvision", "timm", "onnxruntime", "pycocotools", "faster-coco-eval"]
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return f"Python {platform.python_version()}, " + ", ".join(found)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> str:
+    try:
+        with open("/proc/meminfo") as info:
+            kib = int(info.readline().split()[1])
+        return f"{kib / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        return "unknown"
+
+
+def machine(ceilings: dict[str, float]) -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    peak = max(ceilings["mm"], ceilings["gemm"])
+    rows = [
+        ["CPU", f"{_cpu_name()}, {os.cpu_count()} logical cores, torch uses {torch.get_num_threads()} threads"],
+        ["memory", _memory_gib()],
+        ["GPU", gpu],
+        ["software", _versions()],
+        ["float32 matrix multiply, `torch.mm` (MKL)", f"{ceilings['mm']:.1f} GFLOP/s"],
+        ["the same product as a 1×1 convolution (oneDNN)", f"{ceilings['gemm']:.1f} GFLOP/s"],
+        ['**the ceiling for "of peak"**: the faster of the two', f"**{peak:.1f} GFLOP/s**"],
+        ["one float32 3×3 convolution (oneDNN)", f"{ceilings['conv']:.1f} GFLOP/s ({ceilings['conv'] / peak:.0%})"],
+    ]
+    return _table(["", ""], "ll", rows)
+
+
+def run_suite(
+    settings: Settings, sections: Sequence[str] = SECTIONS, *, log: Callable[[str], None] | None = None
+) -> str:
+    """Run the chosen benchmarks with ``settings`` and return the whole Markdown document."""
+    import torch
+
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    started = time.perf_counter()
+    side, batch, channels, maps = settings.ceiling
+    log("measuring the float32 matmul and convolution ceilings")
+    rounds = settings.ceiling_rounds
+    ceilings = dict(
+        mm=bench.matmul_gflops(size=side, rounds=rounds),
+        gemm=bench.gemm_as_conv_gflops(size=side, rounds=rounds),
+        conv=bench.conv_gflops(batch=batch, channels=channels, side=maps, rounds=rounds),
+    )
+    peak = max(ceilings["mm"], ceilings["gemm"])
+    parts: list[Section] = []
+    for number, name in enumerate(sections, 1):
+        log(f"[{number}/{len(sections)}] {name}")
+        start = time.perf_counter()
+        section = BUILDERS[name](settings, peak)
+        section.seconds = time.perf_counter() - start
+        section.command = _command(settings, name)
+        parts.append(section)
+    if torch.cuda.is_available() and tuple(sections) == SECTIONS:
+        log("GPU: the backbone with AMP, channels_last and torch.compile")
+        start = time.perf_counter()
+        gpu_peak = bench.matmul_gflops(size=8192, rounds=settings.ceiling_rounds, device="cuda", dtype="float16")
+        section = gpu_section(settings, gpu_peak)
+        section.seconds = time.perf_counter() - start
+        section.command = "python -m tasks.bench  # on a CUDA machine; or python -m backbones.bench --device cuda --amp"
+        parts.append(section)
+    minutes, seconds = divmod(int(time.perf_counter() - started), 60)
+    command = "python -m tasks.bench" + (" --quick" if settings.name == "quick" else "")
+    if tuple(sections) != SECTIONS:
+        command += " " + " ".join(sections)
+    summary = _table(["benchmark", "ratio"], "lr", [[what, ratio] for part in parts for what, ratio in part.headlines])
+    quick = (
+        "\n**Quick mode**: small inputs, a single round and no memory sampling. These numbers only show that the "
+        "suite runs; they are not measurements.\n"
+        if settings.name == "quick"
+        else ""
+    )
+    gpu = (
+        ""
+        if torch.cuda.is_available()
+        else "\nNo GPU was present, so there are no GPU tables; on a GPU machine run "
+        "`python -m backbones.bench --device cuda --amp --channels-last [--compile]`.\n"
+    )
+    header = f"""# Benchmarks
+
+Written by `{command}` on {datetime.date.today().isoformat()}, in {minutes} min {seconds:02d} s. Re-run that
+command to refresh this file; do not edit it by hand. Task accuracy of the built-in default jobs, and the int8
+accuracy changes, are in [results.md](results.md).
+{quick}
+Every table comes from one run in which ours and the reference alternate step by step (interleaved, the order
+rotating every round), so load and clock drift hit both alike. A ratio is the reference's time divided by the
+candidate's: above 1.00× the candidate is faster. Absolute numbers stand beside each ratio. "GFLOP/s" is the
+achieved floating-point rate, with FLOPs counted by torch's `FlopCounterMode` (convolutions and matrix products,
+multiply and add counted apart); "of peak" divides it by this machine's float32 matrix-multiply throughput,
+measured at the start of the run (the best of several timed products, through MKL and through oneDNN). ResNet-50
+at 224×224 is 4.1 GMAC, 8.2 GFLOP, per image forward.
+
+## Machine
+
+{machine(ceilings)}
+{gpu}
+## Summary
+
+{summary}
+"""
+    return header + "\n" + "\n".join(part.markdown() for part in parts)
