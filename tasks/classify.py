@@ -28,6 +28,7 @@ from tasks.cli import (
     command_flags,
     common_parser,
     export_format,
+    fit,
     new_run_dir,
     require_checkpoint,
     resolve_config,
@@ -38,7 +39,7 @@ from tasks.config import TrainConfig, to_dict
 from tasks.data.embedded import digits_imagefolder
 from tasks.data.folders import ClassificationDataset, Sample, collate_classification, load_split
 from tasks.data.transforms import classification_eval, classification_train
-from tasks.engine import Engine, Setup, make_loader, resolve_device, seed_everything, start_processes
+from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
 from tasks.export import (
     Exported,
     ExportSpec,
@@ -241,11 +242,7 @@ def setup(cfg: ClassifyConfig) -> Setup:
 
 def train(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     parts = setup(cfg)
-    run_dir = new_run_dir(cfg.output, TASK, "train")
-    write_config(run_dir, cfg)
-    print(f"{parts.summary}, run folder {run_dir}")
-    engine = Engine(parts.model, parts.task, cfg.train, run_dir, parts.meta)
-    metrics = engine.fit(parts.train_loader, parts.val_loader, resume=args.resume)
+    metrics, run_dir = fit(TASK, cfg, parts, args.resume)
     if distributed.is_main():
         _report(metrics, parts.meta["class_names"], run_dir)
     return 0

@@ -14,6 +14,7 @@ from backbones import WeightsError, list_backbones
 from tasks import distributed
 from tasks.config import apply, dump_yaml, load_yaml, merge_dicts, nested_update, packaged_config, parse_set_option
 from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
+from tasks.engine import Engine, Setup
 from tasks.errors import UserError
 from tasks.io import write_text
 
@@ -205,6 +206,16 @@ def require_checkpoint(args: argparse.Namespace) -> Path:
 def write_config(run_dir: Path, config: Any) -> None:
     if distributed.is_main():
         write_text(run_dir / "config.yaml", dump_yaml(config))
+
+
+def fit(task: str, cfg: Any, parts: Setup, resume: Path | None) -> tuple[dict[str, Any], Path]:
+    """The ``train`` command of every runner: a new run folder with its config.yaml, then the engine's fit.
+    Returns the last epoch's metrics and the run folder, for the runner's own report."""
+    run_dir = new_run_dir(cfg.output, task, "train")
+    write_config(run_dir, cfg)
+    print(f"{parts.summary}; run folder {run_dir}")
+    engine = Engine(parts.model, parts.task, cfg.train, run_dir, parts.meta)
+    return engine.fit(parts.train_loader, parts.val_loader, resume=resume), run_dir
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:

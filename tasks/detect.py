@@ -27,6 +27,7 @@ from tasks.cli import (
     command_flags,
     common_parser,
     export_format,
+    fit,
     new_run_dir,
     require_checkpoint,
     resolve_config,
@@ -41,7 +42,7 @@ from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.sampling import aspect_ratio_groups
 from tasks.data.transforms import detection_eval, detection_train
 from tasks.detect_data import load_detection_splits
-from tasks.engine import Engine, Setup, make_loader, resolve_device, seed_everything, start_processes
+from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
 from tasks.export import (
     Exported,
@@ -300,11 +301,7 @@ def setup(cfg: DetectConfig) -> Setup:
 
 def train(cfg: DetectConfig, args: argparse.Namespace) -> int:
     parts = setup(cfg)
-    run_dir = new_run_dir(cfg.output, TASK, "train")
-    write_config(run_dir, cfg)
-    print(f"{parts.summary}; run folder {run_dir}")
-    engine = Engine(parts.model, parts.task, cfg.train, run_dir, parts.meta)
-    metrics = engine.fit(parts.train_loader, parts.val_loader, resume=args.resume)
+    metrics, run_dir = fit(TASK, cfg, parts, args.resume)
     if distributed.is_main():
         task: DetectTask = parts.task  # type: ignore[assignment]
         _report(metrics, task.last_results, parts.val_data, run_dir)

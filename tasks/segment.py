@@ -31,6 +31,7 @@ from tasks.cli import (
     command_flags,
     common_parser,
     export_format,
+    fit,
     new_run_dir,
     require_checkpoint,
     resolve_config,
@@ -47,7 +48,7 @@ from tasks.data.segmentation import (
     load_segmentation,
 )
 from tasks.data.transforms import segmentation_eval, segmentation_train
-from tasks.engine import Engine, Setup, make_loader, resolve_device, seed_everything, start_processes
+from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
 from tasks.export import (
     Exported,
@@ -279,11 +280,7 @@ def setup(cfg: SegmentConfig) -> Setup:
 
 def train(cfg: SegmentConfig, args: argparse.Namespace) -> int:
     parts = setup(cfg)
-    run_dir = new_run_dir(cfg.output, TASK, "train")
-    write_config(run_dir, cfg)
-    print(f"{parts.summary}, run folder {run_dir}")
-    engine = Engine(parts.model, parts.task, cfg.train, run_dir, parts.meta)
-    metrics = engine.fit(parts.train_loader, parts.val_loader, resume=args.resume)
+    metrics, run_dir = fit(TASK, cfg, parts, args.resume)
     if distributed.is_main():
         task: SegmentTask = parts.task  # type: ignore[assignment]
         _write_masks(task.masks, parts.val_data, run_dir, overlays=PNG_COUNT)
