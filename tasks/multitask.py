@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -55,7 +55,15 @@ from tasks.data.multitask import (
 from tasks.detect import DetectionHeadConfig
 from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
-from tasks.export import ExportSpec, default_target, export_and_check, serving_model
+from tasks.export import (
+    Exported,
+    ExportSpec,
+    default_target,
+    export_and_check,
+    first_inputs,
+    quantize_and_report,
+    serving_model,
+)
 from tasks.io import atomic_write, write_json
 from tasks.metrics.classification import ClassificationMeter
 from tasks.metrics.coco import Backend
@@ -389,6 +397,41 @@ def evaluate(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def graph_outputs(tensors: Sequence[Tensor], names: Sequence[str], size: Sequence[int]) -> dict[str, Any]:
+    """One image's exported-graph outputs (named by ``names``) as the eager model returns them in evaluation:
+    ``{"classify": logits, "detect": [dict(boxes, labels, scores)], "segment": logits}``. The graph sees the
+    padded image, so boxes are clipped to the image's own ``size`` (H, W), as the eager model does."""
+    out = dict(zip(names, tensors))
+    result: dict[str, Any] = {}
+    if "logits" in out:
+        result["classify"] = out["logits"].float()
+    if "boxes" in out:
+        boxes = out["boxes"].float().clone()
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, float(size[1]))
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, float(size[0]))
+        result["detect"] = [{"boxes": boxes, "labels": out["labels"], "scores": out["scores"].float()}]
+    if "masks" in out:
+        result["segment"] = out["masks"].float()
+    return result
+
+
+class ServedModel:
+    """An exported (or eager) graph behind the eager model's evaluation call ``model(images, sizes)``, one
+    image at a time (the detection graph takes one), for scoring exported files with :class:`MultiTaskTask`."""
+
+    def __init__(self, run: Callable[..., Sequence[Tensor]], names: Sequence[str]) -> None:
+        self.run = run
+        self.names = list(names)
+
+    def __call__(self, images: Tensor, sizes: Sequence[Sequence[int]]) -> dict[str, Any]:
+        per_image = [graph_outputs(self.run(images[n : n + 1]), self.names, sizes[n]) for n in range(len(images))]
+        merged: dict[str, Any] = {}
+        for key in per_image[0] if per_image else ():
+            parts = [item[key] for item in per_image]
+            merged[key] = [d for part in parts for d in part] if key == "detect" else torch.cat(parts)
+        return merged
+
+
 def _load_graph(path: Path) -> tuple[ExportGraph, dict[str, Any]]:
     """A checkpoint as the exported graph runs it: images in, a tuple of named tensors out."""
     model, checkpoint = _load_model(path)
@@ -418,27 +461,22 @@ def predict(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
         batch = collate_multitask([{**item, "detection": None, "mask": None}])
         size = batch["sizes"][0]
         with torch.inference_mode():
-            out = dict(zip(meta["outputs"], model(batch["images"])))
+            out = graph_outputs(model(batch["images"]), meta["outputs"], size)
         entry: dict[str, Any] = {"path": str(image_path)}
-        if "logits" in out:
-            probs = out["logits"].float().softmax(dim=1)[0]
+        if "classify" in out:
+            probs = out["classify"].softmax(dim=1)[0]
             top = probs.topk(min(5, len(names["classify"])))
             entry["classify"] = [
                 {"class": names["classify"][i], "probability": float(p)} for p, i in zip(top.values, top.indices)
             ]
         picture = image
-        if "masks" in out:
-            mask = resize_segmentation(out["masks"][0], size, (height, width)).argmax(dim=0).numpy()
+        if "segment" in out:
+            mask = resize_segmentation(out["segment"][0], size, (height, width)).argmax(dim=0).numpy()
             atomic_write(run_dir / "masks" / f"{image_path.stem}.png", lambda h, m=mask: palette_mask(m).save(h, "PNG"))
             entry["segment"] = f"masks/{image_path.stem}.png"
             picture = np.asarray(overlay_mask(image, mask))
-        if "boxes" in out:
-            boxes = out["boxes"].float().clone()  # the graph sees the padded batch: keep boxes on the image
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, float(size[1]))
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, float(size[0]))
-            found = rescale_detections(
-                {"boxes": boxes, "labels": out["labels"], "scores": out["scores"]}, size, (height, width)
-            )
+        if "detect" in out:
+            found = rescale_detections(out["detect"][0], size, (height, width))
             keep = found["scores"] >= 0.3
             boxes, labels, scores = found["boxes"][keep], found["labels"][keep], found["scores"][keep]
             entry["detect"] = [
@@ -524,8 +562,6 @@ def export(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
     path = require_checkpoint(args)
     model, checkpoint = _load_model(path)
     fmt = export_format(args)
-    if args.quantize:
-        raise UserError("--quantize is not available for multitask models yet: export float32, or quantize per task")
     metadata = dict(
         task=TASK,
         tasks=list(model.tasks),
@@ -534,7 +570,30 @@ def export(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
         outputs=ExportGraph(model).output_names,
     )
     spec = export_spec(model, int(checkpoint["image_size"]))
-    print(export_and_check(spec, fmt, default_target(path, fmt, args.output), metadata))
+    target = default_target(path, fmt, args.output)
+    print(export_and_check(spec, fmt, target, metadata))
+    if args.quantize:
+        class_names = {k: list(v) for k, v in checkpoint["class_names"].items()}
+        cfg.model.tasks = list(model.tasks)
+        cfg.data.image_size = int(checkpoint["image_size"])
+        sources = _sources(cfg)
+        train_data = load_multitask(
+            sources, cfg.data.train_split, class_names=class_names, train_split=cfg.data.train_split
+        )
+        val = load_multitask(sources, cfg.data.val_split, class_names=class_names, train_split=cfg.data.train_split)
+        calibration = first_inputs(
+            MultiTaskDataset(train_data, MultiTaskPipeline(cfg.data.image_size, train=False), train=False),
+            args.calibration_images,
+            lambda item: collate_multitask([item])["images"],
+        )
+        loader = _loader(cfg, val, train=False)
+
+        def main_metric(exported: Exported) -> float:
+            task = MultiTaskTask(val, backend=cfg.coco_backend)
+            served = ServedModel(exported.tensors, metadata["outputs"])
+            return task.evaluate(served, loader, torch.device("cpu"))["main"]  # type: ignore[arg-type]
+
+        print(quantize_and_report(target, calibration, main_metric, "main (mean of accuracy, AP, mIoU)"))
     return 0
 
 
