@@ -504,11 +504,16 @@ def conv_gflops(*, batch: int = 8, channels: int = 256, side: int = 56, rounds: 
     return 2 * batch * channels * channels * 9 * side * side / seconds / 1e9
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None) -> int:
+    import os
+    from pathlib import Path
+
     from tasks.benchsuite import FULL, QUICK, SECTIONS, run_suite
+    from tasks.cli import ArgumentParser
+    from tasks.errors import UserError
     from tasks.io import write_text
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m tasks.bench",
         description="Run the project's benchmarks, each against its reference, and write docs/benchmarks.md.",
     )
@@ -522,15 +527,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     unknown = [name for name in args.benchmarks if name not in SECTIONS]
     if unknown:
-        parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+        raise UserError(f"unknown benchmark {unknown[0]!r}: choose from {', '.join(SECTIONS)}")
     sections = [name for name in SECTIONS if name in args.benchmarks] or list(SECTIONS)
     output = args.output or ("docs/benchmarks.md" if len(sections) == len(SECTIONS) else None)
+    if output is not None:  # find out now, not after the benchmarks have run
+        folder = Path(output).resolve().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"--output {output}: cannot create its folder ({error.strerror})") from None
+        if Path(output).is_dir() or not os.access(folder, os.W_OK):
+            raise UserError(f"--output {output}: not a writable file path")
     text = run_suite(QUICK if args.quick else FULL, sections)
     if output is None:
         print(text)
     else:
         print(f"wrote {write_text(output, text)}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from tasks.cli import run
+
+    return run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -86,10 +86,18 @@ def test_one_benchmark_prints_its_table_and_an_unknown_name_is_refused(tmp_path,
     assert "## COCO evaluation" in out and "## Detector" not in out
     rows = _table_rows(out, "| backend |")
     assert [row["backend"] for row in rows] == ["faster-coco-eval", "pycocotools"]
-    with pytest.raises(SystemExit) as error:
-        main(["detectr"])
-    assert error.value.code == 2
-    assert "unknown benchmark 'detectr'" in capsys.readouterr().err
+    assert main(["detectr"]) == 2
+    assert capsys.readouterr().err == (
+        "error: unknown benchmark 'detectr': choose from backbone, detector, coco-eval, training, multitask, export\n"
+    )
+    assert main(["--quick", "--rounds", "3"]) == 2  # an unknown option: one line too
+    assert capsys.readouterr().err.count("\n") == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("kept")
+    assert main(["--quick", "--output", str(blocker / "benchmarks.md")]) == 2  # refused before anything runs
+    assert capsys.readouterr().err.startswith(f"error: --output {blocker / 'benchmarks.md'}: cannot create its folder")
+    assert main(["--quick", "--output", str(tmp_path)]) == 2
+    assert blocker.read_text() == "kept"
 
 
 def test_gpu_section_runs_its_settings_against_torchvision_on_any_device() -> None:
