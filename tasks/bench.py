@@ -369,6 +369,7 @@ TRAINING_RECIPES = {
     "classify": ("classify/digits", "resnet18", "digits, 32 px, batch 64, SGD"),
     "detect": ("detect/shapes", "resnet50", "shapes, 128 px, batch 4, SGD (the main job)"),
     "segment": ("segment/shapes", "resnet34", "shapes, 128 px crops, batch 8, AdamW"),
+    "multitask": ("multitask/shapes", "resnet50", "shapes, 128 px, batch 4, SGD, three heads"),
 }
 
 
@@ -381,7 +382,12 @@ def _runner_setup(task: str, overrides: Sequence[str]) -> Any:
     from tasks.cli import resolve_config
 
     module = importlib.import_module(f"tasks.{task}")
-    defaults = {"classify": "ClassifyConfig", "detect": "DetectConfig", "segment": "SegmentConfig"}[task]
+    defaults = {
+        "classify": "ClassifyConfig",
+        "detect": "DetectConfig",
+        "segment": "SegmentConfig",
+        "multitask": "MultiTaskConfig",
+    }[task]
     args = argparse.Namespace(config=[], set=list(overrides))
     cfg = resolve_config(getattr(module, defaults)(), args, {}, embedded=TRAINING_RECIPES[task][0])
     with contextlib.redirect_stdout(io.StringIO()):  # "using the built-in data at ..."

@@ -36,6 +36,7 @@ from tasks.cli import (
     command_flags,
     common_parser,
     export_format,
+    fit,
     new_run_dir,
     require_checkpoint,
     resolve_config,
@@ -53,7 +54,7 @@ from tasks.data.multitask import (
     parse_sources,
 )
 from tasks.detect import DetectionHeadConfig
-from tasks.engine import Engine, make_loader, resolve_device, seed_everything, start_processes
+from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
 from tasks.export import (
     Exported,
@@ -325,7 +326,8 @@ def _report(metrics: dict[str, Any], detections: list[dict[str, Any]], run_dir: 
     print(f"metrics are in {run_dir}")
 
 
-def train(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
+def setup(cfg: MultiTaskConfig) -> Setup:
+    """The model, task and loaders of a training run under ``cfg``."""
     check_backbone_name(cfg.model.backbone)
     seed_everything(cfg.train.seed)
     sources = _sources(cfg)
@@ -333,16 +335,9 @@ def train(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
     val = load_multitask(
         sources, cfg.data.val_split, class_names=train_data.class_names, train_split=cfg.data.train_split
     )
-    run_dir = new_run_dir(cfg.output, TASK, "train")
-    write_config(run_dir, cfg)
     model_args = _model_args(cfg, train_data.class_names)
     model = build_model(weights=cfg.model.weights, **_build_args(model_args))
     counts = ", ".join(f"{name} {count}" for name, count in train_data.counts.items())
-    print(
-        f"{cfg.model.backbone} with {', '.join(model.tasks)} heads: {len(train_data.samples)} train images "
-        f"(labelled for {counts}), {len(val.samples)} val, {cfg.data.image_size}px, {cfg.train.epochs} epochs, "
-        f"run folder {run_dir}"
-    )
     meta = dict(
         task=TASK,
         model_args=model_args,
@@ -350,12 +345,26 @@ def train(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
         image_size=cfg.data.image_size,
         config=to_dict(cfg),
     )
-    task = MultiTaskTask(val, backend=cfg.coco_backend)
-    engine = Engine(model, task, cfg.train, run_dir, meta)
-    metrics = engine.fit(_loader(cfg, train_data, train=True), _loader(cfg, val, train=False), resume=args.resume)
+    return Setup(
+        model=model,
+        task=MultiTaskTask(val, backend=cfg.coco_backend),
+        train_loader=_loader(cfg, train_data, train=True),
+        val_loader=_loader(cfg, val, train=False),
+        meta=meta,
+        summary=f"{cfg.model.backbone} with {', '.join(model.tasks)} heads: {len(train_data.samples)} train images "
+        f"(labelled for {counts}), {len(val.samples)} val, {cfg.data.image_size}px, {cfg.train.epochs} epochs",
+        val_data=val,
+    )
+
+
+def train(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
+    parts = setup(cfg)
+    metrics, run_dir = fit(TASK, cfg, parts, args.resume)
     if distributed.is_main():
+        task: MultiTaskTask = parts.task  # type: ignore[assignment]
         _report(metrics, task.detections, run_dir)
         if cfg.model.weighting == "uncertainty":
+            model: MultiTaskModel = parts.model  # type: ignore[assignment]
             learned = ", ".join(f"{k} {v:.3f}" for k, v in model.task_weights().items())
             print(f"learned task weights: {learned}")
     return 0

@@ -64,7 +64,7 @@ def test_quick_suite_writes_every_section_with_consistent_numbers(tmp_path, monk
     assert checked >= 15
 
     training = _table_rows(text, "| recipe |")
-    assert {row["recipe"].split(":")[0] for row in training} == {"classify", "detect", "segment"}
+    assert {row["recipe"].split(":")[0] for row in training} == {"classify", "detect", "segment", "multitask"}
     for row in training:
         seconds = float(row["s/iteration"])
         batch = int(re.search(r"batch (\d+)", row["recipe"]).group(1))
