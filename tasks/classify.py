@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from backbones import Backbone, build_backbone
 from backbones.inference import fast_inference
 from heads.classification import ClassificationHead, Pool
-from tasks import distributed
+from tasks import distributed, recipes
 from tasks.checkpoint import check_num_classes, load_model
 from tasks.cli import (
     COMMON_FLAGS,
@@ -35,7 +35,7 @@ from tasks.cli import (
     run,
     write_config,
 )
-from tasks.config import TrainConfig, to_dict
+from tasks.config import Auto, TrainConfig, to_dict
 from tasks.data.embedded import digits_imagefolder
 from tasks.data.folders import ClassificationDataset, Sample, collate_classification, load_split
 from tasks.data.transforms import classification_eval, classification_train
@@ -76,11 +76,11 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     classes: list[str] | None = None
-    image_size: int = 224
-    crop_pct: float = 0.875
-    scale_min: float = 0.08
-    hflip: float = 0.5
-    color_jitter: float = 0.4
+    image_size: int | Auto = "auto"
+    crop_pct: float | Auto = "auto"
+    scale_min: float | Auto = "auto"
+    hflip: float = 0.5  # 0 for data where mirroring changes the label (digits, text)
+    color_jitter: float | Auto = "auto"
 
 
 @dataclass
@@ -214,13 +214,35 @@ def _report(metrics: dict[str, Any], class_names: list[str], run_dir: Path) -> N
 
 
 def setup(cfg: ClassifyConfig) -> Setup:
-    """The model, task and loaders of a training run under ``cfg``."""
+    """The model, task and loaders of a training run under ``cfg``, its auto fields resolved from the data."""
     check_backbone_name(cfg.model.backbone)
     seed_everything(cfg.train.seed)
     root = _data_root(cfg)
     train_samples, class_names = load_split(root, cfg.data.train_split, fmt=cfg.data.format, classes=cfg.data.classes)
     val_samples, _ = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=class_names)
+    facts = recipes.RunFacts(
+        task=TASK,
+        train_images=len(train_samples),
+        val_images=len(val_samples),
+        num_classes=len(class_names),
+        image_sizes=recipes.sample_sizes([s.path for s in train_samples]),
+        pretrained=cfg.model.weights is not None,
+        batch_size=cfg.train.batch_size,
+        accumulate=cfg.train.accumulate,
+        processes=distributed.world_size(),
+        device=resolve_device(cfg.train.device).type,
+    )
+    cfg, recipe = recipes.resolve_static(cfg, facts)
     model_args = _model_args(cfg, len(class_names))
+    model = build_model(weights=cfg.model.weights, **model_args)
+    task = ClassifyTask(class_names, label_smoothing=cfg.model.label_smoothing)
+
+    def step_seconds() -> float:  # on evaluation-transformed images of the training size
+        probe = _dataset(cfg, train_samples[: cfg.train.batch_size], train=False)
+        batch = collate_classification([probe[i] for i in range(len(probe))])
+        return recipes.measure_step(task, model, batch, resolve_device(cfg.train.device))
+
+    cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds)
     meta = dict(
         task=TASK,
         model_args=model_args,
@@ -230,13 +252,15 @@ def setup(cfg: ClassifyConfig) -> Setup:
         config=to_dict(cfg),
     )
     return Setup(
-        model=build_model(weights=cfg.model.weights, **model_args),
-        task=ClassifyTask(class_names, label_smoothing=cfg.model.label_smoothing),
+        model=model,
+        task=task,
         train_loader=_loader(cfg, _dataset(cfg, train_samples, train=True), train=True),
         val_loader=_loader(cfg, _dataset(cfg, val_samples, train=False), train=False),
         meta=meta,
         summary=f"{cfg.model.backbone}: {len(class_names)} classes, {len(train_samples)} train / "
         f"{len(val_samples)} val images, {cfg.train.epochs} epochs",
+        config=cfg,
+        recipe=recipe,
     )
 
 

@@ -17,6 +17,7 @@ from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreada
 from tasks.engine import Engine, Setup
 from tasks.errors import UserError
 from tasks.io import write_text
+from tasks.recipes import Recipe
 
 T = TypeVar("T")
 
@@ -32,6 +33,9 @@ COMMON_FLAGS: dict[str, str] = {
     "val_split": "data.val_split",
     "image_size": "data.image_size",
     "epochs": "train.epochs",
+    "time": "train.time",
+    "patience": "train.patience",
+    "recipe": "train.recipe",
     "batch_size": "train.batch_size",
     "lr": "train.lr",
     "workers": "train.workers",
@@ -50,6 +54,16 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+def auto_or(kind: Callable[[str], T]) -> Callable[[str], T | str]:
+    """An argparse type that also takes the word ``auto``."""
+
+    def parse(text: str) -> T | str:
+        return "auto" if text == "auto" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
 def common_parser(task: str, description: str, *, commands: Sequence[str] = COMMANDS) -> ArgumentParser:
     parser = ArgumentParser(prog=f"python -m tasks.{task}", description=description)
     parser.add_argument("command", nargs="?", default="train", choices=commands, help="default: train")
@@ -64,10 +78,15 @@ def common_parser(task: str, description: str, *, commands: Sequence[str] = COMM
     )
     parser.add_argument("--train-split")
     parser.add_argument("--val-split")
-    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--epochs", type=auto_or(int), help="default: auto (see --time)")
+    parser.add_argument(
+        "--time", help="wall-clock budget, e.g. 15m or 1h: epochs and schedule are fitted to it (default: 10m on a CPU)"
+    )
+    parser.add_argument("--patience", type=int, help="stop after N epochs without a better main metric")
+    parser.add_argument("--recipe", choices=("auto", "off"), help="auto (default): resolve auto fields from the run")
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--lr", type=auto_or(float), help="default: auto")
+    parser.add_argument("--image-size", type=auto_or(int), help="default: auto, from the training images")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"))
@@ -203,18 +222,33 @@ def require_checkpoint(args: argparse.Namespace) -> Path:
     return Path(args.checkpoint)
 
 
-def write_config(run_dir: Path, config: Any) -> None:
+def write_config(run_dir: Path, config: Any, recipe: Recipe | None = None) -> None:
+    """``config.yaml`` of the run: the resolved values, headed by the recipe's reasons as comments."""
     if distributed.is_main():
-        write_text(run_dir / "config.yaml", dump_yaml(config))
+        head = "".join(f"# {line}\n" for line in recipe.block().splitlines()) if recipe is not None else ""
+        write_text(run_dir / "config.yaml", head + dump_yaml(config))
 
 
 def fit(task: str, cfg: Any, parts: Setup, resume: Path | None) -> tuple[dict[str, Any], Path]:
-    """The ``train`` command of every runner: a new run folder with its config.yaml, then the engine's fit.
-    Returns the last epoch's metrics and the run folder, for the runner's own report."""
+    """The ``train`` command of every runner: a new run folder with its resolved config.yaml, the recipe
+    printed once, then the engine's fit. Returns the last epoch's metrics and the run folder."""
+    cfg = parts.config if parts.config is not None else cfg
     run_dir = new_run_dir(cfg.output, task, "train")
-    write_config(run_dir, cfg)
-    print(f"{parts.summary}; run folder {run_dir}")
-    engine = Engine(parts.model, parts.task, cfg.train, run_dir, parts.meta)
+    write_config(run_dir, cfg, parts.recipe)
+    if distributed.is_main():
+        if parts.recipe is not None:
+            print(parts.recipe.block())
+        print(f"{parts.summary}; run folder {run_dir}")
+    recipe = parts.recipe
+    engine = Engine(
+        parts.model,
+        parts.task,
+        cfg.train,
+        run_dir,
+        parts.meta,
+        budget_seconds=recipe.budget_seconds if recipe is not None else None,
+        max_epochs=recipe.max_epochs if recipe is not None else None,
+    )
     return engine.fit(parts.train_loader, parts.val_loader, resume=resume), run_dir
 
 

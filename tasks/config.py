@@ -26,24 +26,34 @@ class ConfigError(UserError):
     """A config file or override that does not fit the task's config."""
 
 
+Auto = Literal["auto"]
+
+
 @dataclass
 class TrainConfig:
-    """What the shared engine needs, the same for every task."""
+    """What the shared engine needs, the same for every task.
 
-    epochs: int = 12
+    Fields that may be ``auto`` are resolved by :mod:`tasks.recipes` from facts about the run before
+    the engine sees them; ``recipe: off`` gives them fixed generic values instead.
+    """
+
+    recipe: Literal["auto", "off"] = "auto"
+    epochs: int | Auto = "auto"
+    time: str | None = None  # a wall-clock budget ("15m", "1h"): epochs and schedule are fitted to it
+    patience: int | None = None  # stop after this many evaluations without a better main metric
     batch_size: int = 32
-    lr: float = 0.1
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float | Auto = "auto"
+    optimizer: Literal["sgd", "adamw"] | Auto = "auto"
     momentum: float = 0.9
-    weight_decay: float = 1e-4
-    backbone_lr_scale: float = 1.0
+    weight_decay: float | Auto = "auto"
+    backbone_lr_scale: float | Auto = "auto"
     schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: float = 0.0
+    warmup_epochs: float | Auto = "auto"
     step_milestones: list[int] = field(default_factory=list)
     step_gamma: float = 0.1
     min_lr_ratio: float = 0.0
     accumulate: int = 1
-    clip_grad: float | None = None
+    clip_grad: float | None | Auto = "auto"
     amp: bool = False
     ema: bool = False
     ema_decay: float = 0.999
@@ -54,6 +64,24 @@ class TrainConfig:
     sync_bn: bool = False  # BatchNorm -> SyncBatchNorm under torchrun (CUDA only: torch's SyncBatchNorm needs GPUs)
     max_iters_per_epoch: int | None = None
     log_every: int = 20
+
+
+def unresolved(config: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of ``config`` still at ``auto`` (a runner must resolve them before training)."""
+    found = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            found += unresolved(value, f"{prefix}{f.name}.")
+        elif isinstance(value, str) and value == "auto" and "auto" not in _literal_values(type(config), f.name):
+            found.append(prefix + f.name)
+    return found
+
+
+def _literal_values(cls: type, name: str) -> tuple[Any, ...]:
+    """The plain Literal choices of a field (``device: auto`` is a real choice, not an unresolved one)."""
+    hint = typing.get_type_hints(cls)[name]
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
 
 
 def packaged_config(name: str) -> Path | None:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from backbones import build_backbone
 from heads.detection import DETECTION_LEVELS, FasterRCNN, FasterRCNNHead
-from tasks import distributed
+from tasks import distributed, recipes
 from tasks.checkpoint import check_num_classes, load_model
 from tasks.cli import (
     COMMON_FLAGS,
@@ -34,7 +34,7 @@ from tasks.cli import (
     run,
     write_config,
 )
-from tasks.config import TrainConfig, to_dict
+from tasks.config import Auto, TrainConfig, to_dict
 from tasks.data.coco import read_json
 from tasks.data.detection import DetectionData, DetectionDataset, collate_detection
 from tasks.data.embedded import shapes_dataset
@@ -97,13 +97,13 @@ def build_model(
 class DetectionHeadConfig:
     """The Faster R-CNN head's options (heads.detection.FasterRCNNHead), shared with tasks.multitask."""
 
-    anchor_sizes: list[list[int]] = field(default_factory=lambda: [[32], [64], [128], [256], [512]])
+    anchor_sizes: list[list[int]] | Auto = "auto"  # torchvision: [[32], [64], [128], [256], [512]]
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_test: int = 1000
-    box_batch_size_per_image: int = 512
+    rpn_pre_nms_top_n_train: int | Auto = "auto"  # torchvision: 2000, 1000, 2000, 1000, 512
+    rpn_pre_nms_top_n_test: int | Auto = "auto"
+    rpn_post_nms_top_n_train: int | Auto = "auto"
+    rpn_post_nms_top_n_test: int | Auto = "auto"
+    box_batch_size_per_image: int | Auto = "auto"
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
@@ -115,8 +115,8 @@ class DetectionHeadConfig:
 class ModelConfig(DetectionHeadConfig):
     backbone: str = "resnet50"
     weights: str | None = None
-    min_size: int = 800
-    max_size: int = 1333
+    min_size: int | Auto = "auto"  # torchvision: 800
+    max_size: int | Auto = "auto"  # torchvision: 1333
     frozen_stages: int | None = None
     norm: Literal["bn", "frozen_bn", "sync_bn", "gn"] | None = None
 
@@ -129,8 +129,8 @@ class DataConfig:
     val_split: str | None = None
     classes: list[str] | None = None
     hflip: float = 0.5
-    scale_jitter: float = 0.25
-    color_jitter: float = 0.2
+    scale_jitter: float | Auto = "auto"
+    color_jitter: float | Auto = "auto"
     aspect_ratio_grouping: bool = True
 
 
@@ -138,7 +138,7 @@ class DataConfig:
 class DetectConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=0.02, batch_size=4, warmup_epochs=1.0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=4))
     output: str | None = None
     coco_backend: Literal["faster-coco-eval", "pycocotools"] = "faster-coco-eval"
 
@@ -272,13 +272,42 @@ def _report(metrics: dict[str, Any], results: list[dict[str, Any]], data: Detect
     print(f"metrics.json, predictions.json and images/ are in {run_dir}")
 
 
+def detection_facts(task: recipes.TaskName, cfg: Any, train: DetectionData, val_images: int) -> recipes.RunFacts:
+    """What the recipe needs to know of a detection training set: image sizes and box sizes."""
+    boxes = [b for s in train.samples for b in s.boxes]
+    return recipes.RunFacts(
+        task=task,
+        train_images=len(train.samples),
+        val_images=val_images,
+        num_classes=len(train.class_names),
+        image_sizes=tuple((s.width, s.height) for s in train.samples[:: max(len(train.samples) // 200, 1)]),
+        box_sizes=recipes.box_sides(boxes),
+        pretrained=cfg.model.weights is not None,
+        batch_size=cfg.train.batch_size,
+        accumulate=cfg.train.accumulate,
+        processes=distributed.world_size(),
+        device=resolve_device(cfg.train.device).type,
+    )
+
+
 def setup(cfg: DetectConfig) -> Setup:
-    """The model, task and loaders of a training run under ``cfg``."""
+    """The model, task and loaders of a training run under ``cfg``, its auto fields resolved from the data."""
     check_backbone_name(cfg.model.backbone)
     seed_everything(cfg.train.seed)
     train_data, val_data = _data(cfg, need_train=True)
     assert train_data is not None
+    facts = detection_facts(TASK, cfg, train_data, len(val_data.samples))
+    cfg, recipe = recipes.resolve_static(cfg, facts)
     model_args = _model_args(cfg, len(train_data.class_names) + 1)
+    model = _build_from_args(model_args, cfg.model.weights)
+    task = DetectTask(val_data, backend=cfg.coco_backend)
+
+    def step_seconds() -> float:  # on unaugmented training images: the detector resizes them the same
+        probe = DetectionDataset(train_data, detection_eval(), train=True)
+        batch = collate_detection([probe[i] for i in range(min(cfg.train.batch_size, len(probe)))])
+        return recipes.measure_step(task, model, batch, resolve_device(cfg.train.device))
+
+    cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds)
     meta = dict(
         task=TASK,
         model_args=model_args,
@@ -287,8 +316,8 @@ def setup(cfg: DetectConfig) -> Setup:
         config=to_dict(cfg),
     )
     return Setup(
-        model=_build_from_args(model_args, cfg.model.weights),
-        task=DetectTask(val_data, backend=cfg.coco_backend),
+        model=model,
+        task=task,
         train_loader=_loader(cfg, train_data, train=True),
         val_loader=_loader(cfg, val_data, train=False),
         meta=meta,
@@ -296,6 +325,8 @@ def setup(cfg: DetectConfig) -> Setup:
         summary=f"Faster R-CNN on {cfg.model.backbone}: {len(train_data.class_names)} classes, "
         f"{len(train_data.samples)} train / {len(val_data.samples)} val images, images resized to "
         f"{cfg.model.min_size}-{cfg.model.max_size} px, {cfg.train.epochs} epochs of batch {cfg.train.batch_size}",
+        config=cfg,
+        recipe=recipe,
     )
 
 

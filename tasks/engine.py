@@ -28,10 +28,11 @@ from tqdm import tqdm
 
 from tasks import distributed
 from tasks.checkpoint import load_checkpoint, save_checkpoint
-from tasks.config import TrainConfig
+from tasks.config import TrainConfig, unresolved
 from tasks.data.sampling import GroupedBatchSampler
 from tasks.errors import UserError
 from tasks.io import write_json
+from tasks.recipes import Recipe, fit_epochs
 
 Batch = dict[str, Any]
 
@@ -203,6 +204,8 @@ class Setup:
     meta: dict[str, Any]
     summary: str
     val_data: Any = None  # the validation split as the runner loaded it, for its report
+    config: Any = None  # the run's config with every auto field resolved
+    recipe: Recipe | None = None  # how the auto fields were resolved, and the time budget
 
 
 class Engine:
@@ -214,10 +217,33 @@ class Engine:
         cfg: the engine settings.
         run_dir: where checkpoints, metrics.json and TensorBoard events go.
         meta: extra checkpoint entries (``task``, ``model_args``, ``config`` ...).
+        budget_seconds: a wall-clock budget: after the first epoch the number of epochs is fitted to it
+            (up to ``max_epochs``), and no epoch starts that would end well past it.
+        max_epochs: the most epochs the budget may grow the run to (default ``cfg.epochs``).
     """
 
-    def __init__(self, model: nn.Module, task: Task, cfg: TrainConfig, run_dir: Path, meta: dict[str, Any]) -> None:
+    clock: Callable[[], float] = staticmethod(time.perf_counter)  # tests replace it with a fake clock
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        cfg: TrainConfig,
+        run_dir: Path,
+        meta: dict[str, Any],
+        *,
+        budget_seconds: float | None = None,
+        max_epochs: int | None = None,
+    ) -> None:
+        left = unresolved(cfg)
+        if left:
+            raise ValueError(f"train config fields still 'auto' (resolve them with tasks.recipes): {', '.join(left)}")
         self.cfg = cfg
+        self.epochs = int(cfg.epochs)  # type: ignore[arg-type]
+        self.budget_seconds = budget_seconds
+        self.max_epochs = max_epochs or self.epochs
+        self.elapsed = 0.0  # training and evaluation seconds so far, over resumes
+        self.best_epoch = -1
         self.task = task
         self.run_dir = run_dir
         self.meta = meta
@@ -267,17 +293,18 @@ class Engine:
     def prepare(self, steps_per_epoch: int) -> None:
         """Build the optimizer and the learning-rate schedule for ``cfg.epochs`` of ``steps_per_epoch``."""
         cfg = self.cfg
-        total, warmup = steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch)
+        warmup = int(cfg.warmup_epochs * steps_per_epoch)  # type: ignore[operator]
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda step: lr_factor(step, total=total, warmup=warmup, cfg=cfg, steps_per_epoch=steps_per_epoch),
+            lambda step: lr_factor(
+                step, total=steps_per_epoch * self.epochs, warmup=warmup, cfg=cfg, steps_per_epoch=steps_per_epoch
+            ),
         )
 
     def fit(
         self, train_loader: DataLoader[Any], val_loader: DataLoader[Any], *, resume: Path | None = None
     ) -> dict[str, Any]:
-        cfg = self.cfg
         steps_per_epoch = self.steps_per_epoch(train_loader)
         self.prepare(steps_per_epoch)
         if resume is not None:
@@ -287,13 +314,20 @@ class Engine:
 
             self.writer = SummaryWriter(str(self.run_dir))
         metrics: dict[str, Any] = {}
-        for epoch in range(self.start_epoch, cfg.epochs):
+        epoch = self.start_epoch
+        while epoch < self.epochs:
+            started = self.clock()
             self.train_epoch(train_loader, epoch, steps_per_epoch)
             metrics = self.evaluate(val_loader)
             self._log_metrics(metrics, epoch)
             score = main_metric_value(metrics, self.task.main_metric)
             improved = score > self.best_metric
-            self.best_metric = max(self.best_metric, score)
+            if improved:
+                self.best_metric, self.best_epoch = score, epoch
+            self.elapsed += self.clock() - started
+            if epoch == 0 and self.budget_seconds is not None:
+                self._fit_budget(self.elapsed)
+            stop = self._stop_reason(epoch)
             if distributed.is_main():
                 checkpoint = self._checkpoint(epoch)
                 save_checkpoint(self.run_dir / "last.pt", checkpoint)
@@ -301,8 +335,12 @@ class Engine:
                     save_checkpoint(self.run_dir / "best.pt", checkpoint)
                 write_json(self.run_dir / "metrics.json", metrics)
             self._log(
-                f"epoch {epoch + 1}/{cfg.epochs}: {self.task.main_metric} {score:.4f}{' (best)' if improved else ''}"
+                f"epoch {epoch + 1}/{self.epochs}: {self.task.main_metric} {score:.4f}{' (best)' if improved else ''}"
             )
+            epoch += 1
+            if stop:
+                self._log(stop)
+                break
         if self.writer is not None:
             self.writer.close()
         if not metrics:  # resumed after the last epoch: report the saved state
@@ -310,6 +348,35 @@ class Engine:
             if distributed.is_main():
                 write_json(self.run_dir / "metrics.json", metrics)
         return metrics
+
+    def _fit_budget(self, first_epoch_seconds: float) -> None:
+        """After the first epoch: as many epochs as the budget holds at its measured pace (rank 0's)."""
+        assert self.budget_seconds is not None
+        seconds = float(distributed.broadcast(first_epoch_seconds))
+        epochs = fit_epochs(self.budget_seconds, seconds, self.max_epochs)
+        if epochs != self.epochs:
+            self._log(
+                f"time budget {self.budget_seconds / 60:.1f} min at {seconds:.1f} s per epoch: "
+                f"{epochs} epochs instead of {self.epochs}; the schedule is stretched to fit"
+            )
+            self.epochs = epochs
+
+    def _stop_reason(self, epoch: int) -> str | None:
+        """Why training ends after ``epoch`` before its planned last epoch (the same on every process)."""
+        if epoch + 1 >= self.epochs:
+            return None
+        reason = None
+        patience = self.cfg.patience
+        if patience is not None and epoch - self.best_epoch >= patience:
+            reason = (
+                f"stopped early: {self.task.main_metric} has not improved for {patience} epoch(s) "
+                f"(best {self.best_metric:.4f} at epoch {self.best_epoch + 1})"
+            )
+        elif self.budget_seconds is not None:
+            pace = self.elapsed / (epoch + 1 - self.start_epoch)
+            if self.elapsed + pace > self.budget_seconds + 0.5 * pace:
+                reason = f"stopped: another epoch would end past the time budget ({self.budget_seconds / 60:.1f} min)"
+        return distributed.broadcast(reason)
 
     def train_epoch(self, loader: DataLoader[Any], epoch: int, steps: int) -> EpochStats:
         """Train for ``steps`` optimizer steps of ``loader`` (after :meth:`prepare`); log and return the timings."""
@@ -319,7 +386,7 @@ class Engine:
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
         show_bar = distributed.is_main() and sys.stderr.isatty()
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show_bar, leave=False)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not show_bar, leave=False)
         images = skipped = 0
         data_time = loss_sum = 0.0
         start = last = time.perf_counter()
@@ -373,7 +440,7 @@ class Engine:
         if skipped:
             self._log(f"warning: skipped {skipped} unreadable image(s) in epoch {epoch + 1}")
         self._log(
-            f"epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / max(step, 1):.4f}, "
+            f"epoch {epoch + 1}/{self.epochs}: loss {loss_sum / max(step, 1):.4f}, "
             f"lr {self.optimizer.param_groups[0]['lr']:.2e}, {images / elapsed:.1f} img/s, "
             f"data wait {100 * data_time / elapsed:.0f}%, {elapsed:.1f}s"
         )
@@ -401,6 +468,9 @@ class Engine:
             "scaler": self.scaler.state_dict(),
             "epoch": epoch,
             "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "budget_epochs": self.epochs if self.budget_seconds is not None else None,
+            "elapsed_seconds": self.elapsed,
         }
 
     def _resume(self, path: Path, steps_per_epoch: int) -> None:
@@ -418,6 +488,10 @@ class Engine:
             self.ema.module.load_state_dict(checkpoint["ema"])
         self.start_epoch = int(checkpoint["epoch"]) + 1
         self.best_metric = float(checkpoint["best_metric"])
+        self.best_epoch = int(checkpoint.get("best_epoch", self.start_epoch - 1))
+        if checkpoint.get("budget_epochs") is not None:  # the epochs its time budget fitted: the same plan again
+            self.epochs = int(checkpoint["budget_epochs"])
+        self.elapsed = float(checkpoint.get("elapsed_seconds", 0.0))
         # The schedule restarts at this run's own step count: with another number of processes an
         # epoch has another number of steps than the checkpoint's run had.
         self.scheduler.last_epoch = self.start_epoch * steps_per_epoch

@@ -27,7 +27,7 @@ from heads.classification import ClassificationHead
 from heads.detection import DETECTION_LEVELS, FasterRCNNHead
 from heads.multitask import TASKS, MultiTaskModel, Weighting
 from heads.segmentation import DEFAULT_DECODER_CHANNELS, SegmentationLoss, UNetHead
-from tasks import distributed
+from tasks import distributed, recipes
 from tasks.checkpoint import load_model
 from tasks.cli import (
     COMMON_FLAGS,
@@ -43,7 +43,7 @@ from tasks.cli import (
     run,
     write_config,
 )
-from tasks.config import TrainConfig, to_dict
+from tasks.config import Auto, TrainConfig, to_dict
 from tasks.data.embedded import shapes_dataset
 from tasks.data.multitask import (
     MultiTaskData,
@@ -151,16 +151,16 @@ class DataConfig:
     root: str | None = None
     train_split: str = "train"
     val_split: str = "val"
-    image_size: int = 512
+    image_size: int | Auto = "auto"
     hflip: float = 0.5
-    color_jitter: float = 0.2
+    color_jitter: float | Auto = "auto"
 
 
 @dataclass
 class MultiTaskConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=0.01, batch_size=8, warmup_epochs=1.0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=8))
     output: str | None = None
     coco_backend: Literal["faster-coco-eval", "pycocotools"] = "faster-coco-eval"
 
@@ -335,8 +335,31 @@ def setup(cfg: MultiTaskConfig) -> Setup:
     val = load_multitask(
         sources, cfg.data.val_split, class_names=train_data.class_names, train_split=cfg.data.train_split
     )
+    boxes = [b for sample in train_data.samples if sample.detection is not None for b in sample.detection.boxes]
+    facts = recipes.RunFacts(
+        task=TASK,
+        train_images=len(train_data.samples),
+        val_images=len(val.samples),
+        num_classes=sum(len(names) for names in train_data.class_names.values()),
+        image_sizes=recipes.sample_sizes([sample.path for sample in train_data.samples]),
+        box_sizes=recipes.box_sides(boxes),
+        pretrained=cfg.model.weights is not None,
+        batch_size=cfg.train.batch_size,
+        accumulate=cfg.train.accumulate,
+        processes=distributed.world_size(),
+        device=resolve_device(cfg.train.device).type,
+    )
+    cfg, recipe = recipes.resolve_static(cfg, facts)
     model_args = _model_args(cfg, train_data.class_names)
     model = build_model(weights=cfg.model.weights, **_build_args(model_args))
+    task = MultiTaskTask(val, backend=cfg.coco_backend)
+
+    def step_seconds() -> float:  # on unaugmented training images of the resolved size
+        probe = MultiTaskDataset(train_data, MultiTaskPipeline(cfg.data.image_size, train=False), train=True)
+        batch = collate_multitask([probe[i] for i in range(min(cfg.train.batch_size, len(probe)))])
+        return recipes.measure_step(task, model, batch, resolve_device(cfg.train.device))
+
+    cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds)
     counts = ", ".join(f"{name} {count}" for name, count in train_data.counts.items())
     meta = dict(
         task=TASK,
@@ -347,13 +370,15 @@ def setup(cfg: MultiTaskConfig) -> Setup:
     )
     return Setup(
         model=model,
-        task=MultiTaskTask(val, backend=cfg.coco_backend),
+        task=task,
         train_loader=_loader(cfg, train_data, train=True),
         val_loader=_loader(cfg, val, train=False),
         meta=meta,
         summary=f"{cfg.model.backbone} with {', '.join(model.tasks)} heads: {len(train_data.samples)} train images "
         f"(labelled for {counts}), {len(val.samples)} val, {cfg.data.image_size}px, {cfg.train.epochs} epochs",
         val_data=val,
+        config=cfg,
+        recipe=recipe,
     )
 
 

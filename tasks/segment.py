@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from backbones import build_backbone
 from backbones.inference import fast_inference
 from heads.segmentation import DEFAULT_DECODER_CHANNELS, SegmentationLoss, UNet, UNetHead
-from tasks import distributed
+from tasks import distributed, recipes
 from tasks.checkpoint import check_num_classes, load_model
 from tasks.cli import (
     COMMON_FLAGS,
@@ -38,7 +38,7 @@ from tasks.cli import (
     run,
     write_config,
 )
-from tasks.config import TrainConfig, to_dict
+from tasks.config import Auto, TrainConfig, to_dict
 from tasks.data.embedded import shapes_dataset
 from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.segmentation import (
@@ -97,7 +97,7 @@ class ModelConfig:
     frozen_stages: int = -1
     norm: Literal["bn", "frozen_bn", "sync_bn", "gn"] = "bn"
     ce_weight: float = 1.0
-    dice_weight: float = 0.0
+    dice_weight: float = 1.0  # CE + Dice: cross-entropy alone settles on background for small objects
     label_smoothing: float = 0.0
 
 
@@ -108,18 +108,18 @@ class DataConfig:
     train_split: str | None = None
     val_split: str | None = None
     classes: list[str] | None = None
-    crop_size: int = 512
-    scale_min: float = 0.5
-    scale_max: float = 2.0
+    crop_size: int | Auto = "auto"
+    scale_min: float | Auto = "auto"
+    scale_max: float | Auto = "auto"
     hflip: float = 0.5
-    color_jitter: float = 0.2
+    color_jitter: float | Auto = "auto"
 
 
 @dataclass
 class SegmentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=0.01, batch_size=8, warmup_epochs=1.0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=8))
     output: str | None = None
 
 
@@ -260,21 +260,46 @@ def _report(metrics: dict[str, Any], run_dir: Path) -> None:
 
 
 def setup(cfg: SegmentConfig) -> Setup:
-    """The model, task and loaders of a training run under ``cfg``."""
+    """The model, task and loaders of a training run under ``cfg``, its auto fields resolved from the data."""
     check_backbone_name(cfg.model.backbone)
     seed_everything(cfg.train.seed)
     train_data, val = _data(cfg, need_train=True)
     assert train_data is not None
+    facts = recipes.RunFacts(
+        task=TASK,
+        train_images=len(train_data.samples),
+        val_images=len(val.samples),
+        num_classes=len(train_data.class_names),
+        image_sizes=recipes.sample_sizes([s.image for s in train_data.samples]),
+        pretrained=cfg.model.weights is not None,
+        batch_size=cfg.train.batch_size,
+        accumulate=cfg.train.accumulate,
+        processes=distributed.world_size(),
+        device=resolve_device(cfg.train.device).type,
+    )
+    cfg, recipe = recipes.resolve_static(cfg, facts)
     model_args = _model_args(cfg, len(train_data.class_names))
+    model = build_model(weights=cfg.model.weights, **model_args)
+    task = SegmentTask(train_data.class_names, _loss(cfg), keep_masks=PNG_COUNT)
+
+    def step_seconds() -> float:  # on training crops, before the augmentation strength is known
+        crops = segmentation_train(cfg.data.crop_size, scale=(1.0, 1.0), hflip=0.0, color_jitter=0.0)  # type: ignore[arg-type]
+        probe = SegmentationDataset(train_data, crops)
+        batch = collate_segmentation([probe[i] for i in range(min(cfg.train.batch_size, len(probe)))])
+        return recipes.measure_step(task, model, batch, resolve_device(cfg.train.device))
+
+    cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds)
     return Setup(
-        model=build_model(weights=cfg.model.weights, **model_args),
-        task=SegmentTask(train_data.class_names, _loss(cfg), keep_masks=PNG_COUNT),
+        model=model,
+        task=task,
         train_loader=_loader(cfg, train_data, train=True),
         val_loader=_loader(cfg, val, train=False),
         val_data=val,
         meta=dict(task=TASK, model_args=model_args, class_names=train_data.class_names, config=to_dict(cfg)),
         summary=f"{cfg.model.backbone} U-Net: {len(train_data.class_names)} classes, {len(train_data.samples)} "
         f"train / {len(val.samples)} val images, {cfg.data.crop_size}px crops, {cfg.train.epochs} epochs",
+        config=cfg,
+        recipe=recipe,
     )
 
 

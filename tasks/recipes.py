@@ -1,0 +1,437 @@
+"""The auto recipe: every training choice resolved from facts about the run, each with its reason.
+
+A config field left at ``auto`` is filled here from :class:`RunFacts` (the task, the data's size,
+image and box sizes, the class count, pretrained or not, the batch) and, for the run length, from
+the measured time of one training step. A field the user set keeps its value and is reported as
+set. ``train.recipe: off`` fills the ``auto`` fields with fixed generic values instead (torchvision's
+reference settings), which is what this library did before the recipe existed.
+
+The rules, in one place (docs/results.md has the measurements behind them):
+
+- **Optimizer.** AdamW for classification and segmentation, SGD with momentum for detection and
+  multi-task (torchvision's detection reference). The choice does not depend on the run length, so
+  there is no cliff where a longer run switches optimizer (Ultralytics' ``optimizer=auto`` changes
+  from AdamW 0.002·5/(4+classes) to SGD 0.01 at 10k iterations).
+- **Rate.** A reference rate at a reference batch, scaled by the square root of the effective batch
+  (batch × accumulation × processes) over the reference: Krizhevsky's rule for SGD, Malladi et
+  al.'s for Adam. Linear scaling (Goyal et al.) under-scales the small batches of a CPU run.
+- **Fine-tuning.** Pretrained weights give the backbone a tenth of the head's rate (classification,
+  segmentation) and a smaller weight decay; detection keeps torchvision's rate with frozen
+  BatchNorm and stem (``tasks.detect.build_model``).
+- **Warmup.** 5% of the optimizer steps, at least 50 (or a fifth of a shorter run), at most 1,000.
+- **Length.** Epochs that give 2,000 optimizer steps from scratch or 600 when fine-tuning, capped
+  by the time budget: ``--time`` when given (the run then uses all of it), else 10 minutes on a CPU.
+- **Image size.** The training images' typical size rounded up to a multiple of 32, never above the
+  task's standard size: images are not upscaled beyond what they hold.
+- **Augmentation.** Sized to the number of passes over the data: up to 10 epochs, mild; from
+  100 epochs, ImageNet's and detectron2's standard strengths; in between on a log scale.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from tasks.config import ConfigError, apply, nested_update
+
+AUTO = "auto"
+TaskName = Literal["classify", "detect", "segment", "multitask"]
+
+CPU_BUDGET_SECONDS = 600.0  # the default cap on a CPU when neither --epochs nor --time is given
+TARGET_STEPS = {False: 2000, True: 600}  # optimizer steps, from scratch / fine-tuning
+MAX_EPOCHS = 300
+EVAL_COST = 0.35  # an evaluated image costs about this share of a trained one (forward only, no augmentation)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A task's reference settings: the rate at the reference batch, and the weight decay."""
+
+    optimizer: Literal["sgd", "adamw"]
+    lr: float
+    batch: int
+    weight_decay: float
+    weight_decay_pretrained: float
+    source: str
+
+
+REFERENCES: dict[str, Reference] = {
+    "classify": Reference("adamw", 2e-3, 64, 0.05, 0.01, "AdamW, at any run length"),
+    "segment": Reference("adamw", 2e-3, 8, 0.01, 0.01, "AdamW, as smp's U-Net examples"),
+    "detect": Reference("sgd", 0.02, 16, 1e-4, 1e-4, "torchvision's detection reference, 0.02 at batch 16"),
+    "multitask": Reference("sgd", 0.02, 16, 1e-4, 1e-4, "torchvision's detection reference, 0.02 at batch 16"),
+}
+
+# What ``recipe: off`` puts in an ``auto`` field: the generic settings the runners had before.
+FIXED: dict[str, dict[str, Any]] = {
+    "classify": {"train.optimizer": "sgd", "train.lr": 0.1, "train.weight_decay": 1e-4, "train.epochs": 12},
+    "detect": {"train.optimizer": "sgd", "train.lr": 0.02, "train.weight_decay": 1e-4, "train.epochs": 12},
+    "segment": {"train.optimizer": "sgd", "train.lr": 0.01, "train.weight_decay": 1e-4, "train.epochs": 12},
+    "multitask": {"train.optimizer": "sgd", "train.lr": 0.01, "train.weight_decay": 1e-4, "train.epochs": 12},
+}
+FIXED_COMMON: dict[str, Any] = {
+    "train.warmup_epochs": 0.0,
+    "train.backbone_lr_scale": 1.0,
+    "train.clip_grad": None,
+}
+STANDARD_SIZE = {"classify": 224, "segment": 512, "multitask": 512, "detect": 800}
+DETECT_MAX_SIZE = 1333
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the recipe knows about a run before it starts."""
+
+    task: TaskName
+    train_images: int
+    val_images: int
+    num_classes: int
+    image_sizes: tuple[tuple[int, int], ...]  # (width, height) of up to 200 training images
+    pretrained: bool
+    batch_size: int
+    accumulate: int = 1
+    processes: int = 1
+    device: str = "cpu"
+    box_sizes: tuple[float, ...] = ()  # sqrt(area) of training boxes in their images' own pixels
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.accumulate * self.processes
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch, as the engine counts them (full batches per process, then accumulation)."""
+        per_process = math.ceil(self.train_images / self.processes)
+        batches = per_process // self.batch_size if per_process > self.batch_size else 1
+        return max(batches // self.accumulate, 1)
+
+
+@dataclass
+class Choice:
+    key: str
+    value: Any
+    reason: str
+    auto: bool
+
+
+@dataclass
+class Recipe:
+    """The resolved values of one run, in the order they were decided, each with its reason."""
+
+    choices: list[Choice] = field(default_factory=list)
+    budget_seconds: float | None = None  # the run's time budget, for the engine's re-planning
+    max_epochs: int | None = None  # the most epochs the budget may grow to
+    seconds_per_step: float | None = None
+
+    def block(self) -> str:
+        """The block printed once at the start of training."""
+        width = max((len(c.key) for c in self.choices), default=0)
+        lines = [f"  {c.key:<{width}}  {_show(c.value)}  ({c.reason})" for c in self.choices]
+        return "recipe (auto fields resolved from the run; every one can be set by hand):\n" + "\n".join(lines)
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {c.key: {"value": c.value, "reason": c.reason, "auto": c.auto} for c in self.choices}
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.1f}" if value.is_integer() else f"{value:.3g}"
+    return str(value)
+
+
+def get(config: Any, key: str) -> Any:
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+class Resolver:
+    """Fills the ``auto`` fields of one config, recording every decision in a :class:`Recipe`."""
+
+    def __init__(self, config: Any, recipe: Recipe) -> None:
+        self.config = config
+        self.recipe = recipe
+        self.enabled = get(config, "train.recipe") == AUTO
+
+    def is_auto(self, key: str) -> bool:
+        return isinstance(get(self.config, key), str) and get(self.config, key) == AUTO
+
+    def decide(self, key: str, value: Any, reason: str, *, fixed: Any = None) -> Any:
+        """``value`` for an ``auto`` field (or ``fixed`` under ``recipe: off``); the user's value otherwise."""
+        if not self.is_auto(key):
+            current = get(self.config, key)
+            self.recipe.choices.append(Choice(key, current, "set", auto=False))
+            return current
+        if not self.enabled:
+            value, reason = fixed, "recipe: off"
+        self.config = apply(self.config, nested_update(key, value), source="auto recipe")
+        self.recipe.choices.append(Choice(key, get(self.config, key), reason, auto=True))
+        return get(self.config, key)
+
+
+def round_up_32(value: float) -> int:
+    return max(32, 32 * math.ceil(value / 32))
+
+
+def typical_side(sizes: Sequence[tuple[int, int]], *, longer: bool = False) -> float:
+    sides = [max(w, h) if longer else min(w, h) for w, h in sizes]
+    return float(statistics.median(sides)) if sides else 0.0
+
+
+def augmentation_strength(epochs: float) -> float:
+    """0 up to 10 passes over the data, 1 from 100, log-linear in between."""
+    return min(max(math.log10(max(epochs, 1e-9) / 10), 0.0), 1.0)
+
+
+def parse_duration(text: str, *, option: str = "--time") -> float:
+    """``"15m"``, ``"90s"``, ``"1.5h"``, ``"1h30m"`` (a bare number is minutes) in seconds."""
+    text = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text) * 60
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+    if not parts or re.sub(r"\s", "", "".join(a + b for a, b in parts)) != re.sub(r"\s", "", text):
+        raise ConfigError(f"{option} {text!r} must be a duration such as 15m, 90s, 1.5h or 1h30m")
+    seconds = sum(float(amount) * {"h": 3600, "m": 60, "s": 1}[unit] for amount, unit in parts)
+    if seconds <= 0:
+        raise ConfigError(f"{option} {text!r} must be longer than zero")
+    return seconds
+
+
+def resolve_static(config: Any, facts: RunFacts) -> tuple[Any, Recipe]:
+    """Every choice that does not depend on the run length: optimizer, rate, decay, sizes, clipping."""
+    recipe = Recipe()
+    r = Resolver(config, recipe)
+    ref = REFERENCES[facts.task]
+    fixed = {**FIXED_COMMON, **FIXED[facts.task]}
+    _image_sizes(r, facts, fixed)
+
+    optimizer = r.decide("train.optimizer", ref.optimizer, ref.source, fixed=fixed["train.optimizer"])
+    batch = facts.effective_batch
+    scale = math.sqrt(batch / ref.batch)
+    if optimizer == ref.optimizer:
+        lr, why = ref.lr * scale, f"{ref.lr:g} at batch {ref.batch}, ×√({batch}/{ref.batch})"
+    elif optimizer == "adamw":
+        lr, why = 1e-3 * math.sqrt(batch / 32), f"AdamW 0.001 at batch 32, ×√({batch}/32)"
+    else:
+        lr, why = 0.02 * math.sqrt(batch / 16), f"SGD 0.02 at batch 16, ×√({batch}/16)"
+    start = "fine-tuning" if facts.pretrained else "from scratch"
+    r.decide("train.lr", round(lr, 6), f"{optimizer}, {start}, {why}", fixed=fixed["train.lr"])
+    decay = ref.weight_decay_pretrained if facts.pretrained else ref.weight_decay
+    if optimizer != ref.optimizer:
+        decay = 0.05 if optimizer == "adamw" else 1e-4
+    r.decide("train.weight_decay", decay, f"{optimizer}, {start}", fixed=fixed["train.weight_decay"])
+    if facts.pretrained and facts.task in ("classify", "segment"):
+        r.decide("train.backbone_lr_scale", 0.1, "pretrained backbone, new head", fixed=1.0)
+    else:
+        why = start if facts.task in ("classify", "segment") else "torchvision's"
+        r.decide("train.backbone_lr_scale", 1.0, why, fixed=1.0)
+    if facts.task in ("detect", "multitask"):
+        r.decide("train.clip_grad", 10.0, "the RPN's early losses spike from random anchors", fixed=None)
+    else:
+        r.decide("train.clip_grad", None, "not needed with AdamW and warmup", fixed=None)
+    return r.config, recipe
+
+
+def _image_sizes(r: Resolver, facts: RunFacts, fixed: dict[str, Any]) -> None:
+    short = typical_side(facts.image_sizes)
+    standard = STANDARD_SIZE[facts.task]
+    seen = f"typical shorter side {short:.0f} px"
+    if facts.task == "classify":
+        size = min(round_up_32(short), standard)
+        size = r.decide("data.image_size", size, f"{seen}, at most {standard}", fixed=standard)
+        whole = short <= size
+        r.decide(
+            "data.crop_pct",
+            1.0 if whole else 0.875,
+            "images no larger than the input: kept whole" if whole else "ImageNet's centre crop",
+            fixed=0.875,
+        )
+    elif facts.task == "segment":
+        size = min(round_up_32(short), standard)
+        r.decide("data.crop_size", size, f"{seen}, at most {standard}", fixed=standard)
+    elif facts.task == "multitask":
+        longer = typical_side(facts.image_sizes, longer=True)
+        size = min(round_up_32(longer), standard)
+        r.decide("data.image_size", size, f"typical longer side {longer:.0f} px, at most {standard}", fixed=standard)
+    if facts.task in ("detect", "multitask"):
+        _detector_sizes(r, facts, short)
+
+
+def _detector_sizes(r: Resolver, facts: RunFacts, short: float) -> None:
+    prefix = "model." if facts.task == "detect" else "model.detection."
+    if facts.task == "detect":
+        min_size = min(round_up_32(short), STANDARD_SIZE["detect"])
+        min_size = r.decide("model.min_size", min_size, f"typical shorter side {short:.0f} px, at most 800", fixed=800)
+        longer = typical_side(facts.image_sizes, longer=True)
+        max_size = max(min(round_up_32(longer), DETECT_MAX_SIZE), min_size)
+        r.decide("model.max_size", max_size, f"typical longer side {longer:.0f} px, at most 1333", fixed=1333)
+        resize = min_size / short if short else 1.0
+        area_ratio = min_size * max_size / (800 * 1333)
+    else:
+        size = get(r.config, "data.image_size")
+        longer = typical_side(facts.image_sizes, longer=True)
+        resize = size / longer if longer else 1.0
+        area_ratio = size * size / (800 * 1333)
+    boxes = sorted(b * resize for b in facts.box_sizes)
+    if boxes:
+        small = boxes[len(boxes) // 20]  # the 5th percentile
+        base = 2 ** min(max(round(math.log2(small)), 3), 5)  # 8, 16 or 32 px at stride 4
+        why = f"5% of boxes are under {small:.0f} px after resizing"
+    else:
+        base, why = 32, "torchvision's"
+    anchors = [[base * 2**i] for i in range(5)]
+    r.decide(prefix + "anchor_sizes", anchors, why, fixed=[[32], [64], [128], [256], [512]])
+    # torchvision's proposal and RoI counts are for 800x1333 images; fewer pixels need fewer of them.
+    scaled = f"torchvision's, scaled to {area_ratio:.0%} of the pixels of 800x1333"
+    for key, full, low in (
+        ("rpn_pre_nms_top_n_train", 2000, 400),
+        ("rpn_post_nms_top_n_train", 2000, 200),
+        ("rpn_pre_nms_top_n_test", 1000, 300),
+        ("rpn_post_nms_top_n_test", 1000, 100),
+        ("box_batch_size_per_image", 512, 64),
+    ):
+        value = int(min(max(round(full * area_ratio), low), full))
+        r.decide(prefix + key, value, scaled if value < full else "torchvision's", fixed=full)
+
+
+def resolve_length(
+    config: Any,
+    recipe: Recipe,
+    facts: RunFacts,
+    *,
+    seconds_per_step: Callable[[], float] | None = None,
+) -> Any:
+    """Epochs, warmup and augmentation strength: the choices that depend on how long the run is.
+
+    ``seconds_per_step`` measures one training step; it is called only when a time budget applies.
+    """
+    r = Resolver(config, recipe)
+    steps_per_epoch = facts.steps_per_epoch
+    max_iters = get(config, "train.max_iters_per_epoch")
+    if max_iters:
+        steps_per_epoch = max(min(steps_per_epoch, max_iters // facts.accumulate), 1)
+    time_text = get(config, "train.time")
+    budget = parse_duration(time_text) if time_text else None
+    epochs_auto = r.is_auto("train.epochs")
+    if budget is None and epochs_auto and r.enabled and facts.device == "cpu":
+        budget = CPU_BUDGET_SECONDS
+    target = TARGET_STEPS[facts.pretrained]
+    target_epochs = min(max(math.ceil(target / steps_per_epoch), 1), MAX_EPOCHS)
+    ceiling = get(config, "train.epochs") if not epochs_auto else (MAX_EPOCHS if time_text else target_epochs)
+    epochs, why = ceiling, f"{target} optimizer steps {'fine-tuning' if facts.pretrained else 'from scratch'}"
+    if time_text and not epochs_auto:
+        why = f"set; --time {time_text} may stop it sooner"
+    elif time_text:
+        why = f"fitted to --time {time_text}"
+    if budget is not None and (r.enabled or time_text) and seconds_per_step is not None:
+        step = seconds_per_step()
+        recipe.seconds_per_step = step
+        per_epoch = epoch_seconds(step, steps_per_epoch, facts)
+        fits = fit_epochs(budget, per_epoch, ceiling)
+        if fits < ceiling or time_text:
+            limit = f"--time {time_text}" if time_text else f"{budget / 60:.0f} min on a CPU"
+            why = f"{limit} at {step:.2f} s/step measured and ~{per_epoch:.0f} s/epoch"
+            if not time_text:
+                why += f"; {target_epochs} would give {target} steps"
+        epochs = min(fits, ceiling)
+        recipe.budget_seconds, recipe.max_epochs = budget, ceiling
+    if epochs_auto:
+        epochs = r.decide("train.epochs", int(epochs), why, fixed=FIXED[facts.task]["train.epochs"])
+    else:
+        epochs = r.decide("train.epochs", None, "")
+        if recipe.budget_seconds is not None:
+            recipe.choices[-1].reason = why
+    total = steps_per_epoch * epochs
+    warmup = min(max(round(0.05 * total), min(50, total // 5)), 1000)
+    r.decide(
+        "train.warmup_epochs",
+        round(warmup / steps_per_epoch, 3),
+        f"{warmup} of {total} steps",
+        fixed=FIXED_COMMON["train.warmup_epochs"],
+    )
+    _augmentation(r, facts, epochs)
+    return r.config
+
+
+def epoch_seconds(step_seconds: float, steps_per_epoch: int, facts: RunFacts) -> float:
+    """A training epoch plus its evaluation, estimated from one step's time."""
+    per_image = step_seconds / max(facts.batch_size, 1)
+    evaluation = EVAL_COST * per_image * facts.val_images / facts.processes
+    return step_seconds * steps_per_epoch + evaluation
+
+
+def fit_epochs(budget_seconds: float, seconds_per_epoch: float, ceiling: int) -> int:
+    """The most whole epochs that fit the budget, at least one, at most ``ceiling``."""
+    return int(min(max(budget_seconds // max(seconds_per_epoch, 1e-9), 1), ceiling))
+
+
+def _augmentation(r: Resolver, facts: RunFacts, epochs: int) -> None:
+    s = augmentation_strength(epochs)
+    why = f"strength {s:.2f} of 1 for {epochs} pass{'es' if epochs != 1 else ''} over the data"
+    if facts.task == "classify":
+        size = get(r.config, "data.image_size")
+        floor = (24 / size) ** 2  # a crop keeps at least 24x24 of the input's pixels
+        scale_min = max(0.08 + (1 - s) * 0.42, min(floor, 1.0))
+        reason = why if scale_min > floor else f"crops keep ≥ 24 px of {size} px"
+        r.decide("data.scale_min", round(scale_min, 3), reason, fixed=0.08)
+        r.decide("data.color_jitter", round(0.1 + 0.3 * s, 3), why, fixed=0.4)
+    elif facts.task == "detect":
+        r.decide("data.scale_jitter", round(0.1 + 0.15 * s, 3), why, fixed=0.25)
+        r.decide("data.color_jitter", round(0.1 + 0.1 * s, 3), why, fixed=0.2)
+    elif facts.task == "segment":
+        r.decide("data.scale_min", round(1 - (0.25 + 0.25 * s), 3), why, fixed=0.5)
+        r.decide("data.scale_max", round(1 + (0.25 + 0.75 * s), 3), why, fixed=2.0)
+        r.decide("data.color_jitter", round(0.1 + 0.1 * s, 3), why, fixed=0.2)
+    else:
+        r.decide("data.color_jitter", round(0.1 + 0.1 * s, 3), why, fixed=0.2)
+
+
+def measure_step(
+    task: Any, model: nn.Module, batch: dict[str, Any], device: torch.device, *, repeats: int = 2
+) -> float:
+    """Seconds of one training step (forward and backward of ``task.losses``) on a copy of ``model``,
+    after one untimed step; the model itself is not changed. The best of ``repeats``, plus 10% for the
+    optimizer step and data wait that the probe leaves out."""
+    probe = copy.deepcopy(model).to(device).train()
+    batch = task.to_device(batch, device)
+    times = []
+    for index in range(1 + repeats):
+        start = time.perf_counter()
+        task.losses(probe, batch)["loss"].backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if index:
+            times.append(time.perf_counter() - start)
+        probe.zero_grad(set_to_none=True)
+    del probe
+    return min(times) * 1.1
+
+
+def box_sides(boxes: Sequence[Sequence[float]], *, limit: int = 2000) -> tuple[float, ...]:
+    """sqrt(area) of up to ``limit`` (x1, y1, x2, y2) boxes, evenly spaced through ``boxes``."""
+    return tuple(float(((x2 - x1) * (y2 - y1)) ** 0.5) for x1, y1, x2, y2 in boxes[:: max(len(boxes) // limit, 1)])
+
+
+def sample_sizes(paths: Sequence[Any], *, limit: int = 200) -> tuple[tuple[int, int], ...]:
+    """(width, height) of up to ``limit`` images, evenly spaced through ``paths``, from their headers."""
+    from PIL import Image
+
+    step = max(len(paths) // limit, 1)
+    sizes = []
+    for path in list(paths)[::step][:limit]:
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return tuple(sizes)

@@ -1,0 +1,223 @@
+"""The auto recipe: hand-computed resolutions from facts, user values kept, budgets and patience in the engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import pytest
+import torch
+import yaml
+from conftest import make_image_folder
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tasks import recipes
+from tasks.classify import ClassifyConfig
+from tasks.config import ConfigError, TrainConfig, apply, unresolved
+from tasks.detect import DetectConfig
+from tasks.engine import Engine
+from tasks.multitask import MultiTaskConfig
+from tasks.recipes import RunFacts, parse_duration, resolve_length, resolve_static
+from tasks.segment import SegmentConfig
+
+
+def _facts(task="classify", *, n=1438, val=360, sizes=((32, 32),), batch=64, pretrained=False, **more) -> RunFacts:
+    return RunFacts(
+        task=task,
+        train_images=n,
+        val_images=val,
+        num_classes=10,
+        image_sizes=tuple(sizes) * 10,
+        pretrained=pretrained,
+        batch_size=batch,
+        device="cuda",  # no default CPU time cap unless a test asks for one
+        **more,
+    )
+
+
+def _resolve(config, facts, seconds_per_step=None):
+    config, recipe = resolve_static(config, facts)
+    config = resolve_length(config, recipe, facts, seconds_per_step=seconds_per_step)
+    assert unresolved(config) == []
+    return config, recipe
+
+
+def test_durations() -> None:
+    assert parse_duration("15m") == 900 and parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
+    assert parse_duration("1h30m") == 5400 and parse_duration("2") == 120  # a bare number is minutes
+    for bad in ("", "15x", "m", "1h 30", "0m", "-5m"):
+        with pytest.raises(ConfigError, match="--time"):
+            parse_duration(bad)
+
+
+def test_small_images_from_scratch() -> None:
+    config, recipe = _resolve(ClassifyConfig(), _facts())
+    d, t = config.data, config.train
+    assert (d.image_size, d.crop_pct) == (32, 1.0)  # 32 px images are not upscaled to 224
+    assert (t.optimizer, t.lr, t.weight_decay, t.backbone_lr_scale, t.clip_grad) == ("adamw", 0.002, 0.05, 1.0, None)
+    steps = 1438 // 64  # 22 full batches an epoch
+    assert t.epochs == math.ceil(2000 / steps) == 91
+    assert t.warmup_epochs == round(100 / steps, 3)  # 5% of 91 x 22 = 2002 steps
+    assert d.scale_min == round(max(0.08 + (1 - math.log10(9.1)) * 0.42, (24 / 32) ** 2), 3)
+    assert d.color_jitter == round(0.1 + 0.3 * math.log10(9.1), 3)
+    assert all(c.auto for c in recipe.choices)
+    assert "  0.002  (adamw, from scratch, 0.002 at batch 64, ×√(64/64))" in recipe.block()
+
+
+def test_batch_scaling_pretrained_and_photo_sizes() -> None:
+    facts = _facts(sizes=((500, 375), (640, 480)), batch=16, pretrained=True)
+    config, _ = _resolve(ClassifyConfig(), facts)
+    assert config.data.image_size == 224 and config.data.crop_pct == 0.875  # capped at the standard size
+    assert config.train.lr == 0.001  # 0.002 x sqrt(16 / 64)
+    assert (config.train.backbone_lr_scale, config.train.weight_decay) == (0.1, 0.01)
+    assert config.train.epochs == math.ceil(600 / (1438 // 16))  # fine-tuning needs fewer steps
+
+
+def test_the_rate_has_no_cliff_at_any_run_length() -> None:
+    """Ultralytics switches AdamW to SGD 0.01 at 10k iterations; here nothing but warmup and augmentation move."""
+    resolved = [_resolve(ClassifyConfig(), _facts(n=n))[0].train for n in (500, 20_000, 200_000, 2_000_000)]
+    assert {(t.optimizer, t.lr, t.weight_decay) for t in resolved} == {("adamw", 0.002, 0.05)}
+
+
+def test_values_the_user_set_are_kept_and_reported() -> None:
+    config = apply(ClassifyConfig(), {"train": {"lr": 0.05, "optimizer": "sgd", "epochs": 3}}, source="t")
+    config, recipe = _resolve(config, _facts())
+    assert (config.train.lr, config.train.optimizer, config.train.epochs) == (0.05, "sgd", 3)
+    choices = {c.key: c for c in recipe.choices}
+    assert not choices["train.lr"].auto and choices["train.lr"].reason == "set"
+    assert choices["train.weight_decay"].value == 1e-4  # AdamW's decay does not follow the user to SGD
+
+
+def test_recipe_off_gives_the_fixed_generic_values() -> None:
+    config = apply(ClassifyConfig(), {"train": {"recipe": "off"}}, source="t")
+    config, recipe = _resolve(config, _facts())
+    t, d = config.train, config.data
+    assert (t.optimizer, t.lr, t.epochs, t.warmup_epochs, d.image_size, d.scale_min) == ("sgd", 0.1, 12, 0.0, 224, 0.08)
+    assert {c.reason for c in recipe.choices} == {"recipe: off"}
+
+
+def test_detection_sizes_anchors_and_proposals_follow_the_data() -> None:
+    """On 128 px images with 15-60 px objects the rules give what configs/detect/shapes.yaml sets by hand."""
+    boxes = tuple(float(b) for b in range(15, 61))
+    config, _ = _resolve(DetectConfig(), _facts("detect", n=320, sizes=((128, 128),), batch=4, box_sizes=boxes))
+    m = config.model
+    assert (m.min_size, m.max_size) == (128, 128)
+    assert m.anchor_sizes == [[16], [32], [64], [128], [256]]
+    counts = (m.rpn_pre_nms_top_n_train, m.rpn_post_nms_top_n_train, m.rpn_pre_nms_top_n_test)
+    assert counts + (m.rpn_post_nms_top_n_test, m.box_batch_size_per_image) == (400, 200, 300, 100, 64)
+    t = config.train
+    assert (t.optimizer, t.lr, t.clip_grad) == ("sgd", 0.01, 10.0)  # 0.02 at batch 16, x sqrt(4 / 16)
+
+    photos = _facts("detect", sizes=((800, 600),), batch=16, box_sizes=tuple(float(b) for b in range(40, 400)))
+    big, _ = _resolve(DetectConfig(), photos)
+    assert (big.model.min_size, big.model.max_size) == (608, 800)
+    assert big.model.anchor_sizes == [[32], [64], [128], [256], [512]]  # torchvision's, capped
+    assert big.model.rpn_pre_nms_top_n_train == round(2000 * 608 * 800 / (800 * 1333))
+
+
+def test_segmentation_and_multitask_sizes() -> None:
+    config, _ = _resolve(SegmentConfig(), _facts("segment", sizes=((500, 375),), batch=8))
+    assert config.data.crop_size == 384 and config.model.dice_weight == 1.0
+    assert (config.train.optimizer, config.train.lr) == ("adamw", 0.002)
+    assert config.data.scale_min < 1 < config.data.scale_max
+    multi, _ = _resolve(MultiTaskConfig(), _facts("multitask", sizes=((128, 96),), batch=4, box_sizes=(20.0,)))
+    assert multi.data.image_size == 128 and multi.model.detection.anchor_sizes[0] == [16]
+
+
+def test_longer_runs_get_stronger_augmentation() -> None:
+    runs = [_resolve(ClassifyConfig(), _facts(n=n, sizes=((256, 256),)))[0].data for n in (100_000, 6_400, 1_000)]
+    assert [d.scale_min for d in runs] == sorted([d.scale_min for d in runs], reverse=True)
+    assert runs[0].scale_min == 0.5 and runs[-1].scale_min == 0.08  # 1 epoch: mild; 128 epochs: ImageNet's
+    assert runs[-1].color_jitter == 0.4
+
+
+def test_the_time_budget_fits_epochs_from_the_measured_step() -> None:
+    facts = _facts()  # 22 steps an epoch, 360 val images
+    config = apply(ClassifyConfig(), {"train": {"time": "2m"}}, source="t")
+    config, recipe = _resolve(config, facts, seconds_per_step=lambda: 0.5)
+    per_epoch = 0.5 * 22 + recipes.EVAL_COST * 0.5 / 64 * 360
+    assert config.train.epochs == int(120 // per_epoch) == 10
+    assert (recipe.budget_seconds, recipe.max_epochs, recipe.seconds_per_step) == (120, recipes.MAX_EPOCHS, 0.5)
+
+    calls = []
+    cpu = dataclasses.replace(facts, device="cpu")
+    capped, recipe = _resolve(ClassifyConfig(), cpu, seconds_per_step=lambda: calls.append(1) or 2.0)
+    assert calls == [1] and capped.train.epochs == int(600 // (2.0 * 22 + recipes.EVAL_COST * 2 / 64 * 360))
+    assert "10 min on a CPU" in recipe.block() and recipe.max_epochs == 91  # the step target stays the ceiling
+    fixed = apply(ClassifyConfig(), {"train": {"epochs": 5}}, source="t")
+    _resolve(fixed, cpu, seconds_per_step=lambda: calls.append(2) or 2.0)
+    assert calls == [1]  # set epochs and no --time: nothing to measure
+
+
+class _ScriptedTask:
+    """A task whose evaluations return a fixed sequence of scores."""
+
+    name = "classify"
+    main_metric = "accuracy"
+
+    def __init__(self, scores):
+        self.scores = iter(scores)
+
+    def to_device(self, batch, device):
+        return batch
+
+    def losses(self, model, batch):
+        return {"loss": model(batch["x"]).pow(2).mean()}
+
+    def evaluate(self, model, loader, device):
+        return {"accuracy": next(self.scores)}
+
+
+def _engine(tmp_path, scores, **train):
+    cfg = apply(TrainConfig(), {"epochs": 10, "lr": 0.01, "optimizer": "sgd", "weight_decay": 0.0,
+                                "backbone_lr_scale": 1.0, "warmup_epochs": 0.0, "clip_grad": None,
+                                "device": "cpu", **train}, source="t")  # fmt: skip
+    batches = DataLoader([{"x": torch.randn(4, 3), "batch_size": 4} for _ in range(3)], batch_size=None)
+    return Engine(nn.Linear(3, 1), _ScriptedTask(scores), cfg, tmp_path, {"task": "classify"}), batches
+
+
+def test_patience_stops_after_n_epochs_without_improvement(tmp_path, capsys) -> None:
+    engine, batches = _engine(tmp_path, [0.1, 0.3, 0.2, 0.3, 0.25, 0.9, 0.9], patience=3)
+    assert engine.fit(batches, batches) == {"accuracy": 0.25}  # best at epoch 2, then 3 without a better one
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert (saved["epoch"], saved["best_epoch"], saved["best_metric"]) == (4, 1, 0.3)
+    assert "not improved for 3 epoch(s) (best 0.3000 at epoch 2)" in capsys.readouterr().out
+
+
+def test_unresolved_fields_are_refused_by_the_engine(tmp_path) -> None:
+    with pytest.raises(ValueError, match="train.lr|lr"):
+        Engine(nn.Linear(3, 1), _ScriptedTask([]), TrainConfig(), tmp_path, {})
+
+
+def test_the_engine_refits_epochs_to_the_budget_after_the_first_epoch(tmp_path, monkeypatch, capsys) -> None:
+    ticks = itertools.count(step=7.0)  # each clock reading 7 s after the last: every epoch "takes" 7 s
+    monkeypatch.setattr(Engine, "clock", staticmethod(lambda: next(ticks)))
+    engine, batches = _engine(tmp_path, [0.1 * i for i in range(20)])
+    engine.budget_seconds, engine.max_epochs = 30.0, 300
+    engine.fit(batches, batches)
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["epoch"] == 3 and saved["budget_epochs"] == 4 and saved["elapsed_seconds"] == 28.0
+    out = capsys.readouterr().out
+    assert "4 epochs instead of 10" in out and "epoch 4/4" in out
+
+
+def test_training_prints_and_records_the_resolved_recipe(tmp_path, capsys) -> None:
+    from tasks.classify import main
+
+    data = make_image_folder(tmp_path / "data", per_class=(8, 2), size=40)
+    out = tmp_path / "run"
+    argv = ["--data", str(data), "--backbone", "resnet18", "--epochs", "1", "--batch-size", "8", "--workers", "0"]
+    assert main([*argv, "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("recipe (auto fields") < printed.index("epoch 1/1")
+    assert "data.image_size" in printed and "(typical shorter side 40 px, at most 224)" in printed
+    text = (out / "config.yaml").read_text()
+    assert text.startswith("# recipe (auto fields")
+    saved = yaml.safe_load(text)
+    assert saved["data"]["image_size"] == 64 and saved["train"]["optimizer"] == "adamw"
+    assert saved["train"]["lr"] == round(0.002 * math.sqrt(8 / 64), 6) and saved["train"]["epochs"] == 1
+    assert "auto" not in {saved["train"][k] for k in ("lr", "weight_decay", "warmup_epochs", "clip_grad")}
+    assert main([*argv, "--time", "5x", "--output", str(tmp_path / "bad")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --time '5x' must be a duration such as 15m, 90s, 1.5h or 1h30m"
