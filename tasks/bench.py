@@ -374,7 +374,8 @@ TRAINING_RECIPES = {
 
 
 def _runner_setup(task: str, overrides: Sequence[str]) -> Any:
-    """The runner's training Setup under its packaged recipe (the built-in data), plus ``--set`` overrides."""
+    """The runner's resolved config and training Setup under its packaged recipe (the built-in data), plus
+    ``--set`` overrides."""
     import contextlib
     import importlib
     import io
@@ -391,7 +392,8 @@ def _runner_setup(task: str, overrides: Sequence[str]) -> Any:
     args = argparse.Namespace(config=[], set=list(overrides))
     cfg = resolve_config(getattr(module, defaults)(), args, {}, embedded=TRAINING_RECIPES[task][0])
     with contextlib.redirect_stdout(io.StringIO()):  # "using the built-in data at ..."
-        return cfg, module.setup(cfg)
+        parts = module.setup(cfg)
+    return parts.config, parts
 
 
 def training_benchmark(

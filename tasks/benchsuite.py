@@ -20,7 +20,7 @@ from importlib import metadata
 
 from tasks import bench
 
-SECTIONS = ("backbone", "detector", "coco-eval", "training", "multitask", "export")
+SECTIONS = ("backbone", "detector", "coco-eval", "training", "multitask", "export", "learning")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class Settings:
     ceiling_rounds: int = 10
     memory: bool = True
     gpu_backbone: tuple[str, int, int, int] = ("resnet50", 256, 224, 20)  # arch, batch, side, rounds
+    learning: tuple[str, float, tuple[str, ...] | None] = ("3m", 1.0, None)  # budget, data scale, sets (None: all)
 
 
 FULL = Settings(name="full")
@@ -58,6 +59,7 @@ QUICK = Settings(
     ceiling=(512, 1, 64, 28),
     ceiling_rounds=3,
     memory=False,
+    learning=("10s", 0.05, ("faces", "coins")),
     gpu_backbone=("resnet18", 2, 64, 2),
 )
 
@@ -424,6 +426,67 @@ def gpu_section(s: Settings, peak: float, *, device: str = "cuda", variants: Seq
     return Section(title, text, lambda _: text_table, headlines)  # rated against its own float16 peak
 
 
+def learning_section(s: Settings) -> Section:
+    from tasks import bench_learning
+
+    budget, scale, names = s.learning
+    rows = bench_learning.learning_rows(budget, scale=scale, names=names)
+
+    def ratio(row: dict) -> float | None:
+        reference = row["reference"]["metric"]
+        return row["ours"]["metric"] / reference if reference > 0 else None
+
+    def table(peak: float) -> str:
+        body = []
+        for row in rows:
+            ours, ref = row["ours"], row["reference"]
+            value = ratio(row)
+            body.append(
+                [
+                    row["set"],
+                    f"{row['task']} ({bench_learning.METRIC[row['task']]})",
+                    f"{ours['metric']:.3f}",
+                    f"{ref['metric']:.3f}",
+                    f"{row['setting'][0]} {row['setting'][1]:g}",
+                    "—" if value is None else _ratio(value),
+                    f"{ours['epochs']} / {ref['epochs']}",
+                    f"{ours['wall']:.0f} / {ref['wall']:.0f}",
+                    f"{ours['images_per_s']:.1f} / {ref['images_per_s']:.1f}",
+                ]
+            )
+        return _table(
+            [
+                "set",
+                "task (metric)",
+                "ours",
+                "reference",
+                "reference setting",
+                "ours / reference",
+                "epochs",
+                "wall s (ours / ref)",
+                "images/s (ours / ref)",
+            ],
+            "llrrlrrrr",
+            body,
+        )
+
+    text = (
+        f"Our default command, `python -m tasks.<task> --data DIR --time {budget}` and nothing else, against a tuned "
+        "reference on the same data and the same time budget, each in a fresh interpreter, one after the other on "
+        "each set. References: a torchvision ResNet-50 in a plain loop (classify), smp's U-Net on ResNet-34 with "
+        "CE + Dice (segment), at the data's own size, with the best setting of a three-point learning-rate and "
+        "optimizer sweep (docs/results.md has the sweep). The sets (`tasks.data.benchmark_sets`, built from "
+        "scikit-image's and scikit-learn's photos) are reporting sets: the auto recipe was not tuned on them. Wall "
+        "seconds include start-up; images/s counts training images over training and evaluation time."
+    )
+    headlines = [
+        (f"learning: {row['set']} ({row['task']}), ours vs tuned reference at {budget}", _ratio(value))
+        for row in rows
+        if (value := ratio(row)) is not None
+    ]
+    return Section("Learning on data the recipe was not tuned on", text, table, headlines)
+
+
 BUILDERS: dict[str, Callable[[Settings], Section]] = {
     "backbone": backbone_section,
     "detector": detector_section,
@@ -431,6 +494,7 @@ BUILDERS: dict[str, Callable[[Settings], Section]] = {
     "training": training_section,
     "multitask": multitask_section,
     "export": export_section,
+    "learning": learning_section,
 }
 
 

@@ -32,9 +32,10 @@ from tasks.config import TrainConfig, unresolved
 from tasks.data.sampling import GroupedBatchSampler
 from tasks.errors import UserError
 from tasks.io import write_json
-from tasks.recipes import Recipe, fit_epochs
+from tasks.recipes import Recipe
 
 Batch = dict[str, Any]
+RESUME = ("optimizer", "scheduler", "scaler")  # checkpoint entries only last.pt carries
 
 
 class Task(Protocol):
@@ -217,8 +218,8 @@ class Engine:
         cfg: the engine settings.
         run_dir: where checkpoints, metrics.json and TensorBoard events go.
         meta: extra checkpoint entries (``task``, ``model_args``, ``config`` ...).
-        budget_seconds: a wall-clock budget: after the first epoch the number of epochs is fitted to it
-            (up to ``max_epochs``), and no epoch starts that would end well past it.
+        budget_seconds: a wall-clock budget: after every epoch the number of epochs is fitted to what
+            is left of it at the measured pace (up to ``max_epochs``).
         max_epochs: the most epochs the budget may grow the run to (default ``cfg.epochs``).
     """
 
@@ -243,6 +244,8 @@ class Engine:
         self.budget_seconds = budget_seconds
         self.max_epochs = max_epochs or self.epochs
         self.elapsed = 0.0  # training and evaluation seconds so far, over resumes
+        self.durations: list[float] = []  # this process's epochs, for the budget's pace
+        self.save_seconds = 0.0  # the last checkpoint's writing time, counted in the budget
         self.best_epoch = -1
         self.task = task
         self.run_dir = run_dir
@@ -324,16 +327,20 @@ class Engine:
             improved = score > self.best_metric
             if improved:
                 self.best_metric, self.best_epoch = score, epoch
-            self.elapsed += self.clock() - started
-            if epoch == 0 and self.budget_seconds is not None:
-                self._fit_budget(self.elapsed)
+            seconds = self.clock() - started
+            self.elapsed += seconds
+            if self.budget_seconds is not None:  # the last epoch's checkpoint time stands in for this one's
+                self._fit_budget(epoch, seconds + self.save_seconds)
             stop = self._stop_reason(epoch)
+            saving = self.clock()
             if distributed.is_main():
                 checkpoint = self._checkpoint(epoch)
                 save_checkpoint(self.run_dir / "last.pt", checkpoint)
-                if improved:
-                    save_checkpoint(self.run_dir / "best.pt", checkpoint)
+                if improved:  # what eval and predict need: no optimizer state to resume from
+                    save_checkpoint(self.run_dir / "best.pt", {k: v for k, v in checkpoint.items() if k not in RESUME})
                 write_json(self.run_dir / "metrics.json", metrics)
+            self.save_seconds = self.clock() - saving
+            self.elapsed += self.save_seconds
             self._log(
                 f"epoch {epoch + 1}/{self.epochs}: {self.task.main_metric} {score:.4f}{' (best)' if improved else ''}"
             )
@@ -349,34 +356,32 @@ class Engine:
                 write_json(self.run_dir / "metrics.json", metrics)
         return metrics
 
-    def _fit_budget(self, first_epoch_seconds: float) -> None:
-        """After the first epoch: as many epochs as the budget holds at its measured pace (rank 0's)."""
+    def _fit_budget(self, epoch: int, seconds: float) -> None:
+        """After each epoch: as many more epochs as the rest of the budget holds at the pace of the last
+        few (rank 0's), so that a run on a machine that slows down or speeds up still ends on time with
+        its schedule complete. The cosine schedule stretches or shrinks to the new length."""
         assert self.budget_seconds is not None
-        seconds = float(distributed.broadcast(first_epoch_seconds))
-        epochs = fit_epochs(self.budget_seconds, seconds, self.max_epochs)
+        self.durations.append(seconds)
+        recent = self.durations[-3:]
+        pace = float(distributed.broadcast(sum(recent) / len(recent)))
+        remaining = self.budget_seconds - float(distributed.broadcast(self.elapsed))
+        epochs = max(min(epoch + 1 + int(max(remaining, 0.0) // max(pace, 1e-9)), self.max_epochs), epoch + 1)
         if epochs != self.epochs:
             self._log(
-                f"time budget {self.budget_seconds / 60:.1f} min at {seconds:.1f} s per epoch: "
-                f"{epochs} epochs instead of {self.epochs}; the schedule is stretched to fit"
+                f"time budget {self.budget_seconds / 60:.1f} min at {pace:.1f} s per epoch: "
+                f"{epochs} epochs instead of {self.epochs}"
             )
             self.epochs = epochs
 
     def _stop_reason(self, epoch: int) -> str | None:
         """Why training ends after ``epoch`` before its planned last epoch (the same on every process)."""
-        if epoch + 1 >= self.epochs:
-            return None
-        reason = None
         patience = self.cfg.patience
-        if patience is not None and epoch - self.best_epoch >= patience:
-            reason = (
-                f"stopped early: {self.task.main_metric} has not improved for {patience} epoch(s) "
-                f"(best {self.best_metric:.4f} at epoch {self.best_epoch + 1})"
-            )
-        elif self.budget_seconds is not None:
-            pace = self.elapsed / (epoch + 1 - self.start_epoch)
-            if self.elapsed + pace > self.budget_seconds + 0.5 * pace:
-                reason = f"stopped: another epoch would end past the time budget ({self.budget_seconds / 60:.1f} min)"
-        return distributed.broadcast(reason)
+        if epoch + 1 >= self.epochs or patience is None or epoch - self.best_epoch < patience:
+            return None
+        return distributed.broadcast(
+            f"stopped early: {self.task.main_metric} has not improved for {patience} epoch(s) "
+            f"(best {self.best_metric:.4f} at epoch {self.best_epoch + 1})"
+        )
 
     def train_epoch(self, loader: DataLoader[Any], epoch: int, steps: int) -> EpochStats:
         """Train for ``steps`` optimizer steps of ``loader`` (after :meth:`prepare`); log and return the timings."""

@@ -23,6 +23,17 @@ def torchrun(processes: int, *args: str, cwd) -> subprocess.CompletedProcess[str
     return result
 
 
+def _numbers(metrics, prefix: str = "") -> dict[str, float]:
+    """Every number of a nested metrics section by its dotted key (absent values as -1)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(_numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) or value is None:
+            out[prefix + key] = -1.0 if value is None else float(value)
+    return out
+
+
 def _metrics(folder) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
@@ -108,9 +119,20 @@ def test_detect_under_torchrun_and_evaluation_independent_of_process_count(tmp_p
         str(two),
         cwd=tmp_path,
     )
+    # Shards batch the images differently (4 + 1 against 3 and 2), and oneDNN's kernels for another batch size
+    # may move a score by one float ulp, which can flip its 5th rounded decimal: scores agree to 2e-5, the
+    # detections per image and class exactly.
     a, b = _metrics(one), _metrics(two)
-    assert a["coco"] == b["coco"] and a["voc"] == b["voc"]
-    by_image = lambda folder: sorted(  # noqa: E731
-        (p["image_id"], p["category_id"], p["score"]) for p in json.loads((folder / "predictions.json").read_text())
-    )
-    assert by_image(one) == by_image(two) and len(by_image(one)) > 0
+    assert _numbers(a["coco"]) == pytest.approx(_numbers(b["coco"]), abs=1e-3)
+    assert _numbers(a["voc"]) == pytest.approx(_numbers(b["voc"]), abs=1e-3)
+
+    def by_image(folder) -> dict:
+        grouped: dict = {}
+        for p in json.loads((folder / "predictions.json").read_text()):
+            grouped.setdefault((p["image_id"], p["category_id"]), []).append(p["score"])
+        return {key: sorted(scores) for key, scores in grouped.items()}
+
+    first, second = by_image(one), by_image(two)
+    assert first.keys() == second.keys() and len(first) > 0
+    for key, scores in first.items():
+        assert scores == pytest.approx(second[key], abs=2e-5), key

@@ -1,0 +1,318 @@
+"""How well the default command learns on data it was not tuned on, against tuned references at equal wall time.
+
+``python -m tasks.bench learning`` runs, for every reporting set of :mod:`tasks.data.benchmark_sets`, our default
+command (``python -m tasks.<task> --data DIR --time T``, nothing else) and the best setting of a plain reference
+loop, each in a fresh interpreter under the same time budget:
+
+- classify: a torchvision ResNet-50 (our default backbone) in a plain loop, torchvision's ImageFolder and
+  transforms at the data's own size;
+- segment: smp's ``Unet`` on a ResNet-34 encoder (our default) with cross-entropy + Dice, as smp's examples.
+
+Each reference fits its epochs to the budget after its first epoch and anneals over them (cosine after one
+epoch of linear warmup), the usual hand-tuned way. The learning-rate and optimizer sweep that chose each
+reference's setting is ``python -m tasks.bench_learning sweep``, run once and recorded in docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tasks.data.benchmark_sets import SETS, benchmark_set
+from tasks.io import write_json
+from tasks.recipes import parse_duration
+
+METRIC = {"classify": "accuracy", "segment": "mIoU"}
+SWEEP = {
+    "classify": [("sgd", 0.05), ("adamw", 0.001), ("adamw", 0.003)],
+    "segment": [("adamw", 0.001), ("adamw", 0.003), ("sgd", 0.01)],
+}
+# The best setting of each reporting set's sweep (docs/results.md has the sweep and the command).
+BEST = {
+    "faces": ("adamw", 0.001),
+    "photos20": ("adamw", 0.001),
+    "scenes": ("adamw", 0.001),
+    "coins": ("adamw", 0.003),
+    "pasted": ("adamw", 0.003),
+    "horses": ("adamw", 0.003),
+}
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _native_size(paths: Sequence[Path], cap: int) -> int:
+    """The images' median shorter side, rounded up to a multiple of 32, at most ``cap``: what a person tuning
+    by hand would choose for data of this size."""
+    from PIL import Image
+
+    sides = []
+    for path in list(paths)[:: max(len(paths) // 200, 1)]:
+        with Image.open(path) as image:
+            sides.append(min(image.size))
+    return min(cap, 32 * math.ceil(statistics.median(sides) / 32))
+
+
+def _optimizer(params: Any, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _fit(
+    model: nn.Module,
+    loader: Any,
+    loss_fn: Any,
+    evaluate: Any,
+    *,
+    optimizer: torch.optim.Optimizer,
+    budget: float,
+) -> dict[str, Any]:
+    """Train epochs until the budget: one epoch of linear warmup, then as many epochs as the budget holds at
+    the first epoch's pace, annealed with a cosine. Returns the last evaluation and the timings."""
+    base = [group["lr"] for group in optimizer.param_groups]
+    steps_per_epoch, start = len(loader), time.perf_counter()
+    epochs, epoch, images, metrics = None, 0, 0, {}
+    while epochs is None or epoch < epochs:
+        model.train()
+        for index, (inputs, targets) in enumerate(loader):
+            if epochs is None:
+                factor = (index + 1) / steps_per_epoch
+            else:
+                progress = ((epoch - 1) * steps_per_epoch + index) / max((epochs - 1) * steps_per_epoch, 1)
+                factor = 0.5 * (1 + math.cos(math.pi * progress))
+            for group, rate in zip(optimizer.param_groups, base):
+                group["lr"] = rate * factor
+            loss = loss_fn(model(inputs), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            images += len(inputs)
+        model.eval()
+        with torch.inference_mode():
+            metrics = evaluate(model)
+        epoch += 1
+        if epochs is None:
+            epochs = max(int(budget // (time.perf_counter() - start)), 1)
+    seconds = time.perf_counter() - start
+    return {**metrics, "epochs": epoch, "seconds": seconds, "images_per_s": images / seconds}
+
+
+def reference_classify(data: Path, budget: float, optimizer: str, lr: float, *, batch: int = 32) -> dict[str, Any]:
+    """A torchvision ResNet-50 trained from scratch in a plain loop on an ImageFolder."""
+    import torchvision
+    from torchvision import transforms as T
+
+    torch.manual_seed(0)
+    probe = torchvision.datasets.ImageFolder(str(data / "train"))
+    size = _native_size([Path(p) for p, _ in probe.samples], 224)
+    normalize = [T.ToTensor(), T.Normalize(MEAN, STD)]
+    train = torchvision.datasets.ImageFolder(
+        str(data / "train"),
+        T.Compose([T.RandomResizedCrop(size, scale=(0.35, 1.0)), T.RandomHorizontalFlip(), *normalize]),
+    )
+    val = torchvision.datasets.ImageFolder(
+        str(data / "val"), T.Compose([T.Resize(size), T.CenterCrop(size), *normalize])
+    )
+    loader = torch.utils.data.DataLoader(
+        train, batch, shuffle=True, num_workers=2, drop_last=len(train) > batch, persistent_workers=True
+    )
+    val_loader = torch.utils.data.DataLoader(val, 64, num_workers=2)
+    model = torchvision.models.resnet50(num_classes=len(train.classes))
+
+    def evaluate(net: nn.Module) -> dict[str, float]:
+        right = sum(int((net(x).argmax(1) == y).sum()) for x, y in val_loader)
+        return {"accuracy": right / len(val)}
+
+    decay = 5e-4 if optimizer == "sgd" else 0.05
+    return _fit(
+        model,
+        loader,
+        F.cross_entropy,
+        evaluate,
+        optimizer=_optimizer(model.parameters(), optimizer, lr, decay),
+        budget=budget,
+    )
+
+
+class _MaskFolder(torch.utils.data.Dataset):
+    """images/<split>/*.png with masks/<split>/*.png, through an albumentations pipeline."""
+
+    def __init__(self, root: Path, split: str, transform: Any) -> None:
+        self.images = sorted((root / "images" / split).glob("*.png"))
+        self.root, self.split, self.transform = root, split, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import numpy as np
+        from PIL import Image
+
+        image = np.asarray(Image.open(self.images[index]).convert("RGB"))
+        mask = np.asarray(Image.open(self.root / "masks" / self.split / self.images[index].name))
+        out = self.transform(image=image, mask=mask)
+        return out["image"], out["mask"].long()
+
+
+def reference_segment(data: Path, budget: float, optimizer: str, lr: float, *, batch: int = 8) -> dict[str, Any]:
+    """smp's U-Net on a ResNet-34 encoder from scratch, cross-entropy + Dice, random crops at the data's size."""
+    import albumentations as A
+    import segmentation_models_pytorch as smp
+    from albumentations.pytorch import ToTensorV2
+
+    from tasks.metrics.segmentation import SegmentationMeter
+
+    torch.manual_seed(0)
+    classes = (data / "classes.txt").read_text(encoding="utf-8").split()
+    size = _native_size(sorted((data / "images" / "train").glob("*.png")), 512)
+    crops = A.Compose(
+        [
+            A.PadIfNeeded(size, size, border_mode=0, fill=0, fill_mask=255),
+            A.RandomCrop(size, size),
+            A.HorizontalFlip(),
+            A.Normalize(MEAN, STD),
+            ToTensorV2(),
+        ]
+    )
+    whole = A.Compose(
+        [
+            A.PadIfNeeded(
+                None, None, pad_height_divisor=32, pad_width_divisor=32, border_mode=0, fill=0, fill_mask=255
+            ),
+            A.Normalize(MEAN, STD),
+            ToTensorV2(),
+        ]
+    )
+    train = _MaskFolder(data, "train", crops)
+    loader = torch.utils.data.DataLoader(
+        train, batch, shuffle=True, num_workers=2, drop_last=len(train) > batch, persistent_workers=True
+    )
+    val_loader = torch.utils.data.DataLoader(_MaskFolder(data, "val", whole), 1, num_workers=2)
+    model = smp.Unet("resnet34", encoder_weights=None, classes=len(classes))
+    dice = smp.losses.DiceLoss("multiclass", ignore_index=255)
+
+    def loss_fn(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, masks, ignore_index=255) + dice(logits, masks)
+
+    def evaluate(net: nn.Module) -> dict[str, float]:
+        meter = SegmentationMeter(len(classes))
+        for x, y in val_loader:
+            meter.update(net(x).argmax(1), y)
+        return {"mIoU": meter.compute(classes)["mIoU"]}
+
+    decay = 1e-4
+    return _fit(
+        model, loader, loss_fn, evaluate, optimizer=_optimizer(model.parameters(), optimizer, lr, decay), budget=budget
+    )
+
+
+REFERENCES = {"classify": reference_classify, "segment": reference_segment}
+
+
+def _subprocess(argv: list[str]) -> float:
+    """Run ``python argv`` in a fresh interpreter; its wall seconds. A failure raises with its last lines."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(argv)} failed: {(done.stderr or done.stdout).strip()[-800:]}")
+    return time.perf_counter() - start
+
+
+def run_ours(task: str, data: Path, time_text: str, folder: Path) -> dict[str, Any]:
+    """Our default command, ``python -m tasks.<task> --data DIR --time T``, and what it reached."""
+    run_dir = folder / "ours"
+    wall = _subprocess(["-m", f"tasks.{task}", "--data", str(data), "--time", time_text, "--output", str(run_dir)])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    train_images = sum(1 for p in (data / ("train" if task == "classify" else "images/train")).rglob("*.png"))
+    epochs, seconds = int(saved["epoch"]) + 1, float(saved["elapsed_seconds"])
+    return {
+        "metric": float(metrics[METRIC[task]] or 0.0),
+        "epochs": epochs,
+        "seconds": seconds,
+        "wall": wall,
+        "images_per_s": train_images * epochs / seconds,  # epochs are whole: every image once each, evaluation included
+    }
+
+
+def run_reference(task: str, data: Path, time_text: str, setting: tuple[str, float], folder: Path) -> dict[str, Any]:
+    out = folder / f"reference-{setting[0]}-{setting[1]:g}.json"
+    argv = ["-m", "tasks.bench_learning", "reference", task, str(data), "--time", time_text]
+    wall = _subprocess([*argv, "--optimizer", setting[0], "--lr", str(setting[1]), "--output", str(out)])
+    result = json.loads(out.read_text())
+    return {
+        "metric": float(result[METRIC[task]] or 0.0),
+        "epochs": result["epochs"],
+        "seconds": result["seconds"],
+        "wall": wall,
+        "images_per_s": result["images_per_s"],
+    }
+
+
+def learning_rows(time_text: str, *, scale: float = 1.0, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Our default against the best reference setting on every reporting set, interleaved set by set."""
+    rows = []
+    chosen = names or [n for n, s in SETS.items() if s.role == "report" and s.task in REFERENCES]
+    for name in chosen:
+        spec, data = SETS[name], benchmark_set(name, scale=scale)
+        with tempfile.TemporaryDirectory(prefix="mtb-learning-") as folder:
+            ours = run_ours(spec.task, data, time_text, Path(folder))
+            reference = run_reference(spec.task, data, time_text, BEST[name], Path(folder))
+        rows.append({"set": name, "task": spec.task, "setting": BEST[name], "ours": ours, "reference": reference})
+    return rows
+
+
+def sweep(task: str, time_text: str, *, scale: float = 1.0) -> str:
+    """Every reference setting on every reporting set of ``task``, as a Markdown table (for docs/results.md)."""
+    lines = [
+        f"| set | {' | '.join(f'{o} {lr:g}' for o, lr in SWEEP[task])} |",
+        "|---|" + "---:|" * len(SWEEP[task]),
+    ]
+    for name, spec in SETS.items():
+        if spec.task != task or spec.role != "report":
+            continue
+        data = benchmark_set(name, scale=scale)
+        with tempfile.TemporaryDirectory(prefix="mtb-sweep-") as folder:
+            scores = [run_reference(task, data, time_text, setting, Path(folder))["metric"] for setting in SWEEP[task]]
+        lines.append(f"| {name} | {' | '.join(f'{s:.3f}' for s in scores)} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.bench_learning", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    ref = commands.add_parser("reference", help="one reference run (what the benchmark starts in a subprocess)")
+    ref.add_argument("task", choices=sorted(REFERENCES))
+    ref.add_argument("data", type=Path)
+    ref.add_argument("--time", required=True)
+    ref.add_argument("--optimizer", choices=("sgd", "adamw"), required=True)
+    ref.add_argument("--lr", type=float, required=True)
+    ref.add_argument("--output", type=Path, required=True)
+    sweeper = commands.add_parser("sweep", help="every reference setting on every reporting set of a task")
+    sweeper.add_argument("task", choices=sorted(REFERENCES))
+    sweeper.add_argument("--time", default="3m")
+    sweeper.add_argument("--scale", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    if args.command == "reference":
+        result = REFERENCES[args.task](args.data, parse_duration(args.time), args.optimizer, args.lr)
+        write_json(args.output, result)
+    else:
+        print(sweep(args.task, args.time, scale=args.scale))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,274 @@
+"""Datasets for the learning benchmark, built offline from the photos that scikit-image and scikit-learn ship.
+
+Every set is a plain on-disk layout that the runners read as a user's data (an ImageFolder, or images/ and
+masks/ with classes.txt), so the benchmark trains through ``--data`` exactly as a user would. Each set has a
+role: ``tune`` sets are the ones the auto recipe's rules were developed on; ``report`` sets were built after
+the rules were fixed and are the ones the benchmark reports. The two are kept apart on purpose.
+
+Sets are written once into the cache (``$MTB_CACHE``), through a staging folder renamed into place.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from tasks.data.embedded import cache_root
+from tasks.errors import UserError
+
+VERSION = "v1"
+
+
+@dataclass(frozen=True)
+class BenchmarkSet:
+    name: str
+    task: str
+    role: str  # "tune" or "report"
+    description: str
+    build: Callable[[Path, float], None]  # (folder, scale): scale < 1 makes a smaller copy for --quick
+
+
+def _photos() -> dict[str, np.ndarray]:
+    """The bundled photos as RGB uint8 arrays."""
+    try:
+        import skimage.data as data
+    except ImportError:
+        raise UserError(
+            "the learning benchmark builds its datasets from scikit-image's photos: pip install scikit-image"
+        ) from None
+    from sklearn.datasets import load_sample_images
+
+    names = [
+        "astronaut",
+        "camera",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "retina",
+        "hubble_deep_field",
+        "coins",
+        "moon",
+        "page",
+        "text",
+        "brick",
+        "grass",
+        "gravel",
+        "cell",
+        "clock",
+        "immunohistochemistry",
+        "colorwheel",
+    ]
+    photos = {name: getattr(data, name)() for name in names}
+    for name, image in zip(("china", "flower"), load_sample_images().images):
+        photos[name] = image
+    return {name: np.stack([p] * 3, -1) if p.ndim == 2 else p[..., :3] for name, p in photos.items()}
+
+
+def _crop(rng: np.random.Generator, image: np.ndarray, side: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    side = min(side, height, width)
+    y, x = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+    return image[y : y + side, x : x + side]
+
+
+def _resize(image: np.ndarray, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(image).resize(size, resample))
+
+
+def _count(n: int, scale: float) -> int:
+    return max(2, round(n * scale))
+
+
+def _save(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+def _patch_folder(
+    folder: Path,
+    scale: float,
+    classes: list[str],
+    per_class: tuple[int, int],
+    crop: tuple[float, float],
+    size: tuple[int, int],
+    seed: int,
+) -> None:
+    """An ImageFolder whose class is the photo a random square crop came from; crop sides are a fraction
+    of the photo's shorter side, resized to a random side in ``size``; random flips and quarter turns."""
+    photos = _photos()
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        photo = photos[name]
+        for split, count in zip(("train", "val"), per_class):
+            for index in range(_count(count, scale)):
+                side = int(min(photo.shape[:2]) * rng.uniform(*crop))
+                patch = _crop(rng, photo, max(side, 8))
+                patch = np.rot90(patch, int(rng.integers(0, 4)))
+                if rng.random() < 0.5:
+                    patch = patch[:, ::-1]
+                out = int(rng.integers(size[0], size[1] + 1))
+                _save(folder / split / name / f"{index:04d}.png", _resize(np.ascontiguousarray(patch), (out, out)))
+
+
+def _textures(folder: Path, scale: float) -> None:
+    classes = ["brick", "grass", "gravel", "camera", "coffee", "chelsea", "astronaut", "rocket"]
+    _patch_folder(folder, scale, classes, (80, 25), (0.08, 0.18), (30, 67), seed=7)
+
+
+def _photos20(folder: Path, scale: float) -> None:
+    classes = sorted(_photos())
+    _patch_folder(folder, scale, classes, (110, 30), (0.1, 0.4), (48, 128), seed=11)
+
+
+def _scenes(folder: Path, scale: float) -> None:
+    classes = ["brick", "grass", "gravel", "moon", "cell", "camera"]
+    _patch_folder(folder, scale, classes, (50, 17), (0.25, 0.6), (512, 640), seed=13)
+
+
+def _faces(folder: Path, scale: float) -> None:
+    """scikit-image's LFW subset: 100 faces and 100 other 25×25 patches (grayscale)."""
+    import skimage.data as data
+
+    images = data.lfw_subset()
+    for label, name in enumerate(("face", "other")):
+        for index, pixels in enumerate(images[label * 100 : label * 100 + _count(100, scale)]):
+            split = "val" if index % 4 == 3 else "train"
+            _save(folder / split / name / f"{index:03d}.png", (pixels * 255).astype(np.uint8))
+
+
+def _segmentation(
+    folder: Path, classes: list[str], samples: list[tuple[np.ndarray, np.ndarray]], val_every: int = 5
+) -> None:
+    (folder / "classes.txt").parent.mkdir(parents=True, exist_ok=True)
+    (folder / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
+    for index, (image, mask) in enumerate(samples):
+        split = "val" if index % val_every == val_every - 1 else "train"
+        _save(folder / "images" / split / f"{index:04d}.png", image)
+        _save(folder / "masks" / split / f"{index:04d}.png", mask.astype(np.uint8))
+
+
+def _coins(folder: Path, scale: float) -> None:
+    """Coins against their background, from scikit-image's coins photo: the mask is its Otsu threshold with
+    holes filled and specks removed (the classic scikit-image segmentation), cut into random crops."""
+    import skimage.data as data
+    from scipy import ndimage
+    from skimage.filters import sobel, threshold_otsu
+    from skimage.segmentation import watershed
+
+    coins = data.coins()
+    markers = np.zeros_like(coins)
+    markers[coins < 30], markers[coins > 150] = 1, 2  # scikit-image's own region-based example
+    mask = ndimage.binary_fill_holes(watershed(sobel(coins), markers) == 2)
+    mask &= coins > threshold_otsu(coins) * 0.5
+    mask = ndimage.binary_opening(mask, iterations=2)
+    rng = np.random.default_rng(17)
+    samples = []
+    for _ in range(_count(200, scale)):
+        side = int(rng.integers(96, 192))
+        y, x = int(rng.integers(0, coins.shape[0] - side)), int(rng.integers(0, coins.shape[1] - side))
+        image, target = coins[y : y + side, x : x + side], mask[y : y + side, x : x + side]
+        turns = int(rng.integers(0, 4))
+        image, target = np.rot90(image, turns), np.rot90(target, turns)
+        samples.append((np.stack([np.ascontiguousarray(image)] * 3, -1), np.ascontiguousarray(target)))
+    _segmentation(folder, ["background", "coin"], samples)
+
+
+def _pasted(folder: Path, scale: float) -> None:
+    """Ellipses and polygons cut from five colour photos, 1-4 per image, on grayscale texture backgrounds;
+    the class is the photo an object's content comes from."""
+    photos = _photos()
+    sources = ["chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field"]
+    backgrounds = ["grass", "gravel", "brick", "moon", "page"]
+    rng = np.random.default_rng(19)
+    samples = []
+    for _ in range(_count(500, scale)):
+        size = 192
+        image = _resize(np.ascontiguousarray(_crop(rng, photos[str(rng.choice(backgrounds))], 256)), (size, size))
+        mask = np.zeros((size, size), np.uint8)
+        for _ in range(int(rng.integers(1, 5))):
+            label = int(rng.integers(0, len(sources)))
+            w, h = int(rng.integers(30, 90)), int(rng.integers(30, 90))
+            x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+            stencil = Image.new("L", (size, size), 0)
+            draw = ImageDraw.Draw(stencil)
+            if rng.random() < 0.5:
+                draw.ellipse([x, y, x + w, y + h], fill=1)
+            else:
+                angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 8))))
+                radius = rng.uniform(0.6, 1.0, len(angles))  # a star-shaped polygon inside the box
+                corners = [
+                    (x + w / 2 * (1 + r * np.cos(a)), y + h / 2 * (1 + r * np.sin(a))) for a, r in zip(angles, radius)
+                ]
+                draw.polygon(corners, fill=1)
+            inside = np.asarray(stencil).astype(bool)
+            content = _resize(np.ascontiguousarray(_crop(rng, photos[sources[label]], 160)), (size, size))
+            image = np.where(inside[..., None], content, image)
+            mask[inside] = label + 1
+        samples.append((image, mask))
+    _segmentation(folder, ["background", *sources], samples)
+
+
+def _horses(folder: Path, scale: float) -> None:
+    """scikit-image's horse silhouette, scaled, mirrored and placed on large photo crops, filled with a
+    texture of another photo: one object class at 400-560 px."""
+    import skimage.data as data
+
+    photos = _photos()
+    horse = ~data.horse()
+    fills = ["chelsea", "coffee", "rocket", "immunohistochemistry"]
+    backgrounds = ["retina", "hubble_deep_field", "china", "flower", "astronaut", "camera"]
+    rng = np.random.default_rng(23)
+    samples = []
+    for _ in range(_count(200, scale)):
+        width, height = int(rng.integers(400, 561)), int(rng.integers(400, 561))
+        back = _crop(rng, photos[str(rng.choice(backgrounds))], int(rng.integers(250, 400)))
+        image = _resize(np.ascontiguousarray(back), (width, height))
+        shape_w = int(width * rng.uniform(0.35, 0.8))
+        shape_h = int(shape_w * horse.shape[0] / horse.shape[1])
+        stencil = _resize(horse.astype(np.uint8) * 255, (shape_w, min(shape_h, height - 1)), nearest=True) > 127
+        if rng.random() < 0.5:
+            stencil = stencil[:, ::-1]
+        x, y = int(rng.integers(0, width - stencil.shape[1] + 1)), int(rng.integers(0, height - stencil.shape[0] + 1))
+        mask = np.zeros((height, width), np.uint8)
+        mask[y : y + stencil.shape[0], x : x + stencil.shape[1]] = stencil
+        fill = _resize(np.ascontiguousarray(_crop(rng, photos[str(rng.choice(fills))], 200)), (width, height))
+        samples.append((np.where(mask[..., None] > 0, fill, image), mask))
+    _segmentation(folder, ["background", "horse"], samples)
+
+
+SETS: dict[str, BenchmarkSet] = {
+    s.name: s
+    for s in (
+        BenchmarkSet("textures", "classify", "tune", "8 photos' patches, 30-67 px, 640 train", _textures),
+        BenchmarkSet("faces", "classify", "report", "LFW faces vs other, 25 px gray, 2 classes, 150 train", _faces),
+        BenchmarkSet("photos20", "classify", "report", "20 photos' patches, 48-128 px, 2,200 train", _photos20),
+        BenchmarkSet("scenes", "classify", "report", "6 gray photos' crops, 512-640 px, 300 train", _scenes),
+        BenchmarkSet("coins", "segment", "report", "coins vs background, 96-192 px gray crops, 160 train", _coins),
+        BenchmarkSet("pasted", "segment", "report", "5 photos' cut-outs on textures, 192 px, 400 train", _pasted),
+        BenchmarkSet("horses", "segment", "report", "a horse silhouette on photos, 400-560 px, 160 train", _horses),
+    )
+}
+
+
+def benchmark_set(name: str, *, scale: float = 1.0, root: Path | None = None) -> Path:
+    """The folder of benchmark set ``name`` (built on first use); ``scale`` < 1 gives a smaller copy."""
+    spec = SETS[name]
+    root = root or cache_root()
+    target = root / f"bench-{name}-{VERSION}" if scale == 1.0 else root / f"bench-{name}-{VERSION}-x{scale:g}"
+    if target.is_dir():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    spec.build(staging, scale)
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
