@@ -34,10 +34,10 @@ class TrainConfig:
     """What the shared engine needs, the same for every task.
 
     Fields that may be ``auto`` are resolved by :mod:`tasks.recipes` from facts about the run before
-    the engine sees them; ``recipe: off`` gives them fixed generic values instead.
+    the engine sees them; ``recipe: fixed`` gives them fixed generic values instead.
     """
 
-    recipe: Literal["auto", "off"] = "auto"
+    recipe: Literal["auto", "fixed"] = "auto"
     epochs: int | Auto = "auto"
     time: str | None = None  # a wall-clock budget ("15m", "1h"): epochs and schedule are fitted to it
     patience: int | None = None  # stop after this many evaluations without a better main metric

@@ -3,7 +3,7 @@
 A config field left at ``auto`` is filled here from :class:`RunFacts` (the task, the data's size,
 image and box sizes, the class count, pretrained or not, the batch) and, for the run length, from
 the measured time of one training step. A field the user set keeps its value and is reported as
-set. ``train.recipe: off`` fills the ``auto`` fields with fixed generic values instead (torchvision's
+set. ``train.recipe: fixed`` fills the ``auto`` fields with fixed generic values instead (torchvision's
 reference settings), which is what this library did before the recipe existed.
 
 The rules, in one place (docs/results.md has the measurements behind them):
@@ -71,18 +71,23 @@ REFERENCES: dict[str, Reference] = {
     "multitask": Reference("sgd", 0.02, 16, 1e-4, 1e-4, "torchvision's detection reference, 0.02 at batch 16"),
 }
 
-# What ``recipe: off`` puts in an ``auto`` field: the generic settings the runners had before.
+# What ``recipe: fixed`` puts in an ``auto`` field: the generic settings the runners had before.
 FIXED: dict[str, dict[str, Any]] = {
-    "classify": {"train.optimizer": "sgd", "train.lr": 0.1, "train.weight_decay": 1e-4, "train.epochs": 12},
-    "detect": {"train.optimizer": "sgd", "train.lr": 0.02, "train.weight_decay": 1e-4, "train.epochs": 12},
-    "segment": {"train.optimizer": "sgd", "train.lr": 0.01, "train.weight_decay": 1e-4, "train.epochs": 12},
-    "multitask": {"train.optimizer": "sgd", "train.lr": 0.01, "train.weight_decay": 1e-4, "train.epochs": 12},
+    task: {
+        "train.optimizer": "sgd",
+        "train.lr": lr,
+        "train.weight_decay": 1e-4,
+        "train.epochs": 12,
+        "train.warmup_epochs": warmup,
+    }
+    for task, lr, warmup in (
+        ("classify", 0.1, 0.0),
+        ("detect", 0.02, 1.0),
+        ("segment", 0.01, 1.0),
+        ("multitask", 0.01, 1.0),
+    )
 }
-FIXED_COMMON: dict[str, Any] = {
-    "train.warmup_epochs": 0.0,
-    "train.backbone_lr_scale": 1.0,
-    "train.clip_grad": None,
-}
+FIXED_COMMON: dict[str, Any] = {"train.backbone_lr_scale": 1.0, "train.clip_grad": None}
 STANDARD_SIZE = {"classify": 224, "segment": 512, "multitask": 512, "detect": 800}
 DETECT_MAX_SIZE = 1333
 
@@ -167,13 +172,13 @@ class Resolver:
         return isinstance(get(self.config, key), str) and get(self.config, key) == AUTO
 
     def decide(self, key: str, value: Any, reason: str, *, fixed: Any = None) -> Any:
-        """``value`` for an ``auto`` field (or ``fixed`` under ``recipe: off``); the user's value otherwise."""
+        """``value`` for an ``auto`` field (or ``fixed`` under ``recipe: fixed``); the user's value otherwise."""
         if not self.is_auto(key):
             current = get(self.config, key)
             self.recipe.choices.append(Choice(key, current, "set", auto=False))
             return current
         if not self.enabled:
-            value, reason = fixed, "recipe: off"
+            value, reason = fixed, "recipe: fixed"
         self.config = apply(self.config, nested_update(key, value), source="auto recipe")
         self.recipe.choices.append(Choice(key, get(self.config, key), reason, auto=True))
         return get(self.config, key)
@@ -357,7 +362,7 @@ def resolve_length(
         "train.warmup_epochs",
         round(warmup / steps_per_epoch, 3),
         f"{warmup} of {total} steps",
-        fixed=FIXED_COMMON["train.warmup_epochs"],
+        fixed=FIXED[facts.task]["train.warmup_epochs"],
     )
     _augmentation(r, facts, epochs)
     return r.config

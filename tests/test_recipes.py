@@ -90,12 +90,12 @@ def test_values_the_user_set_are_kept_and_reported() -> None:
     assert choices["train.weight_decay"].value == 1e-4  # AdamW's decay does not follow the user to SGD
 
 
-def test_recipe_off_gives_the_fixed_generic_values() -> None:
-    config = apply(ClassifyConfig(), {"train": {"recipe": "off"}}, source="t")
+def test_recipe_fixed_gives_the_generic_values_of_before() -> None:
+    config = apply(ClassifyConfig(), {"train": {"recipe": "fixed"}}, source="t")
     config, recipe = _resolve(config, _facts())
     t, d = config.train, config.data
     assert (t.optimizer, t.lr, t.epochs, t.warmup_epochs, d.image_size, d.scale_min) == ("sgd", 0.1, 12, 0.0, 224, 0.08)
-    assert {c.reason for c in recipe.choices} == {"recipe: off"}
+    assert {c.reason for c in recipe.choices} == {"recipe: fixed"}
 
 
 def test_detection_sizes_anchors_and_proposals_follow_the_data() -> None:
