@@ -32,22 +32,28 @@ from torch import nn
 from torch.nn import functional as F
 
 from tasks.data.benchmark_sets import SETS, benchmark_set
+from tasks.engine import main_metric_value
 from tasks.io import write_json
 from tasks.recipes import parse_duration
 
-METRIC = {"classify": "accuracy", "segment": "mIoU"}
+METRIC = {"classify": "accuracy", "segment": "mIoU", "detect": "AP"}  # the references' metrics.json keys
+OUR_METRIC = {"classify": "accuracy", "segment": "mIoU", "detect": "coco.AP"}  # the same numbers in ours
 SWEEP = {
     "classify": [("sgd", 0.05), ("adamw", 0.001), ("adamw", 0.003)],
     "segment": [("adamw", 0.001), ("adamw", 0.003), ("sgd", 0.01)],
+    "detect": [("sgd", 0.005), ("sgd", 0.01), ("adamw", 0.0001)],
 }
 # The best setting of each reporting set's sweep (docs/results.md has the sweep and the command).
 BEST = {
-    "faces": ("adamw", 0.001),
-    "photos20": ("adamw", 0.001),
-    "scenes": ("adamw", 0.001),
-    "coins": ("adamw", 0.003),
-    "pasted": ("adamw", 0.003),
-    "horses": ("adamw", 0.003),
+    ("classify", "faces"): ("adamw", 0.001),
+    ("classify", "photos20"): ("adamw", 0.001),
+    ("classify", "scenes"): ("adamw", 0.001),
+    ("segment", "coins"): ("adamw", 0.003),
+    ("segment", "pasted"): ("adamw", 0.003),
+    ("segment", "horses"): ("adamw", 0.003),
+    ("detect", "coins"): ("sgd", 0.01),
+    ("detect", "pasted"): ("sgd", 0.01),
+    ("detect", "horses"): ("sgd", 0.01),
 }
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -73,7 +79,7 @@ def _optimizer(params: Any, name: str, lr: float, weight_decay: float) -> torch.
 def _fit(
     model: nn.Module,
     loader: Any,
-    loss_fn: Any,
+    loss_of: Any,
     evaluate: Any,
     *,
     optimizer: torch.optim.Optimizer,
@@ -94,7 +100,7 @@ def _fit(
                 factor = 0.5 * (1 + math.cos(math.pi * progress))
             for group, rate in zip(optimizer.param_groups, base):
                 group["lr"] = rate * factor
-            loss = loss_fn(model(inputs), targets)
+            loss = loss_of(model, inputs, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -136,10 +142,14 @@ def reference_classify(data: Path, budget: float, optimizer: str, lr: float, *, 
         return {"accuracy": right / len(val)}
 
     decay = 5e-4 if optimizer == "sgd" else 0.05
+
+    def loss_of(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(net(x), y)
+
     return _fit(
         model,
         loader,
-        F.cross_entropy,
+        loss_of,
         evaluate,
         optimizer=_optimizer(model.parameters(), optimizer, lr, decay),
         budget=budget,
@@ -147,10 +157,10 @@ def reference_classify(data: Path, budget: float, optimizer: str, lr: float, *, 
 
 
 class _MaskFolder(torch.utils.data.Dataset):
-    """images/<split>/*.png with masks/<split>/*.png, through an albumentations pipeline."""
+    """<split>/*.png with masks/<split>/*.png, through an albumentations pipeline."""
 
     def __init__(self, root: Path, split: str, transform: Any) -> None:
-        self.images = sorted((root / "images" / split).glob("*.png"))
+        self.images = sorted((root / split).glob("*.png"))
         self.root, self.split, self.transform = root, split, transform
 
     def __len__(self) -> int:
@@ -176,7 +186,7 @@ def reference_segment(data: Path, budget: float, optimizer: str, lr: float, *, b
 
     torch.manual_seed(0)
     classes = (data / "classes.txt").read_text(encoding="utf-8").split()
-    size = _native_size(sorted((data / "images" / "train").glob("*.png")), 512)
+    size = _native_size(sorted((data / "train").glob("*.png")), 512)
     crops = A.Compose(
         [
             A.PadIfNeeded(size, size, border_mode=0, fill=0, fill_mask=255),
@@ -203,7 +213,8 @@ def reference_segment(data: Path, budget: float, optimizer: str, lr: float, *, b
     model = smp.Unet("resnet34", encoder_weights=None, classes=len(classes))
     dice = smp.losses.DiceLoss("multiclass", ignore_index=255)
 
-    def loss_fn(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def loss_of(net: nn.Module, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        logits = net(x)
         return F.cross_entropy(logits, masks, ignore_index=255) + dice(logits, masks)
 
     def evaluate(net: nn.Module) -> dict[str, float]:
@@ -214,11 +225,114 @@ def reference_segment(data: Path, budget: float, optimizer: str, lr: float, *, b
 
     decay = 1e-4
     return _fit(
-        model, loader, loss_fn, evaluate, optimizer=_optimizer(model.parameters(), optimizer, lr, decay), budget=budget
+        model, loader, loss_of, evaluate, optimizer=_optimizer(model.parameters(), optimizer, lr, decay), budget=budget
     )
 
 
-REFERENCES = {"classify": reference_classify, "segment": reference_segment}
+class _CocoBoxes(torch.utils.data.Dataset):
+    """Images of a COCO instances file with xyxy boxes and 1-based labels; horizontal flips in training."""
+
+    def __init__(self, root: Path, split: str, *, train: bool) -> None:
+        self.document = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
+        self.boxes: dict[int, list[dict[str, Any]]] = {}
+        for annotation in self.document["annotations"]:
+            self.boxes.setdefault(annotation["image_id"], []).append(annotation)
+        self.folder, self.train = root / split, train
+
+    def __len__(self) -> int:
+        return len(self.document["images"])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from PIL import Image
+        from torchvision.transforms.functional import to_tensor
+
+        entry = self.document["images"][index]
+        image = to_tensor(Image.open(self.folder / entry["file_name"]).convert("RGB"))
+        found = self.boxes.get(entry["id"], [])
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in found)], dtype=torch.float32)
+        target = {
+            "boxes": boxes.reshape(-1, 4),
+            "labels": torch.tensor([a["category_id"] for a in found], dtype=torch.int64),
+            "image_id": torch.tensor(entry["id"]),
+        }
+        if self.train and torch.rand(()) < 0.5:
+            image, width = image.flip(-1), image.shape[-1]
+            target["boxes"] = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+        return image, target
+
+
+def reference_detect(data: Path, budget: float, optimizer: str, lr: float, *, batch: int = 4) -> dict[str, Any]:
+    """torchvision's FasterRCNN on torchvision's ``resnet_fpn_backbone`` (ResNet-50, from scratch, trainable
+    BatchNorm), resized to the data's own size, scored by pycocotools."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    torch.manual_seed(0)
+    train = _CocoBoxes(data, "train", train=True)
+    val = _CocoBoxes(data, "val", train=False)
+    sides = [(entry["width"], entry["height"]) for entry in train.document["images"]]
+    short = 32 * math.ceil(statistics.median(min(s) for s in sides) / 32)
+    longer = 32 * math.ceil(statistics.median(max(s) for s in sides) / 32)
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet50", weights=None, trainable_layers=5, norm_layer=nn.BatchNorm2d
+    )
+    model = FasterRCNN(
+        backbone, num_classes=len(train.document["categories"]) + 1, min_size=short, max_size=max(longer, short)
+    )
+
+    def collate(items: list[Any]) -> tuple[list[Any], list[Any]]:
+        return [i for i, _ in items], [t for _, t in items]
+
+    loader = torch.utils.data.DataLoader(
+        train,
+        batch,
+        shuffle=True,
+        num_workers=2,
+        drop_last=len(train) > batch,
+        collate_fn=collate,
+        persistent_workers=True,
+    )
+    val_loader = torch.utils.data.DataLoader(val, batch, num_workers=2, collate_fn=collate)
+
+    def loss_of(net: nn.Module, images: list[torch.Tensor], targets: list[dict[str, Any]]) -> torch.Tensor:
+        return sum(net(images, targets).values())  # type: ignore[return-value]
+
+    def evaluate(net: nn.Module) -> dict[str, float]:
+        results = []
+        for images, targets in val_loader:
+            for output, target in zip(net(images), targets):
+                for box, label, score in zip(
+                    output["boxes"].tolist(), output["labels"].tolist(), output["scores"].tolist()
+                ):
+                    x1, y1, x2, y2 = box
+                    results.append(
+                        {
+                            "image_id": int(target["image_id"]),
+                            "category_id": label,
+                            "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "score": score,
+                        }
+                    )
+        if not results:
+            return {"AP": 0.0}
+        truth = COCO()
+        truth.dataset = val.document
+        truth.createIndex()
+        evaluator = COCOeval(truth, truth.loadRes(results), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+        return {"AP": max(float(evaluator.stats[0]), 0.0)}
+
+    decay = 1e-4 if optimizer == "sgd" else 0.05
+    return _fit(
+        model, loader, loss_of, evaluate, optimizer=_optimizer(model.parameters(), optimizer, lr, decay), budget=budget
+    )
+
+
+REFERENCES = {"classify": reference_classify, "segment": reference_segment, "detect": reference_detect}
 
 
 def _subprocess(argv: list[str]) -> float:
@@ -235,11 +349,12 @@ def run_ours(task: str, data: Path, time_text: str, folder: Path) -> dict[str, A
     run_dir = folder / "ours"
     wall = _subprocess(["-m", f"tasks.{task}", "--data", str(data), "--time", time_text, "--output", str(run_dir)])
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    score = main_metric_value(metrics, OUR_METRIC[task])
     saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-    train_images = sum(1 for p in (data / ("train" if task == "classify" else "images/train")).rglob("*.png"))
+    train_images = sum(1 for _ in (data / "train").rglob("*.png"))
     epochs, seconds = int(saved["epoch"]) + 1, float(saved["elapsed_seconds"])
     return {
-        "metric": float(metrics[METRIC[task]] or 0.0),
+        "metric": score,
         "epochs": epochs,
         "seconds": seconds,
         "wall": wall,
@@ -264,13 +379,14 @@ def run_reference(task: str, data: Path, time_text: str, setting: tuple[str, flo
 def learning_rows(time_text: str, *, scale: float = 1.0, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Our default against the best reference setting on every reporting set, interleaved set by set."""
     rows = []
-    chosen = names or [n for n, s in SETS.items() if s.role == "report" and s.task in REFERENCES]
+    chosen = names or [n for n, s in SETS.items() if s.role == "report"]
     for name in chosen:
-        spec, data = SETS[name], benchmark_set(name, scale=scale)
-        with tempfile.TemporaryDirectory(prefix="mtb-learning-") as folder:
-            ours = run_ours(spec.task, data, time_text, Path(folder))
-            reference = run_reference(spec.task, data, time_text, BEST[name], Path(folder))
-        rows.append({"set": name, "task": spec.task, "setting": BEST[name], "ours": ours, "reference": reference})
+        data = benchmark_set(name, scale=scale)
+        for task in (t for t in SETS[name].tasks if t in REFERENCES):
+            with tempfile.TemporaryDirectory(prefix="mtb-learning-") as folder:
+                ours = run_ours(task, data, time_text, Path(folder))
+                reference = run_reference(task, data, time_text, BEST[task, name], Path(folder))
+            rows.append({"set": name, "task": task, "setting": BEST[task, name], "ours": ours, "reference": reference})
     return rows
 
 
@@ -281,7 +397,7 @@ def sweep(task: str, time_text: str, *, scale: float = 1.0) -> str:
         "|---|" + "---:|" * len(SWEEP[task]),
     ]
     for name, spec in SETS.items():
-        if spec.task != task or spec.role != "report":
+        if task not in spec.tasks or spec.role != "report":
             continue
         data = benchmark_set(name, scale=scale)
         with tempfile.TemporaryDirectory(prefix="mtb-sweep-") as folder:

@@ -188,6 +188,28 @@ def test_runner_trains_on_partial_labels_from_a_dataset_yaml(shapes_root, tmp_pa
     assert 0.0 <= metrics["main"] <= 1.0
 
 
+def test_each_task_reads_its_own_split_names_from_the_dataset_yaml(shapes_root, tmp_path, capsys) -> None:
+    """VOC2007 detection (trainval/test) joined as it is with VOC2012 segmentation (train/val): per-task splits."""
+    seg = tmp_path / "seg"
+    for split, own, names in (("train", "trainval", ["00001.png", "00002.png"]), ("val", "test", ["00001.png"])):
+        for kind, folder in (("images", shapes_root / split), ("masks", shapes_root / "masks" / split)):
+            (seg / kind / own).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                shutil.copy(folder / name, seg / kind / own / name)
+    shutil.copy(shapes_root / "classes.txt", seg / "classes.txt")
+    spec = tmp_path / "data.yaml"
+    spec.write_text(f"detect: {shapes_root}\nsegment: {{root: seg, train_split: trainval, val_split: test}}\n")
+    out = tmp_path / "run"
+    assert main(["--data", str(spec), "--output", str(out), "--tasks", "detect,segment", *FAST]) == 0
+    assert "8 train images (labelled for detect 6, segment 2)" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["segment"]["num_pixels"] == 64 * 64 and metrics["detect"]["num_images"] == 4
+    spec.write_text(f"detect: {shapes_root}\nsegment: {{root: seg, trainsplit: trainval}}\n")
+    assert main(["--data", str(spec), "--output", str(tmp_path / "bad"), "--tasks", "detect,segment", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown key(s) trainsplit under 'segment'" in err
+
+
 def test_runner_eval_and_predict(shapes_root, tmp_path) -> None:
     out = tmp_path / "run"
     assert main(["--data", str(shapes_root), "--output", str(out), "--tasks", "detect,segment", *FAST]) == 0

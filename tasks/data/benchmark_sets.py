@@ -22,13 +22,13 @@ from PIL import Image, ImageDraw
 from tasks.data.embedded import cache_root
 from tasks.errors import UserError
 
-VERSION = "v1"
+VERSION = "v2"
 
 
 @dataclass(frozen=True)
 class BenchmarkSet:
     name: str
-    task: str
+    tasks: tuple[str, ...]  # the runners it has labels for
     role: str  # "tune" or "report"
     description: str
     build: Callable[[Path, float], None]  # (folder, scale): scale < 1 makes a smaller copy for --quick
@@ -143,15 +143,48 @@ def _faces(folder: Path, scale: float) -> None:
             _save(folder / split / name / f"{index:03d}.png", (pixels * 255).astype(np.uint8))
 
 
-def _segmentation(
-    folder: Path, classes: list[str], samples: list[tuple[np.ndarray, np.ndarray]], val_every: int = 5
-) -> None:
-    (folder / "classes.txt").parent.mkdir(parents=True, exist_ok=True)
-    (folder / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
-    for index, (image, mask) in enumerate(samples):
-        split = "val" if index % val_every == val_every - 1 else "train"
-        _save(folder / "images" / split / f"{index:04d}.png", image)
-        _save(folder / "masks" / split / f"{index:04d}.png", mask.astype(np.uint8))
+def _composed(folder: Path, names: list[str], samples: list[tuple[np.ndarray, np.ndarray, list[int]]]) -> None:
+    """The built-in shapes set's layout, so one folder serves segment, detect and multitask: ``<split>/*.png``,
+    class-index masks in ``masks/<split>/`` with ``classes.txt``, COCO boxes in ``annotations/``, and an image
+    label (the class with the most visible pixels) in ``<split>.csv``. A sample is (image, instance map with 0
+    for none and i for instance i, the 1-based class of each instance)."""
+    import json
+
+    (folder / "annotations").mkdir(parents=True, exist_ok=True)
+    (folder / "classes.txt").write_text("\n".join(["background", *names]) + "\n", encoding="utf-8")
+    documents = {split: {"images": [], "annotations": [], "categories": []} for split in ("train", "val")}
+    rows: dict[str, list[str]] = {"train": [], "val": []}
+    for index, (image, instances, classes) in enumerate(samples):
+        split, name = ("val" if index % 5 == 4 else "train"), f"{index:04d}.png"
+        semantic = np.zeros(instances.shape, np.uint8)
+        document = documents[split]
+        height, width = instances.shape
+        document["images"].append({"id": index + 1, "file_name": name, "width": width, "height": height})
+        areas = np.zeros(len(names) + 1)
+        for instance, label in enumerate(classes, 1):
+            ys, xs = np.nonzero(instances == instance)
+            if len(ys) < 16:  # hidden behind later objects
+                continue
+            semantic[ys, xs] = label
+            areas[label] += len(ys)
+            x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+            document["annotations"].append(
+                {
+                    "id": len(document["annotations"]) + 1,
+                    "image_id": index + 1,
+                    "category_id": label,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": float(len(ys)),
+                    "iscrowd": 0,
+                }
+            )
+        _save(folder / split / name, image)
+        _save(folder / "masks" / split / name, semantic)
+        rows[split].append(f"{split}/{name},{names[int(areas[1:].argmax())]}")
+    for split, document in documents.items():
+        document["categories"] = [{"id": i, "name": n} for i, n in enumerate(names, 1)]
+        (folder / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
+        (folder / f"{split}.csv").write_text("path,label\n" + "\n".join(rows[split]) + "\n", encoding="utf-8")
 
 
 def _coins(folder: Path, scale: float) -> None:
@@ -176,8 +209,9 @@ def _coins(folder: Path, scale: float) -> None:
         image, target = coins[y : y + side, x : x + side], mask[y : y + side, x : x + side]
         turns = int(rng.integers(0, 4))
         image, target = np.rot90(image, turns), np.rot90(target, turns)
-        samples.append((np.stack([np.ascontiguousarray(image)] * 3, -1), np.ascontiguousarray(target)))
-    _segmentation(folder, ["background", "coin"], samples)
+        instances, count = ndimage.label(np.ascontiguousarray(target))
+        samples.append((np.stack([np.ascontiguousarray(image)] * 3, -1), instances, [1] * count))
+    _composed(folder, ["coin"], samples)
 
 
 def _pasted(folder: Path, scale: float) -> None:
@@ -191,7 +225,7 @@ def _pasted(folder: Path, scale: float) -> None:
     for _ in range(_count(500, scale)):
         size = 192
         image = _resize(np.ascontiguousarray(_crop(rng, photos[str(rng.choice(backgrounds))], 256)), (size, size))
-        mask = np.zeros((size, size), np.uint8)
+        instances, classes = np.zeros((size, size), np.int32), []
         for _ in range(int(rng.integers(1, 5))):
             label = int(rng.integers(0, len(sources)))
             w, h = int(rng.integers(30, 90)), int(rng.integers(30, 90))
@@ -210,9 +244,10 @@ def _pasted(folder: Path, scale: float) -> None:
             inside = np.asarray(stencil).astype(bool)
             content = _resize(np.ascontiguousarray(_crop(rng, photos[sources[label]], 160)), (size, size))
             image = np.where(inside[..., None], content, image)
-            mask[inside] = label + 1
-        samples.append((image, mask))
-    _segmentation(folder, ["background", *sources], samples)
+            classes.append(label + 1)
+            instances[inside] = len(classes)
+        samples.append((image, instances, classes))
+    _composed(folder, sources, samples)
 
 
 def _horses(folder: Path, scale: float) -> None:
@@ -239,20 +274,21 @@ def _horses(folder: Path, scale: float) -> None:
         mask = np.zeros((height, width), np.uint8)
         mask[y : y + stencil.shape[0], x : x + stencil.shape[1]] = stencil
         fill = _resize(np.ascontiguousarray(_crop(rng, photos[str(rng.choice(fills))], 200)), (width, height))
-        samples.append((np.where(mask[..., None] > 0, fill, image), mask))
-    _segmentation(folder, ["background", "horse"], samples)
+        samples.append((np.where(mask[..., None] > 0, fill, image), mask.astype(np.int32), [1]))
+    _composed(folder, ["horse"], samples)
 
 
+COMPOSED = ("segment", "detect", "multitask")
 SETS: dict[str, BenchmarkSet] = {
     s.name: s
     for s in (
-        BenchmarkSet("textures", "classify", "tune", "8 photos' patches, 30-67 px, 640 train", _textures),
-        BenchmarkSet("faces", "classify", "report", "LFW faces vs other, 25 px gray, 2 classes, 150 train", _faces),
-        BenchmarkSet("photos20", "classify", "report", "20 photos' patches, 48-128 px, 2,200 train", _photos20),
-        BenchmarkSet("scenes", "classify", "report", "6 gray photos' crops, 512-640 px, 300 train", _scenes),
-        BenchmarkSet("coins", "segment", "report", "coins vs background, 96-192 px gray crops, 160 train", _coins),
-        BenchmarkSet("pasted", "segment", "report", "5 photos' cut-outs on textures, 192 px, 400 train", _pasted),
-        BenchmarkSet("horses", "segment", "report", "a horse silhouette on photos, 400-560 px, 160 train", _horses),
+        BenchmarkSet("textures", ("classify",), "tune", "8 photos' patches, 30-67 px, 640 train", _textures),
+        BenchmarkSet("faces", ("classify",), "report", "LFW faces vs other, 25 px gray, 2 classes, 150 train", _faces),
+        BenchmarkSet("photos20", ("classify",), "report", "20 photos' patches, 48-128 px, 2,200 train", _photos20),
+        BenchmarkSet("scenes", ("classify",), "report", "6 gray photos' crops, 512-640 px, 300 train", _scenes),
+        BenchmarkSet("coins", COMPOSED, "report", "coins (1 class), 96-192 px gray crops, 160 train", _coins),
+        BenchmarkSet("pasted", COMPOSED, "report", "5 photos' cut-outs on textures, 192 px, 400 train", _pasted),
+        BenchmarkSet("horses", COMPOSED, "report", "a horse silhouette on photos, 400-560 px, 160 train", _horses),
     )
 }
 

@@ -44,6 +44,8 @@ class TaskSource:
     root: Path
     format: str = "auto"
     classes: list[str] | None = None  # the task's class list; default: found in its training split
+    train_split: str | None = None  # this task's own split names (VOC2007 trainval/test beside VOC2012 train/val)
+    val_split: str | None = None
 
 
 @dataclass
@@ -81,8 +83,21 @@ def parse_sources(data: Path, tasks: Sequence[str]) -> dict[str, TaskSource]:
             classes = entry.get("classes")
             if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
                 raise UserError(f"dataset file {data}: '{name}.classes' must be a list of class names")
+            splits = {key: entry.get(key) for key in ("train_split", "val_split")}
+            for key, value in splits.items():
+                if value is not None and not isinstance(value, str):
+                    raise UserError(f"dataset file {data}: '{name}.{key}' must be a split name, got {value!r}")
+            unknown = sorted(set(entry) - {"root", "format", "classes", *splits})
+            if unknown:
+                raise UserError(
+                    f"dataset file {data}: unknown key(s) {', '.join(unknown)} under '{name}' "
+                    "(valid: root, format, classes, train_split, val_split)"
+                )
             sources[name] = TaskSource(
-                root if root.is_absolute() else data.parent / root, str(entry.get("format", "auto")), classes
+                root if root.is_absolute() else data.parent / root,
+                str(entry.get("format", "auto")),
+                classes,
+                **splits,
             )
         missing = [name for name in tasks if name not in sources]
         if missing:
@@ -102,8 +117,15 @@ def load_multitask(
 ) -> MultiTaskData:
     """The ``split`` of every task's data, joined by image path.
 
-    ``class_names`` (from the training split or a checkpoint) fixes each task's classes.
+    ``class_names`` (from the training split or a checkpoint) fixes each task's classes. A task whose source
+    names its own ``train_split``/``val_split`` reads that split instead (``split`` is the training split when
+    it equals ``train_split``).
     """
+    role = "train" if split == train_split else "val"
+
+    def split_of(src: TaskSource) -> str:
+        return (src.train_split if role == "train" else src.val_split) or split
+
     given = dict(class_names or {})
     for name, src in sources.items():
         if src.classes is not None:
@@ -120,9 +142,9 @@ def load_multitask(
     if "classify" in sources:
         src = sources["classify"]
         fmt = src.format
-        if fmt == "auto" and (src.root / f"{split}.csv").is_file():
+        if fmt == "auto" and (src.root / f"{split_of(src)}.csv").is_file():
             fmt = "csv"  # a root that also holds <split>/ images of other tasks
-        samples, names["classify"] = load_split(src.root, split, fmt=fmt, classes=given.get("classify"))
+        samples, names["classify"] = load_split(src.root, split_of(src), fmt=fmt, classes=given.get("classify"))
         for s in samples:
             sample(s.path).label = s.label
         counts["classify"] = len(samples)
@@ -131,8 +153,8 @@ def load_multitask(
         _, detection = load_detection_splits(
             src.root,
             fmt=src.format,
-            train_split=train_split,
-            val_split=split,
+            train_split=src.train_split or train_split,
+            val_split=split_of(src),
             classes=given.get("detect"),
             need_train=False,
         )
@@ -143,7 +165,7 @@ def load_multitask(
     if "segment" in sources:
         src = sources["segment"]
         fmt = src.format
-        seg: SegmentationData = load_segmentation(src.root, split, classes=given.get("segment"), fmt=fmt)
+        seg: SegmentationData = load_segmentation(src.root, split_of(src), classes=given.get("segment"), fmt=fmt)
         names["segment"] = list(seg.class_names)
         for s in seg.samples:
             sample(s.image).mask = s.mask
