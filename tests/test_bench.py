@@ -143,3 +143,20 @@ def test_gpu_section_runs_its_settings_against_torchvision_on_any_device() -> No
     ]
     assert all(r["ratio"] == "1.00×" for r in rows if r["candidate"] == "torchvision")
     assert "2,470 images/s" in section.text and "0.038 s/image" in section.text
+
+
+def test_update_replaces_only_the_named_sections() -> None:
+    from tasks.bench import replace_sections
+
+    document = (
+        "# Benchmarks\n\nhead\n\n## Machine\n\nold machine\n\n## Summary\n\n| a |\n\n## Backbone\n\nold b\n\n"
+        "## Learning\n\nold l\n"
+    )
+    fresh = (
+        "# Benchmarks\n\nnew head\n\n## Machine\n\nnew machine\n\n## Summary\n\n## Learning\n\nnew l\n\n## Extra\n\nx\n"
+    )
+    merged = replace_sections(document, fresh)
+    assert merged == (
+        "# Benchmarks\n\nhead\n\n## Machine\n\nold machine\n\n## Summary\n\n| a |\n\n## Backbone\n\nold b\n\n"
+        "## Learning\n\nnew l\n\n## Extra\n\nx\n"
+    )
