@@ -220,17 +220,14 @@ def setup(cfg: ClassifyConfig) -> Setup:
     root = _data_root(cfg)
     train_samples, class_names = load_split(root, cfg.data.train_split, fmt=cfg.data.format, classes=cfg.data.classes)
     val_samples, _ = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=class_names)
-    facts = recipes.RunFacts(
-        task=TASK,
+    facts = recipes.run_facts(
+        TASK,
+        cfg,
+        device=resolve_device(cfg.train.device).type,
         train_images=len(train_samples),
         val_images=len(val_samples),
         num_classes=len(class_names),
         image_sizes=recipes.sample_sizes([s.path for s in train_samples]),
-        pretrained=cfg.model.weights is not None,
-        batch_size=cfg.train.batch_size,
-        accumulate=cfg.train.accumulate,
-        processes=distributed.world_size(),
-        device=resolve_device(cfg.train.device).type,
     )
     cfg, recipe = recipes.resolve_static(cfg, facts)
     model_args = _model_args(cfg, len(class_names))

@@ -272,31 +272,23 @@ def _report(metrics: dict[str, Any], results: list[dict[str, Any]], data: Detect
     print(f"metrics.json, predictions.json and images/ are in {run_dir}")
 
 
-def detection_facts(task: recipes.TaskName, cfg: Any, train: DetectionData, val_images: int) -> recipes.RunFacts:
-    """What the recipe needs to know of a detection training set: image sizes and box sizes."""
-    boxes = [b for s in train.samples for b in s.boxes]
-    return recipes.RunFacts(
-        task=task,
-        train_images=len(train.samples),
-        val_images=val_images,
-        num_classes=len(train.class_names),
-        image_sizes=tuple((s.width, s.height) for s in train.samples[:: max(len(train.samples) // 200, 1)]),
-        box_sizes=recipes.box_sides(boxes),
-        pretrained=cfg.model.weights is not None,
-        batch_size=cfg.train.batch_size,
-        accumulate=cfg.train.accumulate,
-        processes=distributed.world_size(),
-        device=resolve_device(cfg.train.device).type,
-    )
-
-
 def setup(cfg: DetectConfig) -> Setup:
     """The model, task and loaders of a training run under ``cfg``, its auto fields resolved from the data."""
     check_backbone_name(cfg.model.backbone)
     seed_everything(cfg.train.seed)
     train_data, val_data = _data(cfg, need_train=True)
     assert train_data is not None
-    facts = detection_facts(TASK, cfg, train_data, len(val_data.samples))
+    boxes = [b for s in train_data.samples for b in s.boxes]
+    facts = recipes.run_facts(
+        TASK,
+        cfg,
+        device=resolve_device(cfg.train.device).type,
+        train_images=len(train_data.samples),
+        val_images=len(val_data.samples),
+        num_classes=len(train_data.class_names),
+        image_sizes=tuple((s.width, s.height) for s in train_data.samples[:: max(len(train_data.samples) // 200, 1)]),
+        box_sizes=recipes.box_sides(boxes),
+    )
     cfg, recipe = recipes.resolve_static(cfg, facts)
     model_args = _model_args(cfg, len(train_data.class_names) + 1)
     model = _build_from_args(model_args, cfg.model.weights)

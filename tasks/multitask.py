@@ -336,18 +336,15 @@ def setup(cfg: MultiTaskConfig) -> Setup:
         sources, cfg.data.val_split, class_names=train_data.class_names, train_split=cfg.data.train_split
     )
     boxes = [b for sample in train_data.samples if sample.detection is not None for b in sample.detection.boxes]
-    facts = recipes.RunFacts(
-        task=TASK,
+    facts = recipes.run_facts(
+        TASK,
+        cfg,
+        device=resolve_device(cfg.train.device).type,
         train_images=len(train_data.samples),
         val_images=len(val.samples),
         num_classes=sum(len(names) for names in train_data.class_names.values()),
         image_sizes=recipes.sample_sizes([sample.path for sample in train_data.samples]),
         box_sizes=recipes.box_sides(boxes),
-        pretrained=cfg.model.weights is not None,
-        batch_size=cfg.train.batch_size,
-        accumulate=cfg.train.accumulate,
-        processes=distributed.world_size(),
-        device=resolve_device(cfg.train.device).type,
     )
     cfg, recipe = recipes.resolve_static(cfg, facts)
     model_args = _model_args(cfg, train_data.class_names)

@@ -120,6 +120,35 @@ class RunFacts:
         return max(batches // self.accumulate, 1)
 
 
+def run_facts(
+    task: TaskName,
+    config: Any,
+    *,
+    device: str,
+    train_images: int,
+    val_images: int,
+    num_classes: int,
+    image_sizes: tuple[tuple[int, int], ...],
+    box_sizes: tuple[float, ...] = (),
+) -> RunFacts:
+    """The facts of a run under a runner's ``config`` (its weights, batch and accumulation) and process group."""
+    from tasks import distributed
+
+    return RunFacts(
+        task=task,
+        train_images=train_images,
+        val_images=val_images,
+        num_classes=num_classes,
+        image_sizes=image_sizes,
+        box_sizes=box_sizes,
+        pretrained=config.model.weights is not None,
+        batch_size=config.train.batch_size,
+        accumulate=config.train.accumulate,
+        processes=distributed.world_size(),
+        device=device,
+    )
+
+
 @dataclass
 class Choice:
     key: str

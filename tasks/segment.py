@@ -265,17 +265,14 @@ def setup(cfg: SegmentConfig) -> Setup:
     seed_everything(cfg.train.seed)
     train_data, val = _data(cfg, need_train=True)
     assert train_data is not None
-    facts = recipes.RunFacts(
-        task=TASK,
+    facts = recipes.run_facts(
+        TASK,
+        cfg,
+        device=resolve_device(cfg.train.device).type,
         train_images=len(train_data.samples),
         val_images=len(val.samples),
         num_classes=len(train_data.class_names),
         image_sizes=recipes.sample_sizes([s.image for s in train_data.samples]),
-        pretrained=cfg.model.weights is not None,
-        batch_size=cfg.train.batch_size,
-        accumulate=cfg.train.accumulate,
-        processes=distributed.world_size(),
-        device=resolve_device(cfg.train.device).type,
     )
     cfg, recipe = recipes.resolve_static(cfg, facts)
     model_args = _model_args(cfg, len(train_data.class_names))

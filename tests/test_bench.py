@@ -105,6 +105,17 @@ def test_quick_suite_writes_every_section_with_consistent_numbers(tmp_path, monk
         bounds = _ratio_bounds(bare[row["recipe"]], _interval(row["s/iteration"]))
         assert _agrees(row["speed vs bare loop"], *bounds), row
 
+    learning = _table_rows(text, "| set | task (metric) |")
+    assert [(row["set"], row["task (metric)"]) for row in learning] == [
+        ("faces", "classify (accuracy)"),
+        ("coins", "segment (mIoU)"),
+    ]
+    for row in learning:  # the ratio is our metric over the reference's
+        assert 0 <= float(row["ours"]) <= 1 and 0 <= float(row["reference"]) <= 1
+        if row["ours / reference"] != "—":
+            bounds = _ratio_bounds(_interval(row["ours"]), _interval(row["reference"]))
+            assert _agrees(row["ours / reference"], *bounds), row
+
     summary = _table_rows(text, "| benchmark | ratio |")
     assert len(summary) >= len(SECTIONS) and all(re.fullmatch(r"\d+\.\d\d×", row["ratio"]) for row in summary)
     assert "wrote" in capsys.readouterr().out
