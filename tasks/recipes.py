@@ -49,6 +49,7 @@ TaskName = Literal["classify", "detect", "segment", "multitask"]
 CPU_BUDGET_SECONDS = 600.0  # the default cap on a CPU when neither --epochs nor --time is given
 TARGET_STEPS = {False: 2000, True: 600}  # optimizer steps, from scratch / fine-tuning
 MAX_EPOCHS = 300
+MIN_EVALUATIONS = 3  # a time budget that holds fewer passes than this trains in shorter epochs
 EVAL_COST = 0.35  # an evaluated image costs about this share of a trained one (forward only, no augmentation)
 
 
@@ -199,6 +200,11 @@ class Resolver:
 
     def is_auto(self, key: str) -> bool:
         return isinstance(get(self.config, key), str) and get(self.config, key) == AUTO
+
+    def assign(self, key: str, value: Any, reason: str) -> None:
+        """Set a field that has no ``auto`` value of its own (the user left it at its default)."""
+        self.config = apply(self.config, nested_update(key, value), source="auto recipe")
+        self.recipe.choices.append(Choice(key, value, reason, auto=True))
 
     def decide(self, key: str, value: Any, reason: str, *, fixed: Any = None) -> Any:
         """``value`` for an ``auto`` field (or ``fixed`` under ``recipe: fixed``); the user's value otherwise."""
@@ -379,6 +385,16 @@ def resolve_length(
                 why += f"; {target_epochs} would give {target} steps"
         epochs = min(fits, ceiling)
         recipe.budget_seconds, recipe.max_epochs = budget, ceiling
+        if epochs_auto and budget < MIN_EVALUATIONS * per_epoch and not max_iters:
+            # Fewer passes than evaluations fit: train in shorter "epochs" of the steps the budget holds, so
+            # that the whole budget is used and the schedule still anneals over several evaluations.
+            evaluation = epoch_seconds(step, 0, facts)
+            steps = max(int((budget - MIN_EVALUATIONS * evaluation) // step), MIN_EVALUATIONS)
+            chunk = max(steps // MIN_EVALUATIONS, 1)
+            if chunk < steps_per_epoch:
+                epochs, steps_per_epoch = MIN_EVALUATIONS, chunk
+                why += f"; {steps / facts.steps_per_epoch:.1f} passes fit, as {epochs} of {chunk} steps"
+                r.assign("train.max_iters_per_epoch", chunk * facts.accumulate, "a short budget's epochs")
     if epochs_auto:
         epochs = r.decide("train.epochs", int(epochs), why, fixed=FIXED[facts.task]["train.epochs"])
     else:
