@@ -42,7 +42,7 @@ class Settings:
     memory: bool = True
     gpu_backbone: tuple[str, int, int, int] = ("resnet50", 256, 224, 20)  # arch, batch, side, rounds
     # the time budget of each task's runs, the data's scale, the sets (None: every reporting set)
-    learning: tuple[dict[str, str], float, tuple[str, ...] | None] = ({"classify": "3m", "segment": "3m"}, 1.0, None)
+    learning: tuple[dict[str, str], float, tuple[str, ...] | None] = ({"classify": "3m"}, 1.0, None)
 
 
 FULL = Settings(name="full")

@@ -409,7 +409,7 @@ def resolve_length(
         f"{warmup} of {total} steps",
         fixed=FIXED[facts.task]["train.warmup_epochs"],
     )
-    _augmentation(r, facts, epochs)
+    _augmentation(r, facts, total / facts.steps_per_epoch)
     return r.config
 
 
@@ -425,9 +425,9 @@ def fit_epochs(budget_seconds: float, seconds_per_epoch: float, ceiling: int) ->
     return int(min(max(budget_seconds // max(seconds_per_epoch, 1e-9), 1), ceiling))
 
 
-def _augmentation(r: Resolver, facts: RunFacts, epochs: int) -> None:
-    s = augmentation_strength(epochs)
-    why = f"strength {s:.2f} of 1 for {epochs} pass{'es' if epochs != 1 else ''} over the data"
+def _augmentation(r: Resolver, facts: RunFacts, passes: float) -> None:
+    s = augmentation_strength(passes)
+    why = f"strength {s:.2f} of 1 for {passes:.3g} pass{'' if passes == 1 else 'es'} over the data"
     if facts.task == "classify":
         size = get(r.config, "data.image_size")
         floor = (24 / size) ** 2  # a crop keeps at least 24x24 of the input's pixels

@@ -129,7 +129,8 @@ def test_one_benchmark_prints_its_table_and_an_unknown_name_is_refused(tmp_path,
     assert [row["backend"] for row in rows] == ["faster-coco-eval", "pycocotools"]
     assert main(["detectr"]) == 2
     assert capsys.readouterr().err == (
-        "error: unknown benchmark 'detectr': choose from backbone, detector, coco-eval, training, multitask, export\n"
+        "error: unknown benchmark 'detectr': "
+        "choose from backbone, detector, coco-eval, training, multitask, export, learning\n"
     )
     assert main(["--quick", "--rounds", "3"]) == 2  # an unknown option: one line too
     assert capsys.readouterr().err.count("\n") == 1

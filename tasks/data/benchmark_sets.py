@@ -124,7 +124,7 @@ def _textures(folder: Path, scale: float) -> None:
 
 def _photos20(folder: Path, scale: float) -> None:
     classes = sorted(_photos())
-    _patch_folder(folder, scale, classes, (60, 20), (0.1, 0.4), (48, 128), seed=11)
+    _patch_folder(folder, scale, classes, (110, 30), (0.1, 0.4), (48, 128), seed=11)
 
 
 def _scenes(folder: Path, scale: float) -> None:
@@ -284,7 +284,7 @@ SETS: dict[str, BenchmarkSet] = {
     for s in (
         BenchmarkSet("textures", ("classify",), "tune", "8 photos' patches, 30-67 px, 640 train", _textures),
         BenchmarkSet("faces", ("classify",), "report", "LFW faces vs other, 25 px gray, 2 classes, 150 train", _faces),
-        BenchmarkSet("photos20", ("classify",), "report", "20 photos' patches, 48-128 px, 1,200 train", _photos20),
+        BenchmarkSet("photos20", ("classify",), "report", "20 photos' patches, 48-128 px, 2,200 train", _photos20),
         BenchmarkSet("scenes", ("classify",), "report", "6 gray photos' crops, 512-640 px, 300 train", _scenes),
         BenchmarkSet("coins", COMPOSED, "report", "coins (1 class), 96-192 px gray crops, 160 train", _coins),
         BenchmarkSet("pasted", COMPOSED, "report", "5 photos' cut-outs on textures, 192 px, 400 train", _pasted),
