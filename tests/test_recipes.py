@@ -233,3 +233,29 @@ def test_training_prints_and_records_the_resolved_recipe(tmp_path, capsys) -> No
     assert "auto" not in {saved["train"][k] for k in ("lr", "weight_decay", "warmup_epochs", "clip_grad")}
     assert main([*argv, "--time", "5x", "--output", str(tmp_path / "bad")]) == 2
     assert capsys.readouterr().err.strip() == "error: --time '5x' must be a duration such as 15m, 90s, 1.5h or 1h30m"
+
+
+@pytest.mark.parametrize(
+    ("task", "config_class", "packaged"),
+    [
+        ("classify", ClassifyConfig, "classify/digits"),
+        ("detect", DetectConfig, "detect/shapes"),
+        ("segment", SegmentConfig, "segment/shapes"),
+        ("multitask", MultiTaskConfig, "multitask/shapes"),
+    ],
+)
+def test_the_built_in_jobs_train_exactly_as_before(task, config_class, packaged) -> None:
+    """The packaged YAMLs of the built-in data are tuned demos: whatever they leave to the recipe must resolve
+    to the values the runners used before the recipe existed (what ``recipe: fixed`` gives)."""
+    import argparse
+
+    from tasks.cli import resolve_config
+
+    args = argparse.Namespace(config=[], set=[])
+    config = resolve_config(config_class(), args, {}, embedded=packaged)
+    facts = _facts(task, n=320, sizes=((128, 128),), batch=config.train.batch_size, box_sizes=(30.0,))
+    _, auto = _resolve(config, facts)
+    _, fixed = _resolve(apply(config, {"train": {"recipe": "fixed"}}, source="t"), facts)
+    decided = {c.key: c.value for c in auto.choices if c.auto}
+    assert decided == {c.key: c.value for c in fixed.choices if c.auto}
+    assert set(decided) <= {"train.optimizer", "train.backbone_lr_scale", "train.clip_grad"}
