@@ -376,12 +376,13 @@ class Engine:
     def _stop_reason(self, epoch: int) -> str | None:
         """Why training ends after ``epoch`` before its planned last epoch (the same on every process)."""
         patience = self.cfg.patience
-        if epoch + 1 >= self.epochs or patience is None or epoch - self.best_epoch < patience:
-            return None
-        return distributed.broadcast(
-            f"stopped early: {self.task.main_metric} has not improved for {patience} epoch(s) "
-            f"(best {self.best_metric:.4f} at epoch {self.best_epoch + 1})"
-        )
+        reason = None
+        if epoch + 1 < self.epochs and patience is not None and epoch - self.best_epoch >= patience:
+            reason = (
+                f"stopped early: {self.task.main_metric} has not improved for {patience} epoch(s) "
+                f"(best {self.best_metric:.4f} at epoch {self.best_epoch + 1})"
+            )
+        return distributed.broadcast(reason)  # every process, every epoch: rank 0 decides for all
 
     def train_epoch(self, loader: DataLoader[Any], epoch: int, steps: int) -> EpochStats:
         """Train for ``steps`` optimizer steps of ``loader`` (after :meth:`prepare`); log and return the timings."""
