@@ -82,8 +82,8 @@ def _fit(
     budget: float,
 ) -> dict[str, Any]:
     """Train epochs until the budget: one epoch of linear warmup, then a cosine over as many epochs as the budget
-    holds, planned after each epoch from the pace of the last three (as our engine does, so that both sides
-    keep to the same wall time on a machine whose speed varies). Returns the last evaluation and the timings."""
+    holds, planned after each epoch from the mean pace of the epochs after the first (as our engine does, so both
+    sides keep to the same wall time on a machine whose speed varies). Returns the last evaluation and the timings."""
     base = [group["lr"] for group in optimizer.param_groups]
     steps_per_epoch, start = len(loader), time.perf_counter()
     epochs, epoch, images, metrics, durations = None, 0, 0, {}, []
@@ -108,7 +108,8 @@ def _fit(
             metrics = evaluate(model)
         epoch += 1
         durations.append(time.perf_counter() - began)
-        pace = sum(durations[-3:]) / len(durations[-3:])
+        steady = durations[1:] or durations
+        pace = sum(steady) / len(steady)
         left = budget - (time.perf_counter() - start)
         epochs = epoch + int(max(left, 0.0) // pace)
     seconds = time.perf_counter() - start

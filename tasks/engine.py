@@ -357,13 +357,13 @@ class Engine:
         return metrics
 
     def _fit_budget(self, epoch: int, seconds: float) -> None:
-        """After each epoch: as many more epochs as the rest of the budget holds at the pace of the last
-        few (rank 0's), so that a run on a machine that slows down or speeds up still ends on time with
-        its schedule complete. The cosine schedule stretches or shrinks to the new length."""
+        """After each epoch: as many more epochs as the rest of the budget holds at the mean pace of the
+        epochs after the first (rank 0's), so that a run on a machine that slows down or speeds up still
+        ends on time with its schedule complete. The cosine schedule stretches or shrinks to the new length."""
         assert self.budget_seconds is not None
         self.durations.append(seconds)
-        recent = self.durations[-3:]
-        pace = float(distributed.broadcast(sum(recent) / len(recent)))
+        steady = self.durations[1:] or self.durations  # the first epoch also pays for start-up
+        pace = float(distributed.broadcast(sum(steady) / len(steady)))
         remaining = self.budget_seconds - float(distributed.broadcast(self.elapsed))
         epochs = max(min(epoch + 1 + int(max(remaining, 0.0) // max(pace, 1e-9)), self.max_epochs), epoch + 1)
         if epochs != self.epochs:

@@ -211,7 +211,7 @@ def test_the_engine_fits_epochs_to_the_budget_at_the_measured_pace(tmp_path, mon
     assert saved["epoch"] == 2 and saved["budget_epochs"] == 3 and saved["elapsed_seconds"] == 34.0
     out = capsys.readouterr().out
     assert "at 7.0 s per epoch: 4 epochs instead of 10" in out  # 30 s at 7 s an epoch
-    assert "at 11.3 s per epoch: 3 epochs instead of 4" in out  # 34 s spent: no fourth epoch fits
+    assert "at 13.5 s per epoch: 3 epochs instead of 4" in out  # 34 s spent: no fourth epoch fits
     assert "epoch 3/3" in out
 
 
