@@ -398,9 +398,9 @@ def resolve_length(
     if epochs_auto:
         epochs = r.decide("train.epochs", int(epochs), why, fixed=FIXED[facts.task]["train.epochs"])
     else:
-        epochs = r.decide("train.epochs", None, "")
-        if recipe.budget_seconds is not None:
-            recipe.choices[-1].reason = why
+        epochs = get(r.config, "train.epochs")
+        reason = why if recipe.budget_seconds is not None else "set"  # the user's epochs, capped by the budget
+        recipe.choices.append(Choice("train.epochs", epochs, reason, auto=False))
     total = steps_per_epoch * epochs
     warmup = min(max(round(0.05 * total), min(50, total // 5)), 1000)
     r.decide(
