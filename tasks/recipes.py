@@ -50,6 +50,9 @@ CPU_BUDGET_SECONDS = 600.0  # the default cap on a CPU when neither --epochs nor
 TARGET_STEPS = {False: 2000, True: 600}  # optimizer steps, from scratch / fine-tuning
 MAX_EPOCHS = 300
 MIN_EVALUATIONS = 3  # a time budget that holds fewer passes than this trains in shorter epochs
+# Short epochs are planned on this share of the budget: one probed step misses the data loading and the first
+# steps' warm-up, and with three epochs an estimate even 5% short loses the whole third epoch at the re-plan.
+SHORT_PLAN_SHARE = 0.9
 EVAL_COST = 0.35  # an evaluated image costs about this share of a trained one (forward only, no augmentation)
 
 
@@ -389,11 +392,12 @@ def resolve_length(
             # Fewer passes than evaluations fit: train in shorter "epochs" of the steps the budget holds, so
             # that the whole budget is used and the schedule still anneals over several evaluations.
             evaluation = epoch_seconds(step, 0, facts)
-            steps = max(int((budget - MIN_EVALUATIONS * evaluation) // step), MIN_EVALUATIONS)
+            usable = budget * SHORT_PLAN_SHARE - MIN_EVALUATIONS * evaluation
+            steps = max(int(usable // step), MIN_EVALUATIONS)
             chunk = max(steps // MIN_EVALUATIONS, 1)
             if chunk < steps_per_epoch:
                 epochs, steps_per_epoch = MIN_EVALUATIONS, chunk
-                why += f"; {steps / facts.steps_per_epoch:.1f} passes fit, as {epochs} of {chunk} steps"
+                why += f"; {steps / facts.steps_per_epoch:.1f} passes fit, as {epochs} epochs of {chunk} steps"
                 r.assign("train.max_iters_per_epoch", chunk * facts.accumulate, "a short budget's epochs")
     if epochs_auto:
         epochs = r.decide("train.epochs", int(epochs), why, fixed=FIXED[facts.task]["train.epochs"])

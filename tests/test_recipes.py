@@ -148,10 +148,10 @@ def test_the_time_budget_fits_epochs_from_the_measured_step() -> None:
     assert "10 min on a CPU" in recipe.block() and recipe.max_epochs == 91  # the step target stays the ceiling
     short, recipe = _resolve(apply(ClassifyConfig(), {"train": {"time": "1m"}}, source="t"), facts, lambda: 2.0)
     evaluation = recipes.EVAL_COST * 2.0 / 64 * 360  # 3.9 s; one pass (22 steps + evaluation) is 48 s
-    steps = int((60 - 3 * evaluation) // 2.0)
-    assert (short.train.epochs, short.train.max_iters_per_epoch) == (3, steps // 3) == (3, 8)
-    assert short.train.warmup_epochs == round(min(50, 24 // 5) / 8, 3)  # warmup over the steps that will run
-    assert "1.1 passes fit, as 3 of 8 steps" in recipe.block()
+    steps = int((60 * recipes.SHORT_PLAN_SHARE - 3 * evaluation) // 2.0)
+    assert (short.train.epochs, short.train.max_iters_per_epoch) == (3, steps // 3) == (3, 7)
+    assert short.train.warmup_epochs == round(min(50, 21 // 5) / 7, 3)  # warmup over the steps that will run
+    assert "1.0 passes fit, as 3 epochs of 7 steps" in recipe.block()
     fixed = apply(ClassifyConfig(), {"train": {"epochs": 5}}, source="t")
     _resolve(fixed, cpu, seconds_per_step=lambda: calls.append(2) or 2.0)
     assert calls == [1]  # set epochs and no --time: nothing to measure
