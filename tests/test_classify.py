@@ -185,6 +185,20 @@ def test_csv_layout(data, tmp_path) -> None:
     assert json.loads((out / "metrics.json").read_text())["num_samples"] == 12
 
 
+def test_auto_format_reads_loose_images_beside_a_csv_as_the_csv_layout(tmp_path) -> None:
+    """The shapes layout (train/*.png, train.csv, masks/, annotations/) serves classify through --data alone."""
+    from tasks.data.folders import find_split
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "0001.png").write_bytes(b"")
+    assert find_split(tmp_path, "train") == (tmp_path / "train", "folder")  # no CSV: the folder (and its error)
+    (tmp_path / "train.csv").write_text("path,label\ntrain/0001.png,a\n")
+    assert find_split(tmp_path, "train") == (tmp_path / "train.csv", "csv")
+    assert find_split(tmp_path, "train", fmt="folder") == (tmp_path / "train", "folder")  # as asked
+    (tmp_path / "train" / "cat").mkdir()
+    assert find_split(tmp_path, "train") == (tmp_path / "train", "folder")  # class folders win
+
+
 def test_corrupt_image_is_skipped_and_counted(data, tmp_path, capsys) -> None:
     import shutil
 

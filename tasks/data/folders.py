@@ -77,7 +77,9 @@ def read_label_csv(path: Path, classes: Sequence[str] | None = None) -> tuple[li
 
 
 def find_split(root: Path, split: str, *, fmt: str = "auto") -> tuple[Path, str]:
-    """Where a split lives: ``root/<split>/`` (folder) or ``root/<split>.csv`` (csv)."""
+    """Where a split lives: ``root/<split>/`` (folder) or ``root/<split>.csv`` (csv). With ``auto``, a
+    ``<split>/`` of loose images beside ``<split>.csv`` (the layout that also holds boxes and masks, as the
+    built-in shapes set's) is the CSV's image folder, not an ImageFolder."""
     if not root.exists():
         raise UserError(f"--data {root} does not exist")
     if root.is_file() and root.suffix == ".csv":
@@ -88,7 +90,11 @@ def find_split(root: Path, split: str, *, fmt: str = "auto") -> tuple[Path, str]
     if fmt in ("auto", "csv"):
         candidates.append((root / f"{split}.csv", "csv"))
     for candidate, kind in candidates:
-        if (kind == "folder" and candidate.is_dir()) or (kind == "csv" and candidate.is_file()):
+        if kind == "folder" and candidate.is_dir():
+            loose = fmt == "auto" and not any(p.is_dir() for p in candidate.iterdir())
+            if not (loose and (root / f"{split}.csv").is_file()):
+                return candidate, kind
+        if kind == "csv" and candidate.is_file():
             return candidate, kind
     raise UserError(f"--data {root} has no '{split}' split: expected {root}/{split}/<class>/ or {root}/{split}.csv")
 
