@@ -38,6 +38,7 @@ from tasks.recipes import parse_duration
 
 METRIC = {"classify": "accuracy", "segment": "mIoU", "detect": "AP"}  # the references' metrics.json keys
 OUR_METRIC = {"classify": "accuracy", "segment": "mIoU", "detect": "coco.AP"}  # the same numbers in ours
+SECOND = {"detect": ("mAP07", "voc.mAP07")}  # a second number some tasks report (reference key, our key)
 SWEEP = {
     "classify": [("sgd", 0.05), ("adamw", 0.001), ("adamw", 0.003)],
     "segment": [("adamw", 0.001), ("adamw", 0.003), ("sgd", 0.01)],
@@ -317,7 +318,7 @@ def reference_detect(data: Path, budget: float, optimizer: str, lr: float, *, ba
                         }
                     )
         if not results:
-            return {"AP": 0.0}
+            return {"AP": 0.0, "mAP07": 0.0}
         truth = COCO()
         truth.dataset = val.document
         truth.createIndex()
@@ -325,12 +326,49 @@ def reference_detect(data: Path, budget: float, optimizer: str, lr: float, *, ba
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-        return {"AP": max(float(evaluator.stats[0]), 0.0)}
+        return {"AP": max(float(evaluator.stats[0]), 0.0), "mAP07": _voc07(val.document, results)}
 
     decay = 1e-4 if optimizer == "sgd" else 0.05
     return _fit(
         model, loader, loss_of, evaluate, optimizer=_optimizer(model.parameters(), optimizer, lr, decay), budget=budget
     )
+
+
+def _voc07(document: dict[str, Any], results: list[dict[str, Any]]) -> float:
+    """VOC2007's 11-point mAP at IoU 0.5 of COCO-style ``results`` against a COCO instances ``document``."""
+    import numpy as np
+
+    from tasks.metrics.voc import voc_box_metrics
+
+    categories = [c["id"] for c in document["categories"]]
+    index = {category: i for i, category in enumerate(categories)}
+    truth: dict[int, dict[str, list[Any]]] = {
+        e["id"]: {"boxes": [], "labels": [], "difficult": []} for e in document["images"]
+    }
+    found: dict[int, dict[str, list[Any]]] = {
+        e["id"]: {"boxes": [], "labels": [], "scores": []} for e in document["images"]
+    }
+    for a in document["annotations"]:
+        x, y, w, h = a["bbox"]
+        truth[a["image_id"]]["boxes"].append([x, y, x + w, y + h])
+        truth[a["image_id"]]["labels"].append(index[a["category_id"]])
+        truth[a["image_id"]]["difficult"].append(bool(a.get("iscrowd", 0)))
+    for r in results:
+        x, y, w, h = r["bbox"]
+        found[r["image_id"]]["boxes"].append([x, y, x + w, y + h])
+        found[r["image_id"]]["labels"].append(index[r["category_id"]])
+        found[r["image_id"]]["scores"].append(r["score"])
+
+    def arrays(table: dict[int, dict[str, list[Any]]]) -> dict[int, dict[str, np.ndarray]]:
+        return {
+            image: {
+                key: np.asarray(values).reshape(-1, 4) if key == "boxes" else np.asarray(values)
+                for key, values in d.items()
+            }
+            for image, d in table.items()
+        }
+
+    return float(voc_box_metrics(arrays(truth), arrays(found), [str(c) for c in categories])["mAP07"])
 
 
 REFERENCES = {"classify": reference_classify, "segment": reference_segment, "detect": reference_detect}
@@ -356,6 +394,7 @@ def run_ours(task: str, data: Path, time_text: str, folder: Path) -> dict[str, A
     epochs, seconds = int(saved["epoch"]) + 1, float(saved["elapsed_seconds"])
     return {
         "metric": score,
+        "second": main_metric_value(metrics, SECOND[task][1]) if task in SECOND else None,
         "epochs": epochs,
         "seconds": seconds,
         "wall": wall,
@@ -370,6 +409,7 @@ def run_reference(task: str, data: Path, time_text: str, setting: tuple[str, flo
     result = json.loads(out.read_text())
     return {
         "metric": float(result[METRIC[task]] or 0.0),
+        "second": float(result[SECOND[task][0]] or 0.0) if task in SECOND else None,
         "epochs": result["epochs"],
         "seconds": result["seconds"],
         "wall": wall,
@@ -402,6 +442,59 @@ def learning_rows(
                     "reference": reference,
                 }
             )
+    return rows
+
+
+MULTITASK = ("classify", "detect", "segment")
+
+
+def run_multitask(data: Path, time_text: str, folder: Path, *, weighting: str = "fixed") -> dict[str, Any]:
+    """``python -m tasks.multitask --data DIR --time T`` (with ``--set model.weighting=...`` other than fixed):
+    each task's number, as its single-task run reports it, and the run's timings."""
+    run_dir = folder / f"multitask-{weighting}"
+    argv = ["-m", "tasks.multitask", "--data", str(data), "--time", time_text, "--output", str(run_dir)]
+    if weighting != "fixed":
+        argv += ["--set", f"model.weighting={weighting}"]
+    wall = _subprocess(argv)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    train_images = sum(1 for _ in (data / "train").rglob("*.png"))
+    epochs, seconds = int(saved["epoch"]) + 1, float(saved["elapsed_seconds"])
+    return {
+        "metrics": {task: main_metric_value(metrics[task], OUR_METRIC[task]) for task in MULTITASK},
+        "second_of": {task: main_metric_value(metrics[task], key) for task, (_, key) in SECOND.items()},
+        "epochs": epochs,
+        "seconds": seconds,
+        "wall": wall,
+        "images_per_s": train_images * epochs / seconds,
+    }
+
+
+def multitask_rows(
+    single: str, *, scale: float = 1.0, names: Sequence[str] | None = None, weightings: Sequence[str] = ("fixed",)
+) -> list[dict[str, Any]]:
+    """On every reporting set with labels for all three tasks: one multitask run of three times ``single`` against
+    our three single-task runs of ``single`` each (equal total time), one row per task and loss weighting."""
+    total = f"{3 * parse_duration(single):g}s"
+    rows = []
+    chosen = names or [n for n, s in SETS.items() if s.role == "report" and set(MULTITASK) <= set(s.tasks)]
+    for name in chosen:
+        data = benchmark_set(name, scale=scale)
+        with tempfile.TemporaryDirectory(prefix="mtb-multitask-") as folder:
+            alone = {task: run_ours(task, data, single, Path(folder) / task) for task in MULTITASK}
+            joint = {w: run_multitask(data, total, Path(folder), weighting=w) for w in weightings}
+        for weighting, run in joint.items():
+            for task in MULTITASK:
+                rows.append(
+                    {
+                        "set": name,
+                        "task": task,
+                        "weighting": weighting,
+                        "budget": f"{total} / 3 × {single}",
+                        "ours": {**run, "metric": run["metrics"][task], "second": run["second_of"].get(task)},
+                        "reference": alone[task],
+                    }
+                )
     return rows
 
 

@@ -109,9 +109,15 @@ def test_quick_suite_writes_every_section_with_consistent_numbers(tmp_path, monk
     assert [(row["set"], row["task (metric)"]) for row in learning] == [
         ("faces", "classify (accuracy)"),
         ("coins", "segment (mIoU)"),
+        ("coins", "multitask: classify (accuracy)"),
+        ("coins", "multitask: detect (AP)"),
+        ("coins", "multitask: segment (mIoU)"),
     ]
     for row in learning:  # the ratio is our metric over the reference's
         assert 0 <= float(row["ours"]) <= 1 and 0 <= float(row["reference"]) <= 1
+        voc = row["VOC mAP07 (ours / ref)"]
+        assert (voc != "") == ("detect" in row["task (metric)"]), row
+        assert voc == "" or all(0 <= float(v) <= 1 for v in voc.split(" / ")), row
         if row["ours / reference"] != "—":
             bounds = _ratio_bounds(_interval(row["ours"]), _interval(row["reference"]))
             assert _agrees(row["ours / reference"], *bounds), row

@@ -138,3 +138,23 @@ def test_coco_eval_benchmark_backends_agree_on_its_synthetic_set() -> None:
     row = coco_eval_benchmark(30, 20, rounds=1)
     assert row["max_difference"] < 1e-6 and 0 < row["AP"] < 1
     assert set(row["seconds"]) == {"faster-coco-eval", "pycocotools"}
+
+
+def test_learning_reference_voc07_reads_coco_documents_as_the_devkit_would() -> None:
+    """The detection reference of ``tasks.bench_learning`` scores COCO-style results with VOC2007's mAP:
+    crowd boxes are difficult (neither hit nor miss), and a category it never predicts scores 0."""
+    from tasks.bench_learning import _voc07
+
+    document, _ = synthetic_coco(num_images=12, seed=3)
+    perfect = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+        for a in document["annotations"]
+        if not a["iscrowd"]
+    ]
+    assert _voc07(document, perfect) == pytest.approx(1.0)
+    counted = {a["category_id"] for a in document["annotations"] if not a["iscrowd"]}
+    assert len(counted) == 3
+    without_dogs = [r for r in perfect if r["category_id"] != 5]
+    assert _voc07(document, without_dogs) == pytest.approx(2 / 3)
+    shifted = [{**r, "bbox": [r["bbox"][0] + r["bbox"][2], *r["bbox"][1:]]} for r in perfect]  # IoU 0: all misses
+    assert _voc07(document, shifted) == pytest.approx(0.0)

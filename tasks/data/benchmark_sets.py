@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from tasks.data.embedded import cache_root
 from tasks.errors import UserError
 
-VERSION = "v2"
+VERSION = "v3"
 
 
 @dataclass(frozen=True)
@@ -143,11 +143,16 @@ def _faces(folder: Path, scale: float) -> None:
             _save(folder / split / name / f"{index:03d}.png", (pixels * 255).astype(np.uint8))
 
 
-def _composed(folder: Path, names: list[str], samples: list[tuple[np.ndarray, np.ndarray, list[int]]]) -> None:
+def _composed(
+    folder: Path,
+    names: list[str],
+    samples: list[tuple[np.ndarray, np.ndarray, list[int]]],
+    labels: list[str] | None = None,
+) -> None:
     """The built-in shapes set's layout, so one folder serves segment, detect and multitask: ``<split>/*.png``,
     class-index masks in ``masks/<split>/`` with ``classes.txt``, COCO boxes in ``annotations/``, and an image
-    label (the class with the most visible pixels) in ``<split>.csv``. A sample is (image, instance map with 0
-    for none and i for instance i, the 1-based class of each instance)."""
+    label in ``<split>.csv``: ``labels[i]`` where given, else the class with the most visible pixels. A sample is
+    (image, instance map with 0 for none and i for instance i, the 1-based class of each instance)."""
     import json
 
     (folder / "annotations").mkdir(parents=True, exist_ok=True)
@@ -180,7 +185,8 @@ def _composed(folder: Path, names: list[str], samples: list[tuple[np.ndarray, np
             )
         _save(folder / split / name, image)
         _save(folder / "masks" / split / name, semantic)
-        rows[split].append(f"{split}/{name},{names[int(areas[1:].argmax())]}")
+        label = labels[index] if labels is not None else names[int(areas[1:].argmax())]
+        rows[split].append(f"{split}/{name},{label}")
     for split, document in documents.items():
         document["categories"] = [{"id": i, "name": n} for i, n in enumerate(names, 1)]
         (folder / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
@@ -189,7 +195,8 @@ def _composed(folder: Path, names: list[str], samples: list[tuple[np.ndarray, np
 
 def _coins(folder: Path, scale: float) -> None:
     """Coins against their background, from scikit-image's coins photo: the mask is its Otsu threshold with
-    holes filled and specks removed (the classic scikit-image segmentation), cut into random crops."""
+    holes filled and specks removed (the classic scikit-image segmentation), cut into random crops. The image
+    label counts the coins that are at least half in view: "0-2", "3-5" or "6+"."""
     import skimage.data as data
     from scipy import ndimage
     from skimage.filters import sobel, threshold_otsu
@@ -202,7 +209,9 @@ def _coins(folder: Path, scale: float) -> None:
     mask &= coins > threshold_otsu(coins) * 0.5
     mask = ndimage.binary_opening(mask, iterations=2)
     rng = np.random.default_rng(17)
-    samples = []
+    samples, labels = [], []
+    whole, _ = ndimage.label(mask)
+    full_area = np.bincount(whole.ravel())
     for _ in range(_count(200, scale)):
         side = int(rng.integers(96, 192))
         y, x = int(rng.integers(0, coins.shape[0] - side)), int(rng.integers(0, coins.shape[1] - side))
@@ -211,7 +220,10 @@ def _coins(folder: Path, scale: float) -> None:
         image, target = np.rot90(image, turns), np.rot90(target, turns)
         instances, count = ndimage.label(np.ascontiguousarray(target))
         samples.append((np.stack([np.ascontiguousarray(image)] * 3, -1), instances, [1] * count))
-    _composed(folder, ["coin"], samples)
+        seen = np.bincount(whole[y : y + side, x : x + side].ravel(), minlength=len(full_area))
+        coins_in_view = int((seen[1:] * 2 >= full_area[1:]).sum())
+        labels.append("0-2" if coins_in_view <= 2 else "3-5" if coins_in_view <= 5 else "6+")
+    _composed(folder, ["coin"], samples, labels)
 
 
 def _pasted(folder: Path, scale: float) -> None:
@@ -252,7 +264,8 @@ def _pasted(folder: Path, scale: float) -> None:
 
 def _horses(folder: Path, scale: float) -> None:
     """scikit-image's horse silhouette, scaled, mirrored and placed on large photo crops, filled with a
-    texture of another photo: one object class at 400-560 px."""
+    texture of another photo: one object class at 400-560 px. The image label is the photo the horse is
+    filled with (4 classes)."""
     import skimage.data as data
 
     photos = _photos()
@@ -260,7 +273,7 @@ def _horses(folder: Path, scale: float) -> None:
     fills = ["chelsea", "coffee", "rocket", "immunohistochemistry"]
     backgrounds = ["retina", "hubble_deep_field", "china", "flower", "astronaut", "camera"]
     rng = np.random.default_rng(23)
-    samples = []
+    samples, labels = [], []
     for _ in range(_count(200, scale)):
         width, height = int(rng.integers(400, 561)), int(rng.integers(400, 561))
         back = _crop(rng, photos[str(rng.choice(backgrounds))], int(rng.integers(250, 400)))
@@ -273,9 +286,10 @@ def _horses(folder: Path, scale: float) -> None:
         x, y = int(rng.integers(0, width - stencil.shape[1] + 1)), int(rng.integers(0, height - stencil.shape[0] + 1))
         mask = np.zeros((height, width), np.uint8)
         mask[y : y + stencil.shape[0], x : x + stencil.shape[1]] = stencil
-        fill = _resize(np.ascontiguousarray(_crop(rng, photos[str(rng.choice(fills))], 200)), (width, height))
+        labels.append(str(rng.choice(fills)))
+        fill = _resize(np.ascontiguousarray(_crop(rng, photos[labels[-1]], 200)), (width, height))
         samples.append((np.where(mask[..., None] > 0, fill, image), mask.astype(np.int32), [1]))
-    _composed(folder, ["horse"], samples)
+    _composed(folder, ["horse"], samples, labels)
 
 
 COMPOSED = ("segment", "detect", "multitask")
@@ -286,9 +300,23 @@ SETS: dict[str, BenchmarkSet] = {
         BenchmarkSet("faces", ("classify",), "report", "LFW faces vs other, 25 px gray, 2 classes, 150 train", _faces),
         BenchmarkSet("photos20", ("classify",), "report", "20 photos' patches, 48-128 px, 2,200 train", _photos20),
         BenchmarkSet("scenes", ("classify",), "report", "6 gray photos' crops, 512-640 px, 300 train", _scenes),
-        BenchmarkSet("coins", COMPOSED, "report", "coins (1 class), 96-192 px gray crops, 160 train", _coins),
-        BenchmarkSet("pasted", COMPOSED, "report", "5 photos' cut-outs on textures, 192 px, 400 train", _pasted),
-        BenchmarkSet("horses", COMPOSED, "report", "a horse silhouette on photos, 400-560 px, 160 train", _horses),
+        BenchmarkSet(
+            "coins", COMPOSED, "report", "coins (1 class; label: how many, 3), 96-192 px gray, 160 train", _coins
+        ),
+        BenchmarkSet(
+            "pasted",
+            COMPOSED,
+            "report",
+            "5 photos' cut-outs on textures (label: the largest), 192 px, 400 train",
+            _pasted,
+        ),
+        BenchmarkSet(
+            "horses",
+            COMPOSED,
+            "report",
+            "a horse on photos (1 class; label: its fill, 4), 400-560 px, 160 train",
+            _horses,
+        ),
     )
 }
 
