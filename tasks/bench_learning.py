@@ -6,7 +6,10 @@ loop, each in a fresh interpreter under the same time budget:
 
 - classify: a torchvision ResNet-50 (our default backbone) in a plain loop, torchvision's ImageFolder and
   transforms at the data's own size;
-- segment: smp's ``Unet`` on a ResNet-34 encoder (our default) with cross-entropy + Dice, as smp's examples.
+- segment: smp's ``Unet`` on a ResNet-34 encoder (our default) with cross-entropy + Dice, as smp's examples;
+- detect: torchvision's ``FasterRCNN`` on torchvision's ``resnet_fpn_backbone`` (ResNet-50), scored by
+  pycocotools (COCO AP) and by the VOC devkit's rules (mAP07);
+- multitask: our three single-task commands, each with a third of the multitask run's time.
 
 Each reference fits its epochs to the budget after its first epoch and anneals over them (cosine after one
 epoch of linear warmup), the usual hand-tuned way. The learning-rate and optimizer sweep that chose each
@@ -49,9 +52,11 @@ BEST = {
     ("classify", "faces"): ("adamw", 0.001),
     ("classify", "photos20"): ("adamw", 0.001),
     ("classify", "scenes"): ("adamw", 0.003),
+    ("segment", "coins"): ("adamw", 0.001),
+    ("segment", "pasted"): ("adamw", 0.003),
+    ("segment", "horses"): ("sgd", 0.01),
 }
-# Until their sweeps are recorded, the segmentation sets run in --quick only, with smp's example setting.
-QUICK_SETTING = ("adamw", 0.001)
+QUICK_SETTING = ("adamw", 0.001)  # --quick's reference setting where a set has no sweep at its scale
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -515,6 +520,26 @@ def sweep(task: str, time_text: str, *, scale: float = 1.0) -> str:
     return "\n".join(lines)
 
 
+def weighting_table(single: str, *, scale: float = 1.0, names: Sequence[str] | None = None) -> str:
+    """Multitask rows under both loss weightings, as a Markdown table (for docs/results.md)."""
+    lines = [
+        "| set | task | alone, 3 × " + single + " | multitask fixed | multitask uncertainty |",
+        "|---|---|---:|---:|---:|",
+    ]
+    rows = multitask_rows(single, scale=scale, names=names, weightings=("fixed", "uncertainty"))
+    for name in dict.fromkeys(row["set"] for row in rows):
+        for task in MULTITASK:
+            found = {r["weighting"]: r for r in rows if r["set"] == name and r["task"] == task}
+            alone = found["fixed"]["reference"]["metric"]
+            cells = []
+            for weighting in ("fixed", "uncertainty"):
+                value = found[weighting]["ours"]["metric"]
+                cells.append(f"{value:.3f} ({value / alone:.2f}×)" if alone > 0 else f"{value:.3f}")
+            lines.append(f"| {name} | {task} ({METRIC[task]}) | {alone:.3f} | {' | '.join(cells)} |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.bench_learning", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -529,7 +554,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweeper.add_argument("task", choices=sorted(REFERENCES))
     sweeper.add_argument("--time", default="3m")
     sweeper.add_argument("--scale", type=float, default=1.0)
+    weigh = commands.add_parser("weighting", help="multitask under fixed and uncertainty weighting vs single tasks")
+    weigh.add_argument("--time", default="2m", help="each single-task run's budget; the multitask runs get 3 times")
+    weigh.add_argument("--scale", type=float, default=1.0)
+    weigh.add_argument("--sets", nargs="*", help="default: every reporting set with all three tasks' labels")
     args = parser.parse_args(argv)
+    if args.command == "weighting":
+        print(weighting_table(args.time, scale=args.scale, names=args.sets))
+        return 0
     if args.command == "reference":
         result = REFERENCES[args.task](args.data, parse_duration(args.time), args.optimizer, args.lr)
         write_json(args.output, result)
