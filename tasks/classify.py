@@ -32,6 +32,7 @@ from tasks.cli import (
     new_run_dir,
     require_checkpoint,
     resolve_config,
+    resumed_recipe,
     run,
     write_config,
 )
@@ -213,7 +214,7 @@ def _report(metrics: dict[str, Any], class_names: list[str], run_dir: Path) -> N
     print(f"metrics, checkpoints and confusion_matrix.png are in {run_dir}")
 
 
-def setup(cfg: ClassifyConfig) -> Setup:
+def setup(cfg: ClassifyConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:
     """The model, task and loaders of a training run under ``cfg``, its auto fields resolved from the data."""
     check_backbone_name(cfg.model.backbone)
     seed_everything(cfg.train.seed)
@@ -229,7 +230,7 @@ def setup(cfg: ClassifyConfig) -> Setup:
         num_classes=len(class_names),
         image_sizes=recipes.sample_sizes([s.path for s in train_samples]),
     )
-    cfg, recipe = recipes.resolve_static(cfg, facts)
+    cfg, recipe = recipes.resolve_static(cfg, facts, resumed=resumed)
     model_args = _model_args(cfg, len(class_names))
     model = build_model(weights=cfg.model.weights, **model_args)
     task = ClassifyTask(class_names, label_smoothing=cfg.model.label_smoothing)
@@ -262,7 +263,8 @@ def setup(cfg: ClassifyConfig) -> Setup:
 
 
 def train(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
-    parts = setup(cfg)
+    cfg, resumed = resumed_recipe(cfg, args.resume, TASK)
+    parts = setup(cfg, resumed=resumed)
     metrics, run_dir = fit(TASK, cfg, parts, args.resume)
     if distributed.is_main():
         _report(metrics, parts.meta["class_names"], run_dir)

@@ -12,12 +12,13 @@ import numpy as np
 
 from backbones import WeightsError, list_backbones
 from tasks import distributed
+from tasks.checkpoint import load_checkpoint
 from tasks.config import apply, dump_yaml, load_yaml, merge_dicts, nested_update, packaged_config, parse_set_option
 from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
 from tasks.engine import Engine, Setup
 from tasks.errors import UserError
 from tasks.io import write_text
-from tasks.recipes import Recipe
+from tasks.recipes import Recipe, adopt_resumed
 
 T = TypeVar("T")
 
@@ -227,6 +228,15 @@ def write_config(run_dir: Path, config: Any, recipe: Recipe | None = None) -> No
     if distributed.is_main():
         head = "".join(f"# {line}\n" for line in recipe.block().splitlines()) if recipe is not None else ""
         write_text(run_dir / "config.yaml", head + dump_yaml(config))
+
+
+def resumed_recipe(cfg: T, resume: Path | None, task: str) -> tuple[T, frozenset[str]]:
+    """With ``--resume``: ``cfg`` with the resumed run's resolved recipe in every field this command leaves at
+    auto (see :func:`tasks.recipes.adopt_resumed`), and the keys taken from it."""
+    if resume is None:
+        return cfg, frozenset()
+    checkpoint = load_checkpoint(resume, task=task)
+    return adopt_resumed(cfg, checkpoint.get("config") or {})
 
 
 def fit(task: str, cfg: Any, parts: Setup, resume: Path | None) -> tuple[dict[str, Any], Path]:

@@ -31,6 +31,7 @@ from tasks.cli import (
     new_run_dir,
     require_checkpoint,
     resolve_config,
+    resumed_recipe,
     run,
     write_config,
 )
@@ -272,7 +273,7 @@ def _report(metrics: dict[str, Any], results: list[dict[str, Any]], data: Detect
     print(f"metrics.json, predictions.json and images/ are in {run_dir}")
 
 
-def setup(cfg: DetectConfig) -> Setup:
+def setup(cfg: DetectConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:
     """The model, task and loaders of a training run under ``cfg``, its auto fields resolved from the data."""
     check_backbone_name(cfg.model.backbone)
     seed_everything(cfg.train.seed)
@@ -289,7 +290,7 @@ def setup(cfg: DetectConfig) -> Setup:
         image_sizes=tuple((s.width, s.height) for s in train_data.samples[:: max(len(train_data.samples) // 200, 1)]),
         box_sizes=recipes.box_sides(boxes),
     )
-    cfg, recipe = recipes.resolve_static(cfg, facts)
+    cfg, recipe = recipes.resolve_static(cfg, facts, resumed=resumed)
     model_args = _model_args(cfg, len(train_data.class_names) + 1)
     model = _build_from_args(model_args, cfg.model.weights)
     task = DetectTask(val_data, backend=cfg.coco_backend)
@@ -323,7 +324,8 @@ def setup(cfg: DetectConfig) -> Setup:
 
 
 def train(cfg: DetectConfig, args: argparse.Namespace) -> int:
-    parts = setup(cfg)
+    cfg, resumed = resumed_recipe(cfg, args.resume, TASK)
+    parts = setup(cfg, resumed=resumed)
     metrics, run_dir = fit(TASK, cfg, parts, args.resume)
     if distributed.is_main():
         task: DetectTask = parts.task  # type: ignore[assignment]

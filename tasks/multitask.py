@@ -40,6 +40,7 @@ from tasks.cli import (
     new_run_dir,
     require_checkpoint,
     resolve_config,
+    resumed_recipe,
     run,
     write_config,
 )
@@ -326,7 +327,7 @@ def _report(metrics: dict[str, Any], detections: list[dict[str, Any]], run_dir: 
     print(f"metrics are in {run_dir}")
 
 
-def setup(cfg: MultiTaskConfig) -> Setup:
+def setup(cfg: MultiTaskConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:
     """The model, task and loaders of a training run under ``cfg``."""
     check_backbone_name(cfg.model.backbone)
     seed_everything(cfg.train.seed)
@@ -346,7 +347,7 @@ def setup(cfg: MultiTaskConfig) -> Setup:
         image_sizes=recipes.sample_sizes([sample.path for sample in train_data.samples]),
         box_sizes=recipes.box_sides(boxes),
     )
-    cfg, recipe = recipes.resolve_static(cfg, facts)
+    cfg, recipe = recipes.resolve_static(cfg, facts, resumed=resumed)
     model_args = _model_args(cfg, train_data.class_names)
     model = build_model(weights=cfg.model.weights, **_build_args(model_args))
     task = MultiTaskTask(val, backend=cfg.coco_backend)
@@ -380,7 +381,8 @@ def setup(cfg: MultiTaskConfig) -> Setup:
 
 
 def train(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
-    parts = setup(cfg)
+    cfg, resumed = resumed_recipe(cfg, args.resume, TASK)
+    parts = setup(cfg, resumed=resumed)
     metrics, run_dir = fit(TASK, cfg, parts, args.resume)
     if distributed.is_main():
         task: MultiTaskTask = parts.task  # type: ignore[assignment]

@@ -34,14 +34,14 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from tasks.config import ConfigError, apply, nested_update
+from tasks.config import ConfigError, apply, nested_update, unresolved
 
 AUTO = "auto"
 TaskName = Literal["classify", "detect", "segment", "multitask"]
@@ -166,6 +166,7 @@ class Recipe:
     """The resolved values of one run, in the order they were decided, each with its reason."""
 
     choices: list[Choice] = field(default_factory=list)
+    resumed: frozenset[str] = frozenset()  # keys whose values come from the resumed run's checkpoint
     budget_seconds: float | None = None  # the run's time budget, for the engine's re-planning
     max_epochs: int | None = None  # the most epochs the budget may grow to
     seconds_per_step: float | None = None
@@ -213,7 +214,8 @@ class Resolver:
         """``value`` for an ``auto`` field (or ``fixed`` under ``recipe: fixed``); the user's value otherwise."""
         if not self.is_auto(key):
             current = get(self.config, key)
-            self.recipe.choices.append(Choice(key, current, "set", auto=False))
+            resumed = key in self.recipe.resumed
+            self.recipe.choices.append(Choice(key, current, "the resumed run's" if resumed else "set", auto=resumed))
             return current
         if not self.enabled:
             value, reason = fixed, "recipe: fixed"
@@ -250,9 +252,41 @@ def parse_duration(text: str, *, option: str = "--time") -> float:
     return seconds
 
 
-def resolve_static(config: Any, facts: RunFacts) -> tuple[Any, Recipe]:
-    """Every choice that does not depend on the run length: optimizer, rate, decay, sizes, clipping."""
-    recipe = Recipe()
+# Plan fields with a plain default (no "auto") that a resumed run keeps when the command leaves them alone.
+KEPT_ON_RESUME = ("train.max_iters_per_epoch", "train.time", "train.patience")
+_MISSING = object()
+
+
+def adopt_resumed(config: Any, saved: Mapping[str, Any]) -> tuple[Any, frozenset[str]]:
+    """``--resume``: every field this command leaves at ``auto`` (and the plan fields of KEPT_ON_RESUME left at
+    their defaults) takes the value that the resumed run resolved, from its checkpoint's ``config``. The run goes
+    on with the recipe it started with: no second probe, no other augmentation or schedule. Returns the config
+    and the adopted keys; fields set on this command line win."""
+
+    def saved_value(key: str) -> Any:
+        value: Any = saved
+        for part in key.split("."):
+            if not isinstance(value, Mapping) or part not in value:
+                return _MISSING
+            value = value[part]
+        return value
+
+    defaults = type(config)()
+    keys = unresolved(config) + [k for k in KEPT_ON_RESUME if get(config, k) == get(defaults, k)]
+    adopted = []
+    for key in keys:
+        value = saved_value(key)
+        if value is _MISSING or value == AUTO or value == get(config, key):
+            continue
+        config = apply(config, nested_update(key, value), source="the resumed checkpoint's config")
+        adopted.append(key)
+    return config, frozenset(adopted)
+
+
+def resolve_static(config: Any, facts: RunFacts, *, resumed: frozenset[str] = frozenset()) -> tuple[Any, Recipe]:
+    """Every choice that does not depend on the run length: optimizer, rate, decay, sizes, clipping.
+    ``resumed``: the keys :func:`adopt_resumed` took from a resumed run (shown as such in the block)."""
+    recipe = Recipe(resumed=resumed)
     r = Resolver(config, recipe)
     ref = REFERENCES[facts.task]
     fixed = {**FIXED_COMMON, **FIXED[facts.task]}
@@ -376,7 +410,13 @@ def resolve_length(
         why = f"set; --time {time_text} may stop it sooner"
     elif time_text:
         why = f"fitted to --time {time_text}"
-    if budget is not None and (r.enabled or time_text) and seconds_per_step is not None:
+    if "train.epochs" in recipe.resumed:
+        # Resumed: the checkpoint's epochs and budget plan stand (no second probe); with a time budget the
+        # engine goes on re-planning from its measured pace.
+        why = f"the resumed run's, within --time {time_text}" if time_text else "the resumed run's"
+        if budget is not None:
+            recipe.budget_seconds, recipe.max_epochs = budget, MAX_EPOCHS
+    elif budget is not None and (r.enabled or time_text) and seconds_per_step is not None:
         step = seconds_per_step()
         recipe.seconds_per_step = step
         per_epoch = epoch_seconds(step, steps_per_epoch, facts)
@@ -403,8 +443,9 @@ def resolve_length(
         epochs = r.decide("train.epochs", int(epochs), why, fixed=FIXED[facts.task]["train.epochs"])
     else:
         epochs = get(r.config, "train.epochs")
-        reason = why if recipe.budget_seconds is not None else "set"  # the user's epochs, capped by the budget
-        recipe.choices.append(Choice("train.epochs", epochs, reason, auto=False))
+        resumed = "train.epochs" in recipe.resumed
+        reason = why if recipe.budget_seconds is not None or resumed else "set"  # the user's, capped by the budget
+        recipe.choices.append(Choice("train.epochs", epochs, reason, auto=resumed))
     total = steps_per_epoch * epochs
     warmup = min(max(round(0.05 * total), min(50, total // 5)), 1000)
     r.decide(

@@ -35,6 +35,7 @@ from tasks.cli import (
     new_run_dir,
     require_checkpoint,
     resolve_config,
+    resumed_recipe,
     run,
     write_config,
 )
@@ -259,7 +260,7 @@ def _report(metrics: dict[str, Any], run_dir: Path) -> None:
     print(f"metrics, masks/ and overlays/ are in {run_dir}")
 
 
-def setup(cfg: SegmentConfig) -> Setup:
+def setup(cfg: SegmentConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:
     """The model, task and loaders of a training run under ``cfg``, its auto fields resolved from the data."""
     check_backbone_name(cfg.model.backbone)
     seed_everything(cfg.train.seed)
@@ -274,7 +275,7 @@ def setup(cfg: SegmentConfig) -> Setup:
         num_classes=len(train_data.class_names),
         image_sizes=recipes.sample_sizes([s.image for s in train_data.samples]),
     )
-    cfg, recipe = recipes.resolve_static(cfg, facts)
+    cfg, recipe = recipes.resolve_static(cfg, facts, resumed=resumed)
     model_args = _model_args(cfg, len(train_data.class_names))
     model = build_model(weights=cfg.model.weights, **model_args)
     task = SegmentTask(train_data.class_names, _loss(cfg), keep_masks=PNG_COUNT)
@@ -301,7 +302,8 @@ def setup(cfg: SegmentConfig) -> Setup:
 
 
 def train(cfg: SegmentConfig, args: argparse.Namespace) -> int:
-    parts = setup(cfg)
+    cfg, resumed = resumed_recipe(cfg, args.resume, TASK)
+    parts = setup(cfg, resumed=resumed)
     metrics, run_dir = fit(TASK, cfg, parts, args.resume)
     if distributed.is_main():
         task: SegmentTask = parts.task  # type: ignore[assignment]

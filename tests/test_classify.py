@@ -124,6 +124,34 @@ def test_resume_continues_after_the_saved_epoch(data, tmp_path, capsys) -> None:
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
 
 
+def test_resume_goes_on_with_the_recipe_the_run_resolved(data, tmp_path, capsys, monkeypatch) -> None:
+    """--resume with nothing else: every auto choice (epochs fitted to --time, warmup, augmentation, size, rate)
+    is the checkpoint's, shown as the resumed run's, and no step is measured again."""
+    from tasks import recipes
+    from tasks.config import load_yaml
+
+    out = tmp_path / "run"
+    common = ["--data", str(data), "--output", str(out), "--backbone", "resnet18", "--batch-size", "8"]
+    assert main([*common, "--workers", "0", "--time", "3s"]) == 0
+    first = torch.load(out / "last.pt", weights_only=True)["config"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the resumed run measured a training step again")
+
+    monkeypatch.setattr(recipes, "measure_step", refuse)
+    capsys.readouterr()
+    assert main([*common, "--workers", "0", "--resume", str(out / "last.pt")]) == 0
+    printed = capsys.readouterr().out
+    second = load_yaml(out / "config.yaml")  # this run's config.yaml; the first run's is in its checkpoint
+    keys = [("train", k) for k in ("epochs", "warmup_epochs", "time", "lr", "optimizer", "weight_decay")]
+    keys += [("data", k) for k in ("image_size", "crop_pct", "scale_min", "color_jitter")]
+    for section, key in keys:
+        assert second[section][key] == first[section][key], (section, key)
+    assert first["train"]["time"] == "3s"
+    assert "the resumed run's, within --time 3s" in printed
+    assert sum("the resumed run's" in line for line in printed.splitlines()) >= len(keys) - 1
+
+
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_seeded_runs_are_reproducible(data, tmp_path, workers: str) -> None:
     states = []

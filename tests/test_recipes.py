@@ -259,3 +259,24 @@ def test_the_built_in_jobs_train_exactly_as_before(task, config_class, packaged)
     decided = {c.key: c.value for c in auto.choices if c.auto}
     assert decided == {c.key: c.value for c in fixed.choices if c.auto}
     assert set(decided) <= {"train.optimizer", "train.backbone_lr_scale", "train.clip_grad"}
+
+
+def test_a_resumed_run_adopts_its_checkpoints_choices_but_not_over_the_command_line() -> None:
+    from tasks.config import to_dict
+
+    saved = to_dict(
+        apply(
+            ClassifyConfig(),
+            {"train": {"lr": 0.004, "epochs": 7, "time": "2m", "max_iters_per_epoch": 5}, "data": {"image_size": 64}},
+            source="t",
+        )
+    )
+    now = apply(ClassifyConfig(), {"train": {"lr": 0.01}}, source="command line")
+    config, adopted = recipes.adopt_resumed(now, saved)
+    assert config.train.lr == 0.01 and "train.lr" not in adopted  # set now: the command line wins
+    assert (config.train.epochs, config.train.time, config.train.max_iters_per_epoch) == (7, "2m", 5)
+    assert config.data.image_size == 64
+    assert {"train.epochs", "train.time", "train.max_iters_per_epoch", "data.image_size"} <= adopted
+    assert config.train.optimizer == "auto" and "train.optimizer" not in adopted  # auto in the checkpoint too
+    untouched, none = recipes.adopt_resumed(ClassifyConfig(), {})  # an old checkpoint without a config
+    assert none == frozenset() and untouched == ClassifyConfig()
