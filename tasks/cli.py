@@ -49,10 +49,15 @@ COMMON_FLAGS: dict[str, str] = {
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one-line :class:`UserError` s (exit code 2, no usage dump)."""
+    """argparse whose usage errors are one-line :class:`UserError` s (exit code 2, no usage dump), and whose
+    options and positional arguments mix in any order (``predict --checkpoint best.pt photo.jpg`` as well as
+    ``predict photo.jpg --checkpoint best.pt``)."""
 
     def error(self, message: str) -> Any:  # type: ignore[override]
         raise UserError(f"{self.prog}: {message}")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        return self.parse_intermixed_args(args, namespace)
 
 
 def auto_or(kind: Callable[[str], T]) -> Callable[[str], T | str]:

@@ -93,14 +93,14 @@ def test_predict_prints_and_writes_top_classes(trained, data, tmp_path, capsys) 
     image = data / "val" / "red" / "0.png"
     assert (
         main(
-            [
+            [  # options between, before and after the images: any order parses
                 "predict",
-                str(image),
-                str(data / "val" / "blue"),
                 "--checkpoint",
                 str(trained / "best.pt"),
+                str(image),
                 "--output",
                 str(out),
+                str(data / "val" / "blue"),
             ]
         )
         == 0

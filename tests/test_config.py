@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,20 @@ def test_packaged_configs_ship_as_package_data() -> None:
 def test_train_config_defaults_are_valid() -> None:
     cfg = apply(TrainConfig(), {"clip_grad": 1.0, "step_milestones": [3, 6]}, source="t")
     assert cfg.clip_grad == 1.0 and cfg.step_milestones == [3, 6]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "a.jpg", "b dir", "--checkpoint", "best.pt"],
+        ["predict", "--checkpoint", "best.pt", "a.jpg", "b dir"],
+        ["--checkpoint", "best.pt", "predict", "a.jpg", "b dir"],
+        ["predict", "a.jpg", "--checkpoint", "best.pt", "b dir"],
+    ],
+)
+def test_options_and_images_mix_in_any_order(argv) -> None:
+    from tasks.cli import common_parser
+
+    args = common_parser("detect", "d").parse_args(argv)
+    assert (args.command, args.inputs, args.checkpoint) == ("predict", ["a.jpg", "b dir"], Path("best.pt"))
+    assert common_parser("detect", "d").parse_args(["--data", "x"]).command == "train"  # still the default
