@@ -288,6 +288,16 @@ class Engine:
     def steps_per_epoch(self, train_loader: DataLoader[Any]) -> int:
         """Optimizer steps in one epoch of ``train_loader`` (after accumulation and ``max_iters_per_epoch``)."""
         cfg = self.cfg
+        images = len(train_loader.dataset)  # type: ignore[arg-type]
+        if images < 2:  # BatchNorm cannot train on a batch of one, and one image teaches nothing
+            raise UserError(f"the training split has {images} image(s); training needs at least 2")
+        batches = min(len(train_loader), cfg.max_iters_per_epoch or len(train_loader))
+        if batches < cfg.accumulate:
+            raise UserError(
+                f"train.accumulate {cfg.accumulate} is more than the {batches} batch(es) of an epoch "
+                f"({images} training images at batch {cfg.batch_size}), so the optimizer would never step: "
+                "lower train.accumulate or the batch size"
+            )
         steps = len(train_loader) // cfg.accumulate
         if cfg.max_iters_per_epoch:
             steps = min(steps, cfg.max_iters_per_epoch // cfg.accumulate)

@@ -227,6 +227,15 @@ def test_auto_format_reads_loose_images_beside_a_csv_as_the_csv_layout(tmp_path)
     assert find_split(tmp_path, "train") == (tmp_path / "train", "folder")  # class folders win
 
 
+def test_a_one_image_split_and_an_accumulation_longer_than_an_epoch_are_one_line_errors(data, tmp_path, capsys) -> None:
+    single = make_image_folder(tmp_path / "one", classes=("red",), per_class=(1, 1))
+    rc = main(["--data", str(single), "--epochs", "1", "--output", str(tmp_path / "a"), *FAST])
+    _one_line_error(capsys, rc, "training split has 1 image(s)", "at least 2")
+    args = ["--data", str(data), "--epochs", "1", "--output", str(tmp_path / "b"), *FAST]
+    rc = main([*args, "--set", "train.accumulate=10"])  # 72 images at batch 8: 9 batches an epoch
+    _one_line_error(capsys, rc, "train.accumulate 10", "9 batch(es)", "never step")
+
+
 def test_corrupt_image_is_skipped_and_counted(data, tmp_path, capsys) -> None:
     import shutil
 
