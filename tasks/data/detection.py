@@ -34,6 +34,14 @@ class DetectionSample:
         keep = ~(self.crowd | self.difficult)
         return self.boxes[keep], self.labels[keep]
 
+    def size_mismatch(self, image: np.ndarray) -> str | None:
+        """Why ``image`` (as read, EXIF orientation applied) does not fit this sample's stated size, if it does
+        not: its boxes were drawn on a ``width`` x ``height`` picture, so they would land in the wrong place."""
+        height, width = image.shape[:2]
+        if (width, height) == (self.width, self.height):
+            return None
+        return f"it reads as {width}x{height} but its annotations say {self.width}x{self.height}"
+
 
 @dataclass
 class FixCounts:
@@ -128,6 +136,9 @@ class DetectionDataset(Dataset[dict[str, Any] | None]):
         sample = self.data.samples[index]
         try:
             image = load_rgb(sample.path)
+            mismatch = sample.size_mismatch(image)
+            if mismatch is not None:
+                raise ValueError(mismatch)
         except READ_ERRORS as error:
             warn_unreadable(sample.path, error)
             return None

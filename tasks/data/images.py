@@ -1,4 +1,12 @@
-"""Reading images as RGB arrays, whatever mode they were saved in."""
+"""Reading images as RGB arrays, whatever mode they were saved in, the way up their EXIF says.
+
+- EXIF orientation is applied (a phone's portrait JPEG is stored landscape with orientation 6): boxes and masks
+  are drawn on the image as viewers show it, so that is the image the runners read.
+- 16-bit grayscale (``I;16`` PNGs, and 32-bit ``I`` images holding values above 255) is rescaled to 8 bits,
+  not clipped at 255. Masks are read elsewhere (:func:`tasks.data.segmentation.load_mask`), as indices.
+- An image above PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS`` × 2, about 179 megapixels) is an
+  unreadable file like any other: datasets skip and count it, predict names it in one line.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +14,53 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
-READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+EXIF_ORIENTATION = 0x0112
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as the image is shown: EXIF orientations 5-8 turn it a quarter, swapping the two."""
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    width, height = image.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as shown, from the file's header. Raises one of ``READ_ERRORS``."""
+    with Image.open(path) as image:
+        return oriented_size(image)
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
-    """An (H, W, 3) uint8 array; grayscale, RGBA and palette images are converted to RGB.
+    """An (H, W, 3) uint8 array, turned as its EXIF orientation says; grayscale (8 or 16 bit), RGBA and palette
+    images are converted to RGB.
 
     Raises one of ``READ_ERRORS`` for a file that is not a readable image.
     """
     with Image.open(path) as image:
         image.load()
-        return np.asarray(image.convert("RGB"))
+        turned = ImageOps.exif_transpose(image)
+        return to_rgb(turned)
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 of any PIL image; 16-bit gray is scaled by 255/65535 rather than clipped."""
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "I":
+        values = np.asarray(image).astype(np.float64)
+        if image.mode in SIXTEEN_BIT_MODES or values.max(initial=0) > 255:
+            values = values * (255.0 / 65535.0)
+        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"))
 
 
 def warn_unreadable(path: str | Path, error: BaseException) -> None:

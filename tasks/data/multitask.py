@@ -231,6 +231,9 @@ class MultiTaskDataset(Dataset[dict[str, Any] | None]):
         sample = self.data.samples[index]
         try:
             image = load_rgb(sample.path)
+            mismatch = sample.detection.size_mismatch(image) if sample.detection is not None else None
+            if mismatch is not None:
+                raise ValueError(mismatch)
         except READ_ERRORS as error:
             warn_unreadable(sample.path, error)
             return None

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from tasks.data.coco_masks import coco_semantic_masks, has_coco_polygons
 from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
+from tasks.data.images import image_size as shown_size
 from tasks.errors import UserError
 
 IGNORE_INDEX = 255
@@ -110,8 +111,7 @@ def check_masks(samples: Sequence[SegmentationSample]) -> None:
         try:
             with Image.open(sample.mask) as mask:
                 mode, mask_size = mask.mode, mask.size
-            with Image.open(sample.image) as image:
-                image_size = image.size
+            image_size = shown_size(sample.image)  # as the image is read: turned by its EXIF orientation
         except READ_ERRORS:
             continue  # unreadable files are skipped and counted when they are loaded
         if mode not in MASK_MODES:

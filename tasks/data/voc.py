@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from tasks.data.detection import DetectionData, DetectionSample, FixCounts, clean_boxes
-from tasks.data.images import READ_ERRORS
+from tasks.data.images import READ_ERRORS, image_size
 from tasks.errors import UserError
 
 VOC_CLASSES = (
@@ -127,7 +126,6 @@ def _parse(path: Path) -> tuple[tuple[str | None, tuple[int, int] | None], list[
 
 def _image_size(path: Path) -> tuple[int, int]:
     try:
-        with Image.open(path) as image:
-            return image.size
+        return image_size(path)  # as shown: EXIF orientation applied, as the image is read
     except READ_ERRORS:
         raise UserError(f"image {path} is not a readable image") from None

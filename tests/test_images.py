@@ -1,0 +1,96 @@
+"""Reading images as users' cameras and tools write them: EXIF orientation, 16-bit gray, decompression bombs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.data.detection import DetectionData, DetectionDataset, DetectionSample
+from tasks.data.images import READ_ERRORS, image_size, load_rgb
+from tasks.data.segmentation import SegmentationSample, check_masks
+from tasks.errors import UserError
+
+
+def _stored(width: int = 40, height: int = 20) -> np.ndarray:
+    """Red left half, blue right half, a green pixel in the top-left corner."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:, : width // 2] = (255, 0, 0)
+    pixels[:, width // 2 :] = (0, 0, 255)
+    pixels[0, 0] = (0, 255, 0)
+    return pixels
+
+
+def _with_orientation(path, pixels: np.ndarray, orientation: int) -> None:
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif)
+
+
+@pytest.mark.parametrize(
+    "orientation, shown",
+    [
+        (1, lambda a: a),
+        (3, lambda a: np.rot90(a, 2)),  # upside down
+        (6, lambda a: np.rot90(a, -1)),  # a phone held upright: shown turned a quarter clockwise
+        (8, lambda a: np.rot90(a, 1)),
+    ],
+)
+def test_exif_orientation_is_applied_and_sizes_are_as_shown(tmp_path, orientation, shown) -> None:
+    path = tmp_path / f"o{orientation}.png"  # PNG keeps the pixels exact; PIL writes its eXIf chunk
+    stored = _stored()
+    _with_orientation(path, stored, orientation)
+    pixels = load_rgb(path)
+    np.testing.assert_array_equal(pixels, shown(stored))
+    assert image_size(path) == (pixels.shape[1], pixels.shape[0])
+
+
+def test_sixteen_bit_gray_is_rescaled_not_clipped(tmp_path) -> None:
+    values = np.array([[0, 257 * 100, 65535, 128]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as image:
+        assert image.mode.startswith("I")  # the file really is 16-bit
+    pixels = load_rgb(tmp_path / "deep.png")
+    assert pixels.shape == (1, 4, 3) and pixels.dtype == np.uint8
+    np.testing.assert_array_equal(pixels[0, :, 0], [0, 100, 255, 0])  # 128/65535 of white is black in 8 bits
+    assert (pixels[..., 0] == pixels[..., 2]).all()
+
+
+def test_a_decompression_bomb_is_an_unreadable_image_everywhere(tmp_path, monkeypatch) -> None:
+    Image.fromarray(_stored(64, 64)).save(tmp_path / "big.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "big_mask.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 is then more than twice the limit
+    with pytest.raises(READ_ERRORS):
+        load_rgb(tmp_path / "big.png")
+    # the start-up mask check leaves it to the loader, which skips and counts it
+    check_masks([SegmentationSample("big", tmp_path / "big.png", tmp_path / "big_mask.png")])
+
+
+def test_detection_images_whose_size_disagrees_with_their_annotations_are_skipped_and_named(tmp_path, capsys) -> None:
+    path = tmp_path / "turned.png"
+    _with_orientation(path, _stored(40, 20), 6)  # shown 20 wide, 40 tall
+    boxes = np.array([[1, 1, 10, 10]], np.float32)
+    empty = np.zeros(1, bool)
+
+    def sample(width: int, height: int) -> DetectionSample:
+        return DetectionSample(1, path, width, height, boxes, np.array([1]), empty, empty)
+
+    def transform(image, boxes, labels):
+        return image, boxes, labels
+
+    right = DetectionData([sample(20, 40)], ["thing"], [1], "t")
+    wrong = DetectionData([sample(40, 20)], ["thing"], [1], "t")  # the stored size: what a tool ignoring EXIF says
+    assert DetectionDataset(right, transform, train=True)[0] is not None
+    assert DetectionDataset(wrong, transform, train=True)[0] is None
+    err = capsys.readouterr().err
+    assert str(path) in err and "reads as 20x40 but its annotations say 40x20" in err
+
+
+def test_a_mask_is_checked_against_its_image_as_shown(tmp_path) -> None:
+    _with_orientation(tmp_path / "photo.png", _stored(40, 20), 6)
+    Image.fromarray(np.zeros((40, 20), np.uint8)).save(tmp_path / "upright.png")  # drawn on the upright photo
+    Image.fromarray(np.zeros((20, 40), np.uint8)).save(tmp_path / "stored.png")
+    check_masks([SegmentationSample("p", tmp_path / "photo.png", tmp_path / "upright.png")])
+    with pytest.raises(UserError, match="is 40x20 but its image .* is 20x40"):
+        check_masks([SegmentationSample("p", tmp_path / "photo.png", tmp_path / "stored.png")])
