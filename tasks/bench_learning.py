@@ -240,7 +240,7 @@ class _CocoBoxes(torch.utils.data.Dataset):
     """Images of a COCO instances file with xyxy boxes and 1-based labels; horizontal flips in training."""
 
     def __init__(self, root: Path, split: str, *, train: bool) -> None:
-        self.document = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
+        self.document = json.loads((root / "annotations" / f"instances_{split}.json").read_text(encoding="utf-8"))
         self.boxes: dict[int, list[dict[str, Any]]] = {}
         for annotation in self.document["annotations"]:
             self.boxes.setdefault(annotation["image_id"], []).append(annotation)
@@ -392,7 +392,7 @@ def run_ours(task: str, data: Path, time_text: str, folder: Path) -> dict[str, A
     """Our default command, ``python -m tasks.<task> --data DIR --time T``, and what it reached."""
     run_dir = folder / "ours"
     wall = _subprocess(["-m", f"tasks.{task}", "--data", str(data), "--time", time_text, "--output", str(run_dir)])
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     score = main_metric_value(metrics, OUR_METRIC[task])
     saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
     train_images = sum(1 for _ in (data / "train").rglob("*.png"))
@@ -411,7 +411,7 @@ def run_reference(task: str, data: Path, time_text: str, setting: tuple[str, flo
     out = folder / f"reference-{setting[0]}-{setting[1]:g}.json"
     argv = ["-m", "tasks.bench_learning", "reference", task, str(data), "--time", time_text]
     wall = _subprocess([*argv, "--optimizer", setting[0], "--lr", str(setting[1]), "--output", str(out)])
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     return {
         "metric": float(result[METRIC[task]] or 0.0),
         "second": float(result[SECOND[task][0]] or 0.0) if task in SECOND else None,
@@ -461,7 +461,7 @@ def run_multitask(data: Path, time_text: str, folder: Path, *, weighting: str = 
     if weighting != "fixed":
         argv += ["--set", f"model.weighting={weighting}"]
     wall = _subprocess(argv)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
     train_images = sum(1 for _ in (data / "train").rglob("*.png"))
     epochs, seconds = int(saved["epoch"]) + 1, float(saved["elapsed_seconds"])

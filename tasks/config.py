@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from tasks.errors import UserError
+from tasks.io import read_text
 
 T = TypeVar("T")
 
@@ -102,7 +103,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"config file {path} does not exist")
         path = found
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path, kind="config file"))
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

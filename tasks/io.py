@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from tasks.errors import UserError
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write`` on a temporary file beside ``path``, then rename it into place."""
@@ -30,10 +32,19 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
     return path
 
 
+def read_text(path: str | os.PathLike[str], *, kind: str) -> str:
+    """A text file as UTF-8 (whatever the locale says; a leading byte-order mark is dropped). A file in another
+    encoding is a one-line error naming the ``kind`` of file."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{kind} {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    return atomic_write(path, lambda handle: handle.write(text.encode()))
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    return atomic_write(path, lambda handle: handle.write(text.encode()))
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))

@@ -99,3 +99,64 @@ def test_missing_image_and_unknown_category(tmp_path) -> None:
 def test_missing_split(tmp_path) -> None:
     with pytest.raises(UserError, match="no COCO split 'train2017'"):
         find_coco_split(write_coco(tmp_path), "train2017")
+
+
+def _document(root, data) -> None:
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data, ensure_ascii=False), "utf-8")
+
+
+def test_a_box_is_derived_from_the_segmentation_and_a_size_from_the_file(tmp_path) -> None:
+    root = write_coco(tmp_path)
+    data = json.loads((root / "annotations" / "instances_val2017.json").read_text())
+    del data["images"][0]["width"], data["images"][0]["height"]  # a.png is 40x30
+    square = [2.0, 3.0, 12.0, 3.0, 12.0, 9.0, 2.0, 9.0]  # polygon of the box x 2-12, y 3-9
+    data["annotations"] = [
+        {"id": 1, "image_id": 7, "category_id": 3, "segmentation": [square], "iscrowd": 0},  # no bbox
+        {"id": 2, "image_id": 9, "category_id": 3, "bbox": [], "segmentation": [], "iscrowd": 0},  # nothing at all
+    ]
+    _document(root, data)
+    read = read_coco(*find_coco_split(root, "val2017"))
+    a, b, _ = read.samples
+    assert (a.width, a.height) == (40, 30)
+    np.testing.assert_allclose(a.boxes, [[2, 3, 12, 9]])  # pycocotools' toBbox of the polygon
+    assert len(b.boxes) == 0
+    report = read.fixes.report("val")
+    assert "derived 1 box(es) from their segmentation" in report and "size of 1 image(s) from the file" in report
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda d: d["images"][0].pop("file_name"), "images entry 0 needs an 'id' and a 'file_name'"),
+        (lambda d: d["images"][1].update(width="wide"), "images entry 1 has width 'wide'"),
+        (lambda d: d["images"][0].update(height=-3), "height -3"),
+        (lambda d: d["categories"][0].pop("id"), "categories entry 0 needs an integer 'id'"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, "x", 4]), "annotations entry 0 has bbox [1, 2, 'x', 4]"),
+        (lambda d: d["annotations"][1].update(bbox=[1, 2, 3]), "annotations entry 1 has bbox"),
+        (lambda d: d["annotations"][2].pop("image_id"), "annotations entry 2 needs an 'image_id'"),
+        (lambda d: d.update(annotations={"a": 1}), "'annotations' must be a list"),
+    ],
+)
+def test_entries_of_the_wrong_shape_are_one_line_errors(tmp_path, change, needle) -> None:
+    root = write_coco(tmp_path)
+    data = json.loads((root / "annotations" / "instances_val2017.json").read_text())
+    change(data)
+    _document(root, data)
+    with pytest.raises(UserError, match="instances_val2017.json") as caught:
+        read_coco(*find_coco_split(root, "val2017"))
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_non_ascii_names_and_paths_are_read_as_utf8(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LC_ALL", "C")  # the locale's encoding must not matter (it is read once at start-up)
+    root = write_coco(tmp_path / "données")
+    data = json.loads((root / "annotations" / "instances_val2017.json").read_text())
+    data["categories"][0]["name"] = "zèbre 斑马"
+    (root / "val2017" / "a.png").rename(root / "val2017" / "château.png")
+    data["images"][0]["file_name"] = "château.png"
+    _document(root, data)
+    read = read_coco(*find_coco_split(root, "val2017"))
+    assert "zèbre 斑马" in read.class_names and read.samples[0].path.name == "château.png"
+    (root / "annotations" / "instances_val2017.json").write_bytes('{"images": [], "x": "é"}'.encode("latin-1"))
+    with pytest.raises(UserError, match="is not UTF-8 text"):
+        read_coco(*find_coco_split(root, "val2017"))

@@ -82,3 +82,24 @@ def test_malformed_xml_missing_image_and_empty_split(tmp_path) -> None:
         read_voc(root, "train", ["dog"])
     with pytest.raises(UserError, match="no VOC split 'test'"):
         read_voc(root, "test", ["dog"])
+
+
+def test_split_files_hold_whole_line_ids_and_per_class_flags(tmp_path) -> None:
+    from tasks.data.voc import read_split_file
+
+    listing = tmp_path / "train.txt"
+    listing.write_text("\ufeff2008_000008\nholiday photo 3\n  2008_000015 -1\n2008_000016  1\n\nété\n", "utf-8")
+    assert read_split_file(listing) == ["2008_000008", "holiday photo 3", "2008_000015", "2008_000016", "été"]
+
+
+def test_voc_ids_with_spaces_and_non_ascii_class_names(tmp_path) -> None:
+    root = write_voc(
+        tmp_path,
+        {"holiday photo": [("chèvre", (1, 1, 10, 20), 0)], "000002": [("chèvre", (2, 2, 9, 9), 0)]},
+        {"trainval": ["holiday photo", "000002"]},
+    )
+    classes, _ = choose_classes(root, ["trainval"], None)
+    assert classes == ["chèvre"]
+    data = read_voc(root, "trainval", classes)
+    assert [s.path.name for s in data.samples] == ["holiday photo.jpg", "000002.jpg"]
+    assert [s.labels.tolist() for s in data.samples] == [[1], [1]]

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 
 from tasks.data.detection import DetectionData, DetectionSample, FixCounts, clean_boxes
+from tasks.data.images import READ_ERRORS, image_size
 from tasks.errors import UserError
+from tasks.io import read_text
 
 
 def find_coco_split(root: Path, split: str) -> tuple[Path, Path]:
@@ -26,34 +28,67 @@ def find_coco_split(root: Path, split: str) -> tuple[Path, Path]:
 
 
 def read_coco(annotation_file: Path, image_dir: Path) -> DetectionData:
-    """Read a COCO instances file; ids are mapped to contiguous labels in category-id order."""
+    """Read a COCO instances file; ids are mapped to contiguous labels in category-id order.
+
+    What a user's exporter may leave out is filled in and counted (``DetectionData.fixes``): a box from the
+    annotation's segmentation (pycocotools' ``toBbox``) when it has no ``bbox``; an image's size from its
+    file when its entry has no ``width``/``height``. Entries of the wrong shape are one-line errors.
+    """
     data = _load_json(annotation_file)
     for key in ("images", "categories"):
         if not isinstance(data.get(key), list):
             raise UserError(f"annotation file {annotation_file} has no '{key}' list")
-    categories = sorted(data["categories"], key=lambda c: c["id"])
+    if not isinstance(data.get("annotations", []), list):
+        raise UserError(f"annotation file {annotation_file}: 'annotations' must be a list")
+
+    def bad(kind: str, index: int, problem: str) -> UserError:
+        return UserError(f"annotation file {annotation_file}: {kind} entry {index} {problem}")
+
+    for index, category in enumerate(data["categories"]):
+        if not isinstance(category, dict) or not _is_int(category.get("id")):
+            raise bad("categories", index, "needs an integer 'id'")
+    categories = sorted(data["categories"], key=lambda c: int(c["id"]))
     category_ids = [int(c["id"]) for c in categories]
     label_of = {cid: index + 1 for index, cid in enumerate(category_ids)}
-    by_image: dict[int, list[dict[str, Any]]] = {}
-    for annotation in data.get("annotations", []):
+    by_image: dict[Any, list[dict[str, Any]]] = {}
+    for index, annotation in enumerate(data.get("annotations", [])):
+        if not isinstance(annotation, dict) or "image_id" not in annotation:
+            raise bad("annotations", index, "needs an 'image_id'")
         if annotation.get("category_id") not in label_of:
             raise UserError(
                 f"annotation file {annotation_file}: annotation {annotation.get('id')} has unknown "
                 f"category_id {annotation.get('category_id')!r}"
             )
+        box = annotation.get("bbox")
+        if (
+            box is not None
+            and box != []
+            and not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box)))
+        ):
+            raise bad("annotations", index, f"has bbox {box!r}; expected [x, y, width, height]")
         by_image.setdefault(annotation["image_id"], []).append(annotation)
     fixes = FixCounts()
     samples = []
-    for image in data["images"]:
+    for index, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
+            raise bad("images", index, "needs an 'id' and a 'file_name'")
         path = image_dir / image["file_name"]
         if not path.is_file():
             raise UserError(f"image {path} listed in {annotation_file} does not exist")
-        width, height = int(image["width"]), int(image["height"])
-        annotations = [a for a in by_image.get(image["id"], []) if len(a.get("bbox", [])) == 4]
-        boxes = np.array([a["bbox"] for a in annotations], dtype=np.float32).reshape(-1, 4)
+        width, height = _size(image, path, fixes, f"annotation file {annotation_file}: images entry {index}")
+        annotations = []
+        for annotation in by_image.get(image["id"], []):
+            box = annotation.get("bbox")
+            if not box:
+                box = _box_from_segmentation(annotation.get("segmentation"), width, height)
+                if box is None:
+                    continue  # neither a box nor a shape: nothing to learn from
+                fixes.derived += 1
+            annotations.append((annotation, [float(v) for v in box]))
+        boxes = np.array([box for _, box in annotations], dtype=np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]  # x, y, w, h -> x1, y1, x2, y2
-        labels = np.array([label_of[a["category_id"]] for a in annotations], dtype=np.int64)
-        crowd = np.array([bool(a.get("iscrowd", 0)) for a in annotations], dtype=bool)
+        labels = np.array([label_of[a["category_id"]] for a, _ in annotations], dtype=np.int64)
+        crowd = np.array([bool(a.get("iscrowd", 0)) for a, _ in annotations], dtype=bool)
         valid = clean_boxes(boxes, width, height, fixes)
         samples.append(
             DetectionSample(
@@ -71,18 +106,60 @@ def read_coco(annotation_file: Path, image_dir: Path) -> DetectionData:
     return DetectionData(samples, names, category_ids, source=str(annotation_file), fixes=fixes)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _size(image: dict[str, Any], path: Path, fixes: FixCounts, where: str) -> tuple[int, int]:
+    """The entry's (width, height); read from the file (and counted) when the entry has neither."""
+    width, height = image.get("width"), image.get("height")
+    if width is None and height is None:
+        try:
+            fixes.sized += 1
+            return image_size(path)
+        except READ_ERRORS:
+            raise UserError(f"{where} has no width/height, and {path} is not a readable image") from None
+    if not (_is_number(width) and _is_number(height) and width > 0 and height > 0):
+        raise UserError(f"{where} has width {width!r} and height {height!r}; expected positive numbers")
+    return int(width), int(height)
+
+
+def _box_from_segmentation(segmentation: Any, width: int, height: int) -> list[float] | None:
+    """[x, y, w, h] around a COCO segmentation (polygons, or RLE compressed or not), by pycocotools."""
+    from pycocotools import mask as coco_mask
+
+    if not segmentation:
+        return None
+    try:
+        if isinstance(segmentation, list):  # polygons
+            rles = coco_mask.frPyObjects([p for p in segmentation if len(p) >= 6], height, width)
+            if not rles:
+                return None
+            rle = coco_mask.merge(rles)
+        elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+            rle = coco_mask.frPyObjects(segmentation, height, width)
+        else:
+            rle = segmentation
+        box = [float(v) for v in coco_mask.toBbox(rle)]
+    except (TypeError, ValueError, KeyError):
+        return None
+    return box if box[2] > 0 and box[3] > 0 else None
+
+
 def read_json(path: Path, *, kind: str) -> Any:
     """A JSON file's content; a missing file or bad JSON is a one-line error naming the ``kind`` of file."""
     if not path.is_file():
         raise UserError(f"{kind} {path} does not exist")
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path, kind=kind))
     except json.JSONDecodeError as error:
         raise UserError(
             f"{kind} {path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
         ) from None
-    except UnicodeDecodeError:
-        raise UserError(f"{kind} {path} is not UTF-8 text") from None
 
 
 def _load_json(path: Path) -> dict[str, Any]:

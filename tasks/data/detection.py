@@ -49,9 +49,15 @@ class FixCounts:
 
     clipped: int = 0
     dropped: int = 0
+    derived: int = 0  # boxes derived from a segmentation (a COCO annotation without a bbox)
+    sized: int = 0  # images whose size was read from the file (an entry without width and height)
 
     def report(self, source: str) -> str | None:
         parts = []
+        if self.derived:
+            parts.append(f"derived {self.derived} box(es) from their segmentation (no bbox given)")
+        if self.sized:
+            parts.append(f"read the size of {self.sized} image(s) from the file (no width/height given)")
         if self.clipped:
             parts.append(f"clipped {self.clipped} box(es) that left the image")
         if self.dropped:

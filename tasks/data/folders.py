@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
 from tasks.errors import UserError
+from tasks.io import read_text
 
 Transform = Callable[[np.ndarray], torch.Tensor]
 
@@ -52,15 +53,14 @@ def read_label_csv(path: Path, classes: Sequence[str] | None = None) -> tuple[li
     if not path.is_file():
         raise UserError(f"label file {path} does not exist")
     rows = []
-    with path.open(newline="") as handle:
-        for number, row in enumerate(csv.reader(handle), start=1):
-            if not row or row[0].startswith("#"):
-                continue
-            if len(row) < 2:
-                raise UserError(f"label file {path}, line {number}: expected 'path,label', got {row!r}")
-            if number == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
-                continue
-            rows.append((number, row[0].strip(), row[1].strip()))
+    for number, row in enumerate(csv.reader(read_text(path, kind="label file").splitlines()), start=1):
+        if not row or row[0].startswith("#"):
+            continue
+        if len(row) < 2:
+            raise UserError(f"label file {path}, line {number}: expected 'path,label', got {row!r}")
+        if number == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
+            continue
+        rows.append((number, row[0].strip(), row[1].strip()))
     if not rows:
         raise UserError(f"label file {path} lists no images")
     class_names = list(classes) if classes else sorted({label for _, _, label in rows})

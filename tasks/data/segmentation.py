@@ -24,7 +24,9 @@ from torch.utils.data import Dataset
 from tasks.data.coco_masks import coco_semantic_masks, has_coco_polygons
 from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
 from tasks.data.images import image_size as shown_size
+from tasks.data.voc import read_split_file
 from tasks.errors import UserError
+from tasks.io import read_text
 
 IGNORE_INDEX = 255
 VOC_SEGMENTATION_CLASSES = (
@@ -57,7 +59,7 @@ def read_voc_segmentation(root: Path, split: str) -> list[SegmentationSample]:
     listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not listing.is_file():
         raise UserError(f"split file {listing} does not exist")
-    ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
+    ids = read_split_file(listing)
     samples = []
     for image_id in ids:
         image = _find_image(root / "JPEGImages", image_id)
@@ -180,7 +182,7 @@ def load_segmentation(root: Path, split: str, *, classes: Sequence[str] | None, 
         if classes is not None:
             names = list(classes)
         elif listing.is_file():
-            names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+            names = [line.strip() for line in read_text(listing, kind="class list").splitlines() if line.strip()]
         else:
             names = [str(i) for i in range(scan_num_classes(samples))]
     if not samples:

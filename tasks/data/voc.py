@@ -6,6 +6,7 @@ VOC boxes are 1-based inclusive pixels; they become continuous corners here
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 from tasks.data.detection import DetectionData, DetectionSample, FixCounts, clean_boxes
 from tasks.data.images import READ_ERRORS, image_size
 from tasks.errors import UserError
+from tasks.io import read_text
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -34,11 +36,24 @@ def is_voc_root(root: Path) -> bool:
     return (root / "Annotations").is_dir() and (root / "ImageSets" / "Main").is_dir()
 
 
+def read_split_file(path: Path) -> list[str]:
+    """The image ids of a VOC split file, one per line, read as UTF-8. An id is the whole line, so ids with
+    spaces work; a line of an id and a VOC flag (``2008_000008 -1``, a per-class list) gives the id."""
+    ids = []
+    for line in read_text(path, kind="split file").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        flagged = re.fullmatch(r"(\S+)\s+(-1|0|1)", line)
+        ids.append(flagged.group(1) if flagged else line)
+    return ids
+
+
 def split_ids(root: Path, split: str) -> list[str]:
     path = root / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
         raise UserError(f"--data {root} has no VOC split '{split}': expected {path}")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = read_split_file(path)
     if not ids:
         raise UserError(f"split file {path} lists no images")
     return ids
