@@ -191,6 +191,10 @@ class PredictImages:
 
     An unreadable file named on the command line is a one-line error; an unreadable file found
     inside a folder is skipped with a warning and counted in ``skipped``.
+
+    :meth:`output_name` gives each input its own output name, so no output overwrites another: an image found in
+    a folder keeps its path below that folder (``a/1.jpg`` -> ``a/1``), a file named alone its stem, and a name
+    already taken (``1.jpg`` beside ``1.png``, or two folders' ``1.jpg``) gets its extension, then a number.
     """
 
     def __init__(self, inputs: Sequence[str], example: str) -> None:
@@ -198,16 +202,38 @@ class PredictImages:
             raise UserError(f"predict needs image files or folders, e.g. predict {example}")
         self.paths: list[Path] = []
         self.explicit: set[Path] = set()
+        self.names: dict[Path, str] = {}
         for text in inputs:
             path = Path(text)
             if path.is_dir():
-                self.paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
+                found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+                self.paths.extend(p for p in found if p not in self.names)
+                for image in found:
+                    self._name(image, image.relative_to(path).with_suffix("").as_posix())
             elif path.is_file():
-                self.paths.append(path)
+                if path not in self.names:
+                    self.paths.append(path)
                 self.explicit.add(path)
+                self._name(path, path.stem)
             else:
                 raise UserError(f"input {path} does not exist")
         self.skipped = 0
+
+    def _name(self, path: Path, base: str) -> None:
+        if path in self.names:  # the same file twice (a file and its folder): one output
+            return
+        taken = set(self.names.values())
+        name, suffix = base, path.suffix.lstrip(".").lower()
+        if name in taken:
+            name = f"{base}_{suffix}" if suffix else base
+        number = 2
+        while name in taken:
+            name, number = f"{base}_{suffix}{number}", number + 1
+        self.names[path] = name
+
+    def output_name(self, path: Path) -> str:
+        """This input's own output name, without extension (may hold ``/`` for sub-folders)."""
+        return self.names[path]
 
     def __iter__(self) -> Iterator[tuple[Path, np.ndarray]]:
         for path in self.paths:

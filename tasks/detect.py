@@ -402,10 +402,11 @@ def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
             {"box": [round(float(v), 2) for v in b], "class": names[int(label) - 1], "score": float(s)}
             for b, label, s in zip(boxes, labels, scores)
         ]
-        results.append({"path": str(image_path), "detections": detections})
+        picture = f"{images.output_name(image_path)}.png"
+        results.append({"path": str(image_path), "image": picture, "detections": detections})
         save_png(
             draw_detections(image, boxes.numpy(), [d["class"] for d in detections], scores.tolist()),
-            run_dir / f"{image_path.stem}.png",
+            run_dir / picture,
         )
         print(
             f"{image_path}: {len(detections)} object(s)"

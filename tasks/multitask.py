@@ -496,6 +496,7 @@ def predict(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
         with torch.inference_mode():
             out = graph_outputs(model(batch["images"]), meta["outputs"], size)
         entry: dict[str, Any] = {"path": str(image_path)}
+        name = f"{images.output_name(image_path)}.png"
         if "classify" in out:
             probs = out["classify"].softmax(dim=1)[0]
             top = probs.topk(min(5, len(names["classify"])))
@@ -505,8 +506,8 @@ def predict(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
         picture = image
         if "segment" in out:
             mask = resize_segmentation(out["segment"][0], size, (height, width)).argmax(dim=0).numpy()
-            atomic_write(run_dir / "masks" / f"{image_path.stem}.png", lambda h, m=mask: palette_mask(m).save(h, "PNG"))
-            entry["segment"] = f"masks/{image_path.stem}.png"
+            atomic_write(run_dir / "masks" / name, lambda h, m=mask: palette_mask(m).save(h, "PNG"))
+            entry["segment"] = f"masks/{name}"
             picture = np.asarray(overlay_mask(image, mask))
         if "detect" in out:
             found = rescale_detections(out["detect"][0], size, (height, width))
@@ -519,7 +520,8 @@ def predict(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
             picture = np.asarray(
                 draw_detections(picture, boxes.numpy(), [d["class"] for d in entry["detect"]], scores.tolist())
             )
-        save_png(_as_image(picture), run_dir / "images" / f"{image_path.stem}.png")
+        save_png(_as_image(picture), run_dir / "images" / name)
+        entry["image"] = f"images/{name}"
         results.append(entry)
         print(f"{image_path}: " + "; ".join(_summary(entry)))
     write_json(run_dir / "predictions.json", results)

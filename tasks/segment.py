@@ -352,11 +352,14 @@ def predict(cfg: SegmentConfig, args: argparse.Namespace) -> int:
         height, width = image.shape[:2]
         with torch.inference_mode():
             mask = model(batch["images"])[0].argmax(dim=1)[0, :height, :width].numpy()
-        atomic_write(run_dir / "masks" / f"{image_path.stem}.png", lambda h, m=mask: palette_mask(m).save(h, "PNG"))
-        save_png(overlay_mask(image, mask), run_dir / "overlays" / f"{image_path.stem}.png")
+        name = f"{images.output_name(image_path)}.png"
+        atomic_write(run_dir / "masks" / name, lambda h, m=mask: palette_mask(m).save(h, "PNG"))
+        save_png(overlay_mask(image, mask), run_dir / "overlays" / name)
         counts = np.bincount(mask.ravel(), minlength=len(class_names))
         fractions = {class_names[i]: round(float(c) / mask.size, 4) for i, c in enumerate(counts) if c}
-        results.append({"path": str(image_path), "mask": f"masks/{image_path.stem}.png", "classes": fractions})
+        results.append(
+            {"path": str(image_path), "mask": f"masks/{name}", "overlay": f"overlays/{name}", "classes": fractions}
+        )
         shown = ", ".join(f"{name} {share:.0%}" for name, share in sorted(fractions.items(), key=lambda kv: -kv[1]))
         print(f"{image_path}: {shown}")
     write_json(run_dir / "predictions.json", results)

@@ -85,3 +85,20 @@ def test_options_and_images_mix_in_any_order(argv) -> None:
     args = common_parser("detect", "d").parse_args(argv)
     assert (args.command, args.inputs, args.checkpoint) == ("predict", ["a.jpg", "b dir"], Path("best.pt"))
     assert common_parser("detect", "d").parse_args(["--data", "x"]).command == "train"  # still the default
+
+
+def test_predict_inputs_get_output_names_that_never_collide(tmp_path) -> None:
+    from tasks.cli import PredictImages
+
+    folder = tmp_path / "photos"
+    for name in ("1.jpg", "1.png", "a/1.jpg", "b/1.jpg", "notes.txt"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"")
+    elsewhere = tmp_path / "x" / "1.jpg"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"")
+    images = PredictImages([str(folder), str(elsewhere), str(folder / "a" / "1.jpg")], "p")
+    names = [images.output_name(p) for p in images.paths]
+    assert names == ["1", "1_png", "a/1", "b/1", "1_jpg"]  # the repeated a/1.jpg is predicted once
+    again = PredictImages([str(elsewhere), str(tmp_path / "x")], "p")  # a file, then its own folder
+    assert [again.output_name(p) for p in again.paths] == ["1"]

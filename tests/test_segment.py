@@ -78,12 +78,16 @@ def test_predict_writes_masks_overlays_and_class_shares(trained, shapes_root, tm
     out = tmp_path / "pred"
     odd = tmp_path / "odd.png"  # a size that is not a multiple of 32
     Image.open(shapes_root / "val" / "00001.png").crop((0, 0, 50, 37)).save(odd)
+    twin = tmp_path / "twin" / "00001.png"  # the same name as one in the val folder: its own outputs
+    twin.parent.mkdir()
+    Image.open(shapes_root / "val" / "00001.png").crop((0, 0, 40, 40)).save(twin)
     assert (
         main(
             [
                 "predict",
                 str(odd),
                 str(shapes_root / "val"),
+                str(twin),
                 "--checkpoint",
                 str(trained / "best.pt"),
                 "--output",
@@ -93,10 +97,15 @@ def test_predict_writes_masks_overlays_and_class_shares(trained, shapes_root, tm
         == 0
     )
     results = json.loads((out / "predictions.json").read_text())
-    assert len(results) == 5
+    assert len(results) == 6
     assert sum(results[0]["classes"].values()) == pytest.approx(1.0, abs=1e-3)
     assert Image.open(out / "masks" / "odd.png").size == (50, 37)
     assert Image.open(out / "overlays" / "odd.png").size == (50, 37)
+    masks = [r["mask"] for r in results]
+    assert len(set(masks)) == 6 and results[-1]["mask"] == "masks/00001_png.png"
+    for result in results:  # every entry points at its own image's outputs
+        with Image.open(result["path"]) as image, Image.open(out / result["mask"]) as mask:
+            assert mask.size == image.size and (out / result["overlay"]).is_file()
 
 
 def voc_from_shapes(root, target):
