@@ -306,8 +306,24 @@ def test_checkpoint_with_another_class_count(trained, tmp_path, capsys) -> None:
             "0",
         ]
     )
-    _one_line_error(capsys, rc, "best.pt", "3 classes", "2")
+    _one_line_error(capsys, rc, "best.pt", "3 classes", "gray")  # a class the model does not know
     assert json.loads((trained / "metrics.json").read_text())["num_samples"] == 12  # nothing lost
+
+
+def test_eval_accepts_a_val_split_without_one_of_the_trained_classes(trained, data, tmp_path) -> None:
+    """As training's own evaluation does: the absent class is scored as the metrics section says."""
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(data / "val", partial / "val")
+    shutil.rmtree(partial / "val" / "blue")
+    out = tmp_path / "eval"
+    args = ["eval", "--checkpoint", str(trained / "best.pt"), "--data", str(partial), "--output", str(out)]
+    assert main([*args, "--workers", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_samples"] == 8 and len(metrics["confusion_matrix"]) == 3
+    names = torch.load(trained / "best.pt", weights_only=True)["class_names"]
+    assert sum(metrics["confusion_matrix"][names.index("blue")]) == 0  # no blue images: its row is empty
 
 
 def test_non_image_file_to_predict(trained, tmp_path, capsys) -> None:
