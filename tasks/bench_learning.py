@@ -257,8 +257,9 @@ class _CocoBoxes(torch.utils.data.Dataset):
         image = to_tensor(Image.open(self.folder / entry["file_name"]).convert("RGB"))
         found = self.boxes.get(entry["id"], [])
         boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in found)], dtype=torch.float32)
+        boxes = boxes.reshape(-1, 4)  # an image without objects too
         target = {
-            "boxes": boxes.reshape(-1, 4),
+            "boxes": boxes,
             "labels": torch.tensor([a["category_id"] for a in found], dtype=torch.int64),
             "image_id": torch.tensor(entry["id"]),
         }
@@ -503,14 +504,14 @@ def multitask_rows(
     return rows
 
 
-def sweep(task: str, time_text: str, *, scale: float = 1.0) -> str:
+def sweep(task: str, time_text: str, *, scale: float = 1.0, names: Sequence[str] | None = None) -> str:
     """Every reference setting on every reporting set of ``task``, as a Markdown table (for docs/results.md)."""
     lines = [
         f"| set | {' | '.join(f'{o} {lr:g}' for o, lr in SWEEP[task])} |",
         "|---|" + "---:|" * len(SWEEP[task]),
     ]
     for name, spec in SETS.items():
-        if task not in spec.tasks or spec.role != "report":
+        if task not in spec.tasks or spec.role != "report" or (names and name not in names):
             continue
         data = benchmark_set(name, scale=scale)
         with tempfile.TemporaryDirectory(prefix="mtb-sweep-") as folder:
@@ -554,6 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweeper.add_argument("task", choices=sorted(REFERENCES))
     sweeper.add_argument("--time", default="3m")
     sweeper.add_argument("--scale", type=float, default=1.0)
+    sweeper.add_argument("--sets", nargs="*", help="default: every reporting set of the task")
     weigh = commands.add_parser("weighting", help="multitask under fixed and uncertainty weighting vs single tasks")
     weigh.add_argument("--time", default="2m", help="each single-task run's budget; the multitask runs get 3 times")
     weigh.add_argument("--scale", type=float, default=1.0)
@@ -566,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = REFERENCES[args.task](args.data, parse_duration(args.time), args.optimizer, args.lr)
         write_json(args.output, result)
     else:
-        print(sweep(args.task, args.time, scale=args.scale))
+        print(sweep(args.task, args.time, scale=args.scale, names=args.sets))
     return 0
 
 
