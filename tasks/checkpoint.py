@@ -1,9 +1,13 @@
 """Whole-model checkpoints: written atomically, read with ``weights_only=True``.
 
 A checkpoint is a plain dict of tensors, numbers, strings and lists:
-``task``, ``model_args`` (enough to rebuild the model), ``model`` (state dict),
-optionally ``ema``, ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``best_metric``
-and ``config`` (the resolved config as a dict).
+``format_version``, ``task``, ``model_args`` (enough to rebuild the model), ``model`` (state dict),
+``class_names`` and the task's own entries (``image_size`` ...), optionally ``ema``, ``optimizer``,
+``scheduler``, ``scaler``, ``epoch``, ``best_metric`` and ``config`` (the resolved config as a dict).
+
+``format_version`` changes when that layout does, so that a checkpoint from another version of the library is
+one line saying which format it has and which this version reads, never a TypeError or KeyError. Checkpoints
+written before the field existed have the layout of version 1 and are read as such.
 """
 
 from __future__ import annotations
@@ -19,8 +23,19 @@ from torch import nn
 from tasks.errors import UserError
 from tasks.io import atomic_write
 
+FORMAT_VERSION = 1
+READABLE_VERSIONS = (1,)
+# What each task's commands read from a checkpoint besides model_args and model.
+REQUIRED = {
+    "classify": ("class_names", "image_size", "crop_pct"),
+    "detect": ("class_names",),
+    "segment": ("class_names",),
+    "multitask": ("class_names", "image_size"),
+}
+
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: dict[str, Any]) -> Path:
+    checkpoint = {"format_version": FORMAT_VERSION, **checkpoint}
     return atomic_write(path, lambda handle: torch.save(checkpoint, handle))
 
 
@@ -36,8 +51,19 @@ def load_checkpoint(path: str | os.PathLike[str], *, task: str) -> dict[str, Any
         raise UserError(f"checkpoint {path} cannot be read safely: {first[:200]}") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "task" not in checkpoint:
         raise UserError(f"checkpoint {path} is not a model checkpoint of this library (no 'task' and 'model')")
+    version = checkpoint.get("format_version", 1)
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
+        raise UserError(
+            f"checkpoint {path} has format version {version!r} (another version of this library wrote it); "
+            f"this version reads format {readable}"
+        )
     if checkpoint["task"] != task:
         raise UserError(f"checkpoint {path} is a '{checkpoint['task']}' model, not a '{task}' model")
+    missing = [key for key in ("model_args", *REQUIRED.get(task, ())) if key not in checkpoint]
+    if missing or not isinstance(checkpoint["model"], dict) or not isinstance(checkpoint.get("model_args"), dict):
+        what = f"has no {', '.join(missing)}" if missing else "has a malformed model or model_args entry"
+        raise UserError(f"checkpoint {path} {what}: it is not a complete '{task}' checkpoint of this version")
     return checkpoint
 
 
@@ -47,7 +73,11 @@ def load_model(
     """The model a checkpoint of ``task`` holds, rebuilt by ``build(model_args)``, with its evaluation
     weights, in eval mode."""
     checkpoint = load_checkpoint(path, task=task)
-    model = build(dict(checkpoint["model_args"]))
+    try:
+        model = build(dict(checkpoint["model_args"]))
+    except (TypeError, KeyError, ValueError) as error:  # arguments another version wrote, or left out
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"checkpoint {path} holds model arguments this version cannot build from: {first}") from None
     try:
         model.load_state_dict(evaluation_weights(checkpoint))
     except RuntimeError as error:

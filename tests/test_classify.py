@@ -310,6 +310,26 @@ def test_checkpoint_with_another_class_count(trained, tmp_path, capsys) -> None:
     assert json.loads((trained / "metrics.json").read_text())["num_samples"] == 12  # nothing lost
 
 
+@pytest.mark.parametrize(
+    "change, needles",
+    [
+        (lambda c: c.update(format_version=99), ("format version 99", "reads format 1")),
+        (lambda c: c["model_args"].update(wings=2), ("model arguments", "wings")),
+        (lambda c: c["model_args"].pop("backbone"), ("model arguments", "backbone")),
+        (lambda c: c.pop("class_names"), ("has no class_names",)),
+        (lambda c: c.update(model_args=[1, 2]), ("malformed",)),
+    ],
+)
+def test_checkpoints_of_other_versions_are_one_line_errors(trained, data, tmp_path, capsys, change, needles) -> None:
+    checkpoint = torch.load(trained / "best.pt", weights_only=True)
+    assert checkpoint["format_version"] == 1  # what this version writes
+    change(checkpoint)
+    torch.save(checkpoint, tmp_path / "other.pt")
+    for command in (["eval", "--data", str(data)], ["predict", str(data / "val" / "red" / "0.png")]):
+        rc = main([*command, "--checkpoint", str(tmp_path / "other.pt"), "--output", str(tmp_path / "o")])
+        _one_line_error(capsys, rc, "other.pt", *needles)
+
+
 def test_eval_accepts_a_val_split_without_one_of_the_trained_classes(trained, data, tmp_path) -> None:
     """As training's own evaluation does: the absent class is scored as the metrics section says."""
     import shutil
