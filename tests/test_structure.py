@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,28 @@ def test_backbone_learning_rate_scale_and_no_decay_on_norms() -> None:
         assert len(in_backbone) == 1
         assert group["lr"] == pytest.approx(0.01 if in_backbone.pop() else 0.1)
         assert (group["weight_decay"] > 0) == all(p.ndim > 1 for p in group["params"])
+
+
+# A measured figure in README's prose: a ratio, a decimal, a percentage or a duration. Versions are not.
+FIGURE = re.compile(
+    r"(?<![\w.])(?:\d+\.\d+×|\d+×|\d+\.\d+%?|\d+%|\d+ min \d+ s|\d+(?:\.\d+)? s|\d+(?:-\d+)? minutes)(?![\w.]*\d)"
+)
+VERSION_WORDS = ("Python ≥ ", "torch ", "torchvision ", "Python ")
+
+
+def test_every_figure_readme_states_is_in_the_measured_docs() -> None:
+    """README quotes measurements only from docs/benchmarks.md and docs/results.md, which commands write."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    docs = "".join((root / "docs" / name).read_text(encoding="utf-8") for name in ("benchmarks.md", "results.md"))
+    prose = re.sub(r"```.*?```", "", readme, flags=re.S)  # commands and printed blocks are not quotes
+    missing, checked = [], 0
+    for match in FIGURE.finditer(prose):
+        if prose[: match.start()].endswith(VERSION_WORDS):
+            continue
+        checked += 1
+        if match.group(0) not in docs:
+            line = prose[: match.start()].count("\n")
+            missing.append(f"{match.group(0)!r} in: {prose.splitlines()[line].strip()[:100]}")
+    assert not missing, "README figures not in docs/benchmarks.md or docs/results.md:\n" + "\n".join(missing)
+    assert checked >= 15  # the pattern does find README's figures
