@@ -81,6 +81,49 @@ def test_pycocotools_rescoring_of_predictions_json_matches(trained, coco_root) -
     assert metrics["coco"]["AP50"] == pytest.approx(max(evaluator.stats[1], 0.0), abs=1e-6)
 
 
+def test_eval_of_a_results_file_scores_as_pycocotools_does_with_ap_above_zero(coco_root, tmp_path) -> None:
+    """The same scoring path as training's, on results that score well, so that 0 == 0 cannot pass."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    truth = json.loads((coco_root / "annotations" / "instances_val.json").read_text())
+    rng = np.random.default_rng(5)
+    results = []
+    for a in truth["annotations"]:
+        x, y, w, h = a["bbox"]
+        dx, dy = rng.normal(0, 0.06 * w), rng.normal(0, 0.06 * h)
+        results.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": [x + dx, y + dy, w, h],
+                "score": float(rng.random()),
+            }
+        )
+        results.append(  # a false positive of another class beside each object
+            {
+                "image_id": a["image_id"],
+                "category_id": 1 + a["category_id"] % 3,
+                "bbox": [x, y, w * 0.5, h],
+                "score": float(rng.random()),
+            }
+        )
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "scored"
+    args = ["eval", "--predictions", str(tmp_path / "results.json"), "--data", str(coco_root), "--output", str(out)]
+    assert main(args) == 0
+    gt = COCO(str(coco_root / "annotations" / "instances_val.json"))
+    evaluator = COCOeval(gt, gt.loadRes(str(tmp_path / "results.json")), "bbox")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    assert evaluator.stats[0] > 0.2 and evaluator.stats[1] > 0.4  # a real score, not 0 == 0
+    coco = json.loads((out / "metrics.json").read_text())["coco"]
+    for index, key in enumerate(("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")):
+        expected = evaluator.stats[index]  # -1: no objects of that size, which metrics.json writes as null
+        assert coco[key] is None if expected < 0 else coco[key] == pytest.approx(expected, abs=1e-6), key
+
+
 def test_eval_checkpoint_and_predictions_file_reproduce_training(trained, coco_root, tmp_path) -> None:
     want = json.loads((trained / "metrics.json").read_text())
     out = tmp_path / "eval"
