@@ -139,8 +139,19 @@ def test_quantize_int8_reports_size_speed_and_metric(task: str, checkpoints, sha
     values = [float(v) for v in re.findall(rf"{metric} (\d\.\d+)", out)]
     assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
     assert re.search(rf"{metric} change with int8: [+-]\d\.\d{{4}}", out)
+    assert abs(values[1] - values[0]) <= 0.1  # the metric moves a little, not to chance
     exported = Exported(int8)
     assert exported.metadata["class_names"] == Exported(target).metadata["class_names"]  # metadata kept
+    if task == "classify":  # the int8 graph computes what the float32 one does, to quantization error
+        from tasks.data.images import load_rgb
+        from tasks.data.transforms import classification_eval
+
+        transform = classification_eval(32, crop_pct=1.0)
+        x = torch.stack([transform(load_rgb(p)) for p in sorted(images.rglob("*.png"))])
+        full, quantized = Exported(target)(x)[0], exported(x)[0]
+        error = np.linalg.norm(quantized - full) / np.linalg.norm(full)
+        assert error < 0.15, error
+        assert (quantized.argmax(1) == full.argmax(1)).mean() >= 0.8
     rc = main(
         [
             "export",
