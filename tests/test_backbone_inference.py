@@ -24,7 +24,12 @@ def test_folded_backbone_matches_the_original(name: str, options: dict, freeze: 
     randomize_bn_stats(backbone)
     fast = optimize_for_inference(backbone, freeze=freeze)
     assert fast.feature_info == backbone.feature_info
-    if not freeze:
+    assert fast.frozen == freeze and isinstance(fast.graph, torch.jit.ScriptModule) == freeze
+    if freeze:  # a frozen TorchScript graph: constants folded in, no BatchNorm left to run
+        text = str(fast.graph.graph)
+        assert "aten::conv" in text or "mkldnn" in text
+        assert "batch_norm" not in text and "prim::GetAttr" not in text
+    else:
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
     for size in ((67, 59), (128, 96)):  # the frozen graph was traced at 64x64: other sizes must work
         x = torch.randn(2, 3, *size)
@@ -65,3 +70,17 @@ def test_fast_inference_falls_back_to_eager_for_untraceable_backbones() -> None:
     assert isinstance(fast_inference(build_backbone("resnet18")), InferenceBackbone)
     odd = _DataDependent().train()
     assert fast_inference(odd) is odd and not odd.training
+
+
+def test_a_graph_torchscript_cannot_freeze_is_a_warning_not_a_silent_fallback(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise RuntimeError("tracing refused for the test")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    backbone = build_backbone("resnet18").eval()
+    with pytest.warns(UserWarning, match="TorchScript could not freeze the graph .tracing refused for the test"):
+        fast = optimize_for_inference(backbone)
+    assert not fast.frozen and not isinstance(fast.graph, torch.jit.ScriptModule)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        _close(fast(x), backbone(x))  # still the same outputs, folded and eager
