@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import randomize_bn_stats
 from safetensors.torch import save_file
 
 from backbones import WeightsError, build_backbone
@@ -17,6 +18,7 @@ from backbones.weights import official_url, read_state_dict
 @pytest.fixture()
 def reference(tmp_path):
     model = torchvision.models.resnet18().eval()
+    randomize_bn_stats(model)  # default statistics (0, 1) would let swapped or mis-mapped BatchNorms pass
     return model, model.state_dict()
 
 
@@ -147,9 +149,22 @@ def test_missing_file_and_unknown_name(tmp_path) -> None:
 
 def test_timm_backbone_loads_a_timm_checkpoint_file(tmp_path) -> None:
     reference = timm.create_model("resnet18").eval()
+    randomize_bn_stats(reference)
     torch.save(reference.state_dict(), tmp_path / "t.pth")
     backbone = build_backbone("timm:resnet18", weights=tmp_path / "t.pth").eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         want = reference.forward_features(x)
         torch.testing.assert_close(backbone(x)["c5"], want, rtol=0, atol=1e-5)
+
+
+def test_the_loading_check_fails_on_swapped_batchnorm_statistics(reference, tmp_path) -> None:
+    """The equality check is sharp enough to catch two BatchNorms' statistics loaded into each other."""
+    model, state = reference
+    swapped = dict(state)
+    for key in ("running_mean", "running_var", "weight", "bias"):
+        a, b = f"layer1.0.bn1.{key}", f"layer1.0.bn2.{key}"
+        swapped[a], swapped[b] = state[b], state[a]
+    torch.save(swapped, tmp_path / "swapped.pt")
+    with pytest.raises(AssertionError):
+        _equal_to(build_backbone("resnet18", weights=tmp_path / "swapped.pt"), model)
