@@ -1,0 +1,122 @@
+"""The engine's training options, each checked by its own effect on a model small enough to replay by hand."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tasks.config import TrainConfig, apply
+from tasks.engine import Engine
+
+
+class _Square:
+    """loss = mean(model(x)²); records whether the forward ran under autocast, and in which dtype."""
+
+    name = "classify"
+    main_metric = "accuracy"
+
+    def __init__(self) -> None:
+        self.autocast: list[tuple[bool, torch.dtype]] = []
+
+    def to_device(self, batch, device):
+        return batch
+
+    def losses(self, model, batch):
+        out = model(batch["x"])
+        self.autocast.append((torch.is_autocast_enabled("cpu"), out.dtype))
+        return {"loss": out.float().pow(2).mean()}
+
+    def evaluate(self, model, loader, device):
+        return {"accuracy": 0.5}
+
+
+def _batches(count: int = 4) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    return [{"x": torch.randn(4, 3, generator=generator) * 3, "batch_size": 4} for _ in range(count)]
+
+
+def _run(tmp_path, batches, **train):
+    cfg = apply(TrainConfig(), {"epochs": 1, "lr": 0.1, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0,
+                                "backbone_lr_scale": 1.0, "warmup_epochs": 0.0, "clip_grad": None,
+                                "schedule": "constant", "device": "cpu", **train}, source="t")  # fmt: skip
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    start = copy.deepcopy(model)
+    task = _Square()
+    engine = Engine(model, task, cfg, tmp_path, {"task": "classify"})
+    seen: list[dict] = []  # at each optimizer step: the gradients it applies and the weights after it
+    prepare = engine.prepare  # the optimizer is built in fit(): wrap its step there
+
+    def prepare_and_watch(steps_per_epoch):
+        prepare(steps_per_epoch)
+        engine.optimizer.register_step_pre_hook(
+            lambda *_: seen.append({"grads": [p.grad.detach().clone() for p in model.parameters()]})
+        )
+        engine.optimizer.register_step_post_hook(
+            lambda *_: seen[-1].update(weights=[p.detach().clone() for p in model.parameters()])
+        )
+
+    engine.prepare = prepare_and_watch
+    loader = DataLoader(batches, batch_size=None)
+    engine.fit(loader, loader)
+    return engine, start, seen, task
+
+
+def _gradients(model: nn.Module, batch: dict) -> list[torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    model(batch["x"]).pow(2).mean().backward()
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def test_accumulation_steps_once_per_group_with_the_groups_mean_gradient(tmp_path) -> None:
+    batches = _batches(4)
+    engine, start, seen, _ = _run(tmp_path, batches, accumulate=2)
+    assert len(seen) == 2  # 4 batches, 2 per step
+    replay = copy.deepcopy(start)
+    for group, step in zip((batches[:2], batches[2:]), seen):
+        pairs = [_gradients(replay, b) for b in group]
+        mean = [(a + b) / 2 for a, b in zip(*pairs)]
+        for got, want in zip(step["grads"], mean):
+            torch.testing.assert_close(got, want)
+        with torch.no_grad():
+            for p, g in zip(replay.parameters(), mean):
+                p -= 0.1 * g
+    for got, want in zip(engine.model.parameters(), replay.parameters()):
+        torch.testing.assert_close(got, want)
+
+
+def test_clipping_bounds_the_applied_gradient_norm_and_only_when_it_is_larger(tmp_path) -> None:
+    _, _, free, _ = _run(tmp_path / "free", _batches(3))
+    norms = [float(torch.linalg.vector_norm(torch.stack([g.norm() for g in s["grads"]]))) for s in free]
+    limit = min(norms) / 2  # every step's gradient is above it
+    _, _, clipped, _ = _run(tmp_path / "clipped", _batches(3), clip_grad=limit)
+    applied = [float(torch.linalg.vector_norm(torch.stack([g.norm() for g in s["grads"]]))) for s in clipped]
+    assert applied[0] == pytest.approx(limit, rel=1e-5)  # the same first gradient as the free run, scaled down
+    assert all(norm <= limit * (1 + 1e-5) for norm in applied)
+    _, _, loose, _ = _run(tmp_path / "loose", _batches(3), clip_grad=max(norms) * 10)
+    for a, b in zip(loose, free):  # a limit above every norm changes nothing
+        for x, y in zip(a["grads"], b["grads"]):
+            torch.testing.assert_close(x, y)
+
+
+def test_ema_is_the_exponential_average_of_the_weights_after_each_step(tmp_path) -> None:
+    decay = 0.5
+    engine, _, seen, _ = _run(tmp_path, _batches(4), ema=True, ema_decay=decay)
+    average = [w.clone() for w in seen[0]["weights"]]  # the first update copies the weights
+    for step in seen[1:]:
+        average = [decay * a + (1 - decay) * w for a, w in zip(average, step["weights"])]
+    for got, want in zip(engine.ema.module.parameters(), average):
+        torch.testing.assert_close(got, want)
+    assert not torch.equal(next(engine.ema.module.parameters()), next(engine.model.parameters()))
+    assert engine.eval_model is engine.ema.module  # evaluation and best.pt use the average
+
+
+def test_amp_runs_the_forward_in_bfloat16_on_the_cpu_and_not_without_it(tmp_path) -> None:
+    _, _, _, task = _run(tmp_path / "amp", _batches(2), amp=True)
+    assert task.autocast and all(on and dtype == torch.bfloat16 for on, dtype in task.autocast)
+    _, _, _, plain = _run(tmp_path / "plain", _batches(2))
+    assert plain.autocast and all(not on and dtype == torch.float32 for on, dtype in plain.autocast)
