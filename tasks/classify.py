@@ -32,6 +32,7 @@ from tasks.cli import (
     new_run_dir,
     require_checkpoint,
     resolve_config,
+    resume_from,
     resumed_recipe,
     run,
     write_config,
@@ -264,9 +265,10 @@ def setup(cfg: ClassifyConfig, *, resumed: frozenset[str] = frozenset()) -> Setu
 
 
 def train(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
-    cfg, resumed = resumed_recipe(cfg, args.resume, TASK)
+    resume = resume_from(args.resume, cfg.output)
+    cfg, resumed = resumed_recipe(cfg, resume, TASK)
     parts = setup(cfg, resumed=resumed)
-    metrics, run_dir = fit(TASK, cfg, parts, args.resume)
+    metrics, run_dir = fit(TASK, cfg, parts, resume)
     if distributed.is_main():
         _report(metrics, parts.meta["class_names"], run_dir)
     return 0

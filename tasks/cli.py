@@ -77,7 +77,9 @@ def common_parser(task: str, description: str, *, commands: Sequence[str] = COMM
     parser.add_argument("--backbone", help="a registered backbone or timm:<model>")
     parser.add_argument("--weights", help="backbone weights: file, URL, IMAGENET1K_V1/V2, timm[:tag]")
     parser.add_argument("--checkpoint", type=Path, help="a whole model of this library (eval, predict)")
-    parser.add_argument("--resume", type=Path, help="continue training from this last.pt")
+    parser.add_argument(
+        "--resume", help="continue training from this last.pt; auto: from --output's last.pt if there is one"
+    )
     parser.add_argument("--data", help="dataset root or dataset YAML; omitted: the built-in default data")
     parser.add_argument(
         "--format", help="dataset format (default: detected from the layout); export: onnx (default) or torchscript"
@@ -259,6 +261,23 @@ def write_config(run_dir: Path, config: Any, recipe: Recipe | None = None) -> No
     if distributed.is_main():
         head = "".join(f"# {line}\n" for line in recipe.block().splitlines()) if recipe is not None else ""
         write_text(run_dir / "config.yaml", head + dump_yaml(config))
+
+
+def resume_from(resume: str | None, output: str | None) -> Path | None:
+    """The checkpoint ``--resume`` names. ``auto`` is ``--output``'s last.pt when there is one, else a fresh
+    start: the same command can be repeated after any interruption (``torchrun --max-restarts`` does)."""
+    if resume is None:
+        return None
+    if resume != "auto":
+        return Path(resume)
+    if not output:
+        raise UserError("--resume auto needs --output DIR: the run folder whose last.pt it continues")
+    found = Path(output) / "last.pt"
+    if found.is_file():
+        return found
+    if distributed.is_main():
+        print(f"--resume auto: no {found} yet, starting a new run")
+    return None
 
 
 def resumed_recipe(cfg: T, resume: Path | None, task: str) -> tuple[T, frozenset[str]]:

@@ -31,6 +31,7 @@ from tasks.cli import (
     new_run_dir,
     require_checkpoint,
     resolve_config,
+    resume_from,
     resumed_recipe,
     run,
     write_config,
@@ -324,9 +325,10 @@ def setup(cfg: DetectConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:
 
 
 def train(cfg: DetectConfig, args: argparse.Namespace) -> int:
-    cfg, resumed = resumed_recipe(cfg, args.resume, TASK)
+    resume = resume_from(args.resume, cfg.output)
+    cfg, resumed = resumed_recipe(cfg, resume, TASK)
     parts = setup(cfg, resumed=resumed)
-    metrics, run_dir = fit(TASK, cfg, parts, args.resume)
+    metrics, run_dir = fit(TASK, cfg, parts, resume)
     if distributed.is_main():
         task: DetectTask = parts.task  # type: ignore[assignment]
         _report(metrics, task.last_results, parts.val_data, run_dir)

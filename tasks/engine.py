@@ -29,13 +29,13 @@ from tqdm import tqdm
 from tasks import distributed
 from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.config import TrainConfig, unresolved
-from tasks.data.sampling import GroupedBatchSampler
+from tasks.data.sampling import EpochSampler, GroupedBatchSampler
 from tasks.errors import UserError
 from tasks.io import write_json
 from tasks.recipes import Recipe
 
 Batch = dict[str, Any]
-RESUME = ("optimizer", "scheduler", "scaler")  # checkpoint entries only last.pt carries
+RESUME = ("optimizer", "scheduler", "scaler", "rng")  # checkpoint entries only last.pt carries
 
 
 class Task(Protocol):
@@ -93,6 +93,39 @@ def _seed_worker(worker_id: int) -> None:
         reseed(seed)
 
 
+def set_epoch(loader: Any, epoch: int, seed: int) -> None:
+    """Make epoch ``epoch`` of ``loader`` a function of (seed, epoch) alone, as a resumed run needs it: the
+    sampler's permutation (EpochSampler, DistributedSampler) and, where the data is loaded in this process
+    (``workers: 0``), the augmentation stream. With worker processes each worker keeps its own stream (seeded
+    once, at its start), so a resumed run's augmentations differ from the uninterrupted run's."""
+    sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)  # BatchSampler's or Grouped...'s
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    if getattr(loader, "num_workers", 1) == 0:
+        reseed = getattr(getattr(getattr(loader, "dataset", None), "transform", None), "reseed", None)
+        if reseed is not None:
+            reseed((seed * 1_000_003 + epoch) % 2**32)
+
+
+def rng_states() -> dict[str, Any]:
+    """Python's, NumPy's and torch's global random states, as plain lists and tensors (weights_only-safe)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+
+
 def make_loader(
     dataset: Dataset[Any],
     *,
@@ -114,8 +147,7 @@ def make_loader(
             DistributedSampler(dataset, shuffle=True, seed=seed) if train else distributed.ShardSampler(len(dataset))
         )  # type: ignore[arg-type]
     else:
-        generator = torch.Generator().manual_seed(seed)
-        sampler = torch.utils.data.RandomSampler(dataset, generator=generator) if train else None
+        sampler = EpochSampler(len(dataset), seed) if train else None  # type: ignore[arg-type]
     drop_last = train and len(dataset) > batch_size  # type: ignore[arg-type]
     batching: dict[str, Any] = dict(batch_size=batch_size, sampler=sampler, drop_last=drop_last)
     if groups is not None and train:
@@ -398,9 +430,7 @@ class Engine:
         """Train for ``steps`` optimizer steps of ``loader`` (after :meth:`prepare`); log and return the timings."""
         cfg = self.cfg
         self.train_model.train()
-        sampler = getattr(loader.batch_sampler, "sampler", None)  # a BatchSampler's or GroupedBatchSampler's
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
+        set_epoch(loader, epoch, cfg.seed)
         show_bar = distributed.is_main() and sys.stderr.isatty()
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not show_bar, leave=False)
         images = skipped = 0
@@ -482,6 +512,7 @@ class Engine:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "rng": rng_states(),  # after this epoch's evaluation: where the next epoch starts
             "epoch": epoch,
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
@@ -508,6 +539,8 @@ class Engine:
         if checkpoint.get("budget_epochs") is not None:  # the epochs its time budget fitted: the same plan again
             self.epochs = int(checkpoint["budget_epochs"])
         self.elapsed = float(checkpoint.get("elapsed_seconds", 0.0))
+        if checkpoint.get("rng") is not None and distributed.world_size() == 1:
+            set_rng_states(checkpoint["rng"])  # rank 0's states: with several processes each keeps its own
         # The schedule restarts at this run's own step count: with another number of processes an
         # epoch has another number of steps than the checkpoint's run had.
         self.scheduler.last_epoch = self.start_epoch * steps_per_epoch

@@ -40,6 +40,7 @@ from tasks.cli import (
     new_run_dir,
     require_checkpoint,
     resolve_config,
+    resume_from,
     resumed_recipe,
     run,
     write_config,
@@ -381,9 +382,10 @@ def setup(cfg: MultiTaskConfig, *, resumed: frozenset[str] = frozenset()) -> Set
 
 
 def train(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
-    cfg, resumed = resumed_recipe(cfg, args.resume, TASK)
+    resume = resume_from(args.resume, cfg.output)
+    cfg, resumed = resumed_recipe(cfg, resume, TASK)
     parts = setup(cfg, resumed=resumed)
-    metrics, run_dir = fit(TASK, cfg, parts, args.resume)
+    metrics, run_dir = fit(TASK, cfg, parts, resume)
     if distributed.is_main():
         task: MultiTaskTask = parts.task  # type: ignore[assignment]
         _report(metrics, task.detections, run_dir)

@@ -35,6 +35,7 @@ from tasks.cli import (
     new_run_dir,
     require_checkpoint,
     resolve_config,
+    resume_from,
     resumed_recipe,
     run,
     write_config,
@@ -302,9 +303,10 @@ def setup(cfg: SegmentConfig, *, resumed: frozenset[str] = frozenset()) -> Setup
 
 
 def train(cfg: SegmentConfig, args: argparse.Namespace) -> int:
-    cfg, resumed = resumed_recipe(cfg, args.resume, TASK)
+    resume = resume_from(args.resume, cfg.output)
+    cfg, resumed = resumed_recipe(cfg, resume, TASK)
     parts = setup(cfg, resumed=resumed)
-    metrics, run_dir = fit(TASK, cfg, parts, args.resume)
+    metrics, run_dir = fit(TASK, cfg, parts, resume)
     if distributed.is_main():
         task: SegmentTask = parts.task  # type: ignore[assignment]
         _write_masks(task.masks, parts.val_data, run_dir, overlays=PNG_COUNT)

@@ -1,10 +1,30 @@
-"""Batches of images with similar aspect ratios, so a detector pads each batch less."""
+"""Samplers: a shuffle that is a function of the epoch, and batches of images with similar aspect ratios."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import torch
 from torch.utils.data import Sampler
+
+
+class EpochSampler(Sampler[int]):
+    """A random permutation per epoch, drawn from ``seed`` and the epoch alone (as DistributedSampler's), so a
+    resumed run visits the images of its next epoch in the order the uninterrupted run does. Call
+    :meth:`set_epoch` before each epoch."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 def aspect_ratio_groups(sizes: Sequence[tuple[int, int]]) -> list[int]:
