@@ -315,7 +315,9 @@ def fit(task: str, cfg: Any, parts: Setup, resume: Path | None) -> tuple[dict[st
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
     """Call ``main``; a user's mistake becomes one line on stderr and exit code 2."""
     try:
-        return main(argv)
+        code = main(argv)
+        distributed.shutdown(wait=True)  # every rank done before any leaves the group
+        return code
     except (UserError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -5,6 +5,8 @@ Single-process runs never touch torch.distributed: every helper degrades to the 
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 from typing import Any, TypeVar
@@ -39,10 +41,19 @@ def setup_from_env(device: torch.device) -> None:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
-def shutdown() -> None:
-    """Leave the process group, if one was joined."""
-    if is_distributed():
-        dist.destroy_process_group()
+def shutdown(*, wait: bool = False) -> None:
+    """Leave the process group, if one was joined. ``wait``: first wait (at most 10 minutes) until every rank
+    is done, so that no rank tears its gloo connections down while another still uses them, which can abort a
+    process ("terminate called without an active exception") after a run that succeeded."""
+    if not is_distributed():
+        return
+    if wait:
+        with contextlib.suppress(RuntimeError):  # a rank is gone: leave anyway
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(minutes=10))
+            else:
+                dist.barrier()
+    dist.destroy_process_group()
 
 
 def broadcast(obj: T) -> T:

@@ -539,8 +539,8 @@ class Engine:
         if checkpoint.get("budget_epochs") is not None:  # the epochs its time budget fitted: the same plan again
             self.epochs = int(checkpoint["budget_epochs"])
         self.elapsed = float(checkpoint.get("elapsed_seconds", 0.0))
-        if checkpoint.get("rng") is not None and distributed.world_size() == 1:
-            set_rng_states(checkpoint["rng"])  # rank 0's states: with several processes each keeps its own
+        if checkpoint.get("rng") is not None:  # rank 0's: every rank is seeded alike and draws alike
+            set_rng_states(checkpoint["rng"])
         # The schedule restarts at this run's own step count: with another number of processes an
         # epoch has another number of steps than the checkpoint's run had.
         self.scheduler.last_epoch = self.start_epoch * steps_per_epoch
