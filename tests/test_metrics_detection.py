@@ -158,3 +158,90 @@ def test_learning_reference_voc07_reads_coco_documents_as_the_devkit_would() -> 
     assert _voc07(document, without_dogs) == pytest.approx(2 / 3)
     shifted = [{**r, "bbox": [r["bbox"][0] + r["bbox"][2], *r["bbox"][1:]]} for r in perfect]  # IoU 0: all misses
     assert _voc07(document, shifted) == pytest.approx(0.0)
+
+
+def _devkit_voc_eval(ground_truth, detections, label, use_07):
+    """The VOC devkit's evaluation of one class, ported loop by loop (VOCevaldet.m / voc_eval.py): inclusive
+    pixel boxes, IoU strictly above 0.5, difficult objects ignored, duplicates false positives."""
+    records, positives = {}, 0
+    for image, target in ground_truth.items():
+        mine = [i for i, lab in enumerate(target["labels"]) if lab == label]
+        boxes = [[b[0] + 1, b[1] + 1, b[2], b[3]] for b in np.asarray(target["boxes"])[mine]]
+        hard = [bool(target["difficult"][i]) for i in mine]
+        records[image] = {"boxes": boxes, "difficult": hard, "seen": [False] * len(mine)}
+        positives += sum(not h for h in hard)
+    found = []
+    for image, det in detections.items():
+        for box, lab, score in zip(det["boxes"], det["labels"], det["scores"]):
+            if lab == label:
+                found.append((float(score), image, [box[0] + 1, box[1] + 1, box[2], box[3]]))
+    found.sort(key=lambda f: -f[0])
+    tp, fp = [], []
+    for _, image, bb in found:
+        record = records.get(image, {"boxes": [], "difficult": [], "seen": []})
+        best, where = -np.inf, -1
+        for j, gt in enumerate(record["boxes"]):
+            iw = min(bb[2], gt[2]) - max(bb[0], gt[0]) + 1
+            ih = min(bb[3], gt[3]) - max(bb[1], gt[1]) + 1
+            if iw > 0 and ih > 0:
+                inter = iw * ih
+                union = (bb[2] - bb[0] + 1) * (bb[3] - bb[1] + 1) + (gt[2] - gt[0] + 1) * (gt[3] - gt[1] + 1) - inter
+                if inter / union > best:
+                    best, where = inter / union, j
+        if best > 0.5:
+            if record["difficult"][where]:
+                tp.append(0), fp.append(0)
+            elif not record["seen"][where]:
+                record["seen"][where] = True
+                tp.append(1), fp.append(0)
+            else:
+                tp.append(0), fp.append(1)
+        else:
+            tp.append(0), fp.append(1)
+    tp, fp = np.cumsum(tp), np.cumsum(fp)
+    recall = tp / positives
+    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    if use_07:
+        return (
+            sum(max([p for r, p in zip(recall, precision) if r >= t], default=0.0) for t in np.arange(0, 1.1, 0.1)) / 11
+        )
+    mrec, mpre = [0.0, *recall, 1.0], [0.0, *precision, 0.0]
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    return sum((mrec[i + 1] - mrec[i]) * mpre[i + 1] for i in range(len(mrec) - 1) if mrec[i + 1] != mrec[i])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_voc_metrics_equal_a_port_of_the_devkit_on_random_cases(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ground_truth, detections = {}, {}
+    for image in range(int(rng.integers(3, 12))):
+        count = int(rng.integers(0, 6))
+        xy = rng.uniform(0, 200, (count, 2))
+        wh = rng.uniform(4, 80, (count, 2))
+        boxes = np.round(np.concatenate([xy, xy + wh], 1))  # whole pixels, as VOC's are
+        labels = rng.integers(0, 3, count)
+        ground_truth[image] = {"boxes": boxes, "labels": labels, "difficult": rng.random(count) < 0.15}
+        kept = []
+        for b in boxes:  # 0-2 detections per object, sometimes of another class
+            for _ in range(int(rng.integers(0, 3))):
+                kept.append(b + rng.normal(0, 0.15 * (b[2] - b[0]), 4))
+        extra = rng.uniform(0, 220, (int(rng.integers(0, 4)), 2))
+        kept += [np.array([x, y, x + 30, y + 25]) for x, y in extra]  # false positives
+        label_of = [int(rng.integers(0, 3)) for _ in kept]
+        for j, b in enumerate(kept):  # most detections near an object take its class
+            near = [i for i, g in enumerate(boxes) if np.abs(g - b).max() < 0.5 * (g[2] - g[0]) + 1]
+            if near and rng.random() < 0.85:
+                label_of[j] = int(labels[near[0]])
+        scores = rng.permutation(len(kept)) / max(len(kept), 1) + rng.uniform(0, 1e-3, len(kept))  # distinct
+        detections[image] = {
+            "boxes": np.array(kept).reshape(-1, 4),
+            "labels": np.array(label_of, int),
+            "scores": scores,
+        }
+    ours = voc_box_metrics(ground_truth, detections, ["a", "b", "c"])
+    for label, name in enumerate(["a", "b", "c"]):
+        if ours["per_class_AP"][name] is None:  # no non-difficult object of the class
+            continue
+        assert ours["per_class_AP07"][name] == pytest.approx(_devkit_voc_eval(ground_truth, detections, label, True))
+        assert ours["per_class_AP"][name] == pytest.approx(_devkit_voc_eval(ground_truth, detections, label, False))
