@@ -58,6 +58,8 @@ BEST = {
 }
 QUICK_SETTING = ("adamw", 0.001)  # --quick's reference setting where a set has no sweep at its scale
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SHORT_EPOCHS = 3  # evaluations when a pass over the data takes more than a third of the budget (ours: the same)
+PROBE_STEPS = 3  # the steps whose pace plans those shorter epochs
 
 
 def _native_size(paths: Sequence[Path], cap: int) -> int:
@@ -78,6 +80,11 @@ def _optimizer(params: Any, name: str, lr: float, weight_decay: float) -> torch.
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+def _forever(loader: Any) -> Any:
+    while True:
+        yield from loader
+
+
 def _fit(
     model: nn.Module,
     loader: Any,
@@ -89,18 +96,24 @@ def _fit(
 ) -> dict[str, Any]:
     """Train epochs until the budget: one epoch of linear warmup, then a cosine over as many epochs as the budget
     holds, planned after each epoch from the mean pace of the epochs after the first (as our engine does, so both
-    sides keep to the same wall time on a machine whose speed varies). Returns the last evaluation and the timings."""
+    sides keep to the same wall time on a machine whose speed varies). Where a pass over the data takes more than
+    a third of the budget, the epochs are shorter (``SHORT_EPOCHS`` evaluations in all, from the pace of the
+    first steps), again as our engine does: a budget of one long epoch would otherwise never anneal, or overrun.
+    Returns the last evaluation and the timings."""
     base = [group["lr"] for group in optimizer.param_groups]
     steps_per_epoch, start = len(loader), time.perf_counter()
-    epochs, epoch, images, metrics, durations = None, 0, 0, {}, []
+    batches = _forever(loader)
+    epochs, epoch, images, metrics, durations, chunk = None, 0, 0, {}, [], len(loader)
     while epochs is None or epoch < epochs:
         began = time.perf_counter()
         model.train()
-        for index, (inputs, targets) in enumerate(loader):
+        index = 0
+        while index < chunk:
+            inputs, targets = next(batches)
             if epochs is None:
-                factor = (index + 1) / steps_per_epoch
+                factor = (index + 1) / chunk
             else:
-                progress = ((epoch - 1) * steps_per_epoch + index) / max((epochs - 1) * steps_per_epoch, 1)
+                progress = ((epoch - 1) * chunk + index) / max((epochs - 1) * chunk, 1)
                 factor = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
             for group, rate in zip(optimizer.param_groups, base):
                 group["lr"] = rate * factor
@@ -109,6 +122,11 @@ def _fit(
             loss.backward()
             optimizer.step()
             images += len(inputs)
+            index += 1
+            if epoch == 0 and index == PROBE_STEPS and chunk > PROBE_STEPS:
+                pace = (time.perf_counter() - began) / PROBE_STEPS  # the first (slow) step included: a margin
+                if pace * steps_per_epoch > budget / SHORT_EPOCHS:
+                    chunk = max(int(0.8 * budget / SHORT_EPOCHS / pace), PROBE_STEPS)
         model.eval()
         with torch.inference_mode():
             metrics = evaluate(model)
@@ -119,7 +137,8 @@ def _fit(
         left = budget - (time.perf_counter() - start)
         epochs = epoch + int(max(left, 0.0) // pace)
     seconds = time.perf_counter() - start
-    return {**metrics, "epochs": epoch, "seconds": seconds, "images_per_s": images / seconds}
+    return {**metrics, "epochs": epoch, "passes": images / (steps_per_epoch * loader.batch_size), "seconds": seconds,
+            "images_per_s": images / seconds}  # fmt: skip
 
 
 def reference_classify(data: Path, budget: float, optimizer: str, lr: float, *, batch: int = 32) -> dict[str, Any]:
