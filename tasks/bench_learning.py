@@ -53,9 +53,13 @@ BEST = {
     ("classify", "photos20"): ("adamw", 0.001),
     ("classify", "scenes"): ("adamw", 0.003),
     ("segment", "coins"): ("adamw", 0.001),
-    ("segment", "pasted"): ("adamw", 0.003),
-    ("segment", "horses"): ("sgd", 0.01),
+    ("segment", "pasted"): ("sgd", 0.01),
+    ("segment", "horses"): ("adamw", 0.003),
+    ("detect", "coins"): ("adamw", 0.0001),
 }
+# Sets whose sweep is not settled: every reference setting stayed at the noise floor (COCO AP < 0.07) within
+# 3 minutes, so no setting is "best" yet (docs/results.md). Their rows wait for longer budgets.
+PENDING = {("detect", "pasted"), ("detect", "horses")}
 QUICK_SETTING = ("adamw", 0.001)  # --quick's reference setting where a set has no sweep at its scale
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SHORT_EPOCHS = 3  # evaluations when a pass over the data takes more than a third of the budget (ours: the same)
@@ -452,6 +456,8 @@ def learning_rows(
     for name in chosen:
         data = benchmark_set(name, scale=scale)
         for task in (t for t in SETS[name].tasks if t in budgets):
+            if scale == 1 and (task, name) in PENDING:
+                continue
             time_text = budgets[task]
             with tempfile.TemporaryDirectory(prefix="mtb-learning-") as folder:
                 ours = run_ours(task, data, time_text, Path(folder))

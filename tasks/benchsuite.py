@@ -510,6 +510,12 @@ def learning_section(s: Settings) -> Section:
         "auto recipe was not tuned on them. Wall seconds include start-up; images/s counts training images over "
         "training and evaluation time."
     )
+    pending = sorted(f"{task} on {name}" for task, name in bench_learning.PENDING if task in budgets and scale == 1)
+    if pending:
+        text += (
+            f" Not in the table: {', '.join(pending)}, where every reference setting stayed at the noise floor "
+            "within the budget (docs/results.md)."
+        )
     # No summary rows: this section runs for hours, so it is refreshed alone (--update), and the summary only
     # repeats the sections of one whole run.
     return Section("Learning on data the recipe was not tuned on", text, table, [])
