@@ -7,6 +7,7 @@ type is a :class:`ConfigError` naming the file (or flag) and the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -135,10 +136,39 @@ def apply(config: T, updates: Mapping[str, Any], *, source: str, prefix: str = "
     return dataclasses.replace(config, **changes)  # type: ignore[type-var]
 
 
+# The range of numeric fields, by field name in any config section: (lowest, highest, whether lowest is allowed).
+BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "batch_size": (1, math.inf, True),
+    "epochs": (1, math.inf, True),
+    "accumulate": (1, math.inf, True),
+    "workers": (0, math.inf, True),
+    "max_iters_per_epoch": (1, math.inf, True),
+    "patience": (1, math.inf, True),
+    "lr": (0, math.inf, False),
+    "weight_decay": (0, math.inf, True),
+    "momentum": (0, 1, True),
+    "warmup_epochs": (0, math.inf, True),
+    "clip_grad": (0, math.inf, False),
+    "ema_decay": (0, 1, False),
+    "backbone_lr_scale": (0, math.inf, True),
+    "image_size": (16, 4096, True),
+    "crop_size": (16, 4096, True),
+    "min_size": (16, 4096, True),
+    "max_size": (16, 8192, True),
+    "crop_pct": (0, 1, False),
+}
+
+
 def _check(value: Any, hint: Any, where: str, source: str) -> Any:
     ok, converted = _convert(value, hint)
     if not ok:
         raise ConfigError(f"{source}: '{where}' must be {_describe(hint)}, got {value!r}")
+    bounds = BOUNDS.get(where.rsplit(".", 1)[-1])
+    if bounds is not None and isinstance(converted, (int, float)) and not isinstance(converted, bool):
+        low, high, inclusive = bounds
+        if not (converted >= low if inclusive else converted > low) or converted > high:
+            shown = f"{'≥' if inclusive else '>'} {low:g}" + (f" and ≤ {high:g}" if high != math.inf else "")
+            raise ConfigError(f"{source}: '{where}' must be {shown}, got {value!r}")
     return converted
 
 

@@ -102,3 +102,24 @@ def test_predict_inputs_get_output_names_that_never_collide(tmp_path) -> None:
     assert names == ["1", "1_png", "a/1", "b/1", "1_jpg"]  # the repeated a/1.jpg is predicted once
     again = PredictImages([str(elsewhere), str(tmp_path / "x")], "p")  # a file, then its own folder
     assert [again.output_name(p) for p in again.paths] == ["1"]
+
+
+@pytest.mark.parametrize(
+    "update, message",
+    [
+        ({"train": {"batch_size": -4}}, "'train.batch_size' must be ≥ 1, got -4"),
+        ({"train": {"lr": 0}}, "'train.lr' must be > 0, got 0"),
+        ({"train": {"workers": -1}}, "'train.workers' must be ≥ 0"),
+        ({"train": {"ema_decay": 1.5}}, "'train.ema_decay' must be > 0 and ≤ 1"),
+        ({"data": {"image_size": 8}}, "'data.image_size' must be ≥ 16 and ≤ 4096, got 8"),
+    ],
+)
+def test_numbers_out_of_range_are_one_line_errors(update, message) -> None:
+    with pytest.raises(ConfigError) as caught:
+        apply(ClassifyConfig(), update, source="run.yaml")
+    assert (
+        str(caught.value) == f"run.yaml: {message}"
+        if message.endswith(("-4", "0", "8"))
+        else message in str(caught.value)
+    )
+    assert apply(ClassifyConfig(), {"train": {"lr": "auto", "batch_size": 1}}, source="t").train.batch_size == 1
