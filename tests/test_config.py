@@ -117,9 +117,6 @@ def test_predict_inputs_get_output_names_that_never_collide(tmp_path) -> None:
 def test_numbers_out_of_range_are_one_line_errors(update, message) -> None:
     with pytest.raises(ConfigError) as caught:
         apply(ClassifyConfig(), update, source="run.yaml")
-    assert (
-        str(caught.value) == f"run.yaml: {message}"
-        if message.endswith(("-4", "0", "8"))
-        else message in str(caught.value)
-    )
+    assert str(caught.value).startswith("run.yaml: ") and message in str(caught.value)
+    assert "\n" not in str(caught.value)
     assert apply(ClassifyConfig(), {"train": {"lr": "auto", "batch_size": 1}}, source="t").train.batch_size == 1
