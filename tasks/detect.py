@@ -8,6 +8,7 @@ section for either. ``eval --predictions FILE`` scores any detector's COCO-resul
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,6 +354,16 @@ def _read_predictions(path: Path) -> list[dict[str, Any]]:
         raise UserError(
             f"predictions file {path} must be a COCO results list of {{image_id, category_id, bbox, score}}"
         )
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    for index, r in enumerate(results, start=1):
+        box = r["bbox"]
+        if not (isinstance(box, list) and len(box) == 4 and all(number(v) for v in box)):
+            raise UserError(f"predictions file {path}: prediction {index} has bbox {box!r}; expected [x, y, w, h]")
+        if not number(r["score"]):
+            raise UserError(f"predictions file {path}: prediction {index} has score {r['score']!r}; expected a number")
     return results
 
 
@@ -360,6 +371,10 @@ def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
     if args.predictions is not None:
         _, val = _data(cfg, need_train=False)
         results = _read_predictions(Path(args.predictions))
+        try:
+            resolve_labels(val, results)  # unknown images and classes, named with the file
+        except UserError as error:
+            raise UserError(f"predictions file {args.predictions}: {error}") from None
         metrics = score(val, results, backend=cfg.coco_backend)
         results = [  # written back with the dataset's ids and names, whichever of the two the file gave
             {**r, "category_id": val.category_ids[label - 1], "category_name": val.class_names[label - 1]}

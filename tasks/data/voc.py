@@ -123,7 +123,10 @@ def _parse(path: Path) -> tuple[tuple[str | None, tuple[int, int] | None], list[
     node = tree.getroot()
     filename = node.findtext("filename")
     width, height = node.findtext("size/width"), node.findtext("size/height")
-    size = (int(float(width)), int(float(height))) if width and height and float(width) > 0 else None
+    try:
+        size = (int(float(width)), int(float(height))) if width and height and float(width) > 0 else None
+    except ValueError:
+        raise UserError(f"annotation file {path}: <size> has width {width!r} and height {height!r}") from None
     objects = []
     for obj in node.iter("object"):
         name = (obj.findtext("name") or "").strip()
