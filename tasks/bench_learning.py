@@ -412,6 +412,16 @@ def _subprocess(argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def _images_per_epoch(saved: dict[str, Any], data: Path) -> int:
+    """Training images one epoch of a run of ours read: every image, or a short budget's epoch of
+    ``max_iters_per_epoch`` batches."""
+    images = sum(1 for _ in (data / "train").rglob("*.png"))
+    train = saved.get("config", {}).get("train", {})
+    if train.get("max_iters_per_epoch"):
+        images = min(images, int(train["max_iters_per_epoch"]) * int(train["batch_size"]))
+    return images
+
+
 def run_ours(task: str, data: Path, time_text: str, folder: Path) -> dict[str, Any]:
     """Our default command, ``python -m tasks.<task> --data DIR --time T``, and what it reached."""
     run_dir = folder / "ours"
@@ -419,7 +429,7 @@ def run_ours(task: str, data: Path, time_text: str, folder: Path) -> dict[str, A
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     score = main_metric_value(metrics, OUR_METRIC[task])
     saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-    train_images = sum(1 for _ in (data / "train").rglob("*.png"))
+    train_images = _images_per_epoch(saved, data)
     epochs, seconds = int(saved["epoch"]) + 1, float(saved["elapsed_seconds"])
     return {
         "metric": score,
@@ -427,7 +437,7 @@ def run_ours(task: str, data: Path, time_text: str, folder: Path) -> dict[str, A
         "epochs": epochs,
         "seconds": seconds,
         "wall": wall,
-        "images_per_s": train_images * epochs / seconds,  # epochs are whole: every image once each, evaluation included
+        "images_per_s": train_images * epochs / seconds,  # training images over training and evaluation time
     }
 
 
@@ -489,7 +499,7 @@ def run_multitask(data: Path, time_text: str, folder: Path, *, weighting: str = 
     wall = _subprocess(argv)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-    train_images = sum(1 for _ in (data / "train").rglob("*.png"))
+    train_images = _images_per_epoch(saved, data)
     epochs, seconds = int(saved["epoch"]) + 1, float(saved["elapsed_seconds"])
     return {
         "metrics": {task: main_metric_value(metrics[task], OUR_METRIC[task]) for task in MULTITASK},
