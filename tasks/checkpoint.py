@@ -64,6 +64,11 @@ def load_checkpoint(path: str | os.PathLike[str], *, task: str) -> dict[str, Any
     if missing or not isinstance(checkpoint["model"], dict) or not isinstance(checkpoint.get("model_args"), dict):
         what = f"has no {', '.join(missing)}" if missing else "has a malformed model or model_args entry"
         raise UserError(f"checkpoint {path} {what}: it is not a complete '{task}' checkpoint of this version")
+    outputs, names = checkpoint["model_args"].get("num_classes"), checkpoint.get("class_names")
+    if isinstance(outputs, int) and isinstance(names, list):
+        expected = len(names) + 1 if task == "detect" else len(names)  # the detector's class 0 is background
+        if outputs != expected:
+            raise UserError(f"checkpoint {path} has {len(names)} class names for a model of {outputs} outputs")
     return checkpoint
 
 

@@ -313,17 +313,20 @@ def _report(metrics: dict[str, Any], detections: list[dict[str, Any]], run_dir: 
     write_json(run_dir / "metrics.json", metrics)
     if "detect" in metrics:
         write_json(run_dir / "predictions.json", detections)
+
+    def show(value: Any) -> str:  # undefined (no ground truth of that kind in the split): n/a, as the others print
+        return "n/a" if value is None else f"{value:.4f}"
+
     lines = []
     if "classify" in metrics:
-        lines.append(
-            f"  classify  accuracy {metrics['classify']['accuracy']:.4f}  F1 {metrics['classify']['f1_macro']:.4f}"
-        )
+        c = metrics["classify"]
+        lines.append(f"  classify  accuracy {show(c['accuracy'])}  F1 {show(c['f1_macro'])}")
     if "detect" in metrics:
         coco, voc = metrics["detect"]["coco"], metrics["detect"]["voc"]
-        lines.append(f"  detect    AP {coco['AP']:.4f}  AP50 {coco['AP50']:.4f}  VOC mAP {voc['mAP']:.4f}")
+        lines.append(f"  detect    AP {show(coco['AP'])}  AP50 {show(coco['AP50'])}  VOC mAP {show(voc['mAP'])}")
     if "segment" in metrics:
         seg = metrics["segment"]
-        lines.append(f"  segment   mIoU {seg['mIoU'] or 0:.4f}  mDice {seg['mDice'] or 0:.4f}")
+        lines.append(f"  segment   mIoU {show(seg['mIoU'])}  mDice {show(seg['mDice'])}")
     print("\n".join(lines + [f"  main      {metrics['main']:.4f} (mean of the above headline numbers)"]))
     print(f"metrics are in {run_dir}")
 
