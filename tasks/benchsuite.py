@@ -442,11 +442,7 @@ def learning_section(s: Settings) -> Section:
         row["label"] = f"{row['task']} ({bench_learning.METRIC[row['task']]})"
         row["against"] = f"{row['setting'][0]} {row['setting'][1]:g}"
     if "multitask" in budgets:
-        joined = [
-            n
-            for n in names or bench_learning.SETS
-            if set(bench_learning.MULTITASK) <= set(bench_learning.SETS[n].tasks)
-        ]
+        joined = [n for n in names or bench_learning.SETS if "multitask" in bench_learning.SETS[n].tasks]
         for row in bench_learning.multitask_rows(budgets["multitask"], scale=scale, names=joined):
             row["label"] = f"multitask: {row['task']} ({bench_learning.METRIC[row['task']]})"
             row["against"] = f"ours, {row['task']} alone"

@@ -138,47 +138,6 @@ def test_detect_under_torchrun_and_evaluation_independent_of_process_count(tmp_p
         assert scores == pytest.approx(second[key], abs=2e-5), key
 
 
-RESTART_DRIVER = """
-import os, signal, sys
-from torch.optim.optimizer import register_optimizer_step_post_hook
-steps = 0
-
-def hook(optimizer, args, kwargs):  # the first attempt's rank 1 dies after its 5th optimizer step
-    global steps
-    steps += 1
-    if steps == 5 and os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-register_optimizer_step_post_hook(hook)
-from tasks.classify import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def test_torchrun_restarts_a_killed_worker_and_the_run_ends_as_an_unkilled_one(tmp_path) -> None:
-    """torchrun --max-restarts=1 with --resume auto: no person involved, the same final weights and metrics."""
-    import torch
-
-    data = make_image_folder(tmp_path / "data", per_class=(8, 3))  # 24 images: 3 steps of 4 per process
-    common = ["--data", str(data), "--backbone", "resnet18", "--workers", "0", "--device", "cpu", "--image-size", "32",
-              "--epochs", "3", "--batch-size", "4", "--lr", "0.01", "--seed", "1"]  # fmt: skip
-    whole, restarted = tmp_path / "whole", tmp_path / "restarted"
-    torchrun(2, "-m", "tasks.classify", *common, "--output", str(whole), cwd=tmp_path)
-    (tmp_path / "driver.py").write_text(RESTART_DRIVER)
-    result = torchrun(
-        2, "--max-restarts=1", str(tmp_path / "driver.py"), *common, "--output", str(restarted), "--resume", "auto",
-        cwd=tmp_path,
-    )  # fmt: skip
-    log = result.stdout + result.stderr
-    assert "starting a new run" in log and "resumed from" in log  # killed, restarted, resumed after epoch 1
-    a, b = _metrics(whole), _metrics(restarted)
-    assert _numbers(a) == pytest.approx(_numbers(b), abs=1e-6)
-    want = torch.load(whole / "last.pt", weights_only=True)
-    got = torch.load(restarted / "last.pt", weights_only=True)
-    assert got["epoch"] == want["epoch"] == 2
-    torch.testing.assert_close(got["model"], want["model"], rtol=1e-5, atol=1e-6)
-
-
 @pytest.mark.parametrize("task", ["segment", "multitask"])
 def test_segment_and_multitask_evaluation_independent_of_process_count(task, tmp_path) -> None:
     """Trained in one process, evaluated with 1 and 2: the same metrics (5 val images: shards of 3 and 2)."""

@@ -239,7 +239,7 @@ def test_runner_eval_and_predict(shapes_root, tmp_path) -> None:
         == 0
     )
     entry = json.loads((pred / "predictions.json").read_text())[0]
-    assert set(entry) == {"path", "detect", "segment"}
+    assert set(entry) == {"path", "image", "detect", "segment"}
     assert (pred / "masks" / "00001.png").is_file() and (pred / "images" / "00001.png").is_file()
 
 
@@ -297,7 +297,7 @@ def test_onnx_export_runs_in_onnxruntime_with_all_three_outputs(shapes_root, tmp
         entries[name] = json.loads((folder / "predictions.json").read_text())
         assert (folder / "masks" / "00001.png").is_file()
     for eager, exported in zip(entries["checkpoint"], entries["onnx"]):
-        assert set(eager) == set(exported) == {"path", "classify", "detect", "segment"}
+        assert set(eager) == set(exported) == {"path", "image", "classify", "detect", "segment"}
         assert [c["class"] for c in eager["classify"]] == [c["class"] for c in exported["classify"]]
         for a, b in zip(eager["classify"], exported["classify"]):
             assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler, RandomSampler, TensorDataset
 
-from tasks.data.sampling import GroupedBatchSampler, aspect_ratio_groups
+from tasks.data.sampling import EpochSampler, GroupedBatchSampler, aspect_ratio_groups
 from tasks.engine import make_loader
 
 
@@ -58,6 +58,6 @@ def test_make_loader_groups_training_batches() -> None:
     batches = [[int(item[0]) for item in batch] for batch in loader]
     assert len(batches) == len(loader) == 6
     assert sum(len({groups[i] for i in b}) == 1 for b in batches) >= 5
-    assert isinstance(loader.batch_sampler.sampler, RandomSampler)  # type: ignore[union-attr]
+    assert isinstance(loader.batch_sampler.sampler, EpochSampler)  # type: ignore[union-attr]
     evaluation = make_loader(data, batch_size=5, train=False, workers=0, collate_fn=list, groups=groups)
     assert [int(item[0]) for batch in evaluation for item in batch] == list(range(30))
