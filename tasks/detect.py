@@ -8,7 +8,6 @@ section for either. ``eval --predictions FILE`` scores any detector's COCO-resul
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from tasks.cli import (
     write_config,
 )
 from tasks.config import Auto, TrainConfig, to_dict
-from tasks.data.coco import read_json
+from tasks.data.coco import is_number, read_json
 from tasks.data.detection import DetectionData, DetectionDataset, collate_detection
 from tasks.data.embedded import shapes_dataset
 from tasks.data.images import READ_ERRORS, load_rgb
@@ -355,14 +354,11 @@ def _read_predictions(path: Path) -> list[dict[str, Any]]:
             f"predictions file {path} must be a COCO results list of {{image_id, category_id, bbox, score}}"
         )
 
-    def number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
     for index, r in enumerate(results, start=1):
         box = r["bbox"]
-        if not (isinstance(box, list) and len(box) == 4 and all(number(v) for v in box)):
+        if not (isinstance(box, list) and len(box) == 4 and all(is_number(v) for v in box)):
             raise UserError(f"predictions file {path}: prediction {index} has bbox {box!r}; expected [x, y, w, h]")
-        if not number(r["score"]):
+        if not is_number(r["score"]):
             raise UserError(f"predictions file {path}: prediction {index} has score {r['score']!r}; expected a number")
     return results
 

@@ -60,11 +60,7 @@ def read_coco(annotation_file: Path, image_dir: Path) -> DetectionData:
                 f"category_id {annotation.get('category_id')!r}"
             )
         box = annotation.get("bbox")
-        if (
-            box is not None
-            and box != []
-            and not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box)))
-        ):
+        if box is not None and box != [] and not (isinstance(box, list) and len(box) == 4 and all(map(is_number, box))):
             raise bad("annotations", index, f"has bbox {box!r}; expected [x, y, width, height]")
         by_image.setdefault(annotation["image_id"], []).append(annotation)
     fixes = FixCounts()
@@ -106,7 +102,8 @@ def read_coco(annotation_file: Path, image_dir: Path) -> DetectionData:
     return DetectionData(samples, names, category_ids, source=str(annotation_file), fixes=fixes)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool): what a COCO number field may hold."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
@@ -123,7 +120,7 @@ def _size(image: dict[str, Any], path: Path, fixes: FixCounts, where: str) -> tu
             return image_size(path)
         except READ_ERRORS:
             raise UserError(f"{where} has no width/height, and {path} is not a readable image") from None
-    if not (_is_number(width) and _is_number(height) and width > 0 and height > 0):
+    if not (is_number(width) and is_number(height) and width > 0 and height > 0):
         raise UserError(f"{where} has width {width!r} and height {height!r}; expected positive numbers")
     return int(width), int(height)
 
