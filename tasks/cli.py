@@ -308,6 +308,7 @@ def fit(task: str, cfg: Any, parts: Setup, resume: Path | None) -> tuple[dict[st
         parts.meta,
         budget_seconds=recipe.budget_seconds if recipe is not None else None,
         max_epochs=recipe.max_epochs if recipe is not None else None,
+        shorten_epochs=recipe.shorten_epochs if recipe is not None else False,
     )
     return engine.fit(parts.train_loader, parts.val_loader, resume=resume), run_dir
 

@@ -253,6 +253,9 @@ class Engine:
         budget_seconds: a wall-clock budget: after every epoch the number of epochs is fitted to what
             is left of it at the measured pace (up to ``max_epochs``).
         max_epochs: the most epochs the budget may grow the run to (default ``cfg.epochs``).
+        shorten_epochs: where the budget holds fewer whole epochs than planned, shorten the epochs still to
+            run instead of dropping one (the recipe's short-budget epochs: with three of them, a dropped
+            epoch would leave a third of the budget unused).
     """
 
     clock: Callable[[], float] = staticmethod(time.perf_counter)  # tests replace it with a fake clock
@@ -267,6 +270,7 @@ class Engine:
         *,
         budget_seconds: float | None = None,
         max_epochs: int | None = None,
+        shorten_epochs: bool = False,
     ) -> None:
         left = unresolved(cfg)
         if left:
@@ -275,6 +279,10 @@ class Engine:
         self.epochs = int(cfg.epochs)  # type: ignore[arg-type]
         self.budget_seconds = budget_seconds
         self.max_epochs = max_epochs or self.epochs
+        self.shorten_epochs = shorten_epochs
+        self.shares: list[float] = [1.0] * self.epochs  # each epoch's share of a whole epoch's steps
+        self.full_steps = 1  # optimizer steps in a whole epoch (set by prepare)
+        self.most_steps = 1  # the most steps an epoch may be lengthened to: one pass over the data (set by fit)
         self.elapsed = 0.0  # training and evaluation seconds so far, over resumes
         self.durations: list[float] = []  # this process's epochs, for the budget's pace
         self.save_seconds = 0.0  # the last checkpoint's writing time, counted in the budget
@@ -336,24 +344,42 @@ class Engine:
         return max(steps, 1)
 
     def prepare(self, steps_per_epoch: int) -> None:
-        """Build the optimizer and the learning-rate schedule for ``cfg.epochs`` of ``steps_per_epoch``."""
+        """Build the optimizer and the learning-rate schedule for ``cfg.epochs`` of ``steps_per_epoch``. The
+        schedule's length follows the plan: a re-planned budget stretches or shrinks it."""
         cfg = self.cfg
+        self.full_steps = steps_per_epoch
         warmup = int(cfg.warmup_epochs * steps_per_epoch)  # type: ignore[operator]
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda step: lr_factor(
-                step, total=steps_per_epoch * self.epochs, warmup=warmup, cfg=cfg, steps_per_epoch=steps_per_epoch
+                step, total=self.steps_before(self.epochs), warmup=warmup, cfg=cfg, steps_per_epoch=steps_per_epoch
             ),
         )
+
+    def epoch_steps(self, epoch: int) -> int:
+        """Optimizer steps of ``epoch`` in the current plan."""
+        share = self.shares[epoch] if epoch < len(self.shares) else (self.shares[-1] if self.shares else 1.0)
+        return max(round(share * self.full_steps), 1)
+
+    def steps_before(self, epoch: int) -> int:
+        """Optimizer steps of the epochs before ``epoch`` in the current plan."""
+        return sum(self.epoch_steps(e) for e in range(epoch))
+
+    def _plan(self, epochs: int) -> None:
+        """``epochs`` in all: new epochs take the last epoch's share."""
+        last = self.shares[-1] if self.shares else 1.0
+        self.shares = (self.shares + [last] * epochs)[:epochs]
+        self.epochs = epochs
 
     def fit(
         self, train_loader: DataLoader[Any], val_loader: DataLoader[Any], *, resume: Path | None = None
     ) -> dict[str, Any]:
         steps_per_epoch = self.steps_per_epoch(train_loader)
         self.prepare(steps_per_epoch)
+        self.most_steps = max(len(train_loader) // self.cfg.accumulate, steps_per_epoch)
         if resume is not None:
-            self._resume(resume, steps_per_epoch)
+            self._resume(resume)
         if distributed.is_main():
             from torch.utils.tensorboard import SummaryWriter
 
@@ -362,7 +388,9 @@ class Engine:
         epoch = self.start_epoch
         while epoch < self.epochs:
             started = self.clock()
-            self.train_epoch(train_loader, epoch, steps_per_epoch)
+            steps = self.epoch_steps(epoch)
+            self.train_epoch(train_loader, epoch, steps)
+            trained = self.clock() - started
             metrics = self.evaluate(val_loader)
             self._log_metrics(metrics, epoch)
             score = main_metric_value(metrics, self.task.main_metric)
@@ -372,7 +400,7 @@ class Engine:
             seconds = self.clock() - started
             self.elapsed += seconds
             if self.budget_seconds is not None:  # the last epoch's checkpoint time stands in for this one's
-                self._fit_budget(epoch, seconds + self.save_seconds)
+                self._fit_budget(epoch, seconds + self.save_seconds, trained / steps)
             stop = self._stop_reason(epoch)
             saving = self.clock()
             if distributed.is_main():
@@ -398,22 +426,49 @@ class Engine:
                 write_json(self.run_dir / "metrics.json", metrics)
         return metrics
 
-    def _fit_budget(self, epoch: int, seconds: float) -> None:
+    def _fit_budget(self, epoch: int, seconds: float, step_seconds: float) -> None:
         """After each epoch: as many more epochs as the rest of the budget holds at the mean pace of the
         epochs after the first (rank 0's), so that a run on a machine that slows down or speeds up still
-        ends on time with its schedule complete. The cosine schedule stretches or shrinks to the new length."""
+        ends on time with its schedule complete. The cosine schedule stretches or shrinks to the new length.
+
+        With ``shorten_epochs`` (the recipe's short-budget epochs, each a part of a pass) the number of epochs
+        stands and the epochs still to run take the steps that the rest of the budget holds, at most a pass,
+        at ``step_seconds`` a step plus this epoch's evaluation and checkpoint time. Epochs are dropped only
+        where they would keep under a quarter of their planned steps."""
         assert self.budget_seconds is not None
         self.durations.append(seconds)
         steady = self.durations[1:] or self.durations  # the first epoch also pays for start-up
         pace = float(distributed.broadcast(sum(steady) / len(steady)))
-        remaining = self.budget_seconds - float(distributed.broadcast(self.elapsed))
-        epochs = max(min(epoch + 1 + int(max(remaining, 0.0) // max(pace, 1e-9)), self.max_epochs), epoch + 1)
+        remaining = max(self.budget_seconds - float(distributed.broadcast(self.elapsed)), 0.0)
+        left = self.epochs - epoch - 1
+        if self.shorten_epochs and left > 0:
+            step = float(distributed.broadcast(step_seconds))
+            overhead = max(seconds - step * self.epoch_steps(epoch), 0.0)  # evaluation and checkpoint
+            steps = min(int((remaining - left * overhead) // max(left * step, 1e-9)), self.most_steps)
+            planned = self.epoch_steps(epoch + 1)
+            if steps >= planned / 4:
+                if steps != planned:
+                    self._log(
+                        f"time budget {self.budget_seconds / 60:.1f} min at {step:.2f} s per step: "
+                        f"the last {left} epoch(s) of {steps} steps instead of {planned}"
+                    )
+                    self.shares[epoch + 1 :] = [steps / self.full_steps] * left
+                    self._refresh_rates()
+                return
+        epochs = max(min(epoch + 1 + int(remaining // max(pace, 1e-9)), self.max_epochs), epoch + 1)
         if epochs != self.epochs:
             self._log(
                 f"time budget {self.budget_seconds / 60:.1f} min at {pace:.1f} s per epoch: "
                 f"{epochs} epochs instead of {self.epochs}"
             )
-            self.epochs = epochs
+            self._plan(epochs)
+            self._refresh_rates()
+
+    def _refresh_rates(self) -> None:
+        """Set the optimizer's rates to the schedule's at its current step (after a resume or a re-plan)."""
+        factors = [fn(self.scheduler.last_epoch) for fn in self.scheduler.lr_lambdas]
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, factors):
+            group["lr"] = base * factor
 
     def _stop_reason(self, epoch: int) -> str | None:
         """Why training ends after ``epoch`` before its planned last epoch (the same on every process)."""
@@ -437,6 +492,7 @@ class Engine:
         data_time = loss_sum = 0.0
         start = last = time.perf_counter()
         step = 0
+        first_step = self.steps_before(epoch)  # the plan's steps before this epoch, for TensorBoard
         self.optimizer.zero_grad(set_to_none=True)
         for index, batch in enumerate(loader):
             now = time.perf_counter()
@@ -467,7 +523,7 @@ class Engine:
                 self.ema.update_parameters(self.model)
             step += 1
             loss_sum += loss.item()
-            global_step = epoch * steps + step
+            global_step = first_step + step
             elapsed = time.perf_counter() - start
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{images / elapsed:.0f}")
@@ -517,10 +573,12 @@ class Engine:
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "budget_epochs": self.epochs if self.budget_seconds is not None else None,
+            "epoch_shares": list(self.shares) if self.budget_seconds is not None else None,
+            "shorten_epochs": self.shorten_epochs,
             "elapsed_seconds": self.elapsed,
         }
 
-    def _resume(self, path: Path, steps_per_epoch: int) -> None:
+    def _resume(self, path: Path) -> None:
         checkpoint = load_checkpoint(path, task=self.task.name)
         if checkpoint.get("optimizer") is None:
             raise UserError(f"checkpoint {path} holds no optimizer state to resume from")
@@ -537,16 +595,22 @@ class Engine:
         self.best_metric = float(checkpoint["best_metric"])
         self.best_epoch = int(checkpoint.get("best_epoch", self.start_epoch - 1))
         if checkpoint.get("budget_epochs") is not None:  # the epochs its time budget fitted: the same plan again
-            self.epochs = int(checkpoint["budget_epochs"])
+            self._plan(int(checkpoint["budget_epochs"]))
+            shares = checkpoint.get("epoch_shares")
+            if (
+                isinstance(shares, list)
+                and len(shares) == self.epochs
+                and all(isinstance(x, float) and 0.0 < x < 1e6 for x in shares)
+            ):
+                self.shares = list(shares)
+            self.shorten_epochs = bool(checkpoint.get("shorten_epochs", self.shorten_epochs))
         self.elapsed = float(checkpoint.get("elapsed_seconds", 0.0))
         if checkpoint.get("rng") is not None:  # rank 0's: every rank is seeded alike and draws alike
             set_rng_states(checkpoint["rng"])
         # The schedule restarts at this run's own step count: with another number of processes an
         # epoch has another number of steps than the checkpoint's run had.
-        self.scheduler.last_epoch = self.start_epoch * steps_per_epoch
-        factors = [fn(self.scheduler.last_epoch) for fn in self.scheduler.lr_lambdas]
-        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, factors):
-            group["lr"] = base * factor
+        self.scheduler.last_epoch = self.steps_before(self.start_epoch)
+        self._refresh_rates()
         self._log(f"resumed from {path} after epoch {self.start_epoch}")
 
 

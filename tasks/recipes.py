@@ -51,7 +51,8 @@ TARGET_STEPS = {False: 2000, True: 600}  # optimizer steps, from scratch / fine-
 MAX_EPOCHS = 300
 MIN_EVALUATIONS = 3  # a time budget that holds fewer passes than this trains in shorter epochs
 # Short epochs are planned on this share of the budget: one probed step misses the data loading and the first
-# steps' warm-up, and with three epochs an estimate even 5% short loses the whole third epoch at the re-plan.
+# steps' warm-up. After each epoch the engine refits the steps of those still to run to the measured pace, so the
+# first epoch is the one the estimate must not overrun.
 SHORT_PLAN_SHARE = 0.9
 EVAL_COST = 0.35  # an evaluated image costs about this share of a trained one (forward only, no augmentation)
 
@@ -169,6 +170,7 @@ class Recipe:
     resumed: frozenset[str] = frozenset()  # keys whose values come from the resumed run's checkpoint
     budget_seconds: float | None = None  # the run's time budget, for the engine's re-planning
     max_epochs: int | None = None  # the most epochs the budget may grow to
+    shorten_epochs: bool = False  # short-budget epochs: the engine shortens them rather than drop one
     seconds_per_step: float | None = None
 
     def block(self) -> str:
@@ -439,6 +441,7 @@ def resolve_length(
                 epochs, steps_per_epoch = MIN_EVALUATIONS, chunk
                 why += f"; {steps / facts.steps_per_epoch:.1f} passes fit, as {epochs} epochs of {chunk} steps"
                 r.assign("train.max_iters_per_epoch", chunk * facts.accumulate, "a short budget's epochs")
+                recipe.shorten_epochs = True
     if epochs_auto:
         epochs = r.decide("train.epochs", int(epochs), why, fixed=FIXED[facts.task]["train.epochs"])
     else:

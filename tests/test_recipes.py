@@ -201,8 +201,9 @@ def test_unresolved_fields_are_refused_by_the_engine(tmp_path) -> None:
 
 def test_the_engine_fits_epochs_to_the_budget_at_the_measured_pace(tmp_path, monkeypatch, capsys) -> None:
     durations = [7.0, 7.0, 20.0, 7.0, 7.0, 7.0]  # the third epoch runs on a busier machine
-    # four clock readings an epoch: its start and end, and its checkpoint's start and end (taking no time)
-    readings = iter(itertools.accumulate(d for duration in durations for d in (0.0, duration, 0.0, 0.0)))
+    # five clock readings an epoch: its start, its training's end, its end, and its checkpoint's start and
+    # end (taking no time)
+    readings = iter(itertools.accumulate(d for duration in durations for d in (0.0, 0.0, duration, 0.0, 0.0)))
     monkeypatch.setattr(Engine, "clock", staticmethod(lambda: next(readings)))
     engine, batches = _engine(tmp_path, [0.1 * i for i in range(20)])
     engine.budget_seconds, engine.max_epochs = 30.0, 300
@@ -213,6 +214,56 @@ def test_the_engine_fits_epochs_to_the_budget_at_the_measured_pace(tmp_path, mon
     assert "at 7.0 s per epoch: 4 epochs instead of 10" in out  # 30 s at 7 s an epoch
     assert "at 13.5 s per epoch: 3 epochs instead of 4" in out  # 34 s spent: no fourth epoch fits
     assert "epoch 3/3" in out
+
+
+def test_a_short_budget_shortens_its_remaining_epochs_instead_of_dropping_one(tmp_path, monkeypatch, capsys) -> None:
+    # three planned epochs of 3 steps; the first takes 12 s (9 s training at 3 s a step, 3 s evaluation) of a
+    # 30 s budget. Whole epochs at that pace: 18 s hold one more. Shortened: 2 × (3 s + 2 steps × 3 s) = 18 s.
+    readings = iter(itertools.accumulate([0.0, 9.0, 3.0, 0.0, 0.0] + [0.0, 6.0, 3.0, 0.0, 0.0] * 2))
+    monkeypatch.setattr(Engine, "clock", staticmethod(lambda: next(readings)))
+    engine, batches = _engine(tmp_path, [0.1, 0.2, 0.3], epochs=3, schedule="cosine", warmup_epochs=0.0)
+    engine.budget_seconds, engine.max_epochs, engine.shorten_epochs = 30.0, 3, True
+    rates = []
+    original = Engine.train_epoch
+
+    def recording(self, loader, epoch, steps):
+        rates.append((steps, self.optimizer.param_groups[0]["lr"]))
+        return original(self, loader, epoch, steps)
+
+    monkeypatch.setattr(Engine, "train_epoch", recording)
+    engine.fit(batches, batches)
+    out = capsys.readouterr().out
+    assert "at 3.00 s per step: the last 2 epoch(s) of 2 steps instead of 3" in out
+    assert [steps for steps, _ in rates] == [3, 2, 2]
+    # the cosine schedule spans the 7 steps that ran: epoch 2 starts at step 3 of 7
+    assert rates[1][1] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 3 / 7)), rel=1e-6)
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["epoch"] == 2 and saved["budget_epochs"] == 3 and saved["elapsed_seconds"] == 30.0
+    assert saved["epoch_shares"] == [1.0, 2 / 3, 2 / 3] and saved["optimizer"]["state"]  # and it stepped
+    assert saved["scheduler"]["last_epoch"] == 7
+    # (this toy checkpoint has no model arguments: read it as it is)
+    monkeypatch.setattr("tasks.engine.load_checkpoint", lambda path, task: torch.load(path, weights_only=True))
+    resumed, _ = _engine(tmp_path / "resumed", [0.3], epochs=3, schedule="cosine", warmup_epochs=0.0)
+    resumed.budget_seconds = 60.0
+    resumed.fit(batches, batches, resume=tmp_path / "last.pt")  # after the last epoch: nothing left to train
+    assert (resumed.shares, resumed.shorten_epochs, resumed.scheduler.last_epoch) == ([1.0, 2 / 3, 2 / 3], True, 7)
+
+    # a budget that holds more lengthens them, up to one pass over the data (3 batches here)
+    readings = iter(itertools.accumulate([0.0, 1.0, 1.0, 0.0, 0.0] * 3))
+    monkeypatch.setattr(Engine, "clock", staticmethod(lambda: next(readings)))
+    engine, batches = _engine(tmp_path / "longer", [0.1, 0.2, 0.3], epochs=3, max_iters_per_epoch=1)
+    engine.budget_seconds, engine.max_epochs, engine.shorten_epochs = 30.0, 3, True
+    engine.fit(batches, batches)
+    assert "the last 2 epoch(s) of 3 steps instead of 1" in capsys.readouterr().out
+    assert torch.load(tmp_path / "longer" / "last.pt", weights_only=True)["scheduler"]["last_epoch"] == 7
+
+    # without shortening, the same pace drops the third epoch
+    readings = iter(itertools.accumulate([0.0, 9.0, 3.0, 0.0, 0.0] * 3))
+    monkeypatch.setattr(Engine, "clock", staticmethod(lambda: next(readings)))
+    engine, batches = _engine(tmp_path / "whole", [0.1, 0.2, 0.3], epochs=3)
+    engine.budget_seconds, engine.max_epochs = 30.0, 3
+    engine.fit(batches, batches)
+    assert "at 12.0 s per epoch: 2 epochs instead of 3" in capsys.readouterr().out
 
 
 def test_training_prints_and_records_the_resolved_recipe(tmp_path, capsys) -> None:
