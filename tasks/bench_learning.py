@@ -412,14 +412,20 @@ def _subprocess(argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def _images_per_epoch(saved: dict[str, Any], data: Path) -> int:
-    """Training images one epoch of a run of ours read: every image, or a short budget's epoch of
-    ``max_iters_per_epoch`` batches."""
+def _timings(run_dir: Path, data: Path) -> dict[str, Any]:
+    """Epochs, training and evaluation seconds, and training images per second of a run of ours, from its last.pt.
+    An epoch reads every image, or a short budget's epoch: its share of ``max_iters_per_epoch`` batches."""
+    saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    epochs, seconds = int(saved["epoch"]) + 1, float(saved["elapsed_seconds"])
     images = sum(1 for _ in (data / "train").rglob("*.png"))
     train = saved.get("config", {}).get("train", {})
+    trained = images * epochs
     if train.get("max_iters_per_epoch"):
-        images = min(images, int(train["max_iters_per_epoch"]) * int(train["batch_size"]))
-    return images
+        accumulate, batch = int(train.get("accumulate", 1)), int(train["batch_size"])
+        steps = int(train["max_iters_per_epoch"]) // accumulate
+        shares = saved.get("epoch_shares") or [1.0] * epochs
+        trained = sum(min(images, max(round(share * steps), 1) * accumulate * batch) for share in shares[:epochs])
+    return {"epochs": epochs, "seconds": seconds, "images_per_s": trained / seconds}
 
 
 def run_ours(task: str, data: Path, time_text: str, folder: Path) -> dict[str, Any]:
@@ -427,17 +433,11 @@ def run_ours(task: str, data: Path, time_text: str, folder: Path) -> dict[str, A
     run_dir = folder / "ours"
     wall = _subprocess(["-m", f"tasks.{task}", "--data", str(data), "--time", time_text, "--output", str(run_dir)])
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    score = main_metric_value(metrics, OUR_METRIC[task])
-    saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-    train_images = _images_per_epoch(saved, data)
-    epochs, seconds = int(saved["epoch"]) + 1, float(saved["elapsed_seconds"])
     return {
-        "metric": score,
+        "metric": main_metric_value(metrics, OUR_METRIC[task]),
         "second": main_metric_value(metrics, SECOND[task][1]) if task in SECOND else None,
-        "epochs": epochs,
-        "seconds": seconds,
         "wall": wall,
-        "images_per_s": train_images * epochs / seconds,  # training images over training and evaluation time
+        **_timings(run_dir, data),  # images/s: training images over training and evaluation time
     }
 
 
@@ -483,7 +483,13 @@ def learning_rows(
                     "reference": reference,
                 }
             )
+            _progress(rows[-1])
     return rows
+
+
+def _progress(row: dict[str, Any]) -> None:
+    """One finished row on stderr, as JSON: an hours-long run that fails late leaves what it measured."""
+    print(f"row {json.dumps(row)}", file=sys.stderr, flush=True)
 
 
 MULTITASK = ("classify", "detect", "segment")
@@ -498,16 +504,11 @@ def run_multitask(data: Path, time_text: str, folder: Path, *, weighting: str = 
         argv += ["--set", f"model.weighting={weighting}"]
     wall = _subprocess(argv)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-    train_images = _images_per_epoch(saved, data)
-    epochs, seconds = int(saved["epoch"]) + 1, float(saved["elapsed_seconds"])
     return {
         "metrics": {task: main_metric_value(metrics[task], OUR_METRIC[task]) for task in MULTITASK},
         "second_of": {task: main_metric_value(metrics[task], key) for task, (_, key) in SECOND.items()},
-        "epochs": epochs,
-        "seconds": seconds,
         "wall": wall,
-        "images_per_s": train_images * epochs / seconds,
+        **_timings(run_dir, data),
     }
 
 
@@ -536,6 +537,7 @@ def multitask_rows(
                         "reference": alone[task],
                     }
                 )
+                _progress(rows[-1])
     return rows
 
 

@@ -48,6 +48,7 @@ class Settings:
         1.0,
         None,
     )
+    weightings: tuple[str, ...] = ("fixed", "uncertainty")  # the multitask rows' loss weightings
 
 
 FULL = Settings(name="full")
@@ -66,6 +67,7 @@ QUICK = Settings(
     ceiling_rounds=3,
     memory=False,
     learning=({"classify": "10s", "segment": "10s", "multitask": "10s"}, 0.1, ("faces", "coins")),
+    weightings=("fixed",),
     gpu_backbone=("resnet18", 2, 64, 2),
 )
 
@@ -443,8 +445,12 @@ def learning_section(s: Settings) -> Section:
         row["against"] = f"{row['setting'][0]} {row['setting'][1]:g}"
     if "multitask" in budgets:
         joined = [n for n in names or bench_learning.SETS if "multitask" in bench_learning.SETS[n].tasks]
-        for row in bench_learning.multitask_rows(budgets["multitask"], scale=scale, names=joined):
-            row["label"] = f"multitask: {row['task']} ({bench_learning.METRIC[row['task']]})"
+        multitask = bench_learning.multitask_rows(
+            budgets["multitask"], scale=scale, names=joined, weightings=s.weightings
+        )
+        for row in multitask:
+            how = "" if row["weighting"] == "fixed" else f", {row['weighting']} weighting"
+            row["label"] = f"multitask{how}: {row['task']} ({bench_learning.METRIC[row['task']]})"
             row["against"] = f"ours, {row['task']} alone"
             rows.append(row)
 
@@ -501,7 +507,8 @@ def learning_section(s: Settings) -> Section:
         "CE + Dice (segment), torchvision's FasterRCNN on its resnet_fpn_backbone (detect, COCO AP by pycocotools), "
         "at the data's own size, each with the best setting of a three-point learning-rate and optimizer sweep "
         "(docs/results.md has the sweeps). Multitask rows: one `python -m tasks.multitask --data DIR --time 3T` "
-        "against our three single-task runs of `--time T` each, the same total time. The sets "
+        "against our three single-task runs of `--time T` each, the same total time; rows marked uncertainty "
+        "weighting add `--set model.weighting=uncertainty`. The sets "
         "(`tasks.data.benchmark_sets`, built from scikit-image's and scikit-learn's photos) are reporting sets: the "
         "auto recipe was not tuned on them. Wall seconds include start-up; images/s counts training images over "
         "training and evaluation time."

@@ -521,15 +521,15 @@ def box_sides(boxes: Sequence[Sequence[float]], *, limit: int = 2000) -> tuple[f
 
 
 def sample_sizes(paths: Sequence[Any], *, limit: int = 200) -> tuple[tuple[int, int], ...]:
-    """(width, height) of up to ``limit`` images, evenly spaced through ``paths``, from their headers."""
-    from PIL import Image
+    """(width, height) as shown (EXIF orientation applied) of up to ``limit`` images, evenly spaced through
+    ``paths``, from their headers; unreadable files are passed over (the datasets skip and count them)."""
+    from tasks.data.images import READ_ERRORS, image_size
 
     step = max(len(paths) // limit, 1)
     sizes = []
     for path in list(paths)[::step][:limit]:
         try:
-            with Image.open(path) as image:
-                sizes.append(image.size)
-        except (OSError, ValueError, Image.DecompressionBombError):
+            sizes.append(image_size(path))
+        except READ_ERRORS:
             continue
     return tuple(sizes)

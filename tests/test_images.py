@@ -94,3 +94,13 @@ def test_a_mask_is_checked_against_its_image_as_shown(tmp_path) -> None:
     check_masks([SegmentationSample("p", tmp_path / "photo.png", tmp_path / "upright.png")])
     with pytest.raises(UserError, match="is 40x20 but its image .* is 20x40"):
         check_masks([SegmentationSample("p", tmp_path / "photo.png", tmp_path / "stored.png")])
+
+
+def test_the_recipe_samples_sizes_as_shown_and_passes_over_unreadable_files(tmp_path) -> None:
+    from tasks.recipes import sample_sizes
+
+    _with_orientation(tmp_path / "portrait.png", _stored(40, 20), 6)  # stored 40×20, shown 20×40
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    Image.fromarray(_stored(30, 10)).save(tmp_path / "plain.png")
+    paths = [tmp_path / "portrait.png", tmp_path / "broken.png", tmp_path / "plain.png"]
+    assert sample_sizes(paths) == ((20, 40), (30, 10))
