@@ -156,6 +156,7 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "min_size": (16, 4096, True),
     "max_size": (16, 8192, True),
     "crop_pct": (0, 1, False),
+    "tile_size": (0, 16384, True),
 }
 
 

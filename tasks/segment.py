@@ -63,6 +63,7 @@ from tasks.export import (
 )
 from tasks.io import atomic_write, write_json
 from tasks.metrics.segmentation import SegmentationMeter
+from tasks.tiles import predict_classes
 from tasks.visualize import overlay_mask, palette_mask, save_png
 
 TASK = "segment"
@@ -115,6 +116,9 @@ class DataConfig:
     scale_max: float | Auto = "auto"
     hflip: float = 0.5
     color_jitter: float | Auto = "auto"
+    # eval and predict run images with a side over this many pixels in overlapping tiles of this size, so that
+    # memory stays that of one tile (tasks/tiles.py); 0: every image whole
+    tile_size: int = 1024
 
 
 @dataclass
@@ -130,16 +134,20 @@ class SegmentTask:
     matrix in evaluation.
 
     ``keep_masks`` predicted masks (the first ones of the split; ``None`` for all) are kept
-    from each evaluation, PNG-encoded and gathered from every process into ``masks``.
+    from each evaluation, PNG-encoded and gathered from every process into ``masks``. Images with a side over
+    ``tile`` pixels are predicted in overlapping tiles (:func:`tasks.tiles.predict_classes`).
     """
 
     name = TASK
     main_metric = "mIoU"
 
-    def __init__(self, class_names: Sequence[str], loss: SegmentationLoss, *, keep_masks: int | None = 0) -> None:
+    def __init__(
+        self, class_names: Sequence[str], loss: SegmentationLoss, *, keep_masks: int | None = 0, tile: int = 0
+    ) -> None:
         self.class_names = list(class_names)
         self.loss = loss
         self.keep_masks = keep_masks
+        self.tile = tile
         self.masks: dict[int, bytes] = {}
 
     def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -158,7 +166,7 @@ class SegmentTask:
             if batch["batch_size"] == 0:
                 continue
             batch = self.to_device(batch, device)
-            predicted = model(batch["images"]).argmax(dim=1)  # (N, H, W), padding included
+            predicted = predict_classes(model, batch["images"], tile=self.tile)  # (N, H, W), padding included
             if batch["masks"] is not None:
                 meter.update(predicted, batch["masks"])  # padding is void in the masks
             for index, (height, width), mask in zip(batch["indices"], batch["sizes"], predicted):
@@ -204,6 +212,14 @@ def _root(cfg: SegmentConfig) -> Path:
     if distributed.is_main():
         print(f"no --data given: using the built-in shapes dataset at {root}")
     return root
+
+
+def _tile(cfg: SegmentConfig) -> int:
+    """``data.tile_size``, checked: 0 (whole images) or a tile that holds a U-Net's deepest stride twice."""
+    tile = cfg.data.tile_size
+    if 0 < tile < 64:
+        raise UserError(f"data.tile_size must be 0 (whole images) or at least 64 pixels, got {tile}")
+    return tile
 
 
 def _data(cfg: SegmentConfig, *, need_train: bool) -> tuple[SegmentationData | None, SegmentationData]:
@@ -279,7 +295,7 @@ def setup(cfg: SegmentConfig, *, resumed: frozenset[str] = frozenset()) -> Setup
     cfg, recipe = recipes.resolve_static(cfg, facts, resumed=resumed)
     model_args = _model_args(cfg, len(train_data.class_names))
     model = build_model(weights=cfg.model.weights, **model_args)
-    task = SegmentTask(train_data.class_names, _loss(cfg), keep_masks=PNG_COUNT)
+    task = SegmentTask(train_data.class_names, _loss(cfg), keep_masks=PNG_COUNT, tile=_tile(cfg))
 
     def step_seconds() -> float:  # on training crops, before the augmentation strength is known
         crops = segmentation_train(cfg.data.crop_size, scale=(1.0, 1.0), hflip=0.0, color_jitter=0.0)  # type: ignore[arg-type]
@@ -331,7 +347,7 @@ def evaluate(cfg: SegmentConfig, args: argparse.Namespace) -> int:
     run_dir = new_run_dir(cfg.output, TASK, "eval")
     write_config(run_dir, cfg)
     device = resolve_device(cfg.train.device)
-    task = SegmentTask(class_names, _loss(cfg), keep_masks=None)
+    task = SegmentTask(class_names, _loss(cfg), keep_masks=None, tile=_tile(cfg))
     with torch.inference_mode():
         metrics = task.evaluate(model.to(device), _loader(cfg, val, train=False), device)
     if distributed.is_main():
@@ -353,7 +369,8 @@ def predict(cfg: SegmentConfig, args: argparse.Namespace) -> int:
         batch = collate_segmentation([{"image": tensor, "mask": None, "index": 0, "size": image.shape[:2]}])
         height, width = image.shape[:2]
         with torch.inference_mode():
-            mask = model(batch["images"])[0].argmax(dim=1)[0, :height, :width].numpy()
+            classes = predict_classes(lambda x: model(x)[0], batch["images"], tile=_tile(cfg))
+            mask = classes[0, :height, :width].numpy()
         name = f"{images.output_name(image_path)}.png"
         atomic_write(run_dir / "masks" / name, lambda h, m=mask: palette_mask(m).save(h, "PNG"))
         save_png(overlay_mask(image, mask), run_dir / "overlays" / name)
@@ -404,7 +421,7 @@ def export(cfg: SegmentConfig, args: argparse.Namespace) -> int:
             def run(x: Tensor) -> Tensor:
                 return exported.tensors(x)[0]
 
-            task = SegmentTask(class_names, _loss(cfg))
+            task = SegmentTask(class_names, _loss(cfg), tile=_tile(cfg))
             return task.evaluate(run, loader, torch.device("cpu"))["mIoU"] or 0.0  # type: ignore[arg-type]
 
         print(quantize_and_report(target, calibration, miou, "mIoU"))

@@ -108,6 +108,34 @@ def test_predict_writes_masks_overlays_and_class_shares(trained, shapes_root, tm
             assert mask.size == image.size and (out / result["overlay"]).is_file()
 
 
+def test_large_images_are_predicted_and_evaluated_in_tiles(trained, shapes_root, tmp_path, monkeypatch) -> None:
+    import tasks.segment
+    from tasks.tiles import predict_classes
+
+    windows = []
+
+    def recording(forward, images, *, tile):
+        def seen(x):
+            windows.append(tuple(x.shape[-2:]))
+            return forward(x)
+
+        return predict_classes(seen, images, tile=tile)
+
+    monkeypatch.setattr(tasks.segment, "predict_classes", recording)
+    big = tmp_path / "big.png"
+    Image.open(shapes_root / "val" / "00001.png").resize((300, 190)).save(big)
+    out = tmp_path / "pred"
+    argv = ["predict", str(big), "--checkpoint", str(trained / "best.pt"), "--output", str(out)]
+    assert main([*argv, "--set", "data.tile_size=64"]) == 0
+    assert Image.open(out / "masks" / "big.png").size == (300, 190)
+    assert max(windows) == (64, 64) and len(windows) > 1  # never the whole 320×192 padded image
+    windows.clear()
+    assert main(["eval", "--checkpoint", str(trained / "best.pt"), "--data", str(shapes_root), "--output",
+                 str(tmp_path / "eval"), "--set", "data.tile_size=64"]) == 0  # fmt: skip
+    assert windows and set(windows) == {(64, 64)}  # the 64 px val images fit one tile each
+    assert main([*argv, "--set", "data.tile_size=20"]) == 2
+
+
 def voc_from_shapes(root, target):
     """A VOC2012-style segmentation root: JPEGs, palette PNG masks with a void border round each shape."""
     from scipy import ndimage
