@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 from backbones import WeightsError, list_backbones
-from tasks import distributed
+from tasks import distributed, threads
 from tasks.checkpoint import load_checkpoint
 from tasks.config import apply, dump_yaml, load_yaml, merge_dicts, nested_update, packaged_config, parse_set_option
 from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
-from tasks.engine import Engine, Setup
+from tasks.engine import Engine, Setup, resolve_device
 from tasks.errors import UserError
 from tasks.io import write_text
 from tasks.recipes import Recipe, adopt_resumed
@@ -146,6 +146,11 @@ def resolve_config(
     config = defaults
     for layer, source in layers:
         config = apply(config, layer, source=source)
+    train = getattr(config, "train", None)
+    if train is not None:  # threads and workers from the cores this process may use
+        plan = threads.plan_cores(train.workers, device=resolve_device(train.device).type)
+        threads.apply_plan(plan)
+        train.workers = plan.workers
     return config
 
 
@@ -298,6 +303,8 @@ def fit(task: str, cfg: Any, parts: Setup, resume: Path | None) -> tuple[dict[st
     if distributed.is_main():
         if parts.recipe is not None:
             print(parts.recipe.block())
+        if threads.ACTIVE is not None:
+            print(threads.ACTIVE.line())
         print(f"{parts.summary}; run folder {run_dir}")
     recipe = parts.recipe
     engine = Engine(

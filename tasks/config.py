@@ -61,7 +61,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    workers: int = 2
+    workers: int | Auto = "auto"  # DataLoader workers; auto: the cores torch's threads leave free (tasks/threads.py)
     channels_last: bool = False
     sync_bn: bool = False  # BatchNorm -> SyncBatchNorm under torchrun (CUDA only: torch's SyncBatchNorm needs GPUs)
     max_iters_per_epoch: int | None = None

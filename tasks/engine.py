@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from tasks import distributed
+from tasks import distributed, threads
 from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.config import TrainConfig, unresolved
 from tasks.data.sampling import EpochSampler, GroupedBatchSampler
@@ -83,6 +83,7 @@ def seed_everything(seed: int) -> None:
 
 def _seed_worker(worker_id: int) -> None:
     """Seed a DataLoader worker from torch's per-worker seed (itself drawn from the seeded loader)."""
+    threads.quiet_worker()  # OpenCV single-threaded: the workers share the cores with the math
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)

@@ -38,7 +38,9 @@ def test_a_pointwise_model_gives_the_same_classes_tiled_as_whole() -> None:
     assert torch.equal(predict_classes(forward, images, tile=300), whole) and seen[-1] == (300, 190)
 
 
-@pytest.mark.parametrize(("height", "width", "tile", "margin"), [(300, 190, 64, 8), (129, 257, 128, 20), (70, 64, 64, 0)])
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "margin"), [(300, 190, 64, 8), (129, 257, 128, 20), (70, 64, 64, 0)]
+)
 def test_every_pixel_is_decided_with_the_margin_of_context_or_the_image_border(height, width, tile, margin) -> None:
     """The model answers, for each pixel, its distance to the nearest edge of the window it was shown in (capped at
     the margin): the kept answer must be the margin, or the pixel's own distance to the image's border."""
