@@ -273,7 +273,7 @@ class Engine:
         max_epochs: int | None = None,
         shorten_epochs: bool = False,
     ) -> None:
-        left = unresolved(cfg)
+        left = [key for key in unresolved(cfg) if key != "workers"]  # workers: the loaders' (tasks.threads)
         if left:
             raise ValueError(f"train config fields still 'auto' (resolve them with tasks.recipes): {', '.join(left)}")
         self.cfg = cfg
@@ -490,9 +490,10 @@ class Engine:
         show_bar = distributed.is_main() and sys.stderr.isatty()
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not show_bar, leave=False)
         images = skipped = 0
-        data_time = loss_sum = 0.0
+        data_time = 0.0
+        loss_sum = torch.zeros((), device=self.device)  # summed where it is computed: no host sync per step
         start = last = time.perf_counter()
-        step = 0
+        step = checked = 0  # optimizer steps; steps whose losses are known to be finite
         first_step = self.steps_before(epoch)  # the plan's steps before this epoch, for TensorBoard
         self.optimizer.zero_grad(set_to_none=True)
         for index, batch in enumerate(loader):
@@ -506,8 +507,6 @@ class Engine:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=cfg.amp):
                 losses = self.task.losses(self.train_model, batch)
             loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower --lr")
             self.scaler.scale(loss / cfg.accumulate).backward()
             images += int(batch["batch_size"])
             if (index + 1) % cfg.accumulate:
@@ -523,19 +522,24 @@ class Engine:
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             step += 1
-            loss_sum += loss.item()
+            loss_sum += loss.detach().float()
             global_step = first_step + step
-            elapsed = time.perf_counter() - start
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{images / elapsed:.0f}")
-            if self.writer is not None and (step % cfg.log_every == 0 or step == steps):
-                for key, value in losses.items():
-                    self.writer.add_scalar(f"train/{key}", value.item(), global_step)
-                self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], global_step)
+            if show_bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{images / (time.perf_counter() - start):.0f}")
+            if step % cfg.log_every == 0 or step == steps:  # the host reads the device's numbers only here
+                self._check_finite(loss_sum, epoch, checked, step)
+                checked = step
+                if self.writer is not None:
+                    for key, value in losses.items():
+                        self.writer.add_scalar(f"train/{key}", value.item(), global_step)
+                    self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], global_step)
             last = time.perf_counter()
             if step >= steps:
                 break
         bar.close()
+        if step > checked:
+            self._check_finite(loss_sum, epoch, checked, step)
         elapsed = time.perf_counter() - start
         if self.writer is not None:
             self.writer.add_scalar("train/images_per_second", images / elapsed, epoch + 1)
@@ -543,11 +547,23 @@ class Engine:
         if skipped:
             self._log(f"warning: skipped {skipped} unreadable image(s) in epoch {epoch + 1}")
         self._log(
-            f"epoch {epoch + 1}/{self.epochs}: loss {loss_sum / max(step, 1):.4f}, "
+            f"epoch {epoch + 1}/{self.epochs}: loss {loss_sum.item() / max(step, 1):.4f}, "
             f"lr {self.optimizer.param_groups[0]['lr']:.2e}, {images / elapsed:.1f} img/s, "
             f"data wait {100 * data_time / elapsed:.0f}%, {elapsed:.1f}s"
         )
         return EpochStats(steps=step, images=images, seconds=elapsed, data_seconds=data_time)
+
+    def _check_finite(self, loss_sum: Tensor, epoch: int, checked: int, step: int) -> None:
+        """Stop with one line if a loss since step ``checked`` was not finite (every ``log_every`` steps, where the
+        host reads the device's numbers anyway, instead of a sync at every step). Every process decides alike: the
+        sum is over all of them."""
+        total = float(distributed.all_reduce_sum(loss_sum.detach().clone()))
+        if not math.isfinite(total):
+            steps = f"step {step}" if step == checked + 1 else f"steps {checked + 1}-{step}"
+            raise UserError(
+                f"the training loss became {total} in epoch {epoch + 1}, {steps}: the learning rate is too high "
+                f"for this run; lower it (--lr, now train.lr {self.cfg.lr:g})"
+            )
 
     def evaluate(self, loader: DataLoader[Any]) -> dict[str, Any]:
         model = self.eval_model

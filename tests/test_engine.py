@@ -120,3 +120,29 @@ def test_amp_runs_the_forward_in_bfloat16_on_the_cpu_and_not_without_it(tmp_path
     assert task.autocast and all(on and dtype == torch.bfloat16 for on, dtype in task.autocast)
     _, _, _, plain = _run(tmp_path / "plain", _batches(2))
     assert plain.autocast and all(not on and dtype == torch.float32 for on, dtype in plain.autocast)
+
+
+class _Exploding(_Square):
+    """The loss of the third step onwards is not finite, as with a learning rate far too high."""
+
+    def losses(self, model, batch):
+        out = super().losses(model, batch)
+        if len(self.autocast) >= 3:
+            return {"loss": out["loss"] * float("inf")}
+        return out
+
+
+def test_a_loss_that_is_not_finite_stops_the_run_with_one_line(tmp_path) -> None:
+    from tasks.errors import UserError
+
+    cfg = apply(TrainConfig(), {"epochs": 2, "lr": 0.1, "optimizer": "sgd", "weight_decay": 0.0, "log_every": 2,
+                                "backbone_lr_scale": 1.0, "warmup_epochs": 0.0, "clip_grad": None,
+                                "device": "cpu"}, source="t")  # fmt: skip
+    engine = Engine(nn.Linear(3, 1), _Exploding(), cfg, tmp_path, {"task": "classify"})
+    loader = DataLoader(_batches(5), batch_size=None)
+    expected = r"loss became (inf|nan) in epoch 1, steps 3-4: .* lower it \(--lr, now train.lr 0.1\)"
+    with pytest.raises(UserError, match=expected):
+        engine.fit(loader, loader)
+    engine = Engine(nn.Linear(3, 1), _Exploding(), apply(cfg, {"log_every": 20}, source="t"), tmp_path, {})
+    with pytest.raises(UserError, match="in epoch 1, steps 1-5"):  # checked at the epoch's end
+        engine.fit(loader, loader)
