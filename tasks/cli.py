@@ -95,7 +95,9 @@ def common_parser(task: str, description: str, *, commands: Sequence[str] = COMM
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=auto_or(float), help="default: auto")
     parser.add_argument("--image-size", type=auto_or(int), help="default: auto, from the training images")
-    parser.add_argument("--workers", type=int)
+    parser.add_argument(
+        "--workers", type=auto_or(int), help="DataLoader workers; default: auto, the cores torch's threads leave free"
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--amp", action="store_true", default=None, help="mixed precision")
