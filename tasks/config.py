@@ -66,6 +66,9 @@ class TrainConfig:
     sync_bn: bool = False  # BatchNorm -> SyncBatchNorm under torchrun (CUDA only: torch's SyncBatchNorm needs GPUs)
     max_iters_per_epoch: int | None = None
     log_every: int = 20
+    # last.pt is written after the first epoch, then at most once every this many seconds, and after the last
+    # epoch: a 300 MB checkpoint after every 2-second epoch would take a fifth of a short run; 0: every epoch
+    checkpoint_seconds: float = 60.0
 
 
 def unresolved(config: Any, prefix: str = "") -> list[str]:
@@ -156,6 +159,7 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "min_size": (16, 4096, True),
     "max_size": (16, 8192, True),
     "crop_pct": (0, 1, False),
+    "checkpoint_seconds": (0, math.inf, True),
     "tile_size": (0, 16384, True),
 }
 

@@ -287,6 +287,8 @@ class Engine:
         self.elapsed = 0.0  # training and evaluation seconds so far, over resumes
         self.durations: list[float] = []  # this process's epochs, for the budget's pace
         self.save_seconds = 0.0  # the last checkpoint's writing time, counted in the budget
+        self.saved_at: float | None = None  # when this process last wrote last.pt
+        self.unsaved_best: dict[str, Any] | None = None  # a best epoch's checkpoint not yet in best.pt
         self.best_epoch = -1
         self.task = task
         self.run_dir = run_dir
@@ -386,6 +388,22 @@ class Engine:
 
             self.writer = SummaryWriter(str(self.run_dir))
         metrics: dict[str, Any] = {}
+        try:
+            metrics = self._epochs(train_loader, val_loader, steps_per_epoch)
+        finally:  # a failed or interrupted run still leaves its best epoch in best.pt
+            self._save_best()
+        if self.writer is not None:
+            self.writer.close()
+        if not metrics:  # resumed after the last epoch: report the saved state
+            metrics = self.evaluate(val_loader)
+            if distributed.is_main():
+                write_json(self.run_dir / "metrics.json", metrics)
+        return metrics
+
+    def _epochs(
+        self, train_loader: DataLoader[Any], val_loader: DataLoader[Any], steps_per_epoch: int
+    ) -> dict[str, Any]:
+        metrics: dict[str, Any] = {}
         epoch = self.start_epoch
         while epoch < self.epochs:
             started = self.clock()
@@ -404,12 +422,23 @@ class Engine:
                 self._fit_budget(epoch, seconds + self.save_seconds, trained / steps)
             stop = self._stop_reason(epoch)
             saving = self.clock()
+            due = (
+                stop is not None
+                or epoch + 1 >= self.epochs
+                or self.saved_at is None
+                or saving - self.saved_at >= self.cfg.checkpoint_seconds
+            )
             if distributed.is_main():
                 checkpoint = self._checkpoint(epoch)
-                save_checkpoint(self.run_dir / "last.pt", checkpoint)
                 if improved:  # what eval and predict need: no optimizer state to resume from
-                    save_checkpoint(self.run_dir / "best.pt", {k: v for k, v in checkpoint.items() if k not in RESUME})
+                    best = {k: v for k, v in checkpoint.items() if k not in RESUME}
+                    self.unsaved_best = best if due else _host_copy(best)  # later epochs change the weights
+                if due:
+                    save_checkpoint(self.run_dir / "last.pt", checkpoint)
+                    self._save_best()
                 write_json(self.run_dir / "metrics.json", metrics)
+            if due:
+                self.saved_at = saving
             self.save_seconds = self.clock() - saving
             self.elapsed += self.save_seconds
             self._log(
@@ -419,13 +448,13 @@ class Engine:
             if stop:
                 self._log(stop)
                 break
-        if self.writer is not None:
-            self.writer.close()
-        if not metrics:  # resumed after the last epoch: report the saved state
-            metrics = self.evaluate(val_loader)
-            if distributed.is_main():
-                write_json(self.run_dir / "metrics.json", metrics)
         return metrics
+
+    def _save_best(self) -> None:
+        """Write the best epoch's checkpoint, if one is waiting (rank 0 only holds one)."""
+        if self.unsaved_best is not None:
+            save_checkpoint(self.run_dir / "best.pt", self.unsaved_best)
+            self.unsaved_best = None
 
     def _fit_budget(self, epoch: int, seconds: float, step_seconds: float) -> None:
         """After each epoch: as many more epochs as the rest of the budget holds at the mean pace of the
@@ -629,6 +658,17 @@ class Engine:
         self.scheduler.last_epoch = self.steps_before(self.start_epoch)
         self._refresh_rates()
         self._log(f"resumed from {path} after epoch {self.start_epoch}")
+
+
+def _host_copy(value: Any) -> Any:
+    """``value`` with every tensor copied to the CPU: a snapshot that later training steps do not change."""
+    if isinstance(value, Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _host_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_host_copy(v) for v in value)
+    return value
 
 
 def main_metric_value(metrics: dict[str, Any], key: str) -> float:

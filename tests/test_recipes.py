@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -264,6 +265,33 @@ def test_a_short_budget_shortens_its_remaining_epochs_instead_of_dropping_one(tm
     engine.budget_seconds, engine.max_epochs = 30.0, 3
     engine.fit(batches, batches)
     assert "at 12.0 s per epoch: 2 epochs instead of 3" in capsys.readouterr().out
+
+
+def test_checkpoints_of_short_epochs_are_written_at_most_every_checkpoint_seconds(tmp_path, monkeypatch) -> None:
+    import tasks.engine
+
+    # 7-second epochs, five clock readings each (see above); last.pt at most every 20 s
+    readings = iter(itertools.accumulate([0.0, 0.0, 7.0, 0.0, 0.0] * 6))
+    monkeypatch.setattr(Engine, "clock", staticmethod(lambda: next(readings)))
+    written = []
+    save = tasks.engine.save_checkpoint
+    monkeypatch.setattr(
+        tasks.engine, "save_checkpoint", lambda path, ck: written.append((path.name, ck["epoch"])) or save(path, ck)
+    )
+    engine, batches = _engine(tmp_path, [0.1, 0.5, 0.2, 0.3, 0.6, 0.4], epochs=6, checkpoint_seconds=20.0)
+    weights = []  # the weights each epoch was evaluated with
+    evaluate = engine.task.evaluate
+    engine.task.evaluate = lambda model, loader, device: (
+        weights.append(copy.deepcopy(model.state_dict())) or evaluate(model, loader, device)
+    )
+    engine.fit(batches, batches)
+    # last.pt after epoch 1 (the first), 4 (21 s after the first write) and 6 (the last); best.pt (epochs 2 and 5
+    # improved) with the next write of last.pt, holding the weights of the epoch that was best
+    assert written == [("last.pt", 0), ("best.pt", 0), ("last.pt", 3), ("best.pt", 1), ("last.pt", 5), ("best.pt", 4)]
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["epoch"] == 4 and best["best_metric"] == 0.6
+    torch.testing.assert_close(best["model"], weights[4], rtol=0, atol=0)
+    assert not torch.equal(weights[4]["weight"], weights[5]["weight"])  # the snapshot was needed
 
 
 def test_training_prints_and_records_the_resolved_recipe(tmp_path, capsys) -> None:
