@@ -160,6 +160,8 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "max_size": (16, 8192, True),
     "crop_pct": (0, 1, False),
     "checkpoint_seconds": (0, math.inf, True),
+    "show_score_thresh": (0, 1, True),
+    "box_score_thresh": (0, 1, True),
     "tile_size": (0, 16384, True),
 }
 

@@ -143,6 +143,9 @@ class DetectConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=4))
     output: str | None = None
     coco_backend: Literal["faster-coco-eval", "pycocotools"] = "faster-coco-eval"
+    # predict lists and draws detections from this score, and the pictures of train and eval runs draw from it;
+    # the metrics score every detection the model keeps (model.box_score_thresh, COCO's protocol)
+    show_score_thresh: float = 0.3
 
 
 class DetectTask:
@@ -239,7 +242,9 @@ def _loader(cfg: DetectConfig, data: DetectionData, *, train: bool) -> Any:
     )
 
 
-def _report(metrics: dict[str, Any], results: list[dict[str, Any]], data: DetectionData, run_dir: Path) -> None:
+def _report(
+    metrics: dict[str, Any], results: list[dict[str, Any]], data: DetectionData, run_dir: Path, *, show: float
+) -> None:
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "predictions.json", results)
     by_image: dict[Any, list[dict[str, Any]]] = {}
@@ -250,7 +255,7 @@ def _report(metrics: dict[str, Any], results: list[dict[str, Any]], data: Detect
             image = load_rgb(sample.path)
         except READ_ERRORS:
             continue
-        found = [r for r in by_image.get(sample.image_id, []) if r["score"] >= 0.3]
+        found = [r for r in by_image.get(sample.image_id, []) if r["score"] >= show]
         boxes = [[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in found)]
         picture = draw_detections(
             image,
@@ -331,7 +336,7 @@ def train(cfg: DetectConfig, args: argparse.Namespace) -> int:
     metrics, run_dir = fit(TASK, cfg, parts, resume)
     if distributed.is_main():
         task: DetectTask = parts.task  # type: ignore[assignment]
-        _report(metrics, task.last_results, parts.val_data, run_dir)
+        _report(metrics, task.last_results, parts.val_data, run_dir, show=cfg.show_score_thresh)
     return 0
 
 
@@ -378,7 +383,7 @@ def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
         ]
         run_dir = new_run_dir(cfg.output, TASK, "eval")
         write_config(run_dir, cfg)
-        _report(metrics, results, val, run_dir)
+        _report(metrics, results, val, run_dir, show=cfg.show_score_thresh)
         return 0
     if args.checkpoint is None:
         raise UserError("eval needs --checkpoint FILE (a trained model) or --predictions FILE (a results file)")
@@ -394,7 +399,7 @@ def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
     with torch.inference_mode():
         metrics = task.evaluate(model.to(device), _loader(cfg, val, train=False), device)
     if distributed.is_main():
-        _report(metrics, task.last_results, val, run_dir)
+        _report(metrics, task.last_results, val, run_dir, show=cfg.show_score_thresh)
     return 0
 
 
@@ -409,7 +414,7 @@ def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
     for image_path, image in images:
         with torch.inference_mode():
             out = dict(zip(("boxes", "labels", "scores"), graph(to_tensor(image)[0])))
-        keep = out["scores"] >= cfg.model.box_score_thresh
+        keep = out["scores"] >= cfg.show_score_thresh
         boxes, labels, scores = out["boxes"][keep], out["labels"][keep], out["scores"][keep]
         detections = [
             {"box": [round(float(v), 2) for v in b], "class": names[int(label) - 1], "score": float(s)}

@@ -165,6 +165,9 @@ class MultiTaskConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=8))
     output: str | None = None
     coco_backend: Literal["faster-coco-eval", "pycocotools"] = "faster-coco-eval"
+    # predict lists and draws detections from this score, and the pictures of train and eval runs draw from it;
+    # the metrics score every detection the model keeps (model.box_score_thresh, COCO's protocol)
+    show_score_thresh: float = 0.3
 
 
 class MultiTaskTask:
@@ -516,7 +519,7 @@ def predict(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
             picture = np.asarray(overlay_mask(image, mask))
         if "detect" in out:
             found = rescale_detections(out["detect"][0], size, (height, width))
-            keep = found["scores"] >= 0.3
+            keep = found["scores"] >= cfg.show_score_thresh
             boxes, labels, scores = found["boxes"][keep], found["labels"][keep], found["scores"][keep]
             entry["detect"] = [
                 {"box": [round(float(v), 2) for v in b], "class": names["detect"][int(c) - 1], "score": float(s)}

@@ -239,7 +239,7 @@ def test_predict_writes_boxes_and_pictures(trained, coco_root, tmp_path) -> None
                 "--output",
                 str(out),
                 "--set",
-                "model.box_score_thresh=0.0",
+                "show_score_thresh=0.0",
             ]
         )
         == 0
@@ -250,6 +250,20 @@ def test_predict_writes_boxes_and_pictures(trained, coco_root, tmp_path) -> None
         for detection in result["detections"]:
             x1, y1, x2, y2 = detection["box"]
             assert 0 <= x1 <= x2 <= 64 and 0 <= y1 <= y2 <= 64
+    scores = sorted(d["score"] for r in results for d in r["detections"])
+    assert scores  # every detection the model kept (its own box_score_thresh)
+    middle = scores[len(scores) // 2]
+    argv = [
+        "predict",
+        str(coco_root / "val"),
+        "--checkpoint",
+        str(trained / "best.pt"),
+        "--output",
+        str(tmp_path / "m"),
+    ]
+    assert main([*argv, "--set", f"show_score_thresh={middle}"]) == 0
+    shown = [d["score"] for r in json.loads((tmp_path / "m" / "predictions.json").read_text()) for d in r["detections"]]
+    assert sorted(shown) == [s for s in scores if s >= middle]  # one setting: what is listed is what is drawn
 
 
 # ---- bad input ----
