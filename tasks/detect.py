@@ -39,11 +39,11 @@ from tasks.cli import (
 from tasks.config import Auto, TrainConfig, to_dict
 from tasks.data.coco import is_number, read_json
 from tasks.data.detection import DetectionData, DetectionDataset, collate_detection
+from tasks.data.detection_splits import load_detection_splits
 from tasks.data.embedded import shapes_dataset
 from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.sampling import aspect_ratio_groups
 from tasks.data.transforms import detection_eval, detection_train
-from tasks.detect_data import load_detection_splits
 from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
 from tasks.export import (

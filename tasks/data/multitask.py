@@ -29,11 +29,11 @@ from torch.utils.data import Dataset
 
 from tasks.config import load_yaml
 from tasks.data.detection import DetectionData, DetectionSample
+from tasks.data.detection_splits import load_detection_splits
 from tasks.data.folders import load_split
 from tasks.data.images import READ_ERRORS, load_rgb, warn_unreadable
 from tasks.data.segmentation import IGNORE_INDEX, SegmentationData, invalid_values, load_mask, load_segmentation
 from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from tasks.detect_data import load_detection_splits
 from tasks.errors import UserError
 
 TASK_NAMES = ("classify", "detect", "segment")
