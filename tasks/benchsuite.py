@@ -665,3 +665,82 @@ oneDNN). ResNet-50 at 224×224 is 4.1 GMAC, 8.2 GFLOP, per image forward.
 {summary}
 """
     return header + "\n" + "\n".join(part.markdown(peak) for part in parts)
+
+
+def replace_sections(document: str, fresh: str) -> str:
+    """``document`` with each ``## `` section that ``fresh`` also has replaced by ``fresh``'s (new ones appended).
+    The header and summary stay: the summary repeats only the sections' headline ratios, which a partial run
+    of the learning section does not add."""
+    import re
+
+    def split(text: str) -> tuple[str, dict[str, str]]:
+        head, *parts = re.split(r"(?m)^(?=## )", text)
+        return head, {part.splitlines()[0]: part for part in parts}
+
+    head, old = split(document)
+    _, new = split(fresh)
+    skip = {"## Machine", "## Summary"}
+    merged = {title: new.get(title, part) if title not in skip else part for title, part in old.items()}
+    merged.update({title: part for title, part in new.items() if title not in merged and title not in skip})
+    return (
+        head
+        + "".join(part if part.endswith("\n\n") else part.rstrip("\n") + "\n\n" for part in merged.values()).rstrip(
+            "\n"
+        )
+        + "\n"
+    )
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from pathlib import Path
+
+    from tasks.cli import ArgumentParser
+    from tasks.errors import UserError
+    from tasks.io import write_text
+
+    parser = ArgumentParser(
+        prog="python -m tasks.bench",
+        description="Run the project's benchmarks, each against its reference, and write docs/benchmarks.md.",
+    )
+    parser.add_argument(
+        "benchmarks", nargs="*", metavar="BENCHMARK", help=f"any of {', '.join(SECTIONS)} (default: all)"
+    )
+    parser.add_argument("--quick", action="store_true", help="small inputs and one round: checks the suite runs")
+    parser.add_argument(
+        "--output", help="the Markdown file to write (default: docs/benchmarks.md for the whole suite, else stdout)"
+    )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="replace just the named benchmarks' sections in the existing --output (default docs/benchmarks.md)",
+    )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.benchmarks if name not in SECTIONS]
+    if unknown:
+        raise UserError(f"unknown benchmark {unknown[0]!r}: choose from {', '.join(SECTIONS)}")
+    sections = [name for name in SECTIONS if name in args.benchmarks] or list(SECTIONS)
+    output = args.output or ("docs/benchmarks.md" if len(sections) == len(SECTIONS) or args.update else None)
+    if args.update and not Path(output).is_file():
+        raise UserError(f"--update needs an existing document to update: {output} does not exist")
+    if output is not None:  # find out now, not after the benchmarks have run
+        folder = Path(output).resolve().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"--output {output}: cannot create its folder ({error.strerror})") from None
+        if Path(output).is_dir() or not os.access(folder, os.W_OK):
+            raise UserError(f"--output {output}: not a writable file path")
+    text = run_suite(QUICK if args.quick else FULL, sections)
+    if args.update:
+        text = replace_sections(Path(output).read_text(encoding="utf-8"), text)
+    if output is None:
+        print(text)
+    else:
+        print(f"wrote {write_text(output, text)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from tasks.cli import run
+
+    return run(_main, argv)

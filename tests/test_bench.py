@@ -7,8 +7,7 @@ import re
 import pytest
 
 from backbones.bench import step_flops
-from tasks.bench import main
-from tasks.benchsuite import SECTIONS
+from tasks.benchsuite import SECTIONS, main
 
 
 def _cells(line: str) -> list[str]:
@@ -164,7 +163,7 @@ def test_gpu_section_runs_its_settings_against_torchvision_on_any_device() -> No
 
 
 def test_update_replaces_only_the_named_sections() -> None:
-    from tasks.bench import replace_sections
+    from tasks.benchsuite import replace_sections
 
     document = (
         "# Benchmarks\n\nhead\n\n## Machine\n\nold machine\n\n## Summary\n\n| a |\n\n## Backbone\n\nold b\n\n"

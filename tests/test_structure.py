@@ -41,6 +41,25 @@ def test_imports_point_one_way(package: str) -> None:
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_benchmarks_never_import_the_suite() -> None:
+    """The suite (tasks.benchsuite, and the command line that runs it) imports the benchmarks, never the reverse."""
+    for path in [ROOT / "tasks" / "bench" / "__init__.py", ROOT / "tasks" / "bench_learning.py"]:
+        assert "tasks.benchsuite" not in _imported_modules(path), path.name
+    assert "tasks.benchsuite" in _imported_modules(ROOT / "tasks" / "bench" / "__main__.py")
+
+
 def test_heads_use_only_the_shared_backbone_types() -> None:
     for path in sorted((ROOT / "heads").rglob("*.py")):
         tree = ast.parse(path.read_text())
