@@ -1,4 +1,4 @@
-"""Pictures of results, drawn with Pillow and written atomically."""
+"""Pictures of results, drawn with torchvision's drawing utilities and Pillow, and written atomically."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from tasks.io import atomic_write
+
+PREDICTED_COLOUR = (255, 140, 0)
+TRUTH_COLOUR = (40, 200, 40)
 
 
 def save_png(image: Image.Image, path: Path) -> Path:
@@ -51,26 +55,25 @@ def draw_detections(
     truth_boxes: np.ndarray | None = None,
     truth_labels: Sequence[str] = (),
 ) -> Image.Image:
-    """Predicted boxes in orange with class and score; ground truth, when given, in green.
+    """Predicted boxes in orange with class and score; ground truth, when given, in green (torchvision's
+    ``draw_bounding_boxes``). Images smaller than 512 px are enlarged first, so that labels stay legible."""
+    from torchvision.utils import draw_bounding_boxes
 
-    Images smaller than 512 px are enlarged first, so that labels stay legible.
-    """
     canvas = Image.fromarray(image).convert("RGB")
     scale = max(1, 512 // max(canvas.size))
     if scale > 1:
         canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.Resampling.NEAREST)
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    if truth_boxes is not None:
-        for box, name in zip(truth_boxes, truth_labels):
-            x1, y1, x2, y2 = (float(v) * scale for v in box)
-            draw.rectangle([x1, y1, x2, y2], outline=(40, 200, 40), width=2)
-            draw.text((x1 + 3, y2 - 13), str(name), fill=(40, 200, 40), font=font)
-    for box, name, score in zip(boxes, labels, scores):
-        x1, y1, x2, y2 = (float(v) * scale for v in box)
-        draw.rectangle([x1, y1, x2, y2], outline=(255, 140, 0), width=2)
-        draw.text((x1 + 3, y1 + 2), f"{name} {score:.2f}", fill=(255, 140, 0), font=font)
-    return canvas
+    pixels = torch.from_numpy(np.array(canvas)).permute(2, 0, 1)  # (3, H, W) uint8
+    layers = []
+    if truth_boxes is not None and len(truth_boxes):
+        layers.append((truth_boxes, [str(name) for name in truth_labels], TRUTH_COLOUR))
+    if len(boxes):
+        layers.append((boxes, [f"{name} {score:.2f}" for name, score in zip(labels, scores)], PREDICTED_COLOUR))
+    for found, names, colour in layers:
+        pixels = draw_bounding_boxes(
+            pixels, torch.as_tensor(np.asarray(found, np.float32)).reshape(-1, 4) * scale, names, colors=colour, width=2
+        )
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy())
 
 
 def voc_palette(size: int = 256) -> np.ndarray:
@@ -98,7 +101,16 @@ def palette_mask(mask: np.ndarray) -> Image.Image:
 
 
 def overlay_mask(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.5) -> Image.Image:
-    """The image with each non-background class blended in its VOC colour."""
-    colours = voc_palette()[np.asarray(mask, np.uint8)].astype(np.float32)
-    blend = np.where((np.asarray(mask) > 0)[..., None], (1 - alpha) * image + alpha * colours, image)
-    return Image.fromarray(blend.astype(np.uint8))
+    """The image with each non-background class blended in its VOC colour (torchvision's
+    ``draw_segmentation_masks``)."""
+    from torchvision.utils import draw_segmentation_masks
+
+    mask = np.asarray(mask, np.uint8)
+    classes = [int(c) for c in np.unique(mask) if c != 0]
+    pixels = torch.from_numpy(np.ascontiguousarray(image, np.uint8)).permute(2, 0, 1)
+    if not classes:
+        return Image.fromarray(np.asarray(image, np.uint8))
+    masks = torch.from_numpy(np.stack([mask == c for c in classes]))
+    colours = [tuple(int(v) for v in voc_palette()[c]) for c in classes]
+    blended = draw_segmentation_masks(pixels, masks, alpha=alpha, colors=colours)
+    return Image.fromarray(blended.permute(1, 2, 0).numpy())

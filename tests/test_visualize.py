@@ -1,0 +1,38 @@
+"""tasks.visualize: the drawings torchvision's utilities make for us, checked pixel by pixel."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks.visualize import PREDICTED_COLOUR, TRUTH_COLOUR, draw_detections, overlay_mask, voc_palette
+
+
+def test_overlay_blends_each_class_in_its_voc_colour_as_before() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    mask = rng.choice([0, 1, 2, 15, 255], size=(40, 50)).astype(np.uint8)
+    # the hand-written blend this replaced: background untouched, every other value (void included) half-blended
+    colours = voc_palette()[mask].astype(np.float32)
+    before = np.where((mask > 0)[..., None], 0.5 * image + 0.5 * colours, image).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(overlay_mask(image, mask)), before)
+    np.testing.assert_array_equal(np.asarray(overlay_mask(image, np.zeros_like(mask))), image)
+
+
+def test_boxes_are_drawn_where_they_are_in_their_colours_on_an_enlarged_canvas() -> None:
+    image = np.zeros((64, 32, 3), np.uint8)  # enlarged 8× (to 512 px on its longer side)
+    drawn = np.asarray(
+        draw_detections(
+            image,
+            np.array([[4.0, 20.0, 20.0, 40.0]]),
+            ["square"],
+            [0.9],
+            truth_boxes=np.array([[2.0, 2.0, 10.0, 10.0]]),
+            truth_labels=["circle"],
+        )
+    )
+    assert drawn.shape == (512, 256, 3)
+    assert tuple(drawn[250, 32]) == PREDICTED_COLOUR  # the predicted box's left edge (x 4·8, y from 160 to 320)
+    assert tuple(drawn[319, 100]) == PREDICTED_COLOUR  # its bottom edge
+    assert tuple(drawn[50, 16]) == TRUTH_COLOUR  # the true box's left edge (x 2·8)
+    assert tuple(drawn[300, 100]) == (0, 0, 0)  # inside a box: untouched
+    assert tuple(np.asarray(draw_detections(image, np.zeros((0, 4)), [], []))[250, 32]) == (0, 0, 0)
