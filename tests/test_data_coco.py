@@ -160,3 +160,25 @@ def test_non_ascii_names_and_paths_are_read_as_utf8(tmp_path, monkeypatch) -> No
     (root / "annotations" / "instances_val2017.json").write_bytes('{"images": [], "x": "é"}'.encode("latin-1"))
     with pytest.raises(UserError, match="is not UTF-8 text"):
         read_coco(*find_coco_split(root, "val2017"))
+
+
+def test_box_clean_up_through_torchvision_ops_matches_the_hand_written_rules() -> None:
+    """clip_boxes_to_image and remove_small_boxes replaced a numpy clip and a positive-area test: the same boxes,
+    masks and counts on random boxes that leave the image, are inverted or have no area."""
+    from tasks.data.detection import FixCounts, clean_boxes
+
+    rng = np.random.default_rng(3)
+    boxes = rng.uniform(-20, 120, (400, 4)).astype(np.float32)
+    boxes[::7, 2] = boxes[::7, 0]  # zero width
+    boxes[::11, 3] = boxes[::11, 1] - 1  # inverted
+    expected = boxes.copy()  # the rules as they were written by hand
+    np.clip(expected[:, 0::2], 0, 100, out=expected[:, 0::2])
+    np.clip(expected[:, 1::2], 0, 80, out=expected[:, 1::2])
+    valid = (expected[:, 2] > expected[:, 0]) & (expected[:, 3] > expected[:, 1])
+    clipped = int((np.any(expected != boxes, axis=1) & valid).sum())
+    fixes = FixCounts()
+    got = clean_boxes(boxes, 100, 80, fixes)
+    np.testing.assert_array_equal(got, valid)
+    np.testing.assert_array_equal(boxes, expected)  # clipped in place
+    assert (fixes.clipped, fixes.dropped) == (clipped, int((~valid).sum())) and 0 < fixes.dropped < 400
+    assert boxes.dtype == np.float32

@@ -108,11 +108,16 @@ class DetectionData:
 
 
 def clean_boxes(boxes: np.ndarray, width: int, height: int, fixes: FixCounts) -> np.ndarray:
-    """Clip boxes to the image and return the mask of boxes with positive area (counting both fixes)."""
-    clipped = boxes.copy()
-    np.clip(clipped[:, 0::2], 0, width, out=clipped[:, 0::2])
-    np.clip(clipped[:, 1::2], 0, height, out=clipped[:, 1::2])
-    valid = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    """Clip boxes (x1, y1, x2, y2) to the image in place and return the mask of boxes with positive width and
+    height (torchvision's ``clip_boxes_to_image`` and ``remove_small_boxes``), counting both fixes."""
+    from torchvision.ops import clip_boxes_to_image, remove_small_boxes
+
+    given = torch.from_numpy(np.ascontiguousarray(boxes, np.float64)).reshape(-1, 4)
+    clipped_boxes = clip_boxes_to_image(given, (height, width))
+    keep = remove_small_boxes(clipped_boxes, float(np.finfo(np.float64).tiny))  # any positive size
+    valid = np.zeros(len(given), bool)
+    valid[keep.numpy()] = True
+    clipped = clipped_boxes.numpy().astype(boxes.dtype)
     fixes.clipped += int((np.any(clipped != boxes, axis=1) & valid).sum())
     fixes.dropped += int((~valid).sum())
     boxes[:] = clipped
