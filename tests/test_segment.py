@@ -263,7 +263,10 @@ def test_coco_polygons_become_semantic_masks(tmp_path, monkeypatch) -> None:
             "iscrowd": 0,
         },
         {"id": 3, "image_id": 7, "category_id": 5, "segmentation": rle, "area": 100, "iscrowd": 1},
-    ]
+        # uncompressed RLE (column-major run lengths): rows 0-4 of columns 55-59 are road
+        {"id": 4, "image_id": 7, "category_id": 9, "area": 25, "iscrowd": 0,
+         "segmentation": {"size": [40, 60], "counts": [55 * 40] + [5, 35] * 4 + [5, 35]}},
+    ]  # fmt: skip
     document = {
         "images": [{"id": 7, "file_name": "a.png", "width": 60, "height": 40}],
         "annotations": annotations,
@@ -277,5 +280,18 @@ def test_coco_polygons_become_semantic_masks(tmp_path, monkeypatch) -> None:
     assert mask[5, 35] == 2 and mask[25, 5] == 0  # road's polygon, and outside every instance
     assert mask[15, 20] == 1  # the smaller car is drawn over the larger road
     assert (mask[30:40, 50:60] == 255).all()  # crowd is void
+    assert (mask[0:5, 55:60] == 2).all() and mask[5, 57] == 0  # the uncompressed RLE
+    # the decoding written by hand before pycocotools' annToMask did it: the same mask
+    expected = np.zeros((40, 60), np.uint8)
+    for a in sorted(annotations, key=lambda a: -a["area"]):
+        segmentation = a["segmentation"]
+        if isinstance(segmentation, list):
+            decoded = mask_utils.merge(mask_utils.frPyObjects(segmentation, 40, 60))
+        elif isinstance(segmentation["counts"], list):
+            decoded = mask_utils.frPyObjects(segmentation, 40, 60)
+        else:
+            decoded = segmentation
+        expected[mask_utils.decode(decoded).astype(bool)] = 255 if a["iscrowd"] else {5: 1, 9: 2}[a["category_id"]]
+    np.testing.assert_array_equal(mask, expected)
     again = load_segmentation(root, "val", classes=None)  # read back from the cache
     assert again.samples[0].mask == data.samples[0].mask

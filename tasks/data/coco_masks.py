@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,7 +34,7 @@ def has_coco_polygons(root: Path, split: str) -> bool:
 
 def coco_semantic_masks(root: Path, split: str) -> tuple[Path, Path, list[str]]:
     """(image folder, mask folder, class names with "background" first) for ``split`` of a COCO root."""
-    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
 
     annotation_file, image_dir = find_coco_split(root, split)
     data = read_json(annotation_file, kind="annotation file")
@@ -50,6 +51,10 @@ def coco_semantic_masks(root: Path, split: str) -> tuple[Path, Path, list[str]]:
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for annotation in data.get("annotations", []):
         by_image.setdefault(annotation.get("image_id"), []).append(annotation)
+    coco = COCO()  # pycocotools' own decoding of every segmentation format, from the file already read
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # its "creating index..." lines
+        coco.createIndex()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
@@ -61,13 +66,7 @@ def coco_semantic_masks(root: Path, split: str) -> tuple[Path, Path, list[str]]:
                 segmentation = annotation.get("segmentation")
                 if not segmentation or annotation.get("category_id") not in label_of:
                     continue
-                if isinstance(segmentation, list):  # polygons
-                    rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-                elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
-                    rle = mask_utils.frPyObjects(segmentation, height, width)
-                else:
-                    rle = segmentation
-                pixels = mask_utils.decode(rle).astype(bool)
+                pixels = coco.annToMask(annotation).astype(bool)  # polygons, RLE or uncompressed RLE
                 mask[pixels] = IGNORE_INDEX if annotation.get("iscrowd") else label_of[annotation["category_id"]]
             out = staging / split / Path(image["file_name"]).with_suffix(".png")
             out.parent.mkdir(parents=True, exist_ok=True)
