@@ -357,3 +357,27 @@ def test_non_image_file_to_predict(trained, tmp_path, capsys) -> None:
 
 def test_missing_checkpoint_option(data, capsys) -> None:
     _one_line_error(capsys, main(["eval", "--data", str(data)]), "--checkpoint")
+
+
+def test_image_folder_discovery_through_torchvision_finds_what_the_hand_written_scan_found(tmp_path) -> None:
+    """torchvision's make_dataset replaced a hand-written walk: the same samples in the same order, on a tree with
+    nested and hidden folders, hidden and non-image files, and a class absent from the split."""
+    from tasks.data.folders import scan_image_folder
+    from tasks.data.images import is_image_file
+
+    root = tmp_path / "split"
+    files = ["b/1.png", "b/a/2.jpg", "b/a.png", "a/x/y/3.PNG", "a/.hidden.png", "a/notes.txt", "a/.cache/4.png",
+             "c/5.webp", ".ipynb_checkpoints/6.png"]  # fmt: skip
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    classes = ["c", "a", "b", "absent"]  # a list from training: its own order, one class not in this split
+    expected = []  # the walk as it was written by hand
+    for label, name in enumerate(classes):
+        if (root / name).is_dir():
+            images = sorted(p for p in (root / name).rglob("*") if p.is_file() and is_image_file(p))
+            expected += [(p, label) for p in images]
+    samples, names = scan_image_folder(root, classes)
+    assert [(s.path, s.label) for s in samples] == expected and names == classes
+    assert [s.path.name for s in samples] == ["5.webp", "4.png", "3.PNG", "1.png", "2.jpg", "a.png"]
+    assert scan_image_folder(root)[1] == ["a", "b", "c"]  # the hidden folder is not a class

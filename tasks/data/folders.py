@@ -26,7 +26,14 @@ class Sample:
 
 
 def scan_image_folder(root: Path, classes: Sequence[str] | None = None) -> tuple[list[Sample], list[str]]:
-    """Samples of ``root/<class>/**/<image>``; classes are the sorted sub-folders unless given."""
+    """Samples of ``root/<class>/**/<image>``; classes are the sorted sub-folders unless given.
+
+    The files are found by torchvision's ``make_dataset``. The classes are not taken from its ``find_classes``:
+    that makes every folder a class, hidden ones included, so a Jupyter ``.ipynb_checkpoints`` folder would
+    become a class of its own. A class folder absent from a split is allowed (the list came from training); an
+    existing one without images is one error line naming it."""
+    from torchvision.datasets.folder import make_dataset
+
     if not root.is_dir():
         raise UserError(f"data folder {root} does not exist")
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -36,15 +43,17 @@ def scan_image_folder(root: Path, classes: Sequence[str] | None = None) -> tuple
     unknown = sorted(set(found) - set(class_names))
     if unknown:
         raise UserError(f"data folder {root} has class folders not in the class list: {unknown}")
-    samples = []
+    pairs = make_dataset(
+        str(root),
+        {name: label for label, name in enumerate(class_names)},
+        is_valid_file=lambda path: is_image_file(Path(path)),
+        allow_empty=True,
+    )
+    samples = sorted((Sample(Path(path), label) for path, label in pairs), key=lambda s: (s.label, s.path))
+    held = {sample.label for sample in samples}
     for label, name in enumerate(class_names):
-        folder = root / name
-        if not folder.is_dir():
-            continue  # a class absent from this split (the list came from training)
-        images = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
-        if not images:
-            raise UserError(f"class folder {folder} holds no images")
-        samples.extend(Sample(p, label) for p in images)
+        if label not in held and (root / name).is_dir():
+            raise UserError(f"class folder {root / name} holds no images")
     return samples, class_names
 
 
