@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from tasks.data.sampling import EpochSampler, GroupedBatchSampler
 from tasks.errors import UserError
 from tasks.io import write_json
 from tasks.recipes import Recipe
+from tasks.run_log import RunLog, scalars
 
 Batch = dict[str, Any]
 RESUME = ("optimizer", "scheduler", "scaler", "rng")  # checkpoint entries only last.pt carries
@@ -216,6 +217,7 @@ class EpochStats:
     images: int
     seconds: float
     data_seconds: float
+    losses: dict[str, float] = field(default_factory=dict)  # each loss term's mean over the epoch's steps
 
     @property
     def seconds_per_step(self) -> float:
@@ -289,6 +291,7 @@ class Engine:
         self.save_seconds = 0.0  # the last checkpoint's writing time, counted in the budget
         self.saved_at: float | None = None  # when this process last wrote last.pt
         self.unsaved_best: dict[str, Any] | None = None  # a best epoch's checkpoint not yet in best.pt
+        self.run_log = RunLog(run_dir)  # results.csv and results.png (rank 0 writes them)
         self.best_epoch = -1
         self.task = task
         self.run_dir = run_dir
@@ -383,6 +386,7 @@ class Engine:
         self.most_steps = max(len(train_loader) // self.cfg.accumulate, steps_per_epoch)
         if resume is not None:
             self._resume(resume)
+            self.run_log.resume(self.start_epoch)
         if distributed.is_main():
             from torch.utils.tensorboard import SummaryWriter
 
@@ -408,7 +412,7 @@ class Engine:
         while epoch < self.epochs:
             started = self.clock()
             steps = self.epoch_steps(epoch)
-            self.train_epoch(train_loader, epoch, steps)
+            stats = self.train_epoch(train_loader, epoch, steps)
             trained = self.clock() - started
             metrics = self.evaluate(val_loader)
             self._log_metrics(metrics, epoch)
@@ -437,6 +441,18 @@ class Engine:
                     save_checkpoint(self.run_dir / "last.pt", checkpoint)
                     self._save_best()
                 write_json(self.run_dir / "metrics.json", metrics)
+                self.run_log.add(
+                    {
+                        "epoch": epoch + 1,
+                        **{f"train/{key}": value for key, value in stats.losses.items()},
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "images_per_s": stats.images / max(stats.seconds, 1e-9),
+                        "seconds": seconds,
+                        **{f"val/{key}": value for key, value in scalars(metrics)},
+                    }
+                )
+                if due:  # drawn as often as last.pt is written: matplotlib takes a while
+                    self.run_log.draw(self.task.main_metric)
             if due:
                 self.saved_at = saving
             self.save_seconds = self.clock() - saving
@@ -521,6 +537,7 @@ class Engine:
         images = skipped = 0
         data_time = 0.0
         loss_sum = torch.zeros((), device=self.device)  # summed where it is computed: no host sync per step
+        term_sums: dict[str, Tensor] = {}
         start = last = time.perf_counter()
         step = checked = 0  # optimizer steps; steps whose losses are known to be finite
         first_step = self.steps_before(epoch)  # the plan's steps before this epoch, for TensorBoard
@@ -552,6 +569,8 @@ class Engine:
                 self.ema.update_parameters(self.model)
             step += 1
             loss_sum += loss.detach().float()
+            for key, value in losses.items():
+                term_sums[key] = term_sums.get(key, 0.0) + value.detach().float()
             global_step = first_step + step
             if show_bar:
                 bar.update(1)
@@ -580,7 +599,8 @@ class Engine:
             f"lr {self.optimizer.param_groups[0]['lr']:.2e}, {images / elapsed:.1f} img/s, "
             f"data wait {100 * data_time / elapsed:.0f}%, {elapsed:.1f}s"
         )
-        return EpochStats(steps=step, images=images, seconds=elapsed, data_seconds=data_time)
+        means = {key: float(value) / max(step, 1) for key, value in term_sums.items()}
+        return EpochStats(steps=step, images=images, seconds=elapsed, data_seconds=data_time, losses=means)
 
     def _check_finite(self, loss_sum: Tensor, epoch: int, checked: int, step: int) -> None:
         """Stop with one line if a loss since step ``checked`` was not finite (every ``log_every`` steps, where the
@@ -603,7 +623,7 @@ class Engine:
     def _log_metrics(self, metrics: dict[str, Any], epoch: int) -> None:
         if self.writer is None:
             return
-        for key, value in _scalars(metrics):
+        for key, value in scalars(metrics):
             self.writer.add_scalar(f"val/{key}", value, epoch + 1)
 
     def _checkpoint(self, epoch: int) -> dict[str, Any]:
@@ -677,13 +697,3 @@ def main_metric_value(metrics: dict[str, Any], key: str) -> float:
     for part in key.split("."):
         value = value[part]
     return float(value) if value is not None else 0.0
-
-
-def _scalars(metrics: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, float]]:
-    for key, value in metrics.items():
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, (int, float)):
-            yield f"{prefix}{key}", float(value)
-        elif isinstance(value, dict):
-            yield from _scalars(value, f"{prefix}{key}/")

@@ -146,3 +146,26 @@ def test_a_loss_that_is_not_finite_stops_the_run_with_one_line(tmp_path) -> None
     engine = Engine(nn.Linear(3, 1), _Exploding(), apply(cfg, {"log_every": 20}, source="t"), tmp_path, {})
     with pytest.raises(UserError, match="in epoch 1, steps 1-5"):  # checked at the epoch's end
         engine.fit(loader, loader)
+
+
+def test_results_csv_has_a_row_per_epoch_and_results_png_draws_it(tmp_path, monkeypatch) -> None:
+    import csv
+
+    engine, *_ = _run(tmp_path, _batches(4), epochs=3, checkpoint_seconds=0.0)
+    with (tmp_path / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    assert list(rows[0]) == ["epoch", "train/loss", "lr", "images_per_s", "seconds", "val/accuracy"]
+    assert {row["val/accuracy"] for row in rows} == {"0.5"} and all(float(row["images_per_s"]) > 0 for row in rows)
+    assert float(rows[0]["train/loss"]) > float(rows[2]["train/loss"]) > 0  # SGD on a square: it falls
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # resumed after epoch 2 in the same folder: the rows up to it stay, the third is written again
+    monkeypatch.setattr("tasks.engine.load_checkpoint", lambda path, task: torch.load(path, weights_only=True))
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    torch.save({**last, "epoch": 1}, tmp_path / "after2.pt")
+    cfg = engine.cfg
+    again = Engine(nn.Linear(3, 1), _Square(), cfg, tmp_path, {"task": "classify"})
+    loader = DataLoader(_batches(4), batch_size=None)
+    again.fit(loader, loader, resume=tmp_path / "after2.pt")
+    with (tmp_path / "results.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
