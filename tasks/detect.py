@@ -55,10 +55,10 @@ from tasks.export import (
     quantize_and_report,
     serving_model,
 )
-from tasks.io import write_json
+from tasks.io import atomic_write, write_json
 from tasks.metrics.coco import Backend
-from tasks.metrics.detection import resolve_labels, score, to_results
-from tasks.visualize import draw_detections, save_png
+from tasks.metrics.detection import f1_by_confidence, pr_curves, resolve_labels, score, to_results
+from tasks.visualize import draw_detections, f1_curve_png, pr_curve_png, save_png
 
 TASK = "detect"
 PNG_COUNT = 8
@@ -243,10 +243,22 @@ def _loader(cfg: DetectConfig, data: DetectionData, *, train: bool) -> Any:
 
 
 def _report(
-    metrics: dict[str, Any], results: list[dict[str, Any]], data: DetectionData, run_dir: Path, *, show: float
+    metrics: dict[str, Any],
+    results: list[dict[str, Any]],
+    data: DetectionData,
+    run_dir: Path,
+    *,
+    show: float,
+    backend: Backend,
 ) -> None:
+    """metrics.json, predictions.json, the first images with their boxes, and the precision-recall and
+    F1-confidence curves at IoU 0.5 (from the COCO evaluator's arrays), with the summary printed."""
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "predictions.json", results)
+    curves = pr_curves(data, results, backend=backend)
+    f1 = f1_by_confidence(curves)
+    atomic_write(run_dir / "pr_curve.png", lambda handle: handle.write(pr_curve_png(curves)))
+    atomic_write(run_dir / "f1_curve.png", lambda handle: handle.write(f1_curve_png(f1)))
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for r in results:
         by_image.setdefault(r["image_id"], []).append(r)
@@ -276,7 +288,8 @@ def _report(
         ("VOC mAP", voc["mAP"]),
     ]
     print("\n".join(f"  {name:<12} {value:.4f}" if value is not None else f"  {name:<12} n/a" for name, value in rows))
-    print(f"metrics.json, predictions.json and images/ are in {run_dir}")
+    print(f"  {'best F1':<12} {f1['best_f1']:.4f} at confidence {f1['best_confidence']:.2f} (IoU 0.5)")
+    print(f"metrics.json, predictions.json, images/, pr_curve.png and f1_curve.png are in {run_dir}")
 
 
 def setup(cfg: DetectConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:
@@ -336,7 +349,9 @@ def train(cfg: DetectConfig, args: argparse.Namespace) -> int:
     metrics, run_dir = fit(TASK, cfg, parts, resume)
     if distributed.is_main():
         task: DetectTask = parts.task  # type: ignore[assignment]
-        _report(metrics, task.last_results, parts.val_data, run_dir, show=cfg.show_score_thresh)
+        _report(
+            metrics, task.last_results, parts.val_data, run_dir, show=cfg.show_score_thresh, backend=cfg.coco_backend
+        )
     return 0
 
 
@@ -383,7 +398,7 @@ def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
         ]
         run_dir = new_run_dir(cfg.output, TASK, "eval")
         write_config(run_dir, cfg)
-        _report(metrics, results, val, run_dir, show=cfg.show_score_thresh)
+        _report(metrics, results, val, run_dir, show=cfg.show_score_thresh, backend=cfg.coco_backend)
         return 0
     if args.checkpoint is None:
         raise UserError("eval needs --checkpoint FILE (a trained model) or --predictions FILE (a results file)")
@@ -399,7 +414,7 @@ def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
     with torch.inference_mode():
         metrics = task.evaluate(model.to(device), _loader(cfg, val, train=False), device)
     if distributed.is_main():
-        _report(metrics, task.last_results, val, run_dir, show=cfg.show_score_thresh)
+        _report(metrics, task.last_results, val, run_dir, show=cfg.show_score_thresh, backend=cfg.coco_backend)
     return 0
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,3 +115,57 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.5) -> 
     colours = [tuple(int(v) for v in voc_palette()[c]) for c in classes]
     blended = draw_segmentation_masks(pixels, masks, alpha=alpha, colors=colours)
     return Image.fromarray(blended.permute(1, 2, 0).numpy())
+
+
+def _figure_png(draw: Callable[[Any], None], size: tuple[float, float] = (6.0, 4.5)) -> bytes:
+    """A matplotlib figure (files only, no display) drawn by ``draw(axes)``, as PNG bytes."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=size)
+    draw(axes)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def pr_curve_png(curves: dict[str, Any]) -> bytes:
+    """Precision against recall at IoU 0.5 per class (with its AP50 in the legend) and their mean."""
+    recall = np.asarray(curves["recall"])
+
+    def draw(axes: Any) -> None:
+        defined = []
+        for name, precision in curves["precision"].items():
+            if all(p is None for p in precision):
+                continue
+            values = np.asarray([p or 0.0 for p in precision])
+            defined.append(values)
+            axes.plot(recall, values, linewidth=1, label=f"{name} {values.mean():.3f}")
+        if defined:
+            mean = np.mean(defined, axis=0)
+            axes.plot(recall, mean, linewidth=3, color="blue", label=f"all classes {mean.mean():.3f} AP50")
+        axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="precision-recall, IoU 0.5")
+        axes.legend(fontsize=8, loc="best")
+
+    return _figure_png(draw)
+
+
+def f1_curve_png(f1: dict[str, Any]) -> bytes:
+    """F1 against the confidence threshold per class and their mean, with the best mean F1 marked."""
+
+    def draw(axes: Any) -> None:
+        for name, values in f1["per_class"].items():
+            axes.plot(f1["confidence"], values, linewidth=1, label=name)
+        axes.plot(f1["confidence"], f1["mean"], linewidth=3, color="blue",
+                  label=f"all classes {f1['best_f1']:.2f} at {f1['best_confidence']:.2f}")  # fmt: skip
+        axes.set(xlabel="confidence", ylabel="F1", xlim=(0, 1), ylim=(0, 1.02), title="F1 against confidence")
+        axes.legend(fontsize=8, loc="best")
+
+    return _figure_png(draw)

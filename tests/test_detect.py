@@ -64,6 +64,24 @@ def test_train_writes_the_run_folder(trained, coco_root) -> None:
     assert predictions and set(predictions[0]) == {"image_id", "category_id", "category_name", "bbox", "score"}
     assert {p["category_name"] for p in predictions} <= {"square", "circle", "triangle"}
     assert torch.load(trained / "last.pt", weights_only=True)["task"] == "detect"
+    assert {"results.csv", "results.png", "pr_curve.png", "f1_curve.png"} <= names
+
+
+def test_the_pr_curves_area_is_each_class_ap50_in_metrics_json(trained, coco_root) -> None:
+    """Curves read from pycocotools' evaluator; metrics.json's AP50 per class from faster-coco-eval in training."""
+    from tasks.data.coco import find_coco_split, read_coco
+    from tasks.metrics.detection import pr_curves
+
+    data = read_coco(*find_coco_split(coco_root, "val"))
+    curves = pr_curves(data, json.loads((trained / "predictions.json").read_text()), backend="pycocotools")
+    per_class = json.loads((trained / "metrics.json").read_text())["coco"]["per_class_AP50"]
+    assert set(curves["precision"]) == set(per_class)
+    assert any(value for value in per_class.values())  # not 0 == 0
+    for name, precision in curves["precision"].items():
+        area = None if all(p is None for p in precision) else float(np.mean([p or 0.0 for p in precision]))
+        assert (area is None) == (per_class[name] is None), name
+        if area is not None:
+            assert area == pytest.approx(per_class[name], abs=1e-3), name
 
 
 def test_pycocotools_rescoring_of_predictions_json_matches(trained, coco_root) -> None:

@@ -245,3 +245,44 @@ def test_voc_metrics_equal_a_port_of_the_devkit_on_random_cases(seed: int) -> No
             continue
         assert ours["per_class_AP07"][name] == pytest.approx(_devkit_voc_eval(ground_truth, detections, label, True))
         assert ours["per_class_AP"][name] == pytest.approx(_devkit_voc_eval(ground_truth, detections, label, False))
+
+
+def _two_truths_three_detections() -> tuple[dict, list[dict]]:
+    """One class, two true boxes; detections at 0.9 (hit), 0.8 (miss) and 0.7 (hit)."""
+    truth = {
+        "images": [{"id": 1, "width": 100, "height": 100}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 0, 20, 20], "area": 400, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 3, "bbox": [50, 50, 20, 20], "area": 400, "iscrowd": 0},
+        ],
+        "categories": [{"id": 3, "name": "cat"}, {"id": 4, "name": "dog"}],
+    }
+    found = [
+        {"image_id": 1, "category_id": 3, "bbox": [0, 0, 20, 20], "score": 0.9},
+        {"image_id": 1, "category_id": 3, "bbox": [80, 0, 10, 10], "score": 0.8},
+        {"image_id": 1, "category_id": 3, "bbox": [50, 50, 20, 20], "score": 0.7},
+    ]
+    return truth, found
+
+
+@pytest.mark.parametrize("backend", ["faster-coco-eval", "pycocotools"])
+def test_pr_and_f1_curves_by_hand(backend) -> None:
+    from tasks.metrics.coco import coco_pr_curves
+    from tasks.metrics.detection import f1_by_confidence
+
+    truth, found = _two_truths_three_detections()
+    curves = coco_pr_curves(truth, found, backend=backend)
+    recall = np.asarray(curves["recall"])
+    # interpolated precision: 1 up to recall 0.5 (the first hit), then 2/3 (two hits of three) up to 1
+    expected = np.where(recall <= 0.5, 1.0, 2 / 3)
+    np.testing.assert_allclose(curves["precision"]["cat"], expected, atol=1e-9)
+    np.testing.assert_allclose(curves["scores"]["cat"], np.where(recall <= 0.5, 0.9, 0.7), atol=1e-9)
+    assert curves["precision"]["dog"] == [None] * 101  # no ground truth
+    ap50 = coco_box_metrics(truth, found, backend=backend)["per_class_AP50"]["cat"]
+    assert np.mean(curves["precision"]["cat"]) == pytest.approx(ap50, abs=1e-9)  # the curve's area is its AP50
+    f1 = f1_by_confidence(curves)
+    confidence, mean = np.asarray(f1["confidence"]), np.asarray(f1["mean"])
+    # keep ≥ c: up to 0.7 both hits at precision 2/3 (F1 0.8); up to 0.9 one hit at 1 (F1 2/3); above, none
+    want = np.select([confidence <= 0.7, confidence <= 0.9], [0.8, 2 / 3], 0.0)
+    np.testing.assert_allclose(mean, want, atol=1e-9)
+    assert list(f1["per_class"]) == ["cat"] and (f1["best_f1"], f1["best_confidence"]) == (pytest.approx(0.8), 0.7)

@@ -10,7 +10,7 @@ import torch
 
 from tasks.data.detection import DetectionData, DetectionSample
 from tasks.errors import UserError
-from tasks.metrics.coco import Backend, coco_box_metrics
+from tasks.metrics.coco import Backend, coco_box_metrics, coco_pr_curves
 from tasks.metrics.voc import voc_box_metrics
 
 
@@ -33,14 +33,28 @@ def to_results(sample: DetectionSample, output: dict[str, torch.Tensor], data: D
     return results
 
 
-def score(data: DetectionData, results: Sequence[dict[str, Any]], *, backend: Backend) -> dict[str, Any]:
-    """metrics.json's ``coco`` and ``voc`` sections for ``results`` on ``data``."""
+def _coco_results(
+    data: DetectionData, results: Sequence[dict[str, Any]], labels: Sequence[int]
+) -> list[dict[str, Any]]:
+    """``results`` with the COCO ground truth's image ids and category ids."""
     coco_ids = data.coco_image_ids()
-    labels = resolve_labels(data, results)
-    coco_results = [
+    return [
         {**r, "image_id": coco_ids[r["image_id"]], "category_id": data.category_ids[label - 1]}
         for r, label in zip(results, labels)
     ]
+
+
+def pr_curves(data: DetectionData, results: Sequence[dict[str, Any]], *, backend: Backend) -> dict[str, Any]:
+    """The COCO evaluator's precision-recall curves at IoU 0.5 for ``results`` on ``data`` (see
+    :func:`tasks.metrics.coco.coco_pr_curves`)."""
+    coco_results = _coco_results(data, results, resolve_labels(data, results))
+    return coco_pr_curves(data.coco_ground_truth(), coco_results, backend=backend)
+
+
+def score(data: DetectionData, results: Sequence[dict[str, Any]], *, backend: Backend) -> dict[str, Any]:
+    """metrics.json's ``coco`` and ``voc`` sections for ``results`` on ``data``."""
+    labels = resolve_labels(data, results)
+    coco_results = _coco_results(data, results, labels)
     ground_truth, detections = {}, {}
     for sample in data.samples:
         ground_truth[sample.image_id] = {
@@ -83,3 +97,34 @@ def resolve_labels(data: DetectionData, results: Sequence[dict[str, Any]]) -> li
         else:
             raise UserError(f"prediction {number} has unknown category_id {r.get('category_id')!r}")
     return labels
+
+
+def f1_by_confidence(curves: dict[str, Any], points: int = 101) -> dict[str, Any]:
+    """F1 against the confidence threshold, read off the COCO evaluator's curves at IoU 0.5: keeping the
+    detections scored at least ``c`` reaches the highest recall point whose score is at least ``c``, at that point's
+    precision. Per class with ground truth, their mean, and the highest confidence with the best mean F1."""
+    recall = np.asarray(curves["recall"])
+    grid = np.round(np.linspace(0.0, 1.0, points), 10)  # 0.7, not 0.7000000000000001
+    per_class = {}
+    for name, precision in curves["precision"].items():
+        scores = curves["scores"][name]
+        # recall points reached have a positive precision; the ones beyond the last detection are 0
+        reached = [(r, p, s) for r, p, s in zip(recall, precision, scores) if p and s is not None]
+        if all(p is None for p in precision):
+            continue  # no ground truth for this class
+        f1 = np.zeros(points)
+        for i, confidence in enumerate(grid):
+            kept = [(r, p) for r, p, s in reached if s >= confidence]
+            if kept:
+                r, p = max(kept)  # the highest recall still reached
+                f1[i] = 2 * p * r / (p + r) if p + r > 0 else 0.0
+        per_class[name] = f1.tolist()
+    mean = np.mean(list(per_class.values()), axis=0) if per_class else np.zeros(points)
+    best = points - 1 - int(np.argmax(mean[::-1]))  # the highest confidence that reaches the best F1
+    return {
+        "confidence": grid.tolist(),
+        "per_class": per_class,
+        "mean": mean.tolist(),
+        "best_confidence": float(grid[best]),
+        "best_f1": float(mean[best]),
+    }
