@@ -40,6 +40,7 @@ from tasks.cli import (
 from tasks.config import Auto, TrainConfig, to_dict
 from tasks.data.embedded import digits_imagefolder
 from tasks.data.folders import ClassificationDataset, Sample, collate_classification, load_split
+from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.transforms import classification_eval, classification_train
 from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
@@ -52,11 +53,12 @@ from tasks.export import (
     quantize_and_report,
     serving_model,
 )
-from tasks.io import write_json
+from tasks.io import atomic_write, write_json
 from tasks.metrics.classification import ClassificationMeter
-from tasks.visualize import confusion_matrix_image, save_png
+from tasks.visualize import confusion_png, image_grid_png
 
 TASK = "classify"
+MISTAKES = 16  # the most confident mistakes drawn in mistakes.png
 
 
 @dataclass
@@ -140,6 +142,7 @@ class ClassifyTask:
     def __init__(self, class_names: Sequence[str], *, label_smoothing: float = 0.0) -> None:
         self.class_names = list(class_names)
         self.label_smoothing = label_smoothing
+        self.mistakes: list[dict[str, Any]] = []  # the last evaluation's most confident mistakes, most first
 
     def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         return {
@@ -154,11 +157,27 @@ class ClassifyTask:
 
     def evaluate(self, model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device) -> dict[str, Any]:
         meter = ClassificationMeter(len(self.class_names))
+        mistakes: list[tuple[float, int, int, int]] = []  # (confidence, index, true, predicted)
         for batch in loader:
             if batch["batch_size"] == 0:
                 continue
             batch = self.to_device(batch, device)
-            meter.update(model(batch["images"]), batch["labels"])
+            logits = model(batch["images"])
+            meter.update(logits, batch["labels"])
+            confidence, predicted = logits.float().softmax(dim=1).max(dim=1)
+            wrong = (predicted != batch["labels"]).cpu()
+            mistakes += zip(
+                confidence.cpu()[wrong].tolist(),
+                batch["indices"][wrong].tolist(),
+                batch["labels"].cpu()[wrong].tolist(),
+                predicted.cpu()[wrong].tolist(),
+            )
+            mistakes = sorted(mistakes, reverse=True)[:MISTAKES]
+        gathered = sorted((m for part in distributed.gather(mistakes) for m in part), reverse=True)[:MISTAKES]
+        self.mistakes = [
+            {"index": i, "true": self.class_names[t], "predicted": self.class_names[p], "confidence": c}
+            for c, i, t, p in gathered
+        ]
         return meter.compute(self.class_names)
 
 
@@ -209,11 +228,36 @@ def _loader(cfg: ClassifyConfig, dataset: ClassificationDataset, *, train: bool)
     )
 
 
-def _report(metrics: dict[str, Any], class_names: list[str], run_dir: Path) -> None:
-    save_png(confusion_matrix_image(metrics["confusion_matrix"], class_names), run_dir / "confusion_matrix.png")
+def _report(
+    metrics: dict[str, Any],
+    class_names: list[str],
+    run_dir: Path,
+    *,
+    samples: Sequence[Sample] = (),
+    mistakes: Sequence[dict[str, Any]] = (),
+) -> None:
+    """The summary, the confusion matrix as counts and as each true class's shares, and the most confident
+    mistakes of the split as an image grid."""
+    confusion = metrics["confusion_matrix"]
+    for name, normalize, title in (
+        ("confusion_matrix.png", False, "confusion matrix (counts)"),
+        ("confusion_matrix_normalized.png", True, "confusion matrix (share of each true class)"),
+    ):
+        png = confusion_png(confusion, class_names, normalize=normalize, title=title)
+        atomic_write(run_dir / name, lambda handle, data=png: handle.write(data))
+    pictures, titles = [], []
+    for mistake in mistakes:
+        try:
+            pictures.append(load_rgb(samples[mistake["index"]].path))
+        except (*READ_ERRORS, IndexError):
+            continue
+        titles.append(f"{mistake['true']} → {mistake['predicted']} {mistake['confidence']:.2f}")
+    if pictures:
+        png = image_grid_png(pictures, titles)
+        atomic_write(run_dir / "mistakes.png", lambda handle: handle.write(png))
     keys = ["accuracy", "top5", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"]
     print("\n".join(f"  {key:<16} {metrics[key]:.4f}" for key in keys if key in metrics))
-    print(f"metrics, checkpoints and confusion_matrix.png are in {run_dir}")
+    print(f"metrics, checkpoints, confusion matrices and mistakes.png are in {run_dir}")
 
 
 def setup(cfg: ClassifyConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:
@@ -256,6 +300,7 @@ def setup(cfg: ClassifyConfig, *, resumed: frozenset[str] = frozenset()) -> Setu
         task=task,
         train_loader=_loader(cfg, _dataset(cfg, train_samples, train=True), train=True),
         val_loader=_loader(cfg, _dataset(cfg, val_samples, train=False), train=False),
+        val_data=val_samples,
         meta=meta,
         summary=f"{cfg.model.backbone}: {len(class_names)} classes, {len(train_samples)} train / "
         f"{len(val_samples)} val images, {cfg.train.epochs} epochs",
@@ -270,7 +315,8 @@ def train(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     parts = setup(cfg, resumed=resumed)
     metrics, run_dir = fit(TASK, cfg, parts, resume)
     if distributed.is_main():
-        _report(metrics, parts.meta["class_names"], run_dir)
+        task: ClassifyTask = parts.task  # type: ignore[assignment]
+        _report(metrics, parts.meta["class_names"], run_dir, samples=parts.val_data, mistakes=task.mistakes)
     return 0
 
 
@@ -297,13 +343,12 @@ def evaluate(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     write_config(run_dir, cfg)
     device = resolve_device(cfg.train.device)
     model.to(device)
+    task = ClassifyTask(class_names)
     with torch.inference_mode():
-        metrics = ClassifyTask(class_names).evaluate(
-            model, _loader(cfg, _dataset(cfg, samples, train=False), train=False), device
-        )
+        metrics = task.evaluate(model, _loader(cfg, _dataset(cfg, samples, train=False), train=False), device)
     if distributed.is_main():
         write_json(run_dir / "metrics.json", metrics)
-        _report(metrics, class_names, run_dir)
+        _report(metrics, class_names, run_dir, samples=samples, mistakes=task.mistakes)
     return 0
 
 

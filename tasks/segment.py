@@ -64,7 +64,7 @@ from tasks.export import (
 from tasks.io import atomic_write, write_json
 from tasks.metrics.segmentation import SegmentationMeter
 from tasks.tiles import predict_classes
-from tasks.visualize import overlay_mask, palette_mask, save_png
+from tasks.visualize import bars_png, confusion_png, overlay_mask, palette_mask, save_png
 
 TASK = "segment"
 PNG_COUNT = 8
@@ -268,13 +268,25 @@ def _write_masks(masks: dict[int, bytes], data: SegmentationData, run_dir: Path,
 
 
 def _report(metrics: dict[str, Any], run_dir: Path) -> None:
+    """metrics.json, per_class_iou.png (a bar per class) and the pixels' confusion matrix as each true class's
+    shares, and the summary."""
     write_json(run_dir / "metrics.json", metrics)
+    names = list(metrics["per_class_iou"])
+    title = f"IoU per class (mIoU {metrics['mIoU'] or 0:.3f})"
+    pictures = {
+        "per_class_iou.png": bars_png(metrics["per_class_iou"], title=title, ylabel="IoU"),
+        "confusion_matrix_normalized.png": confusion_png(
+            metrics["confusion_matrix"], names, normalize=True, title="pixels: share of each true class"
+        ),
+    }
+    for name, png in pictures.items():
+        atomic_write(run_dir / name, lambda handle, data=png: handle.write(data))
     for key in ("mIoU", "mDice", "pixel_accuracy", "mean_class_accuracy"):
         value = metrics[key]
         print(f"  {key:<20} {'n/a' if value is None else f'{value:.4f}'}")
     iou = ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in metrics["per_class_iou"].items())
     print(f"  per-class IoU: {iou}")
-    print(f"metrics, masks/ and overlays/ are in {run_dir}")
+    print(f"metrics, masks/, overlays/, per_class_iou.png and the confusion matrix are in {run_dir}")
 
 
 def setup(cfg: SegmentConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from tasks.io import atomic_write
 
@@ -18,33 +18,6 @@ TRUTH_COLOUR = (40, 200, 40)
 
 def save_png(image: Image.Image, path: Path) -> Path:
     return atomic_write(path, lambda handle: image.save(handle, format="PNG"))
-
-
-def confusion_matrix_image(confusion: np.ndarray, class_names: Sequence[str], *, cell: int = 36) -> Image.Image:
-    """Rows are true classes, columns predictions; shade is the row-normalised rate, text the count."""
-    confusion = np.asarray(confusion)
-    n = len(class_names)
-    font = ImageFont.load_default()
-    label_width = min(max((len(str(c)) for c in class_names), default=1) * 7 + 10, 160)
-    margin_top = 40
-    width, height = label_width + n * cell + 10, margin_top + n * cell + 30
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    rows = confusion.sum(axis=1, keepdims=True).clip(min=1)
-    rates = confusion / rows
-    for i in range(n):
-        y = margin_top + i * cell
-        draw.text((4, y + cell // 2 - 5), str(class_names[i])[:22], fill="black", font=font)
-        for j in range(n):
-            x = label_width + j * cell
-            shade = int(255 * (1 - rates[i, j]))
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255), outline=(200, 200, 200))
-            text = str(int(confusion[i, j]))
-            draw.text((x + 4, y + cell // 2 - 5), text, fill="white" if rates[i, j] > 0.5 else "black", font=font)
-    for j in range(n):
-        draw.text((label_width + j * cell + 4, margin_top - 14), str(class_names[j])[:5], fill="black", font=font)
-    draw.text((4, 4), "confusion matrix (rows: true, columns: predicted)", fill="black", font=font)
-    return image
 
 
 def draw_detections(
@@ -128,7 +101,6 @@ def _figure_png(draw: Callable[[Any], None], size: tuple[float, float] = (6.0, 4
 
     figure, axes = plt.subplots(figsize=size)
     draw(axes)
-    axes.grid(alpha=0.3)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
@@ -152,6 +124,7 @@ def pr_curve_png(curves: dict[str, Any]) -> bytes:
             mean = np.mean(defined, axis=0)
             axes.plot(recall, mean, linewidth=3, color="blue", label=f"all classes {mean.mean():.3f} AP50")
         axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="precision-recall, IoU 0.5")
+        axes.grid(alpha=0.3)
         axes.legend(fontsize=8, loc="best")
 
     return _figure_png(draw)
@@ -166,6 +139,65 @@ def f1_curve_png(f1: dict[str, Any]) -> bytes:
         axes.plot(f1["confidence"], f1["mean"], linewidth=3, color="blue",
                   label=f"all classes {f1['best_f1']:.2f} at {f1['best_confidence']:.2f}")  # fmt: skip
         axes.set(xlabel="confidence", ylabel="F1", xlim=(0, 1), ylim=(0, 1.02), title="F1 against confidence")
+        axes.grid(alpha=0.3)
         axes.legend(fontsize=8, loc="best")
 
     return _figure_png(draw)
+
+
+def confusion_png(confusion: np.ndarray, class_names: Sequence[str], *, normalize: bool, title: str) -> bytes:
+    """A confusion matrix, rows true and columns predicted: counts, or each row's shares (``normalize``)."""
+    counts = np.asarray(confusion, dtype=np.float64)
+    shown = counts / counts.sum(axis=1, keepdims=True).clip(min=1) if normalize else counts
+    n = len(class_names)
+    side = min(max(4.0, 0.45 * n + 2.5), 16.0)
+
+    def draw(axes: Any) -> None:
+        image = axes.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else max(shown.max(), 1))
+        axes.figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+        axes.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
+        axes.set_xticklabels([str(c)[:14] for c in class_names], rotation=90, fontsize=7 if n > 12 else 9)
+        axes.set_yticklabels([str(c)[:14] for c in class_names], fontsize=7 if n > 12 else 9)
+        if n <= 25:
+            for i in range(n):
+                for j in range(n):
+                    text = f"{shown[i, j]:.2f}" if normalize else f"{int(counts[i, j])}"
+                    dark = shown[i, j] > (0.5 if normalize else shown.max() / 2)
+                    axes.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+        axes.grid(False)
+
+    return _figure_png(draw, (side, side))
+
+
+def bars_png(values: dict[str, float | None], *, title: str, ylabel: str) -> bytes:
+    """One bar per name (None: left empty and marked n/a), with its value written above."""
+    names = list(values)
+
+    def draw(axes: Any) -> None:
+        heights = [values[name] or 0.0 for name in names]
+        bars = axes.bar(range(len(names)), heights, color="tab:blue")
+        for bar, name in zip(bars, names):
+            value = values[name]
+            axes.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01,
+                      "n/a" if value is None else f"{value:.2f}", ha="center", fontsize=7)  # fmt: skip
+        axes.set_xticks(range(len(names)))
+        axes.set_xticklabels([str(n)[:14] for n in names], rotation=90 if len(names) > 6 else 0, fontsize=8)
+        axes.set(ylim=(0, 1.08), ylabel=ylabel, title=title)
+
+    return _figure_png(draw, (max(6.0, 0.4 * len(names) + 2), 4.5))
+
+
+def image_grid_png(images: Sequence[np.ndarray], titles: Sequence[str], *, columns: int = 4) -> bytes:
+    """Images in a grid, each with its title (e.g. the most confident mistakes)."""
+    rows = max(-(-len(images) // columns), 1)
+
+    def draw(axes: Any) -> None:
+        axes.axis("off")
+        figure = axes.figure
+        for index, (image, title) in enumerate(zip(images, titles)):
+            cell = figure.add_subplot(rows, columns, index + 1)
+            cell.imshow(image)
+            cell.set_title(title, fontsize=8)
+            cell.axis("off")
+
+    return _figure_png(draw, (2.6 * columns, 2.8 * rows))

@@ -53,6 +53,7 @@ def _one_line_error(capsys, rc: int, *needles: str) -> str:
 def test_train_writes_the_run_folder(trained) -> None:
     names = {p.name for p in trained.iterdir()}
     assert {"config.yaml", "last.pt", "best.pt", "metrics.json", "confusion_matrix.png"} <= names
+    assert {"confusion_matrix_normalized.png", "results.csv", "results.png"} <= names
     assert any(n.startswith("events.out.tfevents") for n in names)
     metrics = json.loads((trained / "metrics.json").read_text())
     assert set(metrics) == METRIC_KEYS  # 3 classes: no top5
@@ -381,3 +382,22 @@ def test_image_folder_discovery_through_torchvision_finds_what_the_hand_written_
     assert [(s.path, s.label) for s in samples] == expected and names == classes
     assert [s.path.name for s in samples] == ["5.webp", "4.png", "3.PNG", "1.png", "2.jpg", "a.png"]
     assert scan_image_folder(root)[1] == ["a", "b", "c"]  # the hidden folder is not a class
+
+
+def test_the_most_confident_mistakes_are_kept_in_order() -> None:
+    from tasks.classify import MISTAKES, ClassifyTask
+
+    logits = torch.tensor([[4.0, 0.0], [0.0, 1.0], [0.0, 3.0], [2.0, 0.0], [0.0, 5.0]])  # predicted 0, 1, 1, 0, 1
+    labels = torch.tensor([1, 1, 0, 0, 0])  # wrong: item 0 (p 0.98), item 2 (p 0.95), item 4 (p 0.99)
+    batches = [
+        {"images": logits[:3], "labels": labels[:3], "indices": torch.arange(3), "batch_size": 3},
+        {"images": logits[3:], "labels": labels[3:], "indices": torch.arange(3, 5), "batch_size": 2},
+    ]
+    task = ClassifyTask(["cat", "dog"])
+    metrics = task.evaluate(lambda x: x, batches, torch.device("cpu"))
+    assert metrics["accuracy"] == pytest.approx(2 / 5)
+    assert [(m["index"], m["true"], m["predicted"]) for m in task.mistakes] == [
+        (4, "cat", "dog"), (0, "dog", "cat"), (2, "cat", "dog")
+    ]  # fmt: skip
+    assert task.mistakes[0]["confidence"] == pytest.approx(torch.tensor([0.0, 5.0]).softmax(0)[1].item())
+    assert MISTAKES >= 3

@@ -45,6 +45,9 @@ def test_train_writes_the_run_folder(trained, shapes_root) -> None:
     assert {"config.yaml", "last.pt", "best.pt", "metrics.json", "masks", "overlays"} <= {
         p.name for p in trained.iterdir()
     }
+    assert {"per_class_iou.png", "confusion_matrix_normalized.png", "results.csv", "results.png"} <= {
+        p.name for p in trained.iterdir()
+    }
     metrics = json.loads((trained / "metrics.json").read_text())
     assert set(metrics) >= KEYS
     assert list(metrics["per_class_iou"]) == ["background", "square", "circle", "triangle"]  # classes.txt
