@@ -301,6 +301,7 @@ def setup(cfg: ClassifyConfig, *, resumed: frozenset[str] = frozenset()) -> Setu
         train_loader=_loader(cfg, _dataset(cfg, train_samples, train=True), train=True),
         val_loader=_loader(cfg, _dataset(cfg, val_samples, train=False), train=False),
         val_data=val_samples,
+        input_size=(cfg.data.image_size, cfg.data.image_size),  # type: ignore[arg-type]
         meta=meta,
         summary=f"{cfg.model.backbone}: {len(class_names)} classes, {len(train_samples)} train / "
         f"{len(val_samples)} val images, {cfg.train.epochs} epochs",

@@ -18,6 +18,7 @@ from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreada
 from tasks.engine import Engine, Setup, resolve_device
 from tasks.errors import UserError
 from tasks.io import write_text
+from tasks.model_summary import model_size
 from tasks.recipes import Recipe, adopt_resumed
 
 T = TypeVar("T")
@@ -308,6 +309,8 @@ def fit(task: str, cfg: Any, parts: Setup, resume: Path | None) -> tuple[dict[st
         if threads.ACTIVE is not None:
             print(threads.ACTIVE.line())
         print(f"{parts.summary}; run folder {run_dir}")
+        if parts.input_size is not None:
+            print(model_size(parts.model, *parts.input_size).line(*parts.input_size))
     recipe = parts.recipe
     engine = Engine(
         parts.model,

@@ -339,6 +339,7 @@ def setup(cfg: DetectConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:
         f"{cfg.model.min_size}-{cfg.model.max_size} px, {cfg.train.epochs} epochs of batch {cfg.train.batch_size}",
         config=cfg,
         recipe=recipe,
+        input_size=(cfg.model.min_size, cfg.model.min_size),  # type: ignore[arg-type]  # a min_size square
     )
 
 

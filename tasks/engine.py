@@ -242,6 +242,7 @@ class Setup:
     val_data: Any = None  # the validation split as the runner loaded it, for its report
     config: Any = None  # the run's config with every auto field resolved
     recipe: Recipe | None = None  # how the auto fields were resolved, and the time budget
+    input_size: tuple[int, int] | None = None  # (height, width) of a training image, for the model's GFLOPs line
 
 
 class Engine:

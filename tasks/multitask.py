@@ -384,6 +384,7 @@ def setup(cfg: MultiTaskConfig, *, resumed: frozenset[str] = frozenset()) -> Set
         val_data=val,
         config=cfg,
         recipe=recipe,
+        input_size=(cfg.data.image_size, cfg.data.image_size),  # type: ignore[arg-type]
     )
 
 

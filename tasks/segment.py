@@ -327,6 +327,7 @@ def setup(cfg: SegmentConfig, *, resumed: frozenset[str] = frozenset()) -> Setup
         f"train / {len(val.samples)} val images, {cfg.data.crop_size}px crops, {cfg.train.epochs} epochs",
         config=cfg,
         recipe=recipe,
+        input_size=(cfg.data.crop_size, cfg.data.crop_size),  # type: ignore[arg-type]
     )
 
 

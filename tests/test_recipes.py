@@ -304,6 +304,8 @@ def test_training_prints_and_records_the_resolved_recipe(tmp_path, capsys) -> No
     printed = capsys.readouterr().out
     assert printed.index("recipe (auto fields") < printed.index("epoch 1/1")
     assert "data.image_size" in printed and "(typical shorter side 40 px, at most 224)" in printed
+    assert "\nmodel: 11.2 M parameters (backbone 11.2 M, heads 0.0 M); " in printed and "per 64×64 image" in printed
+    assert "\ncores: " in printed
     text = (out / "config.yaml").read_text()
     assert text.startswith("# recipe (auto fields")
     saved = yaml.safe_load(text)
