@@ -63,6 +63,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int | Auto = "auto"  # DataLoader workers; auto: the cores torch's threads leave free (tasks/threads.py)
     channels_last: bool = False
+    # torch.compile (Inductor) the backbone in place, for training and evaluation; checkpoints keep their keys.
+    # Compiling takes a while once per input shape, so it pays only in runs long enough to repay it
+    compile: bool = False
     sync_bn: bool = False  # BatchNorm -> SyncBatchNorm under torchrun (CUDA only: torch's SyncBatchNorm needs GPUs)
     max_iters_per_epoch: int | None = None
     log_every: int = 20

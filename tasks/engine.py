@@ -311,6 +311,9 @@ class Engine:
             if cfg.ema
             else None
         )
+        if cfg.compile:  # after the EMA copy, which stays eager; in place, so the state dict keeps its keys
+            target: nn.Module = getattr(self.model, "backbone", self.model)
+            target.compile()
         self.train_model: nn.Module = self.model
         if distributed.world_size() > 1:
             self.train_model = nn.parallel.DistributedDataParallel(

@@ -169,3 +169,49 @@ def test_results_csv_has_a_row_per_epoch_and_results_png_draws_it(tmp_path, monk
     again.fit(loader, loader, resume=tmp_path / "after2.pt")
     with (tmp_path / "results.csv").open() as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
+
+
+class _Backboned(nn.Module):
+    """A small convolutional net with a ``backbone``, as the task models have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.head(self.backbone(x).mean(dim=(2, 3)))
+
+
+@pytest.mark.slow
+def test_a_compiled_backbone_trains_as_the_eager_one(tmp_path) -> None:
+    """train.compile: the same gradients and weights as eager to float rounding, and the same state-dict keys."""
+    generator = torch.Generator().manual_seed(1)
+    batches = [{"x": torch.randn(4, 3, 12, 12, generator=generator), "batch_size": 4} for _ in range(3)]
+    cfg = apply(TrainConfig(), {"epochs": 1, "lr": 0.05, "optimizer": "sgd", "weight_decay": 0.0,
+                                "backbone_lr_scale": 1.0, "warmup_epochs": 0.0, "clip_grad": None,
+                                "schedule": "constant", "device": "cpu"}, source="t")  # fmt: skip
+    runs = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model, task = _Backboned(), _Square()
+        engine = Engine(model, task, apply(cfg, {"compile": compiled}, source="t"), tmp_path / str(compiled), {})
+        grads = []
+        prepare = engine.prepare
+
+        def watch(steps, engine=engine, prepare=prepare, grads=grads, model=model):
+            prepare(steps)
+            engine.optimizer.register_step_pre_hook(
+                lambda *_: grads.append([p.grad.detach().clone() for p in model.parameters()])
+            )
+
+        engine.prepare = watch
+        loader = DataLoader(batches, batch_size=None)
+        engine.fit(loader, loader)
+        assert (model.backbone._compiled_call_impl is not None) == compiled  # really compiled, or really not
+        runs[compiled] = (model.state_dict(), grads)
+    (eager, eager_grads), (compiled, compiled_grads) = runs[False], runs[True]
+    assert list(compiled) == list(eager)  # no "_orig_mod." prefixes: checkpoints load either way
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    for a, b in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
