@@ -496,12 +496,11 @@ MULTITASK = ("classify", "detect", "segment")
 
 
 def run_multitask(data: Path, time_text: str, folder: Path, *, weighting: str = "fixed") -> dict[str, Any]:
-    """``python -m tasks.multitask --data DIR --time T`` (with ``--set model.weighting=...`` other than fixed):
-    each task's number, as its single-task run reports it, and the run's timings."""
+    """``python -m tasks.multitask --data DIR --time T --set model.weighting=W``: each task's number, as its
+    single-task run reports it, and the run's timings."""
     run_dir = folder / f"multitask-{weighting}"
     argv = ["-m", "tasks.multitask", "--data", str(data), "--time", time_text, "--output", str(run_dir)]
-    if weighting != "fixed":
-        argv += ["--set", f"model.weighting={weighting}"]
+    argv += ["--set", f"model.weighting={weighting}"]  # named always: the default is not the same in every version
     wall = _subprocess(argv)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     return {

@@ -92,7 +92,7 @@ class DataConfig:
 class ClassifyConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size="auto"))
     output: str | None = None
 
 
@@ -220,7 +220,7 @@ def _dataset(cfg: ClassifyConfig, samples: list[Sample], *, train: bool) -> Clas
 def _loader(cfg: ClassifyConfig, dataset: ClassificationDataset, *, train: bool) -> Any:
     return make_loader(
         dataset,
-        batch_size=cfg.train.batch_size,
+        batch_size=recipes.batch_or_standard(cfg, TASK),
         train=train,
         workers=cfg.train.workers,
         collate_fn=collate_classification,

@@ -93,7 +93,9 @@ def common_parser(task: str, description: str, *, commands: Sequence[str] = COMM
     )
     parser.add_argument("--patience", type=int, help="stop after N epochs without a better main metric")
     parser.add_argument("--recipe", choices=("auto", "fixed"), help="auto (default): resolve auto fields from the run")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument(
+        "--batch-size", type=auto_or(int), help="per process; classify default: auto, smaller on small data"
+    )
     parser.add_argument("--lr", type=auto_or(float), help="default: auto")
     parser.add_argument("--image-size", type=auto_or(int), help="default: auto, from the training images")
     parser.add_argument(

@@ -43,7 +43,7 @@ class TrainConfig:
     epochs: int | Auto = "auto"
     time: str | None = None  # a wall-clock budget ("15m", "1h"): epochs and schedule are fitted to it
     patience: int | None = None  # stop after this many evaluations without a better main metric
-    batch_size: int = 32
+    batch_size: int | Auto = 32  # per process; auto: the task's standard batch, smaller for small data
     lr: float | Auto = "auto"
     optimizer: Literal["sgd", "adamw"] | Auto = "auto"
     momentum: float = 0.9

@@ -233,7 +233,7 @@ def _loader(cfg: DetectConfig, data: DetectionData, *, train: bool) -> Any:
     )
     return make_loader(
         DetectionDataset(data, transform, train=train),
-        batch_size=cfg.train.batch_size,
+        batch_size=recipes.batch_or_standard(cfg, TASK),
         train=train,
         workers=cfg.train.workers,
         collate_fn=collate_detection,

@@ -306,7 +306,7 @@ def _loader(cfg: MultiTaskConfig, data: MultiTaskData, *, train: bool) -> Any:
     )
     return make_loader(
         MultiTaskDataset(data, pipeline, train=train),
-        batch_size=cfg.train.batch_size,
+        batch_size=recipes.batch_or_standard(cfg, TASK),
         train=train,
         workers=cfg.train.workers,
         collate_fn=collate_multitask,

@@ -93,6 +93,13 @@ FIXED: dict[str, dict[str, Any]] = {
     )
 }
 FIXED_COMMON: dict[str, Any] = {"train.backbone_lr_scale": 1.0, "train.clip_grad": None}
+# ``batch_size: auto``: the task's standard batch per process, halved while a pass over the training images
+# would hold fewer than MIN_STEPS_PER_PASS optimizer steps, down to the task's smallest batch. On a small set
+# the steps, not the images per step, are what a short run lacks: a CPU trains about as many images per second
+# at batch 16 as at 32, and twice the steps at half the batch learn more in the same time.
+STANDARD_BATCH = {"classify": 32, "segment": 8, "multitask": 8, "detect": 4}
+SMALLEST_BATCH = {"classify": 8, "segment": 4, "multitask": 4, "detect": 2}
+MIN_STEPS_PER_PASS = 16
 STANDARD_SIZE = {"classify": 224, "segment": 512, "multitask": 512, "detect": 800}
 DETECT_MAX_SIZE = 1333
 
@@ -136,9 +143,15 @@ def run_facts(
     image_sizes: tuple[tuple[int, int], ...],
     box_sizes: tuple[float, ...] = (),
 ) -> RunFacts:
-    """The facts of a run under a runner's ``config`` (its weights, batch and accumulation) and process group."""
+    """The facts of a run under a runner's ``config`` (its weights, batch and accumulation) and process group.
+    A batch left at ``auto`` is the one :func:`auto_batch` chooses (the standard one under ``recipe: fixed``)."""
     from tasks import distributed
 
+    batch = config.train.batch_size
+    if batch == AUTO:
+        batch = STANDARD_BATCH[task]
+        if config.train.recipe == AUTO:
+            batch = auto_batch(task, train_images, config.train.accumulate * distributed.world_size())
     return RunFacts(
         task=task,
         train_images=train_images,
@@ -147,11 +160,34 @@ def run_facts(
         image_sizes=image_sizes,
         box_sizes=box_sizes,
         pretrained=config.model.weights is not None,
-        batch_size=config.train.batch_size,
+        batch_size=batch,
         accumulate=config.train.accumulate,
         processes=distributed.world_size(),
         device=device,
     )
+
+
+def auto_batch(task: TaskName, train_images: int, per_step: int = 1) -> int:
+    """The per-process batch for ``train_images``: the task's standard one, halved while a pass would hold fewer
+    than MIN_STEPS_PER_PASS optimizer steps (``per_step``: processes times accumulation), at least the task's
+    smallest."""
+    batch = STANDARD_BATCH[task]
+    while batch > SMALLEST_BATCH[task] and train_images < MIN_STEPS_PER_PASS * batch * per_step:
+        batch //= 2
+    return max(batch, SMALLEST_BATCH[task])
+
+
+def batch_or_standard(config: Any, task: TaskName) -> int:
+    """The configured batch, or the task's standard one where it is still ``auto`` (evaluation outside training)."""
+    batch = config.train.batch_size
+    return STANDARD_BATCH[task] if batch == AUTO else int(batch)
+
+
+def _batch_reason(facts: RunFacts) -> str:
+    standard, steps = STANDARD_BATCH[facts.task], facts.steps_per_epoch
+    if facts.batch_size == standard:
+        return f"the standard {standard}: a pass over {facts.train_images} images holds {steps} steps"
+    return f"{standard} halved, down to {SMALLEST_BATCH[facts.task]}, for ≥ {MIN_STEPS_PER_PASS} steps a pass: {steps}"
 
 
 @dataclass
@@ -293,6 +329,9 @@ def resolve_static(config: Any, facts: RunFacts, *, resumed: frozenset[str] = fr
     ref = REFERENCES[facts.task]
     fixed = {**FIXED_COMMON, **FIXED[facts.task]}
     _image_sizes(r, facts, fixed)
+    r.decide(  # run_facts chose it already, where it is auto; recorded here
+        "train.batch_size", facts.batch_size, _batch_reason(facts), fixed=STANDARD_BATCH[facts.task]
+    )
 
     optimizer = r.decide("train.optimizer", ref.optimizer, ref.source, fixed=fixed["train.optimizer"])
     batch = facts.effective_batch

@@ -245,7 +245,7 @@ def _loader(cfg: SegmentConfig, data: SegmentationData, *, train: bool) -> Any:
     )
     return make_loader(
         SegmentationDataset(data, transform),
-        batch_size=cfg.train.batch_size,
+        batch_size=recipes.batch_or_standard(cfg, TASK),
         train=train,
         workers=cfg.train.workers,
         collate_fn=collate_segmentation,

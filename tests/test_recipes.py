@@ -76,6 +76,36 @@ def test_batch_scaling_pretrained_and_photo_sizes() -> None:
     assert config.train.epochs == math.ceil(600 / (1438 // 16))  # fine-tuning needs fewer steps
 
 
+def test_the_batch_shrinks_on_small_data_until_a_pass_holds_enough_steps() -> None:
+    # 32 halved while a pass would hold fewer than 16 steps: 512 images keep 32, 300 get 16, 200 and 50 get 8.
+    assert [recipes.auto_batch("classify", n) for n in (2200, 512, 511, 300, 256, 200, 50)] == [
+        32,
+        32,
+        16,
+        16,
+        16,
+        8,
+        8,
+    ]
+    assert recipes.auto_batch("classify", 600, per_step=2) == 16  # two processes: 600 / (2 x 32) < 16 steps
+    assert [recipes.auto_batch("segment", n) for n in (160, 100)] == [8, 4]
+    assert [recipes.auto_batch("detect", n) for n in (160, 40)] == [4, 2]
+
+    def facts(config, n):
+        return recipes.run_facts("classify", config, device="cpu", train_images=n, val_images=10,
+                                 num_classes=6, image_sizes=((600, 600),))  # fmt: skip
+
+    assert facts(ClassifyConfig(), 300).batch_size == 16
+    assert facts(apply(ClassifyConfig(), {"train": {"recipe": "fixed"}}, source="t"), 300).batch_size == 32
+    assert facts(apply(ClassifyConfig(), {"train": {"batch_size": 64}}, source="t"), 300).batch_size == 64
+    config, recipe = resolve_static(ClassifyConfig(), facts(ClassifyConfig(), 300))
+    assert config.train.batch_size == 16 and config.train.lr == 0.001  # 0.002 x sqrt(16 / 64)
+    assert "train.batch_size" in recipe.as_dict() and recipe.as_dict()["train.batch_size"]["auto"]
+    assert "32 halved, down to 8, for ≥ 16 steps a pass: 18" in recipe.block()  # 300 // 16 = 18 batches
+    # Outside training (evaluate, export) an unresolved batch reads as the standard one.
+    assert recipes.batch_or_standard(ClassifyConfig(), "classify") == 32
+
+
 def test_the_rate_has_no_cliff_at_any_run_length() -> None:
     """Ultralytics switches AdamW to SGD 0.01 at 10k iterations; here nothing but warmup and augmentation move."""
     resolved = [_resolve(ClassifyConfig(), _facts(n=n))[0].train for n in (500, 20_000, 200_000, 2_000_000)]
