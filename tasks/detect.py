@@ -57,8 +57,15 @@ from tasks.export import (
 )
 from tasks.io import atomic_write, write_json
 from tasks.metrics.coco import Backend
-from tasks.metrics.detection import f1_by_confidence, pr_curves, resolve_labels, score, to_results
-from tasks.visualize import draw_detections, f1_curve_png, pr_curve_png, save_png
+from tasks.metrics.detection import (
+    detection_confusion,
+    f1_by_confidence,
+    pr_curves,
+    resolve_labels,
+    score,
+    to_results,
+)
+from tasks.visualize import confusion_png, draw_detections, f1_curve_png, pr_curve_png, save_png
 
 TASK = "detect"
 PNG_COUNT = 8
@@ -251,14 +258,26 @@ def _report(
     show: float,
     backend: Backend,
 ) -> None:
-    """metrics.json, predictions.json, the first images with their boxes, and the precision-recall and
-    F1-confidence curves at IoU 0.5 (from the COCO evaluator's arrays), with the summary printed."""
-    write_json(run_dir / "metrics.json", metrics)
-    write_json(run_dir / "predictions.json", results)
+    """metrics.json, predictions.json, the first images with their boxes, the precision-recall and
+    F1-confidence curves at IoU 0.5 (from the COCO evaluator's arrays), and the confusion matrix of classes and
+    background at IoU 0.5 and the best-F1 confidence, with the summary printed."""
     curves = pr_curves(data, results, backend=backend)
     f1 = f1_by_confidence(curves)
+    confusion = detection_confusion(data, results, confidence=f1["best_confidence"])
+    matrix = {"iou": 0.5, "confidence": f1["best_confidence"], "counts": confusion.tolist()}
+    metrics = {**metrics, "confusion_matrix": matrix}  # rows true, columns predicted, the last one background
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "predictions.json", results)
     atomic_write(run_dir / "pr_curve.png", lambda handle: handle.write(pr_curve_png(curves)))
     atomic_write(run_dir / "f1_curve.png", lambda handle: handle.write(f1_curve_png(f1)))
+    names = [*data.class_names, "background"]
+    where = f"IoU 0.5, confidence ≥ {f1['best_confidence']:.2f}"
+    for suffix, normalize, title in (
+        ("", False, f"boxes ({where})"),
+        ("_normalized", True, f"share of each true row ({where})"),
+    ):
+        png = confusion_png(confusion, names, normalize=normalize, title=title)
+        atomic_write(run_dir / f"confusion_matrix{suffix}.png", lambda handle, png=png: handle.write(png))
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for r in results:
         by_image.setdefault(r["image_id"], []).append(r)
@@ -289,7 +308,9 @@ def _report(
     ]
     print("\n".join(f"  {name:<12} {value:.4f}" if value is not None else f"  {name:<12} n/a" for name, value in rows))
     print(f"  {'best F1':<12} {f1['best_f1']:.4f} at confidence {f1['best_confidence']:.2f} (IoU 0.5)")
-    print(f"metrics.json, predictions.json, images/, pr_curve.png and f1_curve.png are in {run_dir}")
+    print(
+        f"metrics.json, predictions.json, images/, pr_curve.png, f1_curve.png and confusion matrices are in {run_dir}"
+    )
 
 
 def setup(cfg: DetectConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:

@@ -64,7 +64,14 @@ def test_train_writes_the_run_folder(trained, coco_root) -> None:
     assert predictions and set(predictions[0]) == {"image_id", "category_id", "category_name", "bbox", "score"}
     assert {p["category_name"] for p in predictions} <= {"square", "circle", "triangle"}
     assert torch.load(trained / "last.pt", weights_only=True)["task"] == "detect"
-    assert {"results.csv", "results.png", "pr_curve.png", "f1_curve.png"} <= names
+    assert {"results.csv", "results.png", "pr_curve.png", "f1_curve.png", "confusion_matrix.png"} <= names
+    assert "confusion_matrix_normalized.png" in names
+    matrix = metrics["confusion_matrix"]
+    counts = np.asarray(matrix["counts"])
+    assert matrix["iou"] == 0.5 and counts.shape == (4, 4) and counts[3, 3] == 0  # 3 classes and background
+    # every true box is matched or missed once: the rows of the true classes hold the val split's boxes
+    truth = json.loads((coco_root / "annotations" / "instances_val.json").read_text())["annotations"]
+    assert counts[:3].sum() == sum(1 for a in truth if not a.get("iscrowd"))
 
 
 def test_the_pr_curves_area_is_each_class_ap50_in_metrics_json(trained, coco_root) -> None:

@@ -286,3 +286,50 @@ def test_pr_and_f1_curves_by_hand(backend) -> None:
     want = np.select([confidence <= 0.7, confidence <= 0.9], [0.8, 2 / 3], 0.0)
     np.testing.assert_allclose(mean, want, atol=1e-9)
     assert list(f1["per_class"]) == ["cat"] and (f1["best_f1"], f1["best_confidence"]) == (pytest.approx(0.8), 0.7)
+
+
+def test_detection_confusion_matrix_by_hand() -> None:
+    """Classes plus background at IoU 0.5 and a confidence, matched by overlap whatever the class."""
+    from pathlib import Path
+
+    from tasks.data.detection import DetectionData, DetectionSample
+    from tasks.metrics.detection import detection_confusion
+
+    def sample(image_id, boxes, labels, ignored=()):
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        flags = np.asarray([i in ignored for i in range(len(boxes))], dtype=bool)
+        return DetectionSample(image_id, Path(f"{image_id}.png"), 100, 100, boxes, np.asarray(labels, np.int64),
+                               flags, np.zeros(len(boxes), bool))  # fmt: skip
+
+    data = DetectionData(
+        [
+            # a cat found as a cat, a dog found as a cat, a dog missed, and a crowd box
+            sample(1, [[0, 0, 20, 20], [40, 40, 60, 60], [70, 70, 90, 90], [0, 60, 30, 90]], [1, 2, 2, 1], (3,)),
+            sample(2, [], []),  # no objects
+        ],
+        ["cat", "dog"],
+        [3, 4],
+        "t",
+    )
+
+    def found(image_id, box, name, score):
+        x1, y1, x2, y2 = box
+        return {"image_id": image_id, "category_name": name, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+
+    results = [
+        found(1, (0, 0, 20, 20), "cat", 0.9),  # hit
+        found(1, (1, 1, 21, 21), "dog", 0.8),  # second detection on the same cat: a false positive dog
+        found(1, (40, 40, 59, 60), "cat", 0.7),  # the dog, called a cat
+        found(1, (70, 70, 90, 90), "dog", 0.2),  # below the confidence: the dog is missed
+        found(1, (0, 60, 30, 90), "cat", 0.9),  # on the crowd box: counts nothing
+        found(2, (10, 10, 30, 30), "dog", 0.6),  # nothing there: a false positive dog
+    ]
+    got = detection_confusion(data, results, confidence=0.5)
+    #                   predicted cat, dog, background
+    want = np.asarray([[1, 0, 0],  # true cat
+                       [1, 0, 1],  # true dog: one called a cat, one missed
+                       [0, 2, 0]])  # background: two dogs found where there is none  # fmt: skip
+    np.testing.assert_array_equal(got, want)
+    # Above IoU 0.96 the dog called a cat (IoU 380/400 = 0.95) no longer matches: a missed dog and a false cat.
+    strict = detection_confusion(data, results, confidence=0.5, iou=0.96)
+    np.testing.assert_array_equal(strict, [[1, 0, 0], [0, 0, 2], [1, 2, 0]])

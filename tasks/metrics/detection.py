@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.ops import box_iou
 
 from tasks.data.detection import DetectionData, DetectionSample
 from tasks.errors import UserError
@@ -128,3 +129,48 @@ def f1_by_confidence(curves: dict[str, Any], points: int = 101) -> dict[str, Any
         "best_confidence": float(grid[best]),
         "best_f1": float(mean[best]),
     }
+
+
+def detection_confusion(
+    data: DetectionData, results: Sequence[dict[str, Any]], *, confidence: float, iou: float = 0.5
+) -> np.ndarray:
+    """Ultralytics' detection confusion matrix: (K + 1) x (K + 1) counts, rows true and columns predicted, the last
+    row and column the background. Detections scored at least ``confidence`` are matched to ground-truth boxes of
+    any class by IoU above ``iou``, the highest overlaps first, each box and detection at most once. A match counts
+    at (its box's class, its detection's class); a box left unmatched is a miss (its class, background); a
+    detection left unmatched is a false positive (background, its class). Crowd and difficult boxes count
+    nothing: a detection on one of them is dropped, as the evaluators ignore it."""
+    k = len(data.class_names)
+    confusion = np.zeros((k + 1, k + 1), dtype=np.int64)
+    labels = resolve_labels(data, results)
+    by_image: dict[Any, list[tuple[list[float], int]]] = {}
+    for r, label in zip(results, labels):
+        if r["score"] >= confidence:
+            x, y, w, h = r["bbox"]
+            by_image.setdefault(r["image_id"], []).append(([x, y, x + w, y + h], label - 1))
+    for sample in data.samples:
+        found = by_image.get(sample.image_id, [])
+        ignored = sample.crowd | sample.difficult
+        truth, truth_labels = sample.boxes[~ignored], sample.labels[~ignored] - 1
+        boxes = torch.tensor([b for b, _ in found], dtype=torch.float64).reshape(-1, 4)
+        predicted = np.asarray([c for _, c in found], dtype=np.int64)
+        if ignored.any() and len(found):  # detections on ignored boxes count nothing
+            overlap = box_iou(boxes, torch.as_tensor(sample.boxes[ignored], dtype=torch.float64))
+            keep = (overlap <= iou).all(dim=1).numpy()
+            boxes, predicted = boxes[torch.from_numpy(keep)], predicted[keep]
+        matched_truth, matched_found = set(), set()
+        if len(truth) and len(predicted):
+            overlap = box_iou(torch.as_tensor(truth, dtype=torch.float64), boxes).numpy()
+            pairs = np.argwhere(overlap > iou)
+            for t, d in sorted(pairs.tolist(), key=lambda pair: -overlap[pair[0], pair[1]]):
+                if t not in matched_truth and d not in matched_found:
+                    matched_truth.add(t)
+                    matched_found.add(d)
+                    confusion[truth_labels[t], predicted[d]] += 1
+        for t, label in enumerate(truth_labels):
+            if t not in matched_truth:
+                confusion[label, k] += 1
+        for d, label in enumerate(predicted):
+            if d not in matched_found:
+                confusion[k, label] += 1
+    return confusion
