@@ -95,8 +95,10 @@ FIXED: dict[str, dict[str, Any]] = {
 FIXED_COMMON: dict[str, Any] = {"train.backbone_lr_scale": 1.0, "train.clip_grad": None}
 # ``batch_size: auto``: the task's standard batch per process, halved while a pass over the training images
 # would hold fewer than MIN_STEPS_PER_PASS optimizer steps, down to the task's smallest batch. On a small set
-# the steps, not the images per step, are what a short run lacks: a CPU trains about as many images per second
-# at batch 16 as at 32, and twice the steps at half the batch learn more in the same time.
+# the steps, not the images per step, are what a short run lacks: on large images a CPU trains about as many
+# images per second at batch 16 as at 32, and twice the steps at half the batch learn more in the same time. On
+# tiny images a step's fixed cost dominates and the smaller batch trains fewer images per second (25 px faces:
+# 46 against 69 images/s, docs/results.md); the rule does not weigh that yet.
 STANDARD_BATCH = {"classify": 32, "segment": 8, "multitask": 8, "detect": 4}
 SMALLEST_BATCH = {"classify": 8, "segment": 4, "multitask": 4, "detect": 2}
 MIN_STEPS_PER_PASS = 16
