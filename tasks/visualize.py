@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,8 @@ def confusion_png(confusion: np.ndarray, class_names: Sequence[str], *, normaliz
     def draw(axes: Any) -> None:
         image = axes.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else max(shown.max(), 1))
         axes.figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
-        axes.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
+        wrapped = "\n".join(textwrap.wrap(title, int(side * 8)))  # a small matrix's narrow figure keeps it whole
+        axes.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=wrapped)
         axes.set_xticklabels([str(c)[:14] for c in class_names], rotation=90, fontsize=7 if n > 12 else 9)
         axes.set_yticklabels([str(c)[:14] for c in class_names], fontsize=7 if n > 12 else 9)
         if n <= 25:
