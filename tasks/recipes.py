@@ -430,10 +430,12 @@ def resolve_length(
     facts: RunFacts,
     *,
     seconds_per_step: Callable[[], float] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Any:
     """Epochs, warmup and augmentation strength: the choices that depend on how long the run is.
 
-    ``seconds_per_step`` measures one training step; it is called only when a time budget applies.
+    ``seconds_per_step`` measures one training step; it is called only when a time budget applies, and the
+    seconds it takes (by ``clock``) count against the budget: on a slow model the probe is minutes.
     """
     r = Resolver(config, recipe)
     steps_per_epoch = facts.steps_per_epoch
@@ -460,13 +462,18 @@ def resolve_length(
         if budget is not None:
             recipe.budget_seconds, recipe.max_epochs = budget, MAX_EPOCHS
     elif budget is not None and (r.enabled or time_text) and seconds_per_step is not None:
+        began = clock()
         step = seconds_per_step()
+        probe = clock() - began
+        whole, budget = budget, max(budget - probe, step)  # what is left for training once the probe has run
         recipe.seconds_per_step = step
         per_epoch = epoch_seconds(step, steps_per_epoch, facts)
         fits = fit_epochs(budget, per_epoch, ceiling)
         if fits < ceiling or time_text:
-            limit = f"--time {time_text}" if time_text else f"{budget / 60:.0f} min on a CPU"
+            limit = f"--time {time_text}" if time_text else f"{whole / 60:.0f} min on a CPU"
             why = f"{limit} at {step:.2f} s/step measured and ~{per_epoch:.0f} s/epoch"
+            if probe >= 1:
+                why += f", {probe:.0f} s of it spent measuring"
             if not time_text:
                 why += f"; {target_epochs} would give {target} steps"
         epochs = min(fits, ceiling)

@@ -38,9 +38,9 @@ def _facts(task="classify", *, n=1438, val=360, sizes=((32, 32),), batch=64, pre
     )
 
 
-def _resolve(config, facts, seconds_per_step=None):
+def _resolve(config, facts, seconds_per_step=None, clock=lambda: 0.0):
     config, recipe = resolve_static(config, facts)
-    config = resolve_length(config, recipe, facts, seconds_per_step=seconds_per_step)
+    config = resolve_length(config, recipe, facts, seconds_per_step=seconds_per_step, clock=clock)
     assert unresolved(config) in ([], ["train.workers"])  # workers: tasks.threads resolves them, from the cores
     return config, recipe
 
@@ -186,6 +186,17 @@ def test_the_time_budget_fits_epochs_from_the_measured_step() -> None:
     fixed = apply(ClassifyConfig(), {"train": {"epochs": 5}}, source="t")
     _resolve(fixed, cpu, seconds_per_step=lambda: calls.append(2) or 2.0)
     assert calls == [1]  # set epochs and no --time: nothing to measure
+
+
+def test_the_probes_own_time_counts_against_the_budget() -> None:
+    """A slow model's probe takes minutes (2 x 32 s on a multi-task ResNet-50 at 512 px on 2 cores): the plan
+    fits the epochs into what is left of --time, not into the whole of it."""
+    ticks = iter([100.0, 160.0])  # the probe starts at 100 s and ends at 160 s: 60 s of a 2-minute budget
+    config = apply(ClassifyConfig(), {"train": {"time": "2m"}}, source="t")
+    config, recipe = _resolve(config, _facts(), seconds_per_step=lambda: 0.5, clock=lambda: next(ticks))
+    per_epoch = 0.5 * 22 + recipes.EVAL_COST * 0.5 / 64 * 360
+    assert recipe.budget_seconds == 60 and config.train.epochs == int(60 // per_epoch) == 5  # 10 with the whole 2m
+    assert "60 s of it spent measuring" in recipe.block()
 
 
 class _ScriptedTask:
