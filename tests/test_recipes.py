@@ -102,6 +102,11 @@ def test_the_batch_shrinks_on_small_data_until_a_pass_holds_enough_steps() -> No
     assert config.train.batch_size == 16 and config.train.lr == 0.001  # 0.002 x sqrt(16 / 64)
     assert "train.batch_size" in recipe.as_dict() and recipe.as_dict()["train.batch_size"]["auto"]
     assert "32 halved, down to 8, for ≥ 16 steps a pass: 18" in recipe.block()  # 300 // 16 = 18 batches
+    # --resume adopts the batch the resumed run chose, unless this command sets one.
+    resumed, keys = recipes.adopt_resumed(ClassifyConfig(), {"train": {"batch_size": 16}})
+    assert resumed.train.batch_size == 16 and "train.batch_size" in keys
+    mine = apply(ClassifyConfig(), {"train": {"batch_size": 64}}, source="t")
+    assert recipes.adopt_resumed(mine, {"train": {"batch_size": 16}})[0].train.batch_size == 64
     # Outside training (evaluate, export) an unresolved batch reads as the standard one.
     assert recipes.batch_or_standard(ClassifyConfig(), "classify") == 32
 
