@@ -149,11 +149,9 @@ def run_facts(
     A batch left at ``auto`` is the one :func:`auto_batch` chooses (the standard one under ``recipe: fixed``)."""
     from tasks import distributed
 
-    batch = config.train.batch_size
-    if batch == AUTO:
-        batch = STANDARD_BATCH[task]
-        if config.train.recipe == AUTO:
-            batch = auto_batch(task, train_images, config.train.accumulate * distributed.world_size())
+    batch = batch_or_standard(config, task)
+    if config.train.batch_size == AUTO and config.train.recipe == AUTO:
+        batch = auto_batch(task, train_images, config.train.accumulate * distributed.world_size())
     return RunFacts(
         task=task,
         train_images=train_images,
