@@ -484,7 +484,8 @@ class Engine:
         With ``shorten_epochs`` (the recipe's short-budget epochs, each a part of a pass) the number of epochs
         stands and the epochs still to run take the steps that the rest of the budget holds, at most a pass,
         at ``step_seconds`` a step plus this epoch's evaluation and checkpoint time. Epochs are dropped only
-        where they would keep under a quarter of their planned steps."""
+        where they would keep under a quarter of their planned steps. Once the planned epochs have all run, the
+        run ends, whatever time is left: its schedule has annealed to its end."""
         assert self.budget_seconds is not None
         self.durations.append(seconds)
         steady = self.durations[1:] or self.durations  # the first epoch also pays for start-up
@@ -505,6 +506,8 @@ class Engine:
                     self.shares[epoch + 1 :] = [steps / self.full_steps] * left
                     self._refresh_rates()
                 return
+        if left <= 0:
+            return  # the schedule has annealed to its end: an epoch more would restart it from a higher rate
         epochs = max(min(epoch + 1 + int(remaining // max(pace, 1e-9)), self.max_epochs), epoch + 1)
         if epochs != self.epochs:
             self._log(

@@ -263,6 +263,21 @@ def test_the_engine_fits_epochs_to_the_budget_at_the_measured_pace(tmp_path, mon
     assert "epoch 3/3" in out
 
 
+def test_a_run_whose_schedule_has_ended_does_not_grow_again(tmp_path, monkeypatch, capsys) -> None:
+    """A slow epoch on a busy machine plans the run shorter; once its last planned epoch has run, the time that
+    the machine's recovery frees is not spent on an epoch that would restart the annealed schedule."""
+    durations = [7.0, 7.0, 30.0, 2.0, 2.0, 2.0]
+    readings = iter(itertools.accumulate(d for duration in durations for d in (0.0, 0.0, duration, 0.0, 0.0)))
+    monkeypatch.setattr(Engine, "clock", staticmethod(lambda: next(readings)))
+    engine, batches = _engine(tmp_path, [0.1 * i for i in range(20)])
+    engine.budget_seconds, engine.max_epochs = 70.0, 300
+    engine.fit(batches, batches)
+    out = capsys.readouterr().out
+    assert "at 18.5 s per epoch: 4 epochs instead of 10" in out  # 44 s spent, 26 s left: one more fits
+    # after the fourth (2 s), 24 s are left at 13 s an epoch: one more would fit, but the schedule has ended
+    assert "epoch 4/4" in out and "instead of 4" not in out and "epoch 5/" not in out
+
+
 def test_a_short_budget_shortens_its_remaining_epochs_instead_of_dropping_one(tmp_path, monkeypatch, capsys) -> None:
     # three planned epochs of 3 steps; the first takes 12 s (9 s training at 3 s a step, 3 s evaluation) of a
     # 30 s budget. Whole epochs at that pace: 18 s hold one more. Shortened: 2 × (3 s + 2 steps × 3 s) = 18 s.
