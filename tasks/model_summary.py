@@ -40,17 +40,23 @@ def _flops(call: object) -> float:
 
 def model_size(model: nn.Module, height: int, width: int) -> ModelSize:
     """The parameters of ``model`` and of its ``backbone``, and the FLOPs of one eval-mode forward of one
-    ``height``×``width`` image through each (the model is left in the mode it was in)."""
+    ``height``×``width`` image through the model, and through the backbone at the size the model hands it (a
+    detector resizes its input, a shrunk U-Net shrinks it). The model is left in the mode it was in."""
     backbone: nn.Module = model.backbone  # type: ignore[assignment]
     device = next(model.parameters()).device
     image = torch.rand(1, 3, height, width, device=device)
+    seen: list[torch.Size] = []
+    hook = backbone.register_forward_pre_hook(lambda _module, args: seen.append(args[0].shape))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             total = _flops(lambda: model(image))
-            trunk = _flops(lambda: backbone(image))
+            hook.remove()
+            given = torch.rand(seen[0], device=device) if seen else image
+            trunk = _flops(lambda: backbone(given))
     finally:
+        hook.remove()
         model.train(was_training)
     return ModelSize(
         parameters=sum(p.numel() for p in model.parameters()),
