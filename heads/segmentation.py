@@ -16,6 +16,7 @@ from segmentation_models_pytorch.base.initialization import initialize_decoder, 
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from backbones.base import Backbone, FeatureInfo
 from heads.state_dict import rename_prefixes
@@ -85,16 +86,45 @@ class UNetHead(nn.Module):
 
 
 class UNet(nn.Module):
-    """A backbone and a :class:`UNetHead`: image in, per-pixel logits at the input size out."""
+    """A backbone and a :class:`UNetHead`: image in, per-pixel logits at the input size out.
 
-    def __init__(self, backbone: Backbone, head: UNetHead) -> None:
+    ``input_scale`` < 1 runs the network on the image shrunk by that factor and upsamples the logits back
+    (bilinear), as segmentation test pipelines that resize do, but inside the model: training, evaluation,
+    tiles, predict and export all see the one model, image in and logits at the input size out. The work goes
+    with the square of the scale. The shrinking averages ``floor(1/scale)``-pixel blocks first, then
+    interpolates, so that it does not alias; both export to ONNX.
+    """
+
+    def __init__(self, backbone: Backbone, head: UNetHead, *, input_scale: float = 1.0) -> None:
         super().__init__()
+        if not 0 < input_scale <= 1:
+            raise ValueError(f"input_scale={input_scale!r} is invalid: it must be in (0, 1]")
         self.backbone = backbone
         self.head = head
+        self.input_scale = float(input_scale)
 
     def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        if self.input_scale < 1:
+            x = shrink(x, self.input_scale)
         features = self.backbone(x)  # c1..c5
-        return self.head(features, (x.shape[-2], x.shape[-1]))  # (N, num_classes, H, W)
+        logits = self.head(features, (x.shape[-2], x.shape[-1]))  # (N, num_classes, h, w)
+        if self.input_scale < 1:
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        return logits  # (N, num_classes, H, W)
+
+
+def shrink(x: Tensor, scale: float) -> Tensor:
+    """``x`` (N, C, H, W) resized by ``scale`` < 1: the means of ``floor(1/scale)``-pixel blocks, then bilinear
+    interpolation by the factor left. Sizes follow the input through an exported graph (scale factors, not
+    sizes fixed at export)."""
+    block = int(1 / scale + 1e-6)
+    if block > 1:
+        x = F.avg_pool2d(x, block, ceil_mode=True)
+    rest = scale * block
+    if abs(rest - 1) < 1e-6:
+        return x
+    return F.interpolate(x, scale_factor=rest, mode="bilinear", align_corners=False)
 
 
 class SegmentationLoss(nn.Module):

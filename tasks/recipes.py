@@ -55,6 +55,15 @@ MIN_EVALUATIONS = 3  # a time budget that holds fewer passes than this trains in
 # first epoch is the one the estimate must not overrun.
 SHORT_PLAN_SHARE = 0.9
 EVAL_COST = 0.35  # an evaluated image costs about this share of a trained one (forward only, no augmentation)
+# ``model.input_scale: auto`` (segmentation): where a time budget holds fewer than MIN_PASSES passes over the
+# training images at full resolution, the U-Net runs on images shrunk so that about MIN_PASSES fit (the work
+# goes with the square of the scale), but its training crops keep at least MIN_INPUT_SIDE pixels a side and
+# the scale stays at least MIN_INPUT_SCALE. A model that has seen each image once at full resolution has
+# learned less than one that has seen it eight times at a third of it: on 400-560 px images a 3-minute
+# budget holds under one pass at full size (docs/results.md).
+MIN_PASSES = 8
+MIN_INPUT_SIDE = 128
+MIN_INPUT_SCALE = 0.25
 
 
 @dataclass(frozen=True)
@@ -428,14 +437,19 @@ def resolve_length(
     facts: RunFacts,
     *,
     seconds_per_step: Callable[[], float] | None = None,
+    scale_probe: Callable[[float], float] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Any:
     """Epochs, warmup and augmentation strength: the choices that depend on how long the run is.
 
     ``seconds_per_step`` measures one training step; it is called only when a time budget applies, and the
     seconds it takes (by ``clock``) count against the budget: on a slow model the probe is minutes.
+    ``scale_probe`` (segmentation) sets the model's input scale and measures one step at it; with it,
+    ``model.input_scale: auto`` is resolved here (:func:`input_scale_for`) from ``seconds_per_step``, which may
+    then be a rough full-size estimate, and the plan follows ``scale_probe``'s measurement at the chosen scale.
     """
     r = Resolver(config, recipe)
+    scalable = hasattr(config.model, "input_scale")
     steps_per_epoch = facts.steps_per_epoch
     max_iters = get(config, "train.max_iters_per_epoch")
     if max_iters:
@@ -461,7 +475,23 @@ def resolve_length(
             recipe.budget_seconds, recipe.max_epochs = budget, MAX_EPOCHS
     elif budget is not None and (r.enabled or time_text) and seconds_per_step is not None:
         began = clock()
-        step = seconds_per_step()
+        if scalable and scale_probe is not None:
+            # seconds_per_step is a rough full-size estimate here (it only chooses the scale); the plan is made
+            # from scale_probe's measurement at the scale the run will train at
+            scale = 1.0 if r.is_auto("model.input_scale") else float(get(config, "model.input_scale"))
+            if r.enabled and r.is_auto("model.input_scale"):
+                side = get(config, "data.crop_size")
+                rough = seconds_per_step()
+                passes = (budget - (clock() - began)) / epoch_seconds(rough, facts.steps_per_epoch, facts)
+                scale = input_scale_for(passes, side)
+                if scale < 1:
+                    why_scale = f"{passes:.2g} passes fit at full size, about {MIN_PASSES} at {round(side * scale)} px"
+                else:
+                    why_scale = f"{passes:.2g} passes fit at full size" if side > MIN_INPUT_SIDE else "small crops"
+                r.decide("model.input_scale", scale, why_scale, fixed=1.0)
+            step = scale_probe(scale)
+        else:
+            step = seconds_per_step()
         probe = clock() - began
         whole, budget = budget, max(budget - probe, step)  # what is left for training once the probe has run
         recipe.seconds_per_step = step
@@ -495,6 +525,9 @@ def resolve_length(
         resumed = "train.epochs" in recipe.resumed
         reason = why if recipe.budget_seconds is not None or resumed else "set"  # the user's, capped by the budget
         recipe.choices.append(Choice("train.epochs", epochs, reason, auto=resumed))
+    if scalable and all(c.key != "model.input_scale" for c in recipe.choices):
+        # no budget to fit, or recipe: fixed; a value set by hand or resumed is recorded as such
+        r.decide("model.input_scale", 1.0, "full size: no time budget to fit", fixed=1.0)
     total = steps_per_epoch * epochs
     warmup = min(max(round(0.05 * total), min(50, total // 5)), 1000)
     r.decide(
@@ -505,6 +538,17 @@ def resolve_length(
     )
     _augmentation(r, facts, total / facts.steps_per_epoch)
     return r.config
+
+
+def input_scale_for(passes: float, side: int) -> float:
+    """The input scale at which about MIN_PASSES passes fit where ``passes`` fit at full scale, for crops of
+    ``side`` pixels: at least MIN_INPUT_SIDE / side and MIN_INPUT_SCALE, rounded up so that the shrunk crop's
+    side is a multiple of 32, and 1.0 where that is not smaller than the crop."""
+    if passes >= MIN_PASSES or side <= MIN_INPUT_SIDE:
+        return 1.0
+    scale = max(math.sqrt(max(passes, 0.0) / MIN_PASSES), MIN_INPUT_SIDE / side, MIN_INPUT_SCALE)
+    shrunk = 32 * math.ceil(side * scale / 32)
+    return 1.0 if shrunk >= side else round(shrunk / side, 4)
 
 
 def epoch_seconds(step_seconds: float, steps_per_epoch: int, facts: RunFacts) -> float:

@@ -77,6 +77,7 @@ def build_model(
     weights: str | None = None,
     decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
     attention: Literal["scse"] | None = None,
+    input_scale: float = 1.0,
     **backbone_options: Any,
 ) -> UNet:
     """A U-Net on any registered backbone; ``backbone_options`` go to :func:`build_backbone`.
@@ -88,7 +89,8 @@ def build_model(
     if backbone.startswith("timm:"):
         backbone_options.pop("norm", None)  # timm models bring their own norm layers
     net = build_backbone(backbone, weights=weights, **backbone_options)
-    return UNet(net, UNetHead(net.feature_info, num_classes, decoder_channels=decoder_channels, attention=attention))
+    head = UNetHead(net.feature_info, num_classes, decoder_channels=decoder_channels, attention=attention)
+    return UNet(net, head, input_scale=input_scale)
 
 
 @dataclass
@@ -97,6 +99,9 @@ class ModelConfig:
     weights: str | None = None
     decoder_channels: list[int] = field(default_factory=lambda: list(DEFAULT_DECODER_CHANNELS))
     attention: Literal["scse"] | None = None
+    # the network runs on images shrunk by this factor, its logits upsampled back (heads.segmentation.UNet);
+    # auto: 1.0, or less where a time budget holds too few passes at full size (tasks/recipes.py)
+    input_scale: float | Auto = "auto"
     frozen_stages: int = -1
     norm: Literal["bn", "frozen_bn", "sync_bn", "gn"] = "bn"
     ce_weight: float = 1.0
@@ -184,11 +189,14 @@ def encode_mask(mask: np.ndarray) -> bytes:
 
 def _model_args(cfg: SegmentConfig, num_classes: int) -> dict[str, Any]:
     m = cfg.model
+    if m.input_scale != "auto" and not 0 < m.input_scale <= 1:
+        raise UserError(f"model.input_scale must be in (0, 1] (1: full size), got {m.input_scale}")
     return dict(
         backbone=m.backbone,
         num_classes=num_classes,
         decoder_channels=list(m.decoder_channels),
         attention=m.attention,
+        input_scale=1.0 if m.input_scale == "auto" else m.input_scale,
         frozen_stages=m.frozen_stages,
         norm=m.norm,
     )
@@ -200,6 +208,10 @@ def _loss(cfg: SegmentConfig) -> SegmentationLoss:
         return SegmentationLoss(ce_weight=m.ce_weight, dice_weight=m.dice_weight, label_smoothing=m.label_smoothing)
     except ValueError as error:
         raise UserError(f"model.ce_weight/model.dice_weight: {error}") from None
+
+
+def _shrunk(scale: float) -> str:
+    return f" run at ×{scale:g}" if scale < 1 else ""
 
 
 def _root(cfg: SegmentConfig) -> Path:
@@ -309,13 +321,23 @@ def setup(cfg: SegmentConfig, *, resumed: frozenset[str] = frozenset()) -> Setup
     model = build_model(weights=cfg.model.weights, **model_args)
     task = SegmentTask(train_data.class_names, _loss(cfg), keep_masks=PNG_COUNT, tile=_tile(cfg))
 
-    def step_seconds() -> float:  # on training crops, before the augmentation strength is known
+    def step_seconds_at(scale: float, images: int | None = None, repeats: int = 2) -> float:
+        """One training step on training crops (before the augmentation strength is known) at ``scale``; on
+        ``images`` of the batch, the time scaled up to the whole batch."""
+        model.input_scale = scale
         crops = segmentation_train(cfg.data.crop_size, scale=(1.0, 1.0), hflip=0.0, color_jitter=0.0)  # type: ignore[arg-type]
         probe = SegmentationDataset(train_data, crops)
-        batch = collate_segmentation([probe[i] for i in range(min(cfg.train.batch_size, len(probe)))])
-        return recipes.measure_step(task, model, batch, resolve_device(cfg.train.device))
+        batch_size = cfg.train.batch_size  # type: ignore[assignment]
+        count = min(images or batch_size, batch_size, len(probe))
+        batch = collate_segmentation([probe[i] for i in range(count)])
+        seconds = recipes.measure_step(task, model, batch, resolve_device(cfg.train.device), repeats=repeats)
+        return seconds * batch_size / count
 
-    cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds)
+    def step_seconds() -> float:  # rough, at full size: two crops, one timed step (it only chooses the scale)
+        return step_seconds_at(1.0, images=2, repeats=1)
+
+    cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds, scale_probe=step_seconds_at)
+    model.input_scale = model_args["input_scale"] = float(cfg.model.input_scale)  # type: ignore[arg-type]
     return Setup(
         model=model,
         task=task,
@@ -324,7 +346,8 @@ def setup(cfg: SegmentConfig, *, resumed: frozenset[str] = frozenset()) -> Setup
         val_data=val,
         meta=dict(task=TASK, model_args=model_args, class_names=train_data.class_names, config=to_dict(cfg)),
         summary=f"{cfg.model.backbone} U-Net: {len(train_data.class_names)} classes, {len(train_data.samples)} "
-        f"train / {len(val.samples)} val images, {cfg.data.crop_size}px crops, {cfg.train.epochs} epochs",
+        f"train / {len(val.samples)} val images, {cfg.data.crop_size}px crops{_shrunk(model.input_scale)}, "
+        f"{cfg.train.epochs} epochs",
         config=cfg,
         recipe=recipe,
         input_size=(cfg.data.crop_size, cfg.data.crop_size),  # type: ignore[arg-type]

@@ -204,6 +204,46 @@ def test_the_probes_own_time_counts_against_the_budget() -> None:
     assert "60 s of it spent measuring" in recipe.block()
 
 
+def test_a_budget_too_short_for_full_size_shrinks_the_segmentation_input() -> None:
+    # Hand-computed: 0.75 passes on 512 px crops -> sqrt(0.75 / 8) = 0.306 -> 157 px, up to 160 -> 160 / 512.
+    assert recipes.input_scale_for(0.75, 512) == 0.3125
+    assert recipes.input_scale_for(3.0, 192) == round(128 / 192, 4)  # sqrt(3/8) = 0.61, but crops keep 128 px
+    assert recipes.input_scale_for(0.01, 1024) == 0.25  # never below a quarter
+    assert recipes.input_scale_for(8.0, 512) == recipes.input_scale_for(0.5, 128) == 1.0
+    assert recipes.input_scale_for(7.0, 512) == 480 / 512  # sqrt(7 / 8) = 0.935 -> 479 px, up to 480
+    assert recipes.input_scale_for(7.9, 512) == 1.0  # 0.994 x 512 rounds up to 512: nothing to shrink
+
+    # 160 images of 512 px at batch 8: 20 steps a pass; 3 s a step at full size -> 60 s + 40 val images' 5.25 s.
+    facts = dataclasses.replace(_facts("segment", n=160, val=40, sizes=((512, 512),), batch=8), device="cpu")
+    budget = apply(SegmentConfig(), {"train": {"time": "3m"}}, source="t")
+    probed = []
+
+    def at_scale(scale: float) -> float:
+        probed.append(scale)
+        return 3.0 * (32 * math.ceil(512 * scale / 32) / 512) ** 2  # the work goes with the pixels
+
+    config, recipe = resolve_static(budget, facts)
+    config = resolve_length(config, recipe, facts, seconds_per_step=lambda: 3.0, scale_probe=at_scale)
+    passes = 180 / (3.0 * 20 + recipes.EVAL_COST * 3.0 / 8 * 40)
+    scale = recipes.input_scale_for(passes, 512)
+    assert 0.5 < scale < 1 and probed == [scale] and config.model.input_scale == scale
+    assert recipe.seconds_per_step == at_scale(scale)  # the plan is made at the shrunk size's pace
+    assert config.train.epochs > 2  # about 8 passes fit at that pace, against 2 at full size
+    assert f"{passes:.2g} passes fit at full size, about 8 at {round(512 * scale)} px" in recipe.block()
+
+    gpu = dataclasses.replace(facts, device="cuda")  # no --time on a GPU: no budget to fit
+    for config, run, why, measured in (
+        (SegmentConfig(), gpu, "full size: no time budget to fit", []),
+        (apply(budget, {"train": {"recipe": "fixed"}}, source="t"), facts, "recipe: fixed", [1.0]),
+        (apply(budget, {"model": {"input_scale": 0.5}}, source="t"), facts, "set", [0.5]),
+    ):
+        probed.clear()
+        config, recipe = resolve_static(config, run)
+        config = resolve_length(config, recipe, run, seconds_per_step=lambda: 1 / 0, scale_probe=at_scale)
+        assert probed == measured and recipe.as_dict()["model.input_scale"]["reason"] == why  # no rough probe
+        assert config.model.input_scale == (0.5 if why == "set" else 1.0)
+
+
 class _ScriptedTask:
     """A task whose evaluations return a fixed sequence of scores."""
 
@@ -400,7 +440,7 @@ def test_the_built_in_jobs_train_exactly_as_before(task, config_class, packaged)
     _, fixed = _resolve(apply(config, {"train": {"recipe": "fixed"}}, source="t"), facts)
     decided = {c.key: c.value for c in auto.choices if c.auto}
     assert decided == {c.key: c.value for c in fixed.choices if c.auto}
-    assert set(decided) <= {"train.optimizer", "train.backbone_lr_scale", "train.clip_grad"}
+    assert set(decided) <= {"train.optimizer", "train.backbone_lr_scale", "train.clip_grad", "model.input_scale"}
 
 
 def test_a_resumed_run_adopts_its_checkpoints_choices_but_not_over_the_command_line() -> None:

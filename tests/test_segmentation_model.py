@@ -75,3 +75,22 @@ def test_head_rejects_bad_options() -> None:
         UNetHead(full, 3, decoder_channels=(64, 32))
     with pytest.raises(ValueError, match="attention"):
         UNetHead(full, 3, attention="cbam")  # type: ignore[arg-type]
+
+
+def test_input_scale_runs_the_network_on_the_shrunk_image_and_returns_logits_at_input_size() -> None:
+    full = _ours("resnet18", 3).eval()
+    randomize_bn_stats(full, seed=2)
+    half = UNet(full.backbone, full.head, input_scale=0.5).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        # by hand: 2x2 block means (exactly half the size, so the bilinear step changes nothing), the
+        # full-scale network on them, and its logits upsampled bilinearly to the input size
+        expected = torch.nn.functional.interpolate(
+            full(torch.nn.functional.avg_pool2d(x, 2)), size=(64, 96), mode="bilinear", align_corners=False
+        )
+        torch.testing.assert_close(half(x), expected)
+        odd = UNet(full.backbone, full.head, input_scale=0.3).eval()
+        assert odd(torch.randn(1, 3, 75, 101)).shape == (1, 3, 75, 101)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="input_scale"):
+            UNet(full.backbone, full.head, input_scale=bad)

@@ -292,11 +292,45 @@ def _horses(folder: Path, scale: float) -> None:
     _composed(folder, ["horse"], samples, labels)
 
 
+def _blobs(folder: Path, scale: float) -> None:
+    """One or two star-shaped blobs filled with one of two photos' textures on large crops of other photos,
+    440-600 px: the large-image tuning set of the composed tasks. The class is the fill's photo."""
+    photos = _photos()
+    fills = ["clock", "brick"]
+    backgrounds = ["grass", "gravel", "page", "moon", "text", "cell"]
+    rng = np.random.default_rng(29)
+    samples = []
+    for _ in range(_count(200, scale)):
+        width, height = int(rng.integers(440, 601)), int(rng.integers(440, 601))
+        back = _crop(rng, photos[str(rng.choice(backgrounds))], int(rng.integers(200, 400)))
+        image = _resize(np.ascontiguousarray(back), (width, height))
+        instances, classes = np.zeros((height, width), np.int32), []
+        for _ in range(int(rng.integers(1, 3))):
+            label = int(rng.integers(0, len(fills)))
+            w, h = int(width * rng.uniform(0.2, 0.5)), int(height * rng.uniform(0.2, 0.5))
+            x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+            angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(5, 10))))
+            radius = rng.uniform(0.5, 1.0, len(angles))
+            corners = [
+                (x + w / 2 * (1 + r * np.cos(a)), y + h / 2 * (1 + r * np.sin(a))) for a, r in zip(angles, radius)
+            ]
+            stencil = Image.new("L", (width, height), 0)
+            ImageDraw.Draw(stencil).polygon(corners, fill=1)
+            inside = np.asarray(stencil).astype(bool)
+            content = _resize(np.ascontiguousarray(_crop(rng, photos[fills[label]], 200)), (width, height))
+            image = np.where(inside[..., None], content, image)
+            classes.append(label + 1)
+            instances[inside] = len(classes)
+        samples.append((image, instances, classes))
+    _composed(folder, fills, samples)
+
+
 COMPOSED = ("segment", "detect", "multitask")
 SETS: dict[str, BenchmarkSet] = {
     s.name: s
     for s in (
         BenchmarkSet("textures", ("classify",), "tune", "8 photos' patches, 30-67 px, 640 train", _textures),
+        BenchmarkSet("blobs", COMPOSED, "tune", "1-2 blobs of 2 photos' textures on photos, 440-600 px", _blobs),
         BenchmarkSet("faces", ("classify",), "report", "LFW faces vs other, 25 px gray, 2 classes, 150 train", _faces),
         BenchmarkSet("photos20", ("classify",), "report", "20 photos' patches, 48-128 px, 2,200 train", _photos20),
         BenchmarkSet("scenes", ("classify",), "report", "6 gray photos' crops, 512-640 px, 300 train", _scenes),
