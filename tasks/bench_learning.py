@@ -577,6 +577,23 @@ def weighting_table(single: str, *, scale: float = 1.0, names: Sequence[str] | N
     return "\n".join(lines)
 
 
+def rows_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows of :func:`learning_rows` as a Markdown table (for docs/results.md)."""
+    lines = [
+        "| set | task | reference (setting) | ours | ratio | ours: epochs, images/s |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        ours, reference = row["ours"]["metric"], row["reference"]["metric"]
+        ratio = f"{ours / reference:.2f}×" if reference > 0 else "n/a"
+        setting = f"{row['setting'][0]} {row['setting'][1]:g}"
+        lines.append(
+            f"| {row['set']} | {row['task']} ({METRIC[row['task']]}) | {reference:.3f} ({setting}) | {ours:.3f} | "
+            f"{ratio} | {row['ours']['epochs']}, {row['ours']['images_per_s']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.bench_learning", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -596,7 +613,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     weigh.add_argument("--time", default="2m", help="each single-task run's budget; the multitask runs get 3 times")
     weigh.add_argument("--scale", type=float, default=1.0)
     weigh.add_argument("--sets", nargs="*", help="default: every reporting set with all three tasks' labels")
+    rerun = commands.add_parser("rows", help="the learning section's rows of one task on chosen sets, re-run alone")
+    rerun.add_argument("task", choices=sorted(REFERENCES))
+    rerun.add_argument("--time", default="3m")
+    rerun.add_argument("--sets", nargs="+", required=True)
     args = parser.parse_args(argv)
+    if args.command == "rows":
+        print(rows_table(learning_rows({args.task: args.time}, names=args.sets)))
+        return 0
     if args.command == "weighting":
         print(weighting_table(args.time, scale=args.scale, names=args.sets))
         return 0

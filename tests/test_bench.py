@@ -177,3 +177,20 @@ def test_update_replaces_only_the_named_sections() -> None:
         "# Benchmarks\n\nhead\n\n## Machine\n\nold machine\n\n## Summary\n\n| a |\n\n## Backbone\n\nold b\n\n"
         "## Learning\n\nnew l\n\n## Extra\n\nx\n"
     )
+
+
+def test_learning_rows_table_shows_the_ratio_to_the_reference_or_none() -> None:
+    from tasks.bench_learning import rows_table
+
+    def row(name: str, ours: float, reference: float) -> dict:
+        return {
+            "set": name,
+            "task": "segment",
+            "setting": ("adamw", 0.003),
+            "ours": {"metric": ours, "epochs": 5, "images_per_s": 9.126},
+            "reference": {"metric": reference},
+        }
+
+    lines = rows_table([row("horses", 0.6, 0.48), row("blank", 0.1, 0.0)]).splitlines()
+    assert lines[2] == "| horses | segment (mIoU) | 0.480 (adamw 0.003) | 0.600 | 1.25× | 5, 9.13 |"
+    assert lines[3].split(" | ")[4] == "n/a" and len(lines) == 4
