@@ -361,12 +361,25 @@ def setup(cfg: MultiTaskConfig, *, resumed: frozenset[str] = frozenset()) -> Set
     model = build_model(weights=cfg.model.weights, **_build_args(model_args))
     task = MultiTaskTask(val, backend=cfg.coco_backend)
 
-    def step_seconds() -> float:  # on unaugmented training images of the resolved size
-        probe = MultiTaskDataset(train_data, MultiTaskPipeline(cfg.data.image_size, train=False), train=True)
-        batch = collate_multitask([probe[i] for i in range(min(cfg.train.batch_size, len(probe)))])
-        return recipes.measure_step(task, model, batch, resolve_device(cfg.train.device))
+    def step_seconds_at(scale: float, images: int | None = None, repeats: int = 2) -> float:
+        """One training step on unaugmented training images of the resolved size times ``scale``; on ``images``
+        of the batch, the time scaled up to the whole batch."""
+        size = round(cfg.data.image_size * scale)  # type: ignore[operator]
+        probe = MultiTaskDataset(train_data, MultiTaskPipeline(size, train=False), train=True)
+        batch_size = cfg.train.batch_size  # type: ignore[assignment]
+        count = min(images or batch_size, batch_size, len(probe))
+        batch = collate_multitask([probe[i] for i in range(count)])
+        seconds = recipes.measure_step(task, model, batch, resolve_device(cfg.train.device), repeats=repeats)
+        return seconds * batch_size / count
 
-    cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds)
+    def step_seconds() -> float:  # rough, at the resolved size: two images, one timed step (it chooses the scale)
+        return step_seconds_at(1.0, images=2, repeats=1)
+
+    sized = cfg.data.image_size
+    cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds, scale_probe=step_seconds_at)
+    if cfg.data.image_size != sized:  # the budget shrank the input: anchors and proposal counts followed
+        model_args = _model_args(cfg, train_data.class_names)
+        model = build_model(weights=cfg.model.weights, **_build_args(model_args))
     counts = ", ".join(f"{name} {count}" for name, count in train_data.counts.items())
     meta = dict(
         task=TASK,

@@ -257,8 +257,22 @@ class Resolver:
         self.config = apply(self.config, nested_update(key, value), source="auto recipe")
         self.recipe.choices.append(Choice(key, value, reason, auto=True))
 
-    def decide(self, key: str, value: Any, reason: str, *, fixed: Any = None) -> Any:
-        """``value`` for an ``auto`` field (or ``fixed`` under ``recipe: fixed``); the user's value otherwise."""
+    def auto_choice(self, key: str) -> int | None:
+        """The index of the recipe's choice for ``key`` where the recipe (not the user, not a resume) made it."""
+        for index, choice in enumerate(self.recipe.choices):
+            if choice.key == key:
+                return index if choice.auto and key not in self.recipe.resumed else None
+        return None
+
+    def decide(self, key: str, value: Any, reason: str, *, fixed: Any = None, revise: bool = False) -> Any:
+        """``value`` for an ``auto`` field (or ``fixed`` under ``recipe: fixed``); the user's value otherwise.
+        ``revise``: a field the recipe already decided is decided again, its choice replaced in place."""
+        if revise and any(c.key == key for c in self.recipe.choices):
+            earlier = self.auto_choice(key)
+            if earlier is not None and self.enabled:
+                self.config = apply(self.config, nested_update(key, value), source="auto recipe")
+                self.recipe.choices[earlier] = Choice(key, get(self.config, key), reason, auto=True)
+            return get(self.config, key)  # the user's or the resumed value stands, recorded once already
         if not self.is_auto(key):
             current = get(self.config, key)
             resumed = key in self.recipe.resumed
@@ -394,7 +408,9 @@ def _image_sizes(r: Resolver, facts: RunFacts, fixed: dict[str, Any]) -> None:
         _detector_sizes(r, facts, short)
 
 
-def _detector_sizes(r: Resolver, facts: RunFacts, short: float) -> None:
+def _detector_sizes(r: Resolver, facts: RunFacts, short: float, *, revise: bool = False) -> None:
+    """Anchors and proposal counts from the boxes at the input size; ``revise``: decided again after the input
+    size changed (:func:`_budget_scale`)."""
     prefix = "model." if facts.task == "detect" else "model.detection."
     if facts.task == "detect":
         min_size = min(round_up_32(short), STANDARD_SIZE["detect"])
@@ -417,7 +433,7 @@ def _detector_sizes(r: Resolver, facts: RunFacts, short: float) -> None:
     else:
         base, why = 32, "torchvision's"
     anchors = [[base * 2**i] for i in range(5)]
-    r.decide(prefix + "anchor_sizes", anchors, why, fixed=[[32], [64], [128], [256], [512]])
+    r.decide(prefix + "anchor_sizes", anchors, why, fixed=[[32], [64], [128], [256], [512]], revise=revise)
     # torchvision's proposal and RoI counts are for 800x1333 images; fewer pixels need fewer of them.
     scaled = f"torchvision's, scaled to {area_ratio:.0%} of the pixels of 800x1333"
     for key, full, low in (
@@ -428,7 +444,7 @@ def _detector_sizes(r: Resolver, facts: RunFacts, short: float) -> None:
         ("box_batch_size_per_image", 512, 64),
     ):
         value = int(min(max(round(full * area_ratio), low), full))
-        r.decide(prefix + key, value, scaled if value < full else "torchvision's", fixed=full)
+        r.decide(prefix + key, value, scaled if value < full else "torchvision's", fixed=full, revise=revise)
 
 
 def resolve_length(
@@ -449,7 +465,6 @@ def resolve_length(
     then be a rough full-size estimate, and the plan follows ``scale_probe``'s measurement at the chosen scale.
     """
     r = Resolver(config, recipe)
-    scalable = hasattr(config.model, "input_scale")
     steps_per_epoch = facts.steps_per_epoch
     max_iters = get(config, "train.max_iters_per_epoch")
     if max_iters:
@@ -475,20 +490,10 @@ def resolve_length(
             recipe.budget_seconds, recipe.max_epochs = budget, MAX_EPOCHS
     elif budget is not None and (r.enabled or time_text) and seconds_per_step is not None:
         began = clock()
-        if scalable and scale_probe is not None:
+        if scale_probe is not None:
             # seconds_per_step is a rough full-size estimate here (it only chooses the scale); the plan is made
             # from scale_probe's measurement at the scale the run will train at
-            scale = 1.0 if r.is_auto("model.input_scale") else float(get(config, "model.input_scale"))
-            if r.enabled and r.is_auto("model.input_scale"):
-                side = get(config, "data.crop_size")
-                rough = seconds_per_step()
-                passes = (budget - (clock() - began)) / epoch_seconds(rough, facts.steps_per_epoch, facts)
-                scale = input_scale_for(passes, side)
-                if scale < 1:
-                    why_scale = f"{passes:.2g} passes fit at full size, about {MIN_PASSES} at {round(side * scale)} px"
-                else:
-                    why_scale = f"{passes:.2g} passes fit at full size" if side > MIN_INPUT_SIDE else "small crops"
-                r.decide("model.input_scale", scale, why_scale, fixed=1.0)
+            scale = _budget_scale(r, facts, lambda: budget - (clock() - began), seconds_per_step)
             step = scale_probe(scale)
         else:
             step = seconds_per_step()
@@ -525,7 +530,7 @@ def resolve_length(
         resumed = "train.epochs" in recipe.resumed
         reason = why if recipe.budget_seconds is not None or resumed else "set"  # the user's, capped by the budget
         recipe.choices.append(Choice("train.epochs", epochs, reason, auto=resumed))
-    if scalable and all(c.key != "model.input_scale" for c in recipe.choices):
+    if facts.task == "segment" and all(c.key != "model.input_scale" for c in recipe.choices):
         # no budget to fit, or recipe: fixed; a value set by hand or resumed is recorded as such
         r.decide("model.input_scale", 1.0, "full size: no time budget to fit", fixed=1.0)
     total = steps_per_epoch * epochs
@@ -538,6 +543,33 @@ def resolve_length(
     )
     _augmentation(r, facts, total / facts.steps_per_epoch)
     return r.config
+
+
+def _budget_scale(r: Resolver, facts: RunFacts, left: Callable[[], float], rough: Callable[[], float]) -> float:
+    """The input scale a time budget allows (:func:`input_scale_for`), applied to the task's size: segmentation's
+    ``model.input_scale``, or multi-task's ``data.image_size`` (and the detector's sizes that follow from it).
+    Where the size is the user's, or the recipe is fixed, the scale is 1 (segmentation: the user's scale) and
+    nothing is measured here."""
+    segment = facts.task == "segment"
+    key = "model.input_scale" if segment else "data.image_size"
+    if segment and not r.is_auto(key):
+        return float(get(r.config, key))
+    if not r.enabled or (not segment and r.auto_choice(key) is None):
+        return 1.0
+    side = get(r.config, "data.crop_size" if segment else key)
+    passes = left() / epoch_seconds(rough(), facts.steps_per_epoch, facts)
+    scale = input_scale_for(passes, side)
+    shrunk = round(side * scale)
+    why = f"{passes:.2g} passes fit at {side} px, about {MIN_PASSES} at {shrunk} px"
+    if scale == 1:
+        why = f"{passes:.2g} passes fit at {side} px" if side > MIN_INPUT_SIDE else f"{side} px is small already"
+    if segment:
+        r.decide(key, scale, why, fixed=1.0)
+    elif scale < 1:
+        earlier = r.recipe.choices[r.auto_choice(key)].reason  # type: ignore[index]
+        r.decide(key, shrunk, f"{earlier}; {why}", revise=True)
+        _detector_sizes(r, facts, typical_side(facts.image_sizes), revise=True)
+    return scale
 
 
 def input_scale_for(passes: float, side: int) -> float:

@@ -229,7 +229,7 @@ def test_a_budget_too_short_for_full_size_shrinks_the_segmentation_input() -> No
     assert 0.5 < scale < 1 and probed == [scale] and config.model.input_scale == scale
     assert recipe.seconds_per_step == at_scale(scale)  # the plan is made at the shrunk size's pace
     assert config.train.epochs > 2  # about 8 passes fit at that pace, against 2 at full size
-    assert f"{passes:.2g} passes fit at full size, about 8 at {round(512 * scale)} px" in recipe.block()
+    assert f"{passes:.2g} passes fit at 512 px, about 8 at {round(512 * scale)} px" in recipe.block()
 
     gpu = dataclasses.replace(facts, device="cuda")  # no --time on a GPU: no budget to fit
     for config, run, why, measured in (
@@ -242,6 +242,37 @@ def test_a_budget_too_short_for_full_size_shrinks_the_segmentation_input() -> No
         config = resolve_length(config, recipe, run, seconds_per_step=lambda: 1 / 0, scale_probe=at_scale)
         assert probed == measured and recipe.as_dict()["model.input_scale"]["reason"] == why  # no rough probe
         assert config.model.input_scale == (0.5 if why == "set" else 1.0)
+
+
+def test_a_budget_too_short_for_full_size_shrinks_the_multitask_image_and_its_anchors_follow() -> None:
+    facts = dataclasses.replace(
+        _facts("multitask", n=160, val=40, sizes=((520, 520),), batch=8, box_sizes=(40.0,) * 20), device="cpu"
+    )
+    config = apply(MultiTaskConfig(), {"train": {"time": "6m"}}, source="t")
+    static, recipe = resolve_static(config, facts)
+    assert static.data.image_size == 512 and static.model.detection.anchor_sizes[0] == [32]  # 40 px x 512 / 520
+    probed = []
+    config = resolve_length(
+        static, recipe, facts, seconds_per_step=lambda: 12.0, scale_probe=lambda s: probed.append(s) or 12.0 * s * s
+    )
+    passes = 360 / (12.0 * 20 + recipes.EVAL_COST * 12.0 / 8 * 40)  # 1.4 passes at 512 px
+    scale = recipes.input_scale_for(passes, 512)
+    assert probed == [scale] and config.data.image_size == round(512 * scale) == 224
+    assert config.model.detection.anchor_sizes[0] == [16]  # 40 px boxes are 17 px at 224: a smaller base
+    keys = [c.key for c in recipe.choices]
+    assert len(keys) == len(set(keys))  # revised in place, not recorded twice
+    reason = recipe.as_dict()["data.image_size"]["reason"]
+    assert reason == f"typical longer side 520 px, at most 512; {passes:.2g} passes fit at 512 px, about 8 at 224 px"
+
+    mine = apply(config, {"data": {"image_size": 512}}, source="t")  # the user's size is never shrunk
+    static, recipe = resolve_static(
+        apply(MultiTaskConfig(), {"train": {"time": "6m"}, "data": {"image_size": 512}}, source="t"), facts
+    )
+    probed.clear()
+    kept = resolve_length(
+        static, recipe, facts, seconds_per_step=lambda: 1 / 0, scale_probe=lambda s: probed.append(s) or 12.0
+    )
+    assert kept.data.image_size == 512 and probed == [1.0] and mine.data.image_size == 512
 
 
 class _ScriptedTask:
