@@ -586,9 +586,10 @@ def rows_table(rows: Sequence[dict[str, Any]]) -> str:
     for row in rows:
         ours, reference = row["ours"]["metric"], row["reference"]["metric"]
         ratio = f"{ours / reference:.2f}×" if reference > 0 else "n/a"
-        setting = f"{row['setting'][0]} {row['setting'][1]:g}"
+        setting = f"{row['setting'][0]} {row['setting'][1]:g}" if "setting" in row else "alone"
+        task = f"multitask: {row['task']}" if "weighting" in row else row["task"]
         lines.append(
-            f"| {row['set']} | {row['task']} ({METRIC[row['task']]}) | {reference:.3f} ({setting}) | {ours:.3f} | "
+            f"| {row['set']} | {task} ({METRIC[row['task']]}) | {reference:.3f} ({setting}) | {ours:.3f} | "
             f"{ratio} | {row['ours']['epochs']}, {row['ours']['images_per_s']:.2f} |"
         )
     return "\n".join(lines)
@@ -614,12 +615,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     weigh.add_argument("--scale", type=float, default=1.0)
     weigh.add_argument("--sets", nargs="*", help="default: every reporting set with all three tasks' labels")
     rerun = commands.add_parser("rows", help="the learning section's rows of one task on chosen sets, re-run alone")
-    rerun.add_argument("task", choices=sorted(REFERENCES))
-    rerun.add_argument("--time", default="3m")
+    rerun.add_argument("task", choices=[*sorted(REFERENCES), "multitask"])
+    rerun.add_argument("--time", default="3m", help="multitask: each single-task run's; the multitask run gets 3 times")
     rerun.add_argument("--sets", nargs="+", required=True)
     args = parser.parse_args(argv)
     if args.command == "rows":
-        print(rows_table(learning_rows({args.task: args.time}, names=args.sets)))
+        if args.task == "multitask":  # under the default weighting, as the learning section runs it
+            rows = multitask_rows(args.time, names=args.sets, weightings=("uncertainty",))
+        else:
+            rows = learning_rows({args.task: args.time}, names=args.sets)
+        print(rows_table(rows))
         return 0
     if args.command == "weighting":
         print(weighting_table(args.time, scale=args.scale, names=args.sets))

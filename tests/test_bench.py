@@ -191,6 +191,9 @@ def test_learning_rows_table_shows_the_ratio_to_the_reference_or_none() -> None:
             "reference": {"metric": reference},
         }
 
-    lines = rows_table([row("horses", 0.6, 0.48), row("blank", 0.1, 0.0)]).splitlines()
+    joint = {**row("coins", 0.9, 0.95), "weighting": "uncertainty"}
+    del joint["setting"]
+    lines = rows_table([row("horses", 0.6, 0.48), row("blank", 0.1, 0.0), joint]).splitlines()
     assert lines[2] == "| horses | segment (mIoU) | 0.480 (adamw 0.003) | 0.600 | 1.25× | 5, 9.13 |"
-    assert lines[3].split(" | ")[4] == "n/a" and len(lines) == 4
+    assert lines[3].split(" | ")[4] == "n/a" and len(lines) == 5
+    assert lines[4] == "| coins | multitask: segment (mIoU) | 0.950 (alone) | 0.900 | 0.95× | 5, 9.13 |"
