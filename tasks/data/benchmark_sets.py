@@ -247,19 +247,31 @@ def _pasted(folder: Path, scale: float) -> None:
             if rng.random() < 0.5:
                 draw.ellipse([x, y, x + w, y + h], fill=1)
             else:
-                angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 8))))
-                radius = rng.uniform(0.6, 1.0, len(angles))  # a star-shaped polygon inside the box
-                corners = [
-                    (x + w / 2 * (1 + r * np.cos(a)), y + h / 2 * (1 + r * np.sin(a))) for a, r in zip(angles, radius)
-                ]
-                draw.polygon(corners, fill=1)
+                draw.polygon(_star(rng, (x, y, w, h), corners=(3, 8), radius=(0.6, 1.0)), fill=1)
             inside = np.asarray(stencil).astype(bool)
-            content = _resize(np.ascontiguousarray(_crop(rng, photos[sources[label]], 160)), (size, size))
-            image = np.where(inside[..., None], content, image)
+            image = _fill(rng, image, inside, photos[sources[label]], 160)
             classes.append(label + 1)
             instances[inside] = len(classes)
         samples.append((image, instances, classes))
     _composed(folder, sources, samples)
+
+
+def _star(
+    rng: np.random.Generator, box: tuple[int, int, int, int], *, corners: tuple[int, int], radius: tuple[float, float]
+) -> list[tuple[float, float]]:
+    """A random star-shaped polygon inside ``box`` (x, y, w, h): ``corners`` from integers(*corners), each at a
+    random share ``radius`` of the half-box from its centre."""
+    x, y, w, h = box
+    angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(*corners))))
+    radii = rng.uniform(*radius, len(angles))
+    return [(x + w / 2 * (1 + r * np.cos(a)), y + h / 2 * (1 + r * np.sin(a))) for a, r in zip(angles, radii)]
+
+
+def _fill(rng: np.random.Generator, image: np.ndarray, inside: np.ndarray, photo: np.ndarray, side: int) -> np.ndarray:
+    """``image`` with the pixels ``inside`` taken from a random ``side``-pixel crop of ``photo``, resized to it."""
+    height, width = inside.shape
+    content = _resize(np.ascontiguousarray(_crop(rng, photo, side)), (width, height))
+    return np.where(inside[..., None], content, image)
 
 
 def _horses(folder: Path, scale: float) -> None:
@@ -309,16 +321,10 @@ def _blobs(folder: Path, scale: float) -> None:
             label = int(rng.integers(0, len(fills)))
             w, h = int(width * rng.uniform(0.2, 0.5)), int(height * rng.uniform(0.2, 0.5))
             x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
-            angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(5, 10))))
-            radius = rng.uniform(0.5, 1.0, len(angles))
-            corners = [
-                (x + w / 2 * (1 + r * np.cos(a)), y + h / 2 * (1 + r * np.sin(a))) for a, r in zip(angles, radius)
-            ]
             stencil = Image.new("L", (width, height), 0)
-            ImageDraw.Draw(stencil).polygon(corners, fill=1)
+            ImageDraw.Draw(stencil).polygon(_star(rng, (x, y, w, h), corners=(5, 10), radius=(0.5, 1.0)), fill=1)
             inside = np.asarray(stencil).astype(bool)
-            content = _resize(np.ascontiguousarray(_crop(rng, photos[fills[label]], 200)), (width, height))
-            image = np.where(inside[..., None], content, image)
+            image = _fill(rng, image, inside, photos[fills[label]], 200)
             classes.append(label + 1)
             instances[inside] = len(classes)
         samples.append((image, instances, classes))
