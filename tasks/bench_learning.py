@@ -585,7 +585,7 @@ def rows_table(rows: Sequence[dict[str, Any]]) -> str:
     ]
     for row in rows:
         ours, reference = row["ours"]["metric"], row["reference"]["metric"]
-        ratio = f"{ours / reference:.2f}×" if reference > 0 else "n/a"
+        ratio = f"{ours / reference:.2f}×" if reference >= 0.005 else "n/a"  # no ratio to a zero
         setting = f"{row['setting'][0]} {row['setting'][1]:g}" if "setting" in row else "alone"
         task = f"multitask: {row['task']}" if "weighting" in row else row["task"]
         lines.append(
