@@ -376,7 +376,9 @@ def resolve_static(config: Any, facts: RunFacts, *, resumed: frozenset[str] = fr
     if facts.pretrained and facts.task in ("classify", "segment"):
         r.decide("train.backbone_lr_scale", 0.1, "pretrained backbone, new head", fixed=1.0)
     else:
-        why = start if facts.task in ("classify", "segment") else "torchvision's"
+        why = {"detect": "torchvision's", "multitask": f"{start}: the backbone every head shares"}.get(
+            facts.task, start
+        )
         r.decide("train.backbone_lr_scale", 1.0, why, fixed=1.0)
     if facts.task in ("detect", "multitask"):
         r.decide("train.clip_grad", 10.0, "the RPN's early losses spike from random anchors", fixed=None)
