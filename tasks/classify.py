@@ -283,8 +283,8 @@ def setup(cfg: ClassifyConfig, *, resumed: frozenset[str] = frozenset()) -> Setu
 
     def step_seconds() -> float:  # on evaluation-transformed images of the training size
         probe = _dataset(cfg, train_samples[: cfg.train.batch_size], train=False)
-        batch = collate_classification([probe[i] for i in range(len(probe))])
-        return recipes.measure_step(task, model, batch, resolve_device(cfg.train.device))
+        device = resolve_device(cfg.train.device)
+        return recipes.measure_batch(task, model, probe, collate_classification, cfg.train.batch_size, device)  # type: ignore[arg-type]
 
     cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds)
     meta = dict(

@@ -337,8 +337,8 @@ def setup(cfg: DetectConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:
 
     def step_seconds() -> float:  # on unaugmented training images: the detector resizes them the same
         probe = DetectionDataset(train_data, detection_eval(), train=True)
-        batch = collate_detection([probe[i] for i in range(min(cfg.train.batch_size, len(probe)))])
-        return recipes.measure_step(task, model, batch, resolve_device(cfg.train.device))
+        device = resolve_device(cfg.train.device)
+        return recipes.measure_batch(task, model, probe, collate_detection, cfg.train.batch_size, device)  # type: ignore[arg-type]
 
     cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds)
     meta = dict(

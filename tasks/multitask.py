@@ -361,19 +361,15 @@ def setup(cfg: MultiTaskConfig, *, resumed: frozenset[str] = frozenset()) -> Set
     model = build_model(weights=cfg.model.weights, **_build_args(model_args))
     task = MultiTaskTask(val, backend=cfg.coco_backend)
 
-    def step_seconds_at(scale: float, images: int | None = None, repeats: int = 2) -> float:
-        """One training step on unaugmented training images of the resolved size times ``scale``; on ``images``
-        of the batch, the time scaled up to the whole batch."""
+    def step_seconds_at(scale: float, rough: bool = False) -> float:
+        """One training step on unaugmented training images of the resolved size times ``scale``."""
         size = round(cfg.data.image_size * scale)  # type: ignore[operator]
         probe = MultiTaskDataset(train_data, MultiTaskPipeline(size, train=False), train=True)
-        batch_size = cfg.train.batch_size  # type: ignore[assignment]
-        count = min(images or batch_size, batch_size, len(probe))
-        batch = collate_multitask([probe[i] for i in range(count)])
-        seconds = recipes.measure_step(task, model, batch, resolve_device(cfg.train.device), repeats=repeats)
-        return seconds * batch_size / count
+        device = resolve_device(cfg.train.device)
+        return recipes.measure_batch(task, model, probe, collate_multitask, cfg.train.batch_size, device, rough=rough)  # type: ignore[arg-type]
 
-    def step_seconds() -> float:  # rough, at the resolved size: two images, one timed step (it chooses the scale)
-        return step_seconds_at(1.0, images=2, repeats=1)
+    def step_seconds() -> float:  # rough, at the resolved size: it only chooses the scale
+        return step_seconds_at(1.0, rough=True)
 
     sized = cfg.data.image_size
     cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds, scale_probe=step_seconds_at)

@@ -641,6 +641,28 @@ def measure_step(
     return min(times) * 1.1
 
 
+ROUGH_PROBE_IMAGES = 2  # a rough probe (it only chooses the input scale) times one step on this many images
+
+
+def measure_batch(
+    task: Any,
+    model: nn.Module,
+    dataset: Any,
+    collate: Callable[[list[Any]], dict[str, Any]],
+    batch_size: int,
+    device: torch.device,
+    *,
+    rough: bool = False,
+) -> float:
+    """Seconds of one training step on the first batch of ``dataset`` (:func:`measure_step`). ``rough``: one
+    timed step on ROUGH_PROBE_IMAGES of the batch, scaled up to the whole batch (a batch no larger than the
+    dataset, as the run's)."""
+    full = min(batch_size, len(dataset))
+    count = min(ROUGH_PROBE_IMAGES, full) if rough else full
+    batch = collate([dataset[i] for i in range(count)])
+    return measure_step(task, model, batch, device, repeats=1 if rough else 2) * full / count
+
+
 def box_sides(boxes: Sequence[Sequence[float]], *, limit: int = 2000) -> tuple[float, ...]:
     """sqrt(area) of up to ``limit`` (x1, y1, x2, y2) boxes, evenly spaced through ``boxes``."""
     return tuple(float(((x2 - x1) * (y2 - y1)) ** 0.5) for x1, y1, x2, y2 in boxes[:: max(len(boxes) // limit, 1)])

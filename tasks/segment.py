@@ -321,20 +321,18 @@ def setup(cfg: SegmentConfig, *, resumed: frozenset[str] = frozenset()) -> Setup
     model = build_model(weights=cfg.model.weights, **model_args)
     task = SegmentTask(train_data.class_names, _loss(cfg), keep_masks=PNG_COUNT, tile=_tile(cfg))
 
-    def step_seconds_at(scale: float, images: int | None = None, repeats: int = 2) -> float:
-        """One training step on training crops (before the augmentation strength is known) at ``scale``; on
-        ``images`` of the batch, the time scaled up to the whole batch."""
+    def step_seconds_at(scale: float, rough: bool = False) -> float:
+        """One training step on training crops (before the augmentation strength is known) at ``scale``."""
         model.input_scale = scale
         crops = segmentation_train(cfg.data.crop_size, scale=(1.0, 1.0), hflip=0.0, color_jitter=0.0)  # type: ignore[arg-type]
         probe = SegmentationDataset(train_data, crops)
-        batch_size = cfg.train.batch_size  # type: ignore[assignment]
-        count = min(images or batch_size, batch_size, len(probe))
-        batch = collate_segmentation([probe[i] for i in range(count)])
-        seconds = recipes.measure_step(task, model, batch, resolve_device(cfg.train.device), repeats=repeats)
-        return seconds * batch_size / count
+        device = resolve_device(cfg.train.device)
+        return recipes.measure_batch(
+            task, model, probe, collate_segmentation, cfg.train.batch_size, device, rough=rough
+        )  # type: ignore[arg-type]
 
-    def step_seconds() -> float:  # rough, at full size: two crops, one timed step (it only chooses the scale)
-        return step_seconds_at(1.0, images=2, repeats=1)
+    def step_seconds() -> float:  # rough, at full size: it only chooses the scale
+        return step_seconds_at(1.0, rough=True)
 
     cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds, scale_probe=step_seconds_at)
     model.input_scale = model_args["input_scale"] = float(cfg.model.input_scale)  # type: ignore[arg-type]

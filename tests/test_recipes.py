@@ -244,6 +244,21 @@ def test_a_budget_too_short_for_full_size_shrinks_the_segmentation_input() -> No
         assert config.model.input_scale == (0.5 if why == "set" else 1.0)
 
 
+def test_a_rough_probe_times_two_images_and_scales_to_the_batch_the_run_will_have(monkeypatch) -> None:
+    timed = []
+
+    def step(task, model, batch, device, *, repeats=2):  # 0.1 s an image
+        timed.append((len(batch), repeats))
+        return 0.1 * len(batch)
+
+    monkeypatch.setattr(recipes, "measure_step", step)
+    probe = list(range(20))
+    assert recipes.measure_batch(None, None, probe, list, 8, "cpu") == pytest.approx(0.8)
+    assert recipes.measure_batch(None, None, probe, list, 8, "cpu", rough=True) == pytest.approx(0.8)
+    assert recipes.measure_batch(None, None, probe[:3], list, 8, "cpu", rough=True) == pytest.approx(0.3)  # batch 3
+    assert timed == [(8, 2), (2, 1), (2, 1)]
+
+
 def test_a_budget_too_short_for_full_size_shrinks_the_multitask_image_and_its_anchors_follow() -> None:
     facts = dataclasses.replace(
         _facts("multitask", n=160, val=40, sizes=((520, 520),), batch=8, box_sizes=(40.0,) * 20), device="cpu"
