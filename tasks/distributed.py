@@ -38,7 +38,17 @@ def is_main() -> bool:
 def setup_from_env(device: torch.device) -> None:
     """Join the process group that torchrun describes in the environment, if any."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # torchrun's env:// store outlives a restart (--max-restarts): keys under one prefix per attempt, so that
+        # a restarted rank never reads a peer address that the killed attempt left there (gloo then fails to
+        # connect to a dead process: "connectFullMesh failed ... Connection refused").
+        store, rank, world_size = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            store=dist.PrefixStore(f"attempt{attempt}/", store),
+            rank=rank,
+            world_size=world_size,
+        )
 
 
 def shutdown(*, wait: bool = False) -> None:

@@ -161,3 +161,55 @@ def test_segment_and_multitask_evaluation_independent_of_process_count(task, tmp
     assert one == pytest.approx(two, abs=1e-3)
     exact = [key for key in one if "coco" not in key and "voc" not in key and "detect" not in key]
     assert exact and all(one[key] == pytest.approx(two[key], abs=1e-9) for key in exact), exact
+
+
+RESTART_KILLER = """
+import importlib, os, signal, sys
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+task, kill_at, *argv = sys.argv[1:]
+steps = 0
+
+def hook(optimizer, args, kwargs):
+    global steps
+    steps += 1
+    if steps == int(kill_at) and os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+register_optimizer_step_post_hook(hook)
+sys.exit(importlib.import_module(f"tasks.{task}").main(argv))
+"""
+
+
+def test_torchrun_max_restarts_recovers_a_killed_worker_with_resume_auto(tmp_path) -> None:
+    """2 processes on gloo; rank 1 kills itself (SIGKILL) after its 5th optimizer step in the first attempt only,
+    half-way through epoch 2. torchrun restarts the group, ``--resume auto`` continues from last.pt (epoch 1),
+    and the run ends with the weights, optimizer state and metrics of a run that was never killed."""
+    import torch
+
+    data = make_image_folder(tmp_path / "data", per_class=(8, 2))  # 24 train images: 12 a rank, 3 steps of 4
+    common = [
+        "--data", str(data), "--backbone", "resnet18", "--workers", "0", "--device", "cpu", "--image-size", "32",
+        "--epochs", "3", "--batch-size", "4", "--lr", "0.01", "--seed", "3",
+    ]  # fmt: skip
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    torchrun(2, "-m", "tasks.classify", *common, "--output", str(whole), cwd=tmp_path)
+
+    killer = tmp_path / "killer.py"
+    killer.write_text(RESTART_KILLER, encoding="utf-8")
+    result = torchrun(
+        2, "--max-restarts=1", str(killer), "classify", "5", *common, "--output", str(broken), "--resume", "auto",
+        cwd=tmp_path,
+    )  # fmt: skip
+    # the first attempt started fresh; the second, restarted by torchrun, resumed from the first's epoch 1
+    assert "starting a new run" in result.stdout and "resumed from" in result.stdout, result.stdout[-3000:]
+
+    want = torch.load(whole / "last.pt", weights_only=True)
+    got = torch.load(broken / "last.pt", weights_only=True)
+    assert got["epoch"] == want["epoch"] == 2 and got["scheduler"]["last_epoch"] == want["scheduler"]["last_epoch"]
+    torch.testing.assert_close(got["model"], want["model"], rtol=1e-5, atol=1e-6)
+    states = lambda c: [s for _, s in sorted(c["optimizer"]["state"].items())]  # noqa: E731
+    assert len(states(got)) == len(states(want)) > 0
+    torch.testing.assert_close(states(got), states(want), rtol=1e-5, atol=1e-6)
+    a, b = _numbers(_metrics(whole)), _numbers(_metrics(broken))
+    assert a.keys() == b.keys() and a == pytest.approx(b, abs=1e-6)
