@@ -446,7 +446,11 @@ def learning_section(s: Settings) -> Section:
         row["label"] = f"{row['task']} ({bench_learning.METRIC[row['task']]})"
         row["against"] = f"{row['setting'][0]} {row['setting'][1]:g}"
     if "multitask" in budgets:
-        joined = [n for n in names or bench_learning.SETS if "multitask" in bench_learning.SETS[n].tasks]
+        joined = [  # reporting sets only: the tuning sets (blobs) never report
+            n
+            for n in names or bench_learning.SETS
+            if "multitask" in bench_learning.SETS[n].tasks and bench_learning.SETS[n].role == "report"
+        ]
         multitask = bench_learning.multitask_rows(
             budgets["multitask"], scale=scale, names=joined, weightings=s.weightings
         )

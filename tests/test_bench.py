@@ -197,3 +197,29 @@ def test_learning_rows_table_shows_the_ratio_to_the_reference_or_none() -> None:
     assert lines[2] == "| horses | segment (mIoU) | 0.480 (adamw 0.003) | 0.600 | 1.25× | 5, 9.13 |"
     assert lines[3].split(" | ")[4] == "n/a" and len(lines) == 5
     assert lines[4] == "| coins | multitask: segment (mIoU) | 0.950 (alone) | 0.900 | 0.95× | 5, 9.13 |"
+
+
+def test_the_full_learning_section_reports_on_reporting_sets_only(monkeypatch) -> None:
+    """The tuning sets (role "tune": textures, blobs) never appear in the learning table, the multitask rows
+    included: a run of the full section's set choice with the runs themselves stubbed out."""
+    from tasks import bench_learning
+    from tasks.benchsuite import FULL, learning_section
+
+    asked: dict[str, list[str]] = {}
+
+    def single(budgets, *, scale, names):  # chooses its own sets: reporting ones when names is None
+        return []
+
+    def multitask(budget, *, scale, names, weightings):
+        asked["multitask"] = list(names)
+        return []
+
+    monkeypatch.setattr(bench_learning, "learning_rows", single)
+    monkeypatch.setattr(bench_learning, "multitask_rows", multitask)
+    learning_section(FULL)
+    tuning = {name for name, s in bench_learning.SETS.items() if s.role == "tune"}
+    assert tuning >= {"textures", "blobs"}
+    assert asked["multitask"] and not tuning & set(asked["multitask"])
+    assert set(asked["multitask"]) == {
+        n for n, s in bench_learning.SETS.items() if s.role == "report" and "multitask" in s.tasks
+    }
