@@ -44,6 +44,7 @@ from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.transforms import classification_eval, classification_train
 from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
+from tasks.explain import add_cam_options, cam_class_index, grad_cam, input_view, wants_cam
 from tasks.export import (
     Exported,
     ExportSpec,
@@ -55,7 +56,7 @@ from tasks.export import (
 )
 from tasks.io import atomic_write, write_json
 from tasks.metrics.classification import ClassificationMeter
-from tasks.visualize import confusion_png, image_grid_png
+from tasks.visualize import confusion_png, image_grid_png, overlay_cam, save_png
 
 TASK = "classify"
 MISTAKES = 16  # the most confident mistakes drawn in mistakes.png
@@ -356,22 +357,39 @@ def evaluate(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
 def predict(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     path = require_checkpoint(args)
     images = PredictImages(args.inputs, "photo.jpg photos/")
-    model, meta = serving_model(path, _load_model)  # a checkpoint, or an exported file alone
+    explain = wants_cam(args, path)
+    eager: ClassificationModel | None = None
+    if explain:  # Grad-CAM hooks the eager model's layers
+        loaded, meta = load_model(path, task=TASK, build=lambda a: build_model(**a))
+        eager = loaded  # type: ignore[assignment]
+        model: Any = lambda x: (loaded(x),)  # noqa: E731
+    else:
+        model, meta = serving_model(path, _load_model)  # a checkpoint, or an exported file alone
     class_names = list(meta["class_names"])
+    target = cam_class_index(args, path, class_names)
     transform = classification_eval(meta["image_size"], crop_pct=meta["crop_pct"])
+    run_dir = new_run_dir(cfg.output, TASK, "predict")
     results = []
     for image_path, image in images:
+        inputs = transform(image)[None]
         with torch.inference_mode():
-            probs = model(transform(image)[None])[0].softmax(dim=1)[0]  # (C,)
+            probs = model(inputs)[0].softmax(dim=1)[0]  # (C,)
         top = probs.topk(min(5, len(class_names)))
         ranked = [{"class": class_names[i], "probability": float(p)} for p, i in zip(top.values, top.indices)]
-        results.append({"path": str(image_path), "top5": ranked})
+        entry: dict[str, Any] = {"path": str(image_path), "top5": ranked}
+        if eager is not None:  # over the centre crop the model saw
+            index = int(top.indices[0]) if target is None else target
+            heat = grad_cam(eager.backbone, eager.head, inputs, [index])[0]
+            picture = f"cam/{images.output_name(image_path)}.png"
+            save_png(overlay_cam(input_view(inputs[0]), heat), run_dir / picture)
+            entry["cam"] = {"class": class_names[index], "image": picture}
+        results.append(entry)
         print(f"{image_path}: " + ", ".join(f"{r['class']} ({r['probability']:.3f})" for r in ranked))
-    run_dir = new_run_dir(cfg.output, TASK, "predict")
     write_json(run_dir / "predictions.json", results)
+    cams = " and Grad-CAM heat maps" if explain else ""
     print(
         f"{len(results)} image(s) predicted{f', {images.skipped} skipped' if images.skipped else ''}; "
-        f"wrote {run_dir / 'predictions.json'}"
+        f"wrote {run_dir / 'predictions.json'}{cams}"
     )
     return 0
 
@@ -426,6 +444,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = common_parser(TASK, "Train, evaluate and predict image classifiers.")
     parser.add_argument("--freeze-backbone", action="store_true", default=None, help="train the head only")
     parser.add_argument("--backbone-lr-scale", type=float, help="backbone learning rate = lr × this")
+    add_cam_options(parser, by_class=True)
     args = parser.parse_args(argv)
     cfg = resolve_config(ClassifyConfig(), args, command_flags(args, FLAGS), embedded="classify/digits")
     if args.command in ("train", "eval"):

@@ -46,6 +46,7 @@ from tasks.data.sampling import aspect_ratio_groups
 from tasks.data.transforms import detection_eval, detection_train
 from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
+from tasks.explain import add_cam_options, eigen_cam, wants_cam
 from tasks.export import (
     Exported,
     ExportSpec,
@@ -65,7 +66,7 @@ from tasks.metrics.detection import (
     score,
     to_results,
 )
-from tasks.visualize import confusion_png, draw_detections, f1_curve_png, pr_curve_png, save_png
+from tasks.visualize import confusion_png, draw_detections, f1_curve_png, overlay_cam, pr_curve_png, save_png
 
 TASK = "detect"
 PNG_COUNT = 8
@@ -443,7 +444,12 @@ def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
 def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
     checkpoint_path = require_checkpoint(args)
     images = PredictImages(args.inputs, "street.jpg photos/")
-    graph, meta = serving_model(checkpoint_path, _load_graph)  # a checkpoint, or an exported file alone
+    eager: FasterRCNN | None = None
+    if wants_cam(args, checkpoint_path):  # EigenCAM hooks the eager model's backbone
+        eager, meta = _load_model(checkpoint_path)
+        graph: Any = DetectionGraph(eager.eval())
+    else:
+        graph, meta = serving_model(checkpoint_path, _load_graph)  # a checkpoint, or an exported file alone
     names = list(meta["class_names"])
     run_dir = new_run_dir(cfg.output, TASK, "predict")
     to_tensor = detection_eval()
@@ -458,7 +464,12 @@ def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
             for b, label, s in zip(boxes, labels, scores)
         ]
         picture = f"{images.output_name(image_path)}.png"
-        results.append({"path": str(image_path), "image": picture, "detections": detections})
+        entry: dict[str, Any] = {"path": str(image_path), "image": picture, "detections": detections}
+        if eager is not None:
+            heat = eigen_cam(eager, to_tensor(image)[0])
+            save_png(overlay_cam(image, heat), run_dir / "cam" / picture)
+            entry["cam"] = f"cam/{picture}"
+        results.append(entry)
         save_png(
             draw_detections(image, boxes.numpy(), [d["class"] for d in detections], scores.tolist()),
             run_dir / picture,
@@ -469,7 +480,8 @@ def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
         )
     write_json(run_dir / "predictions.json", results)
     skipped = f", {images.skipped} unreadable skipped" if images.skipped else ""
-    print(f"{len(results)} image(s) predicted{skipped}; wrote {run_dir / 'predictions.json'} and drawn PNGs")
+    cams = " and EigenCAM heat maps" if eager is not None else ""
+    print(f"{len(results)} image(s) predicted{skipped}; wrote {run_dir / 'predictions.json'}, drawn PNGs{cams}")
     return 0
 
 
@@ -536,6 +548,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = common_parser(TASK, "Train, evaluate and predict Faster R-CNN detectors on COCO or VOC data.")
     parser.add_argument("--predictions", help="eval: score this COCO-results file, with no model")
     parser.add_argument("--coco-backend", choices=("faster-coco-eval", "pycocotools"))
+    add_cam_options(parser, by_class=False)
     args = parser.parse_args(argv)
     cfg = resolve_config(DetectConfig(), args, command_flags(args, FLAGS), embedded="detect/shapes")
     if args.command in ("train", "eval"):

@@ -58,6 +58,7 @@ from tasks.data.multitask import (
 from tasks.detect import DetectionHeadConfig
 from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
+from tasks.explain import add_cam_options, cam_class_index, grad_cam, resize_map, wants_cam
 from tasks.export import (
     Exported,
     ExportSpec,
@@ -72,7 +73,7 @@ from tasks.metrics.classification import ClassificationMeter
 from tasks.metrics.coco import Backend
 from tasks.metrics.detection import score, to_results
 from tasks.metrics.segmentation import SegmentationMeter
-from tasks.visualize import draw_detections, overlay_mask, palette_mask, save_png
+from tasks.visualize import draw_detections, overlay_cam, overlay_mask, palette_mask, save_png
 
 TASK = "multitask"
 MAIN_METRICS = {"classify": "accuracy", "detect": "coco.AP", "segment": "mIoU"}
@@ -500,8 +501,16 @@ def _load_graph(path: Path) -> tuple[ExportGraph, dict[str, Any]]:
 def predict(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
     path = require_checkpoint(args)
     images = PredictImages(args.inputs, "photo.jpg photos/")
-    model, meta = serving_model(path, _load_graph)  # a checkpoint, or an exported file alone
+    eager: MultiTaskModel | None = None
+    if wants_cam(args, path):  # Grad-CAM hooks the eager model's layers
+        model, meta = _load_graph(path)
+        eager = model.model
+        if "classify" not in eager.tasks:
+            raise UserError(f"--cam explains the classification head, and {path} has none (heads: {eager.tasks})")
+    else:
+        model, meta = serving_model(path, _load_graph)  # a checkpoint, or an exported file alone
     names = {k: list(v) for k, v in meta["class_names"].items()}
+    target = cam_class_index(args, path, names["classify"]) if eager is not None else None
     pipeline = MultiTaskPipeline(int(meta["image_size"]), train=False)
     run_dir = new_run_dir(cfg.output, TASK, "predict")
     results = []
@@ -523,6 +532,12 @@ def predict(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
             entry["classify"] = [
                 {"class": names["classify"][i], "probability": float(p)} for p, i in zip(top.values, top.indices)
             ]
+        if eager is not None:  # over the whole image: the model sees it resized, unpadded
+            index = int(out["classify"][0].argmax()) if target is None else target
+            heat = grad_cam(eager.backbone, eager.heads["classify"], tensor[None], [index])[0]
+            heat = resize_map(heat, (height, width))
+            save_png(overlay_cam(image, heat), run_dir / "cam" / name)
+            entry["cam"] = {"class": names["classify"][index], "image": f"cam/{name}"}
         picture = image
         if "segment" in out:
             mask = resize_segmentation(out["segment"][0], size, (height, width)).argmax(dim=0).numpy()
@@ -660,6 +675,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = common_parser(TASK, "Train, evaluate, predict and export one backbone with several task heads.")
     parser.add_argument("--tasks", help="comma-separated subset of classify,detect,segment (default: all three)")
     parser.add_argument("--coco-backend", choices=("faster-coco-eval", "pycocotools"))
+    add_cam_options(parser, by_class=True)
     args = parser.parse_args(argv)
     if args.format is not None and args.command != "export":
         raise UserError(

@@ -91,6 +91,17 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.5) -> 
     return Image.fromarray(blended.permute(1, 2, 0).numpy())
 
 
+def overlay_cam(image: np.ndarray, cam: np.ndarray, *, image_weight: float = 0.5) -> Image.Image:
+    """A class activation map (H, W) in [0, 1] over the RGB image (H, W, 3) uint8 as a jet heat map
+    (pytorch-grad-cam's ``show_cam_on_image``)."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    if cam.shape != image.shape[:2]:
+        raise ValueError(f"a {cam.shape} map cannot overlay a {image.shape[:2]} image")
+    rgb = np.asarray(image, np.float32) / 255.0
+    return Image.fromarray(show_cam_on_image(rgb, np.clip(cam, 0.0, 1.0), use_rgb=True, image_weight=image_weight))
+
+
 def _figure_png(draw: Callable[[Any], None], size: tuple[float, float] = (6.0, 4.5)) -> bytes:
     """A matplotlib figure (files only, no display) drawn by ``draw(axes)``, as PNG bytes."""
     import io

@@ -356,6 +356,37 @@ def test_non_image_file_to_predict(trained, tmp_path, capsys) -> None:
     _one_line_error(capsys, rc, "absent.png", "does not exist")
 
 
+def test_predict_cam_writes_a_heat_map_per_image_for_the_top_or_the_named_class(
+    trained, data, tmp_path, capsys
+) -> None:
+    from PIL import Image
+
+    checkpoint = str(trained / "best.pt")
+    folder = data / "val" / "green"
+    assert main(["predict", str(folder), "--checkpoint", checkpoint, "--output", str(tmp_path / "top"), "--cam"]) == 0
+    results = json.loads((tmp_path / "top" / "predictions.json").read_text())
+    assert len(results) == 4 and "Grad-CAM heat maps" in capsys.readouterr().out
+    for result in results:
+        assert result["cam"]["class"] == result["top5"][0]["class"]
+        with Image.open(tmp_path / "top" / result["cam"]["image"]) as picture:
+            assert picture.size == (32, 32) and picture.mode == "RGB"  # over the centre crop the model saw
+    named = tmp_path / "named"
+    assert main(["predict", str(folder), "--checkpoint", checkpoint, "--output", str(named), "--cam-class", "red"]) == 0
+    assert {r["cam"]["class"] for r in json.loads((named / "predictions.json").read_text())} == {"red"}
+    assert main(["predict", str(folder), "--checkpoint", checkpoint, "--output", str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "cam").exists()
+    assert "cam" not in json.loads((tmp_path / "plain" / "predictions.json").read_text())[0]
+
+
+def test_predict_cam_refuses_an_unknown_class_and_an_exported_model(trained, data, tmp_path, capsys) -> None:
+    image = str(data / "val" / "red" / "0.png")
+    rc = main(["predict", image, "--checkpoint", str(trained / "best.pt"), "--cam-class", "purple"])
+    _one_line_error(capsys, rc, "--cam-class 'purple' is not a class of", "red")
+    exported = tmp_path / "model.onnx"
+    exported.write_bytes(b"")  # refused by its name, before it is read
+    _one_line_error(capsys, main(["predict", image, "--checkpoint", str(exported), "--cam"]), "exported model")
+
+
 def test_missing_checkpoint_option(data, capsys) -> None:
     _one_line_error(capsys, main(["eval", "--data", str(data)]), "--checkpoint")
 

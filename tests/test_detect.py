@@ -291,6 +291,25 @@ def test_predict_writes_boxes_and_pictures(trained, coco_root, tmp_path) -> None
     assert sorted(shown) == [s for s in scores if s >= middle]  # one setting: what is listed is what is drawn
 
 
+def test_predict_cam_writes_eigen_cam_maps_at_each_images_size(trained, coco_root, tmp_path, capsys) -> None:
+    from PIL import Image
+
+    out = tmp_path / "cam"
+    assert (
+        main(
+            ["predict", str(coco_root / "val"), "--checkpoint", str(trained / "best.pt"), "--output", str(out), "--cam"]
+        )
+        == 0
+    )
+    results = json.loads((out / "predictions.json").read_text())
+    assert len(results) == 4 and "EigenCAM heat maps" in capsys.readouterr().out
+    for result in results:
+        with Image.open(result["path"]) as image, Image.open(out / result["cam"]) as heat:
+            assert heat.size == image.size and heat.mode == "RGB"
+    rc = main(["predict", str(coco_root / "val"), "--checkpoint", str(trained / "best.pt"), "--cam-class", "square"])
+    _one_line_error(capsys, rc, "unrecognized arguments: --cam-class")  # EigenCAM has no class to choose
+
+
 # ---- bad input ----
 
 

@@ -210,7 +210,7 @@ def test_each_task_reads_its_own_split_names_from_the_dataset_yaml(shapes_root, 
     assert err.count("\n") == 1 and "unknown key(s) trainsplit under 'segment'" in err
 
 
-def test_runner_eval_and_predict(shapes_root, tmp_path) -> None:
+def test_runner_eval_and_predict(shapes_root, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     assert main(["--data", str(shapes_root), "--output", str(out), "--tasks", "detect,segment", *FAST]) == 0
     trained = json.loads((out / "metrics.json").read_text())
@@ -241,6 +241,9 @@ def test_runner_eval_and_predict(shapes_root, tmp_path) -> None:
     entry = json.loads((pred / "predictions.json").read_text())[0]
     assert set(entry) == {"path", "image", "detect", "segment"}
     assert (pred / "masks" / "00001.png").is_file() and (pred / "images" / "00001.png").is_file()
+    rc = main(["predict", str(shapes_root / "val" / "00001.png"), "--checkpoint", str(out / "best.pt"), "--cam"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--cam explains the classification head" in err
 
 
 def test_unknown_task_name(capsys) -> None:
@@ -293,11 +296,21 @@ def test_onnx_export_runs_in_onnxruntime_with_all_three_outputs(shapes_root, tmp
     entries = {}
     for name, model_file in (("checkpoint", out / "best.pt"), ("onnx", target)):
         folder = tmp_path / f"predict-{name}"
-        assert main(["predict", *inputs, "--checkpoint", str(model_file), "--output", str(folder)]) == 0
+        cam = ["--cam"] if name == "checkpoint" else []  # Grad-CAM of the classification head: eager only
+        assert main(["predict", *inputs, "--checkpoint", str(model_file), "--output", str(folder), *cam]) == 0
         entries[name] = json.loads((folder / "predictions.json").read_text())
         assert (folder / "masks" / "00001.png").is_file()
     for eager, exported in zip(entries["checkpoint"], entries["onnx"]):
-        assert set(eager) == set(exported) == {"path", "image", "classify", "detect", "segment"}
+        assert set(eager) == set(exported) | {"cam"} and set(exported) == {
+            "path",
+            "image",
+            "classify",
+            "detect",
+            "segment",
+        }
+        assert eager["cam"]["class"] == eager["classify"][0]["class"]
+        with Image.open(tmp_path / "predict-checkpoint" / eager["cam"]["image"]) as heat:
+            assert heat.size == (64, 64)  # the image's own size
         assert [c["class"] for c in eager["classify"]] == [c["class"] for c in exported["classify"]]
         for a, b in zip(eager["classify"], exported["classify"]):
             assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
