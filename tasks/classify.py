@@ -43,7 +43,7 @@ from tasks.data.folders import ClassificationDataset, Sample, collate_classifica
 from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.transforms import classification_eval, classification_train
 from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
-from tasks.errors import UserError
+from tasks.errors import UserError, name_list
 from tasks.explain import add_cam_options, cam_class_index, grad_cam, input_view, wants_cam
 from tasks.export import (
     Exported,
@@ -322,9 +322,12 @@ def train(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(path: Path) -> tuple[ClassificationModel, dict[str, Any]]:
+def _load_model(path: Path, *, fast: bool = True) -> tuple[ClassificationModel, dict[str, Any]]:
+    """The checkpoint's model; ``fast``: its backbone through :func:`fast_inference` (eval and predict), else
+    eager (exporters trace it, Grad-CAM hooks it)."""
     model, checkpoint = load_model(path, task=TASK, build=lambda args: build_model(**args))
-    model.backbone = fast_inference(model.backbone)
+    if fast:
+        model.backbone = fast_inference(model.backbone)
     return model, checkpoint
 
 
@@ -338,8 +341,9 @@ def evaluate(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     try:
         samples, _ = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=class_names)
     except UserError as error:
-        shown = ", ".join(class_names[:8]) + (", ..." if len(class_names) > 8 else "")
-        raise UserError(f"{error}; checkpoint {path} knows {len(class_names)} classes: {shown}") from None
+        raise UserError(
+            f"{error}; checkpoint {path} knows {len(class_names)} classes: {name_list(class_names)}"
+        ) from None
     cfg.data.image_size, cfg.data.crop_pct = checkpoint["image_size"], checkpoint["crop_pct"]
     run_dir = new_run_dir(cfg.output, TASK, "eval")
     write_config(run_dir, cfg)
@@ -360,8 +364,8 @@ def predict(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     explain = wants_cam(args, path)
     eager: ClassificationModel | None = None
     if explain:  # Grad-CAM hooks the eager model's layers
-        loaded, meta = load_model(path, task=TASK, build=lambda a: build_model(**a))
-        eager = loaded  # type: ignore[assignment]
+        loaded, meta = _load_model(path, fast=False)
+        eager = loaded
         model: Any = lambda x: (loaded(x),)  # noqa: E731
     else:
         model, meta = serving_model(path, _load_model)  # a checkpoint, or an exported file alone
@@ -405,7 +409,7 @@ def export_spec(model: nn.Module, image_size: int) -> ExportSpec:
 
 def export(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     path = require_checkpoint(args)
-    model, checkpoint = load_model(path, task=TASK, build=lambda a: build_model(**a))  # eager: exporters trace it
+    model, checkpoint = _load_model(path, fast=False)  # eager: exporters trace it
     fmt = export_format(args)
     metadata = dict(
         task=TASK,

@@ -446,8 +446,8 @@ def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
     images = PredictImages(args.inputs, "street.jpg photos/")
     eager: FasterRCNN | None = None
     if wants_cam(args, checkpoint_path):  # EigenCAM hooks the eager model's backbone
-        eager, meta = _load_model(checkpoint_path)
-        graph: Any = DetectionGraph(eager.eval())
+        graph, meta = _load_graph(checkpoint_path)
+        eager = graph.model
     else:
         graph, meta = serving_model(checkpoint_path, _load_graph)  # a checkpoint, or an exported file alone
     names = list(meta["class_names"])

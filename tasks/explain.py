@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from heads.classification import ClassificationHead
 from heads.detection import FasterRCNN
 from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from tasks.errors import UserError
+from tasks.errors import UserError, name_list
 from tasks.export import is_exported
 
 
@@ -96,14 +95,6 @@ def eigen_cam(detector: FasterRCNN, image: Tensor) -> np.ndarray:
         cam.activations_and_grads.release()
 
 
-def resize_map(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A (h, w) map resized bilinearly to ``size`` (H, W)."""
-    if cam.shape == size:
-        return cam
-    tensor = torch.from_numpy(np.ascontiguousarray(cam, np.float32))[None, None]
-    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
-
-
 def add_cam_options(parser: argparse.ArgumentParser, *, by_class: bool) -> None:
     """``predict``'s ``--cam`` and, for a classification head, ``--cam-class NAME``."""
     if by_class:
@@ -128,8 +119,7 @@ def cam_class_index(args: argparse.Namespace, checkpoint: Path, class_names: Seq
     if name is None:
         return None
     if name not in class_names:
-        shown = ", ".join(class_names[:8]) + (", ..." if len(class_names) > 8 else "")
-        raise UserError(f"--cam-class {name!r} is not a class of {checkpoint}: {shown}")
+        raise UserError(f"--cam-class {name!r} is not a class of {checkpoint}: {name_list(list(class_names))}")
     return list(class_names).index(name)
 
 

@@ -58,7 +58,7 @@ from tasks.data.multitask import (
 from tasks.detect import DetectionHeadConfig
 from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
-from tasks.explain import add_cam_options, cam_class_index, grad_cam, resize_map, wants_cam
+from tasks.explain import add_cam_options, cam_class_index, grad_cam, wants_cam
 from tasks.export import (
     Exported,
     ExportSpec,
@@ -534,8 +534,8 @@ def predict(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
             ]
         if eager is not None:  # over the whole image: the model sees it resized, unpadded
             index = int(out["classify"][0].argmax()) if target is None else target
-            heat = grad_cam(eager.backbone, eager.heads["classify"], tensor[None], [index])[0]
-            heat = resize_map(heat, (height, width))
+            heat = grad_cam(eager.backbone, eager.heads["classify"], tensor[None], [index])  # (1, h, w)
+            heat = resize_segmentation(torch.from_numpy(heat), heat.shape[1:], (height, width))[0].numpy()
             save_png(overlay_cam(image, heat), run_dir / "cam" / name)
             entry["cam"] = {"class": names["classify"][index], "image": f"cam/{name}"}
         picture = image
