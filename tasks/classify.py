@@ -285,7 +285,7 @@ def setup(cfg: ClassifyConfig, *, resumed: frozenset[str] = frozenset()) -> Setu
     def step_seconds() -> float:  # on evaluation-transformed images of the training size
         probe = _dataset(cfg, train_samples[: cfg.train.batch_size], train=False)
         device = resolve_device(cfg.train.device)
-        return recipes.measure_batch(task, model, probe, collate_classification, cfg.train.batch_size, device)  # type: ignore[arg-type]
+        return recipes.measure_batch(task, model, probe, collate_classification, cfg.train, device)
 
     cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds)
     meta = dict(

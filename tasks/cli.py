@@ -103,7 +103,12 @@ def common_parser(task: str, description: str, *, commands: Sequence[str] = COMM
     )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--amp", action="store_true", default=None, help="mixed precision")
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mixed precision; default: auto (bfloat16 on a CPU with AMX for inputs of 64 px or more, float16 on CUDA)",
+    )
     parser.add_argument(
         "--sync-bn", action="store_true", default=None, help="under torchrun: SyncBatchNorm across processes (CUDA)"
     )

@@ -339,7 +339,7 @@ def setup(cfg: DetectConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:
     def step_seconds() -> float:  # on unaugmented training images: the detector resizes them the same
         probe = DetectionDataset(train_data, detection_eval(), train=True)
         device = resolve_device(cfg.train.device)
-        return recipes.measure_batch(task, model, probe, collate_detection, cfg.train.batch_size, device)  # type: ignore[arg-type]
+        return recipes.measure_batch(task, model, probe, collate_detection, cfg.train, device)
 
     cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds)
     meta = dict(

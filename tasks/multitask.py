@@ -367,7 +367,7 @@ def setup(cfg: MultiTaskConfig, *, resumed: frozenset[str] = frozenset()) -> Set
         size = round(cfg.data.image_size * scale)  # type: ignore[operator]
         probe = MultiTaskDataset(train_data, MultiTaskPipeline(size, train=False), train=True)
         device = resolve_device(cfg.train.device)
-        return recipes.measure_batch(task, model, probe, collate_multitask, cfg.train.batch_size, device, rough=rough)  # type: ignore[arg-type]
+        return recipes.measure_batch(task, model, probe, collate_multitask, cfg.train, device, rough=rough)
 
     def step_seconds() -> float:  # rough, at the resolved size: it only chooses the scale
         return step_seconds_at(1.0, rough=True)

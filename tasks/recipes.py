@@ -354,6 +354,7 @@ def resolve_static(config: Any, facts: RunFacts, *, resumed: frozenset[str] = fr
     ref = REFERENCES[facts.task]
     fixed = {**FIXED_COMMON, **FIXED[facts.task]}
     _image_sizes(r, facts, fixed)
+    _precision(r, facts)
     r.decide(  # run_facts chose it already, where it is auto; recorded here
         "train.batch_size", facts.batch_size, _batch_reason(facts), fixed=STANDARD_BATCH[facts.task]
     )
@@ -410,6 +411,46 @@ def _image_sizes(r: Resolver, facts: RunFacts, fixed: dict[str, Any]) -> None:
         r.decide("data.image_size", size, f"typical longer side {longer:.0f} px, at most {standard}", fixed=standard)
     if facts.task in ("detect", "multitask"):
         _detector_sizes(r, facts, short)
+
+
+# bfloat16 autocast pays on a CPU with AMX bf16 units once the feature maps are large enough: a resnet18 or
+# resnet50 training step (float32 NCHW against bfloat16 NHWC, this machine, docs/results.md) is 0.9-1.07x as fast
+# at 32 px, 1.4-1.5x at 64 px, 2.1x at 128 px and 2.4-3x at 224 px. Below, the casts cost more than AMX saves.
+BF16_MIN_SIDE = 64
+INPUT_SIDE_KEY = {
+    "classify": "data.image_size",
+    "segment": "data.crop_size",
+    "multitask": "data.image_size",
+    "detect": "model.min_size",
+}
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX tiles), where oneDNN's bf16
+    convolutions outrun float32 ones. AVX-512 bf16 alone converts, with no such gain measured here."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _precision(r: Resolver, facts: RunFacts) -> None:
+    """Mixed precision and memory format, from the device, the CPU's matrix units and the input size."""
+    side = get(r.config, INPUT_SIDE_KEY[facts.task])
+    if facts.device == "cuda":
+        amp, why = True, "float16 autocast with a gradient scaler on CUDA"
+    elif not cpu_has_bf16_units():
+        amp, why = False, "float32: this CPU has no bf16 matrix units (AMX)"
+    elif isinstance(side, int) and side < BF16_MIN_SIDE:
+        amp, why = False, f"float32: at {side} px the bfloat16 casts cost more than AMX saves"
+    else:
+        amp, why = True, f"bfloat16 autocast: AMX bf16 units, {side} px inputs (1.4-3x faster steps from 64 px)"
+    amp = r.decide("train.amp", amp, why, fixed=False)
+    if amp:
+        layout = "with mixed precision: " + ("tensor cores" if facts.device == "cuda" else "oneDNN's AMX kernels")
+        r.decide("train.channels_last", True, layout + " take NHWC", fixed=False)
+    else:
+        r.decide("train.channels_last", False, "float32 on this device: NHWC trains no faster", fixed=False)
 
 
 def _detector_sizes(r: Resolver, facts: RunFacts, short: float, *, revise: bool = False) -> None:
@@ -621,17 +662,30 @@ def _augmentation(r: Resolver, facts: RunFacts, passes: float) -> None:
 
 
 def measure_step(
-    task: Any, model: nn.Module, batch: dict[str, Any], device: torch.device, *, repeats: int = 2
+    task: Any,
+    model: nn.Module,
+    batch: dict[str, Any],
+    device: torch.device,
+    *,
+    repeats: int = 2,
+    amp: bool = False,
+    channels_last: bool = False,
 ) -> float:
     """Seconds of one training step (forward and backward of ``task.losses``) on a copy of ``model``,
     after one untimed step; the model itself is not changed. The best of ``repeats``, plus 10% for the
-    optimizer step and data wait that the probe leaves out."""
+    optimizer step and data wait that the probe leaves out. ``amp`` and ``channels_last`` as the engine
+    trains (its autocast dtype, NHWC weights)."""
     probe = copy.deepcopy(model).to(device).train()
+    if channels_last:
+        probe = probe.to(memory_format=torch.channels_last)
     batch = task.to_device(batch, device)
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     times = []
     for index in range(1 + repeats):
         start = time.perf_counter()
-        task.losses(probe, batch)["loss"].backward()
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            loss = task.losses(probe, batch)["loss"]
+        loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if index:
@@ -649,18 +703,28 @@ def measure_batch(
     model: nn.Module,
     dataset: Any,
     collate: Callable[[list[Any]], dict[str, Any]],
-    batch_size: int,
+    train: Any,
     device: torch.device,
     *,
     rough: bool = False,
 ) -> float:
-    """Seconds of one training step on the first batch of ``dataset`` (:func:`measure_step`). ``rough``: one
-    timed step on ROUGH_PROBE_IMAGES of the batch, scaled up to the whole batch (a batch no larger than the
-    dataset, as the run's)."""
-    full = min(batch_size, len(dataset))
+    """Seconds of one training step on the first batch of ``dataset`` (:func:`measure_step`) under the resolved
+    ``train`` config (its batch size, mixed precision and memory format). ``rough``: one timed step on
+    ROUGH_PROBE_IMAGES of the batch, scaled up to the whole batch (a batch no larger than the dataset, as the
+    run's)."""
+    full = min(int(train.batch_size), len(dataset))
     count = min(ROUGH_PROBE_IMAGES, full) if rough else full
     batch = collate([dataset[i] for i in range(count)])
-    return measure_step(task, model, batch, device, repeats=1 if rough else 2) * full / count
+    seconds = measure_step(
+        task,
+        model,
+        batch,
+        device,
+        repeats=1 if rough else 2,
+        amp=bool(train.amp),
+        channels_last=bool(train.channels_last),
+    )
+    return seconds * full / count
 
 
 def box_sides(boxes: Sequence[Sequence[float]], *, limit: int = 2000) -> tuple[float, ...]:

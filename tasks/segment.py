@@ -327,9 +327,7 @@ def setup(cfg: SegmentConfig, *, resumed: frozenset[str] = frozenset()) -> Setup
         crops = segmentation_train(cfg.data.crop_size, scale=(1.0, 1.0), hflip=0.0, color_jitter=0.0)  # type: ignore[arg-type]
         probe = SegmentationDataset(train_data, crops)
         device = resolve_device(cfg.train.device)
-        return recipes.measure_batch(
-            task, model, probe, collate_segmentation, cfg.train.batch_size, device, rough=rough
-        )  # type: ignore[arg-type]
+        return recipes.measure_batch(task, model, probe, collate_segmentation, cfg.train, device, rough=rough)
 
     def step_seconds() -> float:  # rough, at full size: it only chooses the scale
         return step_seconds_at(1.0, rough=True)

@@ -67,6 +67,34 @@ def test_small_images_from_scratch() -> None:
     assert "  0.002  (adamw, from scratch, 0.002 at batch 64, ×√(64/64))" in recipe.block()
 
 
+@pytest.mark.parametrize(
+    ("task", "config", "side", "device", "units", "amp"),
+    [
+        ("classify", ClassifyConfig, 32, "cpu", True, False),  # the casts cost more than AMX saves at 32 px
+        ("classify", ClassifyConfig, 64, "cpu", True, True),
+        ("classify", ClassifyConfig, 128, "cpu", False, False),  # no bf16 matrix units
+        ("detect", DetectConfig, 128, "cpu", True, True),  # model.min_size is the side that counts
+        ("segment", SegmentConfig, 32, "cpu", True, False),  # 32 px crops
+        ("multitask", MultiTaskConfig, 128, "cpu", True, True),
+        ("classify", ClassifyConfig, 32, "cuda", False, True),  # float16 with a scaler on CUDA, at any size
+    ],
+)
+def test_mixed_precision_and_channels_last_follow_the_device_the_cpu_and_the_input_side(
+    monkeypatch, task, config, side, device, units, amp
+) -> None:
+    monkeypatch.setattr(recipes, "cpu_has_bf16_units", lambda: units)
+    facts = _facts(task, sizes=((side, side),), batch=8)
+    facts = dataclasses.replace(facts, device=device)
+    resolved, recipe = resolve_static(config(), facts)
+    assert (resolved.train.amp, resolved.train.channels_last) == (amp, amp)
+    assert recipe.as_dict()["train.amp"]["auto"]
+    fixed, _ = resolve_static(apply(config(), {"train": {"recipe": "fixed"}}, source="t"), facts)
+    assert (fixed.train.amp, fixed.train.channels_last) == (False, False)  # recipe: fixed keeps float32 NCHW
+    own, recipe = resolve_static(apply(config(), {"train": {"amp": not amp}}, source="t"), facts)
+    assert own.train.amp is (not amp) and recipe.as_dict()["train.amp"]["reason"] == "set"
+    assert own.train.channels_last is (not amp)  # the memory format follows the precision the run trains in
+
+
 def test_batch_scaling_pretrained_and_photo_sizes() -> None:
     facts = _facts(sizes=((500, 375), (640, 480)), batch=16, pretrained=True)
     config, _ = _resolve(ClassifyConfig(), facts)
@@ -247,16 +275,17 @@ def test_a_budget_too_short_for_full_size_shrinks_the_segmentation_input() -> No
 def test_a_rough_probe_times_two_images_and_scales_to_the_batch_the_run_will_have(monkeypatch) -> None:
     timed = []
 
-    def step(task, model, batch, device, *, repeats=2):  # 0.1 s an image
-        timed.append((len(batch), repeats))
+    def step(task, model, batch, device, *, repeats=2, amp=False, channels_last=False):  # 0.1 s an image
+        timed.append((len(batch), repeats, amp, channels_last))
         return 0.1 * len(batch)
 
     monkeypatch.setattr(recipes, "measure_step", step)
     probe = list(range(20))
-    assert recipes.measure_batch(None, None, probe, list, 8, "cpu") == pytest.approx(0.8)
-    assert recipes.measure_batch(None, None, probe, list, 8, "cpu", rough=True) == pytest.approx(0.8)
-    assert recipes.measure_batch(None, None, probe[:3], list, 8, "cpu", rough=True) == pytest.approx(0.3)  # batch 3
-    assert timed == [(8, 2), (2, 1), (2, 1)]
+    train = apply(TrainConfig(), {"batch_size": 8, "amp": True, "channels_last": False}, source="t")
+    assert recipes.measure_batch(None, None, probe, list, train, "cpu") == pytest.approx(0.8)
+    assert recipes.measure_batch(None, None, probe, list, train, "cpu", rough=True) == pytest.approx(0.8)
+    assert recipes.measure_batch(None, None, probe[:3], list, train, "cpu", rough=True) == pytest.approx(0.3)  # batch 3
+    assert timed == [(8, 2, True, False), (2, 1, True, False), (2, 1, True, False)]  # as the run will train
 
 
 def test_a_budget_too_short_for_full_size_shrinks_the_multitask_image_and_its_anchors_follow() -> None:
@@ -312,7 +341,8 @@ class _ScriptedTask:
 def _engine(tmp_path, scores, **train):
     cfg = apply(TrainConfig(), {"epochs": 10, "lr": 0.01, "optimizer": "sgd", "weight_decay": 0.0,
                                 "backbone_lr_scale": 1.0, "warmup_epochs": 0.0, "clip_grad": None,
-                                "device": "cpu", **train}, source="t")  # fmt: skip
+                                "device": "cpu", "amp": False, "channels_last": False, **train},
+                source="t")  # fmt: skip
     batches = DataLoader([{"x": torch.randn(4, 3), "batch_size": 4} for _ in range(3)], batch_size=None)
     return Engine(nn.Linear(3, 1), _ScriptedTask(scores), cfg, tmp_path, {"task": "classify"}), batches
 
@@ -474,7 +504,8 @@ def test_training_prints_and_records_the_resolved_recipe(tmp_path, capsys) -> No
 )
 def test_the_built_in_jobs_train_exactly_as_before(task, config_class, packaged) -> None:
     """The packaged YAMLs of the built-in data are tuned demos: whatever they leave to the recipe must resolve
-    to the values the runners used before the recipe existed (what ``recipe: fixed`` gives)."""
+    to the values the runners used before the recipe existed (what ``recipe: fixed`` gives). Precision and memory
+    format are the exception: they follow the hardware (results.md has the default jobs' accuracy with them)."""
     import argparse
 
     from tasks.cli import resolve_config
@@ -484,8 +515,9 @@ def test_the_built_in_jobs_train_exactly_as_before(task, config_class, packaged)
     facts = _facts(task, n=320, sizes=((128, 128),), batch=config.train.batch_size, box_sizes=(30.0,))
     _, auto = _resolve(config, facts)
     _, fixed = _resolve(apply(config, {"train": {"recipe": "fixed"}}, source="t"), facts)
-    decided = {c.key: c.value for c in auto.choices if c.auto}
-    assert decided == {c.key: c.value for c in fixed.choices if c.auto}
+    hardware = {"train.amp", "train.channels_last"}
+    decided = {c.key: c.value for c in auto.choices if c.auto and c.key not in hardware}
+    assert decided == {c.key: c.value for c in fixed.choices if c.auto and c.key not in hardware}
     assert set(decided) <= {"train.optimizer", "train.backbone_lr_scale", "train.clip_grad", "model.input_scale"}
 
 
