@@ -253,6 +253,8 @@ def training_section(s: Settings) -> Section:
             [
                 f"{r['task']}: {r['recipe']}",
                 r["candidate"],
+                r["precision"],
+                "reference" if r["loss_drift"] is None else f"{r['loss_drift']:.1e}",
                 f"{r['seconds_per_iter']:.3f}",
                 f"{r['images_per_s']:.1f}",
                 f"{r['data_fraction']:.1%}",
@@ -265,6 +267,8 @@ def training_section(s: Settings) -> Section:
             [
                 "recipe",
                 "loop",
+                "precision",
+                f"loss after {rows[0]['numerics_steps']} steps, change",
                 "s/iteration",
                 "images/s",
                 "waiting for data",
@@ -272,7 +276,7 @@ def training_section(s: Settings) -> Section:
                 "GFLOP/s",
                 "of peak",
             ],
-            "llrrrrrr",
+            "llllrrrrrr",
             body,
         )
 
@@ -283,10 +287,22 @@ def training_section(s: Settings) -> Section:
         "in torchvision's reference scripts) with the same data loader settings, model weights, loss and "
         f"optimizer. Each round runs {steps} iterations of each loop in turn, after one warm-up round (worker "
         f'start-up); median of {rounds} round(s). "waiting for data" is the share of the loop\'s wall time spent '
-        "blocked on the DataLoader. FLOPs per image are one forward and backward pass."
+        'blocked on the DataLoader. FLOPs per image are one forward and backward pass; "of peak" divides by the '
+        "float32 ceiling, so a bfloat16 row may pass 100%.\n\n"
+        "The engine trains in the precision and memory format that the auto recipe resolves on this machine "
+        "(`train.amp`, `train.channels_last`: bfloat16 autocast and channels-last on a CPU with AMX bf16 units for "
+        'inputs of 64 px or more, float32 otherwise); the bare loop stays in float32 NCHW. "change" is what that '
+        "does to the numbers: the relative difference of the training loss after "
+        f"{rows[0]['numerics_steps']} optimizer steps on the same batches, from the same weights, with the same "
+        "optimizer and random draws, between float32 NCHW and the engine's settings (0 where they are the same). "
+        "bfloat16 keeps 8 bits of mantissa, so a change of about 1e-3 to 1e-2 is its rounding, not a different "
+        "model; the default jobs' accuracy in this precision is in [results.md](results.md)."
     )
     headlines = [
-        (f"training, {r['task']}, our engine vs a bare loop (data wait {r['data_fraction']:.0%})", _ratio(r["ratio"]))
+        (
+            f"training, {r['task']}, our engine ({r['precision']}) vs a bare loop (data wait {r['data_fraction']:.0%})",
+            _ratio(r["ratio"]),
+        )
         for r in rows
         if r["candidate"] == "our engine"
     ]

@@ -99,6 +99,11 @@ def test_quick_suite_writes_every_section_with_consistent_numbers(tmp_path, monk
         batch = int(re.search(r"batch (\d+)", row["recipe"]).group(1))
         assert _agrees(row["images/s"], *_ratio_bounds((batch, batch), _interval(row["s/iteration"]))), row
         assert 0 <= float(row["waiting for data"].rstrip("%")) < 100
+        change = row["loss after 3 steps, change"]
+        if row["loop"] == "bare PyTorch loop":
+            assert (row["precision"], change) == ("float32", "reference")
+        else:  # float32 NCHW against itself, or bfloat16's rounding (8 bits of mantissa) after 3 steps
+            assert float(change) < (1e-4 if row["precision"] == "float32" else 0.05), row
     bare = {row["recipe"]: _interval(row["s/iteration"]) for row in training if row["loop"] == "bare PyTorch loop"}
     for row in training:  # the ratio is the bare loop's time over this loop's
         bounds = _ratio_bounds(bare[row["recipe"]], _interval(row["s/iteration"]))

@@ -397,12 +397,20 @@ def _runner_setup(task: str, overrides: Sequence[str]) -> Any:
 
 
 def training_benchmark(
-    task: str, *, steps: int, rounds: int, backbone: str | None = None, overrides: Sequence[str] = ()
+    task: str,
+    *,
+    steps: int,
+    rounds: int,
+    backbone: str | None = None,
+    overrides: Sequence[str] = (),
+    numerics_steps: int = 3,
 ) -> list[dict[str, Any]]:
     """Seconds per training iteration and the fraction spent waiting for the DataLoader: our engine's loop
     (``Engine.train_epoch``: autocast, loss check, scaler, schedule, logging) against a bare PyTorch loop
     (next batch, forward, backward, optimizer step, as torchvision's reference scripts do), on the same
-    recipe, data, model weights, loss and optimizer. Each round runs ``steps`` iterations of each, in turn."""
+    recipe, data, model weights, loss and optimizer. Each round runs ``steps`` iterations of each, in turn. The
+    engine trains in the recipe's precision and memory format (``train.amp``, ``train.channels_last``), the bare
+    loop in float32 NCHW; :func:`precision_drift` measures what that changes in the loss."""
     import contextlib
     import io
     import tempfile
@@ -448,6 +456,7 @@ def training_benchmark(
         batch = plain.task.to_device(next(iter(plain.train_loader)), device)
         flops = count_flops(lambda: plain.task.losses(plain.model, batch)["loss"].backward()) / batch["batch_size"]
         plain.model.zero_grad(set_to_none=True)
+        drift = precision_drift(plain, cfg.train, steps=numerics_steps)
         interleaved({"our engine": engine_epoch, "bare PyTorch loop": bare}, rounds)
     reference = statistics.median(s.seconds_per_step for s in stats["bare PyTorch loop"][1:])
     rows = []
@@ -465,9 +474,51 @@ def training_benchmark(
                 data_fraction=sum(s.data_seconds for s in timed) / sum(s.seconds for s in timed),
                 ratio=reference / seconds,
                 gflop_per_image=flops / 1e9,
+                precision=precision_name(cfg.train) if name == "our engine" else "float32",
+                loss_drift=drift if name == "our engine" else None,
+                numerics_steps=numerics_steps,
             )
         )
     return rows
+
+
+def precision_name(train: Any) -> str:
+    """How a resolved train config computes: its autocast dtype and memory format."""
+    dtype = "bfloat16" if train.amp else "float32"  # the CPU's autocast dtype (this section runs on the CPU)
+    return f"{dtype}{', channels-last' if train.channels_last else ''}"
+
+
+def precision_drift(parts: Any, train: Any, *, steps: int) -> float:
+    """The relative change in the training loss after ``steps`` optimizer steps on the same batches, from the
+    same weights, with the same optimizer and the same random draws (the detector's box sampling), between a
+    float32 NCHW copy of ``parts.model`` and a copy run in ``train``'s precision and memory format: what the
+    engine's speed settings change in the numbers. 0 where they are plain float32."""
+    import copy
+
+    import torch
+
+    from tasks.engine import build_optimizer
+
+    device = torch.device("cpu")
+    batches = [parts.task.to_device(b, device) for b, _ in zip(parts.train_loader, range(steps + 1))]
+    losses = []
+    for amp, channels_last in ((False, False), (bool(train.amp), bool(train.channels_last))):
+        model = copy.deepcopy(parts.model).train()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(model, train)
+        torch.manual_seed(0)
+        for index, batch in enumerate(batches):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                loss = parts.task.losses(model, batch)["loss"]
+            if index == steps:  # the loss after the steps, not yet stepped on
+                losses.append(float(loss))
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    reference, candidate = losses
+    return abs(candidate - reference) / max(abs(reference), 1e-12)
 
 
 def _best_seconds(call: Callable[[], object], rounds: int) -> float:
