@@ -102,7 +102,8 @@ class Section:
     def markdown(self, peak: float) -> str:
         return (
             f"## {self.title}\n\n```\n{self.command}\n```\n\n{self.text}\n\n{self.table(peak)}\n\n"
-            f"_This part took {self.seconds / 60:.1f} min, on {datetime.date.today().isoformat()}._\n"
+            f"_This part took {self.seconds / 60:.1f} min, on {datetime.date.today().isoformat()}, "
+            f"{_cpu_name()}._\n"
         )
 
 
@@ -295,8 +296,10 @@ def training_section(s: Settings) -> Section:
         "does to the numbers: the relative difference of the training loss after "
         f"{rows[0]['numerics_steps']} optimizer steps on the same batches, from the same weights, with the same "
         "optimizer and random draws, between float32 NCHW and the engine's settings (0 where they are the same). "
-        "bfloat16 keeps 8 bits of mantissa, so a change of about 1e-3 to 1e-2 is its rounding, not a different "
-        "model; the default jobs' accuracy in this precision is in [results.md](results.md)."
+        "bfloat16 keeps 8 bits of mantissa (about 0.4% a rounding), and the optimizer carries each step's rounding "
+        "into the next. The detector's losses change most: the RPN keeps its top proposals and samples boxes "
+        "by their rounded scores, so after a few steps the losses are over partly different boxes. What counts is "
+        "the accuracy of whole runs: the default jobs in both precisions are in [results.md](results.md)."
     )
     headlines = [
         (
@@ -677,7 +680,8 @@ candidate's: above 1.00× the candidate is faster. Absolute numbers stand beside
 achieved floating-point rate, with FLOPs counted by torch's `FlopCounterMode` (convolutions and matrix products,
 multiply and add counted apart); "of peak" divides it by this machine's float32 matrix-multiply throughput,
 measured at the start and at the end of the run (the best of several timed products, through MKL and through
-oneDNN). ResNet-50 at 224×224 is 4.1 GMAC, 8.2 GFLOP, per image forward.
+oneDNN). ResNet-50 at 224×224 is 4.1 GMAC, 8.2 GFLOP, per image forward. The machine table is the latest run's;
+each part's last line names the day and the CPU it ran on, and a ratio compares runs on one machine only.
 
 ## Machine
 
@@ -690,20 +694,46 @@ oneDNN). ResNet-50 at 224×224 is 4.1 GMAC, 8.2 GFLOP, per image forward.
     return header + "\n" + "\n".join(part.markdown(peak) for part in parts)
 
 
+def _merge_summary(old: str, fresh: str) -> str:
+    """The summary section ``old`` with the headline rows of the benchmarks that ``fresh`` ran in place of its own.
+    A row belongs to a benchmark by its label up to the first comma ("training, detect, ..."), which no two
+    sections share; ``fresh``'s rows of a label that ``old`` lacks go at the end of the table."""
+
+    def label(row: str) -> str:
+        return row.strip("| ").split(",")[0]
+
+    lines = old.rstrip("\n").split("\n")
+    rows = [line for line in fresh.splitlines() if line.startswith("| ")][1:]  # below the header
+    labels = {label(row) for row in rows}
+    kept: list[str] = []
+    for line in lines:
+        if not line.startswith("| ") or line.startswith("| benchmark |") or label(line) not in labels:
+            kept.append(line)
+        elif any(label(row) == label(line) for row in rows):  # the label's first old row: the fresh rows go here
+            kept += [row for row in rows if label(row) == label(line)]
+            rows = [row for row in rows if label(row) != label(line)]
+    table_end = max((i for i, line in enumerate(kept) if line.startswith("|")), default=len(kept) - 1)
+    kept[table_end + 1 : table_end + 1] = rows
+    return "\n".join(kept) + "\n"
+
+
 def replace_sections(document: str, fresh: str) -> str:
-    """``document`` with each ``## `` section that ``fresh`` also has replaced by ``fresh``'s (new ones appended).
-    The header and summary stay: the summary repeats only the sections' headline ratios, which a partial run
-    of the learning section does not add."""
+    """``document`` with each ``## `` section that ``fresh`` also has replaced by ``fresh``'s (new ones appended),
+    the header and the machine table ``fresh``'s (each part's last line names the day and CPU it ran on); in the
+    summary, the headline rows of the benchmarks that ``fresh`` ran replace theirs (:func:`_merge_summary`), and
+    the other rows stay."""
     import re
 
     def split(text: str) -> tuple[str, dict[str, str]]:
         head, *parts = re.split(r"(?m)^(?=## )", text)
         return head, {part.splitlines()[0]: part for part in parts}
 
-    head, old = split(document)
-    _, new = split(fresh)
-    skip = {"## Machine", "## Summary"}
+    _, old = split(document)
+    head, new = split(fresh)
+    skip = {"## Summary"}
     merged = {title: new.get(title, part) if title not in skip else part for title, part in old.items()}
+    if "## Summary" in merged and "## Summary" in new:
+        merged["## Summary"] = _merge_summary(merged["## Summary"], new["## Summary"])
     merged.update({title: part for title, part in new.items() if title not in merged and title not in skip})
     return (
         head

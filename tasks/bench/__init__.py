@@ -512,7 +512,7 @@ def precision_drift(parts: Any, train: Any, *, steps: int) -> float:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                 loss = parts.task.losses(model, batch)["loss"]
             if index == steps:  # the loss after the steps, not yet stepped on
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
