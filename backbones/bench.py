@@ -5,8 +5,9 @@
 Each round times one step of every candidate in turn, so drift in clock speed or load hits
 them all alike; the report is the median over rounds. Candidates at equal settings
 (``--channels-last``, ``--inference-mode``, ``--compile`` apply to all) are compared with
-torchvision; ``ours (best)`` (BatchNorm folded, channels-last, inference mode) is compared
-with torchvision's default eager model. Peak memory is CUDA's allocator peak on a GPU; on
+torchvision; ``ours (best)`` (BatchNorm folded, channels-last, inference mode, TorchScript-frozen) and
+``ours (best, Inductor)`` (the same through torch.compile with frozen weights) are compared with
+torchvision's default eager model. Peak memory is CUDA's allocator peak on a GPU; on
 a CPU it is the growth of resident memory during the first step of the
 candidate, freshly built in a spawned interpreter of its own and sampled from /proc.
 """
@@ -77,11 +78,17 @@ def step_flops(arch: str, mode: str, image_size: int) -> float:
         return count_flops(lambda: model(x))
 
 
+INDUCTOR = "ours (best, Inductor)"  # optimize_for_inference(compile=True): Inductor with frozen weights
+BEST = ("ours (best)", INDUCTOR)
+
+
 def _build(name: str, arch: str, *, channels_last: bool, compile_model: bool, device: torch.device) -> nn.Module:
     if name == "ours":
         model: nn.Module = build_backbone(arch, out_levels=("c5",))
     elif name == "ours (best)":
         model = optimize_for_inference(build_backbone(arch, out_levels=("c5",)).eval())
+    elif name == INDUCTOR:
+        model = optimize_for_inference(build_backbone(arch, out_levels=("c5",)).eval(), compile=True)
     elif name.startswith("torchvision"):
         import torchvision
 
@@ -93,7 +100,7 @@ def _build(name: str, arch: str, *, channels_last: bool, compile_model: bool, de
     else:  # pragma: no cover
         raise ValueError(name)
     model = model.to(device)
-    if channels_last and name != "ours (best)":
+    if channels_last and name not in BEST:
         model = model.to(memory_format=torch.channels_last)
     if compile_model:
         model = torch.compile(model)  # type: ignore[assignment]
@@ -197,7 +204,7 @@ def _candidate(
     module = _build(
         name, arch, channels_last=cl, compile_model=compile_model and not default, device=torch.device(device)
     )
-    best = name == "ours (best)"
+    best = name in BEST
     im = (inference_mode or best) and not default
     return Candidate(name, module, mode, im, cl or best, [], amp=amp and not default and not best)
 
@@ -230,7 +237,7 @@ def benchmark(
     for mode in modes:
         names = ["ours", *references]
         if mode == "forward" and best:
-            names += ["ours (best)", "torchvision (default)"]
+            names += [*BEST, "torchvision (default)"]
         specs += [
             dict(
                 name=name,
@@ -264,7 +271,7 @@ def benchmark(
     rows = []
     for c, spec in zip(candidates, specs):
         speed = batch_size / statistics.median(c.times)
-        reference_name = "torchvision (default)" if c.name == "ours (best)" else "torchvision"
+        reference_name = "torchvision (default)" if c.name in BEST else "torchvision"
         reference = next(r for r in candidates if r.name == reference_name and r.step == c.step)
         ratio = speed / (batch_size / statistics.median(reference.times))
         rows.append(

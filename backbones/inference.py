@@ -28,9 +28,16 @@ class InferenceBackbone(Backbone):
         channels_last: use the channels-last memory layout.
         freeze: trace and freeze with TorchScript. Tracing records no shape-dependent control
             flow in our backbones, so the frozen graph serves any input size.
+        compile: instead of TorchScript, ``torch.compile`` (Inductor) with weight freezing, the
+            weights folded into the generated code as constants. Faster than the TorchScript
+            graph once compiled (docs/benchmarks.md), but it compiles for each new input shape
+            (seconds on a CPU), so it suits a server with fixed input sizes; the task runners'
+            eval and predict, whose shapes vary, keep TorchScript. Outputs run without autograd.
     """
 
-    def __init__(self, backbone: Backbone, *, channels_last: bool = True, freeze: bool = True) -> None:
+    def __init__(
+        self, backbone: Backbone, *, channels_last: bool = True, freeze: bool = True, compile: bool = False
+    ) -> None:
         super().__init__()
         self.feature_info = backbone.feature_info
         was_training = backbone.training
@@ -39,7 +46,10 @@ class InferenceBackbone(Backbone):
         self.channels_last = channels_last
         if channels_last:
             graph = graph.to(memory_format=torch.channels_last)
-        if freeze:
+        self.compiled = compile
+        if compile:
+            graph = torch.compile(graph, dynamic=False, options={"freezing": True})  # type: ignore[assignment]
+        elif freeze:
             graph = self._torchscript(graph)
         self.graph = graph
         self.frozen = isinstance(graph, torch.jit.ScriptModule)  # False: folded and channels-last, eager
@@ -78,12 +88,17 @@ class InferenceBackbone(Backbone):
         return self
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if self.compiled:  # Inductor's frozen weights are constants of the graph: no autograd through them
+            with torch.no_grad():
+                return dict(self.graph(self._layout(x)))
         return dict(self.graph(self._layout(x)))
 
 
-def optimize_for_inference(backbone: Backbone, *, channels_last: bool = True, freeze: bool = True) -> InferenceBackbone:
+def optimize_for_inference(
+    backbone: Backbone, *, channels_last: bool = True, freeze: bool = True, compile: bool = False
+) -> InferenceBackbone:
     """The fast inference form of ``backbone``; see :class:`InferenceBackbone`."""
-    return InferenceBackbone(backbone, channels_last=channels_last, freeze=freeze)
+    return InferenceBackbone(backbone, channels_last=channels_last, freeze=freeze, compile=compile)
 
 
 def fast_inference(backbone: Backbone) -> Backbone:

@@ -45,6 +45,23 @@ def _close(got: dict, want: dict) -> None:
         assert float((got[level] - want[level]).abs().max()) <= 1e-5 * scale, level
 
 
+@pytest.mark.slow
+def test_the_inductor_form_with_frozen_weights_matches_the_original() -> None:
+    """``compile=True``: torch.compile with weight freezing in place of TorchScript, the same outputs to float
+    rounding, at a second input size as well (a compile per shape), with and without grad mode around it."""
+    backbone = build_backbone("resnet18").eval()
+    randomize_bn_stats(backbone)
+    fast = optimize_for_inference(backbone, compile=True)
+    assert fast.compiled and not fast.frozen and fast.feature_info == backbone.feature_info
+    for size in ((64, 64), (48, 80)):
+        x = torch.randn(2, 3, *size)
+        with torch.inference_mode():
+            want = backbone(x)
+        got = fast(x)  # grad mode on: the frozen weights are constants, so the forward runs without autograd
+        assert not any(value.requires_grad for value in got.values())
+        _close(got, want)
+
+
 def test_original_is_untouched_and_training_is_refused() -> None:
     backbone = build_backbone("resnet18").train()
     fast = optimize_for_inference(backbone)
