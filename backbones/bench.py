@@ -70,12 +70,12 @@ def step_flops(arch: str, mode: str, image_size: int) -> float:
     """FLOPs per image of one step of the plain backbone (to c5): ``forward``, or ``train`` (forward + backward).
     Every candidate of a benchmark computes this same trunk, so they share the number."""
     model = build_backbone(arch, out_levels=("c5",))
-    x = torch.randn(1, 3, image_size, image_size)
+    x = torch.randn(2, 3, image_size, image_size)  # 2: training BatchNorm needs more than one value per channel
     if mode == "train":
-        return count_flops(lambda: model(x)["c5"].mean().backward())
+        return count_flops(lambda: model(x)["c5"].mean().backward()) / 2
     model.eval()
     with torch.no_grad():
-        return count_flops(lambda: model(x))
+        return count_flops(lambda: model(x)) / 2
 
 
 INDUCTOR = "ours (best, Inductor)"  # optimize_for_inference(compile=True): Inductor with frozen weights
@@ -225,12 +225,15 @@ def benchmark(
     amp: bool = False,
     memory: bool = True,
     best: bool = True,
+    against_float32: bool = False,
 ) -> list[dict[str, object]]:
     """Rows of {mode, candidate, images_per_s, ratio, reference, peak_mb, gflop_per_image}.
 
     ``amp`` runs every candidate but torchvision's default under autocast (bfloat16 on a CPU, float16 on CUDA).
     ``memory=False`` skips the peak-memory measurement (NaN), which on a CPU costs a fresh interpreter per row.
     ``best=False`` leaves out "ours (best)" and the torchvision default it is compared with.
+    ``against_float32``: every candidate's ratio is to torchvision's default model (float32, NCHW, eager) in the
+    same mode, as what ``amp`` and ``channels_last`` gain over a plain model.
     """
     x = torch.randn(batch_size, 3, image_size, image_size, device=device)
     specs: list[dict[str, object]] = []
@@ -238,6 +241,8 @@ def benchmark(
         names = ["ours", *references]
         if mode == "forward" and best:
             names += [*BEST, "torchvision (default)"]
+        elif against_float32:
+            names += ["torchvision (default)"]
         specs += [
             dict(
                 name=name,
@@ -271,7 +276,7 @@ def benchmark(
     rows = []
     for c, spec in zip(candidates, specs):
         speed = batch_size / statistics.median(c.times)
-        reference_name = "torchvision (default)" if c.name in BEST else "torchvision"
+        reference_name = "torchvision (default)" if c.name in BEST or against_float32 else "torchvision"
         reference = next(r for r in candidates if r.name == reference_name and r.step == c.step)
         ratio = speed / (batch_size / statistics.median(reference.times))
         rows.append(
@@ -317,6 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-timm", action="store_true")
+    parser.add_argument(
+        "--against-float32",
+        action="store_true",
+        help="ratios to torchvision's default float32 NCHW model: what --amp and --channels-last gain",
+    )
     args = parser.parse_args(argv)
     modes = ("forward", "train") if args.mode == "both" else (args.mode,)
     device = torch.device(args.device)
@@ -333,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=device,
         references=("torchvision",) if args.no_timm else ("torchvision", "timm"),
         amp=args.amp,
+        against_float32=args.against_float32,
     )
     threads = torch.get_num_threads() if device.type == "cpu" else None
     print(

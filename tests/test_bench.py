@@ -62,6 +62,40 @@ def test_flop_counts_match_resnet50s_published_cost() -> None:
     assert 2.9 < train / forward < 3.0  # backward is twice the forward, less the stem's input gradient
 
 
+def test_against_float32_compares_every_candidate_with_the_plain_model_even_at_a_1x1_c5() -> None:
+    """``--against-float32``: ratios to torchvision's default float32 NCHW model; a 32 px training step (c5 is
+    1x1: BatchNorm needs a batch of more than one) is counted and timed without an error."""
+    import torch
+
+    from backbones.bench import benchmark
+
+    rows = benchmark(
+        "resnet18",
+        batch_size=2,
+        image_size=32,
+        modes=("train",),
+        channels_last=True,
+        inference_mode=False,
+        compile_model=False,
+        rounds=1,
+        warmup=0,
+        device=torch.device("cpu"),
+        references=("torchvision",),
+        amp=True,
+        memory=False,
+        against_float32=True,
+    )
+    assert [(r["candidate"], r["reference"]) for r in rows] == [
+        ("ours", "torchvision (default)"),
+        ("torchvision", "torchvision (default)"),
+        ("torchvision (default)", "torchvision (default)"),
+    ]
+    plain = next(r for r in rows if r["candidate"] == "torchvision (default)")
+    for row in rows:
+        assert row["ratio"] == pytest.approx(row["images_per_s"] / plain["images_per_s"])
+    assert rows[0]["gflop_per_image"] == pytest.approx(step_flops("resnet18", "train", 32) / 1e9)
+
+
 def test_quick_suite_writes_every_section_with_consistent_numbers(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
     output = tmp_path / "docs" / "benchmarks.md"
