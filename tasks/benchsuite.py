@@ -671,11 +671,14 @@ def run_suite(
         else "\nNo GPU was present, so there are no GPU tables; on a GPU machine run "
         "`python -m backbones.bench --device cuda --amp --channels-last [--compile]`.\n"
     )
+    whole = tuple(sections) == SECTIONS
+    written = "Written" if whole else "Last written"
+    rerun = "Re-run that command to refresh this file" if whole else "`python -m tasks.bench` refreshes every part"
     header = f"""# Benchmarks
 
-Written by `{command}` on {datetime.date.today().isoformat()}, in {minutes} min {seconds:02d} s. Re-run that
-command to refresh this file; do not edit it by hand. Task accuracy of the built-in default jobs, and the int8
-accuracy changes, are in [results.md](results.md).
+{written} by `{command}` on {datetime.date.today().isoformat()}, in {minutes} min {seconds:02d} s. {rerun}; do not
+edit it by hand. Task accuracy of the built-in default jobs, and the int8 accuracy changes, are in
+[results.md](results.md).
 {quick}
 Every table comes from one run in which ours and the reference alternate step by step (interleaved, the order
 rotating every round), so load and clock drift hit both alike. A ratio is the reference's time divided by the
