@@ -622,9 +622,11 @@ class Engine:
             )
 
     def evaluate(self, loader: DataLoader[Any]) -> dict[str, Any]:
+        """The task's metrics in float32, with or without mixed-precision training: the numbers that ``eval`` of
+        the checkpoint gives again, on any machine."""
         model = self.eval_model
         model.eval()
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cfg.amp):
+        with torch.inference_mode():
             return self.task.evaluate(model, loader, self.device)
 
     def _log_metrics(self, metrics: dict[str, Any], epoch: int) -> None:

@@ -280,3 +280,20 @@ def test_the_full_learning_section_reports_on_reporting_sets_only(monkeypatch) -
     assert set(asked["multitask"]) == {
         n for n, s in bench_learning.SETS.items() if s.role == "report" and "multitask" in s.tasks
     }
+
+
+def test_the_training_profile_ranks_operators_by_their_own_time(tmp_path, monkeypatch) -> None:
+    """``python -m tasks.bench.profile``: a resnet18 digits step's operators, most self time first; the shares are
+    of the whole profiled step, and the convolutions are among the top."""
+    from tasks.bench.profile import markdown, profile_training
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    overrides = ["model.backbone=resnet18", "train.workers=0"]
+    step_ms, rows, precision = profile_training("classify", steps=1, warmup=1, top=5, amp=False, overrides=overrides)
+    assert precision == "float32" and len(rows) == 5
+    assert [r["ms_per_step"] for r in rows] == sorted((r["ms_per_step"] for r in rows), reverse=True)
+    for row in rows:
+        assert row["ms_per_step"] == pytest.approx(row["share"] * step_ms, rel=1e-6)
+    assert sum(r["share"] for r in rows) <= 1 + 1e-9
+    assert any("convolution" in r["operator"] for r in rows)
+    assert markdown(step_ms, rows, precision).splitlines()[2].startswith(f"| `{rows[0]['operator']}` |")

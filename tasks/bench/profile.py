@@ -1,0 +1,109 @@
+"""``python -m tasks.bench.profile``: where a task recipe's training step spends its time, by operator.
+
+    python -m tasks.bench.profile --task detect              # the main job's detector, as the recipe trains it
+    python -m tasks.bench.profile --task detect --no-amp     # the same step in float32 NCHW
+
+Runs the packaged recipe's model, loss and optimizer (``python -m tasks.<task>`` with no ``--data``) on its
+built-in data under ``torch.profiler`` for a few steps after warm-up ones, and prints the operators with the most
+self CPU time (their children excluded) as a Markdown table: milliseconds a step, share, calls a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+
+def profile_training(
+    task: str,
+    *,
+    steps: int = 5,
+    warmup: int = 3,
+    top: int = 10,
+    amp: bool | None = None,
+    overrides: Sequence[str] = (),
+) -> tuple[float, list[dict[str, Any]], str]:
+    """The profiled milliseconds of one step, the ``top`` operators by self CPU time, and the precision it ran in.
+    ``amp``: the recipe's precision and memory format where None, else bfloat16 channels-last (True) or float32
+    NCHW (False)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from tasks import bench
+    from tasks.engine import build_optimizer
+
+    cfg, parts = bench._runner_setup(task, list(overrides))
+    bf16 = bool(cfg.train.amp) if amp is None else amp
+    channels_last = bool(cfg.train.channels_last) if amp is None else amp
+    model = parts.model.train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.train)
+    device = torch.device("cpu")
+    batches = [parts.task.to_device(b, device) for b, _ in zip(parts.train_loader, range(warmup + steps))]
+    if len(batches) < warmup + steps:
+        raise ValueError(f"the built-in data holds {len(batches)} batches: fewer than {warmup + steps} steps")
+
+    def step(batch: dict[str, Any]) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = parts.task.losses(model, batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for batch in batches[:warmup]:
+        step(batch)
+    with profile(activities=[ProfilerActivity.CPU]) as recorded:
+        for batch in batches[warmup:]:
+            step(batch)
+    events = list(recorded.key_averages())
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = [
+        dict(
+            operator=e.key,
+            ms_per_step=e.self_cpu_time_total / steps / 1000,
+            share=e.self_cpu_time_total / max(total, 1e-9),
+            calls_per_step=e.count / steps,
+        )
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+    ]
+    return total / steps / 1000, rows, "bfloat16" if bf16 else "float32"
+
+
+def markdown(step_ms: float, rows: Sequence[dict[str, Any]], precision: str) -> str:
+    lines = [
+        f"| operator ({precision} step, {step_ms:.0f} ms) | ms/step | share | calls/step |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| `{r['operator']}` | {r['ms_per_step']:.1f} | {r['share']:.1%} | {r['calls_per_step']:g} |" for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from tasks.cli import run
+
+    def _main(argv: Sequence[str] | None) -> int:
+        from tasks.cli import ArgumentParser
+
+        parser = ArgumentParser(prog="python -m tasks.bench.profile", description=__doc__.splitlines()[0])
+        parser.add_argument("--task", choices=("classify", "detect", "segment", "multitask"), default="detect")
+        parser.add_argument("--steps", type=int, default=5)
+        parser.add_argument("--warmup", type=int, default=3)
+        parser.add_argument("--top", type=int, default=10)
+        parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="default: the recipe's")
+        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
+        args = parser.parse_args(argv)
+        step_ms, rows, precision = profile_training(
+            args.task, steps=args.steps, warmup=args.warmup, top=args.top, amp=args.amp, overrides=args.set
+        )
+        print(markdown(step_ms, rows, precision))
+        return 0
+
+    return run(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
