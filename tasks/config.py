@@ -57,7 +57,7 @@ class TrainConfig:
     accumulate: int = 1
     clip_grad: float | None | Auto = "auto"
     # mixed precision; auto: bfloat16 autocast on a CPU with AMX bf16 units for inputs of 64 px or more, float16
-    # with a gradient scaler on CUDA, float32 otherwise (tasks.recipes.resolve_precision)
+    # with a gradient scaler on CUDA, float32 otherwise (tasks.recipes._precision)
     amp: bool | Auto = "auto"
     ema: bool = False
     ema_decay: float = 0.999

@@ -32,7 +32,7 @@ from tasks.config import TrainConfig, unresolved
 from tasks.data.sampling import EpochSampler, GroupedBatchSampler
 from tasks.errors import UserError
 from tasks.io import write_json
-from tasks.recipes import Recipe
+from tasks.recipes import Recipe, amp_dtype
 from tasks.run_log import RunLog, scalars
 
 Batch = dict[str, Any]
@@ -321,7 +321,7 @@ class Engine:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=getattr(task, "find_unused_parameters", False),
             )
-        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.amp_dtype = amp_dtype(self.device.type)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp and self.device.type == "cuda")
         self.writer: Any = None
         self.best_metric = -math.inf

@@ -414,8 +414,9 @@ def _image_sizes(r: Resolver, facts: RunFacts, fixed: dict[str, Any]) -> None:
 
 
 # bfloat16 autocast pays on a CPU with AMX bf16 units once the feature maps are large enough: a resnet18 or
-# resnet50 training step (float32 NCHW against bfloat16 NHWC, this machine, docs/results.md) is 0.9-1.07x as fast
-# at 32 px, 1.4-1.5x at 64 px, 2.1x at 128 px and 2.4-3x at 224 px. Below, the casts cost more than AMX saves.
+# resnet50 training step, bfloat16 NHWC against float32 NCHW (docs/results.md, `python -m backbones.bench --mode
+# train --amp --channels-last --against-float32`), ran 0.87-0.92x as fast at 32 px, 1.23-1.42x at 64 px,
+# 1.79-2.09x at 128 px and 2.33x at 224 px. Below 64 px the casts cost more than AMX saves.
 BF16_MIN_SIDE = 64
 INPUT_SIDE_KEY = {
     "classify": "data.image_size",
@@ -423,6 +424,11 @@ INPUT_SIDE_KEY = {
     "multitask": "data.image_size",
     "detect": "model.min_size",
 }
+
+
+def amp_dtype(device_type: str) -> torch.dtype:
+    """The autocast dtype of ``train.amp`` on a device: float16 (with a gradient scaler) on CUDA, else bfloat16."""
+    return torch.float16 if device_type == "cuda" else torch.bfloat16
 
 
 def cpu_has_bf16_units() -> bool:
@@ -444,7 +450,7 @@ def _precision(r: Resolver, facts: RunFacts) -> None:
     elif isinstance(side, int) and side < BF16_MIN_SIDE:
         amp, why = False, f"float32: at {side} px the bfloat16 casts cost more than AMX saves"
     else:
-        amp, why = True, f"bfloat16 autocast: AMX bf16 units, {side} px inputs (1.4-3x faster steps from 64 px)"
+        amp, why = True, f"bfloat16 autocast: AMX bf16 units, {side} px inputs (1.2-2.3x faster steps from 64 px)"
     amp = r.decide("train.amp", amp, why, fixed=False)
     if amp:
         layout = "with mixed precision: " + ("tensor cores" if facts.device == "cuda" else "oneDNN's AMX kernels")
@@ -679,11 +685,10 @@ def measure_step(
     if channels_last:
         probe = probe.to(memory_format=torch.channels_last)
     batch = task.to_device(batch, device)
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     times = []
     for index in range(1 + repeats):
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+        with torch.autocast(device.type, dtype=amp_dtype(device.type), enabled=amp):
             loss = task.losses(probe, batch)["loss"]
         loss.backward()
         if device.type == "cuda":

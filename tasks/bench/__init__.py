@@ -488,35 +488,56 @@ def precision_name(train: Any) -> str:
     return f"{dtype}{', channels-last' if train.channels_last else ''}"
 
 
-def precision_drift(parts: Any, train: Any, *, steps: int) -> float:
-    """The relative change in the training loss after ``steps`` optimizer steps on the same batches, from the
-    same weights, with the same optimizer and the same random draws (the detector's box sampling), between a
-    float32 NCHW copy of ``parts.model`` and a copy run in ``train``'s precision and memory format: what the
-    engine's speed settings change in the numbers. 0 where they are plain float32."""
+def first_batches(parts: Any, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` batches of a runner Setup's training loader (fewer where it holds fewer), on the CPU."""
+    import torch
+
+    device = torch.device("cpu")
+    return [parts.task.to_device(b, device) for b, _ in zip(parts.train_loader, range(count))]
+
+
+def training_stepper(parts: Any, train: Any, *, amp: bool, channels_last: bool) -> Callable[..., Any]:
+    """One training step of a copy of a runner Setup's model, with the optimizer ``train`` builds, in bfloat16
+    autocast (``amp``) and channels-last or not: ``step(batch)`` returns the loss after backward and the optimizer
+    step; ``step(batch, update=False)`` only computes it."""
     import copy
 
     import torch
 
     from tasks.engine import build_optimizer
 
-    device = torch.device("cpu")
-    batches = [parts.task.to_device(b, device) for b, _ in zip(parts.train_loader, range(steps + 1))]
-    losses = []
-    for amp, channels_last in ((False, False), (bool(train.amp), bool(train.channels_last))):
-        model = copy.deepcopy(parts.model).train()
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(model, train)
-        torch.manual_seed(0)
-        for index, batch in enumerate(batches):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                loss = parts.task.losses(model, batch)["loss"]
-            if index == steps:  # the loss after the steps, not yet stepped on
-                losses.append(float(loss.detach()))
-                break
+    model = copy.deepcopy(parts.model).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, train)
+
+    def step(batch: dict[str, Any], update: bool = True) -> Any:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = parts.task.losses(model, batch)["loss"]
+        if update:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        return loss
+
+    return step
+
+
+def precision_drift(parts: Any, train: Any, *, steps: int) -> float:
+    """The relative change in the training loss after ``steps`` optimizer steps on the same batches, from the
+    same weights, with the same optimizer and the same random draws (the detector's box sampling), between a
+    float32 NCHW copy of ``parts.model`` and a copy run in ``train``'s precision and memory format: what the
+    engine's speed settings change in the numbers. 0 where they are plain float32."""
+    import torch
+
+    *batches, last = first_batches(parts, steps + 1)
+    losses = []
+    for amp, channels_last in ((False, False), (bool(train.amp), bool(train.channels_last))):
+        step = training_stepper(parts, train, amp=amp, channels_last=channels_last)
+        torch.manual_seed(0)
+        for batch in batches:
+            step(batch)
+        losses.append(float(step(last, update=False).detach()))  # the loss after the steps, not yet stepped on
     reference, candidate = losses
     return abs(candidate - reference) / max(abs(reference), 1e-12)
 

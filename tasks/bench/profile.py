@@ -27,30 +27,17 @@ def profile_training(
     """The profiled milliseconds of one step, the ``top`` operators by self CPU time, and the precision it ran in.
     ``amp``: the recipe's precision and memory format where None, else bfloat16 channels-last (True) or float32
     NCHW (False)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from tasks import bench
-    from tasks.engine import build_optimizer
 
     cfg, parts = bench._runner_setup(task, list(overrides))
     bf16 = bool(cfg.train.amp) if amp is None else amp
     channels_last = bool(cfg.train.channels_last) if amp is None else amp
-    model = parts.model.train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.train)
-    device = torch.device("cpu")
-    batches = [parts.task.to_device(b, device) for b, _ in zip(parts.train_loader, range(warmup + steps))]
+    batches = bench.first_batches(parts, warmup + steps)
     if len(batches) < warmup + steps:
         raise ValueError(f"the built-in data holds {len(batches)} batches: fewer than {warmup + steps} steps")
-
-    def step(batch: dict[str, Any]) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = parts.task.losses(model, batch)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    step = bench.training_stepper(parts, cfg.train, amp=bf16, channels_last=channels_last)
 
     for batch in batches[:warmup]:
         step(batch)
