@@ -622,12 +622,19 @@ class Engine:
             )
 
     def evaluate(self, loader: DataLoader[Any]) -> dict[str, Any]:
-        """The task's metrics in float32, with or without mixed-precision training: the numbers that ``eval`` of
-        the checkpoint gives again, on any machine."""
+        """The task's metrics in float32 and NCHW weights, with or without mixed precision and channels-last
+        training: the numbers that ``eval`` of the checkpoint (an NCHW model) gives again, on any machine. oneDNN
+        sums a convolution in another order for NHWC weights, and that alone can flip a mask pixel's argmax."""
         model = self.eval_model
         model.eval()
-        with torch.inference_mode():
-            return self.task.evaluate(model, loader, self.device)
+        if self.cfg.channels_last:  # in place, so the optimizer's parameters stay the same tensors
+            model.to(memory_format=torch.contiguous_format)
+        try:
+            with torch.inference_mode():
+                return self.task.evaluate(model, loader, self.device)
+        finally:
+            if self.cfg.channels_last:
+                model.to(memory_format=torch.channels_last)
 
     def _log_metrics(self, metrics: dict[str, Any], epoch: int) -> None:
         if self.writer is None:

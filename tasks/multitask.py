@@ -158,6 +158,7 @@ class DataConfig:
     val_split: str = "val"
     image_size: int | Auto = "auto"
     hflip: float = 0.5
+    scale_jitter: float | Auto = "auto"
     color_jitter: float | Auto = "auto"
 
 
@@ -303,7 +304,12 @@ def _sources(cfg: MultiTaskConfig) -> Any:
 def _loader(cfg: MultiTaskConfig, data: MultiTaskData, *, train: bool) -> Any:
     d = cfg.data
     pipeline = MultiTaskPipeline(
-        d.image_size, train=train, hflip=d.hflip, color_jitter=d.color_jitter, seed=cfg.train.seed
+        d.image_size,
+        train=train,
+        hflip=d.hflip,
+        scale_jitter=d.scale_jitter,
+        color_jitter=d.color_jitter,
+        seed=cfg.train.seed,
     )
     return make_loader(
         MultiTaskDataset(data, pipeline, train=train),

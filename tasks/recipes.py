@@ -440,8 +440,9 @@ def cpu_has_bf16_units() -> bool:
         return False
 
 
-def _precision(r: Resolver, facts: RunFacts) -> None:
-    """Mixed precision and memory format, from the device, the CPU's matrix units and the input size."""
+def _precision(r: Resolver, facts: RunFacts, *, revise: bool = False) -> None:
+    """Mixed precision and memory format, from the device, the CPU's matrix units and the input size;
+    ``revise``: decided again after a time budget shrank the input (:func:`_budget_scale`)."""
     side = get(r.config, INPUT_SIDE_KEY[facts.task])
     if facts.device == "cuda":
         amp, why = True, "float16 autocast with a gradient scaler on CUDA"
@@ -451,12 +452,13 @@ def _precision(r: Resolver, facts: RunFacts) -> None:
         amp, why = False, f"float32: at {side} px the bfloat16 casts cost more than AMX saves"
     else:
         amp, why = True, f"bfloat16 autocast: AMX bf16 units, {side} px inputs (1.2-2.3x faster steps from 64 px)"
-    amp = r.decide("train.amp", amp, why, fixed=False)
+    amp = r.decide("train.amp", amp, why, fixed=False, revise=revise)
     if amp:
         layout = "with mixed precision: " + ("tensor cores" if facts.device == "cuda" else "oneDNN's AMX kernels")
-        r.decide("train.channels_last", True, layout + " take NHWC", fixed=False)
+        r.decide("train.channels_last", True, layout + " take NHWC", fixed=False, revise=revise)
     else:
-        r.decide("train.channels_last", False, "float32 on this device: NHWC trains no faster", fixed=False)
+        why = "float32 on this device: NHWC trains no faster"
+        r.decide("train.channels_last", False, why, fixed=False, revise=revise)
 
 
 def _detector_sizes(r: Resolver, facts: RunFacts, short: float, *, revise: bool = False) -> None:
@@ -620,6 +622,7 @@ def _budget_scale(r: Resolver, facts: RunFacts, left: Callable[[], float], rough
         earlier = r.recipe.choices[r.auto_choice(key)].reason  # type: ignore[index]
         r.decide(key, shrunk, f"{earlier}; {why}", revise=True)
         _detector_sizes(r, facts, typical_side(facts.image_sizes), revise=True)
+        _precision(r, facts, revise=True)  # its reason names the input side
     return scale
 
 
@@ -663,7 +666,8 @@ def _augmentation(r: Resolver, facts: RunFacts, passes: float) -> None:
         r.decide("data.scale_min", round(1 - (0.25 + 0.25 * s), 3), why, fixed=0.5)
         r.decide("data.scale_max", round(1 + (0.25 + 0.75 * s), 3), why, fixed=2.0)
         r.decide("data.color_jitter", round(0.1 + 0.1 * s, 3), why, fixed=0.2)
-    else:
+    else:  # multitask: the detector's zoom, which keeps every task's labels (boxes and masks move with it)
+        r.decide("data.scale_jitter", round(0.1 + 0.15 * s, 3), why, fixed=0.0)
         r.decide("data.color_jitter", round(0.1 + 0.1 * s, 3), why, fixed=0.2)
 
 

@@ -139,6 +139,35 @@ def test_fixed_and_uncertainty_weighting() -> None:
     assert learned.task_weights()["classify"] == pytest.approx(float(torch.exp(torch.tensor(-1.0))))
 
 
+def test_scale_jitter_moves_boxes_and_masks_with_the_image_and_voids_what_it_brings_in() -> None:
+    import numpy as np
+
+    from tasks.data.multitask import MultiTaskPipeline
+
+    image = np.full((64, 64, 3), 200, np.uint8)
+    mask = np.ones((64, 64), np.uint8)  # class 1 everywhere: any other value came from the jitter
+    boxes, labels = np.array([[8.0, 8.0, 56.0, 56.0]], np.float32), np.array([1])
+    pipeline = MultiTaskPipeline(64, train=True, hflip=0.0, scale_jitter=0.5, color_jitter=0.0, seed=3)
+    zoomed_out = unchanged = 0
+    for _ in range(20):
+        tensor, out_boxes, _, out_mask = pipeline(image, boxes, labels, mask)
+        assert tensor.shape == (3, 64, 64) and out_mask.shape == (64, 64)
+        values = set(out_mask.unique().tolist())
+        assert values <= {1, 255}
+        width = float(out_boxes[0, 2] - out_boxes[0, 0])
+        if 255 in values:  # zoomed out about the centre: the box shrank by the image's scale
+            zoomed_out += 1
+            inside = int((out_mask[32] == 1).sum())  # the image's width on the middle row
+            assert width == pytest.approx(48 * inside / 64, abs=2.0)
+            centre = (out_boxes[0, 0] + out_boxes[0, 2]) / 2
+            assert float(centre) == pytest.approx(32.0, abs=1.0)
+        elif width == pytest.approx(48.0):
+            unchanged += 1
+    assert zoomed_out > 0 and unchanged > 0  # p=0.5: some draws are left as they are
+    still = MultiTaskPipeline(64, train=True, hflip=0.0, scale_jitter=0.0, color_jitter=0.0, seed=3)
+    assert set(still(image, boxes, labels, mask)[3].unique().tolist()) == {1}
+
+
 def test_build_model_rejects_unknown_tasks() -> None:
     with pytest.raises(ValueError, match="depth"):
         build_model("resnet18", ["classify", "depth"], {"classify": 2, "depth": 1})

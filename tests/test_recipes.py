@@ -288,7 +288,8 @@ def test_a_rough_probe_times_two_images_and_scales_to_the_batch_the_run_will_hav
     assert timed == [(8, 2, True, False), (2, 1, True, False), (2, 1, True, False)]  # as the run will train
 
 
-def test_a_budget_too_short_for_full_size_shrinks_the_multitask_image_and_its_anchors_follow() -> None:
+def test_a_budget_too_short_for_full_size_shrinks_the_multitask_image_and_its_anchors_follow(monkeypatch) -> None:
+    monkeypatch.setattr(recipes, "cpu_has_bf16_units", lambda: True)
     facts = dataclasses.replace(
         _facts("multitask", n=160, val=40, sizes=((520, 520),), batch=8, box_sizes=(40.0,) * 20), device="cpu"
     )
@@ -307,6 +308,8 @@ def test_a_budget_too_short_for_full_size_shrinks_the_multitask_image_and_its_an
     assert len(keys) == len(set(keys))  # revised in place, not recorded twice
     reason = recipe.as_dict()["data.image_size"]["reason"]
     assert reason == f"typical longer side 520 px, at most 512; {passes:.2g} passes fit at 512 px, about 8 at 224 px"
+    assert "224 px inputs" in recipe.as_dict()["train.amp"]["reason"]  # the precision's reason follows the size
+    assert config.data.scale_jitter == config.data.color_jitter == 0.1  # a short run: the mildest jitter
 
     mine = apply(config, {"data": {"image_size": 512}}, source="t")  # the user's size is never shrunk
     static, recipe = resolve_static(

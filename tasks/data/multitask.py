@@ -182,13 +182,25 @@ def load_multitask(
 
 
 class MultiTaskPipeline:
-    """Longest side resized to ``image_size``, then (training) flip and colour jitter, moving boxes
-    and masks with the image; normalised for the backbone."""
+    """Longest side resized to ``image_size``, then (training) scale jitter (a zoom about the centre that
+    keeps the size; what it brings in from outside is void in the mask), flip and colour jitter, moving
+    boxes and masks with the image; normalised for the backbone."""
 
     def __init__(
-        self, image_size: int, *, train: bool, hflip: float = 0.5, color_jitter: float = 0.2, seed: int | None = None
+        self,
+        image_size: int,
+        *,
+        train: bool,
+        hflip: float = 0.5,
+        scale_jitter: float = 0.0,
+        color_jitter: float = 0.2,
+        seed: int | None = None,
     ) -> None:
         steps: list[A.BasicTransform] = [A.LongestMaxSize(max_size=image_size)]
+        if train and scale_jitter > 0:
+            steps.append(
+                A.Affine(scale=(1 - scale_jitter, 1 + scale_jitter), keep_ratio=True, fill_mask=IGNORE_INDEX, p=0.5)
+            )
         if train and hflip > 0:
             steps.append(A.HorizontalFlip(p=hflip))
         if train and color_jitter > 0:
