@@ -32,6 +32,25 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 Detections = list[dict[str, Tensor]]
 
 
+class Float32RPNHead(RPNHead):
+    """torchvision's RPN head, its outputs in float32 under autocast: proposals are decoded from them, and a
+    bfloat16 box has 8 bits of mantissa, 1 px steps from 128 px. The RoI head casts the ground-truth boxes to
+    the proposals' dtype, so a 0.4 px sliver at y 159.6-160 became a 0-px box and a NaN regression target."""
+
+    def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
+class Float32BoxPredictor(FastRCNNPredictor):
+    """torchvision's box predictor, its scores and box deltas in float32 under autocast (see
+    :class:`Float32RPNHead`): the detections and the box losses are computed in float32."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        scores, deltas = super().forward(x)
+        return scores.float(), deltas.float()
+
+
 class FasterRCNNHead(nn.Module):
     """FPN, region proposal network and box head over the backbone's c2..c5 (plus a max-pooled P6).
 
@@ -101,7 +120,7 @@ class FasterRCNNHead(nn.Module):
         )
         self.rpn = RegionProposalNetwork(
             anchors,
-            RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
+            Float32RPNHead(fpn_channels, anchors.num_anchors_per_location()[0]),
             rpn_fg_iou_thresh,
             rpn_bg_iou_thresh,
             rpn_batch_size_per_image,
@@ -114,7 +133,7 @@ class FasterRCNNHead(nn.Module):
         self.roi_heads = RoIHeads(
             pooler,
             TwoMLPHead(fpn_channels * 7 * 7, representation_size),
-            FastRCNNPredictor(representation_size, num_classes),
+            Float32BoxPredictor(representation_size, num_classes),
             box_fg_iou_thresh,
             box_bg_iou_thresh,
             box_batch_size_per_image,

@@ -62,6 +62,26 @@ def test_training_returns_the_four_losses() -> None:
     assert model.backbone.conv1.weight.grad is not None
 
 
+def test_box_coding_stays_float32_under_bfloat16_autocast() -> None:
+    """A ground-truth sliver 0.4 px high at the image's bottom edge: in bfloat16 (1 px steps from 128 px) it
+    would become a 0-px box, and its regression target log(0 / 0) a NaN box loss."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=2, min_size=160, max_size=160, box_batch_size_per_image=16).train()
+    proposals = []
+    model.head.rpn.register_forward_hook(lambda module, args, out: proposals.extend(out[0]))
+    boxes = torch.tensor([[30.4, 159.6, 62.7, 160.0], [20.0, 20.0, 90.0, 100.0]])
+    targets = [{"boxes": boxes, "labels": torch.tensor([1, 1])}]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model([torch.rand(3, 160, 160)], targets)
+    assert proposals and all(p.dtype == torch.float32 for p in proposals)
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    assert losses["loss_box_reg"].dtype == torch.float32
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model([torch.rand(3, 160, 160)])
+    assert out[0]["boxes"].dtype == out[0]["scores"].dtype == torch.float32
+
+
 @pytest.mark.parametrize("backbone", ["resnet50d", "timm:convnext_atto"])
 def test_head_is_built_from_feature_info_of_any_backbone(backbone: str) -> None:
     model = build_model(backbone, num_classes=5, min_size=160, max_size=160).eval()
