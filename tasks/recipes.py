@@ -659,15 +659,12 @@ def _augmentation(r: Resolver, facts: RunFacts, passes: float) -> None:
         reason = why if scale_min > floor else f"crops keep ≥ 24 px of {size} px"
         r.decide("data.scale_min", round(scale_min, 3), reason, fixed=0.08)
         r.decide("data.color_jitter", round(0.1 + 0.3 * s, 3), why, fixed=0.4)
-    elif facts.task == "detect":
-        r.decide("data.scale_jitter", round(0.1 + 0.15 * s, 3), why, fixed=0.25)
-        r.decide("data.color_jitter", round(0.1 + 0.1 * s, 3), why, fixed=0.2)
-    elif facts.task == "segment":
-        r.decide("data.scale_min", round(1 - (0.25 + 0.25 * s), 3), why, fixed=0.5)
-        r.decide("data.scale_max", round(1 + (0.25 + 0.75 * s), 3), why, fixed=2.0)
-        r.decide("data.color_jitter", round(0.1 + 0.1 * s, 3), why, fixed=0.2)
-    else:  # multitask: the detector's zoom, which keeps every task's labels (boxes and masks move with it)
-        r.decide("data.scale_jitter", round(0.1 + 0.15 * s, 3), why, fixed=0.0)
+    else:
+        if facts.task == "segment":
+            r.decide("data.scale_min", round(1 - (0.25 + 0.25 * s), 3), why, fixed=0.5)
+            r.decide("data.scale_max", round(1 + (0.25 + 0.75 * s), 3), why, fixed=2.0)
+        else:  # detect, and multitask with the detector's zoom, which keeps every task's labels (fixed: none)
+            r.decide("data.scale_jitter", round(0.1 + 0.15 * s, 3), why, fixed=0.25 if facts.task == "detect" else 0.0)
         r.decide("data.color_jitter", round(0.1 + 0.1 * s, 3), why, fixed=0.2)
 
 

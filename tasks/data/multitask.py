@@ -33,7 +33,7 @@ from tasks.data.detection_splits import load_detection_splits
 from tasks.data.folders import load_split
 from tasks.data.images import READ_ERRORS, load_rgb, warn_unreadable
 from tasks.data.segmentation import IGNORE_INDEX, SegmentationData, invalid_values, load_mask, load_segmentation
-from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, zoom
 from tasks.errors import UserError
 
 TASK_NAMES = ("classify", "detect", "segment")
@@ -198,9 +198,7 @@ class MultiTaskPipeline:
     ) -> None:
         steps: list[A.BasicTransform] = [A.LongestMaxSize(max_size=image_size)]
         if train and scale_jitter > 0:
-            steps.append(
-                A.Affine(scale=(1 - scale_jitter, 1 + scale_jitter), keep_ratio=True, fill_mask=IGNORE_INDEX, p=0.5)
-            )
+            steps.append(zoom(scale_jitter))  # the detector's zoom
         if train and hflip > 0:
             steps.append(A.HorizontalFlip(p=hflip))
         if train and color_jitter > 0:

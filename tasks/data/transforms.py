@@ -80,6 +80,12 @@ class DetectionPipeline(Pipeline):
         return out["image"], np.asarray(out["bboxes"], np.float32).reshape(-1, 4), np.asarray(out["labels"], np.int64)
 
 
+def zoom(scale_jitter: float) -> A.Affine:
+    """On half the images, a zoom about the centre by a factor in [1 - scale_jitter, 1 + scale_jitter] that keeps
+    the image's size: boxes and masks move with it, and what a zoom-out brings into a mask is void (255)."""
+    return A.Affine(scale=(1 - scale_jitter, 1 + scale_jitter), keep_ratio=True, fill_mask=255, p=0.5)
+
+
 def detection_train(
     *, hflip: float = 0.5, scale_jitter: float = 0.25, color_jitter: float = 0.2, seed: int | None = None
 ) -> DetectionPipeline:
@@ -89,7 +95,7 @@ def detection_train(
     if hflip > 0:
         steps.append(A.HorizontalFlip(p=hflip))
     if scale_jitter > 0:
-        steps.append(A.Affine(scale=(1 - scale_jitter, 1 + scale_jitter), keep_ratio=True, p=0.5))
+        steps.append(zoom(scale_jitter))
     if color_jitter > 0:
         steps.append(A.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=0.5))
     return DetectionPipeline(steps, seed)
