@@ -71,6 +71,7 @@ class ModelConfig:
     freeze_backbone: bool = False
     frozen_stages: int = -1
     norm: Literal["bn", "frozen_bn", "sync_bn", "gn"] = "bn"
+    zero_init_residual: bool | Auto = "auto"  # from scratch: true (tasks/recipes.py); torchvision: false
     drop_path_rate: float = 0.0
     label_smoothing: float = 0.0
 
@@ -279,7 +280,7 @@ def setup(cfg: ClassifyConfig, *, resumed: frozenset[str] = frozenset()) -> Setu
     )
     cfg, recipe = recipes.resolve_static(cfg, facts, resumed=resumed)
     model_args = _model_args(cfg, len(class_names))
-    model = build_model(weights=cfg.model.weights, **model_args)
+    model = build_model(weights=cfg.model.weights, **model_args, **recipes.init_options(cfg))
     task = ClassifyTask(class_names, label_smoothing=cfg.model.label_smoothing)
 
     def step_seconds() -> float:  # on evaluation-transformed images of the training size

@@ -81,6 +81,7 @@ def build_model(
     max_size: int = 1333,
     frozen_stages: int | None = None,
     norm: str | None = None,
+    zero_init_residual: bool = False,
     **head_options: Any,
 ) -> FasterRCNN:
     """Faster R-CNN + FPN on ``backbone``; ``num_classes`` counts the background (COCO: 91).
@@ -95,6 +96,8 @@ def build_model(
     """
     pretrained = weights is not None
     options: dict[str, Any] = dict(out_levels=DETECTION_LEVELS)
+    if zero_init_residual:  # from scratch (tasks.recipes): every residual block starts as the identity
+        options["zero_init_residual"] = True
     if not backbone.startswith("timm:"):
         options["norm"] = norm or ("frozen_bn" if pretrained else "bn")
     options["frozen_stages"] = frozen_stages if frozen_stages is not None else (1 if pretrained else -1)
@@ -129,6 +132,7 @@ class ModelConfig(DetectionHeadConfig):
     max_size: int | Auto = "auto"  # torchvision: 1333
     frozen_stages: int | None = None
     norm: Literal["bn", "frozen_bn", "sync_bn", "gn"] | None = None
+    zero_init_residual: bool | Auto = "auto"  # from scratch: true (tasks/recipes.py); torchvision: false
 
 
 @dataclass
@@ -192,7 +196,8 @@ class DetectTask:
 
 def _model_args(cfg: DetectConfig, num_classes: int) -> dict[str, Any]:
     m = cfg.model
-    args = {k: v for k, v in to_dict(m).items() if k not in ("weights", "backbone", "anchor_sizes", "aspect_ratios")}
+    built_apart = ("weights", "backbone", "anchor_sizes", "aspect_ratios", "zero_init_residual")
+    args = {k: v for k, v in to_dict(m).items() if k not in built_apart}
     return dict(
         backbone=m.backbone,
         num_classes=num_classes,
@@ -203,14 +208,14 @@ def _model_args(cfg: DetectConfig, num_classes: int) -> dict[str, Any]:
     )
 
 
-def _build_from_args(args: dict[str, Any], weights: str | None = None) -> FasterRCNN:
+def _build_from_args(args: dict[str, Any], weights: str | None = None, **init: Any) -> FasterRCNN:
     args = dict(args)
     pretrained = args.pop("pretrained", False)
     if pretrained and weights is None:  # rebuilding a fine-tuned model: keep its norm and freezing
         args["norm"] = args.get("norm") or "frozen_bn"
         args["frozen_stages"] = 1 if args.get("frozen_stages") is None else args["frozen_stages"]
     args["anchor_sizes"] = tuple(tuple(a) for a in args["anchor_sizes"])
-    return build_model(weights=weights, **args)
+    return build_model(weights=weights, **args, **init)
 
 
 def _data(cfg: DetectConfig, *, need_train: bool) -> tuple[DetectionData | None, DetectionData]:
@@ -333,7 +338,7 @@ def setup(cfg: DetectConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:
     )
     cfg, recipe = recipes.resolve_static(cfg, facts, resumed=resumed)
     model_args = _model_args(cfg, len(train_data.class_names) + 1)
-    model = _build_from_args(model_args, cfg.model.weights)
+    model = _build_from_args(model_args, cfg.model.weights, **recipes.init_options(cfg))
     task = DetectTask(val_data, backend=cfg.coco_backend)
 
     def step_seconds() -> float:  # on unaugmented training images: the detector resizes them the same

@@ -37,6 +37,11 @@ from tasks.run_log import RunLog, scalars
 
 Batch = dict[str, Any]
 RESUME = ("optimizer", "scheduler", "scaler", "rng")  # checkpoint entries only last.pt carries
+# A time budget re-plans the run's epochs only past these margins, in epochs at the measured pace: it drops an
+# epoch where the plan would overrun the budget by more than BUDGET_OVERRUN of one, and adds one where the
+# budget holds it with BUDGET_SPARE of an epoch to spare.
+BUDGET_OVERRUN = 0.1
+BUDGET_SPARE = 0.2
 
 
 class Task(Protocol):
@@ -485,7 +490,11 @@ class Engine:
         stands and the epochs still to run take the steps that the rest of the budget holds, at most a pass,
         at ``step_seconds`` a step plus this epoch's evaluation and checkpoint time. Epochs are dropped only
         where they would keep under a quarter of their planned steps. Once the planned epochs have all run, the
-        run ends, whatever time is left: its schedule has annealed to its end."""
+        run ends, whatever time is left: its schedule has annealed to its end.
+
+        The plan changes only where the rest of the budget holds BUDGET_OVERRUN of an epoch less than the epochs
+        left, or an epoch and BUDGET_SPARE more: a pace that wobbles by a few percent about a whole number of
+        epochs kept flipping the plan (and the cosine's end) between 6 and 7 epochs, epoch after epoch."""
         assert self.budget_seconds is not None
         self.durations.append(seconds)
         steady = self.durations[1:] or self.durations  # the first epoch also pays for start-up
@@ -508,7 +517,12 @@ class Engine:
                 return
         if left <= 0:
             return  # the schedule has annealed to its end: an epoch more would restart it from a higher rate
-        epochs = max(min(epoch + 1 + int(remaining // max(pace, 1e-9)), self.max_epochs), epoch + 1)
+        holds = remaining / max(pace, 1e-9)  # epochs, fractional
+        if holds < left - BUDGET_OVERRUN:
+            left = int(holds + BUDGET_OVERRUN)
+        elif holds >= left + 1 + BUDGET_SPARE:
+            left = int(holds - BUDGET_SPARE)
+        epochs = max(min(epoch + 1 + left, self.max_epochs), epoch + 1)
         if epochs != self.epochs:
             self._log(
                 f"time budget {self.budget_seconds / 60:.1f} min at {pace:.1f} s per epoch: "

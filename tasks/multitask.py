@@ -138,6 +138,7 @@ class ModelConfig:
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     frozen_stages: int = -1
     norm: Literal["bn", "frozen_bn", "sync_bn", "gn"] = "bn"
+    zero_init_residual: bool | Auto = "auto"  # from scratch: true (tasks/recipes.py); torchvision: false
     # learned (Kendall et al.): on the learning benchmark's three sets it beat fixed weights in 4 of 9, tied 2,
     # lost 3 (set, task) pairs at equal time, and is ahead on the mean (docs/benchmarks.md, docs/results.md)
     weighting: Literal["fixed", "uncertainty"] = "uncertainty"
@@ -365,7 +366,7 @@ def setup(cfg: MultiTaskConfig, *, resumed: frozenset[str] = frozenset()) -> Set
     )
     cfg, recipe = recipes.resolve_static(cfg, facts, resumed=resumed)
     model_args = _model_args(cfg, train_data.class_names)
-    model = build_model(weights=cfg.model.weights, **_build_args(model_args))
+    model = build_model(weights=cfg.model.weights, **_build_args(model_args), **recipes.init_options(cfg))
     task = MultiTaskTask(val, backend=cfg.coco_backend)
 
     def step_seconds_at(scale: float, rough: bool = False) -> float:
@@ -382,7 +383,7 @@ def setup(cfg: MultiTaskConfig, *, resumed: frozenset[str] = frozenset()) -> Set
     cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds, scale_probe=step_seconds_at)
     if cfg.data.image_size != sized:  # the budget shrank the input: anchors and proposal counts followed
         model_args = _model_args(cfg, train_data.class_names)
-        model = build_model(weights=cfg.model.weights, **_build_args(model_args))
+        model = build_model(weights=cfg.model.weights, **_build_args(model_args), **recipes.init_options(cfg))
     counts = ", ".join(f"{name} {count}" for name, count in train_data.counts.items())
     meta = dict(
         task=TASK,

@@ -18,6 +18,8 @@ The rules, in one place (docs/results.md has the measurements behind them):
 - **Fine-tuning.** Pretrained weights give the backbone a tenth of the head's rate (classification,
   segmentation) and a smaller weight decay; detection keeps torchvision's rate with frozen
   BatchNorm and stem (``tasks.detect.build_model``).
+- **Initialisation.** From scratch, the last norm of every residual block starts at zero, so that each block
+  starts as the identity (Goyal et al. 2017; mmdetection's and timm's default, torchvision's option).
 - **Warmup.** 5% of the optimizer steps, at least 50 (or a fifth of a shorter run), at most 1,000.
 - **Length.** Epochs that give 2,000 optimizer steps from scratch or 600 when fine-tuning, capped
   by the time budget: ``--time`` when given (the run then uses all of it), else 10 minutes on a CPU.
@@ -381,11 +383,42 @@ def resolve_static(config: Any, facts: RunFacts, *, resumed: frozenset[str] = fr
             facts.task, start
         )
         r.decide("train.backbone_lr_scale", 1.0, why, fixed=1.0)
+    _initialisation(r, facts)
     if facts.task in ("detect", "multitask"):
         r.decide("train.clip_grad", 10.0, "the RPN's early losses spike from random anchors", fixed=None)
     else:
         r.decide("train.clip_grad", None, "not needed with AdamW and warmup", fixed=None)
     return r.config, recipe
+
+
+def _initialisation(r: Resolver, facts: RunFacts) -> None:
+    """``model.zero_init_residual``: from scratch, each residual block's last norm starts at zero, so every block
+    starts as the identity (Goyal et al. 2017; mmdetection's and timm's default). torchvision's ResNet leaves it
+    off. On the horses reporting set a multi-task run from scratch (--time 6m) went from detection AP 0.083 and
+    mIoU 0.720 to 0.458 and 0.836 with it (docs/results.md)."""
+    key = "model.zero_init_residual"
+    m = r.config.model
+    if m.backbone.startswith("timm:"):
+        if r.is_auto(key):
+            r.decide(key, False, "timm models initialise themselves", fixed=False)
+        elif get(r.config, key):
+            raise ConfigError(f"{key}: true applies to this library's ResNets; timm models initialise themselves")
+        return
+    stages = getattr(m, "frozen_stages", None)
+    frozen = m.norm == "frozen_bn" or (stages is not None and stages > 0) or getattr(m, "freeze_backbone", False)
+    if facts.pretrained:
+        value, why = False, "pretrained: the weights set every norm"
+    elif frozen:
+        value, why = False, "from scratch, but frozen layers would keep zeroed blocks at zero"
+    else:
+        value, why = True, "from scratch: each residual block starts as the identity"
+    r.decide(key, value, why, fixed=False)
+
+
+def init_options(config: Any) -> dict[str, Any]:
+    """The backbone's build options that only initialise it (not stored in a checkpoint's ``model_args``: loaded
+    weights replace what they set)."""
+    return {"zero_init_residual": True} if get(config, "model.zero_init_residual") is True else {}
 
 
 def _image_sizes(r: Resolver, facts: RunFacts, fixed: dict[str, Any]) -> None:

@@ -104,6 +104,7 @@ class ModelConfig:
     input_scale: float | Auto = "auto"
     frozen_stages: int = -1
     norm: Literal["bn", "frozen_bn", "sync_bn", "gn"] = "bn"
+    zero_init_residual: bool | Auto = "auto"  # from scratch: true (tasks/recipes.py); torchvision: false
     ce_weight: float = 1.0
     dice_weight: float = 1.0  # CE + Dice: cross-entropy alone settles on background for small objects
     label_smoothing: float = 0.0
@@ -318,7 +319,7 @@ def setup(cfg: SegmentConfig, *, resumed: frozenset[str] = frozenset()) -> Setup
     )
     cfg, recipe = recipes.resolve_static(cfg, facts, resumed=resumed)
     model_args = _model_args(cfg, len(train_data.class_names))
-    model = build_model(weights=cfg.model.weights, **model_args)
+    model = build_model(weights=cfg.model.weights, **model_args, **recipes.init_options(cfg))
     task = SegmentTask(train_data.class_names, _loss(cfg), keep_masks=PNG_COUNT, tile=_tile(cfg))
 
     def step_seconds_at(scale: float, rough: bool = False) -> float:

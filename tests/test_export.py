@@ -28,7 +28,10 @@ def checkpoints(shapes_root, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("runs")
     folder = make_image_folder(base / "colours", per_class=(6, 2))
-    assert classify(["--data", str(folder), "--output", str(base / "c"), *FAST, "--image-size", "32"]) == 0
+    # torchvision's init: 9 steps from zeroed residual blocks left logits whose int8 copy differed by 64% (relative
+    # norm); this module checks the export, and a model that has barely left its init is not what users quantize
+    plain = ["--set", "model.zero_init_residual=false"]
+    assert classify(["--data", str(folder), "--output", str(base / "c"), *FAST, "--image-size", "32", *plain]) == 0
     shrunk = ["--set", "model.input_scale=0.4"]  # the export carries the U-Net's shrink and upsampling along
     assert segment(["--data", str(shapes_root), "--output", str(base / "s"), *FAST, "--image-size", "64", *shrunk]) == 0
     size = ["--set", "model.min_size=64", "--set", "model.max_size=64", "--set", "model.box_score_thresh=0.0"]

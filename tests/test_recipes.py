@@ -154,6 +154,56 @@ def test_values_the_user_set_are_kept_and_reported() -> None:
     assert choices["train.weight_decay"].value == 1e-4  # AdamW's decay does not follow the user to SGD
 
 
+@pytest.mark.parametrize(
+    ("config_class", "task", "model", "pretrained", "expected"),
+    [
+        (ClassifyConfig, "classify", {}, False, True),
+        (DetectConfig, "detect", {}, False, True),
+        (SegmentConfig, "segment", {}, False, True),
+        (MultiTaskConfig, "multitask", {}, False, True),
+        (ClassifyConfig, "classify", {}, True, False),  # the loaded weights set every norm
+        (DetectConfig, "detect", {"norm": "frozen_bn"}, False, False),  # a frozen zero would stay zero
+        (SegmentConfig, "segment", {"frozen_stages": 1}, False, False),
+        (ClassifyConfig, "classify", {"freeze_backbone": True}, False, False),
+        (ClassifyConfig, "classify", {"backbone": "timm:resnet18"}, False, False),  # timm initialises its own
+    ],
+)
+def test_residual_blocks_start_as_the_identity_only_when_trained_from_scratch(
+    config_class, task, model, pretrained, expected
+) -> None:
+    config = apply(config_class(), {"model": model}, source="t")
+    config, recipe = resolve_static(config, _facts(task, batch=8, pretrained=pretrained))
+    assert config.model.zero_init_residual is expected
+    assert recipe.as_dict()["model.zero_init_residual"]["auto"]
+    assert recipes.init_options(config) == ({"zero_init_residual": True} if expected else {})
+    fixed, _ = resolve_static(apply(config_class(), {"train": {"recipe": "fixed"}}, source="t"), _facts(task, batch=8))
+    assert fixed.model.zero_init_residual is False  # torchvision's init under recipe: fixed
+    if model.get("backbone", "").startswith("timm:"):
+        forced = apply(config_class(), {"model": {**model, "zero_init_residual": True}}, source="t")
+        with pytest.raises(ConfigError, match="timm models initialise themselves"):
+            resolve_static(forced, _facts(task, batch=8))
+
+
+def test_a_run_from_scratch_builds_its_residual_blocks_at_zero(tmp_path) -> None:
+    """The option reaches the backbone through setup, and a checkpoint's model_args do not carry it."""
+    from tasks import classify
+
+    data = make_image_folder(tmp_path / "data", classes=("red", "blue"), per_class=(4, 2), size=32)
+    config = apply(
+        ClassifyConfig(),
+        {
+            "data": {"root": str(data)},
+            "model": {"backbone": "resnet18"},
+            "train": {"epochs": 1, "batch_size": 4, "workers": 0},
+        },
+        source="t",
+    )
+    built = classify.setup(config)
+    blocks = [b for layer in (built.model.backbone.layer1, built.model.backbone.layer4) for b in layer]
+    assert blocks and all(float(b.last_norm.weight.abs().sum()) == 0.0 for b in blocks)
+    assert "zero_init_residual" not in built.meta["model_args"]
+
+
 def test_recipe_fixed_gives_the_generic_values_of_before() -> None:
     config = apply(ClassifyConfig(), {"train": {"recipe": "fixed"}}, source="t")
     config, recipe = _resolve(config, _facts())
@@ -380,6 +430,20 @@ def test_the_engine_fits_epochs_to_the_budget_at_the_measured_pace(tmp_path, mon
     assert "at 7.0 s per epoch: 4 epochs instead of 10" in out  # 30 s at 7 s an epoch
     assert "at 13.5 s per epoch: 3 epochs instead of 4" in out  # 34 s spent: no fourth epoch fits
     assert "epoch 3/3" in out
+
+
+def test_a_pace_that_wobbles_about_a_whole_number_of_epochs_keeps_the_plan(tmp_path, monkeypatch, capsys) -> None:
+    """After the third epoch 39.8 s are left at 10.1 s an epoch (3.94 epochs for the 4 planned), after the fourth
+    30 s at 10.0 (3.0 for 3): re-planning on every crossing went 7, 6, 7 epochs; within the margins it stays 7."""
+    durations = [10.0, 10.0, 10.2, 9.8, 10.0, 10.0, 10.0]
+    readings = iter(itertools.accumulate(d for duration in durations for d in (0.0, 0.0, duration, 0.0, 0.0)))
+    monkeypatch.setattr(Engine, "clock", staticmethod(lambda: next(readings)))
+    engine, batches = _engine(tmp_path, [0.1 * i for i in range(20)])
+    engine.budget_seconds, engine.max_epochs = 70.0, 300
+    engine.fit(batches, batches)
+    out = capsys.readouterr().out
+    assert "at 10.0 s per epoch: 7 epochs instead of 10" in out
+    assert out.count("epochs instead of") == 1 and "epoch 7/7" in out
 
 
 def test_a_run_whose_schedule_has_ended_does_not_grow_again(tmp_path, monkeypatch, capsys) -> None:
