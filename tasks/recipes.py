@@ -398,15 +398,13 @@ def _initialisation(r: Resolver, facts: RunFacts) -> None:
     mIoU 0.720 to 0.458 and 0.836 with it (docs/results.md)."""
     key = "model.zero_init_residual"
     m = r.config.model
-    if m.backbone.startswith("timm:"):
-        if r.is_auto(key):
-            r.decide(key, False, "timm models initialise themselves", fixed=False)
-        elif get(r.config, key):
-            raise ConfigError(f"{key}: true applies to this library's ResNets; timm models initialise themselves")
-        return
     stages = getattr(m, "frozen_stages", None)
     frozen = m.norm == "frozen_bn" or (stages is not None and stages > 0) or getattr(m, "freeze_backbone", False)
-    if facts.pretrained:
+    if m.backbone.startswith("timm:"):
+        if not r.is_auto(key) and get(r.config, key):
+            raise ConfigError(f"{key}: true applies to this library's ResNets; timm models initialise themselves")
+        value, why = False, "timm models initialise themselves"
+    elif facts.pretrained:
         value, why = False, "pretrained: the weights set every norm"
     elif frozen:
         value, why = False, "from scratch, but frozen layers would keep zeroed blocks at zero"

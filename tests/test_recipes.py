@@ -415,15 +415,18 @@ def test_unresolved_fields_are_refused_by_the_engine(tmp_path) -> None:
         Engine(nn.Linear(3, 1), _ScriptedTask([]), TrainConfig(), tmp_path, {})
 
 
-def test_the_engine_fits_epochs_to_the_budget_at_the_measured_pace(tmp_path, monkeypatch, capsys) -> None:
-    durations = [7.0, 7.0, 20.0, 7.0, 7.0, 7.0]  # the third epoch runs on a busier machine
-    # five clock readings an epoch: its start, its training's end, its end, and its checkpoint's start and
-    # end (taking no time)
+def _fit_on_clock(tmp_path, monkeypatch, durations, budget):
+    """Fit an engine under a time budget on a scripted clock: five readings an epoch (its start, its
+    training's end, its end, and its checkpoint's start and end, the checkpoint taking no time)."""
     readings = iter(itertools.accumulate(d for duration in durations for d in (0.0, 0.0, duration, 0.0, 0.0)))
     monkeypatch.setattr(Engine, "clock", staticmethod(lambda: next(readings)))
     engine, batches = _engine(tmp_path, [0.1 * i for i in range(20)])
-    engine.budget_seconds, engine.max_epochs = 30.0, 300
+    engine.budget_seconds, engine.max_epochs = budget, 300
     engine.fit(batches, batches)
+
+
+def test_the_engine_fits_epochs_to_the_budget_at_the_measured_pace(tmp_path, monkeypatch, capsys) -> None:
+    _fit_on_clock(tmp_path, monkeypatch, [7.0, 7.0, 20.0, 7.0, 7.0, 7.0], 30.0)  # the third epoch: a busier machine
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
     assert saved["epoch"] == 2 and saved["budget_epochs"] == 3 and saved["elapsed_seconds"] == 34.0
     out = capsys.readouterr().out
@@ -435,12 +438,7 @@ def test_the_engine_fits_epochs_to_the_budget_at_the_measured_pace(tmp_path, mon
 def test_a_pace_that_wobbles_about_a_whole_number_of_epochs_keeps_the_plan(tmp_path, monkeypatch, capsys) -> None:
     """After the third epoch 39.8 s are left at 10.1 s an epoch (3.94 epochs for the 4 planned), after the fourth
     30 s at 10.0 (3.0 for 3): re-planning on every crossing went 7, 6, 7 epochs; within the margins it stays 7."""
-    durations = [10.0, 10.0, 10.2, 9.8, 10.0, 10.0, 10.0]
-    readings = iter(itertools.accumulate(d for duration in durations for d in (0.0, 0.0, duration, 0.0, 0.0)))
-    monkeypatch.setattr(Engine, "clock", staticmethod(lambda: next(readings)))
-    engine, batches = _engine(tmp_path, [0.1 * i for i in range(20)])
-    engine.budget_seconds, engine.max_epochs = 70.0, 300
-    engine.fit(batches, batches)
+    _fit_on_clock(tmp_path, monkeypatch, [10.0, 10.0, 10.2, 9.8, 10.0, 10.0, 10.0], 70.0)
     out = capsys.readouterr().out
     assert "at 10.0 s per epoch: 7 epochs instead of 10" in out
     assert out.count("epochs instead of") == 1 and "epoch 7/7" in out
@@ -449,12 +447,7 @@ def test_a_pace_that_wobbles_about_a_whole_number_of_epochs_keeps_the_plan(tmp_p
 def test_a_run_whose_schedule_has_ended_does_not_grow_again(tmp_path, monkeypatch, capsys) -> None:
     """A slow epoch on a busy machine plans the run shorter; once its last planned epoch has run, the time that
     the machine's recovery frees is not spent on an epoch that would restart the annealed schedule."""
-    durations = [7.0, 7.0, 30.0, 2.0, 2.0, 2.0]
-    readings = iter(itertools.accumulate(d for duration in durations for d in (0.0, 0.0, duration, 0.0, 0.0)))
-    monkeypatch.setattr(Engine, "clock", staticmethod(lambda: next(readings)))
-    engine, batches = _engine(tmp_path, [0.1 * i for i in range(20)])
-    engine.budget_seconds, engine.max_epochs = 70.0, 300
-    engine.fit(batches, batches)
+    _fit_on_clock(tmp_path, monkeypatch, [7.0, 7.0, 30.0, 2.0, 2.0, 2.0], 70.0)
     out = capsys.readouterr().out
     assert "at 18.5 s per epoch: 4 epochs instead of 10" in out  # 44 s spent, 26 s left: one more fits
     # after the fourth (2 s), 24 s are left at 13 s an epoch: one more would fit, but the schedule has ended
