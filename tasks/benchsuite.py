@@ -380,7 +380,10 @@ def export_section(s: Settings) -> Section:
         "Random weights, one input per call: eager PyTorch float32 (`torch.inference_mode()`) against the same "
         "model exported to ONNX (as `export --format onnx`) in onnxruntime's CPU provider, in float32 and "
         "quantized to int8 (as `export --quantize int8`: QDQ, per-channel weights, convolutions and matrix products; "
-        "calibrated here on the benchmark input). Median of "
+        "calibrated here on the benchmark input), and converted from that ONNX graph to OpenVINO (as `export --format "
+        "openvino`, the `.[openvino]` extra) on its CPU plugin, in float32 (inference precision f32, the same threads "
+        "as torch) and int8 (as `export --format openvino --quantize int8`: NNCF's post-training quantization, "
+        "calibrated on the same input). Median of "
         f"{s.export_rounds} interleaved rounds. GFLOP/s counts the float32 model's FLOPs for every runtime, so an "
         "int8 row above 100% of the float32 ceiling is possible."
     )
@@ -389,7 +392,7 @@ def export_section(s: Settings) -> Section:
         for r in rows
         if r["runtime"] != "eager PyTorch float32"
     ]
-    return Section("Export: onnxruntime float32 and int8 against eager PyTorch", text, table, headlines)
+    return Section("Export: onnxruntime and OpenVINO, float32 and int8, against eager PyTorch", text, table, headlines)
 
 
 GPU_VARIANTS = (

@@ -17,6 +17,7 @@ from tasks.config import apply, dump_yaml, load_yaml, merge_dicts, nested_update
 from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
 from tasks.engine import Engine, Setup, resolve_device
 from tasks.errors import UserError
+from tasks.export import check_format
 from tasks.io import write_text
 from tasks.model_summary import model_size
 from tasks.recipes import Recipe, adopt_resumed
@@ -83,7 +84,8 @@ def common_parser(task: str, description: str, *, commands: Sequence[str] = COMM
     )
     parser.add_argument("--data", help="dataset root or dataset YAML; omitted: the built-in default data")
     parser.add_argument(
-        "--format", help="dataset format (default: detected from the layout); export: onnx (default) or torchscript"
+        "--format",
+        help="dataset format (default: detected from the layout); export: onnx (default), torchscript or openvino",
     )
     parser.add_argument("--train-split")
     parser.add_argument("--val-split")
@@ -112,7 +114,9 @@ def common_parser(task: str, description: str, *, commands: Sequence[str] = COMM
     parser.add_argument(
         "--sync-bn", action="store_true", default=None, help="under torchrun: SyncBatchNorm across processes (CUDA)"
     )
-    parser.add_argument("--quantize", choices=("int8",), help="export: also an int8 ONNX copy, calibrated on --data")
+    parser.add_argument(
+        "--quantize", choices=("int8",), help="export: also an int8 copy (onnx, openvino), calibrated on --data"
+    )
     parser.add_argument("--calibration-images", type=int, default=16, help="export --quantize: images to calibrate on")
     parser.add_argument("--config", action="append", default=[], help="YAML file or packaged name; repeatable")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. train.ema=true")
@@ -175,8 +179,7 @@ def command_flags(args: argparse.Namespace, flags: Mapping[str, str]) -> dict[st
 def export_format(args: argparse.Namespace) -> str:
     """``export``'s format (default onnx), checked against ``--quantize`` before anything is written."""
     fmt = args.format or "onnx"
-    if args.quantize and fmt != "onnx":
-        raise UserError(f"--quantize {args.quantize} needs --format onnx")
+    check_format(fmt, args.quantize)
     return fmt
 
 

@@ -8,12 +8,20 @@ with the eager outputs within :data:`TOLERANCE`.
 
 Detection goes through torchvision's ONNX-compatible path (the TorchScript-based exporter,
 for which torchvision registers its detection ops); its graph takes one image.
+
+OpenVINO (the optional extra ``.[openvino]``) converts that same ONNX graph to its IR: an ``.xml``
+graph with the metadata in its rt_info and a ``.bin`` of float32 weights beside it. Its int8 copy
+is NNCF's post-training quantization.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -30,8 +38,13 @@ from tasks.errors import UserError
 
 ONNX_OPSET = 17
 TOLERANCE = dict(rtol=1e-3, atol=1e-4)  # README states these
-EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORT_FORMATS = ("onnx", "torchscript", "openvino")
+QUANTIZABLE = ("onnx", "openvino")  # the formats --quantize int8 has a quantizer for
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "openvino": ".xml"}
+RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torch.jit", "openvino": "OpenVINO"}
 METADATA_FILE = "metadata.json"  # TorchScript's extra file with the task's metadata
+OPENVINO_METADATA = ["multitask_backbones", "metadata"]  # where an OpenVINO model's rt_info keeps the metadata
+OPENVINO_INSTALL = "pip install 'multitask-backbones[openvino]'"
 
 
 @dataclass
@@ -100,6 +113,51 @@ def export_torchscript(spec: ExportSpec, path: Path, metadata: dict[str, Any] | 
     return _staged(path, write)
 
 
+def _openvino(what: str = "--format openvino") -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise UserError(f"{what} needs the OpenVINO runtime, an optional extra: {OPENVINO_INSTALL}") from None
+    return openvino
+
+
+def _save_openvino(model: Any, path: Path, metadata: dict[str, Any] | None) -> Path:
+    """Save an OpenVINO model as ``path`` (.xml) and its weights beside it (.bin), float32, ``metadata`` as
+    JSON in its rt_info. Both are written into a staging folder, then the .bin and last the .xml are renamed
+    into place: a failed export leaves no partial file, and the .xml appears only beside a complete .bin."""
+    ov = _openvino()
+    _check_ir_path(path)
+    model.set_rt_info(json.dumps(metadata or {}), OPENVINO_METADATA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        ov.save_model(model, str(staging / path.name), compress_to_fp16=False)
+        os.replace(staging / path.with_suffix(".bin").name, path.with_suffix(".bin"))
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _check_ir_path(path: Path) -> None:
+    if path.suffix != ".xml":
+        raise UserError(f"--output {path}: an OpenVINO model is an .xml file (its weights go to the .bin beside it)")
+
+
+def _openvino_metadata(model: Any) -> dict[str, Any]:
+    raw = model.get_rt_info(OPENVINO_METADATA).astype(str) if model.has_rt_info(OPENVINO_METADATA) else "{}"
+    return json.loads(raw)
+
+
+def export_openvino(spec: ExportSpec, path: Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``spec`` as OpenVINO IR: the ONNX graph of :func:`export_onnx`, converted by ``openvino.convert_model``."""
+    ov = _openvino()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as folder:
+        graph = export_onnx(spec, Path(folder) / "model.onnx")
+        return _save_openvino(ov.convert_model(str(graph)), path, metadata)
+
+
 class Exported:
     """An exported file, ready to run: ``outputs = exported(*inputs)`` as numpy arrays, plus its metadata."""
 
@@ -107,8 +165,10 @@ class Exported:
         if not path.is_file():
             raise UserError(f"exported model {path} does not exist")
         self.path = path
-        self.format = "onnx" if path.suffix == ".onnx" else "torchscript"
-        if self.format == "onnx":
+        self.format = {".onnx": "onnx", ".xml": "openvino"}.get(path.suffix, "torchscript")
+        if self.format == "openvino":
+            self._load_openvino(path)
+        elif self.format == "onnx":
             import onnxruntime
 
             try:
@@ -128,14 +188,31 @@ class Exported:
                 raise UserError(f"{path} is not a readable TorchScript model: {_first_line(error)}") from None
             self.metadata = json.loads(extra[METADATA_FILE] or "{}")
 
+    def _load_openvino(self, path: Path) -> None:
+        """Compiled for the CPU in float32 (OpenVINO would pick bfloat16 on CPUs with AMX, beyond the export
+        tolerance) on this process's torch threads, so that it shares the cores as the rest of the run does."""
+        ov = _openvino(f"serving {path}")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as error:  # OpenVINO raises RuntimeError for unreadable or incomplete IR
+            raise UserError(f"{path} is not a readable OpenVINO model: {_first_line(error)}") from None
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.metadata = _openvino_metadata(model)
+        self.input_names = [port.get_any_name() for port in model.inputs]
+
     def __call__(self, *inputs: Tensor) -> list[np.ndarray]:
+        if self.format == "torchscript":
+            with torch.inference_mode():
+                out = self.module(*inputs)
+            out = out if isinstance(out, (tuple, list)) else (out,)
+            return [t.detach().cpu().numpy() for t in out]
+        feed = {name: t.detach().cpu().numpy() for name, t in zip(self.input_names, inputs)}
         if self.format == "onnx":
-            feed = {name: t.detach().cpu().numpy() for name, t in zip(self.input_names, inputs)}
             return list(self.session.run(None, feed))
-        with torch.inference_mode():
-            out = self.module(*inputs)
-        out = out if isinstance(out, (tuple, list)) else (out,)
-        return [t.detach().cpu().numpy() for t in out]
+        result = self.compiled(feed)  # copies of the outputs, in the graph's output order
+        return [np.asarray(result[port]) for port in self.compiled.outputs]
 
     def tensors(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         """The outputs as CPU tensors, as the eager model would return them."""
@@ -200,25 +277,41 @@ def _match_detections(
 
 def export_and_check(spec: ExportSpec, fmt: str, target: Path, metadata: dict[str, Any]) -> str:
     """Export, check against eager, and describe the result in one line."""
-    if fmt not in EXPORT_FORMATS:
-        raise UserError(f"--format {fmt!r} is not an export format: choose {' or '.join(EXPORT_FORMATS)}")
-    writer = export_onnx if fmt == "onnx" else export_torchscript
-    writer(spec, target, metadata)
+    check_format(fmt)
+    writers = {"onnx": export_onnx, "torchscript": export_torchscript, "openvino": export_openvino}
+    writers[fmt](spec, target, metadata)
     exported = Exported(target)
     difference = check_export(spec, exported)
-    runtime = "onnxruntime" if fmt == "onnx" else "torch.jit"
     return (
-        f"wrote {target} ({target.stat().st_size / 2**20:.1f} MiB), inputs {', '.join(spec.input_names)}, "
-        f"outputs {', '.join(spec.output_names)}; {runtime} matches eager within {difference:.1e} "
+        f"wrote {target} ({file_mib(target):.1f} MiB), inputs {', '.join(spec.input_names)}, "
+        f"outputs {', '.join(spec.output_names)}; {RUNTIMES[fmt]} matches eager within {difference:.1e} "
         f"on {1 + len(spec.check_inputs)} input(s)"
     )
+
+
+def check_format(fmt: str, quantize: str | None = None) -> None:
+    """``export --format`` (and ``--quantize``) checked before anything is loaded or written."""
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"--format {fmt!r} is not an export format: choose {', '.join(EXPORT_FORMATS)}")
+    if quantize and fmt not in QUANTIZABLE:
+        raise UserError(f"--quantize {quantize} needs --format {' or '.join(QUANTIZABLE)}")
+    if fmt == "openvino":
+        _openvino()
+
+
+def file_mib(path: Path) -> float:
+    """The size of an exported model: for OpenVINO the .xml graph and its .bin weights together."""
+    size = path.stat().st_size
+    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
+        size += path.with_suffix(".bin").stat().st_size
+    return size / 2**20
 
 
 def serving_model(
     path: Path, load_eager: Callable[[Path], tuple[Callable[..., Any], dict[str, Any]]]
 ) -> tuple[Callable[..., tuple[Tensor, ...]], dict[str, Any]]:
     """What ``predict`` runs, and the metadata it needs (class names, sizes): an exported file through
-    onnxruntime or torch.jit, with no training code, or else a training checkpoint through ``load_eager``.
+    onnxruntime, OpenVINO or torch.jit, with no training code, or else a training checkpoint through ``load_eager``.
     Either way the model returns a tuple of tensors."""
     if is_exported(path):
         exported = Exported(path)
@@ -278,23 +371,55 @@ def quantize_int8(fp32: Path, target: Path, calibration: list[Tensor]) -> Path:
     return _staged(target, write)
 
 
+def quantize_openvino_int8(fp32: Path, target: Path, calibration: list[Tensor]) -> Path:
+    """An int8 copy of the OpenVINO model ``fp32``: NNCF's post-training quantization with its defaults
+    (symmetric int8 weights per channel and activations, ranges calibrated on ``calibration`` inputs, the
+    operations it knows how to quantize), metadata kept."""
+    ov = _openvino("--quantize int8 --format openvino")
+    try:
+        import nncf
+    except ImportError:
+        raise UserError(
+            f"--quantize int8 --format openvino needs NNCF, in the same extra: {OPENVINO_INSTALL}"
+        ) from None
+    model = ov.Core().read_model(str(fp32))
+    metadata = _openvino_metadata(model)
+    dataset = nncf.Dataset(calibration, lambda x: x.numpy())
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    try:
+        # NNCF's progress bars and INFO lines would interleave with the command's own report
+        logger.setLevel(logging.WARNING)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            quantized = nncf.quantize(model, dataset, subset_size=len(calibration))
+    except Exception as error:  # NNCF raises its own types for graphs it cannot handle
+        raise UserError(f"NNCF could not quantize {fp32}: {_first_line(error)}") from None
+    finally:
+        logger.setLevel(level)
+    return _save_openvino(quantized, target, metadata)
+
+
 def quantize_and_report(
     fp32: Path, calibration: list[Tensor], evaluate: Callable[[Exported], float], metric: str
 ) -> str:
-    """Quantize ``fp32`` to int8 beside it, then compare the two: file size, onnxruntime seconds per
-    input on the first calibration input, and the task's main metric from ``evaluate``."""
-    int8 = quantize_int8(fp32, fp32.with_name(f"{fp32.stem}.int8.onnx"), calibration)
+    """Quantize ``fp32`` (ONNX or OpenVINO) to int8 beside it, then compare the two: file size, seconds per
+    input in its runtime on the first calibration input, and the task's main metric from ``evaluate``."""
+    openvino = fp32.suffix == ".xml"
+    quantize = quantize_openvino_int8 if openvino else quantize_int8
+    int8 = quantize(fp32, fp32.with_name(f"{fp32.stem}.int8{fp32.suffix}"), calibration)
     rows, values, speed = [], {}, {}
     for name, path in (("float32", fp32), ("int8", int8)):
         model = Exported(path)
         speed[name] = time_call(lambda m=model: m(*calibration[:1]))  # type: ignore[misc]
         values[name] = evaluate(model)
         rows.append(
-            f"  {name:<8} {path.stat().st_size / 2**20:7.1f} MiB  {speed[name] * 1000:8.1f} ms/input "
+            f"  {name:<8} {file_mib(path):7.1f} MiB  {speed[name] * 1000:8.1f} ms/input "
             f"({speed['float32'] / speed[name]:.2f}x)  {metric} {values[name]:.4f}"
         )
     change = values["int8"] - values["float32"]
-    return "\n".join([f"wrote {int8} (onnxruntime, CPU)", *rows, f"  {metric} change with int8: {change:+.4f}"])
+    runtime = RUNTIMES["openvino" if openvino else "onnx"]
+    return "\n".join([f"wrote {int8} ({runtime}, CPU)", *rows, f"  {metric} change with int8: {change:+.4f}"])
 
 
 def first_inputs(dataset: Any, count: int, make: Callable[[dict[str, Any]], Tensor]) -> list[Tensor]:
@@ -312,12 +437,15 @@ def first_inputs(dataset: Any, count: int, make: Callable[[dict[str, Any]], Tens
 
 
 def default_target(checkpoint: Path, fmt: str, output: str | None) -> Path:
-    return Path(output) if output else checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
+    target = Path(output) if output else checkpoint.with_suffix(SUFFIXES[fmt])
+    if fmt == "openvino":
+        _check_ir_path(target)
+    return target
 
 
 def is_exported(path: Path) -> bool:
     """An exported file (served without the training code) rather than a training checkpoint."""
-    return path.suffix == ".onnx" or path.name.endswith(".torchscript.pt")
+    return path.suffix in (".onnx", ".xml") or path.name.endswith(".torchscript.pt")
 
 
 def time_call(call: Callable[[], object], rounds: int = 5) -> float:

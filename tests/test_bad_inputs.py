@@ -298,6 +298,45 @@ def _mask_cases(root: Path, checkpoints: dict[str, Path], folder: Path) -> list[
     return cases
 
 
+# An OpenVINO graph whose one constant reads 16 bytes of a .bin that is not there.
+IR_WITHOUT_WEIGHTS = """<?xml version="1.0"?>
+<net name="m" version="11">
+  <layers>
+    <layer id="0" name="w" type="Const" version="opset1">
+      <data element_type="f32" shape="4" offset="0" size="16"/>
+      <output><port id="0" precision="FP32"><dim>4</dim></port></output>
+    </layer>
+    <layer id="1" name="out" type="Result" version="opset1">
+      <input><port id="0" precision="FP32"><dim>4</dim></port></input>
+    </layer>
+  </layers>
+  <edges><edge from-layer="0" from-port="0" to-layer="1" to-port="0"/></edges>
+</net>
+"""
+
+
+def _exported_cases(root: Path, folder: Path) -> list[Case]:
+    """Exported models that predict cannot serve: garbage and empty files in each format, and an OpenVINO graph
+    without its .bin (without the OpenVINO extra, the .xml cases end in the line that names the extra)."""
+    good = root / "val" / sorted(p.name for p in (root / "val").glob("*.png"))[0]
+    files = {
+        "garbage.onnx": b"not a graph",
+        "empty.onnx": b"",
+        "garbage.torchscript.pt": b"PK\x03\x04 not a zip archive",
+        "garbage.xml": b"<net",
+        "no-weights.xml": IR_WITHOUT_WEIGHTS.encode(),
+    }
+    cases = []
+    for name, content in files.items():
+        path = folder / "exported" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(content)
+        for task in RUNNERS:
+            argv = ["predict", str(good), "--checkpoint", str(path), "--output", str(folder / f"{task}-exported")]
+            cases.append(Case(f"exported {name}", task, argv, name))
+    return cases
+
+
 def _prediction_file_cases(root: Path, folder: Path) -> list[Case]:
     variants = {
         "not-json": "[{",
@@ -328,6 +367,7 @@ def test_the_bad_input_corpus_ends_in_one_line_errors_or_handled_runs_never_a_tr
         *_voc_cases(root, checkpoints["detect"], tmp_path),
         *_mask_cases(root, checkpoints, tmp_path),
         *_prediction_file_cases(root, tmp_path),
+        *_exported_cases(root, tmp_path),
     ]
     assert len(corpus) >= 100 and {c.task for c in corpus} == set(RUNNERS)
     outcomes: Counter[str] = Counter()

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from tasks.data.embedded import shapes_dataset
-from tasks.export import Exported
+from tasks.export import SUFFIXES, Exported, file_mib
 from tests.conftest import make_image_folder
 
 FAST = ["--backbone", "resnet18", "--epochs", "1", "--batch-size", "2", "--workers", "0"]
+OPENVINO = pytest.param(
+    "openvino",
+    marks=pytest.mark.skipif(
+        importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
+        reason="the optional extra .[openvino] is not installed (make test installs it)",
+    ),
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +53,16 @@ def checkpoints(shapes_root, tmp_path_factory):
 
 
 @pytest.mark.parametrize("task", ["classify", "segment", "detect"])
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", OPENVINO])
 def test_export_round_trips_and_serves_predict(task: str, fmt: str, checkpoints, tmp_path, capsys) -> None:
     main, checkpoint, images = checkpoints[task]
-    target = tmp_path / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    target = tmp_path / f"model{SUFFIXES[fmt]}"
     assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--output", str(target)]) == 0
     assert "matches eager within" in capsys.readouterr().out
     exported = Exported(target)
-    assert exported.metadata["task"] == task and exported.metadata["class_names"]
+    assert exported.format == fmt and exported.metadata["task"] == task and exported.metadata["class_names"]
+    if fmt == "openvino":  # the IR pair, and nothing of the staging left beside it
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "model.xml"]
     eager, served = tmp_path / "eager", tmp_path / "served"
     assert main(["predict", str(images), "--checkpoint", str(checkpoint), "--output", str(eager)]) == 0
     assert main(["predict", str(images), "--checkpoint", str(target), "--output", str(served)]) == 0
@@ -92,7 +103,7 @@ def test_export_bad_format_and_missing_checkpoint(checkpoints, tmp_path, capsys)
     main, checkpoint, _ = checkpoints["classify"]
     rc = main(["export", "--checkpoint", str(checkpoint), "--format", "tflite"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err == "error: --format 'tflite' is not an export format: choose onnx or torchscript"
+    assert rc == 2 and err == "error: --format 'tflite' is not an export format: choose onnx, torchscript, openvino"
     rc = main(["export", "--checkpoint", str(tmp_path / "none.pt")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
     bad = tmp_path / "broken.onnx"
@@ -116,18 +127,30 @@ def test_eager_and_exported_logits_agree_numerically(checkpoints, tmp_path) -> N
     np.testing.assert_allclose(Exported(target)(x)[0], expected, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("task", ["classify", "detect"])
-def test_quantize_int8_reports_size_speed_and_metric(task: str, checkpoints, shapes_root, tmp_path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("task", "fmt"),
+    [
+        ("classify", "onnx"),
+        ("detect", "onnx"),
+        *[pytest.param(t, *OPENVINO.values, marks=OPENVINO.marks) for t in ("classify", "detect", "segment")],
+    ],
+)
+def test_quantize_int8_reports_size_speed_and_metric(
+    task: str, fmt: str, checkpoints, shapes_root, tmp_path, capsys
+) -> None:
     import re
 
     main, checkpoint, images = checkpoints[task]
     data = images.parent
-    target = tmp_path / "m.onnx"
+    suffix = SUFFIXES[fmt]
+    target = tmp_path / f"m{suffix}"
     extra = ["--set", "model.min_size=64", "--set", "model.max_size=64"] if task == "detect" else []
     argv = [
         "export",
         "--checkpoint",
         str(checkpoint),
+        "--format",
+        fmt,
         "--output",
         str(target),
         "--quantize",
@@ -137,9 +160,10 @@ def test_quantize_int8_reports_size_speed_and_metric(task: str, checkpoints, sha
     ]
     assert main([*argv, "--calibration-images", "4", *extra]) == 0
     out = capsys.readouterr().out
-    int8 = tmp_path / "m.int8.onnx"
-    assert int8.is_file() and int8.stat().st_size < 0.4 * target.stat().st_size  # int8 weights: about a quarter
-    metric = "accuracy" if task == "classify" else "COCO AP"
+    int8 = tmp_path / f"m.int8{suffix}"
+    assert f"wrote {int8} ({'OpenVINO' if fmt == 'openvino' else 'onnxruntime'}, CPU)" in out
+    assert int8.is_file() and file_mib(int8) < 0.4 * file_mib(target)  # int8 weights: about a quarter
+    metric = {"classify": "accuracy", "detect": "COCO AP", "segment": "mIoU"}[task]
     values = [float(v) for v in re.findall(rf"{metric} (\d\.\d+)", out)]
     assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
     assert re.search(rf"{metric} change with int8: [+-]\d\.\d{{4}}", out)
@@ -169,4 +193,37 @@ def test_quantize_int8_reports_size_speed_and_metric(task: str, checkpoints, sha
             str(tmp_path / "t.pt"),
         ]
     )
-    assert rc == 2 and "--quantize int8 needs --format onnx" in capsys.readouterr().err
+    assert rc == 2 and "--quantize int8 needs --format onnx or openvino" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", [OPENVINO])
+def test_openvino_bad_output_and_unreadable_ir_are_one_line(fmt: str, checkpoints, tmp_path, capsys) -> None:
+    main, checkpoint, images = checkpoints["classify"]
+    rc = main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--output", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err.strip()
+    wrong = tmp_path / "m.onnx"
+    assert (
+        rc == 2
+        and err == f"error: --output {wrong}: an OpenVINO model is an .xml file (its weights go to the .bin beside it)"
+    )
+    assert list(tmp_path.iterdir()) == []
+    bad = tmp_path / "broken.xml"
+    bad.write_text("<net>")
+    rc = main(["predict", str(images), "--checkpoint", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"error: {bad} is not a readable OpenVINO model") and "\n" not in err
+
+
+def test_openvino_without_the_extra_is_one_line(checkpoints, tmp_path, monkeypatch, capsys) -> None:
+    main, checkpoint, images = checkpoints["classify"]
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    target = tmp_path / "m.xml"
+    rc = main(["export", "--checkpoint", str(checkpoint), "--format", "openvino", "--output", str(target)])
+    err = capsys.readouterr().err.strip()
+    extra = "pip install 'multitask-backbones[openvino]'"
+    assert rc == 2 and err == f"error: --format openvino needs the OpenVINO runtime, an optional extra: {extra}"
+    assert list(tmp_path.iterdir()) == []  # checked before anything is written
+    target.write_text("<net/>")
+    rc = main(["predict", str(images), "--checkpoint", str(target)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"error: serving {target} needs the OpenVINO runtime") and "\n" not in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -281,12 +282,35 @@ def test_unknown_task_name(capsys) -> None:
     assert rc == 2 and err == "error: --tasks: unknown task 'depth': choose from classify, detect, segment"
 
 
-def test_onnx_export_runs_in_onnxruntime_with_all_three_outputs(shapes_root, tmp_path, capsys) -> None:
+@pytest.fixture(scope="module")
+def exportable(shapes_root, tmp_path_factory):
+    """A 1-epoch run folder whose detector keeps every box (score threshold 0): detections to compare."""
+    out = tmp_path_factory.mktemp("exportable")
+    assert (
+        main(["--data", str(shapes_root), "--output", str(out), *FAST, "--set", "model.detection.box_score_thresh=0.0"])
+        == 0
+    )
+    return out
+
+
+def _exported_input(shapes_root):
+    """One val image at 48 x 64, another size than the export's example, as the model takes it."""
+    import numpy as np
+
+    from tasks.data.images import load_rgb
+    from tasks.data.multitask import MultiTaskPipeline
+
+    image = load_rgb(shapes_root / "val" / "00002.png")[:48]
+    return MultiTaskPipeline(64, train=False)(
+        image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(image.shape[:2], np.uint8)
+    )[0][None]
+
+
+def test_onnx_export_runs_in_onnxruntime_with_all_three_outputs(shapes_root, exportable, tmp_path, capsys) -> None:
     import numpy as np
     import onnxruntime
     from PIL import Image
 
-    from tasks.data.images import load_rgb
     from tasks.data.multitask import (
         MultiTaskDataset,
         MultiTaskPipeline,
@@ -296,11 +320,7 @@ def test_onnx_export_runs_in_onnxruntime_with_all_three_outputs(shapes_root, tmp
     )
     from tasks.multitask import ExportGraph, MultiTaskTask, ServedModel, _load_model
 
-    out = tmp_path / "run"
-    assert (
-        main(["--data", str(shapes_root), "--output", str(out), *FAST, "--set", "model.detection.box_score_thresh=0.0"])
-        == 0
-    )
+    out = exportable
     target = tmp_path / "model.onnx"
     assert main(["export", "--checkpoint", str(out / "best.pt"), "--format", "onnx", "--output", str(target)]) == 0
     assert "onnxruntime matches eager" in capsys.readouterr().out
@@ -308,10 +328,7 @@ def test_onnx_export_runs_in_onnxruntime_with_all_three_outputs(shapes_root, tmp
     assert [o.name for o in session.get_outputs()] == ["logits", "boxes", "labels", "scores", "masks"]
     model, checkpoint = _load_model(out / "best.pt")
     names = {k: list(v) for k, v in checkpoint["class_names"].items()}
-    image = load_rgb(shapes_root / "val" / "00002.png")[:48]  # 48 x 64: another size than the export's
-    tensor = MultiTaskPipeline(64, train=False)(
-        image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(image.shape[:2], np.uint8)
-    )[0][None]
+    tensor = _exported_input(shapes_root)
     with torch.inference_mode():
         expected = ExportGraph(model)(tensor)
     got = session.run(None, {"images": tensor.numpy()})
@@ -371,6 +388,40 @@ def test_onnx_export_runs_in_onnxruntime_with_all_three_outputs(shapes_root, tmp
         )
     assert values[0] == pytest.approx(eager["main"], abs=1e-4)
     assert main(["predict", inputs[0], "--checkpoint", str(int8), "--output", str(tmp_path / "predict-int8")]) == 0
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
+    reason="the optional extra .[openvino] is not installed (make test installs it)",
+)
+def test_openvino_export_float32_matches_eager_and_int8_scores_near_it(shapes_root, exportable, tmp_path, capsys):
+    import numpy as np
+
+    from tasks.export import Exported, _match_detections, file_mib
+    from tasks.multitask import ExportGraph, _load_model
+
+    target = tmp_path / "model.xml"
+    argv = ["export", "--checkpoint", str(exportable / "best.pt"), "--format", "openvino", "--output", str(target)]
+    assert main([*argv, "--quantize", "int8", "--data", str(shapes_root), "--calibration-images", "2"]) == 0
+    report = capsys.readouterr().out
+    assert "OpenVINO matches eager" in report and f"wrote {tmp_path / 'model.int8.xml'} (OpenVINO, CPU)" in report
+    values = [float(v) for v in re.findall(r"main \(mean of accuracy, AP, mIoU\) (\d\.\d+)", report)]
+    assert len(values) == 2 and abs(values[1] - values[0]) <= 0.15  # int8 moves the metric a little, not to chance
+    assert file_mib(tmp_path / "model.int8.xml") < 0.4 * file_mib(target)
+    model, _ = _load_model(exportable / "best.pt")
+    tensor = _exported_input(shapes_root)
+    with torch.inference_mode():
+        expected = ExportGraph(model)(tensor)
+    exported = Exported(target)
+    assert exported.metadata["task"] == "multitask"
+    logits, boxes, labels, scores, masks = exported(tensor)
+    assert masks.shape == (1, 4, 48, 64) and len(boxes) == len(expected[1]) > 0
+    np.testing.assert_allclose(logits, expected[0].numpy(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(masks, expected[4].numpy(), rtol=1e-3, atol=1e-4)
+    want = [t.numpy() for t in expected[1:4]]
+    paired = _match_detections(target, want, [boxes, labels, scores], ("boxes", "labels", "scores"))
+    np.testing.assert_allclose(paired["boxes"], want[0], atol=1e-2)
+    np.testing.assert_allclose(paired["scores"], want[2], atol=1e-4)
 
 
 def test_export_of_a_bad_checkpoint_is_one_line(tmp_path, capsys) -> None:

@@ -296,14 +296,15 @@ def export_model_name(task: str, backbone: str, size: int) -> str:
 
 
 def _export_steps(task: str, backbone: str, size: int, folder: Any) -> tuple[dict[str, Callable[[], object]], float]:
-    """Eager PyTorch, onnxruntime float32 and onnxruntime int8 on the same input, random weights; and the
-    eager forward's FLOPs."""
+    """Eager PyTorch, onnxruntime float32 and int8, and OpenVINO float32 and int8 where the extra is installed,
+    on the same input, random weights; and the eager forward's FLOPs."""
+    import importlib.util
     from pathlib import Path
 
     import torch
 
     from backbones.bench import count_flops
-    from tasks.export import Exported, export_onnx, quantize_int8
+    from tasks.export import Exported, export_onnx, export_openvino, quantize_int8, quantize_openvino_int8
 
     torch.manual_seed(0)
     if task == "classify":
@@ -324,9 +325,14 @@ def _export_steps(task: str, backbone: str, size: int, folder: Any) -> tuple[dic
 
         spec = detect_spec(build_detector(backbone, 91, min_size=size, max_size=size), size)
         spec.example = (torch.rand(3, size, size, generator=torch.Generator().manual_seed(0)),)
+    calibration = [spec.example[0]] * 4
     fp32 = export_onnx(spec, Path(folder) / f"{task}.onnx")
-    int8 = quantize_int8(fp32, Path(folder) / f"{task}.int8.onnx", [spec.example[0]] * 4)
+    int8 = quantize_int8(fp32, Path(folder) / f"{task}.int8.onnx", calibration)
     runtimes = {"onnxruntime float32": Exported(fp32), "onnxruntime int8": Exported(int8)}
+    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):  # the optional extra
+        ir = export_openvino(spec, Path(folder) / f"{task}.xml")
+        runtimes["OpenVINO float32"] = Exported(ir)
+        runtimes["OpenVINO int8"] = Exported(quantize_openvino_int8(ir, Path(folder) / f"{task}.int8.xml", calibration))
     module, example = spec.module.eval(), spec.example
 
     def eager() -> None:
@@ -340,7 +346,7 @@ def _export_steps(task: str, backbone: str, size: int, folder: Any) -> tuple[dic
 
 
 def export_benchmark(*, rounds: int, models: dict[str, tuple[str, int]] | None = None) -> list[dict[str, Any]]:
-    """Per task: eager PyTorch against onnxruntime float32 and int8, interleaved, same input.
+    """Per task: eager PyTorch against onnxruntime (and OpenVINO) float32 and int8, interleaved, same input.
     ``models`` maps a task to its (backbone, input side); by default :data:`EXPORT_MODELS`."""
     import tempfile
 
