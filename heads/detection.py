@@ -8,9 +8,14 @@ checkpoint onto this head with renaming alone.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import torch
+import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -20,6 +25,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 from backbones.base import Backbone, FeatureInfo
 from heads.state_dict import rename_prefixes
@@ -49,6 +55,101 @@ class Float32BoxPredictor(FastRCNNPredictor):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         scores, deltas = super().forward(x)
         return scores.float(), deltas.float()
+
+
+MIN_CHANNELS_PER_SPLIT = 32  # each slice repeats a RoI's sampling geometry: at most 8 slices of an FPN's 256
+_POOL: dict[int, ThreadPoolExecutor] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def _run_split(work: Any, parts: Sequence[Tensor]) -> list[Tensor]:
+    """``work`` on each part, the first in this thread and the others in a pool's threads at the same time:
+    torchvision's RoIAlign kernels run on one core and release the GIL."""
+    if len(parts) == 1:
+        return [work(parts[0])]
+    with _POOL_LOCK:
+        pool = _POOL.get(len(parts) - 1) or _POOL.setdefault(len(parts) - 1, ThreadPoolExecutor(len(parts) - 1))
+    pending = [pool.submit(work, part) for part in parts[1:]]
+    first = work(parts[0])
+    return [first, *(future.result() for future in pending)]
+
+
+class _ChannelSplitRoIAlign(torch.autograd.Function):
+    """torchvision's RoIAlign (``torchvision::roi_align`` and ``torchvision::_roi_align_backward``, the CPU
+    kernels), each run on ``splits`` slices of the channels at once. Its CPU kernels loop on one core; every
+    channel is pooled, and its gradient accumulated, independently of the others, so the result is the same
+    to the bit. Computed in float32 whatever the input's dtype, as torchvision's autocast wrapper does."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        features: Tensor,
+        rois: Tensor,
+        scale: float,
+        output_size: tuple[int, int],
+        sampling_ratio: int,
+        splits: int,
+    ) -> Tensor:
+        rois = rois.float()
+        ctx.save_for_backward(rois)
+        ctx.options = (scale, output_size, sampling_ratio, splits, features.shape, features.dtype)
+        height, width = output_size
+
+        def pool(part: Tensor) -> Tensor:
+            return torch.ops.torchvision.roi_align(part, rois, scale, height, width, sampling_ratio, False)
+
+        with torch.autocast("cpu", enabled=False):
+            parts = _run_split(pool, features.float().tensor_split(splits, dim=1))
+        return torch.cat(parts, dim=1).to(features.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (rois,) = ctx.saved_tensors
+        scale, (height, width), sampling_ratio, splits, shape, dtype = ctx.options
+
+        def gradient(part: Tensor) -> Tensor:
+            return torch.ops.torchvision._roi_align_backward(
+                part, rois, scale, height, width, shape[0], part.shape[1], shape[2], shape[3], sampling_ratio, False
+            )
+
+        with torch.autocast("cpu", enabled=False):
+            parts = _run_split(gradient, grad.float().tensor_split(splits, dim=1))
+        return torch.cat(parts, dim=1).to(dtype), None, None, None, None, None
+
+
+class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """torchvision's ``MultiScaleRoIAlign`` whose RoIAlign runs on all of torch's threads when it trains or
+    infers on the CPU: the channels are split into one slice per thread (:class:`_ChannelSplitRoIAlign`).
+    Its levels, scales and outputs are torchvision's, equal to the bit. With one thread, on another device,
+    and while exporting or compiling, it is torchvision's own forward."""
+
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+        features = _filter_input(x, self.featmap_names)
+        splits = min(torch.get_num_threads(), features[0].shape[1] // MIN_CHANNELS_PER_SPLIT)
+        if (
+            splits < 2
+            or features[0].device.type != "cpu"
+            or features[0].is_quantized
+            or torchvision._is_tracing()
+            or torch.jit.is_scripting()
+            or torch.compiler.is_compiling()
+        ):
+            return super().forward(x, boxes, image_shapes)
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(
+                features, image_shapes, self.canonical_scale, self.canonical_level
+            )
+        rois = _convert_to_roi_format(boxes)
+        size = (int(self.output_size[0]), int(self.output_size[1]))
+        if len(features) == 1:
+            return _ChannelSplitRoIAlign.apply(features[0], rois, self.scales[0], size, self.sampling_ratio, splits)
+        levels = self.map_levels(boxes)
+        result = features[0].new_zeros((len(rois), features[0].shape[1], *size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+            index = torch.where(levels == level)[0]
+            pooled = _ChannelSplitRoIAlign.apply(feature, rois[index], scale, size, self.sampling_ratio, splits)
+            result[index] = pooled.to(result.dtype)
+        return result
 
 
 class FasterRCNNHead(nn.Module):
@@ -129,7 +230,7 @@ class FasterRCNNHead(nn.Module):
             dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
             rpn_nms_thresh,
         )
-        pooler = MultiScaleRoIAlign(self.pyramid_names[:-1], output_size=7, sampling_ratio=2)
+        pooler = ThreadedMultiScaleRoIAlign(self.pyramid_names[:-1], output_size=7, sampling_ratio=2)
         self.roi_heads = RoIHeads(
             pooler,
             TwoMLPHead(fpn_channels * 7 * 7, representation_size),

@@ -111,3 +111,43 @@ def test_head_rejects_missing_levels_and_bad_anchor_levels() -> None:
     full = build_backbone("resnet18", out_levels=("c2", "c3", "c4", "c5")).feature_info
     with pytest.raises(ValueError, match="anchor_sizes has 2 levels"):
         FasterRCNNHead(full, 3, anchor_sizes=((32,), (64,)))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_threaded_roi_align_equals_torchvision_to_the_bit(threads: int, dtype: torch.dtype, monkeypatch) -> None:
+    from torchvision.ops import MultiScaleRoIAlign
+
+    import heads.detection as detection
+
+    generator = torch.Generator().manual_seed(0)
+    names, sides = ["p2", "p3", "p4", "p5"], [200, 100, 50, 25]  # an 800 px image's FPN levels
+    features = {
+        n: torch.randn(2, 96, s, s, generator=generator).to(dtype).requires_grad_() for n, s in zip(names, sides)
+    }
+    corners = torch.rand(2, 60, 2, generator=generator) * 200
+    extent = 8 + torch.rand(2, 60, 2, generator=generator) * 600  # from 8 to 600 px a side: every level
+    boxes = [torch.cat([c, (c + e).clamp(max=800)], dim=1) for c, e in zip(corners, extent)]
+    splits: list[int] = []
+    run_split = detection._run_split
+    monkeypatch.setattr(
+        detection, "_run_split", lambda work, parts: splits.append(len(parts)) or run_split(work, parts)
+    )
+    ours, reference = detection.ThreadedMultiScaleRoIAlign(names, 7, 2), MultiScaleRoIAlign(names, 7, 2)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        outputs, gradients = [], []
+        for pool in (ours, reference):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                out = pool(features, boxes, [(800, 800)] * 2)
+            weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+            gradients.append(torch.autograd.grad((out.float() * weight).sum(), list(features.values())))
+            outputs.append(out)
+    finally:
+        torch.set_num_threads(previous)
+    assert len(set(ours.map_levels(boxes).tolist())) == 4  # the boxes reach every level
+    assert splits == [threads] * 8  # the threaded path ran: 4 levels, forward and backward
+    assert outputs[0].dtype == outputs[1].dtype == dtype and torch.equal(outputs[0], outputs[1])
+    for a, b in zip(*gradients):
+        assert a.dtype == dtype and a.abs().sum() > 0 and torch.equal(a, b)
