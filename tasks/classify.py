@@ -438,7 +438,7 @@ def export(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
 
             return ClassifyTask(class_names).evaluate(run, loader, torch.device("cpu"))["accuracy"]  # type: ignore[arg-type]
 
-        print(quantize_and_report(target, calibration, accuracy, "accuracy"))
+        print(quantize_and_report(target, calibration, accuracy, "accuracy", spec))
     return 0
 
 

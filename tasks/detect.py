@@ -521,7 +521,8 @@ def export(cfg: DetectConfig, args: argparse.Namespace) -> int:
     min_size = int(checkpoint["model_args"].get("min_size", 800))
     metadata = dict(task=TASK, class_names=list(checkpoint["class_names"]), min_size=min_size)
     target = default_target(path, fmt, args.output)
-    print(export_and_check(export_spec(model, min_size), fmt, target, metadata))
+    spec = export_spec(model, min_size)
+    print(export_and_check(spec, fmt, target, metadata))
     if args.quantize:
         if cfg.data.classes is None:
             cfg.data.classes = list(checkpoint["class_names"])
@@ -542,7 +543,7 @@ def export(cfg: DetectConfig, args: argparse.Namespace) -> int:
             task = DetectTask(val, backend=cfg.coco_backend)
             return task.evaluate(run, loader, torch.device("cpu"))["coco"]["AP"] or 0.0  # type: ignore[arg-type]
 
-        print(quantize_and_report(target, calibration, coco_ap, "COCO AP"))
+        print(quantize_and_report(target, calibration, coco_ap, "COCO AP", spec))
     return 0
 
 

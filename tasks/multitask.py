@@ -670,7 +670,7 @@ def export(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
             served = ServedModel(exported.tensors, metadata["outputs"])
             return task.evaluate(served, loader, torch.device("cpu"))["main"]  # type: ignore[arg-type]
 
-        print(quantize_and_report(target, calibration, main_metric, "main (mean of accuracy, AP, mIoU)"))
+        print(quantize_and_report(target, calibration, main_metric, "main (mean of accuracy, AP, mIoU)", spec))
     return 0
 
 

@@ -437,7 +437,8 @@ def export(cfg: SegmentConfig, args: argparse.Namespace) -> int:
     class_names = list(checkpoint["class_names"])
     metadata = dict(task=TASK, class_names=class_names)
     target = default_target(path, fmt, args.output)
-    print(export_and_check(export_spec(model, size), fmt, target, metadata))
+    spec = export_spec(model, size)
+    print(export_and_check(spec, fmt, target, metadata))
     if args.quantize:
         if cfg.data.classes is None:
             cfg.data.classes = class_names
@@ -457,7 +458,7 @@ def export(cfg: SegmentConfig, args: argparse.Namespace) -> int:
             task = SegmentTask(class_names, _loss(cfg), tile=_tile(cfg))
             return task.evaluate(run, loader, torch.device("cpu"))["mIoU"] or 0.0  # type: ignore[arg-type]
 
-        print(quantize_and_report(target, calibration, miou, "mIoU"))
+        print(quantize_and_report(target, calibration, miou, "mIoU", spec))
     return 0
 
 

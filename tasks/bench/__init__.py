@@ -332,7 +332,9 @@ def _export_steps(task: str, backbone: str, size: int, folder: Any) -> tuple[dic
     if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):  # the optional extra
         ir = export_openvino(spec, Path(folder) / f"{task}.xml")
         runtimes["OpenVINO float32"] = Exported(ir)
-        runtimes["OpenVINO int8"] = Exported(quantize_openvino_int8(ir, Path(folder) / f"{task}.int8.xml", calibration))
+        runtimes["OpenVINO int8"] = Exported(
+            quantize_openvino_int8(ir, Path(folder) / f"{task}.int8.xml", calibration, spec)
+        )
     module, example = spec.module.eval(), spec.example
 
     def eager() -> None:
