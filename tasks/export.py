@@ -11,7 +11,8 @@ for which torchvision registers its detection ops); its graph takes one image.
 
 OpenVINO (the optional extra ``.[openvino]``) converts that same ONNX graph to its IR: an ``.xml``
 graph with the metadata in its rt_info and a ``.bin`` of float32 weights beside it. Its int8 copy
-is NNCF's post-training quantization.
+is NNCF's post-training quantization of the convolutions and matrix products, or, for a graph with
+If operations (detection), onnxruntime's int8 graph converted by OpenVINO.
 """
 
 from __future__ import annotations
