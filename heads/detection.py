@@ -68,7 +68,9 @@ def _run_split(work: Any, parts: Sequence[Tensor]) -> list[Tensor]:
     if len(parts) == 1:
         return [work(parts[0])]
     with _POOL_LOCK:
-        pool = _POOL.get(len(parts) - 1) or _POOL.setdefault(len(parts) - 1, ThreadPoolExecutor(len(parts) - 1))
+        if len(parts) - 1 not in _POOL:
+            _POOL[len(parts) - 1] = ThreadPoolExecutor(len(parts) - 1)
+        pool = _POOL[len(parts) - 1]
     pending = [pool.submit(work, part) for part in parts[1:]]
     first = work(parts[0])
     return [first, *(future.result() for future in pending)]
@@ -121,7 +123,7 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
     """torchvision's ``MultiScaleRoIAlign`` whose RoIAlign runs on all of torch's threads when it trains or
     infers on the CPU: the channels are split into one slice per thread (:class:`_ChannelSplitRoIAlign`).
     Its levels, scales and outputs are torchvision's, equal to the bit. With one thread, on another device,
-    and while exporting or compiling, it is torchvision's own forward."""
+    and while tracing (export) or compiling, it is torchvision's own forward."""
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         features = _filter_input(x, self.featmap_names)
@@ -131,7 +133,6 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
             or features[0].device.type != "cpu"
             or features[0].is_quantized
             or torchvision._is_tracing()
-            or torch.jit.is_scripting()
             or torch.compiler.is_compiling()
         ):
             return super().forward(x, boxes, image_shapes)

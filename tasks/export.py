@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -382,17 +382,6 @@ def quantize_openvino_int8(fp32: Path, target: Path, calibration: list[Tensor], 
     convolutions and matrix products only (:data:`OPENVINO_INT8_OPS`), metadata kept. A graph with If operations
     (detection) is quantized from ``spec``'s ONNX graph by onnxruntime instead, then converted (see below)."""
     ov = _openvino("--quantize int8 --format openvino")
-    quiet = logging.getLogger("torch.utils.cpp_extension")
-    previous = quiet.level
-    quiet.setLevel(logging.ERROR)  # NNCF imports it, and it warns that there is no CUDA
-    try:
-        import nncf
-    except ImportError:
-        raise UserError(
-            f"--quantize int8 --format openvino needs NNCF, in the same extra: {OPENVINO_INSTALL}"
-        ) from None
-    finally:
-        quiet.setLevel(previous)
     model = ov.Core().read_model(str(fp32))
     metadata = _openvino_metadata(model)
     if any(op.get_type_name() == "If" for op in model.get_ops()):
@@ -405,22 +394,37 @@ def quantize_openvino_int8(fp32: Path, target: Path, calibration: list[Tensor], 
         with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as folder:
             qdq = quantize_int8(export_onnx(spec, Path(folder) / "m.onnx"), Path(folder) / "m.int8.onnx", calibration)
             return _save_openvino(ov.convert_model(str(qdq)), target, metadata)
+    try:
+        with _logger_level("torch.utils.cpp_extension", logging.ERROR):  # NNCF imports it: it warns of no CUDA
+            import nncf
+    except ImportError:
+        raise UserError(
+            f"--quantize int8 --format openvino needs NNCF, in the same extra: {OPENVINO_INSTALL}"
+        ) from None
     dataset = nncf.Dataset(calibration, lambda x: x.numpy())
-    logger = logging.getLogger("nncf")
-    level = logger.level
+    others = sorted({op.get_type_name() for op in model.get_ops()} - set(OPENVINO_INT8_OPS))
     try:
         # NNCF's progress bars and INFO lines would interleave with the command's own report
-        logger.setLevel(logging.WARNING)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with _logger_level("nncf", logging.WARNING), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            others = sorted({op.get_type_name() for op in model.get_ops()} - set(OPENVINO_INT8_OPS))
-            ignored = nncf.IgnoredScope(types=others, validate=False)
-            quantized = nncf.quantize(model, dataset, subset_size=len(calibration), ignored_scope=ignored)
+            with contextlib.redirect_stdout(io.StringIO()):
+                ignored = nncf.IgnoredScope(types=others, validate=False)
+                quantized = nncf.quantize(model, dataset, subset_size=len(calibration), ignored_scope=ignored)
     except Exception as error:  # NNCF raises its own types for graphs it cannot handle
         raise UserError(f"NNCF could not quantize {fp32}: {_first_line(error)}") from None
-    finally:
-        logger.setLevel(level)
     return _save_openvino(quantized, target, metadata)
+
+
+@contextlib.contextmanager
+def _logger_level(name: str, level: int) -> Iterator[None]:
+    """The logger ``name`` at ``level`` for the block, then back at its own."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def quantize_and_report(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -19,6 +21,13 @@ def randomize_bn_stats(model: torch.nn.Module, seed: int = 0) -> None:
             module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
             module.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
             module.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+
+
+# The OpenVINO tests need the optional extra; make test leaves it out for now (docs/results.md says why).
+NEEDS_OPENVINO = pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
+    reason="the optional extra .[openvino] is not installed (make test leaves it out for now: docs/results.md)",
+)
 
 
 def make_image_folder(root, *, classes=("red", "green", "blue"), per_class=(24, 4), size=32, seed=0):

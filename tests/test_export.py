@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
@@ -12,16 +11,10 @@ import torch
 
 from tasks.data.embedded import shapes_dataset
 from tasks.export import SUFFIXES, Exported, file_mib
-from tests.conftest import make_image_folder
+from tests.conftest import NEEDS_OPENVINO, make_image_folder
 
 FAST = ["--backbone", "resnet18", "--epochs", "1", "--batch-size", "2", "--workers", "0"]
-OPENVINO = pytest.param(
-    "openvino",
-    marks=pytest.mark.skipif(
-        importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
-        reason="the optional extra .[openvino] is not installed (make test leaves it out for now: docs/results.md)",
-    ),
-)
+OPENVINO = pytest.param("openvino", marks=NEEDS_OPENVINO)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +125,7 @@ def test_eager_and_exported_logits_agree_numerically(checkpoints, tmp_path) -> N
     [
         ("classify", "onnx"),
         ("detect", "onnx"),
-        *[pytest.param(t, *OPENVINO.values, marks=OPENVINO.marks) for t in ("classify", "detect", "segment")],
+        *[pytest.param(t, "openvino", marks=NEEDS_OPENVINO) for t in ("classify", "detect", "segment")],
     ],
 )
 def test_quantize_int8_reports_size_speed_and_metric(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -14,6 +13,7 @@ from torch.nn import functional as F
 from heads.segmentation import SegmentationLoss
 from tasks.data.embedded import shapes_dataset
 from tasks.multitask import build_model, main
+from tests.conftest import NEEDS_OPENVINO
 
 NUM = {"classify": 3, "detect": 4, "segment": 4}
 SMALL_DETECTION = dict(
@@ -390,10 +390,7 @@ def test_onnx_export_runs_in_onnxruntime_with_all_three_outputs(shapes_root, exp
     assert main(["predict", inputs[0], "--checkpoint", str(int8), "--output", str(tmp_path / "predict-int8")]) == 0
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
-    reason="the optional extra .[openvino] is not installed (make test leaves it out for now: docs/results.md)",
-)
+@NEEDS_OPENVINO
 def test_openvino_export_float32_matches_eager_and_int8_scores_near_it(shapes_root, exportable, tmp_path, capsys):
     import numpy as np
 
