@@ -207,6 +207,31 @@ def test_openvino_bad_output_and_unreadable_ir_are_one_line(fmt: str, checkpoint
     assert rc == 2 and err.startswith(f"error: {bad} is not a readable OpenVINO model") and "\n" not in err
 
 
+@NEEDS_OPENVINO
+def test_openvino_leaves_the_calling_threads_signal_stack_as_it_was(checkpoints, tmp_path) -> None:
+    """OpenVINO's CPU plugin gives the thread that compiles a model a 20 KB alternate signal stack. Python's signal
+    handlers then ran on it, and on a CPU with AMX the next SIGCHLD overflowed it (the suite died of SIGSEGV).
+    Compiling, serving and NNCF's calibration run on a helper thread, so this thread's signal stack is unchanged."""
+    import ctypes
+
+    class Stack(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    def signal_stack() -> tuple[int, int, int]:
+        now = Stack()
+        assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(now)) == 0
+        return now.ss_sp or 0, now.ss_flags, now.ss_size
+
+    main, checkpoint, images = checkpoints["classify"]
+    before = signal_stack()
+    target = tmp_path / "m.xml"
+    argv = ["export", "--checkpoint", str(checkpoint), "--format", "openvino", "--output", str(target)]
+    assert main([*argv, "--quantize", "int8", "--data", str(images.parent), "--calibration-images", "4"]) == 0
+    served = Exported(tmp_path / "m.int8.xml")
+    assert served(torch.zeros(1, 3, 32, 32))[0].shape == (1, len(served.metadata["class_names"]))
+    assert signal_stack() == before
+
+
 def test_openvino_without_the_extra_is_one_line(checkpoints, tmp_path, monkeypatch, capsys) -> None:
     main, checkpoint, images = checkpoints["classify"]
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
