@@ -7,6 +7,8 @@ once as an ImageFolder) with the packaged recipe ``configs/classify/digits.yaml`
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +44,7 @@ from tasks.data.embedded import digits_imagefolder
 from tasks.data.folders import ClassificationDataset, Sample, collate_classification, load_split
 from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.transforms import classification_eval, classification_train
-from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
+from tasks.engine import Setup, build_optimizer, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError, name_list
 from tasks.explain import add_cam_options, cam_class_index, grad_cam, input_view, wants_cam
 from tasks.export import (
@@ -278,17 +280,28 @@ def setup(cfg: ClassifyConfig, *, resumed: frozenset[str] = frozenset()) -> Setu
         num_classes=len(class_names),
         image_sizes=recipes.sample_sizes([s.path for s in train_samples]),
     )
+    given = cfg
     cfg, recipe = recipes.resolve_static(cfg, facts, resumed=resumed)
     model_args = _model_args(cfg, len(class_names))
     model = build_model(weights=cfg.model.weights, **model_args, **recipes.init_options(cfg))
     task = ClassifyTask(class_names, label_smoothing=cfg.model.label_smoothing)
 
-    def step_seconds() -> float:  # on evaluation-transformed images of the training size
-        probe = _dataset(cfg, train_samples[: cfg.train.batch_size], train=False)
+    def step_seconds(images: int | None = None, optimizer: Any = None) -> float:
+        # on evaluation-transformed images of the training size
+        probe = _dataset(cfg, train_samples[: images or cfg.train.batch_size], train=False)
         device = resolve_device(cfg.train.device)
-        return recipes.measure_batch(task, model, probe, collate_classification, cfg.train, device)
+        return recipes.measure_batch(
+            task, model, probe, collate_classification, cfg.train, device, images=images, optimizer=optimizer
+        )
 
-    cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds)
+    spent = 0.0
+    if recipes.weighs_batch(given, facts):  # a small set: is the step rule's halving worth its cost?
+        began = time.perf_counter()
+        cost = recipes.StepCost.measure(lambda n: step_seconds(n, lambda m: build_optimizer(m, cfg.train)))
+        facts = dataclasses.replace(facts, batch_size=recipes.weigh_batch(facts, cost), step_cost=cost)
+        cfg, recipe = recipes.resolve_static(given, facts, resumed=resumed)  # the rate follows the batch
+        spent = time.perf_counter() - began
+    cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds, spent=spent)
     meta = dict(
         task=TASK,
         model_args=model_args,

@@ -111,10 +111,14 @@ FIXED_COMMON: dict[str, Any] = {"train.backbone_lr_scale": 1.0, "train.clip_grad
 # the steps, not the images per step, are what a short run lacks: on large images a CPU trains about as many
 # images per second at batch 16 as at 32, and twice the steps at half the batch learn more in the same time. On
 # tiny images a step's fixed cost dominates and the smaller batch trains fewer images per second (25 px faces:
-# 46 against 69 images/s, docs/results.md); the rule does not weigh that yet.
+# 46 against 69 images/s, docs/results.md). So under a time budget a halving is then weighed against its cost
+# (:func:`weigh_batch`): two probe steps split a step's seconds into a fixed part (the optimizer, the layers'
+# overhead) and a part per image, and a halving is undone where it costs more images per second than its steps
+# give back.
 STANDARD_BATCH = {"classify": 32, "segment": 8, "multitask": 8, "detect": 4}
 SMALLEST_BATCH = {"classify": 8, "segment": 4, "multitask": 4, "detect": 2}
 MIN_STEPS_PER_PASS = 16
+COST_PROBE_IMAGES = (2, 8)  # the two probe steps that split a step's seconds into fixed and per-image parts
 STANDARD_SIZE = {"classify": 224, "segment": 512, "multitask": 512, "detect": 800}
 DETECT_MAX_SIZE = 1333
 
@@ -134,6 +138,7 @@ class RunFacts:
     processes: int = 1
     device: str = "cpu"
     box_sizes: tuple[float, ...] = ()  # sqrt(area) of training boxes in their images' own pixels
+    step_cost: StepCost | None = None  # where weigh_batch measured it
 
     @property
     def effective_batch(self) -> int:
@@ -190,6 +195,47 @@ def auto_batch(task: TaskName, train_images: int, per_step: int = 1) -> int:
     return max(batch, SMALLEST_BATCH[task])
 
 
+@dataclass(frozen=True)
+class StepCost:
+    """A training step's seconds as ``fixed + per_image × batch``, from two probe steps."""
+
+    fixed: float  # what a step costs whatever its batch: the optimizer's update, the layers' overhead
+    per_image: float
+
+    def seconds(self, batch: int) -> float:
+        return self.fixed + self.per_image * batch
+
+    @classmethod
+    def measure(cls, seconds_at: Callable[[int], float], images: tuple[int, int] = COST_PROBE_IMAGES) -> StepCost:
+        """From ``seconds_at(n)``, a whole step's seconds (optimizer included) on ``n`` images, at two sizes."""
+        small, large = images
+        t_small, t_large = seconds_at(small), seconds_at(large)
+        per_image = max((t_large - t_small) / (large - small), 0.0)
+        return cls(fixed=max(t_small - small * per_image, 0.0), per_image=per_image)
+
+
+def weighs_batch(config: Any, facts: RunFacts) -> bool:
+    """Whether :func:`weigh_batch` applies: the batch is the recipe's, a time budget applies (steps per second
+    are what the budget buys), and the step rule halved the standard batch."""
+    return (
+        config.train.batch_size == AUTO
+        and config.train.recipe == AUTO
+        and time_budget(config, facts) is not None
+        and facts.batch_size < STANDARD_BATCH[facts.task]
+    )
+
+
+def weigh_batch(facts: RunFacts, cost: StepCost) -> int:
+    """The step rule's batch, doubled back towards the standard one while the doubling pays under a time budget.
+    With the rate scaled by √batch, what a second of training learns goes as √b / t(b), so doubling pays where
+    t(2b) ≤ √2 · t(b): where a step's fixed cost outweighs its images'. Large images keep the step rule's batch,
+    tiny ones get more images a second."""
+    batch = facts.batch_size
+    while batch < STANDARD_BATCH[facts.task] and cost.seconds(2 * batch) <= math.sqrt(2) * cost.seconds(batch):
+        batch *= 2
+    return batch
+
+
 def batch_or_standard(config: Any, task: TaskName) -> int:
     """The configured batch, or the task's standard one where it is still ``auto`` (evaluation outside training)."""
     batch = config.train.batch_size
@@ -198,6 +244,12 @@ def batch_or_standard(config: Any, task: TaskName) -> int:
 
 def _batch_reason(facts: RunFacts) -> str:
     standard, steps = STANDARD_BATCH[facts.task], facts.steps_per_epoch
+    cost = facts.step_cost
+    if cost is not None:  # weighed: each halving kept only where it learns more a second
+        return (
+            f"{standard} halved for ≥ {MIN_STEPS_PER_PASS} steps a pass while that pays at a step of "
+            f"{cost.fixed:.3f} s + {cost.per_image * 1000:.1f} ms an image: {steps} steps a pass"
+        )
     if facts.batch_size == standard:
         return f"the standard {standard}: a pass over {facts.train_images} images holds {steps} steps"
     return f"{standard} halved, down to {SMALLEST_BATCH[facts.task]}, for ≥ {MIN_STEPS_PER_PASS} steps a pass: {steps}"
@@ -539,6 +591,7 @@ def resolve_length(
     seconds_per_step: Callable[[], float] | None = None,
     scale_probe: Callable[[float], float] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    spent: float = 0.0,
 ) -> Any:
     """Epochs, warmup and augmentation strength: the choices that depend on how long the run is.
 
@@ -547,6 +600,8 @@ def resolve_length(
     ``scale_probe`` (segmentation) sets the model's input scale and measures one step at it; with it,
     ``model.input_scale: auto`` is resolved here (:func:`input_scale_for`) from ``seconds_per_step``, which may
     then be a rough full-size estimate, and the plan follows ``scale_probe``'s measurement at the chosen scale.
+    ``spent``: seconds already spent measuring for this run (:func:`weigh_batch`'s probes), also charged to the
+    budget.
     """
     r = Resolver(config, recipe)
     steps_per_epoch = facts.steps_per_epoch
@@ -554,10 +609,8 @@ def resolve_length(
     if max_iters:
         steps_per_epoch = max(min(steps_per_epoch, max_iters // facts.accumulate), 1)
     time_text = get(config, "train.time")
-    budget = parse_duration(time_text) if time_text else None
+    budget = time_budget(config, facts)
     epochs_auto = r.is_auto("train.epochs")
-    if budget is None and epochs_auto and r.enabled and facts.device == "cpu":
-        budget = CPU_BUDGET_SECONDS
     target = TARGET_STEPS[facts.pretrained]
     target_epochs = min(max(math.ceil(target / steps_per_epoch), 1), MAX_EPOCHS)
     ceiling = get(config, "train.epochs") if not epochs_auto else (MAX_EPOCHS if time_text else target_epochs)
@@ -581,7 +634,7 @@ def resolve_length(
             step = scale_probe(scale)
         else:
             step = seconds_per_step()
-        probe = clock() - began
+        probe = clock() - began + spent
         whole, budget = budget, max(budget - probe, step)  # what is left for training once the probe has run
         recipe.seconds_per_step = step
         per_epoch = epoch_seconds(step, steps_per_epoch, facts)
@@ -627,6 +680,18 @@ def resolve_length(
     )
     _augmentation(r, facts, total / facts.steps_per_epoch)
     return r.config
+
+
+def time_budget(config: Any, facts: RunFacts) -> float | None:
+    """The run's time budget in seconds: ``--time``, else on a CPU the default cap where the epochs are the
+    recipe's; None where the run is a number of epochs."""
+    time_text = get(config, "train.time")
+    if time_text:
+        return parse_duration(time_text)
+    recipe_on = get(config, "train.recipe") == AUTO
+    if get(config, "train.epochs") == AUTO and recipe_on and facts.device == "cpu":
+        return CPU_BUDGET_SECONDS
+    return None
 
 
 def _budget_scale(r: Resolver, facts: RunFacts, left: Callable[[], float], rough: Callable[[], float]) -> float:
@@ -708,14 +773,17 @@ def measure_step(
     repeats: int = 2,
     amp: bool = False,
     channels_last: bool = False,
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
 ) -> float:
     """Seconds of one training step (forward and backward of ``task.losses``) on a copy of ``model``,
     after one untimed step; the model itself is not changed. The best of ``repeats``, plus 10% for the
     optimizer step and data wait that the probe leaves out. ``amp`` and ``channels_last`` as the engine
-    trains (its autocast dtype, NHWC weights)."""
+    trains (its autocast dtype, NHWC weights). ``optimizer``: builds the run's optimizer for the copy, whose
+    step is then timed with the rest (and the 10% is for the data wait alone)."""
     probe = copy.deepcopy(model).to(device).train()
     if channels_last:
         probe = probe.to(memory_format=torch.channels_last)
+    update = optimizer(probe) if optimizer is not None else None
     batch = task.to_device(batch, device)
     times = []
     for index in range(1 + repeats):
@@ -723,12 +791,14 @@ def measure_step(
         with torch.autocast(device.type, dtype=amp_dtype(device.type), enabled=amp):
             loss = task.losses(probe, batch)["loss"]
         loss.backward()
+        if update is not None:
+            update.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if index:
             times.append(time.perf_counter() - start)
         probe.zero_grad(set_to_none=True)
-    del probe
+    del probe, update
     return min(times) * 1.1
 
 
@@ -744,12 +814,14 @@ def measure_batch(
     device: torch.device,
     *,
     rough: bool = False,
+    images: int | None = None,
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
 ) -> float:
     """Seconds of one training step on the first batch of ``dataset`` (:func:`measure_step`) under the resolved
     ``train`` config (its batch size, mixed precision and memory format). ``rough``: one timed step on
     ROUGH_PROBE_IMAGES of the batch, scaled up to the whole batch (a batch no larger than the dataset, as the
-    run's)."""
-    full = min(int(train.batch_size), len(dataset))
+    run's). ``images``: a step on that many images instead of the batch; ``optimizer``: its update timed too."""
+    full = min(int(images or train.batch_size), len(dataset))
     count = min(ROUGH_PROBE_IMAGES, full) if rough else full
     batch = collate([dataset[i] for i in range(count)])
     seconds = measure_step(
@@ -760,6 +832,7 @@ def measure_batch(
         repeats=1 if rough else 2,
         amp=bool(train.amp),
         channels_last=bool(train.channels_last),
+        optimizer=optimizer,
     )
     return seconds * full / count
 

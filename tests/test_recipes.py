@@ -322,10 +322,45 @@ def test_a_budget_too_short_for_full_size_shrinks_the_segmentation_input() -> No
         assert config.model.input_scale == (0.5 if why == "set" else 1.0)
 
 
+def test_under_a_budget_the_step_rules_halving_is_undone_where_the_fixed_cost_outweighs_it() -> None:
+    """Doubling b pays where t(2b) <= sqrt(2) t(b) (what a second learns goes as sqrt(b) / t(b)). The step cost is
+    split from two probe steps; the cases are hand-computed."""
+    measured = []
+
+    def seconds_at(images):  # 25 px faces on the AMX machine, fitted to 31.1 images/s at 8 and 65.0 at 32
+        measured.append(images)
+        return 0.18 + 0.0097 * images
+
+    tiny = recipes.StepCost.measure(seconds_at)
+    assert measured == [2, 8] and tiny.fixed == pytest.approx(0.18) and tiny.per_image == pytest.approx(0.0097)
+    facts = _facts(n=150, batch=recipes.auto_batch("classify", 150))
+    assert facts.batch_size == 8  # the step rule alone: 150 images, 18 steps a pass
+    # t(8) 0.258, t(16) 0.335 <= 0.365: doubled; t(32) 0.490 > sqrt(2) x 0.335 = 0.474: kept at 16
+    assert recipes.weigh_batch(facts, tiny) == 16
+    assert recipes.weigh_batch(facts, recipes.StepCost(fixed=0.05, per_image=0.25)) == 8  # large images: as it was
+    assert recipes.weigh_batch(facts, recipes.StepCost(fixed=1.0, per_image=0.0)) == 32  # never past the standard
+    flat = recipes.StepCost.measure(lambda n: 0.3 - 0.001 * n)  # noise that reads as a negative cost per image
+    assert (flat.per_image, flat.fixed) == (0.0, pytest.approx(0.298))
+    # The cost and what it chose are in the printed reason; the rate follows the weighed batch.
+    weighed = dataclasses.replace(facts, batch_size=16, step_cost=tiny)
+    config, recipe = resolve_static(ClassifyConfig(), weighed)
+    assert config.train.batch_size == 16 and config.train.lr == round(0.002 * math.sqrt(16 / 64), 6)
+    expected = "32 halved for ≥ 16 steps a pass while that pays at a step of 0.180 s + 9.7 ms an image: 9 steps a pass"
+    assert expected in recipe.block()
+    # Only the recipe's own batch under a time budget, and only where the step rule halved it.
+    cpu = dataclasses.replace(facts, device="cpu")
+    assert recipes.weighs_batch(ClassifyConfig(), cpu)  # the default 10-minute cap on a CPU
+    assert recipes.weighs_batch(apply(ClassifyConfig(), {"train": {"time": "2m"}}, source="t"), facts)
+    assert not recipes.weighs_batch(ClassifyConfig(), facts)  # CUDA without --time: a number of epochs
+    for change in ({"epochs": 5}, {"batch_size": 8}, {"recipe": "fixed"}):
+        assert not recipes.weighs_batch(apply(ClassifyConfig(), {"train": change}, source="t"), cpu)
+    assert not recipes.weighs_batch(ClassifyConfig(), dataclasses.replace(cpu, batch_size=32))
+
+
 def test_a_rough_probe_times_two_images_and_scales_to_the_batch_the_run_will_have(monkeypatch) -> None:
     timed = []
 
-    def step(task, model, batch, device, *, repeats=2, amp=False, channels_last=False):  # 0.1 s an image
+    def step(task, model, batch, device, *, repeats=2, amp=False, channels_last=False, optimizer=None):  # 0.1 s/image
         timed.append((len(batch), repeats, amp, channels_last))
         return 0.1 * len(batch)
 

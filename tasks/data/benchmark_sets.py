@@ -122,6 +122,13 @@ def _textures(folder: Path, scale: float) -> None:
     _patch_folder(folder, scale, classes, (80, 25), (0.08, 0.18), (30, 67), seed=7)
 
 
+def _tiny(folder: Path, scale: float) -> None:
+    """Patches of four of the textures set's photos at 22-28 px, 40 a class to train: a small set of tiny images,
+    where a training step's fixed cost (the optimizer, the layers' overhead) outweighs its images'."""
+    classes = ["brick", "grass", "camera", "coffee"]
+    _patch_folder(folder, scale, classes, (40, 40), (0.08, 0.18), (22, 28), seed=17)
+
+
 def _photos20(folder: Path, scale: float) -> None:
     classes = sorted(_photos())
     _patch_folder(folder, scale, classes, (110, 30), (0.1, 0.4), (48, 128), seed=11)
@@ -336,6 +343,7 @@ SETS: dict[str, BenchmarkSet] = {
     s.name: s
     for s in (
         BenchmarkSet("textures", ("classify",), "tune", "8 photos' patches, 30-67 px, 640 train", _textures),
+        BenchmarkSet("tiny", ("classify",), "tune", "4 photos' patches, 22-28 px, 160 train", _tiny),
         BenchmarkSet("blobs", COMPOSED, "tune", "1-2 blobs of 2 photos' textures on photos, 440-600 px", _blobs),
         BenchmarkSet("faces", ("classify",), "report", "LFW faces vs other, 25 px gray, 2 classes, 150 train", _faces),
         BenchmarkSet("photos20", ("classify",), "report", "20 photos' patches, 48-128 px, 2,200 train", _photos20),
