@@ -50,9 +50,9 @@ from tasks.explain import add_cam_options, cam_class_index, grad_cam, input_view
 from tasks.export import (
     Exported,
     ExportSpec,
+    calibration_inputs,
     default_target,
     export_and_check,
-    first_inputs,
     quantize_and_report,
     serving_model,
 )
@@ -440,7 +440,7 @@ def export(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
         root = _data_root(cfg)
         train_samples, _ = load_split(root, cfg.data.train_split, fmt=cfg.data.format, classes=class_names)
         val_samples, _ = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=class_names)
-        calibration = first_inputs(
+        calibration = calibration_inputs(
             _dataset(cfg, train_samples, train=False), args.calibration_images, lambda item: item["image"][None]
         )
         loader = _loader(cfg, _dataset(cfg, val_samples, train=False), train=False)

@@ -50,9 +50,9 @@ from tasks.explain import add_cam_options, eigen_cam, wants_cam
 from tasks.export import (
     Exported,
     ExportSpec,
+    calibration_inputs,
     default_target,
     export_and_check,
-    first_inputs,
     quantize_and_report,
     serving_model,
 )
@@ -528,7 +528,7 @@ def export(cfg: DetectConfig, args: argparse.Namespace) -> int:
             cfg.data.classes = list(checkpoint["class_names"])
         train_data, val = _data(cfg, need_train=True)
         assert train_data is not None
-        calibration = first_inputs(
+        calibration = calibration_inputs(
             DetectionDataset(train_data, detection_eval(), train=False),
             args.calibration_images,
             lambda item: item["image"],

@@ -62,9 +62,9 @@ from tasks.explain import add_cam_options, cam_class_index, grad_cam, wants_cam
 from tasks.export import (
     Exported,
     ExportSpec,
+    calibration_inputs,
     default_target,
     export_and_check,
-    first_inputs,
     quantize_and_report,
     serving_model,
 )
@@ -658,7 +658,7 @@ def export(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
             sources, cfg.data.train_split, class_names=class_names, train_split=cfg.data.train_split
         )
         val = load_multitask(sources, cfg.data.val_split, class_names=class_names, train_split=cfg.data.train_split)
-        calibration = first_inputs(
+        calibration = calibration_inputs(
             MultiTaskDataset(train_data, MultiTaskPipeline(cfg.data.image_size, train=False), train=False),
             args.calibration_images,
             lambda item: collate_multitask([item])["images"],

@@ -55,9 +55,9 @@ from tasks.errors import UserError
 from tasks.export import (
     Exported,
     ExportSpec,
+    calibration_inputs,
     default_target,
     export_and_check,
-    first_inputs,
     quantize_and_report,
     serving_model,
 )
@@ -444,7 +444,7 @@ def export(cfg: SegmentConfig, args: argparse.Namespace) -> int:
             cfg.data.classes = class_names
         train_data, val = _data(cfg, need_train=True)
         assert train_data is not None
-        calibration = first_inputs(
+        calibration = calibration_inputs(
             SegmentationDataset(train_data, segmentation_eval()),
             args.calibration_images,
             lambda item: collate_segmentation([item])["images"],

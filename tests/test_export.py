@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tasks.data.embedded import shapes_dataset
-from tasks.export import SUFFIXES, Exported, file_mib
+from tasks.errors import UserError
+from tasks.export import SUFFIXES, Exported, calibration_inputs, file_mib
 from tests.conftest import NEEDS_OPENVINO, make_image_folder
 
 FAST = ["--backbone", "resnet18", "--epochs", "1", "--batch-size", "2", "--workers", "0"]
@@ -31,9 +32,12 @@ def checkpoints(shapes_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     folder = make_image_folder(base / "colours", per_class=(6, 2))
     # torchvision's init: 9 steps from zeroed residual blocks left logits whose int8 copy differed by 64% (relative
-    # norm); this module checks the export, and a model that has barely left its init is not what users quantize
+    # norm); this module checks the export, and a model that has barely left its init is not what users quantize.
+    # Trained to top-1 1.0 (8 epochs at batch 6, 12 s): after 1 epoch at batch 2 it was 0.67 with near-tied
+    # logits, and int8's rounding flipped one or two of the 6 val images on an AMD EPYC but none on an Intel Xeon
     plain = ["--set", "model.zero_init_residual=false"]
-    assert classify(["--data", str(folder), "--output", str(base / "c"), *FAST, "--image-size", "32", *plain]) == 0
+    trained = [*FAST, "--epochs", "8", "--batch-size", "6", "--image-size", "32", *plain]  # later flags win
+    assert classify(["--data", str(folder), "--output", str(base / "c"), *trained]) == 0
     shrunk = ["--set", "model.input_scale=0.4"]  # the export carries the U-Net's shrink and upsampling along
     assert segment(["--data", str(shapes_root), "--output", str(base / "s"), *FAST, "--image-size", "64", *shrunk]) == 0
     size = ["--set", "model.min_size=64", "--set", "model.max_size=64", "--set", "model.box_score_thresh=0.0"]
@@ -160,7 +164,10 @@ def test_quantize_int8_reports_size_speed_and_metric(
     values = [float(v) for v in re.findall(rf"{metric} (\d\.\d+)", out)]
     assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
     assert re.search(rf"{metric} change with int8: [+-]\d\.\d{{4}}", out)
-    assert abs(values[1] - values[0]) <= 0.1  # the metric moves a little, not to chance
+    # the metric moves a little, not to chance: for top-1, by at most one of the val images (the rounding of int8
+    # kernels differs between CPUs, and 6 images are 0.17 each); AP and mIoU by at most 0.1
+    allowed = 1 / len(list(images.rglob("*.png"))) + 1e-4 if task == "classify" else 0.1
+    assert abs(values[1] - values[0]) <= allowed
     exported = Exported(int8)
     assert exported.metadata["class_names"] == Exported(target).metadata["class_names"]  # metadata kept
     if task == "classify":  # the int8 graph computes what the float32 one does, to quantization error
@@ -205,6 +212,20 @@ def test_openvino_bad_output_and_unreadable_ir_are_one_line(fmt: str, checkpoint
     rc = main(["predict", str(images), "--checkpoint", str(bad)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith(f"error: {bad} is not a readable OpenVINO model") and "\n" not in err
+
+
+def test_calibration_images_are_spread_over_the_split() -> None:
+    """An ImageFolder lists its images class by class: calibration takes evenly spaced items, not the first ones,
+    and an unreadable item (None) gives way to the next readable one that is not taken yet."""
+    items = [{"i": i} for i in range(12)]
+    items[6] = None  # unreadable
+    assert [int(x) for x in calibration_inputs(items, 4, lambda item: torch.tensor(item["i"]))] == [0, 3, 7, 9]
+    assert [int(x) for x in calibration_inputs(items, 99, lambda item: torch.tensor(item["i"]))] == [
+        *range(6),
+        *range(7, 12),
+    ]  # more asked than there are: every readable item once
+    with pytest.raises(UserError, match="no readable images"):
+        calibration_inputs([None, None], 4, lambda item: torch.zeros(1))
 
 
 @NEEDS_OPENVINO
