@@ -11,7 +11,7 @@ ARGS ?= --backbone resnet50
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,openvino]"
 	$(BIN)/python -c "import torch, torchvision; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)" \
 		|| { echo "error: torch/torchvision pair cannot run torchvision.ops.nms"; exit 1; }
 	touch $(STAMP)

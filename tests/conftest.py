@@ -26,7 +26,7 @@ def randomize_bn_stats(model: torch.nn.Module, seed: int = 0) -> None:
 # The OpenVINO tests need the optional extra; make test leaves it out for now (docs/results.md says why).
 NEEDS_OPENVINO = pytest.mark.skipif(
     importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
-    reason="the optional extra .[openvino] is not installed (make test leaves it out for now: docs/results.md)",
+    reason="the optional extra .[openvino] is not installed (pip install -e '.[dev,openvino]'; make test installs it)",
 )
 
 
