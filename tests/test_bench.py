@@ -148,7 +148,6 @@ def test_quick_suite_writes_every_section_with_consistent_numbers(tmp_path, monk
     learning = _table_rows(text, "| set | task (metric) |")
     assert [(row["set"], row["task (metric)"]) for row in learning] == [
         ("faces", "classify (accuracy)"),
-        ("coins", "segment (mIoU)"),
         ("coins", "multitask: classify (accuracy)"),
         ("coins", "multitask: detect (AP)"),
         ("coins", "multitask: segment (mIoU)"),
