@@ -338,6 +338,30 @@ def _blobs(folder: Path, scale: float) -> None:
     _composed(folder, fills, samples)
 
 
+def _fills(folder: Path, scale: float) -> None:
+    """One star-shaped object on photo crops at 240-320 px, filled with one of four other photos' textures; the
+    image label is the fill (4 classes): the tuning set of the multi-task classification head, whose label is a
+    property of the object that detection and segmentation must ignore (the object is one class to them)."""
+    photos = _photos()
+    fills = ["grass", "gravel", "text", "cell"]
+    backgrounds = ["camera", "moon", "coins", "china", "flower", "hubble_deep_field"]
+    rng = np.random.default_rng(31)
+    samples, labels = [], []
+    for _ in range(_count(300, scale)):
+        width, height = int(rng.integers(240, 321)), int(rng.integers(240, 321))
+        back = _crop(rng, photos[str(rng.choice(backgrounds))], int(rng.integers(150, 300)))
+        image = _resize(np.ascontiguousarray(back), (width, height))
+        w, h = int(width * rng.uniform(0.4, 0.8)), int(height * rng.uniform(0.4, 0.8))
+        x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+        stencil = Image.new("L", (width, height), 0)
+        ImageDraw.Draw(stencil).polygon(_star(rng, (x, y, w, h), corners=(6, 12), radius=(0.7, 1.0)), fill=1)
+        inside = np.asarray(stencil).astype(bool)
+        labels.append(str(rng.choice(fills)))
+        image = _fill(rng, image, inside, photos[labels[-1]], 200)
+        samples.append((image, inside.astype(np.int32), [1]))
+    _composed(folder, ["object"], samples, labels)
+
+
 COMPOSED = ("segment", "detect", "multitask")
 SETS: dict[str, BenchmarkSet] = {
     s.name: s
@@ -345,6 +369,13 @@ SETS: dict[str, BenchmarkSet] = {
         BenchmarkSet("textures", ("classify",), "tune", "8 photos' patches, 30-67 px, 640 train", _textures),
         BenchmarkSet("tiny", ("classify",), "tune", "4 photos' patches, 22-28 px, 160 train", _tiny),
         BenchmarkSet("blobs", COMPOSED, "tune", "1-2 blobs of 2 photos' textures on photos, 440-600 px", _blobs),
+        BenchmarkSet(
+            "fills",
+            COMPOSED,
+            "tune",
+            "an object on photos (1 class; label: its fill, 4), 240-320 px, 240 train",
+            _fills,
+        ),
         BenchmarkSet("faces", ("classify",), "report", "LFW faces vs other, 25 px gray, 2 classes, 150 train", _faces),
         BenchmarkSet("photos20", ("classify",), "report", "20 photos' patches, 48-128 px, 2,200 train", _photos20),
         BenchmarkSet("scenes", ("classify",), "report", "6 gray photos' crops, 512-640 px, 300 train", _scenes),
