@@ -120,8 +120,8 @@ class DetectionHeadConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
-    fpn_channels: int = 256
-    representation_size: int = 1024
+    fpn_channels: int | Auto = "auto"  # torchvision: 256 and 1024; a CPU time budget: 128 and 256 (tasks/recipes.py)
+    representation_size: int | Auto = "auto"
 
 
 @dataclass

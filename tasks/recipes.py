@@ -494,6 +494,7 @@ def _image_sizes(r: Resolver, facts: RunFacts, fixed: dict[str, Any]) -> None:
         r.decide("data.image_size", size, f"typical longer side {longer:.0f} px, at most {standard}", fixed=standard)
     if facts.task in ("detect", "multitask"):
         _detector_sizes(r, facts, short)
+        _detector_widths(r, facts)
 
 
 # bfloat16 autocast pays on a CPU with AMX bf16 units once the feature maps are large enough: a resnet18 or
@@ -542,6 +543,25 @@ def _precision(r: Resolver, facts: RunFacts, *, revise: bool = False) -> None:
     else:
         why = "float32 on this device: NHWC trains no faster"
         r.decide("train.channels_last", False, why, fixed=False, revise=revise)
+
+
+# The detector's widths under a CPU time budget: the built-in shapes recipes' (configs/detect/shapes.yaml), half
+# of torchvision's FPN and a quarter of its box MLP. torchvision's 256 and 1024 were sized for COCO's 80 classes on
+# GPUs; on a CPU they cost twice a ResNet-50 at small inputs (128 px, batch 8: a classifier's step 0.69 s, 2.11 s
+# with the detector's heads), and a budget buys passes, not width: on the `fills` tuning set a 6-minute multi-task
+# run trained 5 epochs instead of 3, and every task gained (docs/results.md).
+NARROW_FPN_CHANNELS, NARROW_REPRESENTATION = 128, 256
+
+
+def _detector_widths(r: Resolver, facts: RunFacts) -> None:
+    """``fpn_channels`` and ``representation_size``: narrow under a time budget on a CPU, torchvision's else."""
+    prefix = "model." if facts.task == "detect" else "model.detection."
+    if facts.device == "cpu" and time_budget(r.config, facts) is not None:
+        fpn, mlp, why = NARROW_FPN_CHANNELS, NARROW_REPRESENTATION, "a CPU time budget buys passes, not width"
+    else:
+        fpn, mlp, why = 256, 1024, "torchvision's"
+    r.decide(prefix + "fpn_channels", fpn, why, fixed=256)
+    r.decide(prefix + "representation_size", mlp, why, fixed=1024)
 
 
 def _detector_sizes(r: Resolver, facts: RunFacts, short: float, *, revise: bool = False) -> None:

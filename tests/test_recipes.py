@@ -231,6 +231,32 @@ def test_detection_sizes_anchors_and_proposals_follow_the_data() -> None:
     assert big.model.rpn_pre_nms_top_n_train == round(2000 * 608 * 800 / (800 * 1333))
 
 
+@pytest.mark.parametrize(("task", "config_class"), [("detect", DetectConfig), ("multitask", MultiTaskConfig)])
+def test_the_detector_is_narrow_under_a_cpu_time_budget_and_torchvisions_width_else(task, config_class) -> None:
+    """128 FPN channels and a 256-wide box MLP (configs/detect/shapes.yaml's) where a CPU time budget applies,
+    --time or the default cap; torchvision's 256 and 1024 on CUDA, for a number of epochs, and under fixed."""
+
+    def widths(device, **train):
+        config = apply(config_class(), {"train": train}, source="t") if train else config_class()
+        facts = dataclasses.replace(_facts(task, n=160, sizes=((128, 128),), batch=4, box_sizes=(40.0,)), device=device)
+        config, recipe = resolve_static(config, facts)
+        head = config.model if task == "detect" else config.model.detection
+        reason = recipe.as_dict()[("model." if task == "detect" else "model.detection.") + "fpn_channels"]["reason"]
+        return head.fpn_channels, head.representation_size, reason
+
+    assert widths("cpu", time="3m") == (128, 256, "a CPU time budget buys passes, not width")
+    assert widths("cpu")[:2] == (128, 256)  # the default 10-minute cap on a CPU
+    assert widths("cuda", time="3m") == (256, 1024, "torchvision's")
+    assert widths("cpu", epochs=5) == (256, 1024, "torchvision's")
+    assert widths("cpu", time="3m", recipe="fixed") == (256, 1024, "recipe: fixed")
+    built = {"model": {"fpn_channels": 64}} if task == "detect" else {"model": {"detection": {"fpn_channels": 64}}}
+    config = apply(config_class(), built, source="t")
+    facts = dataclasses.replace(_facts(task, n=160, sizes=((128, 128),), batch=4, box_sizes=(40.0,)), device="cpu")
+    config, _ = resolve_static(config, facts)
+    head = config.model if task == "detect" else config.model.detection
+    assert (head.fpn_channels, head.representation_size) == (64, 256)  # a value set by hand is kept
+
+
 def test_segmentation_and_multitask_sizes() -> None:
     config, _ = _resolve(SegmentConfig(), _facts("segment", sizes=((500, 375),), batch=8))
     assert config.data.crop_size == 384 and config.model.dice_weight == 1.0
