@@ -341,12 +341,27 @@ def setup(cfg: DetectConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:
     model = _build_from_args(model_args, cfg.model.weights, **recipes.init_options(cfg))
     task = DetectTask(val_data, backend=cfg.coco_backend)
 
-    def step_seconds() -> float:  # on unaugmented training images: the detector resizes them the same
-        probe = DetectionDataset(train_data, detection_eval(), train=True)
-        device = resolve_device(cfg.train.device)
-        return recipes.measure_batch(task, model, probe, collate_detection, cfg.train, device)
+    def step_seconds_at(scale: float, rough: bool = False) -> float:
+        """One training step on unaugmented training images, which the detector resizes to its sizes × ``scale``."""
+        transform = model.transform
+        sizes = transform.min_size, transform.max_size
+        shorter = round(cfg.model.min_size * scale)  # type: ignore[operator]
+        transform.min_size, transform.max_size = (shorter,), max(round(cfg.model.max_size * scale), shorter)  # type: ignore[operator]
+        try:
+            probe = DetectionDataset(train_data, detection_eval(), train=True)
+            device = resolve_device(cfg.train.device)
+            return recipes.measure_batch(task, model, probe, collate_detection, cfg.train, device, rough=rough)
+        finally:
+            transform.min_size, transform.max_size = sizes
 
-    cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds)
+    def step_seconds() -> float:  # rough, at the resolved sizes: it only chooses the scale
+        return step_seconds_at(1.0, rough=True)
+
+    sized = cfg.model.min_size
+    cfg = recipes.resolve_length(cfg, recipe, facts, seconds_per_step=step_seconds, scale_probe=step_seconds_at)
+    if cfg.model.min_size != sized:  # the budget shrank the images: anchors and proposal counts followed
+        model_args = _model_args(cfg, len(train_data.class_names) + 1)
+        model = _build_from_args(model_args, cfg.model.weights, **recipes.init_options(cfg))
     meta = dict(
         task=TASK,
         model_args=model_args,

@@ -66,6 +66,9 @@ EVAL_COST = 0.35  # an evaluated image costs about this share of a trained one (
 MIN_PASSES = 8
 MIN_INPUT_SIDE = 128
 MIN_INPUT_SCALE = 0.25
+# Detection shrinks its images (``model.min_size`` and ``max_size``) by the same rule, but no further than keeps
+# the 5th percentile of the training boxes at MIN_BOX_SIDE pixels: 4 cells of the stride-4 level.
+MIN_BOX_SIDE = 16
 
 
 @dataclass(frozen=True)
@@ -569,11 +572,14 @@ def _detector_sizes(r: Resolver, facts: RunFacts, short: float, *, revise: bool 
     size changed (:func:`_budget_scale`)."""
     prefix = "model." if facts.task == "detect" else "model.detection."
     if facts.task == "detect":
-        min_size = min(round_up_32(short), STANDARD_SIZE["detect"])
-        min_size = r.decide("model.min_size", min_size, f"typical shorter side {short:.0f} px, at most 800", fixed=800)
-        longer = typical_side(facts.image_sizes, longer=True)
-        max_size = max(min(round_up_32(longer), DETECT_MAX_SIZE), min_size)
-        r.decide("model.max_size", max_size, f"typical longer side {longer:.0f} px, at most 1333", fixed=1333)
+        if not revise:  # revised by the budget's scale (:func:`_budget_scale`), which set both
+            min_size = min(round_up_32(short), STANDARD_SIZE["detect"])
+            why = f"typical shorter side {short:.0f} px, at most 800"
+            min_size = r.decide("model.min_size", min_size, why, fixed=800)
+            longer = typical_side(facts.image_sizes, longer=True)
+            max_size = max(min(round_up_32(longer), DETECT_MAX_SIZE), min_size)
+            r.decide("model.max_size", max_size, f"typical longer side {longer:.0f} px, at most 1333", fixed=1333)
+        min_size, max_size = get(r.config, "model.min_size"), get(r.config, "model.max_size")
         resize = min_size / short if short else 1.0
         area_ratio = min_size * max_size / (800 * 1333)
     else:
@@ -617,9 +623,11 @@ def resolve_length(
 
     ``seconds_per_step`` measures one training step; it is called only when a time budget applies, and the
     seconds it takes (by ``clock``) count against the budget: on a slow model the probe is minutes.
-    ``scale_probe`` (segmentation) sets the model's input scale and measures one step at it; with it,
-    ``model.input_scale: auto`` is resolved here (:func:`input_scale_for`) from ``seconds_per_step``, which may
-    then be a rough full-size estimate, and the plan follows ``scale_probe``'s measurement at the chosen scale.
+    ``scale_probe`` (segmentation, detection, multi-task) measures one step with the input scaled; with it, the
+    input size a budget allows (segmentation's ``model.input_scale``, detection's ``model.min_size`` and
+    ``max_size``, multi-task's ``data.image_size``) is resolved here (:func:`_budget_scale`) from
+    ``seconds_per_step``, which may then be a rough full-size estimate, and the plan follows ``scale_probe``'s
+    measurement at the chosen scale.
     ``spent``: seconds already spent measuring for this run (:func:`weigh_batch`'s probes), also charged to the
     budget.
     """
@@ -716,20 +724,23 @@ def time_budget(config: Any, facts: RunFacts) -> float | None:
 
 def _budget_scale(r: Resolver, facts: RunFacts, left: Callable[[], float], rough: Callable[[], float]) -> float:
     """The input scale a time budget allows (:func:`input_scale_for`), applied to the task's size: segmentation's
-    ``model.input_scale``, or multi-task's ``data.image_size`` (and the detector's sizes that follow from it).
-    Where the size is the user's, or the recipe is fixed, the scale is 1 (segmentation: the user's scale) and
-    nothing is measured here."""
+    ``model.input_scale``, detection's ``model.min_size`` and ``max_size``, or multi-task's ``data.image_size``
+    (and, for both, the detector's sizes that follow from it). Where the size is the user's, or the recipe is
+    fixed, the scale is 1 (segmentation: the user's scale) and nothing is measured here."""
     segment = facts.task == "segment"
-    key = "model.input_scale" if segment else "data.image_size"
+    key = {"segment": "model.input_scale", "detect": "model.min_size"}.get(facts.task, "data.image_size")
     if segment and not r.is_auto(key):
         return float(get(r.config, key))
     if not r.enabled or (not segment and r.auto_choice(key) is None):
         return 1.0
     side = get(r.config, "data.crop_size" if segment else key)
     passes = left() / epoch_seconds(rough(), facts.steps_per_epoch, facts)
-    scale = input_scale_for(passes, side)
+    floor = _box_floor(facts, side) if facts.task == "detect" else 0.0
+    scale = input_scale_for(passes, side, floor=floor)
     shrunk = round(side * scale)
     why = f"{passes:.2g} passes fit at {side} px, about {MIN_PASSES} at {shrunk} px"
+    if floor > MIN_INPUT_SCALE and scale <= floor + 0.1:
+        why += f" (5% of boxes ≥ {MIN_BOX_SIDE} px)"
     if scale == 1:
         why = f"{passes:.2g} passes fit at {side} px" if side > MIN_INPUT_SIDE else f"{side} px is small already"
     if segment:
@@ -737,18 +748,33 @@ def _budget_scale(r: Resolver, facts: RunFacts, left: Callable[[], float], rough
     elif scale < 1:
         earlier = r.recipe.choices[r.auto_choice(key)].reason  # type: ignore[index]
         r.decide(key, shrunk, f"{earlier}; {why}", revise=True)
+        if facts.task == "detect":
+            longer = get(r.config, "model.max_size")
+            r.decide(
+                "model.max_size", max(round_up_32(longer * scale), shrunk), f"× {scale:.3g} as min_size", revise=True
+            )
         _detector_sizes(r, facts, typical_side(facts.image_sizes), revise=True)
         _precision(r, facts, revise=True)  # its reason names the input side
     return scale
 
 
-def input_scale_for(passes: float, side: int) -> float:
+def _box_floor(facts: RunFacts, min_size: int) -> float:
+    """The smallest scale of ``min_size`` that keeps the training boxes' 5th percentile at MIN_BOX_SIDE pixels."""
+    short = typical_side(facts.image_sizes)
+    boxes = sorted(facts.box_sizes)
+    if not boxes or not short:
+        return 0.0
+    small = boxes[len(boxes) // 20] * min_size / short
+    return min(MIN_BOX_SIDE / small, 1.0)
+
+
+def input_scale_for(passes: float, side: int, *, floor: float = 0.0) -> float:
     """The input scale at which about MIN_PASSES passes fit where ``passes`` fit at full scale, for crops of
-    ``side`` pixels: at least MIN_INPUT_SIDE / side and MIN_INPUT_SCALE, rounded up so that the shrunk crop's
-    side is a multiple of 32, and 1.0 where that is not smaller than the crop."""
+    ``side`` pixels: at least MIN_INPUT_SIDE / side, MIN_INPUT_SCALE and ``floor``, rounded up so that the shrunk
+    crop's side is a multiple of 32, and 1.0 where that is not smaller than the crop."""
     if passes >= MIN_PASSES or side <= MIN_INPUT_SIDE:
         return 1.0
-    scale = max(math.sqrt(max(passes, 0.0) / MIN_PASSES), MIN_INPUT_SIDE / side, MIN_INPUT_SCALE)
+    scale = max(math.sqrt(max(passes, 0.0) / MIN_PASSES), MIN_INPUT_SIDE / side, MIN_INPUT_SCALE, floor)
     shrunk = 32 * math.ceil(side * scale / 32)
     return 1.0 if shrunk >= side else round(shrunk / side, 4)
 

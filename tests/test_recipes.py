@@ -433,6 +433,40 @@ def test_a_budget_too_short_for_full_size_shrinks_the_multitask_image_and_its_an
     assert kept.data.image_size == 512 and probed == [1.0] and mine.data.image_size == 512
 
 
+def test_a_budget_too_short_for_full_size_shrinks_the_detectors_images_but_keeps_small_boxes_visible() -> None:
+    facts = dataclasses.replace(
+        _facts("detect", n=160, val=40, sizes=((520, 700),), batch=4, box_sizes=(100.0,) * 20), device="cpu"
+    )
+    static, recipe = resolve_static(apply(DetectConfig(), {"train": {"time": "3m"}}, source="t"), facts)
+    assert (static.model.min_size, static.model.max_size) == (544, 704)
+    assert static.model.anchor_sizes[0] == [32]  # 100 px boxes are 105 px at 544: torchvision's base, the cap
+    probed = []
+    config = resolve_length(
+        static, recipe, facts, seconds_per_step=lambda: 8.0, scale_probe=lambda s: probed.append(s) or 8.0 * s * s
+    )
+    passes = 180 / (8.0 * 40 + recipes.EVAL_COST * 8.0 / 4 * 40)  # 0.52 passes at 544 px: sqrt(0.52 / 8) = 0.25
+    scale = recipes.input_scale_for(passes, 544)
+    assert scale == round(160 / 544, 4)  # 0.254 x 544 = 138 px, up to a multiple of 32
+    assert probed == [scale] and (config.model.min_size, config.model.max_size) == (160, 224)  # 704 x 0.29 -> 224
+    assert config.model.anchor_sizes[0] == [32]  # 100 px boxes are 31 px at 160
+    assert config.model.rpn_pre_nms_top_n_train == 400  # proposal counts follow the smaller area (to their floor)
+    keys = [c.key for c in recipe.choices]
+    assert len(keys) == len(set(keys))  # revised in place, not recorded twice
+    reason = recipe.as_dict()["model.min_size"]["reason"]
+    assert reason == f"typical shorter side 520 px, at most 800; {passes:.2g} passes fit at 544 px, about 8 at 160 px"
+
+    tiny = dataclasses.replace(facts, box_sizes=(20.0,) * 20)  # 20 px boxes: no smaller than 16 px at the 5%
+    static, recipe = resolve_static(apply(DetectConfig(), {"train": {"time": "3m"}}, source="t"), tiny)
+    config = resolve_length(static, recipe, tiny, seconds_per_step=lambda: 8.0, scale_probe=lambda s: 8.0 * s * s)
+    assert config.model.min_size == 32 * math.ceil(544 * recipes.MIN_BOX_SIDE / (20.0 * 544 / 520) / 32) == 416
+    assert recipe.as_dict()["model.min_size"]["reason"].endswith(f"(5% of boxes ≥ {recipes.MIN_BOX_SIDE} px)")
+
+    mine = apply(DetectConfig(), {"train": {"time": "3m"}, "model": {"min_size": 544}}, source="t")
+    static, recipe = resolve_static(mine, facts)
+    kept = resolve_length(static, recipe, facts, seconds_per_step=lambda: 1 / 0, scale_probe=lambda s: 8.0)
+    assert (kept.model.min_size, kept.model.max_size) == (544, 704)  # the user's size is never shrunk
+
+
 class _ScriptedTask:
     """A task whose evaluations return a fixed sequence of scores."""
 
