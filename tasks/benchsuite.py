@@ -385,8 +385,8 @@ def export_section(s: Settings) -> Section:
         "calibrated here on the benchmark input), and converted from that ONNX graph to OpenVINO (as `export --format "
         "openvino`, the `.[openvino]` extra) on its CPU plugin, in float32 (inference precision f32, the same threads "
         "as torch) and int8 (as `export --format openvino --quantize int8`: NNCF's post-training quantization of the "
-        "convolutions and matrix products, calibrated on the same input; the detector's graph, which holds If "
-        "operations, is onnxruntime's int8 graph converted by OpenVINO). Median of "
+        "convolutions and matrix products, calibrated on the same input; the detector's and the multi-task model's "
+        "graphs, which hold If operations, are onnxruntime's int8 graphs converted by OpenVINO). Median of "
         f"{s.export_rounds} interleaved rounds. GFLOP/s counts the float32 model's FLOPs for every runtime, so an "
         "int8 row above 100% of the float32 ceiling is possible."
     )

@@ -284,7 +284,12 @@ def multitask_benchmark(
     ]
 
 
-EXPORT_MODELS = {"classify": ("resnet50", 224), "segment": ("resnet34", 256), "detect": ("resnet50", 512)}
+EXPORT_MODELS = {
+    "classify": ("resnet50", 224),
+    "segment": ("resnet34", 256),
+    "detect": ("resnet50", 512),
+    "multitask": ("resnet50", 384),
+}
 
 
 def export_model_name(task: str, backbone: str, size: int) -> str:
@@ -292,6 +297,7 @@ def export_model_name(task: str, backbone: str, size: int) -> str:
         "classify": f"{backbone} classifier, 1×3×{size}×{size}",
         "segment": f"{backbone} U-Net, 1×3×{size}×{size}",
         "detect": f"Faster R-CNN {backbone}-FPN, one {size}×{size} image",
+        "multitask": f"{backbone} multi-task (3 heads), 1×3×{size}×{size}",
     }[task]
 
 
@@ -319,12 +325,19 @@ def _export_steps(task: str, backbone: str, size: int, folder: Any) -> tuple[dic
 
         spec = segment_spec(build_unet(backbone, 21), size)
         spec.example = (spec.example[0][:1],)
-    else:
+    elif task == "detect":
         from tasks.detect import build_model as build_detector
         from tasks.detect import export_spec as detect_spec
 
         spec = detect_spec(build_detector(backbone, 91, min_size=size, max_size=size), size)
         spec.example = (torch.rand(3, size, size, generator=torch.Generator().manual_seed(0)),)
+    else:  # one image: torchvision's detection export takes one
+        from tasks.multitask import TASKS
+        from tasks.multitask import build_model as build_multitask
+        from tasks.multitask import export_spec as multitask_spec
+
+        classes = {"classify": 1000, "detect": 91, "segment": 21}
+        spec = multitask_spec(build_multitask(backbone, TASKS, classes), size)
     calibration = [spec.example[0]] * 4
     fp32 = export_onnx(spec, Path(folder) / f"{task}.onnx")
     int8 = quantize_int8(fp32, Path(folder) / f"{task}.int8.onnx", calibration)
