@@ -281,6 +281,37 @@ def _fill(rng: np.random.Generator, image: np.ndarray, inside: np.ndarray, photo
     return np.where(inside[..., None], content, image)
 
 
+def _background(
+    rng: np.random.Generator,
+    photos: dict[str, np.ndarray],
+    names: list[str],
+    sides: tuple[int, int],
+    crop: tuple[int, int],
+) -> np.ndarray:
+    """A random square crop (its side drawn from ``crop``) of one of ``names``' photos, resized to a random width and
+    height drawn from ``sides``."""
+    width, height = int(rng.integers(*sides)), int(rng.integers(*sides))
+    back = _crop(rng, photos[str(rng.choice(names))], int(rng.integers(*crop)))
+    return _resize(np.ascontiguousarray(back), (width, height))
+
+
+def _star_mask(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    share: tuple[float, float],
+    corners: tuple[int, int],
+    radius: tuple[float, float],
+) -> np.ndarray:
+    """A boolean (height, width) mask of a star-shaped polygon (:func:`_star`) in a random box whose sides are a
+    random ``share`` of the image's."""
+    height, width = shape
+    w, h = int(width * rng.uniform(*share)), int(height * rng.uniform(*share))
+    x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+    stencil = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(stencil).polygon(_star(rng, (x, y, w, h), corners=corners, radius=radius), fill=1)
+    return np.asarray(stencil).astype(bool)
+
+
 def _horses(folder: Path, scale: float) -> None:
     """scikit-image's horse silhouette, scaled, mirrored and placed on large photo crops, filled with a
     texture of another photo: one object class at 400-560 px. The image label is the photo the horse is
@@ -294,9 +325,8 @@ def _horses(folder: Path, scale: float) -> None:
     rng = np.random.default_rng(23)
     samples, labels = [], []
     for _ in range(_count(200, scale)):
-        width, height = int(rng.integers(400, 561)), int(rng.integers(400, 561))
-        back = _crop(rng, photos[str(rng.choice(backgrounds))], int(rng.integers(250, 400)))
-        image = _resize(np.ascontiguousarray(back), (width, height))
+        image = _background(rng, photos, backgrounds, (400, 561), (250, 400))
+        height, width = image.shape[:2]
         shape_w = int(width * rng.uniform(0.35, 0.8))
         shape_h = int(shape_w * horse.shape[0] / horse.shape[1])
         stencil = _resize(horse.astype(np.uint8) * 255, (shape_w, min(shape_h, height - 1)), nearest=True) > 127
@@ -320,17 +350,11 @@ def _blobs(folder: Path, scale: float) -> None:
     rng = np.random.default_rng(29)
     samples = []
     for _ in range(_count(200, scale)):
-        width, height = int(rng.integers(440, 601)), int(rng.integers(440, 601))
-        back = _crop(rng, photos[str(rng.choice(backgrounds))], int(rng.integers(200, 400)))
-        image = _resize(np.ascontiguousarray(back), (width, height))
-        instances, classes = np.zeros((height, width), np.int32), []
+        image = _background(rng, photos, backgrounds, (440, 601), (200, 400))
+        instances, classes = np.zeros(image.shape[:2], np.int32), []
         for _ in range(int(rng.integers(1, 3))):
             label = int(rng.integers(0, len(fills)))
-            w, h = int(width * rng.uniform(0.2, 0.5)), int(height * rng.uniform(0.2, 0.5))
-            x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
-            stencil = Image.new("L", (width, height), 0)
-            ImageDraw.Draw(stencil).polygon(_star(rng, (x, y, w, h), corners=(5, 10), radius=(0.5, 1.0)), fill=1)
-            inside = np.asarray(stencil).astype(bool)
+            inside = _star_mask(rng, image.shape[:2], (0.2, 0.5), corners=(5, 10), radius=(0.5, 1.0))
             image = _fill(rng, image, inside, photos[fills[label]], 200)
             classes.append(label + 1)
             instances[inside] = len(classes)
@@ -348,14 +372,8 @@ def _fills(folder: Path, scale: float) -> None:
     rng = np.random.default_rng(31)
     samples, labels = [], []
     for _ in range(_count(300, scale)):
-        width, height = int(rng.integers(240, 321)), int(rng.integers(240, 321))
-        back = _crop(rng, photos[str(rng.choice(backgrounds))], int(rng.integers(150, 300)))
-        image = _resize(np.ascontiguousarray(back), (width, height))
-        w, h = int(width * rng.uniform(0.4, 0.8)), int(height * rng.uniform(0.4, 0.8))
-        x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
-        stencil = Image.new("L", (width, height), 0)
-        ImageDraw.Draw(stencil).polygon(_star(rng, (x, y, w, h), corners=(6, 12), radius=(0.7, 1.0)), fill=1)
-        inside = np.asarray(stencil).astype(bool)
+        image = _background(rng, photos, backgrounds, (240, 321), (150, 300))
+        inside = _star_mask(rng, image.shape[:2], (0.4, 0.8), corners=(6, 12), radius=(0.7, 1.0))
         labels.append(str(rng.choice(fills)))
         image = _fill(rng, image, inside, photos[labels[-1]], 200)
         samples.append((image, inside.astype(np.int32), [1]))
