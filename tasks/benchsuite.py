@@ -1,7 +1,7 @@
 """The whole benchmark suite: every benchmark of the project in one run, written as docs/benchmarks.md.
 
 ``python -m tasks.bench`` runs :func:`run_suite` with :data:`FULL` settings; ``--quick`` uses :data:`QUICK`
-(small inputs, one round, no memory sampling) to check the suite end to end in about a minute. Each
+(small inputs, one round, no memory sampling) to check the suite end to end in about 3 minutes on 2 cores. Each
 benchmark lives in :mod:`tasks.bench` or :mod:`backbones.bench`; this module chooses their settings,
 measures the machine's ceiling, and renders every table with its ratio, absolute numbers and the achieved
 FLOP/s as a fraction of that ceiling.
