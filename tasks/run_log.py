@@ -68,6 +68,7 @@ class RunLog:
 
         matplotlib.use("Agg")  # files only, no display
         from matplotlib import pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         epochs = [row["epoch"] for row in self.rows]
         columns = list(dict.fromkeys(key for row in self.rows for key in row))
@@ -82,6 +83,7 @@ class RunLog:
                 axes.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=name.split("/", 1)[1])
             axes.set_title(title)
             axes.set_xlabel("epoch")
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.2, 1.4 ticks
             axes.grid(alpha=0.3)
             if names:
                 axes.legend(fontsize=8)

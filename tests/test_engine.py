@@ -250,3 +250,21 @@ def test_a_compiled_backbone_trains_as_the_eager_one(tmp_path) -> None:
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
     for a, b in zip(compiled_grads, eager_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_results_png_marks_whole_epochs_only(tmp_path, monkeypatch) -> None:
+    """Two epochs drawn: the epoch axis reads 1 and 2, not matplotlib's default 1.0, 1.2, ... 2.0."""
+    from matplotlib import pyplot as plt
+
+    from tasks.run_log import RunLog
+
+    drawn = []
+    monkeypatch.setattr(plt, "close", lambda figure: drawn.append(figure))
+    log = RunLog(tmp_path)
+    for epoch, loss in ((1, 1.9), (2, 0.8)):
+        log.add({"epoch": epoch, "train/loss": loss, "val/accuracy": 0.4 * epoch})
+    assert log.draw("accuracy") == tmp_path / "results.png"
+    for axes in drawn[-1].axes:
+        low, high = axes.get_xlim()
+        ticks = [t for t in axes.get_xticks() if low <= t <= high]
+        assert ticks == [1.0, 2.0], ticks
