@@ -193,6 +193,13 @@ def export_openvino(spec: ExportSpec, path: Path, metadata: dict[str, Any] | Non
         return _save_openvino(ov.convert_model(str(graph)), path, metadata)
 
 
+# _PHANTOM: where torchvision's detector keeps no detection, OpenVINO (2026.4, CPU) runs its converted graph to
+# one detection of label 0 with a meaningless score (6.7e-44, 4.97) instead of none; onnxruntime runs the same
+# ONNX file to none. torchvision's post-processing never emits label 0 (the background column is dropped before
+# the scores are thresholded), so OpenVINO's rows of label 0 are dropped when it serves a detector.
+DETECTION_OUTPUTS = ("boxes", "labels", "scores")
+
+
 class Exported:
     """An exported file, ready to run: ``outputs = exported(*inputs)`` as numpy arrays, plus its metadata."""
 
@@ -236,6 +243,10 @@ class Exported:
         self.compiled = _off_the_signal_thread(lambda: core.compile_model(model, "CPU", config))
         self.metadata = _openvino_metadata(model)
         self.input_names = [port.get_any_name() for port in model.inputs]
+        names = [port.get_any_name() for port in model.outputs]
+        self.detection_outputs = (
+            [names.index(n) for n in DETECTION_OUTPUTS] if set(DETECTION_OUTPUTS) <= set(names) else []
+        )
 
     def __call__(self, *inputs: Tensor) -> list[np.ndarray]:
         if self.format == "torchscript":
@@ -247,7 +258,13 @@ class Exported:
         if self.format == "onnx":
             return list(self.session.run(None, feed))
         result = self.compiled(feed)  # copies of the outputs, in the graph's output order
-        return [np.asarray(result[port]) for port in self.compiled.outputs]
+        out = [np.asarray(result[port]) for port in self.compiled.outputs]
+        if self.detection_outputs:  # see _PHANTOM
+            boxes, labels, scores = self.detection_outputs
+            real = out[labels] != 0
+            for index in (boxes, labels, scores):
+                out[index] = out[index][real]
+        return out
 
     def tensors(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         """The outputs as CPU tensors, as the eager model would return them."""

@@ -229,6 +229,27 @@ def test_calibration_images_are_spread_over_the_split() -> None:
 
 
 @NEEDS_OPENVINO
+def test_openvino_serves_a_detector_that_keeps_nothing_as_no_detections(tmp_path) -> None:
+    """Where the detector keeps no detection, OpenVINO ran the converted graph to one phantom detection of label 0
+    (score 6.7e-44); eager PyTorch and onnxruntime give none. Served, it is none, and the export check passes."""
+    from torchvision.models.detection.roi_heads import RoIHeads
+
+    from tasks.detect import build_model, export_spec
+    from tasks.export import export_and_check
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 4, min_size=128, max_size=192).eval()
+    next(m for m in model.modules() if isinstance(m, RoIHeads)).score_thresh = 0.99  # random weights: nothing
+    spec = export_spec(model, 128)
+    with torch.inference_mode():
+        assert len(spec.module(*spec.example)[0]) == 0
+    report = export_and_check(spec, "openvino", tmp_path / "d.xml", {"task": "detect"})
+    assert "OpenVINO matches eager" in report
+    boxes, labels, scores = Exported(tmp_path / "d.xml")(*spec.example)
+    assert boxes.shape == (0, 4) and labels.shape == (0,) and scores.shape == (0,)
+
+
+@NEEDS_OPENVINO
 def test_openvino_leaves_the_calling_threads_signal_stack_as_it_was(checkpoints, tmp_path) -> None:
     """OpenVINO's CPU plugin gives the thread that compiles a model a 20 KB alternate signal stack. Python's signal
     handlers then ran on it, and on a CPU with AMX the next SIGCHLD overflowed it (the suite died of SIGSEGV).
