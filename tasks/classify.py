@@ -161,28 +161,45 @@ class ClassifyTask:
 
     def evaluate(self, model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device) -> dict[str, Any]:
         meter = ClassificationMeter(len(self.class_names))
-        mistakes: list[tuple[float, int, int, int]] = []  # (confidence, index, true, predicted)
+        mistakes = Mistakes()
         for batch in loader:
             if batch["batch_size"] == 0:
                 continue
             batch = self.to_device(batch, device)
             logits = model(batch["images"])
             meter.update(logits, batch["labels"])
-            confidence, predicted = logits.float().softmax(dim=1).max(dim=1)
-            wrong = (predicted != batch["labels"]).cpu()
-            mistakes += zip(
-                confidence.cpu()[wrong].tolist(),
-                batch["indices"][wrong].tolist(),
-                batch["labels"].cpu()[wrong].tolist(),
-                predicted.cpu()[wrong].tolist(),
-            )
-            mistakes = sorted(mistakes, reverse=True)[:MISTAKES]
-        gathered = sorted((m for part in distributed.gather(mistakes) for m in part), reverse=True)[:MISTAKES]
-        self.mistakes = [
-            {"index": i, "true": self.class_names[t], "predicted": self.class_names[p], "confidence": c}
+            mistakes.update(logits, batch["labels"], batch["indices"])
+        self.mistakes = mistakes.gather(self.class_names)
+        return meter.compute(self.class_names)
+
+
+class Mistakes:
+    """The split's most confident mistakes over batches and processes, for mistakes.png."""
+
+    def __init__(self, keep: int = MISTAKES) -> None:
+        self.keep = keep
+        self.found: list[tuple[float, int, int, int]] = []  # (confidence, sample index, true, predicted)
+
+    def update(self, logits: Tensor, labels: Tensor, indices: Tensor) -> None:
+        """``indices``: each row's index into the split's samples."""
+        confidence, predicted = logits.detach().float().softmax(dim=1).max(dim=1)
+        labels = labels.cpu()
+        wrong = predicted.cpu() != labels
+        self.found += zip(
+            confidence.cpu()[wrong].tolist(),
+            torch.as_tensor(indices)[wrong].tolist(),
+            labels[wrong].tolist(),
+            predicted.cpu()[wrong].tolist(),
+        )
+        self.found = sorted(self.found, reverse=True)[: self.keep]
+
+    def gather(self, class_names: Sequence[str]) -> list[dict[str, Any]]:
+        """Every process's mistakes, most confident first, by class name."""
+        gathered = sorted((m for part in distributed.gather(self.found) for m in part), reverse=True)[: self.keep]
+        return [
+            {"index": i, "true": class_names[t], "predicted": class_names[p], "confidence": c}
             for c, i, t, p in gathered
         ]
-        return meter.compute(self.class_names)
 
 
 def _model_args(cfg: ClassifyConfig, num_classes: int) -> dict[str, Any]:
@@ -232,16 +249,16 @@ def _loader(cfg: ClassifyConfig, dataset: ClassificationDataset, *, train: bool)
     )
 
 
-def _report(
+def write_figures(
     metrics: dict[str, Any],
-    class_names: list[str],
+    class_names: Sequence[str],
     run_dir: Path,
     *,
-    samples: Sequence[Sample] = (),
+    samples: Sequence[Any] = (),
     mistakes: Sequence[dict[str, Any]] = (),
 ) -> None:
-    """The summary, the confusion matrix as counts and as each true class's shares, and the most confident
-    mistakes of the split as an image grid."""
+    """The confusion matrix as counts and as each true class's shares, and the most confident mistakes of
+    the split as an image grid (``samples``: the split's samples, each with a ``path``)."""
     confusion = metrics["confusion_matrix"]
     for name, normalize, title in (
         ("confusion_matrix.png", False, "confusion matrix (counts)"),
@@ -259,6 +276,18 @@ def _report(
     if pictures:
         png = image_grid_png(pictures, titles)
         atomic_write(run_dir / "mistakes.png", lambda handle: handle.write(png))
+
+
+def _report(
+    metrics: dict[str, Any],
+    class_names: list[str],
+    run_dir: Path,
+    *,
+    samples: Sequence[Sample] = (),
+    mistakes: Sequence[dict[str, Any]] = (),
+) -> None:
+    """The summary and the figures (see :func:`write_figures`)."""
+    write_figures(metrics, class_names, run_dir, samples=samples, mistakes=mistakes)
     keys = ["accuracy", "top5", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"]
     print("\n".join(f"  {key:<16} {metrics[key]:.4f}" for key in keys if key in metrics))
     print(f"metrics, checkpoints, confusion matrices and mistakes.png are in {run_dir}")

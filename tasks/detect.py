@@ -255,25 +255,16 @@ def _loader(cfg: DetectConfig, data: DetectionData, *, train: bool) -> Any:
     )
 
 
-def _report(
-    metrics: dict[str, Any],
-    results: list[dict[str, Any]],
-    data: DetectionData,
-    run_dir: Path,
-    *,
-    show: float,
-    backend: Backend,
-) -> None:
-    """metrics.json, predictions.json, the first images with their boxes, the precision-recall and
-    F1-confidence curves at IoU 0.5 (from the COCO evaluator's arrays), and the confusion matrix of classes and
-    background at IoU 0.5 and the best-F1 confidence, with the summary printed."""
+def write_figures(
+    metrics: dict[str, Any], results: list[dict[str, Any]], data: DetectionData, run_dir: Path, *, backend: Backend
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """pr_curve.png and f1_curve.png at IoU 0.5 (from the COCO evaluator's arrays), and the confusion matrix of
+    classes and background at IoU 0.5 and the best-F1 confidence, as counts and as shares. Returns ``metrics``
+    with that matrix added (rows true, columns predicted, the last one background) and the F1 curve."""
     curves = pr_curves(data, results, backend=backend)
     f1 = f1_by_confidence(curves)
     confusion = detection_confusion(data, results, confidence=f1["best_confidence"])
     matrix = {"iou": 0.5, "confidence": f1["best_confidence"], "counts": confusion.tolist()}
-    metrics = {**metrics, "confusion_matrix": matrix}  # rows true, columns predicted, the last one background
-    write_json(run_dir / "metrics.json", metrics)
-    write_json(run_dir / "predictions.json", results)
     atomic_write(run_dir / "pr_curve.png", lambda handle: handle.write(pr_curve_png(curves)))
     atomic_write(run_dir / "f1_curve.png", lambda handle: handle.write(f1_curve_png(f1)))
     names = [*data.class_names, "background"]
@@ -284,6 +275,23 @@ def _report(
     ):
         png = confusion_png(confusion, names, normalize=normalize, title=title)
         atomic_write(run_dir / f"confusion_matrix{suffix}.png", lambda handle, png=png: handle.write(png))
+    return {**metrics, "confusion_matrix": matrix}, f1
+
+
+def _report(
+    metrics: dict[str, Any],
+    results: list[dict[str, Any]],
+    data: DetectionData,
+    run_dir: Path,
+    *,
+    show: float,
+    backend: Backend,
+) -> None:
+    """metrics.json, predictions.json, the first images with their boxes and the figures of
+    :func:`write_figures`, with the summary printed."""
+    metrics, f1 = write_figures(metrics, results, data, run_dir, backend=backend)
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "predictions.json", results)
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for r in results:
         by_image.setdefault(r["image_id"], []).append(r)

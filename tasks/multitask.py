@@ -29,6 +29,8 @@ from heads.multitask import TASKS, MultiTaskModel, Weighting
 from heads.segmentation import DEFAULT_DECODER_CHANNELS, SegmentationLoss, UNetHead
 from tasks import distributed, recipes
 from tasks.checkpoint import load_model
+from tasks.classify import Mistakes
+from tasks.classify import write_figures as classification_figures
 from tasks.cli import (
     COMMON_FLAGS,
     PredictImages,
@@ -56,6 +58,7 @@ from tasks.data.multitask import (
     parse_sources,
 )
 from tasks.detect import DetectionHeadConfig
+from tasks.detect import write_figures as detection_figures
 from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
 from tasks.explain import add_cam_options, cam_class_index, grad_cam, wants_cam
@@ -73,6 +76,7 @@ from tasks.metrics.classification import ClassificationMeter
 from tasks.metrics.coco import Backend
 from tasks.metrics.detection import score, to_results
 from tasks.metrics.segmentation import SegmentationMeter
+from tasks.segment import write_figures as segmentation_figures
 from tasks.visualize import draw_detections, overlay_cam, overlay_mask, palette_mask, save_png
 
 TASK = "multitask"
@@ -185,7 +189,8 @@ class MultiTaskTask:
     def __init__(self, data: MultiTaskData, *, backend: Backend) -> None:
         self.data = data
         self.backend = backend
-        self.detections: list[dict[str, Any]] = []
+        self.detections: list[dict[str, Any]] = []  # the last evaluation's, as predictions.json has them
+        self.mistakes: list[dict[str, Any]] = []  # the last evaluation's most confident classification mistakes
 
     def to_device(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         targets = {}
@@ -205,6 +210,7 @@ class MultiTaskTask:
         tasks = [name for name in TASKS if name in self.data.tasks]
         classify = ClassificationMeter(len(names["classify"])) if "classify" in tasks else None
         segment = SegmentationMeter(len(names["segment"])) if "segment" in tasks else None
+        mistakes = Mistakes()
         results: list[dict[str, Any]] = []
         for batch in loader:
             if batch["batch_size"] == 0:
@@ -214,7 +220,9 @@ class MultiTaskTask:
             if classify is not None:
                 indices, labels = batch["targets"]["classify"]
                 if len(indices):
-                    classify.update(outputs["classify"][indices.to(device)], labels.to(device))
+                    logits = outputs["classify"][indices.to(device)]
+                    classify.update(logits, labels.to(device))
+                    mistakes.update(logits, labels, torch.as_tensor(batch["indices"])[indices.cpu()])
             for n, (index, size, original) in enumerate(zip(batch["indices"], batch["sizes"], batch["original_sizes"])):
                 sample = self.data.samples[index]
                 if "detect" in outputs and sample.detection is not None:
@@ -226,6 +234,7 @@ class MultiTaskTask:
         metrics: dict[str, Any] = {}
         if classify is not None:
             metrics["classify"] = classify.compute(names["classify"])
+            self.mistakes = mistakes.gather(names["classify"])
         if "detect" in tasks:
             self.detections = [r for part in distributed.gather(results) for r in part]
             metrics["detect"] = score(self.data.detection, self.detections, backend=self.backend)  # type: ignore[arg-type]
@@ -322,10 +331,27 @@ def _loader(cfg: MultiTaskConfig, data: MultiTaskData, *, train: bool) -> Any:
     )
 
 
-def _report(metrics: dict[str, Any], detections: list[dict[str, Any]], run_dir: Path) -> None:
-    write_json(run_dir / "metrics.json", metrics)
+def _report(metrics: dict[str, Any], task: MultiTaskTask, run_dir: Path) -> None:
+    """metrics.json, predictions.json, each task's figures in a folder of its name (those the single-task
+    runner writes), and the summary."""
+    if "classify" in metrics:
+        folder = run_dir / "classify"
+        folder.mkdir(exist_ok=True)
+        names = task.data.class_names["classify"]
+        classification_figures(metrics["classify"], names, folder, samples=task.data.samples, mistakes=task.mistakes)
     if "detect" in metrics:
-        write_json(run_dir / "predictions.json", detections)
+        folder = run_dir / "detect"
+        folder.mkdir(exist_ok=True)
+        data = task.data.detection
+        assert data is not None
+        metrics = {**metrics}
+        metrics["detect"], _ = detection_figures(metrics["detect"], task.detections, data, folder, backend=task.backend)
+        write_json(run_dir / "predictions.json", task.detections)
+    if "segment" in metrics:
+        folder = run_dir / "segment"
+        folder.mkdir(exist_ok=True)
+        segmentation_figures(metrics["segment"], folder)
+    write_json(run_dir / "metrics.json", metrics)
 
     def show(value: Any) -> str:  # undefined (no ground truth of that kind in the split): n/a, as the others print
         return "n/a" if value is None else f"{value:.4f}"
@@ -341,7 +367,8 @@ def _report(metrics: dict[str, Any], detections: list[dict[str, Any]], run_dir: 
         seg = metrics["segment"]
         lines.append(f"  segment   mIoU {show(seg['mIoU'])}  mDice {show(seg['mDice'])}")
     print("\n".join(lines + [f"  main      {metrics['main']:.4f} (mean of the above headline numbers)"]))
-    print(f"metrics are in {run_dir}")
+    figures = ", ".join(f"{name}/" for name in TASKS if name in metrics)
+    print(f"metrics.json and each task's figures ({figures}) are in {run_dir}")
 
 
 def setup(cfg: MultiTaskConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:
@@ -414,7 +441,7 @@ def train(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
     metrics, run_dir = fit(TASK, cfg, parts, resume)
     if distributed.is_main():
         task: MultiTaskTask = parts.task  # type: ignore[assignment]
-        _report(metrics, task.detections, run_dir)
+        _report(metrics, task, run_dir)
         if cfg.model.weighting == "uncertainty":
             model: MultiTaskModel = parts.model  # type: ignore[assignment]
             learned = ", ".join(f"{k} {v:.3f}" for k, v in model.task_weights().items())
@@ -454,7 +481,7 @@ def evaluate(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
     with torch.inference_mode():
         metrics = task.evaluate(model.to(device), _loader(cfg, val, train=False), device)
     if distributed.is_main():
-        _report(metrics, task.detections, run_dir)
+        _report(metrics, task, run_dir)
     return 0
 
 

@@ -280,10 +280,8 @@ def _write_masks(masks: dict[int, bytes], data: SegmentationData, run_dir: Path,
             save_png(overlay_mask(image, mask), run_dir / "overlays" / f"{sample.image_id}.png")
 
 
-def _report(metrics: dict[str, Any], run_dir: Path) -> None:
-    """metrics.json, per_class_iou.png (a bar per class) and the pixels' confusion matrix as each true class's
-    shares, and the summary."""
-    write_json(run_dir / "metrics.json", metrics)
+def write_figures(metrics: dict[str, Any], run_dir: Path) -> None:
+    """per_class_iou.png (a bar per class) and the pixels' confusion matrix as each true class's shares."""
     names = list(metrics["per_class_iou"])
     title = f"IoU per class (mIoU {metrics['mIoU'] or 0:.3f})"
     pictures = {
@@ -294,6 +292,12 @@ def _report(metrics: dict[str, Any], run_dir: Path) -> None:
     }
     for name, png in pictures.items():
         atomic_write(run_dir / name, lambda handle, data=png: handle.write(data))
+
+
+def _report(metrics: dict[str, Any], run_dir: Path) -> None:
+    """metrics.json, the figures of :func:`write_figures`, and the summary."""
+    write_json(run_dir / "metrics.json", metrics)
+    write_figures(metrics, run_dir)
     for key in ("mIoU", "mDice", "pixel_accuracy", "mean_class_accuracy"):
         value = metrics[key]
         print(f"  {key:<20} {'n/a' if value is None else f'{value:.4f}'}")

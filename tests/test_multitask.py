@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -216,6 +217,19 @@ def test_runner_trains_on_partial_labels_from_a_dataset_yaml(shapes_root, tmp_pa
     }
     assert set(metrics["detect"]) >= {"coco", "voc"} and "AP50" in metrics["detect"]["coco"]
     assert 0.0 <= metrics["main"] <= 1.0
+    # each task's figures, as its single-task runner draws them, in a folder of its name
+    for task, figures in {
+        "classify": {"confusion_matrix.png", "confusion_matrix_normalized.png"},
+        "detect": {"pr_curve.png", "f1_curve.png", "confusion_matrix.png", "confusion_matrix_normalized.png"},
+        "segment": {"per_class_iou.png", "confusion_matrix_normalized.png"},
+    }.items():
+        assert figures <= {p.name for p in (out / task).iterdir() if p.stat().st_size}, task
+    assert (out / "classify" / "mistakes.png").exists() == (metrics["classify"]["accuracy"] < 1)
+    counts = np.asarray(metrics["detect"]["confusion_matrix"]["counts"])  # 3 shapes and background
+    truth = json.loads((shapes_root / "annotations" / "instances_val.json").read_text())["annotations"]
+    assert counts.shape == (4, 4) and counts[:3].sum() == len(truth)  # each val box matched or missed once
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert counts[:, :3].sum() <= len(predictions)  # a column counts kept detections, each at most once
 
 
 def test_each_task_reads_its_own_split_names_from_the_dataset_yaml(shapes_root, tmp_path, capsys) -> None:
