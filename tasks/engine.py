@@ -49,6 +49,7 @@ class Task(Protocol):
 
     name: str
     main_metric: str  # a key of the evaluation metrics; dotted for nested sections ("coco.AP")
+    # optional: ``headline_metrics``, keys drawn in results.png right after the main metric
 
     def to_device(self, batch: Batch, device: torch.device) -> Batch: ...
 
@@ -461,7 +462,7 @@ class Engine:
                     }
                 )
                 if due:  # drawn as often as last.pt is written: matplotlib takes a while
-                    self.run_log.draw(self.task.main_metric)
+                    self.run_log.draw(self.task.main_metric, getattr(self.task, "headline_metrics", ()))
             if due:
                 self.saved_at = saving
             self.save_seconds = self.clock() - saving

@@ -184,6 +184,8 @@ class MultiTaskTask:
 
     name = TASK
     main_metric = "main"
+    # each task's headline in results.png, before the classification section's many columns fill its lines
+    headline_metrics = ("classify.accuracy", "detect.coco.AP", "segment.mIoU", "detect.coco.AP50", "segment.mDice")
     find_unused_parameters = True  # a head whose task has no labels in a batch gets no gradient
 
     def __init__(self, data: MultiTaskData, *, backend: Backend) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,10 @@ class RunLog:
         data = text.getvalue().encode("utf-8")
         return atomic_write(self.run_dir / CSV_NAME, lambda handle: handle.write(data))
 
-    def draw(self, main_metric: str) -> Path | None:
-        """results.png: the loss terms (left) and the headline metrics (right) against the epochs."""
+    def draw(self, main_metric: str, headlines: Sequence[str] = ()) -> Path | None:
+        """results.png: the loss terms (left) and the headline metrics (right) against the epochs: the main
+        metric, then ``headlines`` (dotted keys, as ``main_metric``), then the others in the CSV's order, up to
+        :data:`MAX_METRIC_LINES` lines."""
         if not self.rows:
             return None
         import matplotlib
@@ -73,9 +75,10 @@ class RunLog:
         epochs = [row["epoch"] for row in self.rows]
         columns = list(dict.fromkeys(key for row in self.rows for key in row))
         losses = [c for c in columns if c.startswith("train/")]
-        main = f"val/{main_metric.replace('.', '/')}"
         metrics = [c for c in columns if c.startswith("val/") and not any(part in c for part in LEFT_OUT)]
-        metrics = ([main] if main in metrics else []) + [c for c in metrics if c != main]
+        first = [f"val/{key.replace('.', '/')}" for key in (main_metric, *headlines)]
+        first = [c for c in dict.fromkeys(first) if c in metrics]
+        metrics = first + [c for c in metrics if c not in first]
         figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
         for axes, names, title in ((left, losses, "training loss"), (right, metrics[:MAX_METRIC_LINES], "validation")):
             for name in names:

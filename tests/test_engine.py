@@ -268,3 +268,27 @@ def test_results_png_marks_whole_epochs_only(tmp_path, monkeypatch) -> None:
         low, high = axes.get_xlim()
         ticks = [t for t in axes.get_xticks() if low <= t <= high]
         assert ticks == [1.0, 2.0], ticks
+
+
+def test_results_png_draws_the_tasks_headlines_before_the_other_columns(tmp_path, monkeypatch) -> None:
+    """The multi-task run's classification section has more columns than results.png draws; each task's
+    headline (from MultiTaskTask.headline_metrics) is drawn all the same, the main metric first."""
+    from matplotlib import pyplot as plt
+
+    from tasks.multitask import MultiTaskTask
+    from tasks.run_log import MAX_METRIC_LINES, RunLog
+
+    drawn = []
+    monkeypatch.setattr(plt, "close", lambda figure: drawn.append(figure))
+    classify = ["accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_micro", "recall_micro"]
+    classify += ["f1_micro", "precision_weighted", "recall_weighted", "f1_weighted"]
+    columns = [f"val/classify/{key}" for key in classify] + ["val/detect/coco/AP", "val/detect/coco/AP50"]
+    columns += ["val/segment/mIoU", "val/segment/mDice", "val/main"]
+    assert len(columns) > MAX_METRIC_LINES
+    log = RunLog(tmp_path)
+    for epoch in (1, 2):
+        log.add({"epoch": epoch, "train/loss": 1.0 / epoch, **{c: 0.1 * epoch for c in columns}})
+    log.draw(MultiTaskTask.main_metric, MultiTaskTask.headline_metrics)
+    labels = [line.get_label() for line in drawn[-1].axes[1].get_lines()]
+    assert labels[:4] == ["main", "classify/accuracy", "detect/coco/AP", "segment/mIoU"], labels
+    assert len(labels) == MAX_METRIC_LINES and {"detect/coco/AP50", "segment/mDice"} <= set(labels)
