@@ -296,8 +296,8 @@ def training_section(s: Settings) -> Section:
         'blocked on the DataLoader. FLOPs per image are one forward and backward pass; "of peak" divides by the '
         "float32 ceiling, so a bfloat16 row may pass 100%.\n\n"
         "The engine trains in the precision and memory format that the auto recipe resolves on this machine "
-        "(`train.amp`, `train.channels_last`: bfloat16 autocast and channels-last on a CPU with AMX bf16 units for "
-        'inputs of 64 px or more, float32 otherwise); the bare loop stays in float32 NCHW. "change" is what that '
+        "(`train.amp`, `train.channels_last`: bfloat16 autocast and channels-last on a CPU with AMX or AVX-512 bf16 "
+        'for inputs of 64 px or more, float32 otherwise); the bare loop stays in float32 NCHW. "change" is what that '
         "does to the numbers: the relative difference of the training loss after "
         f"{rows[0]['numerics_steps']} optimizer steps on the same batches, from the same weights, with the same "
         "optimizer and random draws, between float32 NCHW and the engine's settings (0 where they are the same). "

@@ -109,7 +109,8 @@ def common_parser(task: str, description: str, *, commands: Sequence[str] = COMM
         "--amp",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="mixed precision; default: auto (bfloat16 on a CPU with AMX for inputs of 64 px or more, float16 on CUDA)",
+        help="mixed precision; default: auto (bfloat16 on a CPU with AMX or AVX-512 bf16 for inputs of 64 px or more, "
+        "float16 on CUDA)",
     )
     parser.add_argument(
         "--sync-bn", action="store_true", default=None, help="under torchrun: SyncBatchNorm across processes (CUDA)"

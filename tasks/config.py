@@ -56,15 +56,15 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     accumulate: int = 1
     clip_grad: float | None | Auto = "auto"
-    # mixed precision; auto: bfloat16 autocast on a CPU with AMX bf16 units for inputs of 64 px or more, float16
-    # with a gradient scaler on CUDA, float32 otherwise (tasks.recipes._precision)
+    # mixed precision; auto: bfloat16 autocast on a CPU with bf16 matrix instructions (AMX or AVX-512 bf16) for inputs
+    # of 64 px or more, float16 with a gradient scaler on CUDA, float32 otherwise (tasks.recipes._precision)
     amp: bool | Auto = "auto"
     ema: bool = False
     ema_decay: float = 0.999
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int | Auto = "auto"  # DataLoader workers; auto: the cores torch's threads leave free (tasks/threads.py)
-    channels_last: bool | Auto = "auto"  # NHWC weights and activations; auto: with amp (oneDNN's AMX kernels take NHWC)
+    channels_last: bool | Auto = "auto"  # NHWC weights and activations; auto: with amp (oneDNN's bf16 kernels need it)
     # torch.compile (Inductor) the backbone in place, for training and evaluation; checkpoints keep their keys.
     # Compiling takes a while once per input shape, so it pays only in runs long enough to repay it
     compile: bool = False

@@ -500,10 +500,12 @@ def _image_sizes(r: Resolver, facts: RunFacts, fixed: dict[str, Any]) -> None:
         _detector_widths(r, facts)
 
 
-# bfloat16 autocast pays on a CPU with AMX bf16 units once the feature maps are large enough: a resnet18 or
-# resnet50 training step, bfloat16 NHWC against float32 NCHW (docs/results.md, `python -m backbones.bench --mode
-# train --amp --channels-last --against-float32`), ran 0.87-0.92x as fast at 32 px, 1.23-1.42x at 64 px,
-# 1.79-2.09x at 128 px and 2.33x at 224 px. Below 64 px the casts cost more than AMX saves.
+# bfloat16 autocast pays on a CPU with bf16 matrix instructions once the feature maps are large enough: a resnet18
+# or resnet50 training step, bfloat16 NHWC against float32 NCHW (docs/results.md, `python -m backbones.bench --mode
+# train --amp --channels-last --against-float32`), ran on an Intel Xeon with AMX 0.87-0.92x as fast at 32 px,
+# 1.23-1.42x at 64 px, 1.79-2.09x at 128 px and 2.33x at 224 px; on an AMD EPYC with AVX-512 bf16 (no AMX)
+# 1.00-1.20x at 32 px, 1.26-1.65x at 64 px, 1.75-1.76x at 128 px and 2.24x at 224 px. Below 64 px the casts
+# cost about what the faster products save.
 BF16_MIN_SIDE = 64
 INPUT_SIDE_KEY = {
     "classify": "data.image_size",
@@ -518,13 +520,16 @@ def amp_dtype(device_type: str) -> torch.dtype:
     return torch.float16 if device_type == "cuda" else torch.bfloat16
 
 
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX tiles), where oneDNN's bf16
-    convolutions outrun float32 ones. AVX-512 bf16 alone converts, with no such gain measured here."""
-    try:
-        return bool(torch.cpu._is_amx_tile_supported())  # type: ignore[attr-defined]
-    except (AttributeError, RuntimeError):
-        return False
+def cpu_bf16_units() -> str | None:
+    """The bfloat16 matrix instructions of this CPU that oneDNN's convolutions use, where its bf16 kernels outrun
+    float32 ones: "AMX" (Intel's tiles), "AVX-512 bf16" (dot products, e.g. AMD Zen 4 and 5), or None."""
+    for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX-512 bf16", "_is_avx512_bf16_supported")):
+        try:
+            if getattr(torch.cpu, probe)():
+                return name
+        except (AttributeError, RuntimeError):
+            continue
+    return None
 
 
 def _precision(r: Resolver, facts: RunFacts, *, revise: bool = False) -> None:
@@ -533,15 +538,15 @@ def _precision(r: Resolver, facts: RunFacts, *, revise: bool = False) -> None:
     side = get(r.config, INPUT_SIDE_KEY[facts.task])
     if facts.device == "cuda":
         amp, why = True, "float16 autocast with a gradient scaler on CUDA"
-    elif not cpu_has_bf16_units():
-        amp, why = False, "float32: this CPU has no bf16 matrix units (AMX)"
+    elif (units := cpu_bf16_units()) is None:
+        amp, why = False, "float32: this CPU has no bf16 matrix instructions (AMX or AVX-512 bf16)"
     elif isinstance(side, int) and side < BF16_MIN_SIDE:
-        amp, why = False, f"float32: at {side} px the bfloat16 casts cost more than AMX saves"
+        amp, why = False, f"float32: at {side} px the bfloat16 casts cost what {units} saves"
     else:
-        amp, why = True, f"bfloat16 autocast: AMX bf16 units, {side} px inputs (1.2-2.3x faster steps from 64 px)"
+        amp, why = True, f"bfloat16 autocast: {units}, {side} px inputs (1.2-2.3x faster steps from 64 px)"
     amp = r.decide("train.amp", amp, why, fixed=False, revise=revise)
     if amp:
-        layout = "with mixed precision: " + ("tensor cores" if facts.device == "cuda" else "oneDNN's AMX kernels")
+        layout = "with mixed precision: " + ("tensor cores" if facts.device == "cuda" else "oneDNN's bf16 kernels")
         r.decide("train.channels_last", True, layout + " take NHWC", fixed=False, revise=revise)
     else:
         why = "float32 on this device: NHWC trains no faster"

@@ -112,7 +112,7 @@ def shapes_detector(tmp_path_factory):
     run = root / "run"
     argv = ["--data", str(data), "--backbone", "resnet18", "--epochs", "3", "--batch-size", "4", "--workers", "0"]
     argv += ["--set", f"model.min_size={SIZE}", "--set", f"model.max_size={SIZE}", "--seed", "0", "--output", str(run)]
-    argv += ["--no-amp"]  # float32 on every machine: the auto precision is bfloat16 only where the CPU has AMX
+    argv += ["--no-amp"]  # float32 on every machine: the auto precision is bfloat16 where the CPU has bf16 units
     assert main(argv) == 0
     return data, run
 

@@ -70,19 +70,19 @@ def test_small_images_from_scratch() -> None:
 @pytest.mark.parametrize(
     ("task", "config", "side", "device", "units", "amp"),
     [
-        ("classify", ClassifyConfig, 32, "cpu", True, False),  # the casts cost more than AMX saves at 32 px
-        ("classify", ClassifyConfig, 64, "cpu", True, True),
-        ("classify", ClassifyConfig, 128, "cpu", False, False),  # no bf16 matrix units
-        ("detect", DetectConfig, 128, "cpu", True, True),  # model.min_size is the side that counts
-        ("segment", SegmentConfig, 32, "cpu", True, False),  # 32 px crops
-        ("multitask", MultiTaskConfig, 128, "cpu", True, True),
-        ("classify", ClassifyConfig, 32, "cuda", False, True),  # float16 with a scaler on CUDA, at any size
+        ("classify", ClassifyConfig, 32, "cpu", "AMX", False),  # the casts cost what AMX saves at 32 px
+        ("classify", ClassifyConfig, 64, "cpu", "AVX-512 bf16", True),
+        ("classify", ClassifyConfig, 128, "cpu", None, False),  # no bf16 matrix instructions
+        ("detect", DetectConfig, 128, "cpu", "AMX", True),  # model.min_size is the side that counts
+        ("segment", SegmentConfig, 32, "cpu", "AVX-512 bf16", False),  # 32 px crops
+        ("multitask", MultiTaskConfig, 128, "cpu", "AVX-512 bf16", True),
+        ("classify", ClassifyConfig, 32, "cuda", None, True),  # float16 with a scaler on CUDA, at any size
     ],
 )
 def test_mixed_precision_and_channels_last_follow_the_device_the_cpu_and_the_input_side(
     monkeypatch, task, config, side, device, units, amp
 ) -> None:
-    monkeypatch.setattr(recipes, "cpu_has_bf16_units", lambda: units)
+    monkeypatch.setattr(recipes, "cpu_bf16_units", lambda: units)
     facts = _facts(task, sizes=((side, side),), batch=8)
     facts = dataclasses.replace(facts, device=device)
     resolved, recipe = resolve_static(config(), facts)
@@ -400,7 +400,7 @@ def test_a_rough_probe_times_two_images_and_scales_to_the_batch_the_run_will_hav
 
 
 def test_a_budget_too_short_for_full_size_shrinks_the_multitask_image_and_its_anchors_follow(monkeypatch) -> None:
-    monkeypatch.setattr(recipes, "cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(recipes, "cpu_bf16_units", lambda: "AMX")
     facts = dataclasses.replace(
         _facts("multitask", n=160, val=40, sizes=((520, 520),), batch=8, box_sizes=(40.0,) * 20), device="cpu"
     )
