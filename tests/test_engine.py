@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tasks.config import TrainConfig, apply
-from tasks.engine import Engine
+from tasks.engine import Engine, build_optimizer
 
 
 class _Square:
@@ -292,3 +292,41 @@ def test_results_png_draws_the_tasks_headlines_before_the_other_columns(tmp_path
     labels = [line.get_label() for line in drawn[-1].axes[1].get_lines()]
     assert labels[:4] == ["main", "classify/accuracy", "detect/coco/AP", "segment/mIoU"], labels
     assert len(labels) == MAX_METRIC_LINES and {"detect/coco/AP50", "segment/mDice"} <= set(labels)
+
+
+class _Pooled(nn.Module):
+    """A conv backbone (its parameters at backbone_lr_scale), BatchNorm (no weight decay) and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.backbone(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_fused_optimizer_step_is_torchs_default_step_to_float_rounding(optimizer) -> None:
+    torch.manual_seed(0)
+    model = _Pooled()
+    cfg = apply(TrainConfig(), {"optimizer": optimizer, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.01,
+                                "backbone_lr_scale": 0.1}, source="t")  # fmt: skip
+    start = copy.deepcopy(model)
+    models = {"fused": model, "default": copy.deepcopy(model)}
+    optimizers = {
+        name: build_optimizer(net, cfg, fused=None if name == "fused" else False) for name, net in models.items()
+    }
+    assert optimizers["fused"].defaults["fused"] and not optimizers["default"].defaults["fused"]
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(4, 3, 8, 8, generator=generator)
+        for name, net in models.items():
+            optimizers[name].zero_grad(set_to_none=True)
+            net(x).pow(2).mean().backward()
+            optimizers[name].step()
+    for got, want in zip(models["fused"].parameters(), models["default"].parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        moved = [float((a - b).abs().max()) for a, b in zip(models["default"].parameters(), start.parameters())]
+    assert min(moved) > 1e-4  # every parameter took steps far larger than the tolerance

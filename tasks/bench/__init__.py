@@ -447,7 +447,7 @@ def training_benchmark(
     _, plain = _runner_setup(task, overrides)  # the same seeded weights, its own loader
     device = torch.device("cpu")
     stats: dict[str, list[EpochStats]] = {"our engine": [], "bare PyTorch loop": []}
-    optimizer = build_optimizer(plain.model, cfg.train)
+    optimizer = build_optimizer(plain.model, cfg.train, fused=False)  # torch's default step, as a plain loop has
 
     def bare() -> None:
         plain.model.train()
