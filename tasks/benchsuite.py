@@ -291,16 +291,18 @@ def training_section(s: Settings) -> Section:
         "trained through our engine (`Engine.train_epoch`: autocast, the non-finite loss check, gradient scaler, "
         "schedule and logging) and through a bare PyTorch loop (next batch, forward, backward, optimizer step, as "
         "in torchvision's reference scripts) with the same data loader settings, model weights, loss and "
-        f"optimizer. Each round runs {steps} iterations of each loop in turn, after one warm-up round (worker "
-        f'start-up); median of {rounds} round(s). "waiting for data" is the share of the loop\'s wall time spent '
-        'blocked on the DataLoader. FLOPs per image are one forward and backward pass; "of peak" divides by the '
+        "optimizer settings; the engine takes torch's fused optimizer step (`build_optimizer`), the bare loop "
+        f"torch's default one. Each round runs {steps} iterations of each loop in turn, after one warm-up round "
+        f'(worker start-up); median of {rounds} round(s). "waiting for data" is the share of the loop\'s wall time '
+        'spent blocked on the DataLoader. FLOPs per image are one forward and backward pass; "of peak" divides by the '
         "float32 ceiling, so a bfloat16 row may pass 100%.\n\n"
         "The engine trains in the precision and memory format that the auto recipe resolves on this machine "
         "(`train.amp`, `train.channels_last`: bfloat16 autocast and channels-last on a CPU with AMX or AVX-512 bf16 "
         'for inputs of 64 px or more, float32 otherwise); the bare loop stays in float32 NCHW. "change" is what that '
         "does to the numbers: the relative difference of the training loss after "
         f"{rows[0]['numerics_steps']} optimizer steps on the same batches, from the same weights, with the same "
-        "optimizer and random draws, between float32 NCHW and the engine's settings (0 where they are the same). "
+        "optimizer settings and random draws, between the bare loop's float32 NCHW with torch's default step and "
+        "the engine's settings with the fused step (float rounding alone where both are float32). "
         "bfloat16 keeps 8 bits of mantissa (about 0.4% a rounding), and the optimizer carries each step's rounding "
         "into the next. The detector's losses change most: the RPN keeps its top proposals and samples boxes "
         "by their rounded scores, so after a few steps the losses are over partly different boxes. What counts is "

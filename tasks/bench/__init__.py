@@ -430,8 +430,9 @@ def training_benchmark(
     (``Engine.train_epoch``: autocast, loss check, scaler, schedule, logging) against a bare PyTorch loop
     (next batch, forward, backward, optimizer step, as torchvision's reference scripts do), on the same
     recipe, data, model weights, loss and optimizer. Each round runs ``steps`` iterations of each, in turn. The
-    engine trains in the recipe's precision and memory format (``train.amp``, ``train.channels_last``), the bare
-    loop in float32 NCHW; :func:`precision_drift` measures what that changes in the loss."""
+    engine trains in the recipe's precision and memory format (``train.amp``, ``train.channels_last``) with the
+    optimizer's fused step, the bare loop in float32 NCHW with torch's default step; :func:`precision_drift`
+    measures what that changes in the loss."""
     import contextlib
     import io
     import tempfile
@@ -517,10 +518,12 @@ def first_batches(parts: Any, count: int) -> list[dict[str, Any]]:
     return [parts.task.to_device(b, device) for b, _ in zip(parts.train_loader, range(count))]
 
 
-def training_stepper(parts: Any, train: Any, *, amp: bool, channels_last: bool) -> Callable[..., Any]:
-    """One training step of a copy of a runner Setup's model, with the optimizer ``train`` builds, in bfloat16
-    autocast (``amp``) and channels-last or not: ``step(batch)`` returns the loss after backward and the optimizer
-    step; ``step(batch, update=False)`` only computes it."""
+def training_stepper(
+    parts: Any, train: Any, *, amp: bool, channels_last: bool, fused: bool | None = None
+) -> Callable[..., Any]:
+    """One training step of a copy of a runner Setup's model, with the optimizer ``train`` builds (its fused step
+    unless ``fused=False``), in bfloat16 autocast (``amp``) and channels-last or not: ``step(batch)`` returns the
+    loss after backward and the optimizer step; ``step(batch, update=False)`` only computes it."""
     import copy
 
     import torch
@@ -530,7 +533,7 @@ def training_stepper(parts: Any, train: Any, *, amp: bool, channels_last: bool) 
     model = copy.deepcopy(parts.model).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, train)
+    optimizer = build_optimizer(model, train, fused=fused)
 
     def step(batch: dict[str, Any], update: bool = True) -> Any:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
@@ -546,15 +549,16 @@ def training_stepper(parts: Any, train: Any, *, amp: bool, channels_last: bool) 
 
 def precision_drift(parts: Any, train: Any, *, steps: int) -> float:
     """The relative change in the training loss after ``steps`` optimizer steps on the same batches, from the
-    same weights, with the same optimizer and the same random draws (the detector's box sampling), between a
-    float32 NCHW copy of ``parts.model`` and a copy run in ``train``'s precision and memory format: what the
-    engine's speed settings change in the numbers. 0 where they are plain float32."""
+    same weights, with the same optimizer settings and the same random draws (the detector's box sampling),
+    between the bare loop's float32 NCHW copy of ``parts.model`` with torch's default optimizer step and the
+    engine's: ``train``'s precision and memory format, and the fused step. What the engine's speed settings
+    change in the numbers; float rounding alone where the run stays in float32."""
     import torch
 
     *batches, last = first_batches(parts, steps + 1)
     losses = []
-    for amp, channels_last in ((False, False), (bool(train.amp), bool(train.channels_last))):
-        step = training_stepper(parts, train, amp=amp, channels_last=channels_last)
+    for amp, channels_last, fused in ((False, False, False), (bool(train.amp), bool(train.channels_last), None)):
+        step = training_stepper(parts, train, amp=amp, channels_last=channels_last, fused=fused)
         torch.manual_seed(0)
         for batch in batches:
             step(batch)
