@@ -20,7 +20,7 @@ from importlib import metadata
 
 from tasks import bench
 
-SECTIONS = ("backbone", "detector", "coco-eval", "training", "multitask", "export", "learning")
+SECTIONS = ("backbone", "detector", "coco-eval", "training", "optimizer", "multitask", "export", "learning")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Settings:
     training: tuple[int, int] = (10, 3)  # iterations per round, rounds
     training_backbone: str | None = None  # None: each recipe's own backbone
     training_overrides: tuple[str, ...] = ()
+    optimizer: tuple[tuple[str, ...], int] = (("resnet18", "resnet50"), 12)  # torchvision models, rounds
     multitask: tuple[str, int, int, int] = ("resnet50", 2, 512, 8)  # backbone, images, side, rounds
     export: dict[str, tuple[str, int]] = field(default_factory=lambda: dict(bench.EXPORT_MODELS))
     export_rounds: int = 10
@@ -62,6 +63,7 @@ QUICK = Settings(
     training=(2, 1),
     training_backbone="resnet18",
     training_overrides=("train.workers=0",),
+    optimizer=(("resnet18",), 2),
     multitask=("resnet18", 1, 64, 1),
     export={"classify": ("resnet18", 64), "segment": ("resnet18", 64)},
     export_rounds=2,
@@ -319,6 +321,63 @@ def training_section(s: Settings) -> Section:
     return Section("Training: seconds per iteration and time waiting for data", text, table, headlines)
 
 
+def optimizer_section(s: Settings) -> Section:
+    archs, rounds = s.optimizer
+    rows = [
+        row
+        for arch in archs
+        for optimizer in bench.OPTIMIZER_SETTINGS
+        for row in bench.optimizer_benchmark(arch=arch, optimizer=optimizer, rounds=rounds)
+    ]
+
+    def table(peak: float) -> str:
+        body = [
+            [
+                r["model"],
+                r["optimizer"],
+                r["step"],
+                f"{r['ms']:.1f}",
+                _ratio(r["ratio"]),
+                "reference" if r["difference"] is None else f"{r['difference']:.1e}",
+            ]
+            for r in rows
+        ]
+        return _table(
+            [
+                "model",
+                "optimizer",
+                "step",
+                "ms",
+                "speed vs torch's default",
+                f"parameters after {rows[0]['steps']} steps, max difference",
+            ],
+            "lllrrr",
+            body,
+        )
+
+    settings = "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v}" for k, v in values.items() if k != "optimizer")
+        for name, values in bench.OPTIMIZER_SETTINGS.items()
+    )
+    text = (
+        "One optimizer step over every parameter of torchvision's model, with random gradients, in the groups the "
+        "engine makes (`tasks.engine.param_groups`: no weight decay on norms and biases). Ours is "
+        "`tasks.engine.build_optimizer`, which takes torch's fused step on the CPU and CUDA (one kernel over all the "
+        "parameters); the reference is the same optimizer with torch's default step (on the CPU a Python loop over "
+        "the parameters, one small operation after another), and foreach is torch's CUDA default. Each step runs on "
+        f"its own copy of the model; median of {rounds} interleaved rounds after one warm-up step ({settings}). "
+        "Every copy takes the same steps with the same gradients, so the last column is how far its parameters end "
+        "from the default step's: float rounding. An optimizer step is memory-bound elementwise work, so it has no "
+        "GFLOP/s column."
+    )
+    headlines = [
+        (f"optimizer step, {r['model']} {r['optimizer']}, ours (fused) vs torch's default", _ratio(r["ratio"]))
+        for r in rows
+        if r["step"] == "ours (fused)"
+    ]
+    return Section("Optimizer step: torch's fused kernels against its default", text, table, headlines)
+
+
 def multitask_section(s: Settings) -> Section:
     backbone, images, side, rounds = s.multitask
     rows = bench.multitask_benchmark(backbone=backbone, images=images, size=side, rounds=rounds, memory=s.memory)
@@ -566,6 +625,7 @@ BUILDERS: dict[str, Callable[[Settings], Section]] = {
     "detector": detector_section,
     "coco-eval": coco_section,
     "training": training_section,
+    "optimizer": optimizer_section,
     "multitask": multitask_section,
     "export": export_section,
     "learning": learning_section,

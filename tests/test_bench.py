@@ -145,6 +145,16 @@ def test_quick_suite_writes_every_section_with_consistent_numbers(tmp_path, monk
         bounds = _ratio_bounds(bare[row["recipe"]], _interval(row["s/iteration"]))
         assert _agrees(row["speed vs bare loop"], *bounds), row
 
+    optimizer = _table_rows(text, "| model | optimizer | step |")
+    assert [(r["model"], r["optimizer"], r["step"]) for r in optimizer] == [
+        ("resnet18", name, step) for name in ("SGD", "AdamW") for step in ("torch's default", "foreach", "ours (fused)")
+    ]
+    default = {r["optimizer"]: _interval(r["ms"]) for r in optimizer if r["step"] == "torch's default"}
+    for row in optimizer:  # the ratio is the default step's time over this one's; the same update to float rounding
+        assert _agrees(row["speed vs torch's default"], *_ratio_bounds(default[row["optimizer"]], _interval(row["ms"])))
+        difference = row["parameters after 3 steps, max difference"]
+        assert difference == "reference" if row["step"] == "torch's default" else float(difference) < 1e-5, row
+
     learning = _table_rows(text, "| set | task (metric) |")
     assert [(row["set"], row["task (metric)"]) for row in learning] == [
         ("faces", "classify (accuracy)"),
@@ -175,7 +185,7 @@ def test_one_benchmark_prints_its_table_and_an_unknown_name_is_refused(tmp_path,
     assert main(["detectr"]) == 2
     assert capsys.readouterr().err == (
         "error: unknown benchmark 'detectr': "
-        "choose from backbone, detector, coco-eval, training, multitask, export, learning\n"
+        "choose from backbone, detector, coco-eval, training, optimizer, multitask, export, learning\n"
     )
     assert main(["--quick", "--rounds", "3"]) == 2  # an unknown option: one line too
     assert capsys.readouterr().err.count("\n") == 1

@@ -567,6 +567,66 @@ def precision_drift(parts: Any, train: Any, *, steps: int) -> float:
     return abs(candidate - reference) / max(abs(reference), 1e-12)
 
 
+OPTIMIZER_STEPS = ("torch's default", "foreach", "ours (fused)")
+OPTIMIZER_SETTINGS = {  # TrainConfig fields of each optimizer: the digits and shapes recipes' kind of values
+    "sgd": dict(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4),
+    "adamw": dict(optimizer="adamw", lr=1e-3, weight_decay=0.05),
+}
+
+
+def optimizer_benchmark(*, arch: str, optimizer: str, rounds: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Milliseconds of one optimizer step over the parameters of torchvision's ``arch`` (random gradients), in
+    the groups :func:`tasks.engine.param_groups` makes (no decay on norms and biases): ours
+    (:func:`tasks.engine.build_optimizer`, torch's fused step on the CPU) against torch's default step (the
+    same groups, ``fused=False``: a Python loop over the parameters on the CPU) and ``foreach=True`` (torch's
+    CUDA default), each on its own copy of the model, interleaved. Every copy takes the same number of steps
+    with the same gradients, so each row also states how far its parameters end from the default step's."""
+    import copy
+
+    import torch
+    import torchvision
+
+    from tasks.config import TrainConfig
+    from tasks.engine import build_optimizer, param_groups
+
+    cfg = TrainConfig(**OPTIMIZER_SETTINGS[optimizer])
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(arch, weights=None)
+    generator = torch.Generator().manual_seed(seed)
+    grads = [torch.randn(p.shape, generator=generator) * 1e-2 for p in model.parameters()]
+    models, steps = {}, {}
+    for name in OPTIMIZER_STEPS:
+        models[name] = copy.deepcopy(model)
+        for param, grad in zip(models[name].parameters(), grads):
+            param.grad = grad.clone()
+        if name == "foreach":
+            kind = torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW
+            extra = dict(momentum=cfg.momentum) if optimizer == "sgd" else {}
+            built = kind(param_groups(models[name], cfg), lr=cfg.lr, foreach=True, **extra)
+        else:
+            built = build_optimizer(models[name], cfg, fused=False if name == "torch's default" else None)
+        steps[name] = built.step
+    times = interleaved(steps, rounds)
+    reference = statistics.median(times["torch's default"])
+    after = {name: torch.cat([p.detach().flatten() for p in m.parameters()]) for name, m in models.items()}
+    rows = []
+    for name in OPTIMIZER_STEPS:
+        seconds = statistics.median(times[name])
+        difference = float((after[name] - after["torch's default"]).abs().max())
+        rows.append(
+            dict(
+                model=arch,
+                optimizer={"sgd": "SGD", "adamw": "AdamW"}[optimizer],
+                step=name,
+                ms=seconds * 1000,
+                ratio=reference / seconds,
+                steps=rounds + 1,
+                difference=None if name == "torch's default" else difference,
+            )
+        )
+    return rows
+
+
 def _best_seconds(call: Callable[[], object], rounds: int) -> float:
     """The fastest of ``rounds`` timed calls, after two warm-up calls: a ceiling is what the hardware can reach."""
     for _ in range(2):
