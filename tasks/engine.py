@@ -196,17 +196,20 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
 FUSED_DEVICES = ("cpu", "cuda")  # where torch's SGD and AdamW have a fused step
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, *, fused: bool | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, *, fused: bool | None = None, foreach: bool = False
+) -> torch.optim.Optimizer:
     """``cfg``'s optimizer over :func:`param_groups`. ``fused`` (default: wherever every parameter is on the CPU or
     CUDA) takes torch's fused step, one kernel over all the parameters, the same update to float rounding and
     faster than torch's default per-parameter loop on the CPU (docs/results.md, "The optimizer step").
-    ``fused=False`` keeps torch's own default, as a plain loop gets it."""
+    ``fused=False`` keeps torch's own default, as a plain loop gets it, or with ``foreach`` torch's multi-tensor
+    step (its CUDA default), as the optimizer benchmark compares them."""
     groups = param_groups(model, cfg)
     if not groups:
         raise UserError("nothing to train: every parameter is frozen")
     if fused is None:
-        fused = all(p.device.type in FUSED_DEVICES for group in groups for p in group["params"])
-    options = {"fused": True} if fused else {}
+        fused = not foreach and all(p.device.type in FUSED_DEVICES for group in groups for p in group["params"])
+    options = {"fused": True} if fused else {"foreach": True} if foreach else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **options)
     return torch.optim.AdamW(groups, lr=cfg.lr, **options)

@@ -313,11 +313,13 @@ def test_the_fused_optimizer_step_is_torchs_default_step_to_float_rounding(optim
     cfg = apply(TrainConfig(), {"optimizer": optimizer, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.01,
                                 "backbone_lr_scale": 0.1}, source="t")  # fmt: skip
     start = copy.deepcopy(model)
-    models = {"fused": model, "default": copy.deepcopy(model)}
+    models = {"fused": model, "default": copy.deepcopy(model), "foreach": copy.deepcopy(model)}
     optimizers = {
-        name: build_optimizer(net, cfg, fused=None if name == "fused" else False) for name, net in models.items()
+        name: build_optimizer(net, cfg, fused=None if name == "fused" else False, foreach=name == "foreach")
+        for name, net in models.items()
     }
     assert optimizers["fused"].defaults["fused"] and not optimizers["default"].defaults["fused"]
+    assert optimizers["foreach"].defaults["foreach"] and not optimizers["default"].defaults["foreach"]
     generator = torch.Generator().manual_seed(1)
     for _ in range(3):
         x = torch.randn(4, 3, 8, 8, generator=generator)
@@ -325,8 +327,9 @@ def test_the_fused_optimizer_step_is_torchs_default_step_to_float_rounding(optim
             optimizers[name].zero_grad(set_to_none=True)
             net(x).pow(2).mean().backward()
             optimizers[name].step()
-    for got, want in zip(models["fused"].parameters(), models["default"].parameters()):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for name in ("fused", "foreach"):
+        for got, want in zip(models[name].parameters(), models["default"].parameters()):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         moved = [float((a - b).abs().max()) for a, b in zip(models["default"].parameters(), start.parameters())]
     assert min(moved) > 1e-4  # every parameter took steps far larger than the tolerance

@@ -587,7 +587,7 @@ def optimizer_benchmark(*, arch: str, optimizer: str, rounds: int, seed: int = 0
     import torchvision
 
     from tasks.config import TrainConfig
-    from tasks.engine import build_optimizer, param_groups
+    from tasks.engine import build_optimizer
 
     cfg = TrainConfig(**OPTIMIZER_SETTINGS[optimizer])
     torch.manual_seed(seed)
@@ -599,20 +599,14 @@ def optimizer_benchmark(*, arch: str, optimizer: str, rounds: int, seed: int = 0
         models[name] = copy.deepcopy(model)
         for param, grad in zip(models[name].parameters(), grads):
             param.grad = grad.clone()
-        if name == "foreach":
-            kind = torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW
-            extra = dict(momentum=cfg.momentum) if optimizer == "sgd" else {}
-            built = kind(param_groups(models[name], cfg), lr=cfg.lr, foreach=True, **extra)
-        else:
-            built = build_optimizer(models[name], cfg, fused=False if name == "torch's default" else None)
-        steps[name] = built.step
+        fused = None if name == "ours (fused)" else False
+        steps[name] = build_optimizer(models[name], cfg, fused=fused, foreach=name == "foreach").step
     times = interleaved(steps, rounds)
     reference = statistics.median(times["torch's default"])
     after = {name: torch.cat([p.detach().flatten() for p in m.parameters()]) for name, m in models.items()}
     rows = []
     for name in OPTIMIZER_STEPS:
         seconds = statistics.median(times[name])
-        difference = float((after[name] - after["torch's default"]).abs().max())
         rows.append(
             dict(
                 model=arch,
@@ -621,7 +615,9 @@ def optimizer_benchmark(*, arch: str, optimizer: str, rounds: int, seed: int = 0
                 ms=seconds * 1000,
                 ratio=reference / seconds,
                 steps=rounds + 1,
-                difference=None if name == "torch's default" else difference,
+                difference=None
+                if name == "torch's default"
+                else float((after[name] - after["torch's default"]).abs().max()),
             )
         )
     return rows
