@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int | Auto = "auto"  # DataLoader workers; auto: the cores torch's threads leave free (tasks/threads.py)
+    cache_mb: int | Auto = "auto"  # decoded images kept in memory, MB in all; auto: 1/8 of the free memory, <= 4096
     channels_last: bool | Auto = "auto"  # NHWC weights and activations; auto: with amp (oneDNN's bf16 kernels need it)
     # torch.compile (Inductor) the backbone in place, for training and evaluation; checkpoints keep their keys.
     # Compiling takes a while once per input shape, so it pays only in runs long enough to repay it
@@ -150,6 +151,7 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "epochs": (1, math.inf, True),
     "accumulate": (1, math.inf, True),
     "workers": (0, math.inf, True),
+    "cache_mb": (0, math.inf, True),
     "max_iters_per_epoch": (1, math.inf, True),
     "patience": (1, math.inf, True),
     "lr": (0, math.inf, False),

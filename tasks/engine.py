@@ -29,6 +29,7 @@ from tqdm import tqdm
 from tasks import distributed, threads
 from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.config import TrainConfig, unresolved
+from tasks.data.images import DecodedCache, plan_cache
 from tasks.data.sampling import EpochSampler, GroupedBatchSampler
 from tasks.errors import UserError
 from tasks.io import write_json
@@ -295,7 +296,7 @@ class Engine:
         max_epochs: int | None = None,
         shorten_epochs: bool = False,
     ) -> None:
-        left = [key for key in unresolved(cfg) if key != "workers"]  # workers: the loaders' (tasks.threads)
+        left = [key for key in unresolved(cfg) if key not in ("workers", "cache_mb")]  # the loaders', set apart
         if left:
             raise ValueError(f"train config fields still 'auto' (resolve them with tasks.recipes): {', '.join(left)}")
         self.cfg = cfg
@@ -372,6 +373,25 @@ class Engine:
             steps = min(steps, cfg.max_iters_per_epoch // cfg.accumulate)
         return max(steps, 1)
 
+    def cache_images(self, *loaders: DataLoader[Any]) -> None:
+        """Give the loaders' datasets a :class:`DecodedCache` within ``train.cache_mb``, before their first pass
+        (their worker processes copy the dataset when they start), and log its budget. Where every loader loads in
+        this process, the datasets share one cache, which training fills first."""
+        cachable = [loader for loader in loaders if hasattr(loader.dataset, "decoded")]
+        if not cachable:
+            return
+        in_process = all(loader.num_workers == 0 for loader in cachable)
+        loading = 1 if in_process else sum(max(loader.num_workers, 1) for loader in cachable)
+        budget, why = plan_cache(self.cfg.cache_mb, loaders=loading, processes=threads.local_processes())
+        shared = DecodedCache(budget)
+        for loader in cachable:
+            loader.dataset.decoded = shared if in_process else DecodedCache(budget)  # type: ignore[attr-defined]
+        if budget:
+            where = "in this process" if in_process else f"in each of the {loading} data workers"
+            self._log(f"image cache: up to {budget / 2**20:.0f} MB of decoded images {where} ({why})")
+        else:
+            self._log(f"image cache: {why}")
+
     def prepare(self, steps_per_epoch: int) -> None:
         """Build the optimizer and the learning-rate schedule for ``cfg.epochs`` of ``steps_per_epoch``. The
         schedule's length follows the plan: a re-planned budget stretches or shrinks it."""
@@ -406,6 +426,7 @@ class Engine:
     ) -> dict[str, Any]:
         steps_per_epoch = self.steps_per_epoch(train_loader)
         self.prepare(steps_per_epoch)
+        self.cache_images(train_loader, val_loader)
         self.most_steps = max(len(train_loader) // self.cfg.accumulate, steps_per_epoch)
         if resume is not None:
             self._resume(resume)

@@ -333,3 +333,33 @@ def test_the_fused_optimizer_step_is_torchs_default_step_to_float_rounding(optim
     with torch.no_grad():
         moved = [float((a - b).abs().max()) for a, b in zip(models["default"].parameters(), start.parameters())]
     assert min(moved) > 1e-4  # every parameter took steps far larger than the tolerance
+
+
+def test_the_engine_gives_the_datasets_a_decoded_image_cache_within_train_cache_mb(tmp_path, monkeypatch) -> None:
+    from tasks.data.images import DecodedCache
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            self.decoded = DecodedCache()
+
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, index):
+            return index
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cfg = apply(TrainConfig(), {"epochs": 1, "lr": 0.1, "optimizer": "sgd", "weight_decay": 0.0,
+                                "backbone_lr_scale": 1.0, "warmup_epochs": 0.0, "clip_grad": None, "amp": False,
+                                "channels_last": False, "device": "cpu", "cache_mb": 300}, source="t")  # fmt: skip
+    engine = Engine(nn.Linear(3, 1), _Square(), cfg, tmp_path, {})
+    train, val = Images(), Images()
+    engine.cache_images(DataLoader(train), DataLoader(val), DataLoader([1, 2]))  # a dataset without a cache: left
+    assert train.decoded is val.decoded and train.decoded.budget == 300 * 2**20  # one process: one shared cache
+    train, val = Images(), Images()
+    engine.cache_images(DataLoader(train, num_workers=2), DataLoader(val, num_workers=1))  # workers not started
+    assert train.decoded is not val.decoded
+    assert train.decoded.budget == val.decoded.budget == 100 * 2**20  # 3 worker processes, each its own copy
+    engine.cfg = apply(cfg, {"cache_mb": 0}, source="t")
+    engine.cache_images(DataLoader(train))
+    assert train.decoded.budget == 0

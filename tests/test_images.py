@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tasks.data.detection import DetectionData, DetectionDataset, DetectionSample
@@ -104,3 +107,90 @@ def test_the_recipe_samples_sizes_as_shown_and_passes_over_unreadable_files(tmp_
     Image.fromarray(_stored(30, 10)).save(tmp_path / "plain.png")
     paths = [tmp_path / "portrait.png", tmp_path / "broken.png", tmp_path / "plain.png"]
     assert sample_sizes(paths) == ((20, 40), (30, 10))
+
+
+def _folder(tmp_path, count: int = 4, side: int = 24) -> list:
+    """``count`` random RGB PNGs in two class folders, and one file that is not an image."""
+    from tasks.data.folders import Sample
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for index in range(count):
+        path = tmp_path / f"c{index % 2}" / f"{index}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (side, side + index, 3), dtype=np.uint8)).save(path)
+        samples.append(Sample(path, index % 2))
+    (tmp_path / "c0" / "broken.png").write_bytes(b"not an image")
+    return [*samples, Sample(tmp_path / "c0" / "broken.png", 0)]
+
+
+def test_the_decoded_image_cache_reads_each_file_once_and_gives_the_same_items(tmp_path, monkeypatch, capsys) -> None:
+    import tasks.data.images as images
+    from tasks.data.folders import ClassificationDataset, collate_classification
+    from tasks.data.transforms import classification_eval
+
+    samples = _folder(tmp_path)
+    plain = ClassificationDataset(samples, classification_eval(16))
+    expected = [plain[index] for index in range(len(samples))]
+    reads: list[str] = []
+    real = images.load_rgb
+    monkeypatch.setattr(images, "load_rgb", lambda path: reads.append(str(path)) or real(path))
+    cached = ClassificationDataset(samples, classification_eval(16))
+    cached.decoded = images.DecodedCache(2**20)
+    for _ in range(3):
+        items = [cached[index] for index in range(len(samples))]
+        assert items[-1] is None  # the broken file: skipped every epoch, and named every epoch
+        assert "skipping unreadable image" in capsys.readouterr().err
+        assert collate_classification(items)["skipped"] == 1
+        for got, want in zip(items[:-1], expected[:-1]):
+            assert torch.equal(got["image"], want["image"]) and got["label"] == want["label"]
+    assert sorted(reads[: len(samples)]) == sorted(str(s.path) for s in samples)
+    assert reads[len(samples) :] == [str(samples[-1].path)] * 2  # after the first pass only the broken file is read
+    assert cached.decoded.hits == 2 * (len(samples) - 1)
+    kept = next(iter(cached.decoded.arrays.values()))
+    with pytest.raises(ValueError):  # no transform can change a cached image
+        kept[0, 0, 0] = 1
+
+
+def test_the_decoded_image_cache_keeps_what_fits_its_budget_and_reads_the_rest_each_time(tmp_path, monkeypatch) -> None:
+    import tasks.data.images as images
+
+    samples = _folder(tmp_path, count=4, side=20)[:-1]
+    sizes = [load_rgb(s.path).nbytes for s in samples]
+    cache = images.DecodedCache(sizes[0] + sizes[1] + sizes[2] - 1)  # the first two fit, the third does not
+    reads: list[str] = []
+    real = images.load_rgb
+    monkeypatch.setattr(images, "load_rgb", lambda path: reads.append(str(path)) or real(path))
+    for _ in range(2):
+        for sample in samples:
+            assert np.array_equal(cache.load(sample.path), real(sample.path))
+    assert cache.used == sizes[0] + sizes[1] <= cache.budget
+    names = [str(s.path) for s in samples]
+    assert reads == names + names[2:]  # the third no longer fits, the fourth (the largest) neither
+    assert images.DecodedCache(0).load(samples[0].path).shape == (20, 20, 3)  # budget 0: reads, keeps nothing
+
+
+def test_the_cache_budget_is_an_eighth_of_free_memory_at_most_4096_mb_divided_among_loading_processes(
+    monkeypatch,
+) -> None:
+    import tasks.data.images as images
+
+    monkeypatch.setattr(images, "available_memory", lambda: 16 * 2**30)
+    assert images.plan_cache("auto", loaders=1) == (2 * 2**30, "an eighth of the 16.0 GiB available, at most 4096 MB")
+    budget, why = images.plan_cache("auto", loaders=2, processes=2)
+    assert budget == 2**29 and why.endswith("divided among 4 loading processes")
+    monkeypatch.setattr(images, "available_memory", lambda: 64 * 2**30)
+    assert images.plan_cache("auto", loaders=1)[0] == 4096 * 2**20  # capped
+    assert images.plan_cache(300, loaders=3) == (100 * 2**20, "train.cache_mb 300, divided among 3 loading processes")
+    assert images.plan_cache(0, loaders=1) == (0, "off (train.cache_mb 0)")
+    monkeypatch.setattr(images, "available_memory", lambda: None)
+    assert images.plan_cache("auto", loaders=1)[0] == 0
+
+
+@pytest.mark.skipif(not Path("/proc/meminfo").is_file(), reason="reads Linux's /proc/meminfo")
+def test_the_available_memory_is_read_from_the_kernel() -> None:
+    from tasks.data.images import available_memory
+
+    with open("/proc/meminfo") as info:
+        total = int(info.readline().split()[1]) * 1024  # MemTotal, the first line
+    assert 0 < available_memory() <= total

@@ -41,7 +41,8 @@ def _facts(task="classify", *, n=1438, val=360, sizes=((32, 32),), batch=64, pre
 def _resolve(config, facts, seconds_per_step=None, clock=lambda: 0.0):
     config, recipe = resolve_static(config, facts)
     config = resolve_length(config, recipe, facts, seconds_per_step=seconds_per_step, clock=clock)
-    assert unresolved(config) in ([], ["train.workers"])  # workers: tasks.threads resolves them, from the cores
+    # workers: tasks.threads resolves them, from the cores; cache_mb: the engine, from the memory and the workers
+    assert set(unresolved(config)) <= {"train.workers", "train.cache_mb"}
     return config, recipe
 
 

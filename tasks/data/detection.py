@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tasks.data.images import READ_ERRORS, load_rgb, warn_unreadable
+from tasks.data.images import READ_ERRORS, DecodedCache, warn_unreadable
 
 
 @dataclass
@@ -139,6 +139,7 @@ class DetectionDataset(Dataset[dict[str, Any] | None]):
         self.data = data
         self.transform = transform
         self.train = train
+        self.decoded = DecodedCache()  # nothing kept until the engine gives it a budget (train.cache_mb)
 
     def __len__(self) -> int:
         return len(self.data.samples)
@@ -146,7 +147,7 @@ class DetectionDataset(Dataset[dict[str, Any] | None]):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         sample = self.data.samples[index]
         try:
-            image = load_rgb(sample.path)
+            image = self.decoded.load(sample.path)
             mismatch = sample.size_mismatch(image)
             if mismatch is not None:
                 raise ValueError(mismatch)

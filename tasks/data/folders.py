@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
+from tasks.data.images import READ_ERRORS, DecodedCache, is_image_file, warn_unreadable
 from tasks.errors import UserError
 from tasks.io import read_text
 
@@ -121,6 +121,7 @@ class ClassificationDataset(Dataset[dict[str, Any] | None]):
     def __init__(self, samples: Sequence[Sample], transform: Transform) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.decoded = DecodedCache()  # nothing kept until the engine gives it a budget (train.cache_mb)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -128,7 +129,7 @@ class ClassificationDataset(Dataset[dict[str, Any] | None]):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         sample = self.samples[index]
         try:
-            image = load_rgb(sample.path)
+            image = self.decoded.load(sample.path)
         except READ_ERRORS as error:
             warn_unreadable(sample.path, error)
             return None

@@ -66,3 +66,72 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 def warn_unreadable(path: str | Path, error: BaseException) -> None:
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     print(f"warning: skipping unreadable image {path}: {reason}", file=sys.stderr, flush=True)
+
+
+CACHE_SHARE = 8  # auto: at most an eighth of the memory available when training starts
+CACHE_MAX_MB = 4096  # ... and at most this much, all loading processes of the machine together
+
+
+class DecodedCache:
+    """Decoded images kept in memory after their first read, while they fit a byte budget.
+
+    Training reads every image once an epoch. From the second epoch on, a cached image skips the file's read and
+    its PNG or JPEG decode and goes straight to the augmentations, which draw afresh each time. The arrays are
+    kept read-only, as :func:`load_rgb` gives them, so no transform can change a cached image. A file that fails
+    to read is not kept: it fails again next epoch, and is skipped and counted again. Each DataLoader worker holds
+    its own cache (a copy of the dataset's), so a run's budget is divided among them. A budget of 0 keeps nothing.
+    """
+
+    def __init__(self, budget_bytes: int = 0) -> None:
+        self.budget = max(int(budget_bytes), 0)
+        self.used = 0
+        self.hits = 0
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def load(self, path: str | Path) -> np.ndarray:
+        """:func:`load_rgb` of ``path``, from memory where it was read before."""
+        key = str(path)
+        image = self.arrays.get(key)
+        if image is not None:
+            self.hits += 1
+            return image
+        image = load_rgb(path)
+        if self.used + image.nbytes <= self.budget:
+            image.flags.writeable = False
+            self.arrays[key] = image
+            self.used += image.nbytes
+        return image
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux's MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def plan_cache(megabytes: int | str, *, loaders: int, processes: int = 1) -> tuple[int, str]:
+    """The byte budget of each loading process's :class:`DecodedCache`, and the reason, from ``train.cache_mb``:
+    the MB that the run may keep on this machine, or ``"auto"``: an eighth of the memory available now, at most
+    4096 MB. The total is divided among the run's ``processes`` on this machine and each one's ``loaders`` (its
+    DataLoader workers, or 1 where the data loads in the process itself)."""
+    if megabytes == "auto":
+        free = available_memory()
+        if free is None:
+            return 0, "off: the available memory is unknown (set train.cache_mb)"
+        total = min(free // CACHE_SHARE, CACHE_MAX_MB * 2**20)
+        why = f"an eighth of the {free / 2**30:.1f} GiB available, at most {CACHE_MAX_MB} MB"
+    else:
+        total = int(megabytes) * 2**20
+        if total == 0:
+            return 0, "off (train.cache_mb 0)"
+        why = f"train.cache_mb {megabytes}"
+    share = max(loaders, 1) * max(processes, 1)
+    if share > 1:
+        why += f", divided among {share} loading processes"
+    return total // share, why

@@ -31,7 +31,7 @@ from tasks.config import load_yaml
 from tasks.data.detection import DetectionData, DetectionSample
 from tasks.data.detection_splits import load_detection_splits
 from tasks.data.folders import load_split
-from tasks.data.images import READ_ERRORS, load_rgb, warn_unreadable
+from tasks.data.images import READ_ERRORS, DecodedCache, warn_unreadable
 from tasks.data.segmentation import IGNORE_INDEX, SegmentationData, invalid_values, load_mask, load_segmentation
 from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, zoom
 from tasks.errors import UserError
@@ -233,6 +233,7 @@ class MultiTaskDataset(Dataset[dict[str, Any] | None]):
         self.transform = transform
         self.train = train
         self.num_seg_classes = len(data.class_names.get("segment", ()))
+        self.decoded = DecodedCache()  # nothing kept until the engine gives it a budget (train.cache_mb)
 
     def __len__(self) -> int:
         return len(self.data.samples)
@@ -240,7 +241,7 @@ class MultiTaskDataset(Dataset[dict[str, Any] | None]):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         sample = self.data.samples[index]
         try:
-            image = load_rgb(sample.path)
+            image = self.decoded.load(sample.path)
             mismatch = sample.detection.size_mismatch(image) if sample.detection is not None else None
             if mismatch is not None:
                 raise ValueError(mismatch)

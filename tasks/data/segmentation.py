@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from tasks.data.coco_masks import coco_semantic_masks, has_coco_polygons
-from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
+from tasks.data.images import READ_ERRORS, DecodedCache, is_image_file, warn_unreadable
 from tasks.data.images import image_size as shown_size
 from tasks.data.voc import read_split_file
 from tasks.errors import UserError
@@ -219,6 +219,7 @@ class SegmentationDataset(Dataset[dict[str, Any] | None]):
         self.data = data
         self.transform = transform
         self.num_classes = len(data.class_names)
+        self.decoded = DecodedCache()  # nothing kept until the engine gives it a budget (train.cache_mb)
 
     def __len__(self) -> int:
         return len(self.data.samples)
@@ -226,7 +227,7 @@ class SegmentationDataset(Dataset[dict[str, Any] | None]):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         sample = self.data.samples[index]
         try:
-            image = load_rgb(sample.image)
+            image = self.decoded.load(sample.image)
         except READ_ERRORS as error:
             warn_unreadable(sample.image, error)
             return None
