@@ -12,7 +12,7 @@ from typing import Any
 
 from backbones import resnet as _resnet  # noqa: F401  (fills the registry)
 from backbones.base import LEVELS, Backbone, FeatureInfo
-from backbones.inference import InferenceBackbone, fast_inference, optimize_for_inference
+from backbones.inference import InferenceBackbone, fast_inference, fast_model_inference, optimize_for_inference
 from backbones.norm import NORMS
 from backbones.registry import register_backbone, registered
 from backbones.resnet import BasicBlock, Bottleneck, ResNet
@@ -33,6 +33,7 @@ __all__ = [
     "WeightsError",
     "build_backbone",
     "fast_inference",
+    "fast_model_inference",
     "list_backbones",
     "optimize_for_inference",
     "register_backbone",

@@ -114,3 +114,17 @@ def fast_inference(backbone: Backbone) -> Backbone:
         return optimize_for_inference(backbone)
     except (torch.fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError):
         return backbone.eval()
+
+
+def fast_model_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """``model``, changed in place and returned, in its inference form: eval mode, every convolution's weights
+    channels-last, and its ``backbone`` through :func:`fast_inference`.
+
+    For a model whose head is convolutional too, as a detector's FPN and RPN head are: with the layout of the
+    whole model, and not only of the backbone's outputs, oneDNN runs every convolution in NHWC. Faster R-CNN
+    R50-FPN inference at 800 px on 2 CPU threads (docs/benchmarks.md, "Detector"): the fast backbone alone
+    1.15x torchvision's speed, this 1.20x.
+    """
+    model.eval().to(memory_format=torch.channels_last)
+    model.backbone = fast_inference(model.backbone)  # type: ignore[assignment]
+    return model

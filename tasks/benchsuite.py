@@ -212,7 +212,12 @@ def detector_section(s: Settings) -> Section:
         f"loaded (random, seeded), {images} image(s) of {width}×{height} resized to {min_size} px, 91 classes, "
         'float32. "inference" is a batched forward under `torch.inference_mode()`; "train step" is forward, '
         "backward and an SGD step on two boxes per image. The fast backbone folds BatchNorm and freezes the "
-        f"trunk. Median of {rounds} interleaved rounds after a warm-up round. FLOPs (convolutions and linear "
+        'trunk; "fast backbone, channels-last" also lays out every convolution of the heads in NHWC '
+        "(`backbones.fast_model_inference`), the form in which `python -m tasks.detect eval` and `predict` run a "
+        'checkpoint. The "channels-last" train step is the layout that `--set train.channels_last=true` trains '
+        "in (the auto recipe turns it on with bfloat16). torchvision's model is timed as it comes, NCHW: the "
+        "layout would speed it too, so these rows measure our runner's defaults, not a faster kernel. "
+        f"Median of {rounds} interleaved rounds after a warm-up round. FLOPs (convolutions and linear "
         "layers; RoIAlign and NMS are not counted) are torchvision's, per image: "
         + ", ".join(f"{r['gflop_per_image']:.0f} GFLOP {r['mode']}" for r in rows if r["candidate"] == "torchvision")
         + "."

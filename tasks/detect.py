@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from backbones import build_backbone
+from backbones import build_backbone, fast_model_inference
 from heads.detection import DETECTION_LEVELS, FasterRCNN, FasterRCNNHead
 from tasks import distributed, recipes
 from tasks.checkpoint import check_num_classes, load_model
@@ -406,13 +406,17 @@ def train(cfg: DetectConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(path: Path) -> tuple[FasterRCNN, dict[str, Any]]:
+def _load_model(path: Path, *, fast: bool = True) -> tuple[FasterRCNN, dict[str, Any]]:
+    """The checkpoint's model; ``fast``: in its inference form (eval and predict: channels-last throughout, the
+    backbone through :func:`fast_inference`), else eager in NCHW (exporters trace it, EigenCAM hooks it)."""
     model, checkpoint = load_model(path, task=TASK, build=_build_from_args)
+    if fast:
+        fast_model_inference(model)
     return model, checkpoint  # type: ignore[return-value]
 
 
-def _load_graph(path: Path) -> tuple[DetectionGraph, dict[str, Any]]:
-    model, checkpoint = _load_model(path)
+def _load_graph(path: Path, *, fast: bool = True) -> tuple[DetectionGraph, dict[str, Any]]:
+    model, checkpoint = _load_model(path, fast=fast)
     return DetectionGraph(model), checkpoint
 
 
@@ -474,7 +478,7 @@ def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
     images = PredictImages(args.inputs, "street.jpg photos/")
     eager: FasterRCNN | None = None
     if wants_cam(args, checkpoint_path):  # EigenCAM hooks the eager model's backbone
-        graph, meta = _load_graph(checkpoint_path)
+        graph, meta = _load_graph(checkpoint_path, fast=False)
         eager = graph.model
     else:
         graph, meta = serving_model(checkpoint_path, _load_graph)  # a checkpoint, or an exported file alone
@@ -539,7 +543,7 @@ def export_spec(model: FasterRCNN, min_size: int) -> ExportSpec:
 
 def export(cfg: DetectConfig, args: argparse.Namespace) -> int:
     path = require_checkpoint(args)
-    model, checkpoint = _load_model(path)
+    model, checkpoint = _load_model(path, fast=False)  # eager: exporters trace it
     fmt = export_format(args)
     min_size = int(checkpoint["model_args"].get("min_size", 800))
     metadata = dict(task=TASK, class_names=list(checkpoint["class_names"]), min_size=min_size)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -151,3 +153,28 @@ def test_threaded_roi_align_equals_torchvision_to_the_bit(threads: int, dtype: t
     assert outputs[0].dtype == outputs[1].dtype == dtype and torch.equal(outputs[0], outputs[1])
     for a, b in zip(*gradients):
         assert a.dtype == dtype and a.abs().sum() > 0 and torch.equal(a, b)
+
+
+def test_the_inference_form_detects_what_the_eager_model_detects() -> None:
+    """``fast_model_inference`` (the detect runner's eval and predict): channels-last weights, BatchNorm folded
+    into a frozen backbone; the same detections to float rounding."""
+    from backbones import InferenceBackbone, fast_model_inference
+
+    torch.manual_seed(0)
+    eager = build_model("resnet18", num_classes=5, min_size=160, max_size=224, box_score_thresh=0.0).eval()
+    randomize_bn_stats(eager)
+    with torch.no_grad():  # a classifier bias so that scores spread out and rank stably
+        eager.head.roi_heads.box_predictor.cls_score.bias.copy_(torch.linspace(-2, 2, 5))
+    fast = fast_model_inference(copy.deepcopy(eager))
+    assert isinstance(fast.backbone, InferenceBackbone) and not fast.training
+    convolutions = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]  # the head's (FPN, RPN)
+    assert convolutions and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convolutions)
+
+    images = [torch.rand(3, 150, 200), torch.rand(3, 181, 143)]
+    with torch.no_grad():
+        want, got = eager(images), fast(images)
+    for w, g in zip(want, got):
+        assert len(w["boxes"]) > 10
+        torch.testing.assert_close(g["boxes"], w["boxes"], rtol=0, atol=1e-3)
+        assert torch.equal(g["labels"], w["labels"])
+        torch.testing.assert_close(g["scores"], w["scores"], rtol=0, atol=1e-5)

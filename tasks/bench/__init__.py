@@ -122,8 +122,10 @@ DETECTOR_STEPS = (
     ("inference", "torchvision"),
     ("inference", "ours"),
     ("inference", "ours (fast backbone)"),
+    ("inference", "ours (fast backbone, channels-last)"),
     ("train step", "torchvision"),
     ("train step", "ours"),
+    ("train step", "ours (channels-last)"),
 )
 
 
@@ -134,7 +136,7 @@ def _detector_step(
     import torch
     import torchvision
 
-    from backbones.inference import fast_inference
+    from backbones.inference import fast_inference, fast_model_inference
     from heads.detection import from_torchvision_state_dict
     from tasks.detect import build_model
 
@@ -148,6 +150,10 @@ def _detector_step(
     if candidate == "ours (fast backbone)":
         model.eval()
         model.backbone = fast_inference(model.backbone)
+    elif candidate == "ours (fast backbone, channels-last)":  # the detect runner's eval and predict
+        fast_model_inference(model)
+    elif candidate == "ours (channels-last)":  # as the engine trains with train.channels_last=true
+        model.to(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(0)
     batch = [torch.rand(3, *size, generator=generator) for _ in range(images)]
     if mode == "inference":
