@@ -194,3 +194,25 @@ def test_the_available_memory_is_read_from_the_kernel() -> None:
     with open("/proc/meminfo") as info:
         total = int(info.readline().split()[1]) * 1024  # MemTotal, the first line
     assert 0 < available_memory() <= total
+
+
+def test_the_training_batch_is_normalised_as_albumentations_normalises_each_image(tmp_path) -> None:
+    """The classification training pipeline leaves uint8 and the collate normalises the batch at once; the batch
+    equals the same seeded augmentations followed by albumentations' own Normalize on each image."""
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    from tasks.data.folders import ClassificationDataset, collate_classification
+    from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Pipeline, classification_train
+
+    samples = _folder(tmp_path, count=6)[:-1]
+    ours = classification_train(16, scale_min=0.5, hflip=0.5, color_jitter=0.3, seed=7)
+    steps = list(classification_train(16, scale_min=0.5, hflip=0.5, color_jitter=0.3).compose.transforms)
+    reference = Pipeline([*steps, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()], seed=7)
+    items = [ClassificationDataset(samples, ours)[index] for index in range(len(samples))]
+    assert all(item["image"].dtype == torch.uint8 for item in items)
+    batch = collate_classification(items)["images"]
+    want = torch.stack([ClassificationDataset(samples, reference)[index]["image"] for index in range(len(samples))])
+    assert batch.dtype == torch.float32 and batch.shape == want.shape == (len(samples), 3, 16, 16)
+    assert want.abs().max() > 1.5  # normalised, not in [0, 1]
+    torch.testing.assert_close(batch, want, rtol=0, atol=1e-5)

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tasks.data.images import READ_ERRORS, DecodedCache, is_image_file, warn_unreadable
+from tasks.data.transforms import normalize_batch
 from tasks.errors import UserError
 from tasks.io import read_text
 
@@ -137,11 +138,12 @@ class ClassificationDataset(Dataset[dict[str, Any] | None]):
 
 
 def collate_classification(items: list[dict[str, Any] | None]) -> dict[str, Any]:
-    """Stack the readable items; ``skipped`` counts the ones that were not."""
+    """Stack the readable items; ``skipped`` counts the ones that were not. uint8 images (the training
+    pipeline's) are normalised here, the batch at once (:func:`normalize_batch`)."""
     good = [item for item in items if item is not None]
     batch: dict[str, Any] = {"skipped": len(items) - len(good), "batch_size": len(good)}
     if good:
-        batch["images"] = torch.stack([item["image"] for item in good])
+        batch["images"] = normalize_batch(torch.stack([item["image"] for item in good]))
         batch["labels"] = torch.tensor([item["label"] for item in good], dtype=torch.long)
         batch["indices"] = torch.tensor([item["index"] for item in good], dtype=torch.long)
     else:
