@@ -116,15 +116,29 @@ def fast_inference(backbone: Backbone) -> Backbone:
         return backbone.eval()
 
 
-def fast_model_inference(model: torch.nn.Module) -> torch.nn.Module:
-    """``model``, changed in place and returned, in its inference form: eval mode, every convolution's weights
-    channels-last, and its ``backbone`` through :func:`fast_inference`.
+def channels_last_heads_pay() -> bool:
+    """Whether a whole model's convolutions, heads included, infer faster channels-last on this CPU: where
+    oneDNN has AVX-512 kernels (``torch.backends.cpu.get_cpu_capability()``), not on AVX2 alone.
+
+    Faster R-CNN R50-FPN inference at 800 px on 2 threads, against the fast backbone alone (docs/results.md,
+    "The detector in channels-last"): 1.04-1.06x on an AMD EPYC with AVX-512, 0.95x on one with AVX2 only.
+    """
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def fast_model_inference(model: torch.nn.Module, *, channels_last: bool | None = None) -> torch.nn.Module:
+    """``model``, changed in place and returned, in its inference form: eval mode, its ``backbone`` through
+    :func:`fast_inference`, and with ``channels_last`` every convolution's weights channels-last (``None``:
+    where :func:`channels_last_heads_pay`).
 
     For a model whose head is convolutional too, as a detector's FPN and RPN head are: with the layout of the
-    whole model, and not only of the backbone's outputs, oneDNN runs every convolution in NHWC. Faster R-CNN
-    R50-FPN inference at 800 px on 2 CPU threads (docs/benchmarks.md, "Detector"): the fast backbone alone
-    1.15x torchvision's speed, this 1.20x.
+    whole model oneDNN runs every convolution in NHWC. Faster R-CNN R50-FPN inference at 800 px on 2 CPU threads
+    (docs/benchmarks.md, "Detector", on AVX-512): the fast backbone alone 1.15x torchvision's speed, this 1.20x.
     """
-    model.eval().to(memory_format=torch.channels_last)
+    if channels_last is None:
+        channels_last = channels_last_heads_pay()
+    model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     model.backbone = fast_inference(model.backbone)  # type: ignore[assignment]
     return model

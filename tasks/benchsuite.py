@@ -214,7 +214,8 @@ def detector_section(s: Settings) -> Section:
         "backward and an SGD step on two boxes per image. The fast backbone folds BatchNorm and freezes the "
         'trunk; "fast backbone, channels-last" also lays out every convolution of the heads in NHWC '
         "(`backbones.fast_model_inference`), the form in which `python -m tasks.detect eval` and `predict` run a "
-        'checkpoint. The "channels-last" train step is the layout that `--set train.channels_last=true` trains '
+        "checkpoint on a CPU with AVX-512 (with AVX2 alone they keep the heads NCHW, which measured faster there: "
+        'docs/results.md). The "channels-last" train step is the layout that `--set train.channels_last=true` trains '
         "in (the auto recipe turns it on with bfloat16). torchvision's model is timed as it comes, NCHW: the "
         "layout would speed it too, so these rows measure our runner's defaults, not a faster kernel. "
         f"Median of {rounds} interleaved rounds after a warm-up round. FLOPs (convolutions and linear "

@@ -155,9 +155,10 @@ def test_threaded_roi_align_equals_torchvision_to_the_bit(threads: int, dtype: t
         assert a.dtype == dtype and a.abs().sum() > 0 and torch.equal(a, b)
 
 
-def test_the_inference_form_detects_what_the_eager_model_detects() -> None:
-    """``fast_model_inference`` (the detect runner's eval and predict): channels-last weights, BatchNorm folded
-    into a frozen backbone; the same detections to float rounding."""
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_inference_form_detects_what_the_eager_model_detects(channels_last) -> None:
+    """``fast_model_inference`` (the detect runner's eval and predict): BatchNorm folded into a frozen backbone,
+    the heads' weights channels-last or not; the same detections to float rounding."""
     from backbones import InferenceBackbone, fast_model_inference
 
     torch.manual_seed(0)
@@ -165,10 +166,11 @@ def test_the_inference_form_detects_what_the_eager_model_detects() -> None:
     randomize_bn_stats(eager)
     with torch.no_grad():  # a classifier bias so that scores spread out and rank stably
         eager.head.roi_heads.box_predictor.cls_score.bias.copy_(torch.linspace(-2, 2, 5))
-    fast = fast_model_inference(copy.deepcopy(eager))
+    fast = fast_model_inference(copy.deepcopy(eager), channels_last=channels_last)
     assert isinstance(fast.backbone, InferenceBackbone) and not fast.training
-    convolutions = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]  # the head's (FPN, RPN)
-    assert convolutions and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convolutions)
+    convolutions = [m for m in fast.head.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    layouts = {m.weight.is_contiguous(memory_format=torch.channels_last) for m in convolutions}
+    assert convolutions and layouts == {channels_last}
 
     images = [torch.rand(3, 150, 200), torch.rand(3, 181, 143)]
     with torch.no_grad():
@@ -178,3 +180,13 @@ def test_the_inference_form_detects_what_the_eager_model_detects() -> None:
         torch.testing.assert_close(g["boxes"], w["boxes"], rtol=0, atol=1e-3)
         assert torch.equal(g["labels"], w["labels"])
         torch.testing.assert_close(g["scores"], w["scores"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("capability", "nhwc"), [("AVX512", True), ("AVX2", False), ("DEFAULT", False)])
+def test_the_inference_form_lays_the_heads_out_channels_last_only_on_avx512(monkeypatch, capability, nhwc) -> None:
+    from backbones import fast_model_inference
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    model = fast_model_inference(build_model("resnet18", num_classes=3, min_size=64, max_size=64))
+    conv3x3 = next(m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv3x3.weight.is_contiguous(memory_format=torch.channels_last) is nhwc

@@ -151,7 +151,7 @@ def _detector_step(
         model.eval()
         model.backbone = fast_inference(model.backbone)
     elif candidate == "ours (fast backbone, channels-last)":  # the detect runner's eval and predict
-        fast_model_inference(model)
+        fast_model_inference(model, channels_last=True)
     elif candidate == "ours (channels-last)":  # as the engine trains with train.channels_last=true
         model.to(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(0)
