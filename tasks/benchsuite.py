@@ -34,6 +34,9 @@ class Settings:
     training: tuple[int, int] = (10, 9)  # iterations per round, rounds (3 rounds moved ratios by a tenth)
     training_backbone: str | None = None  # None: each recipe's own backbone
     training_overrides: tuple[str, ...] = ()
+    # optimizer steps before the training rows' loss is compared with the bare loop's: after one, a float32 row
+    # differs by one rounding of the update; after more, AdamW can grow that rounding (see training_section)
+    numerics_steps: int = 3
     optimizer: tuple[tuple[str, ...], int] = (("resnet18", "resnet50"), 12)  # torchvision models, rounds
     multitask: tuple[str, int, int, int] = ("resnet50", 2, 512, 8)  # backbone, images, side, rounds
     export: dict[str, tuple[str, int]] = field(default_factory=lambda: dict(bench.EXPORT_MODELS))
@@ -63,6 +66,7 @@ QUICK = Settings(
     training=(2, 1),
     training_backbone="resnet18",
     training_overrides=("train.workers=0",),
+    numerics_steps=1,
     optimizer=(("resnet18",), 2),
     multitask=("resnet18", 1, 64, 1),
     export={"classify": ("resnet18", 64), "segment": ("resnet18", 64)},
@@ -254,12 +258,21 @@ def coco_section(s: Settings) -> Section:
     return Section("COCO evaluation: faster-coco-eval against pycocotools", text, table, headlines)
 
 
+def _steps(count: int, noun: str = "step") -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def training_section(s: Settings) -> Section:
     steps, rounds = s.training
     rows = []
     for task in bench.TRAINING_RECIPES:
         rows += bench.training_benchmark(
-            task, steps=steps, rounds=rounds, backbone=s.training_backbone, overrides=s.training_overrides
+            task,
+            steps=steps,
+            rounds=rounds,
+            backbone=s.training_backbone,
+            overrides=s.training_overrides,
+            numerics_steps=s.numerics_steps,
         )
 
     def table(peak: float) -> str:
@@ -282,7 +295,7 @@ def training_section(s: Settings) -> Section:
                 "recipe",
                 "loop",
                 "precision",
-                f"loss after {rows[0]['numerics_steps']} steps, change",
+                f"loss after {_steps(rows[0]['numerics_steps'])}, change",
                 "s/iteration",
                 "images/s",
                 "waiting for data",
@@ -310,9 +323,13 @@ def training_section(s: Settings) -> Section:
         "(`train.amp`, `train.channels_last`: bfloat16 autocast and channels-last on a CPU with AMX or AVX-512 bf16 "
         'for inputs of 64 px or more, float32 otherwise); the bare loop stays in float32 NCHW. "change" is what that '
         "does to the numbers: the relative difference of the training loss after "
-        f"{rows[0]['numerics_steps']} optimizer steps on the same batches, from the same weights, with the same "
-        "optimizer settings and random draws, between the bare loop's float32 NCHW with torch's default step and "
-        "the engine's settings with the fused step (float rounding alone where both are float32). "
+        f"{_steps(rows[0]['numerics_steps'], 'optimizer step')} on the same batches, from the same weights, "
+        "with the same optimizer settings and random draws, between the bare loop's float32 NCHW with torch's "
+        "default step and the engine's settings with the fused step. Where both are float32 that is float "
+        "rounding: one rounding of the update after one step, and after more, AdamW (which divides each update "
+        "by the root of its running mean of squared gradients) can grow a rounding difference in a near-zero "
+        "gradient: 1e-7 to 2e-3 after 3 steps, depending on the batches drawn, for the classification recipe on "
+        "an AVX2 CPU (docs/results.md). "
         "bfloat16 keeps 8 bits of mantissa (about 0.4% a rounding), and the optimizer carries each step's rounding "
         "into the next. The detector's losses change most: the RPN keeps its top proposals and samples boxes "
         "by their rounded scores, so after a few steps the losses are over partly different boxes. What counts is "
@@ -651,7 +668,7 @@ def _versions() -> str:
     return f"Python {platform.python_version()}, " + ", ".join(found)
 
 
-def _cpu_name() -> str:
+def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
@@ -660,6 +677,20 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _cpu_name() -> str:
+    """The CPU's model and the vector instructions torch's kernels use on it, with its bfloat16 matrix units:
+    "AMD EPYC (AVX512, AVX-512 bf16)", "AMD EPYC (AVX2)". Machines sold under one model name differ by twice in
+    float32 speed and in which layout and precision win (docs/results.md), so every part names both."""
+    import torch
+
+    from tasks.recipes import cpu_bf16_units
+
+    features = [torch.backends.cpu.get_cpu_capability()]
+    if (units := cpu_bf16_units()) is not None:
+        features.append(units)
+    return f"{_cpu_model()} ({', '.join(features)})"
 
 
 def _memory_gib() -> str:
