@@ -407,8 +407,9 @@ def train(cfg: DetectConfig, args: argparse.Namespace) -> int:
 
 
 def _load_model(path: Path, *, fast: bool = True) -> tuple[FasterRCNN, dict[str, Any]]:
-    """The checkpoint's model; ``fast``: in its inference form (eval and predict: channels-last throughout, the
-    backbone through :func:`fast_inference`), else eager in NCHW (exporters trace it, EigenCAM hooks it)."""
+    """The checkpoint's model; ``fast``: in its inference form (eval and predict: the backbone folded and frozen,
+    the heads channels-last on AVX-512 CPUs; :func:`fast_model_inference`), else eager in NCHW (exporters trace
+    it, EigenCAM hooks it)."""
     model, checkpoint = load_model(path, task=TASK, build=_build_from_args)
     if fast:
         fast_model_inference(model)
