@@ -173,10 +173,10 @@ def backbone_section(s: Settings) -> Section:
         f"{flops['forward']:.2f} GFLOP per image forward, {flops['train']:.2f} forward and backward. "
         '"ours (best)" is `backbones.optimize_for_inference` (BatchNorm folded, channels-last, frozen TorchScript '
         'graph), and "ours (best, Inductor)" the same with `compile=True`: `torch.compile` with weight freezing '
-        "instead of TorchScript (its compile, once per input shape, is not timed, but its first step's peak memory "
-        "includes it), both compared with "
-        "torchvision's default eager model. Peak memory is the growth of resident memory "
-        "during each candidate's first step, built alone in a fresh interpreter."
+        "and the C++ wrapper instead of TorchScript (its compile, once per input shape, is not timed, but its "
+        "first step's peak memory includes it), both compared with torchvision's default eager model. Peak "
+        "memory is the growth of resident memory during each candidate's first step, built alone in a fresh "
+        "interpreter."
     )
     headlines = [
         (f"{arch} {r['mode']}, {r['candidate']} vs {r['reference']}", _ratio(r["ratio"]))  # type: ignore[arg-type]
