@@ -860,6 +860,7 @@ def replace_sections(document: str, fresh: str) -> str:
 def _main(argv: Sequence[str] | None) -> int:
     from pathlib import Path
 
+    from tasks.bench.targets import with_targets
     from tasks.cli import ArgumentParser
     from tasks.errors import UserError
     from tasks.io import write_text
@@ -880,7 +881,24 @@ def _main(argv: Sequence[str] | None) -> int:
         action="store_true",
         help="replace just the named benchmarks' sections in the existing --output (default docs/benchmarks.md)",
     )
+    parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="run nothing: rewrite the Targets part of --output (default docs/benchmarks.md) from its tables",
+    )
     args = parser.parse_args(argv)
+    if args.targets:
+        if args.benchmarks or args.update or args.quick:
+            raise UserError("--targets runs no benchmark: give it no benchmark names, --update or --quick")
+        output = args.output or "docs/benchmarks.md"
+        try:
+            document = Path(output).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise UserError(
+                f"--output {output}: cannot read it ({getattr(error, 'strerror', None) or error})"
+            ) from None
+        print(f"wrote {write_text(output, with_targets(document))}")
+        return 0
     unknown = [name for name in args.benchmarks if name not in SECTIONS]
     if unknown:
         raise UserError(f"unknown benchmark {unknown[0]!r}: choose from {', '.join(SECTIONS)}")
@@ -899,6 +917,8 @@ def _main(argv: Sequence[str] | None) -> int:
     text = run_suite(QUICK if args.quick else FULL, sections)
     if args.update:
         text = replace_sections(Path(output).read_text(encoding="utf-8"), text)
+    if output is not None:  # a whole document, or one updated: its goals against its tables
+        text = with_targets(text)
     if output is None:
         print(text)
     else:

@@ -105,9 +105,10 @@ def test_quick_suite_writes_every_section_with_consistent_numbers(tmp_path, monk
     assert text.startswith("# Benchmarks\n\nWritten by `python -m tasks.bench --quick`")
     assert "**Quick mode**" in text
     isa = torch.backends.cpu.get_cpu_capability()  # one model name covers CPUs of twice the speed: say which
-    assert f"({isa}" in text.split("## Summary")[0] and text.count(f"({isa}") == 1 + len(SECTIONS)
+    tables = re.sub(r"(?s)## Targets.*?(?=^## )", "", text, flags=re.M)  # each goal repeats its part's CPU
+    assert f"({isa}" in text.split("## Summary")[0] and tables.count(f"({isa}") == 1 + len(SECTIONS)
     titles = re.findall(r"^## (.+)$", text, flags=re.M)
-    assert titles[:2] == ["Machine", "Summary"] and len(titles) == 2 + len(SECTIONS)
+    assert titles[:3] == ["Machine", "Summary", "Targets"] and len(titles) == 3 + len(SECTIONS)
     for name in SECTIONS:  # each part says how to run it alone
         assert f"python -m tasks.bench {name} --quick\n" in text
 
@@ -178,6 +179,17 @@ def test_quick_suite_writes_every_section_with_consistent_numbers(tmp_path, monk
     assert len(summary) >= len(SECTIONS) and all(re.fullmatch(r"\d+\.\d\d×", row["ratio"]) for row in summary)
     assert "wrote" in capsys.readouterr().out
 
+    # the goals, read back from the tables above: the training goal names every engine row's task, precision and ratio
+    goals = {row["goal"]: row for row in _table_rows(text, "| goal | measured |")}
+    assert len(goals) == 6 and all(row["measured on"].endswith(f"({isa})") for row in goals.values())
+    engine = [row for row in training if row["loop"] == "our engine"]
+    train = goals["training: every task's recipe step at least 1.25× a bare PyTorch loop"]
+    assert train["measured"] == ", ".join(
+        f"{row['recipe'].split(':')[0]} ({row['precision']}) {row['speed vs bare loop']}" for row in engine
+    )
+    slow = [row for row in engine if float(row["speed vs bare loop"].rstrip("×")) < 1.25]
+    assert (train["verdict"] == "met") == (not slow)
+
 
 def test_one_benchmark_prints_its_table_and_an_unknown_name_is_refused(tmp_path, capsys) -> None:
     assert main(["coco-eval", "--quick"]) == 0
@@ -246,6 +258,93 @@ def test_update_replaces_the_named_sections_the_header_and_their_summary_rows() 
         "| training, z | 5× |",
         "| new, w | 6× |",
     ]
+
+
+def _part(title: str, header: str, rows: list[str], day: str = "2026-12-04, AMD EPYC (AVX512)") -> str:
+    lines = [header, "|" + "---|" * header.count(" | ") + "---|", *rows]
+    return f"## {title}\n\ntext\n\n" + "\n".join(lines) + f"\n\n_This part took 1.0 min, on {day}._\n\n"
+
+
+def test_targets_read_each_goal_from_the_tables_and_judge_it() -> None:
+    from tasks.bench.targets import with_targets
+
+    head = "# Benchmarks\n\nhead\n\n## Machine\n\nm\n\n## Summary\n\n| benchmark | ratio |\n|---|---:|\n\n"
+    backbone = _part(
+        "Backbone: forward",
+        "| step | candidate | images/s | ratio | against |",
+        [
+            "| forward | ours | 36.0 | 1.00× | torchvision |",
+            "| forward | ours (best) | 47.9 | 1.34× | torchvision (default) |",
+            "| forward | ours (best, Inductor) | 54.0 | 1.51× | torchvision (default) |",
+            "| train | ours (best) | 9.0 | 0.90× | torchvision |",  # a train row: not an inference form
+        ],
+    )
+    detector = _part(
+        "Detector: Faster R-CNN",
+        "| step | candidate | s/image | speed vs torchvision |",
+        [
+            "| inference | torchvision | 1.3 | 1.00× |",
+            "| inference | ours | 1.2 | 1.08× |",
+            "| inference | ours (fast backbone) | 1.1 | 1.19× |",
+            "| train step | torchvision | 5.8 | 1.00× |",
+            "| train step | ours | 5.3 | 1.10× |",
+        ],
+        day="2026-12-05, AMD EPYC (AVX2)",
+    )
+    training = _part(
+        "Training: seconds per iteration",
+        "| recipe | loop | precision | waiting for data | speed vs bare loop | of peak |",
+        [
+            "| classify: resnet18, batch 64 | our engine | float32 | 2.5% | 1.30× | 46% |",
+            "| classify: resnet18, batch 64 | bare PyTorch loop | float32 | 12.5% | 1.00× | 34% |",
+            "| detect: resnet50, batch 4 | our engine | bfloat16, channels-last | 1.2% | 1.20× | 65% |",
+            "| segment: resnet34, batch 8 | our engine | float32 | 2.0% | 1.25× | 59% |",
+        ],
+    )
+    document = with_targets(head + backbone + detector + training)
+    titles = re.findall(r"^## (.+)$", document, flags=re.M)
+    assert titles[:3] == ["Machine", "Summary", "Targets"] and len(titles) == 6
+    assert with_targets(document) == document  # rewritten in place, never twice
+    goals = {row["goal"].split(" at ")[0]: row for row in _table_rows(document, "| goal | measured |")}
+    checks = {  # goal: (measured, verdict, measured on)
+        "training: every task's recipe step": (
+            "classify (float32) 1.30×, detect (bfloat16, channels-last) 1.20×, segment (float32) 1.25×",
+            "not met: detect (bfloat16, channels-last) 1.20×",
+            "2026-12-04, AMD EPYC (AVX512)",
+        ),
+        "training: detect and segment": ("detect 65%, segment 59%", "not met: segment 59%", None),
+        "training: waiting for data": ("classify 2.5%, detect 1.2%, segment 2.0%", "not met: classify 2.5%", None),
+        "Faster R-CNN train step": ("ours 1.10×", "met", "2026-12-05, AMD EPYC (AVX2)"),
+        "Faster R-CNN inference": (
+            "ours 1.08×, ours (fast backbone) 1.19×",
+            "not met: the best, ours (fast backbone), is 1.19×",
+            None,
+        ),
+        "best inference mode": ("ours (best) 1.34×, ours (best, Inductor) 1.51×", "met", None),
+    }
+    assert set(goals) == set(checks)
+    for name, (measured, verdict, day) in checks.items():
+        assert (goals[name]["measured"], goals[name]["verdict"]) == (measured, verdict), name
+        assert day is None or goals[name]["measured on"] == day
+        assert goals[name]["more in docs/results.md"].startswith('"')
+    assert "no GPU was present" in document
+    missing = {row["goal"]: row for row in _table_rows(with_targets(head), "| goal | measured |")}
+    assert {(row["measured"], row["verdict"]) for row in missing.values()} == {("not in this document", "not measured")}
+
+
+def test_targets_option_rewrites_that_part_alone_and_refuses_what_it_cannot_do(tmp_path, capsys) -> None:
+    document = tmp_path / "benchmarks.md"
+    text = "# Benchmarks\n\nhead\n\n## Summary\n\n| benchmark | ratio |\n|---|---:|\n\n## Backbone\n\nb\n"
+    document.write_text(text)
+    assert main(["--targets", "--output", str(document)]) == 0
+    written = document.read_text()
+    assert written.startswith(text.split("## Backbone")[0] + "## Targets\n") and written.endswith("## Backbone\n\nb\n")
+    for argv in (["--targets", "backbone"], ["--targets", "--update"], ["--targets", "--quick"]):
+        assert main([*argv, "--output", str(document)]) == 2
+        assert capsys.readouterr().err.startswith("error: --targets runs no benchmark")
+    assert main(["--targets", "--output", str(tmp_path / "missing.md")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --output {tmp_path / 'missing.md'}: cannot read it")
+    assert document.read_text() == written
 
 
 def test_learning_rows_table_shows_the_ratio_to_the_reference_or_none() -> None:

@@ -1,0 +1,215 @@
+"""The Targets section of docs/benchmarks.md: the speed issue's goals against the document's own tables.
+
+Nothing is measured here. :func:`targets_section` reads the tables that the benchmarks wrote (Backbone, Detector,
+Training) and says, for each goal, what was measured, whether it is met, and where docs/results.md tells what was
+tried where it is not. ``python -m tasks.bench`` writes it after every run that produces the whole document, and
+after every ``--update``; ``python -m tasks.bench --targets`` rewrites it alone from the tables already there.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+TITLE = "## Targets"
+
+
+@dataclass(frozen=True)
+class Goal:
+    what: str
+    bound: float  # a ratio (speed: at least), a fraction of the ceiling (at least) or of the step (at most)
+    at_most: bool = False
+    tried: str = ""  # where docs/results.md tells what was tried
+
+
+GOALS = {
+    "train": Goal(
+        "training: every task's recipe step at least 1.25× a bare PyTorch loop",
+        1.25,
+        tried='"Mixed precision on the CPU", "The detector in channels-last" (float32 on AVX2: level with the bare '
+        'loop; the profile), "Cores"',
+    ),
+    "peak": Goal(
+        "training: detect and segment at least 60% of the float32 ceiling",
+        0.60,
+        tried='"Where the detector\'s training step spends its time" (the profile: convolutions, RoIAlign backward)',
+    ),
+    "wait": Goal(
+        "training: waiting for data at most 2% of the step",
+        0.02,
+        at_most=True,
+        tried='"The classification recipe\'s wait for data" (a prefetch thread, the batch normalised at once)',
+    ),
+    "detector train": Goal(
+        "Faster R-CNN train step at least 1.1× torchvision's",
+        1.10,
+        tried='"Where the detector\'s training step spends its time", "The detector in channels-last"',
+    ),
+    "detector inference": Goal(
+        "Faster R-CNN inference at least 1.2× torchvision's",
+        1.20,
+        tried='"The detector in channels-last"',
+    ),
+    "best inference": Goal(
+        "best inference mode at least 1.5× torchvision's eager ResNet-50",
+        1.50,
+        tried='"The best inference mode: Inductor\'s C++ wrapper", "Notes on the benchmark numbers"',
+    ),
+}
+
+
+def _parts(document: str) -> dict[str, str]:
+    """The document's ``## `` parts by title line."""
+    _, *parts = re.split(r"(?m)^(?=## )", document)
+    return {part.splitlines()[0]: part for part in parts}
+
+
+def _table(part: str) -> list[dict[str, str]]:
+    """The first Markdown table of a part, as one dict per row keyed by the header."""
+    lines = [line for line in part.splitlines() if line.startswith("|")]
+    if len(lines) < 2:
+        return []
+    cells = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+    header = cells[0]
+    return [dict(zip(header, row, strict=False)) for row in cells[2:]]
+
+
+def _number(text: str) -> float | None:
+    """``1.36×`` -> 1.36, ``7.7%`` -> 0.077, ``—`` or anything else -> None."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([×%]?)\s*", text or "")
+    if match is None:
+        return None
+    value = float(match.group(1))
+    return value / 100 if match.group(2) == "%" else value
+
+
+def _footer(part: str) -> str:
+    """The day and CPU from a part's last line ("_This part took 1.5 min, on 2026-12-04, AMD EPYC._")."""
+    match = re.search(r"_This part took [^,]*, on ([^,]+), (.+?)\._\s*$", part.strip())
+    return f"{match.group(1)}, {match.group(2)}" if match else ""
+
+
+def _section(parts: dict[str, str], prefix: str) -> str:
+    return next((part for title, part in parts.items() if title.startswith(prefix)), "")
+
+
+def _fmt(value: float, goal: Goal) -> str:
+    return f"{value:.2f}×" if goal.bound > 1 else f"{value:.1%}" if goal.at_most else f"{value:.0%}"
+
+
+def _judge(goal: Goal, measured: list[tuple[str, float]], *, best_only: bool) -> tuple[str, str]:
+    """(measured text, verdict): every named value must meet the goal, or with ``best_only`` the best one."""
+    if not measured:
+        return "not in this document", "not measured"
+    text = ", ".join(f"{name} {_fmt(value, goal)}" for name, value in measured)
+
+    def ok(value: float) -> bool:
+        return value <= goal.bound if goal.at_most else value >= goal.bound
+
+    if best_only:
+        name, value = (min if goal.at_most else max)(measured, key=lambda item: item[1])
+        return text, "met" if ok(value) else f"not met: the best, {name}, is {_fmt(value, goal)}"
+    short = [f"{name} {_fmt(value, goal)}" for name, value in measured if not ok(value)]
+    return text, "met" if not short else "not met: " + ", ".join(short)
+
+
+def _rows_of(table: list[dict[str, str]], **match: str) -> list[dict[str, str]]:
+    """The rows whose cells start with the given texts."""
+    return [row for row in table if all(row.get(key, "").startswith(value) for key, value in match.items())]
+
+
+def measured(document: str) -> list[tuple[str, str, str, str, str]]:
+    """(goal, measured, verdict, measured on, where results.md tells what was tried) for every goal."""
+    parts = _parts(document)
+    training = _section(parts, "## Training")
+    engine = [row for row in _table(training) if row.get("loop") == "our engine"]
+
+    def task(row: dict[str, str]) -> str:
+        return row.get("recipe", "").split(":")[0]
+
+    def task_and_precision(row: dict[str, str]) -> str:
+        return f"{task(row)} ({row.get('precision', '')})"
+
+    def values(
+        rows: list[dict[str, str]], name: Callable[[dict[str, str]], str], column: str
+    ) -> list[tuple[str, float]]:
+        found = [(name(row), _number(row.get(column, ""))) for row in rows]
+        return [(label, value) for label, value in found if value is not None]
+
+    detector = _section(parts, "## Detector")
+    backbone = _section(parts, "## Backbone")
+    detector_rows = _table(detector)
+    speed = "speed vs torchvision"
+    found = {
+        "train": (values(engine, task_and_precision, "speed vs bare loop"), False, training),
+        "peak": (values([r for r in engine if task(r) in ("detect", "segment")], task, "of peak"), False, training),
+        "wait": (values(engine, task, "waiting for data"), False, training),
+        "detector train": (
+            values(_rows_of(detector_rows, step="train step", candidate="ours"), _candidate, speed),
+            True,
+            detector,
+        ),
+        "detector inference": (
+            values(_rows_of(detector_rows, step="inference", candidate="ours"), _candidate, speed),
+            True,
+            detector,
+        ),
+        "best inference": (
+            values(_rows_of(_table(backbone), step="forward", candidate="ours (best"), _candidate, "ratio"),
+            True,
+            backbone,
+        ),
+    }
+    rows = []
+    for key, goal in GOALS.items():
+        values_found, best_only, part = found[key]
+        text, verdict = _judge(goal, values_found, best_only=best_only)
+        rows.append((goal.what, text, verdict, _footer(part), goal.tried))
+    return rows
+
+
+def _candidate(row: dict[str, str]) -> str:
+    return row.get("candidate", "")
+
+
+def targets_section(document: str) -> str:
+    """The Targets part, from ``document``'s tables."""
+    rows = measured(document)
+    lines = [
+        "| goal | measured | verdict | measured on | more in docs/results.md |",
+        "|---|---|---|---|---|",
+        *(f"| {' | '.join(row)} |" for row in rows),
+    ]
+    gpu = any(title.startswith("## GPU") for title in _parts(document))
+    return (
+        f"{TITLE}\n\n"
+        "The speed issue's goals, read from the tables below (`tasks/bench/targets.py`; nothing is measured for this "
+        "part). A goal over several rows must hold for each (training); over several forms of one model, for the "
+        "best (each form is named). The last column names the sections of [results.md](results.md) that say what "
+        "was tried, with the profile, and what the same goal measured on other CPUs. The parts may come from "
+        "different runs and CPUs: the column before it says which. The main job's time to accuracy is in "
+        'results.md too ("The default jobs in both precisions").\n\n'
+        + "\n".join(lines)
+        + "\n\n"
+        + (
+            ""
+            if gpu
+            else "The GPU goals (the training rows with AMP and channels-last, the detector and export benchmarks on "
+            "CUDA, against NVIDIA's and detectron2's published figures) have no table: no GPU was present.\n\n"
+        )
+    )
+
+
+def with_targets(document: str) -> str:
+    """``document`` with its Targets part (re)written from its tables, right after the Summary."""
+    head, *parts = re.split(r"(?m)^(?=## )", document)
+    parts = [part for part in parts if part.splitlines()[0] != TITLE]
+    fresh = targets_section(head + "".join(parts))
+    at = next((i + 1 for i, part in enumerate(parts) if part.startswith("## Summary")), 0)
+    parts.insert(at, fresh)
+    return (
+        head
+        + "".join(part if part.endswith("\n\n") else part.rstrip("\n") + "\n\n" for part in parts).rstrip("\n")
+        + "\n"
+    )
