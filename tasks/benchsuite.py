@@ -835,26 +835,16 @@ def replace_sections(document: str, fresh: str) -> str:
     the header and the machine table ``fresh``'s (each part's last line names the day and CPU it ran on); in the
     summary, the headline rows of the benchmarks that ``fresh`` ran replace theirs (:func:`_merge_summary`), and
     the other rows stay."""
-    import re
+    from tasks.bench.markdown import join_parts, split_parts
 
-    def split(text: str) -> tuple[str, dict[str, str]]:
-        head, *parts = re.split(r"(?m)^(?=## )", text)
-        return head, {part.splitlines()[0]: part for part in parts}
-
-    _, old = split(document)
-    head, new = split(fresh)
+    _, old = split_parts(document)
+    head, new = split_parts(fresh)
     skip = {"## Summary"}
     merged = {title: new.get(title, part) if title not in skip else part for title, part in old.items()}
     if "## Summary" in merged and "## Summary" in new:
         merged["## Summary"] = _merge_summary(merged["## Summary"], new["## Summary"])
     merged.update({title: part for title, part in new.items() if title not in merged and title not in skip})
-    return (
-        head
-        + "".join(part if part.endswith("\n\n") else part.rstrip("\n") + "\n\n" for part in merged.values()).rstrip(
-            "\n"
-        )
-        + "\n"
-    )
+    return join_parts(head, list(merged.values()))
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tasks.bench.markdown import join_parts, split_parts
+
 TITLE = "## Targets"
 
 
@@ -19,8 +21,9 @@ TITLE = "## Targets"
 class Goal:
     what: str
     bound: float  # a ratio (speed: at least), a fraction of the ceiling (at least) or of the step (at most)
+    tried: str  # where docs/results.md tells what was tried
     at_most: bool = False
-    tried: str = ""  # where docs/results.md tells what was tried
+    best_only: bool = False  # over several forms of one model: the best must meet it (else every row must)
 
 
 GOALS = {
@@ -45,24 +48,21 @@ GOALS = {
         "Faster R-CNN train step at least 1.1× torchvision's",
         1.10,
         tried='"Where the detector\'s training step spends its time", "The detector in channels-last"',
+        best_only=True,
     ),
     "detector inference": Goal(
         "Faster R-CNN inference at least 1.2× torchvision's",
         1.20,
         tried='"The detector in channels-last"',
+        best_only=True,
     ),
     "best inference": Goal(
         "best inference mode at least 1.5× torchvision's eager ResNet-50",
         1.50,
         tried='"The best inference mode: Inductor\'s C++ wrapper", "Notes on the benchmark numbers"',
+        best_only=True,
     ),
 }
-
-
-def _parts(document: str) -> dict[str, str]:
-    """The document's ``## `` parts by title line."""
-    _, *parts = re.split(r"(?m)^(?=## )", document)
-    return {part.splitlines()[0]: part for part in parts}
 
 
 def _table(part: str) -> list[dict[str, str]]:
@@ -98,8 +98,8 @@ def _fmt(value: float, goal: Goal) -> str:
     return f"{value:.2f}×" if goal.bound > 1 else f"{value:.1%}" if goal.at_most else f"{value:.0%}"
 
 
-def _judge(goal: Goal, measured: list[tuple[str, float]], *, best_only: bool) -> tuple[str, str]:
-    """(measured text, verdict): every named value must meet the goal, or with ``best_only`` the best one."""
+def _judge(goal: Goal, measured: list[tuple[str, float]]) -> tuple[str, str]:
+    """(measured text, verdict): every named value must meet the goal, or for ``goal.best_only`` the best one."""
     if not measured:
         return "not in this document", "not measured"
     text = ", ".join(f"{name} {_fmt(value, goal)}" for name, value in measured)
@@ -107,7 +107,7 @@ def _judge(goal: Goal, measured: list[tuple[str, float]], *, best_only: bool) ->
     def ok(value: float) -> bool:
         return value <= goal.bound if goal.at_most else value >= goal.bound
 
-    if best_only:
+    if goal.best_only:
         name, value = (min if goal.at_most else max)(measured, key=lambda item: item[1])
         return text, "met" if ok(value) else f"not met: the best, {name}, is {_fmt(value, goal)}"
     short = [f"{name} {_fmt(value, goal)}" for name, value in measured if not ok(value)]
@@ -121,7 +121,7 @@ def _rows_of(table: list[dict[str, str]], **match: str) -> list[dict[str, str]]:
 
 def measured(document: str) -> list[tuple[str, str, str, str, str]]:
     """(goal, measured, verdict, measured on, where results.md tells what was tried) for every goal."""
-    parts = _parts(document)
+    _, parts = split_parts(document)
     training = _section(parts, "## Training")
     engine = [row for row in _table(training) if row.get("loop") == "our engine"]
 
@@ -141,31 +141,27 @@ def measured(document: str) -> list[tuple[str, str, str, str, str]]:
     backbone = _section(parts, "## Backbone")
     detector_rows = _table(detector)
     speed = "speed vs torchvision"
-    found = {
-        "train": (values(engine, task_and_precision, "speed vs bare loop"), False, training),
-        "peak": (values([r for r in engine if task(r) in ("detect", "segment")], task, "of peak"), False, training),
-        "wait": (values(engine, task, "waiting for data"), False, training),
+    found = {  # each goal's values, and the part they come from
+        "train": (values(engine, task_and_precision, "speed vs bare loop"), training),
+        "peak": (values([r for r in engine if task(r) in ("detect", "segment")], task, "of peak"), training),
+        "wait": (values(engine, task, "waiting for data"), training),
         "detector train": (
             values(_rows_of(detector_rows, step="train step", candidate="ours"), _candidate, speed),
-            True,
             detector,
         ),
         "detector inference": (
             values(_rows_of(detector_rows, step="inference", candidate="ours"), _candidate, speed),
-            True,
             detector,
         ),
         "best inference": (
             values(_rows_of(_table(backbone), step="forward", candidate="ours (best"), _candidate, "ratio"),
-            True,
             backbone,
         ),
     }
     rows = []
     for key, goal in GOALS.items():
-        values_found, best_only, part = found[key]
-        text, verdict = _judge(goal, values_found, best_only=best_only)
-        rows.append((goal.what, text, verdict, _footer(part), goal.tried))
+        values_found, part = found[key]
+        rows.append((goal.what, *_judge(goal, values_found), _footer(part), goal.tried))
     return rows
 
 
@@ -181,7 +177,7 @@ def targets_section(document: str) -> str:
         "|---|---|---|---|---|",
         *(f"| {' | '.join(row)} |" for row in rows),
     ]
-    gpu = any(title.startswith("## GPU") for title in _parts(document))
+    gpu = any(title.startswith("## GPU") for title in split_parts(document)[1])
     return (
         f"{TITLE}\n\n"
         "The speed issue's goals, read from the tables below (`tasks/bench/targets.py`; nothing is measured for this "
@@ -203,13 +199,8 @@ def targets_section(document: str) -> str:
 
 def with_targets(document: str) -> str:
     """``document`` with its Targets part (re)written from its tables, right after the Summary."""
-    head, *parts = re.split(r"(?m)^(?=## )", document)
-    parts = [part for part in parts if part.splitlines()[0] != TITLE]
-    fresh = targets_section(head + "".join(parts))
+    head, by_title = split_parts(document)
+    parts = [part for title, part in by_title.items() if title != TITLE]
     at = next((i + 1 for i, part in enumerate(parts) if part.startswith("## Summary")), 0)
-    parts.insert(at, fresh)
-    return (
-        head
-        + "".join(part if part.endswith("\n\n") else part.rstrip("\n") + "\n\n" for part in parts).rstrip("\n")
-        + "\n"
-    )
+    parts.insert(at, targets_section(head + "".join(parts)))
+    return join_parts(head, parts)
