@@ -48,8 +48,9 @@ class InferenceBackbone(Backbone):
             graph = graph.to(memory_format=torch.channels_last)
         self.compiled = compile
         if compile:
-            # compiled at the first call of each input shape, under Inductor's freezing (see forward); measured
-            # 1.82x torchvision's eager resnet50 with the config patched there, 1.61x with options={"freezing": True}
+            # compiled at the first call of each input shape, under Inductor's freezing (see forward): 1.43x
+            # torchvision's eager resnet50 in docs/benchmarks.md (AVX-512, before the C++ wrapper), 1.45-1.47x with
+            # the C++ wrapper on an AVX2 CPU (docs/results.md, "The best inference mode")
             graph = torch.compile(graph, dynamic=False)  # type: ignore[assignment]
         elif freeze:
             graph = self._torchscript(graph)
@@ -60,9 +61,10 @@ class InferenceBackbone(Backbone):
     def _torchscript(self, graph: torch.nn.Module) -> torch.nn.Module:
         """TorchScript-freeze ``graph``, or return it unchanged where TorchScript cannot.
 
-        torch 2.14 marks TorchScript deprecated in favour of torch.compile; it is still the
-        fastest CPU inference path measured here (torch.compile: about the same speed after a
-        36 s compile per input shape), so it stays the default while it exists.
+        torch 2.14 marks TorchScript deprecated in favour of torch.compile. Inductor with freezing
+        runs faster (1.43x torchvision's eager resnet50 against 1.34x, docs/benchmarks.md), but it
+        compiles once per input shape (7-14 s on 2 cores), and eval and predict see many shapes;
+        so TorchScript stays the default while it exists, and ``compile=True`` is for fixed sizes.
         """
         param = next(graph.parameters())
         example = self._layout(torch.zeros(1, first_conv_in_channels(graph), 64, 64, device=param.device))
@@ -119,27 +121,34 @@ def fast_inference(backbone: Backbone) -> Backbone:
         return backbone.eval()
 
 
-def channels_last_heads_pay() -> bool:
-    """Whether a whole model's convolutions, heads included, infer faster channels-last on this CPU: where
-    oneDNN has AVX-512 kernels (``torch.backends.cpu.get_cpu_capability()``), not on AVX2 alone.
+def channels_last_heads_pay(device: torch.device | str = "cpu") -> bool:
+    """Whether a whole model's convolutions, heads included, infer faster channels-last on ``device``: on the CPU,
+    where oneDNN has AVX-512 kernels (``torch.backends.cpu.get_cpu_capability()``), not on AVX2 alone.
 
     Faster R-CNN R50-FPN inference at 800 px on 2 threads, against the fast backbone alone (docs/results.md,
     "The detector in channels-last"): 1.04-1.06x on an AMD EPYC with AVX-512, 0.95x on one with AVX2 only.
+    Off the CPU the host's instruction set says nothing: there the heads take the fast backbone's layout,
+    channels-last on every device, so no layout change sits at the FPN's input (not measured: no GPU was lent).
     """
+    if torch.device(device).type != "cpu":
+        return True
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
-def fast_model_inference(model: torch.nn.Module, *, channels_last: bool | None = None) -> torch.nn.Module:
+def fast_model_inference(
+    model: torch.nn.Module, *, channels_last: bool | None = None, device: torch.device | str | None = None
+) -> torch.nn.Module:
     """``model``, changed in place and returned, in its inference form: eval mode, its ``backbone`` through
     :func:`fast_inference`, and with ``channels_last`` every convolution's weights channels-last (``None``:
-    where :func:`channels_last_heads_pay`).
+    where :func:`channels_last_heads_pay` on ``device``, the device the model will run on; ``None``: the one its
+    parameters are on now).
 
     For a model whose head is convolutional too, as a detector's FPN and RPN head are: with the layout of the
     whole model oneDNN runs every convolution in NHWC. Faster R-CNN R50-FPN inference at 800 px on 2 CPU threads
     (docs/benchmarks.md, "Detector", on AVX-512): the fast backbone alone 1.15x torchvision's speed, this 1.20x.
     """
     if channels_last is None:
-        channels_last = channels_last_heads_pay()
+        channels_last = channels_last_heads_pay(device if device is not None else next(model.parameters()).device)
     model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)

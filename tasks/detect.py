@@ -406,13 +406,15 @@ def train(cfg: DetectConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(path: Path, *, fast: bool = True) -> tuple[FasterRCNN, dict[str, Any]]:
-    """The checkpoint's model; ``fast``: in its inference form (eval and predict: the backbone folded and frozen,
-    the heads channels-last on AVX-512 CPUs; :func:`fast_model_inference`), else eager in NCHW (exporters trace
-    it, EigenCAM hooks it)."""
+def _load_model(
+    path: Path, *, fast: bool = True, device: torch.device | None = None
+) -> tuple[FasterRCNN, dict[str, Any]]:
+    """The checkpoint's model; ``fast``: in its inference form for ``device`` (eval and predict: the backbone
+    folded and frozen, the heads channels-last on AVX-512 CPUs and off the CPU; :func:`fast_model_inference`),
+    else eager in NCHW (exporters trace it, EigenCAM hooks it)."""
     model, checkpoint = load_model(path, task=TASK, build=_build_from_args)
     if fast:
-        fast_model_inference(model)
+        fast_model_inference(model, device=device)
     return model, checkpoint  # type: ignore[return-value]
 
 
@@ -458,14 +460,14 @@ def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
         return 0
     if args.checkpoint is None:
         raise UserError("eval needs --checkpoint FILE (a trained model) or --predictions FILE (a results file)")
-    model, checkpoint = _load_model(Path(args.checkpoint))
+    device = resolve_device(cfg.train.device)
+    model, checkpoint = _load_model(Path(args.checkpoint), device=device)  # laid out for where it will run
     if cfg.data.classes is None:  # VOC labels must follow the model's class list (COCO files carry their own)
         cfg.data.classes = list(checkpoint["class_names"])
     _, val = _data(cfg, need_train=False)
     check_num_classes(checkpoint, len(val.class_names) + 1, path=args.checkpoint)
     run_dir = new_run_dir(cfg.output, TASK, "eval")
     write_config(run_dir, cfg)
-    device = resolve_device(cfg.train.device)
     task = DetectTask(val, backend=cfg.coco_backend)
     with torch.inference_mode():
         metrics = task.evaluate(model.to(device), _loader(cfg, val, train=False), device)

@@ -183,11 +183,23 @@ def test_the_inference_form_detects_what_the_eager_model_detects(channels_last) 
     assert_same_detections(want, got, at_least=11)
 
 
-@pytest.mark.parametrize(("capability", "nhwc"), [("AVX512", True), ("AVX2", False), ("DEFAULT", False)])
-def test_the_inference_form_lays_the_heads_out_channels_last_only_on_avx512(monkeypatch, capability, nhwc) -> None:
+@pytest.mark.parametrize(
+    ("capability", "device", "nhwc"),
+    [
+        ("AVX512", None, True),
+        ("AVX2", None, False),
+        ("DEFAULT", "cpu", False),
+        ("AVX2", "cuda", True),  # off the CPU the host's instruction set does not choose
+        ("AVX512", "cuda:0", True),
+    ],
+)
+def test_the_inference_form_lays_the_heads_out_channels_last_only_on_avx512_cpus_or_off_the_cpu(
+    monkeypatch, capability, device, nhwc
+) -> None:
     from backbones import fast_model_inference
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    model = fast_model_inference(build_model("resnet18", num_classes=3, min_size=64, max_size=64))
+    model = build_model("resnet18", num_classes=3, min_size=64, max_size=64)
+    model = fast_model_inference(model, device=device)  # laid out for the device named, its parameters left put
     conv3x3 = next(m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
     assert conv3x3.weight.is_contiguous(memory_format=torch.channels_last) is nhwc
