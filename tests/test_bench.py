@@ -9,6 +9,7 @@ import torch
 
 from backbones.bench import step_flops
 from tasks.benchsuite import SECTIONS, main
+from tasks.recipes import cpu_bf16_units
 
 
 def _cells(line: str) -> list[str]:
@@ -105,8 +106,10 @@ def test_quick_suite_writes_every_section_with_consistent_numbers(tmp_path, monk
     assert text.startswith("# Benchmarks\n\nWritten by `python -m tasks.bench --quick`")
     assert "**Quick mode**" in text
     isa = torch.backends.cpu.get_cpu_capability()  # one model name covers CPUs of twice the speed: say which
+    units = cpu_bf16_units()  # and its bfloat16 matrix units, where it has them: "(AVX512, AVX-512 bf16)"
+    features = f"({isa}" + (f", {units})" if units else ")")
     tables = re.sub(r"(?s)## Targets.*?(?=^## )", "", text, flags=re.M)  # each goal repeats its part's CPU
-    assert f"({isa}" in text.split("## Summary")[0] and tables.count(f"({isa}") == 1 + len(SECTIONS)
+    assert features in text.split("## Summary")[0] and tables.count(features) == 1 + len(SECTIONS)
     titles = re.findall(r"^## (.+)$", text, flags=re.M)
     assert titles[:3] == ["Machine", "Summary", "Targets"] and len(titles) == 3 + len(SECTIONS)
     for name in SECTIONS:  # each part says how to run it alone
@@ -181,7 +184,7 @@ def test_quick_suite_writes_every_section_with_consistent_numbers(tmp_path, monk
 
     # the goals, read back from the tables above: the training goal names every engine row's task, precision and ratio
     goals = {row["goal"]: row for row in _table_rows(text, "| goal | measured |")}
-    assert len(goals) == 6 and all(row["measured on"].endswith(f"({isa})") for row in goals.values())
+    assert len(goals) == 6 and all(row["measured on"].endswith(features) for row in goals.values())
     engine = [row for row in training if row["loop"] == "our engine"]
     train = goals["training: every task's recipe step at least 1.25× a bare PyTorch loop"]
     assert train["measured"] == ", ".join(
