@@ -19,8 +19,9 @@ class InferenceBackbone(Backbone):
     ``fuse``); weights and inputs use the channels-last layout that oneDNN and cuDNN
     convolutions prefer; and with ``freeze`` the graph is traced, frozen and passed through
     ``torch.jit.optimize_for_inference``, which fuses convolutions with their ReLU and residual
-    additions. On a 2-core CPU this runs ResNet-50 1.33× faster than torchvision's eager model,
-    with less than half its activation memory (docs/benchmarks.md). Training it is an error:
+    additions. On 2 cores of an AVX-512 CPU this runs ResNet-50 1.24-1.34× faster than torchvision's
+    eager model, with less than half its activation memory (docs/benchmarks.md; the range is two hosts,
+    docs/results.md). Training it is an error:
     folded statistics are no longer statistics.
 
     Args:
@@ -48,9 +49,9 @@ class InferenceBackbone(Backbone):
             graph = graph.to(memory_format=torch.channels_last)
         self.compiled = compile
         if compile:
-            # compiled at the first call of each input shape, under Inductor's freezing (see forward): 1.43x
-            # torchvision's eager resnet50 in docs/benchmarks.md (AVX-512, before the C++ wrapper), 1.45-1.47x with
-            # the C++ wrapper on an AVX2 CPU (docs/results.md, "The best inference mode")
+            # compiled at the first call of each input shape, under Inductor's freezing (see forward): 1.29x
+            # torchvision's eager resnet50 in docs/benchmarks.md (AVX-512, Zen 4), 1.43x on a faster AVX-512 host
+            # before the C++ wrapper, 1.45-1.47x with it on an AVX2 CPU (docs/results.md)
             graph = torch.compile(graph, dynamic=False)  # type: ignore[assignment]
         elif freeze:
             graph = self._torchscript(graph)
@@ -62,7 +63,7 @@ class InferenceBackbone(Backbone):
         """TorchScript-freeze ``graph``, or return it unchanged where TorchScript cannot.
 
         torch 2.14 marks TorchScript deprecated in favour of torch.compile. Inductor with freezing
-        runs faster (1.43x torchvision's eager resnet50 against 1.34x, docs/benchmarks.md), but it
+        runs faster (1.29x torchvision's eager resnet50 against 1.24x, docs/benchmarks.md), but it
         compiles once per input shape (7-14 s on 2 cores), and eval and predict see many shapes;
         so TorchScript stays the default while it exists, and ``compile=True`` is for fixed sizes.
         """
@@ -145,7 +146,8 @@ def fast_model_inference(
 
     For a model whose head is convolutional too, as a detector's FPN and RPN head are: with the layout of the
     whole model oneDNN runs every convolution in NHWC. Faster R-CNN R50-FPN inference at 800 px on 2 CPU threads
-    (docs/benchmarks.md, "Detector", on AVX-512): the fast backbone alone 1.15x torchvision's speed, this 1.20x.
+    (docs/benchmarks.md, "Detector", on AVX-512): the fast backbone alone 1.09x torchvision's speed, this 1.15x
+    (1.15x and 1.20x on a faster AVX-512 host, docs/results.md).
     """
     if channels_last is None:
         channels_last = channels_last_heads_pay(device if device is not None else next(model.parameters()).device)
