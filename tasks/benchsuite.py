@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -111,8 +112,43 @@ class Section:
         return (
             f"## {self.title}\n\n```\n{self.command}\n```\n\n{self.text}\n\n{self.table(peak)}\n\n"
             f"_This part took {self.seconds / 60:.1f} min, on {datetime.date.today().isoformat()}, "
-            f"{_cpu_name()}._\n"
+            f"{_cpu_name()}; {CEILING_WORDS} {peak:.1f} GFLOP/s._\n"
         )
+
+
+# A part's last line names the float32 ceiling its "of peak" divides by: one CPU model name covers machines of
+# twice the speed (docs/results.md, "The benchmarks on two AVX-512 hosts"), so the name alone cannot tell whether
+# an --update mixed machines.
+CEILING_WORDS = "float32 ceiling"
+CEILING_SPREAD = 0.15  # ceilings further apart than this are other machines: the ceiling's runs agree within ~5%
+
+
+def part_ceiling(part: str) -> float | None:
+    """The float32 ceiling in a part's last line (GFLOP/s), or None where the line has none (written before it)."""
+    match = re.search(rf"; {CEILING_WORDS} ([\d.]+) GFLOP/s\._\s*$", part.strip())
+    return float(match.group(1)) if match else None
+
+
+def other_machines(document: str, fresh: str) -> tuple[float | None, list[str]]:
+    """``fresh``'s float32 ceiling, and the titles of ``document``'s parts that ``fresh`` does not replace and that
+    were measured at another ceiling (or at one not recorded), each with its ceiling: what an ``--update`` keeps
+    from another machine."""
+    from tasks.bench.markdown import split_parts
+
+    _, old = split_parts(document)
+    _, new = split_parts(fresh)
+    ceilings = [c for c in map(part_ceiling, new.values()) if c is not None]
+    if not ceilings:
+        return None, []
+    now = max(ceilings)
+    kept = []
+    for title, part in old.items():
+        if title in new or "_This part took " not in part:  # replaced, or not a measured part (Summary, Targets)
+            continue
+        ceiling = part_ceiling(part)
+        if ceiling is None or abs(ceiling - now) > CEILING_SPREAD * now:
+            kept.append(f"{title.removeprefix('## ')} ({'not recorded' if ceiling is None else f'{ceiling:.1f}'})")
+    return now, kept
 
 
 def _command(s: Settings, name: str) -> str:
@@ -794,7 +830,9 @@ achieved floating-point rate, with FLOPs counted by torch's `FlopCounterMode` (c
 multiply and add counted apart); "of peak" divides it by this machine's float32 matrix-multiply throughput,
 measured at the start and at the end of the run (the best of several timed products, through MKL and through
 oneDNN). ResNet-50 at 224×224 is 4.1 GMAC, 8.2 GFLOP, per image forward. The machine table is the latest run's;
-each part's last line names the day and the CPU it ran on, and a ratio compares runs on one machine only.
+each part's last line names the day, the CPU and the float32 ceiling it ran with (one CPU name covers machines of
+twice the speed), and a ratio compares runs on one machine only. `--update` warns of the parts it keeps from
+another ceiling.
 
 ## Machine
 
@@ -832,9 +870,9 @@ def _merge_summary(old: str, fresh: str) -> str:
 
 def replace_sections(document: str, fresh: str) -> str:
     """``document`` with each ``## `` section that ``fresh`` also has replaced by ``fresh``'s (new ones appended),
-    the header and the machine table ``fresh``'s (each part's last line names the day and CPU it ran on); in the
-    summary, the headline rows of the benchmarks that ``fresh`` ran replace theirs (:func:`_merge_summary`), and
-    the other rows stay."""
+    the header and the machine table ``fresh``'s (each part's last line names the day, CPU and ceiling it ran
+    with); in the summary, the headline rows of the benchmarks that ``fresh`` ran replace theirs
+    (:func:`_merge_summary`), and the other rows stay."""
     from tasks.bench.markdown import join_parts, split_parts
 
     _, old = split_parts(document)
@@ -906,7 +944,15 @@ def _main(argv: Sequence[str] | None) -> int:
             raise UserError(f"--output {output}: not a writable file path")
     text = run_suite(QUICK if args.quick else FULL, sections)
     if args.update:
-        text = replace_sections(Path(output).read_text(encoding="utf-8"), text)
+        document = Path(output).read_text(encoding="utf-8")
+        now, kept = other_machines(document, text)
+        text = replace_sections(document, text)
+        if kept:  # a warning, not a refusal: a user may mean to keep them, and each part names its ceiling
+            print(
+                f"warning: {output} keeps parts measured at another float32 ceiling than this machine's {now:.1f} "
+                f"GFLOP/s: {'; '.join(kept)}; re-run them here for one machine's figures",
+                file=sys.stderr,
+            )
     if output is not None:  # a whole document, or one updated: its goals against its tables
         text = with_targets(text)
     if output is None:

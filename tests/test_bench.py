@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from backbones.bench import step_flops
-from tasks.benchsuite import SECTIONS, main
+from tasks.benchsuite import SECTIONS, main, part_ceiling
 from tasks.recipes import cpu_bf16_units
 
 
@@ -121,6 +121,8 @@ def test_quick_suite_writes_every_section_with_consistent_numbers(tmp_path, monk
     peak_text = re.search(r"the faster of the two \| \*\*([\d.]+) GFLOP/s", text).group(1)
     peak = float(peak_text)
     assert len(ceilings) == 2 and peak == max(ceilings)
+    # every part names the ceiling its "of peak" divides by: this run's, as the machine table states it
+    assert re.findall(r"; float32 ceiling ([\d.]+) GFLOP/s\._\n", text) == [peak_text] * len(SECTIONS)
     checked = 0
     for header in ("| step | candidate | images/s", "| recipe |", "| model | runtime |"):
         rows = _table_rows(text, header)
@@ -263,6 +265,46 @@ def test_update_replaces_the_named_sections_the_header_and_their_summary_rows() 
     ]
 
 
+def test_update_names_the_kept_parts_that_another_machine_measured() -> None:
+    from tasks.benchsuite import Section, other_machines
+
+    # each part's last line names the ceiling its "of peak" divides by, and reads back
+    written = Section("Backbone", "text", lambda peak: f"| of peak at {peak:.1f} |", []).markdown(212.4)
+    assert written.rstrip().endswith("; float32 ceiling 212.4 GFLOP/s._") and part_ceiling(written) == 212.4
+    assert "| of peak at 212.4 |" in written
+
+    def part(title: str, ceiling: str) -> str:
+        return f"## {title}\n\ntext\n\n_This part took 1.0 min, on 2026-12-04, AMD EPYC (AVX512){ceiling}._\n\n"
+
+    document = (
+        "# Benchmarks\n\nhead\n\n## Machine\n\nm\n\n## Summary\n\n| a |\n\n"
+        + part("Backbone", "; float32 ceiling 428.0 GFLOP/s")  # twice this machine's: another machine
+        + part("Detector", "; float32 ceiling 190.0 GFLOP/s")  # within 15%: this machine's spread
+        + part("Training", "; float32 ceiling 100.0 GFLOP/s")  # replaced by the run: not kept
+        + part("Learning", "")  # written before parts named their ceiling
+    )
+    fresh = "# Benchmarks\n\nnew\n\n## Summary\n\n" + part("Training", "; float32 ceiling 212.4 GFLOP/s")
+    assert part_ceiling(part("Learning", "")) is None
+    assert other_machines(document, fresh) == (212.4, ["Backbone (428.0)", "Learning (not recorded)"])
+    assert other_machines(document, "# Benchmarks\n\n## Summary\n\n| a |\n") == (None, [])  # nothing measured
+
+
+def test_update_warns_of_what_it_keeps_from_another_machine_and_writes_the_document(tmp_path, capsys) -> None:
+    output = tmp_path / "benchmarks.md"
+    footer = "_This part took 76.3 min, on 2026-12-04, AMD EPYC (AVX512); float32 ceiling 1.0 GFLOP/s._"
+    kept = f"## Learning\n\nold l\n\n{footer}\n"
+    output.write_text("# Benchmarks\n\nhead\n\n## Machine\n\nm\n\n## Summary\n\n| a |\n\n" + kept)
+    assert main(["coco-eval", "--quick", "--update", "--output", str(output)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    warning = [line for line in err if line.startswith("warning:")]
+    assert len(warning) == 1 and f"{output} keeps parts measured at another float32 ceiling" in warning[0]
+    assert "Learning (1.0)" in warning[0]
+    text = output.read_text()
+    assert kept in text and "## COCO evaluation" in text  # a warning only: the update is written, the old part kept
+    fresh = text.split("## COCO evaluation")[1].split("\n## ")[0]
+    assert part_ceiling(fresh) is not None and part_ceiling(fresh) > 1.0
+
+
 def _part(title: str, header: str, rows: list[str], day: str = "2026-12-04, AMD EPYC (AVX512)") -> str:
     lines = [header, "|" + "---|" * header.count(" | ") + "---|", *rows]
     return f"## {title}\n\ntext\n\n" + "\n".join(lines) + f"\n\n_This part took 1.0 min, on {day}._\n\n"
@@ -292,7 +334,7 @@ def test_targets_read_each_goal_from_the_tables_and_judge_it() -> None:
             "| train step | torchvision | 5.8 | 1.00× |",
             "| train step | ours | 5.3 | 1.10× |",
         ],
-        day="2026-12-05, AMD EPYC (AVX2)",
+        day="2026-12-05, AMD EPYC (AVX2); float32 ceiling 107.9 GFLOP/s",  # the ceiling is not part of the CPU
     )
     training = _part(
         "Training: seconds per iteration",

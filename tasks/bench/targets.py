@@ -87,8 +87,10 @@ def _number(text: str) -> float | None:
 
 
 def _footer(part: str) -> str:
-    """The day and CPU from a part's last line ("_This part took 1.5 min, on 2026-12-04, AMD EPYC._")."""
-    match = re.search(r"_This part took [^,]*, on ([^,]+), (.+?)\._\s*$", part.strip())
+    """The day and CPU from a part's last line ("_This part took 1.5 min, on 2026-12-04, AMD EPYC (AVX2); float32
+    ceiling 107.9 GFLOP/s._"; lines written before the ceiling was named end at the CPU)."""
+    line = r"_This part took [^,]*, on ([^,]+), (.+?)(?:; float32 ceiling [\d.]+ GFLOP/s)?\._\s*$"
+    match = re.search(line, part.strip())
     return f"{match.group(1)}, {match.group(2)}" if match else ""
 
 
