@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 from tasks import bench
+from tasks.bench.markdown import footer_line, part_footer
 
 SECTIONS = ("backbone", "detector", "coco-eval", "training", "optimizer", "multitask", "export", "learning")
 
@@ -111,22 +111,17 @@ class Section:
     def markdown(self, peak: float) -> str:
         return (
             f"## {self.title}\n\n```\n{self.command}\n```\n\n{self.text}\n\n{self.table(peak)}\n\n"
-            f"_This part took {self.seconds / 60:.1f} min, on {datetime.date.today().isoformat()}, "
-            f"{_cpu_name()}; {CEILING_WORDS} {peak:.1f} GFLOP/s._\n"
+            f"{footer_line(self.seconds, datetime.date.today().isoformat(), _cpu_name(), peak)}\n"
         )
 
 
-# A part's last line names the float32 ceiling its "of peak" divides by: one CPU model name covers machines of
-# twice the speed (docs/results.md, "The benchmarks on two AVX-512 hosts"), so the name alone cannot tell whether
-# an --update mixed machines.
-CEILING_WORDS = "float32 ceiling"
 CEILING_SPREAD = 0.15  # ceilings further apart than this are other machines: the ceiling's runs agree within ~5%
 
 
 def part_ceiling(part: str) -> float | None:
-    """The float32 ceiling in a part's last line (GFLOP/s), or None where the line has none (written before it)."""
-    match = re.search(rf"; {CEILING_WORDS} ([\d.]+) GFLOP/s\._\s*$", part.strip())
-    return float(match.group(1)) if match else None
+    """The float32 ceiling in a part's last line (GFLOP/s), or None where it names none or has no such line."""
+    footer = part_footer(part)
+    return footer[2] if footer else None
 
 
 def other_machines(document: str, fresh: str) -> tuple[float | None, list[str]]:
@@ -143,9 +138,10 @@ def other_machines(document: str, fresh: str) -> tuple[float | None, list[str]]:
     now = max(ceilings)
     kept = []
     for title, part in old.items():
-        if title in new or "_This part took " not in part:  # replaced, or not a measured part (Summary, Targets)
+        footer = part_footer(part)
+        if title in new or footer is None:  # replaced, or not a measured part (Machine, Summary, Targets)
             continue
-        ceiling = part_ceiling(part)
+        ceiling = footer[2]
         if ceiling is None or abs(ceiling - now) > CEILING_SPREAD * now:
             kept.append(f"{title.removeprefix('## ')} ({'not recorded' if ceiling is None else f'{ceiling:.1f}'})")
     return now, kept

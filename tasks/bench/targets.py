@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tasks.bench.markdown import join_parts, split_parts
+from tasks.bench.markdown import join_parts, part_footer, split_parts
 
 TITLE = "## Targets"
 
@@ -87,11 +87,9 @@ def _number(text: str) -> float | None:
 
 
 def _footer(part: str) -> str:
-    """The day and CPU from a part's last line ("_This part took 1.5 min, on 2026-12-04, AMD EPYC (AVX2); float32
-    ceiling 107.9 GFLOP/s._"; lines written before the ceiling was named end at the CPU)."""
-    line = r"_This part took [^,]*, on ([^,]+), (.+?)(?:; float32 ceiling [\d.]+ GFLOP/s)?\._\s*$"
-    match = re.search(line, part.strip())
-    return f"{match.group(1)}, {match.group(2)}" if match else ""
+    """The day and CPU from a part's last line (:func:`tasks.bench.markdown.part_footer`)."""
+    footer = part_footer(part)
+    return f"{footer[0]}, {footer[1]}" if footer else ""
 
 
 def _section(parts: dict[str, str], prefix: str) -> str:
