@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from timm.layers import AvgPool2dSame, DropPath
 from torch import Tensor, nn
 
 from backbones.base import LEVELS, Backbone, FeatureInfo, check_out_levels
@@ -27,6 +26,17 @@ def _conv3x3(inp: int, out: int, stride: int = 1, groups: int = 1, dilation: int
 
 def _conv1x1(inp: int, out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(inp, out, 1, stride=stride, bias=False)
+
+
+def _drop_path(rate: float) -> nn.Module:
+    """timm's stochastic depth at ``rate``, or nothing at 0. timm is imported here, not with the module:
+    ``import timm`` loads its whole model zoo (0.4 s of a task runner's 4 s start-up), which a plain ResNet
+    never uses."""
+    if rate <= 0:
+        return nn.Identity()
+    from timm.layers import DropPath
+
+    return DropPath(rate)
 
 
 class BasicBlock(nn.Module):
@@ -70,7 +80,7 @@ class BasicBlock(nn.Module):
         self.conv2 = _conv3x3(planes, planes, dilation=dilation)
         self.bn2 = norm_layer(planes)
         self.downsample = downsample
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = _drop_path(drop_path)
 
     @property
     def last_norm(self) -> nn.Module:
@@ -122,7 +132,7 @@ class Bottleneck(nn.Module):
         self.bn3 = norm_layer(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = _drop_path(drop_path)
 
     @property
     def last_norm(self) -> nn.Module:
@@ -286,6 +296,8 @@ class ResNet(Backbone):
                 if stride == 1 and dilation == 1:
                     pool: nn.Module = nn.Identity()
                 elif stride == 1:
+                    from timm.layers import AvgPool2dSame  # imported where used: see _drop_path
+
                     pool = AvgPool2dSame(2, 1, ceil_mode=True, count_include_pad=False)
                 else:
                     pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)

@@ -60,6 +60,23 @@ def test_the_benchmarks_never_import_the_suite() -> None:
     assert "tasks.benchsuite" in _imported_modules(ROOT / "tasks" / "bench" / "__main__.py")
 
 
+def test_classify_and_detect_start_without_timm() -> None:
+    """``import timm`` loads its model zoo (about 0.4 s of a 4 s start-up, in every run, torchrun worker and
+    bad-input exit). A plain ResNet needs none of it: timm is imported only for its layers where a model uses them
+    (stochastic depth, ResNet-D's stride-1 pooling) and for ``timm:`` backbones."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tasks.classify, tasks.detect; from backbones import build_backbone; "
+        "build_backbone('resnet50', out_levels=('c5',)); print('timm' in sys.modules); "
+        "build_backbone('resnet18', drop_path_rate=0.1); print('timm' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "True"]  # and a model with stochastic depth does get timm's DropPath
+
+
 def test_heads_use_only_the_shared_backbone_types() -> None:
     for path in sorted((ROOT / "heads").rglob("*.py")):
         tree = ast.parse(path.read_text())
