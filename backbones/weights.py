@@ -102,6 +102,36 @@ def resolve_weights(weights: str | os.PathLike[str], arch: str) -> Path:
     return cached_download(official_url(text, arch))
 
 
+FILE_KINDS = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "a GIF image", b"%PDF": "a PDF"}
+
+
+def load_failure(path: str | os.PathLike[str], error: BaseException) -> str:
+    """Why a safe ``torch.load`` of ``path`` failed, in a few words: torch's own message for a refused object
+    advises loading with ``weights_only=False``, which this library never does, and for a file that is no
+    checkpoint it names an unpickler opcode (``Unsupported operand 255``) or raises a bare ``KeyError``."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as unreadable:
+        return "it is a folder, not a file" if Path(path).is_dir() else f"it cannot be opened ({unreadable.strerror})"
+    if not head:
+        return "the file is empty"
+    kind = next((name for magic, name in FILE_KINDS.items() if head.startswith(magic)), None)
+    if kind:
+        return f"it is {kind}, not a checkpoint"
+    refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if refused and head.startswith((b"PK\x03\x04", b"\x80")):  # text starting with "c" reads as a GLOBAL too
+        return (
+            f"it holds a Python object ({refused.group(1)}) that a safe load (weights_only=True) refuses to "
+            "unpickle; save a state dict of tensors instead"
+        )
+    if head.startswith(b"PK\x03\x04"):
+        return "it is truncated or corrupted, or a zip archive that torch.save did not write"
+    if head.startswith(b"\x80"):
+        return "it is a pickle that is truncated or holds more than tensors and plain data"
+    return "it is not a PyTorch checkpoint (torch.save's zip archive), a pickle of tensors or a safetensors file"
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read a checkpoint safely and unwrap it to a flat ``name -> tensor`` dict."""
     path = Path(path)
@@ -113,7 +143,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         else:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt files raise many types; all mean the same to the user
-        raise WeightsError(f"cannot read weights file {path}: {str(error).splitlines()[0]}") from error
+        if path.suffix == ".safetensors":
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        else:
+            reason = load_failure(path, error)
+        raise WeightsError(f"cannot read weights file {path}: {reason}") from error
     return unwrap_state_dict(raw, source=str(path))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from backbones.weights import load_failure
 from tasks.errors import UserError
 from tasks.io import atomic_write
 
@@ -47,8 +48,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, task: str) -> dict[str, Any
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated files and foreign pickles raise many types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"checkpoint {path} cannot be read safely: {first[:200]}") from None
+        raise UserError(f"checkpoint {path} cannot be read safely: {load_failure(path, error)}") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "task" not in checkpoint:
         raise UserError(f"checkpoint {path} is not a model checkpoint of this library (no 'task' and 'model')")
     version = checkpoint.get("format_version", 1)

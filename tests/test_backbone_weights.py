@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 import timm
@@ -137,6 +138,40 @@ def test_pickled_objects_are_refused(tmp_path, capsys) -> None:
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "evil": _Payload()}, tmp_path / "evil.pth")
     with pytest.raises(WeightsError, match="cannot read"):
         read_state_dict(tmp_path / "evil.pth")
+    assert "unpickled!" not in capsys.readouterr().out
+
+
+def _bad_weight_files(folder):
+    """Files a user may pass as weights by mistake, each with the reason the message must give."""
+    good = folder / "good.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, good)
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "evil": _Payload()}, folder / "evil.pth")
+    (folder / "empty.pth").write_bytes(b"")
+    (folder / "truncated.pth").write_bytes(good.read_bytes()[:2000])
+    (folder / "photo.pth").write_bytes(b"\xff\xd8\xff\xe0" + bytes(100))  # a JPEG's first bytes
+    (folder / "notes.pth").write_text("conv1.weight = 0\n")
+    (folder / "folder.pth").mkdir()
+    return {
+        "evil.pth": r"holds a Python object \((builtins\.)?print\) that a safe load \(weights_only=True\) refuses",
+        "empty.pth": "the file is empty",
+        "truncated.pth": "truncated or corrupted",
+        "photo.pth": "it is a JPEG image, not a checkpoint",
+        "notes.pth": "it is not a PyTorch checkpoint",
+        "folder.pth": "it is a folder, not a file",
+    }
+
+
+def test_unreadable_weight_files_say_why(tmp_path, capsys) -> None:
+    """One line naming the file and what is wrong with it, without torch's advice to load with
+    weights_only=False (its message for a refused object) and without an unpickler opcode or a bare KeyError
+    (its messages for a file that is no checkpoint)."""
+    for name, reason in _bad_weight_files(tmp_path).items():
+        with pytest.raises(WeightsError) as caught:
+            read_state_dict(tmp_path / name)
+        message = str(caught.value)
+        assert message.startswith(f"cannot read weights file {tmp_path / name}: "), message
+        assert re.search(reason, message), (name, message)
+        assert "\n" not in message and "weights_only` set to `False" not in message and "operand" not in message
     assert "unpickled!" not in capsys.readouterr().out
 
 

@@ -113,14 +113,20 @@ def _checkpoint_cases(root: Path, checkpoints: dict[str, Path], folder: Path) ->
                 shutil.copy(content, path)
             else:
                 torch.save(content, path)
-            cases.append(Case(f"checkpoint {key}", task, ["eval", "--checkpoint", str(path), "--data", str(root)], ""))
+            needle = f"{path.name} cannot be read safely: it holds a Python object" if key == "pickled" else ""
+            argv = ["eval", "--checkpoint", str(path), "--data", str(root)]
+            cases.append(Case(f"checkpoint {key}", task, argv, needle))
         truncated = folder / f"{task}-truncated.pt"
         truncated.write_bytes(checkpoints[task].read_bytes()[:5000])
         empty = folder / f"{task}-empty.pt"
         empty.write_bytes(b"")
-        for path in (truncated, empty):
+        for path, reason in ((truncated, "it is truncated or corrupted"), (empty, "the file is empty")):
             argv = ["eval", "--checkpoint", str(path), "--data", str(root)]
-            cases.append(Case(f"checkpoint {path.stem.split('-')[-1]}", task, argv, path.name))
+            cases.append(
+                Case(
+                    f"checkpoint {path.stem.split('-')[-1]}", task, argv, f"{path.name} cannot be read safely: {reason}"
+                )
+            )
         missing = folder / "nowhere.pt"
         cases.append(
             Case("checkpoint missing", task, ["eval", "--checkpoint", str(missing), "--data", str(root)], "nowhere.pt")
