@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -59,7 +60,29 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
-        return self.parse_intermixed_args(args, namespace)
+        argv = list(sys.argv[1:] if args is None else args)
+        unknown = [token for token in _options(argv) if not self._knows(token)]
+        if unknown:  # argparse would read `--project runs` as the command `runs`: "invalid choice: 'runs'"
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return self.parse_intermixed_args(argv, namespace)
+
+    def _knows(self, token: str) -> bool:
+        """Whether ``token`` (``--name`` or ``--name=value``) is one of this parser's options, or a prefix that
+        argparse expands to one (it reports an ambiguous prefix itself)."""
+        options = self._option_string_actions
+        if not token.startswith("--"):
+            return token[:2] in options  # -h, or -h joined with a value
+        name = token.split("=", 1)[0]
+        return name in options or (self.allow_abbrev and any(o.startswith(name) for o in options if o[:2] == "--"))
+
+
+def _options(argv: Sequence[str]) -> Iterator[str]:
+    """The tokens of ``argv`` that argparse reads as options: before a bare ``--``, not ``-`` or a negative number."""
+    for token in argv:
+        if token == "--":
+            return
+        if token.startswith("-") and token != "-" and not re.fullmatch(r"-\d+|-\d*\.\d+", token):
+            yield token
 
 
 def auto_or(kind: Callable[[str], T]) -> Callable[[str], T | str]:

@@ -87,6 +87,39 @@ def test_options_and_images_mix_in_any_order(argv) -> None:
     assert common_parser("detect", "d").parse_args(["--data", "x"]).command == "train"  # still the default
 
 
+@pytest.mark.parametrize(
+    "argv, unknown",
+    [
+        (["--project", "runs"], "--project"),  # argparse alone: "argument command: invalid choice: 'runs'"
+        (["--imgsz", "640", "--data", "d", "--name", "exp"], "--imgsz --name"),
+        (["predict", "a.jpg", "--bogus=1"], "--bogus=1"),
+        (["-x", "3"], "-x"),
+    ],
+)
+def test_unknown_options_are_named(argv, unknown) -> None:
+    from tasks.cli import common_parser
+    from tasks.errors import UserError
+
+    with pytest.raises(UserError) as caught:
+        common_parser("detect", "d").parse_args(argv)
+    assert str(caught.value) == f"python -m tasks.detect: unrecognized arguments: {unknown}"
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--ep", "3"], dict(epochs=3)),  # a prefix argparse expands
+        (["--lr", "-0.5", "--set=train.momentum=0.8"], dict(lr=-0.5, set=["train.momentum=0.8"])),
+        (["predict", "--checkpoint", "b.pt", "--", "-odd.jpg"], dict(command="predict", inputs=["-odd.jpg"])),
+    ],
+)
+def test_known_options_prefixes_and_negative_numbers_still_parse(argv, expected) -> None:
+    from tasks.cli import common_parser
+
+    args = common_parser("detect", "d").parse_args(argv)
+    assert {key: getattr(args, key) for key in expected} == expected
+
+
 def test_predict_inputs_get_output_names_that_never_collide(tmp_path) -> None:
     from tasks.cli import PredictImages
 
