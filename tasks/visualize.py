@@ -82,7 +82,7 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.5) -> 
 
     mask = np.asarray(mask, np.uint8)
     classes = [int(c) for c in np.unique(mask) if c != 0]
-    pixels = torch.from_numpy(np.ascontiguousarray(image, np.uint8)).permute(2, 0, 1)
+    pixels = torch.from_numpy(np.array(image, np.uint8)).permute(2, 0, 1)  # a copy: a cached image is read-only
     if not classes:
         return Image.fromarray(np.asarray(image, np.uint8))
     masks = torch.from_numpy(np.stack([mask == c for c in classes]))

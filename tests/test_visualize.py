@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from tasks.visualize import PREDICTED_COLOUR, TRUTH_COLOUR, draw_detections, overlay_mask, voc_palette
 
@@ -16,6 +17,21 @@ def test_overlay_blends_each_class_in_its_voc_colour_as_before() -> None:
     before = np.where((mask > 0)[..., None], 0.5 * image + 0.5 * colours, image).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(overlay_mask(image, mask)), before)
     np.testing.assert_array_equal(np.asarray(overlay_mask(image, np.zeros_like(mask))), image)
+
+
+def test_overlay_of_a_read_only_image_makes_no_tensor_of_it(monkeypatch) -> None:
+    """The image cache hands out read-only arrays; torch warns (once a process) when a tensor is made from one
+    without a copy, so every array overlay_mask gives torch must be writable."""
+    arrays = []
+    from_numpy = torch.from_numpy
+    monkeypatch.setattr(torch, "from_numpy", lambda array: arrays.append(array) or from_numpy(array))
+    image = np.full((8, 10, 3), 50, np.uint8)
+    image.flags.writeable = False
+    mask = np.zeros((8, 10), np.uint8)
+    mask[2:5, 3:7] = 1
+    overlay = np.asarray(overlay_mask(image, mask))
+    assert len(arrays) == 2 and all(array.flags.writeable for array in arrays)
+    assert (overlay[2:5, 3:7] != 50).any() and (overlay[0] == 50).all()
 
 
 def test_boxes_are_drawn_where_they_are_in_their_colours_on_an_enlarged_canvas() -> None:
