@@ -18,7 +18,7 @@ from tasks.config import apply, dump_yaml, load_yaml, merge_dicts, nested_update
 from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
 from tasks.engine import Engine, Setup, resolve_device
 from tasks.errors import UserError
-from tasks.export import check_format
+from tasks.export import check_format, format_of
 from tasks.io import write_text
 from tasks.model_summary import model_size
 from tasks.recipes import Recipe, adopt_resumed
@@ -201,8 +201,9 @@ def command_flags(args: argparse.Namespace, flags: Mapping[str, str]) -> dict[st
 
 
 def export_format(args: argparse.Namespace) -> str:
-    """``export``'s format (default onnx), checked against ``--quantize`` before anything is written."""
-    fmt = args.format or "onnx"
+    """``export``'s format: ``--format``, else the one ``--output``'s name ends as (``.onnx``, ``.xml``,
+    ``.torchscript.pt``), else onnx; checked against ``--quantize`` before anything is written."""
+    fmt = args.format or format_of(args.output) or "onnx"
     check_format(fmt, args.quantize)
     return fmt
 

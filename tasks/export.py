@@ -45,6 +45,7 @@ TOLERANCE = dict(rtol=1e-3, atol=1e-4)  # README states these
 EXPORT_FORMATS = ("onnx", "torchscript", "openvino")
 QUANTIZABLE = ("onnx", "openvino")  # the formats --quantize int8 has a quantizer for
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "openvino": ".xml"}
+FORMAT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript", "openvino": "an OpenVINO"}
 RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torch.jit", "openvino": "OpenVINO"}
 METADATA_FILE = "metadata.json"  # TorchScript's extra file with the task's metadata
 OPENVINO_METADATA = ["multitask_backbones", "metadata"]  # where an OpenVINO model's rt_info keeps the metadata
@@ -527,10 +528,29 @@ def calibration_inputs(dataset: Any, count: int, make: Callable[[dict[str, Any]]
     return inputs
 
 
+def format_of(output: str | None) -> str | None:
+    """The export format that ``--output``'s file name asks for, if it names one."""
+    name = Path(output).name if output else ""
+    return next((fmt for fmt, suffix in SUFFIXES.items() if name.endswith(suffix) and name != suffix), None)
+
+
 def default_target(checkpoint: Path, fmt: str, output: str | None) -> Path:
-    target = Path(output) if output else checkpoint.with_suffix(SUFFIXES[fmt])
+    """Where ``export`` writes: ``--output`` as given, or a file named after the checkpoint in the folder that
+    ``--output`` names (or beside the checkpoint). The name must end as ``fmt``'s files do, since ``predict`` and
+    ``eval`` tell an exported model's format by that; checked before anything is written."""
+    name = checkpoint.with_suffix(SUFFIXES[fmt]).name
+    if not output:
+        return checkpoint.with_name(name)
+    target = Path(output)
+    if target.is_dir() or output.endswith(("/", os.sep)):
+        return target / name
     if fmt == "openvino":
         _check_ir_path(target)
+    if not target.name.endswith(SUFFIXES[fmt]) or target.name == SUFFIXES[fmt]:
+        raise UserError(
+            f"--output {output}: {FORMAT_NAMES[fmt]} model is a {SUFFIXES[fmt]} file (name one, or a folder to write "
+            "it in)"
+        )
     return target
 
 

@@ -110,6 +110,25 @@ def test_export_bad_format_and_missing_checkpoint(checkpoints, tmp_path, capsys)
     assert rc == 2 and err.startswith(f"error: {bad} is not a readable ONNX model") and "\n" not in err
 
 
+def test_output_name_chooses_the_format_and_must_match_it(checkpoints, tmp_path, capsys) -> None:
+    """predict and eval tell an exported model's format by its file name, so export refuses a name that does not
+    end as the format's files do (it wrote an ONNX file that it then read back as TorchScript and failed on),
+    takes the format from a name that ends as one, and writes into a folder under the checkpoint's name."""
+    main, checkpoint, _ = checkpoints["classify"]
+    for output, fmt in ((tmp_path / "model", []), (tmp_path / "m.onnx", ["--format", "torchscript"])):
+        rc = main(["export", "--checkpoint", str(checkpoint), "--output", str(output), *fmt])
+        suffix = SUFFIXES[fmt[1] if fmt else "onnx"]
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith(f"error: --output {output}: ") and f"model is a {suffix} file" in err, err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    named = tmp_path / "m.torchscript.pt"
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(named)]) == 0
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(folder)]) == 0
+    assert Exported(named).format == "torchscript" and Exported(folder / "best.onnx").format == "onnx"
+
+
 def test_eager_and_exported_logits_agree_numerically(checkpoints, tmp_path) -> None:
     from tasks.checkpoint import load_model
     from tasks.classify import build_model
