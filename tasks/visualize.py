@@ -137,7 +137,10 @@ def pr_curve_png(curves: dict[str, Any]) -> bytes:
             axes.plot(recall, mean, linewidth=3, color="blue", label=f"all classes {mean.mean():.3f} AP50")
         axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="precision-recall, IoU 0.5")
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=8, loc="best")
+        if defined:
+            axes.legend(fontsize=8, loc="best")
+        else:  # matplotlib warns of a legend with nothing in it
+            axes.text(0.5, 0.5, "no class has a box in this split", ha="center", va="center")
 
     return _figure_png(draw)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tasks.visualize import PREDICTED_COLOUR, TRUTH_COLOUR, draw_detections, overlay_mask, voc_palette
+from tasks.visualize import PREDICTED_COLOUR, TRUTH_COLOUR, draw_detections, overlay_mask, pr_curve_png, voc_palette
 
 
 def test_overlay_blends_each_class_in_its_voc_colour_as_before() -> None:
@@ -52,3 +52,20 @@ def test_boxes_are_drawn_where_they_are_in_their_colours_on_an_enlarged_canvas()
     assert tuple(drawn[50, 16]) == TRUTH_COLOUR  # the true box's left edge (x 2·8)
     assert tuple(drawn[300, 100]) == (0, 0, 0)  # inside a box: untouched
     assert tuple(np.asarray(draw_detections(image, np.zeros((0, 4)), [], []))[250, 32]) == (0, 0, 0)
+
+
+def test_pr_curve_without_any_defined_class_draws_without_a_warning() -> None:
+    """A split with no box of any class (every precision undefined) still gets its picture, and matplotlib's
+    warning about an empty legend does not reach the run's output."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    curves = {"recall": [i / 100 for i in range(101)], "precision": {"square": [None] * 101, "disc": [None] * 101}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        png = pr_curve_png(curves)
+    assert [str(w.message)[:60] for w in caught] == []
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.size[0] > 100
