@@ -85,7 +85,10 @@ def cached_download(url: str) -> Path:
         try:
             torch.hub.download_url_to_file(url, str(target), hash_prefix=match.group(1) if match else None)
         except (OSError, RuntimeError) as error:
-            raise WeightsError(f"could not download weights from {url}: {error}") from error
+            raise WeightsError(
+                f"could not download weights from {url}: {error}; without a network, copy that file to {target} "
+                "or pass a local path as the weights"
+            ) from error
     return target
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 
 import pytest
 import timm
@@ -94,6 +95,20 @@ def test_hash_in_official_style_filename_is_verified(reference, tmp_path) -> Non
     build_backbone("resnet18", weights=good.as_uri())
     with pytest.raises(WeightsError, match="could not download"):
         build_backbone("resnet18", weights=bad.as_uri())
+
+
+def test_a_failed_download_says_where_to_put_the_file_by_hand(tmp_path) -> None:
+    """Offline, the message names the cache file that a copied checkpoint would be read from, and it is."""
+    missing = tmp_path / "elsewhere" / "resnet18-f37072fd.pth"
+    with pytest.raises(WeightsError) as caught:
+        build_backbone("resnet18", weights=missing.as_uri())
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / missing.name
+    assert f"could not download weights from {missing.as_uri()}: " in str(caught.value)
+    assert str(caught.value).endswith(f"copy that file to {cached} or pass a local path as the weights")
+    reference = torchvision.models.resnet18()
+    torch.save(reference.state_dict(), cached)  # the hash in the name is not checked for a file already cached
+    net = build_backbone("resnet18", weights=missing.as_uri())
+    assert torch.equal(net.state_dict()["conv1.weight"], reference.state_dict()["conv1.weight"])
 
 
 def test_official_names_resolve_to_real_download_locations() -> None:
