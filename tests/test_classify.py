@@ -214,6 +214,22 @@ def test_csv_layout(data, tmp_path) -> None:
     assert json.loads((out / "metrics.json").read_text())["num_samples"] == 12
 
 
+@pytest.mark.parametrize(
+    "line, problem",
+    [("a.png,", "the path or the label is empty"), (" ,red", "the path or the label is empty"), ("a.png", "expected")],
+)
+def test_a_csv_line_without_a_path_or_a_label_is_named(tmp_path, line, problem) -> None:
+    """An empty label was read as a class named '' (three classes from two)."""
+    from tasks.data.folders import read_label_csv
+    from tasks.errors import UserError
+
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "train.csv").write_text(f"path,label\na.png,red\n{line}\n")
+    with pytest.raises(UserError) as caught:
+        read_label_csv(tmp_path / "train.csv")
+    assert str(caught.value).startswith(f"label file {tmp_path / 'train.csv'}, line 3: {problem}")
+
+
 def test_auto_format_reads_loose_images_beside_a_csv_as_the_csv_layout(tmp_path) -> None:
     """The shapes layout (train/*.png, train.csv, masks/, annotations/) serves classify through --data alone."""
     from tasks.data.folders import find_split

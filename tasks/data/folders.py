@@ -70,6 +70,8 @@ def read_label_csv(path: Path, classes: Sequence[str] | None = None) -> tuple[li
             raise UserError(f"label file {path}, line {number}: expected 'path,label', got {row!r}")
         if number == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
             continue
+        if not row[0].strip() or not row[1].strip():  # an empty label would become a class named ''
+            raise UserError(f"label file {path}, line {number}: the path or the label is empty in {row!r}")
         rows.append((number, row[0].strip(), row[1].strip()))
     if not rows:
         raise UserError(f"label file {path} lists no images")
