@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from backbones import resnet as _resnet  # noqa: F401  (fills the registry)
-from backbones.base import LEVELS, Backbone, FeatureInfo
+from backbones.base import LEVELS, Backbone, BackboneError, FeatureInfo
 from backbones.inference import InferenceBackbone, fast_inference, fast_model_inference, optimize_for_inference
 from backbones.norm import NORMS
 from backbones.registry import register_backbone, registered
@@ -24,6 +24,7 @@ __all__ = [
     "LEVELS",
     "NORMS",
     "Backbone",
+    "BackboneError",
     "BasicBlock",
     "Bottleneck",
     "FeatureInfo",
@@ -56,5 +57,5 @@ def build_backbone(name: str, **options: Any) -> Backbone:
         return TimmBackbone(name[len(TIMM_PREFIX) :], **options)
     builders = registered()
     if name not in builders:
-        raise ValueError(f"unknown backbone {name!r}: choose one of {list_backbones()} or 'timm:<model name>'")
+        raise BackboneError(f"unknown backbone {name!r}: choose one of {list_backbones()} or 'timm:<model name>'")
     return builders[name](**options)

@@ -11,6 +11,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 LEVELS: tuple[str, ...] = ("c1", "c2", "c3", "c4", "c5")
 
 
+class BackboneError(ValueError):
+    """A backbone that cannot be built as asked (an unknown name, an invalid option), or that lacks the feature
+    levels a head needs. A ``ValueError``; the task runners report it in one line."""
+
+
 @dataclass(frozen=True)
 class FeatureInfo:
     """One feature map a backbone returns.
@@ -26,12 +31,17 @@ class FeatureInfo:
     stride: int
 
 
+def describe_levels(feature_info: Iterable[FeatureInfo]) -> str:
+    """``c2 (stride 4), c3 (stride 8), ...``: what a backbone returns, for messages."""
+    return ", ".join(f"{info.name} (stride {info.stride})" for info in feature_info)
+
+
 def check_out_levels(out_levels: Iterable[str], available: Sequence[str]) -> tuple[str, ...]:
     """Validate ``out_levels`` against what a backbone can produce, returned in stride order."""
     wanted = tuple(out_levels)
     unknown = [name for name in wanted if name not in available]
     if not wanted or unknown:
-        raise ValueError(f"out_levels={list(wanted)!r} is invalid: choose a non-empty subset of {list(available)}")
+        raise BackboneError(f"out_levels={list(wanted)!r} is invalid: choose a non-empty subset of {list(available)}")
     return tuple(name for name in available if name in wanted)
 
 

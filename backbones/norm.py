@@ -8,6 +8,8 @@ from functools import partial
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from backbones.base import BackboneError
+
 NORMS: tuple[str, ...] = ("bn", "frozen_bn", "sync_bn", "gn")
 
 NormFactory = Callable[[int], nn.Module]
@@ -28,12 +30,12 @@ def norm_factory(norm: str, *, gn_groups: int = 32) -> NormFactory:
         return nn.SyncBatchNorm
     if norm == "gn":
         return partial(_group_norm, gn_groups)
-    raise ValueError(f"norm={norm!r} is invalid: choose one of {list(NORMS)}")
+    raise BackboneError(f"norm={norm!r} is invalid: choose one of {list(NORMS)}")
 
 
 def _group_norm(groups: int, channels: int) -> nn.GroupNorm:
     if channels % groups:
-        raise ValueError(f"gn needs channels divisible by {groups} groups, got {channels}")
+        raise BackboneError(f"gn needs channels divisible by {groups} groups, got {channels}")
     return nn.GroupNorm(groups, channels)
 
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from backbones.base import LEVELS, Backbone, FeatureInfo, check_out_levels
+from backbones.base import LEVELS, Backbone, BackboneError, FeatureInfo, check_out_levels
 from backbones.norm import NORMS, NormFactory, norm_factory, zero_norm_weight
 from backbones.registry import register_backbone
 from backbones.weights import load_backbone_weights
@@ -202,17 +202,17 @@ class ResNet(Backbone):
     ) -> None:
         super().__init__()
         if output_stride not in _DILATED_STAGES:
-            raise ValueError(f"output_stride={output_stride!r} is invalid: choose 32, 16 or 8")
+            raise BackboneError(f"output_stride={output_stride!r} is invalid: choose 32, 16 or 8")
         if not -1 <= frozen_stages <= 4:
-            raise ValueError(f"frozen_stages={frozen_stages!r} is invalid: choose -1 (none) to 4 (all)")
+            raise BackboneError(f"frozen_stages={frozen_stages!r} is invalid: choose -1 (none) to 4 (all)")
         if norm not in NORMS:
-            raise ValueError(f"norm={norm!r} is invalid: choose one of {list(NORMS)}")
+            raise BackboneError(f"norm={norm!r} is invalid: choose one of {list(NORMS)}")
         if style not in ("pytorch", "caffe"):
-            raise ValueError(f"style={style!r} is invalid: choose 'pytorch' or 'caffe'")
+            raise BackboneError(f"style={style!r} is invalid: choose 'pytorch' or 'caffe'")
         if in_channels < 1:
-            raise ValueError(f"in_channels={in_channels!r} is invalid: it must be at least 1")
+            raise BackboneError(f"in_channels={in_channels!r} is invalid: it must be at least 1")
         if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate={drop_path_rate!r} is invalid: it must be in [0, 1)")
+            raise BackboneError(f"drop_path_rate={drop_path_rate!r} is invalid: it must be in [0, 1)")
         norm_layer = norm_factory(norm)
         self.norm_eval = norm_eval
         self._out = check_out_levels(out_levels, LEVELS)

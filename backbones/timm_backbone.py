@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from backbones.base import Backbone, FeatureInfo, check_out_levels
+from backbones.base import Backbone, BackboneError, FeatureInfo, check_out_levels
 from backbones.weights import resolve_weights
 
 PREFIX = "timm:"
@@ -51,7 +51,7 @@ class TimmBackbone(Backbone):
 
         if model_name not in timm.list_models():
             close = timm.list_models(f"*{model_name[:6]}*")[:10]
-            raise ValueError(f"timm has no model {model_name!r}; similar names: {close}")
+            raise BackboneError(f"timm has no model {model_name!r}; similar names: {close}")
         kwargs: dict[str, Any] = dict(features_only=True, in_chans=in_channels)
         if output_stride != 32:
             kwargs["output_stride"] = output_stride
@@ -61,7 +61,14 @@ class TimmBackbone(Backbone):
             kwargs["pretrained"] = True
             if os.fspath(weights) != "timm":
                 kwargs["pretrained_cfg_overlay"] = dict(file=str(resolve_weights(weights, model_name)))
-        self.model = timm.create_model(model_name, **kwargs)
+        try:  # ViT-like models take any input size only when asked; the others have no such argument
+            self.model = timm.create_model(model_name, dynamic_img_size=True, **kwargs)
+        except TypeError as error:
+            if "dynamic_img_size" not in str(error):
+                raise
+            self.model = timm.create_model(model_name, **kwargs)
+        # Swin and other token models return (N, H, W, C) maps; the heads read (N, C, H, W)
+        self._nhwc = str(getattr(getattr(self.model, "output_fmt", None), "value", "NCHW")) == "NHWC"
         self.norm_eval = norm_eval
 
         reductions = self.model.feature_info.reduction()
@@ -91,5 +98,7 @@ class TimmBackbone(Backbone):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         maps = self.model(x)  # one (N, C, H/stride, W/stride) map per timm feature
+        if self._nhwc:
+            maps = [m.permute(0, 3, 1, 2) for m in maps]
         wanted = {info.name for info in self.feature_info}
         return {name: m for name, m in zip(self._names, maps) if name in wanted}

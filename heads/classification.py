@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from backbones.base import FeatureInfo
+from backbones.base import BackboneError, FeatureInfo, describe_levels
 
 Pool = Literal["avg", "max", "avgmax"]
 
@@ -48,7 +48,7 @@ class ClassificationHead(nn.Module):
         elif level in by_name:
             info = by_name[level]
         else:
-            raise ValueError(f"level={level!r} is not among the backbone's levels {list(by_name)}")
+            raise BackboneError(f"level={level!r} is not among the backbone's levels: {describe_levels(feature_info)}")
         self.level = info.name
         self.pool = pool
         self.dropout = nn.Dropout(dropout)

@@ -27,7 +27,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
-from backbones.base import Backbone, FeatureInfo
+from backbones.base import Backbone, BackboneError, FeatureInfo, describe_levels
 from heads.state_dict import rename_prefixes
 
 DETECTION_LEVELS = ("c2", "c3", "c4", "c5")
@@ -206,7 +206,10 @@ class FasterRCNNHead(nn.Module):
         by_name = {info.name: info for info in feature_info}
         missing = [level for level in levels if level not in by_name]
         if missing:
-            raise ValueError(f"the backbone returns {list(by_name)}, but the detection head needs {list(levels)}")
+            raise BackboneError(
+                f"the backbone returns {describe_levels(feature_info)}, but the detection head's FPN needs "
+                f"{', '.join(levels)}"
+            )
         if len(anchor_sizes) != len(levels) + 1:
             raise ValueError(
                 f"anchor_sizes has {len(anchor_sizes)} levels; it needs {len(levels) + 1} "

@@ -18,11 +18,23 @@ from segmentation_models_pytorch.losses import DiceLoss
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from backbones.base import Backbone, FeatureInfo
+from backbones.base import Backbone, BackboneError, FeatureInfo, describe_levels
 from heads.state_dict import rename_prefixes
 
 SEGMENTATION_LEVELS = ("c1", "c2", "c3", "c4", "c5")
 DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+
+
+def default_levels(feature_info: Sequence[FeatureInfo]) -> tuple[str, ...]:
+    """The levels a U-Net reads from this backbone: c1..c5, or where its first map is deeper, the levels it has
+    from its first one to c5, each at a larger stride than the one before (a ViT's maps, all at stride 16, are not
+    such a pyramid: they keep c1..c5, and the head's message says what is missing)."""
+    strides = {info.name: info.stride for info in feature_info}
+    present = [level for level in SEGMENTATION_LEVELS if level in strides]
+    pyramid = all(strides[a] < strides[b] for a, b in zip(present, present[1:]))
+    if len(present) >= 2 and present == list(SEGMENTATION_LEVELS[-len(present) :]) and pyramid:
+        return tuple(present)
+    return SEGMENTATION_LEVELS
 
 
 class UNetHead(nn.Module):
@@ -33,7 +45,10 @@ class UNetHead(nn.Module):
     Args:
         feature_info: the backbone's ``feature_info``; every level in ``levels`` must be there.
         num_classes: output channels (one logit per class).
-        levels: the levels read, shallowest first; the last one starts the decoder.
+        levels: the levels read, shallowest first; the last one starts the decoder. Default: c1..c5, or for a
+            backbone whose first map is deeper (a timm ConvNeXt or Swin starts at c2, stride 4) the levels it has
+            from there to c5, with ``decoder_channels`` cut to as many steps; the last step then upsamples from
+            that first map's stride to the input size.
         decoder_channels: output channels of each decoder step, one per level.
         attention: ``"scse"`` adds spatial and channel squeeze-and-excitation to every step.
         decoder_norm: ``"batchnorm"`` (smp's default) or any ``use_norm`` value smp takes.
@@ -45,7 +60,7 @@ class UNetHead(nn.Module):
         feature_info: Sequence[FeatureInfo],
         num_classes: int,
         *,
-        levels: Sequence[str] = SEGMENTATION_LEVELS,
+        levels: Sequence[str] | None = None,
         decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
         attention: Literal["scse"] | None = None,
         decoder_norm: bool | str = "batchnorm",
@@ -55,9 +70,14 @@ class UNetHead(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes!r} is invalid: it must be at least 1")
         by_name = {info.name: info for info in feature_info}
+        if levels is None:
+            levels = default_levels(feature_info)
+            decoder_channels = tuple(decoder_channels)[: len(levels)]
         missing = [level for level in levels if level not in by_name]
         if missing:
-            raise ValueError(f"levels {missing} are not among the backbone's levels {list(by_name)}")
+            raise BackboneError(
+                f"the backbone returns {describe_levels(feature_info)}, but the U-Net reads {', '.join(levels)}"
+            )
         if len(decoder_channels) != len(levels):
             raise ValueError(f"decoder_channels={list(decoder_channels)} needs one entry per level {list(levels)}")
         if attention not in (None, "scse"):

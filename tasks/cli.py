@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from backbones import WeightsError, list_backbones
+from backbones import BackboneError, WeightsError, list_backbones
 from tasks import distributed, threads
 from tasks.checkpoint import load_checkpoint
 from tasks.config import apply, dump_yaml, load_yaml, merge_dicts, nested_update, packaged_config, parse_set_option
@@ -366,7 +366,7 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None)
         code = main(argv)
         distributed.shutdown(wait=True)  # every rank done before any leaves the group
         return code
-    except (UserError, WeightsError) as error:
+    except (UserError, WeightsError, BackboneError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

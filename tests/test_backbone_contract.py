@@ -50,6 +50,22 @@ def test_timm_feature_info_is_true(name: str, output_stride: int) -> None:
     _check_feature_info(backbone, 64, 96)
 
 
+def test_timm_token_models_give_nchw_maps_at_any_input_size() -> None:
+    """Swin returns (N, H, W, C) maps from timm: they reach the heads as (N, C, H, W), the same values. A ViT
+    takes an input of another size than its 224 (timm's dynamic_img_size), where it asserted before."""
+    swin = build_backbone("timm:swin_tiny_patch4_window7_224").eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ours, theirs = swin(x), swin.model(x)
+    assert [tuple(m.shape[-1:]) for m in theirs] == [(info.channels,) for info in swin.feature_info]  # NHWC there
+    for info, nhwc in zip(swin.feature_info, theirs):
+        assert torch.equal(ours[info.name], nhwc.permute(0, 3, 1, 2))
+    _check_feature_info(swin, 64, 96)
+    vit = build_backbone("timm:vit_tiny_patch16_224").eval()
+    assert {info.stride for info in vit.feature_info} == {16}
+    _check_feature_info(vit, 64, 96)
+
+
 def test_out_levels_limits_outputs_and_skips_unused_stages() -> None:
     backbone = build_backbone("resnet18", out_levels=("c3", "c2")).eval()
     assert backbone.out_levels == ("c2", "c3")

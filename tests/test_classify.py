@@ -230,6 +230,20 @@ def test_a_csv_line_without_a_path_or_a_label_is_named(tmp_path, line, problem) 
     assert str(caught.value).startswith(f"label file {tmp_path / 'train.csv'}, line 3: {problem}")
 
 
+@pytest.mark.parametrize("backbone", ["timm:convnext_atto", "timm:vit_tiny_patch16_224"])
+def test_timm_backbones_train_and_evaluate(data, tmp_path, backbone) -> None:
+    """The runner gave every timm model the ResNets' ``norm`` option (a TypeError), and a ViT asserted its input
+    was 224 px; both train from the command line now, and eval reads the checkpoint back."""
+    out = tmp_path / "run"
+    args = [*FAST, "--backbone", backbone, "--epochs", "1", "--set", "train.max_iters_per_epoch=1"]  # later wins
+    assert main(["--data", str(data), "--output", str(out), *args]) == 0
+    trained = json.loads((out / "metrics.json").read_text())
+    assert (
+        main(["eval", "--checkpoint", str(out / "best.pt"), "--data", str(data), "--output", str(tmp_path / "e")]) == 0
+    )
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["accuracy"] == trained["accuracy"]
+
+
 def test_auto_format_reads_loose_images_beside_a_csv_as_the_csv_layout(tmp_path) -> None:
     """The shapes layout (train/*.png, train.csv, masks/, annotations/) serves classify through --data alone."""
     from tasks.data.folders import find_split

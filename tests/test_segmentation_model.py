@@ -6,8 +6,8 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 
-from backbones import build_backbone
-from heads.segmentation import UNet, UNetHead, from_smp_state_dict, to_smp_state_dict
+from backbones import BackboneError, FeatureInfo, build_backbone
+from heads.segmentation import SEGMENTATION_LEVELS, UNet, UNetHead, from_smp_state_dict, to_smp_state_dict
 from tests.conftest import randomize_bn_stats
 
 
@@ -59,6 +59,25 @@ def test_decoder_widths_come_from_feature_info(backbone: str) -> None:
         assert ours(torch.randn(1, 3, 64, 64)).shape == (1, 4, 64, 64)
 
 
+@pytest.mark.parametrize("backbone", ["resnet18", "timm:convnext_atto"])
+def test_a_backbone_that_starts_at_stride_4_gets_a_four_step_decoder(backbone: str) -> None:
+    """A ConvNeXt (timm) has no stride-2 map: the U-Net reads c2..c5 with the first four decoder widths, and its
+    last step upsamples from stride 4 to the input size. A ResNet asked for c2..c5 gets the same."""
+    options = {"out_levels": ("c2", "c3", "c4", "c5")} if backbone == "resnet18" else {}
+    net = build_backbone(backbone, **options)
+    head = UNetHead(net.feature_info, 3)
+    assert head.levels == ("c2", "c3", "c4", "c5")
+    widths = [block.conv2[0].out_channels for block in head.decoder.blocks]
+    assert widths == [256, 128, 64, 32] and head.segmentation_head[0].in_channels == 32
+    channels = {info.name: info.channels for info in net.feature_info}
+    inputs = [channels["c5"], *widths]  # what each step receives from the one before, plus its skip
+    skips = [block.conv1[0].in_channels - width for block, width in zip(head.decoder.blocks, inputs)]
+    assert skips == [channels["c4"], channels["c3"], channels["c2"], 0]  # the last step has no skip
+    model = UNet(net, head).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 96)).shape == (1, 3, 64, 96)
+
+
 def test_dilated_backbone_keeps_the_output_at_input_size() -> None:
     net = build_backbone("resnet18", output_stride=8)
     model = UNet(net, UNetHead(net.feature_info, 2)).eval()
@@ -68,8 +87,11 @@ def test_dilated_backbone_keeps_the_output_at_input_size() -> None:
 
 def test_head_rejects_bad_options() -> None:
     info = build_backbone("resnet18", out_levels=("c2", "c3", "c4", "c5")).feature_info
-    with pytest.raises(ValueError, match="c1"):
-        UNetHead(info, 3)
+    with pytest.raises(BackboneError, match="c1"):
+        UNetHead(info, 3, levels=SEGMENTATION_LEVELS)
+    vit = [FeatureInfo("c4", 192, 16), FeatureInfo("c5", 192, 16), FeatureInfo("c6", 192, 16)]  # no pyramid
+    with pytest.raises(BackboneError, match=r"returns c4 \(stride 16\), c5 \(stride 16\), c6 \(stride 16\)"):
+        UNetHead(vit, 3)
     full = build_backbone("resnet18").feature_info
     with pytest.raises(ValueError, match="one entry per level"):
         UNetHead(full, 3, decoder_channels=(64, 32))
