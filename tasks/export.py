@@ -90,16 +90,22 @@ def export_onnx(spec: ExportSpec, path: Path, metadata: dict[str, Any] | None = 
     def write(staging: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer and deprecation chatter
-            torch.onnx.export(
-                spec.module.eval(),
-                spec.example,
-                staging,
-                dynamo=False,
-                opset_version=ONNX_OPSET,
-                input_names=spec.input_names,
-                output_names=spec.output_names,
-                dynamic_axes=spec.dynamic_axes,
-            )
+            try:
+                torch.onnx.export(
+                    spec.module.eval(),
+                    spec.example,
+                    staging,
+                    dynamo=False,
+                    opset_version=ONNX_OPSET,
+                    input_names=spec.input_names,
+                    output_names=spec.output_names,
+                    dynamic_axes=spec.dynamic_axes,
+                )
+            except torch.onnx.errors.OnnxExporterError as error:  # an operator of the model that ONNX lacks
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise UserError(
+                    f"export: torch.onnx.export (under --format onnx and openvino) cannot take this model: {reason}"
+                ) from None
         if metadata:
             graph = onnx.load(staging)
             for key, value in metadata.items():

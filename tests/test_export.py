@@ -129,6 +129,26 @@ def test_output_name_chooses_the_format_and_must_match_it(checkpoints, tmp_path,
     assert Exported(named).format == "torchscript" and Exported(folder / "best.onnx").format == "onnx"
 
 
+def test_a_model_onnx_cannot_take_is_one_line_and_leaves_no_file(tmp_path) -> None:
+    """A timm ViT resizes its position embedding with antialiased bicubic interpolation, which ONNX's opset lacks;
+    torch.onnx's error came out as a traceback."""
+    from torch.nn import functional as F
+
+    from tasks.export import ExportSpec, export_onnx
+
+    class Antialiased(torch.nn.Module):
+        def forward(self, x):
+            return F.interpolate(x, scale_factor=0.5, mode="bicubic", antialias=True)
+
+    spec = ExportSpec(Antialiased(), (torch.rand(1, 3, 16, 16),), ["images"], ["small"])
+    with pytest.raises(UserError) as caught:
+        export_onnx(spec, tmp_path / "m.onnx")
+    message = str(caught.value)
+    assert message.startswith("export: torch.onnx.export (under --format onnx and openvino) cannot take this model: ")
+    assert "_upsample_bicubic2d_aa" in message and "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_eager_and_exported_logits_agree_numerically(checkpoints, tmp_path) -> None:
     from tasks.checkpoint import load_model
     from tasks.classify import build_model
