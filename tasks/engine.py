@@ -709,6 +709,19 @@ class Engine:
             "elapsed_seconds": self.elapsed,
         }
 
+    def _misfit(self, checkpoint: dict[str, Any], error: BaseException) -> str:
+        """Why a resumed checkpoint's weights do not load: the model options that differ (torch's own message
+        names only the first tensor, and wraps over lines)."""
+        saved, now = checkpoint.get("model_args") or {}, (self.meta or {}).get("model_args") or {}
+        changed = [
+            f"{key} {saved.get(key)!r} there, {now.get(key)!r} here"
+            for key in sorted(set(saved) | set(now))
+            if saved.get(key) != now.get(key)
+        ]
+        if changed:
+            return f"it was trained with other model options ({'; '.join(changed)}); resume with the same ones"
+        return str(error).strip().splitlines()[0]
+
     def _resume(self, path: Path) -> None:
         checkpoint = load_checkpoint(path, task=self.task.name)
         if checkpoint.get("optimizer") is None:
@@ -717,7 +730,7 @@ class Engine:
             self.model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         except (RuntimeError, ValueError) as error:
-            raise UserError(f"checkpoint {path} does not fit this model: {str(error).splitlines()[0]}") from None
+            raise UserError(f"checkpoint {path} does not fit this model: {self._misfit(checkpoint, error)}") from None
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         if self.ema is not None and checkpoint.get("ema") is not None:

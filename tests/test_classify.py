@@ -125,6 +125,20 @@ def test_resume_continues_after_the_saved_epoch(data, tmp_path, capsys) -> None:
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
 
 
+def test_resume_with_another_model_names_the_options_that_differ(data, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["--data", str(data), "--epochs", "1", "--output", str(out), *FAST]) == 0
+    capsys.readouterr()
+    args = ["--data", str(data), "--epochs", "2", "--output", str(out), "--resume", str(out / "last.pt")]
+    rc = main([*args, *FAST, "--backbone", "resnet34"])  # later flags win
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err, err
+    assert err == (
+        f"error: checkpoint {out / 'last.pt'} does not fit this model: it was trained with other model options "
+        "(backbone 'resnet18' there, 'resnet34' here); resume with the same ones"
+    )
+
+
 def test_resume_goes_on_with_the_recipe_the_run_resolved(data, tmp_path, capsys, monkeypatch) -> None:
     """--resume with nothing else: every auto choice (epochs fitted to --time, warmup, augmentation, size, rate)
     is the checkpoint's, shown as the resumed run's, and no step is measured again."""
