@@ -12,6 +12,7 @@ from backbones.base import Backbone, BackboneError, FeatureInfo, check_out_level
 from backbones.weights import resolve_weights
 
 PREFIX = "timm:"
+TIMM_NORMS = ("bn", "frozen_bn", "sync_bn")  # what ``norm`` can do to a timm model's own layers
 
 
 class TimmBackbone(Backbone):
@@ -29,6 +30,9 @@ class TimmBackbone(Backbone):
         out_levels: levels to return; default, all the model has.
         in_channels: input channels.
         frozen_stages: -1 none, 0 the stem, k the stem and the modules up to level c(k+1).
+        norm: ``"bn"``, the model's own norm layers; ``"frozen_bn"``, its BatchNorms frozen (timm's
+            ``freeze_batch_norm_2d``, after the weights load), as detectors fine-tune a pretrained backbone;
+            ``"sync_bn"``, synchronised across processes. ``"gn"`` rebuilds this library's ResNets only.
         norm_eval: keep BatchNorm statistics fixed in training mode.
         output_stride: passed to timm for models that support dilation.
         drop_path_rate: stochastic depth, for models that support it.
@@ -42,6 +46,7 @@ class TimmBackbone(Backbone):
         out_levels: tuple[str, ...] | list[str] | None = None,
         in_channels: int = 3,
         frozen_stages: int = -1,
+        norm: str = "bn",
         norm_eval: bool = False,
         output_stride: int = 32,
         drop_path_rate: float = 0.0,
@@ -49,6 +54,11 @@ class TimmBackbone(Backbone):
         super().__init__()
         import timm
 
+        if norm not in TIMM_NORMS:
+            raise BackboneError(
+                f"norm={norm!r} is invalid for a timm model: choose one of {list(TIMM_NORMS)} "
+                "('gn' replaces the norm layers of this library's ResNets only)"
+            )
         if model_name not in timm.list_models():
             close = timm.list_models(f"*{model_name[:6]}*")[:10]
             raise BackboneError(f"timm has no model {model_name!r}; similar names: {close}")
@@ -67,6 +77,10 @@ class TimmBackbone(Backbone):
             if "dynamic_img_size" not in str(error):
                 raise
             self.model = timm.create_model(model_name, **kwargs)
+        if norm == "frozen_bn":
+            self.model = timm.layers.freeze_batch_norm_2d(self.model)
+        elif norm == "sync_bn":
+            self.model = timm.layers.convert_sync_batchnorm(self.model)
         # Swin and other token models return (N, H, W, C) maps; the heads read (N, C, H, W)
         self._nhwc = str(getattr(getattr(self.model, "output_fmt", None), "value", "NCHW")) == "NHWC"
         self.norm_eval = norm_eval

@@ -128,9 +128,7 @@ def build_model(
     ``freeze_backbone=True`` trains the head alone (a linear probe): the backbone gets
     ``requires_grad=False`` and stays in eval mode.
     """
-    if backbone.startswith("timm:"):
-        backbone_options.pop("norm", None)  # timm models bring their own norm layers (as tasks.segment does)
-    else:
+    if not backbone.startswith("timm:"):
         backbone_options.setdefault("out_levels", ("c5",))
     net = build_backbone(backbone, weights=weights, **backbone_options)
     if freeze_backbone:

@@ -98,8 +98,7 @@ def build_model(
     options: dict[str, Any] = dict(out_levels=DETECTION_LEVELS)
     if zero_init_residual:  # from scratch (tasks.recipes): every residual block starts as the identity
         options["zero_init_residual"] = True
-    if not backbone.startswith("timm:"):
-        options["norm"] = norm or ("frozen_bn" if pretrained else "bn")
+    options["norm"] = norm or ("frozen_bn" if pretrained else "bn")  # torchvision's, for timm models too
     options["frozen_stages"] = frozen_stages if frozen_stages is not None else (1 if pretrained else -1)
     net = build_backbone(backbone, weights=weights, **options)
     head = FasterRCNNHead(net.feature_info, num_classes, **head_options)

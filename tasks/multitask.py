@@ -111,9 +111,7 @@ def build_model(
         raise ValueError(f"num_classes_per_task has no entry for {missing}")
     levels = {"classify": ("c5",), "detect": DETECTION_LEVELS, "segment": ("c1", "c2", "c3", "c4", "c5")}
     wanted = sorted({level for name in tasks for level in levels[name]})
-    if backbone.startswith("timm:"):
-        backbone_options.pop("norm", None)
-    else:
+    if not backbone.startswith("timm:"):
         backbone_options.setdefault("out_levels", tuple(wanted))
     net = build_backbone(backbone, weights=weights, **backbone_options)
     heads: dict[str, nn.Module] = {}

@@ -86,8 +86,6 @@ def build_model(
     ``smp.Unet`` with the same encoder, and :func:`heads.segmentation.from_smp_state_dict`
     loads its checkpoints.
     """
-    if backbone.startswith("timm:"):
-        backbone_options.pop("norm", None)  # timm models bring their own norm layers
     net = build_backbone(backbone, weights=weights, **backbone_options)
     head = UNetHead(net.feature_info, num_classes, decoder_channels=decoder_channels, attention=attention)
     return UNet(net, head, input_scale=input_scale)

@@ -104,6 +104,32 @@ def test_frozen_stages_on_timm_backbone() -> None:
     assert frozen == {"conv1", "bn1", "layer1"}
 
 
+def test_timm_backbone_norms_freeze_or_refuse() -> None:
+    """frozen_bn turns a timm model's BatchNorms into timm's frozen ones after its weights load: in training mode
+    it computes what the unfrozen model computes in eval mode, and its statistics stay. gn is the ResNets' only."""
+    from torchvision.ops import FrozenBatchNorm2d as TimmFrozenBatchNorm2d  # timm's freezing makes these
+
+    from backbones import BackboneError
+
+    torch.manual_seed(0)
+    plain = build_backbone("timm:resnet18")
+    for module in plain.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    frozen = build_backbone("timm:resnet18", norm="frozen_bn")
+    frozen.load_state_dict({k: v for k, v in plain.state_dict().items() if "num_batches_tracked" not in k})
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules())
+    assert sum(isinstance(m, TimmFrozenBatchNorm2d) for m in frozen.modules()) == 20
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = plain.eval()(x)["c5"]
+        got = frozen.train()(x)["c5"]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(BackboneError, match="norm='gn' is invalid for a timm model"):
+        build_backbone("timm:resnet18", norm="gn")
+
+
 def test_norm_eval_keeps_running_statistics() -> None:
     backbone = build_backbone("resnet18", norm_eval=True).train()
     before = {n: b.clone() for n, b in backbone.named_buffers()}

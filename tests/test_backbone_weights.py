@@ -208,6 +208,18 @@ def test_timm_backbone_loads_a_timm_checkpoint_file(tmp_path) -> None:
         torch.testing.assert_close(backbone(x)["c5"], want, rtol=0, atol=1e-5)
 
 
+def test_a_detector_fine_tuning_timm_weights_freezes_their_batchnorms_as_torchvisions_does(tmp_path) -> None:
+    from torchvision.ops import FrozenBatchNorm2d as TimmFrozenBatchNorm2d  # timm's freezing makes these
+
+    from tasks.detect import build_model
+
+    torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "t.pth")
+    pretrained = build_model("timm:resnet18", num_classes=3, weights=str(tmp_path / "t.pth"))
+    scratch = build_model("timm:resnet18", num_classes=3)
+    assert isinstance(pretrained.backbone.model.bn1, TimmFrozenBatchNorm2d)
+    assert isinstance(scratch.backbone.model.bn1, torch.nn.BatchNorm2d)
+
+
 def test_the_loading_check_fails_on_swapped_batchnorm_statistics(reference, tmp_path) -> None:
     """The equality check is sharp enough to catch two BatchNorms' statistics loaded into each other."""
     model, state = reference
