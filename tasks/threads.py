@@ -11,6 +11,7 @@ every worker runs OpenCV single-threaded, as albumentations advises.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -68,7 +69,8 @@ def plan_cores(workers: int | str, *, device: str) -> CorePlan:
         threads = max(min(DEFAULT_THREADS, usable_cores()) // processes, 1)
         why = f"{share} core(s) for each of {processes} process(es)" if processes > 1 else f"{share} core(s)"
     if workers != "auto":
-        return CorePlan(threads, int(workers), f"{why}; workers set")
+        over = f", more than the {share} core(s): expect slower steps" if int(workers) > share else ""
+        return CorePlan(threads, int(workers), f"{why}; workers set{over}")
     if device == "cuda":
         chosen = min(max(share - 1, 1), MAX_CUDA_WORKERS)
         return CorePlan(threads, chosen, f"{why}; the math runs on the GPU")
@@ -86,6 +88,8 @@ def apply_plan(plan: CorePlan) -> None:
     global ACTIVE
     if torch.get_num_threads() != plan.threads:
         torch.set_num_threads(plan.threads)
+    if "more than the" in plan.reason:  # the cores line says so once; torch's DataLoader would warn each epoch
+        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
     ACTIVE = plan
 
 

@@ -66,6 +66,27 @@ def test_applying_a_plan_sets_torchs_threads(machine, monkeypatch) -> None:
         torch.set_num_threads(before)
 
 
+def test_more_workers_than_cores_is_said_once_in_the_cores_line(machine, monkeypatch) -> None:
+    """torch's DataLoader warned in many lines, at its creation and at each epoch's iterator; the plan's line
+    says it instead."""
+    import warnings
+
+    machine(2)
+    assert "more than" not in threads.plan_cores(2, device="cpu").reason
+    plan = threads.plan_cores(4, device="cpu")
+    assert plan.line().endswith("(2 core(s); workers set, more than the 2 core(s): expect slower steps)")
+    monkeypatch.setattr(threads, "ACTIVE", None)
+    before = torch.get_num_threads()
+    with warnings.catch_warnings(record=True) as caught:  # restores the filters that apply_plan adds
+        warnings.simplefilter("always")
+        try:
+            threads.apply_plan(plan)
+            torch.utils.data.DataLoader(list(range(8)), num_workers=4)
+        finally:
+            torch.set_num_threads(before)
+    assert [str(w.message)[:40] for w in caught] == []
+
+
 class _OpenCVThreads(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return 2
