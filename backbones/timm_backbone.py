@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from typing import Any
@@ -60,8 +61,9 @@ class TimmBackbone(Backbone):
                 "('gn' replaces the norm layers of this library's ResNets only)"
             )
         if model_name not in timm.list_models():
-            close = timm.list_models(f"*{model_name[:6]}*")[:10]
-            raise BackboneError(f"timm has no model {model_name!r}; similar names: {close}")
+            close = difflib.get_close_matches(model_name, timm.list_models(), n=5, cutoff=0.6)
+            hint = f"similar names: {', '.join(close)}" if close else "timm.list_models() lists them"
+            raise BackboneError(f"timm has no model {model_name!r}; {hint}")
         kwargs: dict[str, Any] = dict(features_only=True, in_chans=in_channels)
         if output_stride != 32:
             kwargs["output_stride"] = output_stride

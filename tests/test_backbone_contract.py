@@ -66,6 +66,15 @@ def test_timm_token_models_give_nchw_maps_at_any_input_size() -> None:
     _check_feature_info(vit, 64, 96)
 
 
+def test_a_misspelt_timm_name_gets_the_names_it_is_close_to() -> None:
+    from backbones import BackboneError
+
+    with pytest.raises(BackboneError, match=r"timm has no model 'convnex_tiny'; similar names: convnext_tiny, "):
+        build_backbone("timm:convnex_tiny")
+    with pytest.raises(BackboneError, match=r"timm has no model 'qqqq'; timm.list_models\(\) lists them$"):
+        build_backbone("timm:qqqq")
+
+
 def test_out_levels_limits_outputs_and_skips_unused_stages() -> None:
     backbone = build_backbone("resnet18", out_levels=("c3", "c2")).eval()
     assert backbone.out_levels == ("c2", "c3")
