@@ -219,7 +219,10 @@ def new_run_dir(output: str | None, task: str, command: str) -> Path:
     Under torchrun, rank 0 chooses and creates the folder and every rank gets its name.
     """
     if not distributed.is_main():
-        return Path(distributed.broadcast(""))
+        chosen = distributed.broadcast("")
+        if chosen.startswith("error: "):  # rank 0 could not make it, and says why itself
+            raise UserError(chosen.removeprefix("error: "))
+        return Path(chosen)
     if output:
         path = Path(output)
     else:
@@ -227,7 +230,16 @@ def new_run_dir(output: str | None, task: str, command: str) -> Path:
         number = 1
         while (path := base / (command if number == 1 else f"{command}{number}")).exists():
             number += 1
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--output {path} is a file; name a folder for the run's files")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"--output {path}: the folder cannot be made ({error.strerror or error})") from None
+    except UserError as error:
+        distributed.broadcast(f"error: {error}")
+        raise
     return Path(distributed.broadcast(str(path)))
 
 

@@ -120,6 +120,25 @@ def test_known_options_prefixes_and_negative_numbers_still_parse(argv, expected)
     assert {key: getattr(args, key) for key in expected} == expected
 
 
+def test_an_output_that_cannot_be_a_folder_is_one_line_and_the_file_stays(tmp_path) -> None:
+    """--output naming a file, or a place no folder can be made, raised FileExistsError and FileNotFoundError."""
+    from tasks.cli import new_run_dir
+    from tasks.errors import UserError
+
+    taken = tmp_path / "results.txt"
+    taken.write_text("keep me")
+    for output, message in (
+        (taken, f"--output {taken} is a file; name a folder for the run's files"),
+        (taken / "run", f"--output {taken / 'run'}: the folder cannot be made (Not a directory)"),
+    ):
+        with pytest.raises(UserError) as caught:
+            new_run_dir(str(output), "classify", "train")
+        assert str(caught.value) == message
+    assert taken.read_text() == "keep me"
+    assert new_run_dir(str(tmp_path / "a" / "b"), "classify", "train") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir()
+
+
 def test_predict_inputs_get_output_names_that_never_collide(tmp_path) -> None:
     from tasks.cli import PredictImages
 
