@@ -43,6 +43,10 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: dict[str, Any]) ->
 def load_checkpoint(path: str | os.PathLike[str], *, task: str) -> dict[str, Any]:
     """Read a checkpoint of ``task``; anything else is a one-line :class:`UserError`."""
     path = Path(path)
+    if path.is_dir():
+        inside = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+        hint = f": name the checkpoint in it ({' or '.join(str(path / n) for n in inside)})" if inside else ""
+        raise UserError(f"checkpoint {path} is a folder{hint}")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:

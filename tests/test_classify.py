@@ -137,6 +137,11 @@ def test_resume_with_another_model_names_the_options_that_differ(data, tmp_path,
         f"error: checkpoint {out / 'last.pt'} does not fit this model: it was trained with other model options "
         "(backbone 'resnet18' there, 'resnet34' here); resume with the same ones"
     )
+    rc = main(["eval", "--checkpoint", str(out), "--data", str(data)])  # the run folder, not its checkpoint
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == (
+        f"error: checkpoint {out} is a folder: name the checkpoint in it ({out / 'best.pt'} or {out / 'last.pt'})"
+    )
 
 
 def test_resume_goes_on_with_the_recipe_the_run_resolved(data, tmp_path, capsys, monkeypatch) -> None:
