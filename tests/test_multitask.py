@@ -252,6 +252,10 @@ def test_each_task_reads_its_own_split_names_from_the_dataset_yaml(shapes_root, 
     assert main(["--data", str(spec), "--output", str(tmp_path / "bad"), "--tasks", "detect,segment", *FAST]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown key(s) trainsplit under 'segment'" in err
+    spec.write_text(f"detect: {shapes_root}\nsegment: {{root: seg}}\nsegmnet: {{root: seg}}\n")  # a misspelt task
+    assert main(["--data", str(spec), "--output", str(tmp_path / "bad2"), "--tasks", "detect,segment", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: dataset file {spec}: unknown key(s) segmnet (valid: classify, detect, segment)\n"
 
 
 def test_runner_eval_and_predict(shapes_root, tmp_path, capsys) -> None:

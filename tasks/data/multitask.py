@@ -66,10 +66,18 @@ class MultiTaskData:
     counts: dict[str, int] = field(default_factory=dict)  # labelled images per task
 
 
+DATASET_TASKS = ("classify", "detect", "segment")  # the keys of a multi-task dataset YAML
+
+
 def parse_sources(data: Path, tasks: Sequence[str]) -> dict[str, TaskSource]:
     """Where each task's labels live: the YAML's entries, or the one root for every task."""
     if data.is_file() and data.suffix in (".yaml", ".yml"):
         document = load_yaml(data)
+        unknown_tasks = sorted(str(key) for key in document if key not in DATASET_TASKS)
+        if unknown_tasks:  # a misspelt task would leave its labels out without a word
+            raise UserError(
+                f"dataset file {data}: unknown key(s) {', '.join(unknown_tasks)} (valid: {', '.join(DATASET_TASKS)})"
+            )
         sources = {}
         for name in tasks:
             entry = document.get(name)
