@@ -427,8 +427,14 @@ def _read_predictions(path: Path) -> list[dict[str, Any]]:
     if not isinstance(results, list) or not all(
         isinstance(r, dict) and {"image_id", "bbox", "score"} <= set(r) for r in results
     ):
+        per_image = (
+            isinstance(results, list) and results and all(isinstance(r, dict) and "detections" in r for r in results)
+        )
+        what = (
+            " (this is predict's per-image output; train and eval write one as predictions.json)" if per_image else ""
+        )
         raise UserError(
-            f"predictions file {path} must be a COCO results list of {{image_id, category_id, bbox, score}}"
+            f"predictions file {path} must be a COCO results list of {{image_id, category_id, bbox, score}}{what}"
         )
 
     for index, r in enumerate(results, start=1):

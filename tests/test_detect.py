@@ -194,6 +194,23 @@ def test_eval_checkpoint_and_predictions_file_reproduce_training(trained, coco_r
         assert got["coco"][key] == pytest.approx(want["coco"][key], abs=1e-6)
 
 
+def test_predicts_own_output_given_to_eval_is_named_as_such(trained, coco_root, tmp_path, capsys) -> None:
+    """predict's predictions.json (per image, boxes by class name) is not the COCO results list that eval
+    --predictions scores; the message says which file is which."""
+    out = tmp_path / "predicted"
+    assert (
+        main(["predict", str(coco_root / "val"), "--checkpoint", str(trained / "best.pt"), "--output", str(out)]) == 0
+    )
+    capsys.readouterr()
+    args = ["eval", "--predictions", str(out / "predictions.json"), "--data", str(coco_root)]
+    rc = main([*args, "--output", str(tmp_path / "e")])
+    _one_line_error(capsys, rc, f"predictions file {out / 'predictions.json'} must be a COCO results list")
+    rc = main([*args, "--output", str(tmp_path / "e")])
+    assert "(this is predict's per-image output; train and eval write one as predictions.json)" in (
+        capsys.readouterr().err
+    )
+
+
 def test_category_name_decides_when_present(trained, coco_root, tmp_path) -> None:
     predictions = json.loads((trained / "predictions.json").read_text())
     for p in predictions:
@@ -367,8 +384,17 @@ def test_predict_skips_and_counts_an_unreadable_image_inside_a_folder(trained, c
     captured = capsys.readouterr()
     assert "broken.png" in captured.err and "1 unreadable skipped" in captured.out
     assert len(json.loads((tmp_path / "p" / "predictions.json").read_text())) == 4
-    rc = main(["predict", str(folder / "broken.png"), "--checkpoint", str(trained / "best.pt")])
-    _one_line_error(capsys, rc, "broken.png", "not a readable image")
+    rc = main(
+        [
+            "predict",
+            str(folder / "broken.png"),
+            "--checkpoint",
+            str(trained / "best.pt"),
+            "--output",
+            str(tmp_path / "q"),
+        ]
+    )
+    _one_line_error(capsys, rc, "broken.png", "not a readable image")  # --output: no runs/ folder in the cwd
 
 
 def test_eval_on_voc_uses_the_checkpoints_classes(coco_root, tmp_path) -> None:
