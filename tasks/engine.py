@@ -606,8 +606,17 @@ class Engine:
                 last = time.perf_counter()
                 continue
             batch = self.task.to_device(batch, self.device)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=cfg.amp):
-                losses = self.task.losses(self.train_model, batch)
+            try:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=cfg.amp):
+                    losses = self.task.losses(self.train_model, batch)
+            except ValueError as error:
+                if "Expected more than 1 value per channel" not in str(error):
+                    raise
+                raise UserError(
+                    f"a training batch of {batch['batch_size']} image(s) leaves a BatchNorm layer one value per "
+                    f"channel at this input size: use --batch-size 2 or more (now {cfg.batch_size}) or a larger "
+                    "--image-size"
+                ) from None
             loss = losses["loss"]
             self.scaler.scale(loss / cfg.accumulate).backward()
             images += int(batch["batch_size"])

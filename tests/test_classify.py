@@ -263,6 +263,18 @@ def test_timm_backbones_train_and_evaluate(data, tmp_path, backbone) -> None:
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["accuracy"] == trained["accuracy"]
 
 
+def test_a_batch_of_one_that_batchnorm_cannot_train_on_is_one_line(data, tmp_path, capsys) -> None:
+    """At 32 px a ResNet's c5 is 1×1, so a batch of one image leaves BatchNorm one value per channel: torch's
+    ValueError came out as a traceback."""
+    args = ["--data", str(data), "--epochs", "1", "--output", str(tmp_path / "run"), *FAST, "--batch-size", "1"]
+    rc = main(args)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == (
+        "error: a training batch of 1 image(s) leaves a BatchNorm layer one value per channel at this input size: "
+        "use --batch-size 2 or more (now 1) or a larger --image-size"
+    )
+
+
 def test_auto_format_reads_loose_images_beside_a_csv_as_the_csv_layout(tmp_path) -> None:
     """The shapes layout (train/*.png, train.csv, masks/, annotations/) serves classify through --data alone."""
     from tasks.data.folders import find_split
