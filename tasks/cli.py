@@ -15,7 +15,7 @@ from backbones import BackboneError, WeightsError, list_backbones
 from tasks import distributed, threads
 from tasks.checkpoint import load_checkpoint
 from tasks.config import apply, dump_yaml, load_yaml, merge_dicts, nested_update, packaged_config, parse_set_option
-from tasks.data.images import READ_ERRORS, is_image_file, load_rgb, warn_unreadable
+from tasks.data.images import READ_ERRORS, image_size, is_image_file, load_rgb, warn_unreadable
 from tasks.engine import Engine, Setup, resolve_device
 from tasks.errors import UserError
 from tasks.export import check_format, format_of
@@ -268,6 +268,10 @@ class PredictImages:
                 for image in found:
                     self._name(image, image.relative_to(path).with_suffix("").as_posix())
             elif path.is_file():
+                try:
+                    image_size(path)  # the header now, so that no run folder is made for a file that is no image
+                except READ_ERRORS:
+                    raise UserError(f"input {path} is not a readable image") from None
                 if path not in self.names:
                     self.paths.append(path)
                 self.explicit.add(path)

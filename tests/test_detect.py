@@ -394,7 +394,8 @@ def test_predict_skips_and_counts_an_unreadable_image_inside_a_folder(trained, c
             str(tmp_path / "q"),
         ]
     )
-    _one_line_error(capsys, rc, "broken.png", "not a readable image")  # --output: no runs/ folder in the cwd
+    _one_line_error(capsys, rc, "broken.png", "not a readable image")
+    assert not (tmp_path / "q").exists()  # refused before the run folder is made
 
 
 def test_eval_on_voc_uses_the_checkpoints_classes(coco_root, tmp_path) -> None:
