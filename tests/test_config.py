@@ -140,15 +140,17 @@ def test_an_output_that_cannot_be_a_folder_is_one_line_and_the_file_stays(tmp_pa
 
 
 def test_predict_inputs_get_output_names_that_never_collide(tmp_path) -> None:
+    from PIL import Image
+
     from tasks.cli import PredictImages
 
     folder = tmp_path / "photos"
     for name in ("1.jpg", "1.png", "a/1.jpg", "b/1.jpg", "notes.txt"):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(b"")
+        Image.new("RGB", (2, 2)).save(folder / name, format="PNG")  # a file named alone must have an image header
     elsewhere = tmp_path / "x" / "1.jpg"
     elsewhere.parent.mkdir()
-    elsewhere.write_bytes(b"")
+    Image.new("RGB", (2, 2)).save(elsewhere, format="PNG")
     images = PredictImages([str(folder), str(elsewhere), str(folder / "a" / "1.jpg")], "p")
     names = [images.output_name(p) for p in images.paths]
     assert names == ["1", "1_png", "a/1", "b/1", "1_jpg"]  # the repeated a/1.jpg is predicted once
