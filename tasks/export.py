@@ -102,9 +102,9 @@ def export_onnx(spec: ExportSpec, path: Path, metadata: dict[str, Any] | None = 
                     dynamic_axes=spec.dynamic_axes,
                 )
             except torch.onnx.errors.OnnxExporterError as error:  # an operator of the model that ONNX lacks
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise UserError(
-                    f"export: torch.onnx.export (under --format onnx and openvino) cannot take this model: {reason}"
+                    "export: torch.onnx.export (under --format onnx and openvino) cannot take this model: "
+                    f"{_first_line(error)}"
                 ) from None
         if metadata:
             graph = onnx.load(staging)

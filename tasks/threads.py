@@ -51,6 +51,7 @@ class CorePlan:
     threads: int  # torch's intra-op threads in this process
     workers: int  # DataLoader worker processes
     reason: str
+    oversubscribed: bool = False  # workers set above the cores of this process's share
 
     def line(self) -> str:
         return f"cores: {self.threads} torch thread(s), {self.workers} data worker(s) ({self.reason})"
@@ -69,8 +70,9 @@ def plan_cores(workers: int | str, *, device: str) -> CorePlan:
         threads = max(min(DEFAULT_THREADS, usable_cores()) // processes, 1)
         why = f"{share} core(s) for each of {processes} process(es)" if processes > 1 else f"{share} core(s)"
     if workers != "auto":
-        over = f", more than the {share} core(s): expect slower steps" if int(workers) > share else ""
-        return CorePlan(threads, int(workers), f"{why}; workers set{over}")
+        over = int(workers) > share
+        note = f", more than the {share} core(s): expect slower steps" if over else ""
+        return CorePlan(threads, int(workers), f"{why}; workers set{note}", oversubscribed=over)
     if device == "cuda":
         chosen = min(max(share - 1, 1), MAX_CUDA_WORKERS)
         return CorePlan(threads, chosen, f"{why}; the math runs on the GPU")
@@ -88,7 +90,7 @@ def apply_plan(plan: CorePlan) -> None:
     global ACTIVE
     if torch.get_num_threads() != plan.threads:
         torch.set_num_threads(plan.threads)
-    if "more than the" in plan.reason:  # the cores line says so once; torch's DataLoader would warn each epoch
+    if plan.oversubscribed:  # the cores line says so once; torch's DataLoader would warn each epoch
         warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
     ACTIVE = plan
 
