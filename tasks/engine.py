@@ -625,7 +625,7 @@ class Engine:
                 continue
             if cfg.clip_grad:
                 self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                self._clip_gradients(cfg.clip_grad)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -666,6 +666,19 @@ class Engine:
         )
         means = {key: float(value) / max(step, 1) for key, value in term_sums.items()}
         return EpochStats(steps=step, images=images, seconds=elapsed, data_seconds=data_time, losses=means)
+
+    def _clip_gradients(self, limit: float) -> None:
+        """Scale the gradients to norm ``limit`` where their norm is larger, as ``clip_grad_norm_`` does. On the CPU,
+        where reading the norm costs no device sync, the scaling pass over every gradient is skipped when it would
+        multiply by 1: torch's function always multiplies so as not to sync a GPU (5% of the detector's CPU step,
+        half of it that pass). The same gradients to the bit either way."""
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        if self.device.type != "cpu":
+            nn.utils.clip_grad_norm_(parameters, limit)
+            return
+        norm = nn.utils.get_total_norm([p.grad for p in parameters])
+        if not bool(limit / (norm + 1e-6) >= 1.0):  # torch's own coefficient, clamped to 1; a NaN norm scales too
+            nn.utils.clip_grads_with_norm_(parameters, limit, norm)
 
     def _check_finite(self, loss_sum: Tensor, epoch: int, checked: int, step: int) -> None:
         """Stop with one line if a loss since step ``checked`` was not finite (every ``log_every`` steps, where the

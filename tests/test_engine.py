@@ -39,11 +39,15 @@ def _batches(count: int = 4) -> list[dict]:
     return [{"x": torch.randn(4, 3, generator=generator) * 3, "batch_size": 4} for _ in range(count)]
 
 
-def _run(tmp_path, batches, model=None, **train):
-    cfg = apply(TrainConfig(), {"epochs": 1, "lr": 0.1, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0,
+def _config(**train) -> TrainConfig:
+    return apply(TrainConfig(), {"epochs": 1, "lr": 0.1, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0,
                                 "backbone_lr_scale": 1.0, "warmup_epochs": 0.0, "clip_grad": None,
                                 "schedule": "constant", "device": "cpu", "amp": False, "channels_last": False,
                                 **train}, source="t")  # fmt: skip
+
+
+def _run(tmp_path, batches, model=None, **train):
+    cfg = _config(**train)
     torch.manual_seed(0)
     model = model or nn.Linear(3, 1)
     start = copy.deepcopy(model)
@@ -102,6 +106,32 @@ def test_clipping_bounds_the_applied_gradient_norm_and_only_when_it_is_larger(tm
     for a, b in zip(loose, free):  # a limit above every norm changes nothing
         for x, y in zip(a["grads"], b["grads"]):
             torch.testing.assert_close(x, y)
+
+
+def test_clipping_gives_torchs_gradients_to_the_bit_and_skips_the_multiply_within_the_limit(
+    tmp_path, monkeypatch
+) -> None:
+    cfg = _config()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+    engine = Engine(model, _Square(), cfg, tmp_path, {"task": "classify"})
+    model(torch.randn(16, 3) * 3).pow(2).mean().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+    scaled = []
+    real = nn.utils.clip_grads_with_norm_
+    monkeypatch.setattr(nn.utils, "clip_grads_with_norm_", lambda *a, **k: scaled.append(1) or real(*a, **k))
+    for limit, multiplies in ((norm / 3, True), (norm * 3, False), (norm * (1 + 1e-9), True)):
+        for p, g in zip(model.parameters(), grads):  # torch's clip_grad_norm_ on a copy of the gradients
+            p.grad = g.clone()
+        nn.utils.clip_grad_norm_(model.parameters(), limit)
+        reference = [p.grad.clone() for p in model.parameters()]
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g.clone()
+        scaled.clear()
+        engine._clip_gradients(limit)
+        assert all(torch.equal(p.grad, r) for p, r in zip(model.parameters(), reference)), limit
+        assert bool(scaled) is multiplies, limit  # within torch's 1e-6 of the limit it scales, as torch does
 
 
 def test_ema_is_the_exponential_average_of_the_weights_after_each_step(tmp_path) -> None:
