@@ -36,9 +36,10 @@ def describe_levels(feature_info: Iterable[FeatureInfo]) -> str:
     return ", ".join(f"{info.name} (stride {info.stride})" for info in feature_info)
 
 
-def check_out_levels(out_levels: Iterable[str], available: Sequence[str]) -> tuple[str, ...]:
-    """Validate ``out_levels`` against what a backbone can produce, returned in stride order."""
-    wanted = tuple(out_levels)
+def check_out_levels(out_levels: Iterable[str] | str, available: Sequence[str]) -> tuple[str, ...]:
+    """Validate ``out_levels`` against what a backbone can produce, returned in stride order. One name alone
+    (``"c5"``) is that level, not its letters."""
+    wanted = (out_levels,) if isinstance(out_levels, str) else tuple(out_levels)
     unknown = [name for name in wanted if name not in available]
     if not wanted or unknown:
         raise BackboneError(f"out_levels={list(wanted)!r} is invalid: choose a non-empty subset of {list(available)}")

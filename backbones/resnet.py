@@ -191,7 +191,7 @@ class ResNet(Backbone):
         stem_width: int = 32,
         avg_down: bool = False,
         in_channels: int = 3,
-        out_levels: tuple[str, ...] | list[str] = LEVELS,
+        out_levels: tuple[str, ...] | list[str] | str = LEVELS,
         frozen_stages: int = -1,
         norm: str = "bn",
         norm_eval: bool = False,

@@ -44,7 +44,7 @@ class TimmBackbone(Backbone):
         model_name: str,
         *,
         weights: str | os.PathLike[str] | None = None,
-        out_levels: tuple[str, ...] | list[str] | None = None,
+        out_levels: tuple[str, ...] | list[str] | str | None = None,
         in_channels: int = 3,
         frozen_stages: int = -1,
         norm: str = "bn",

@@ -84,6 +84,10 @@ def test_out_levels_limits_outputs_and_skips_unused_stages() -> None:
     assert list(out) == ["c2", "c3"] and calls == []
     with pytest.raises(ValueError, match="c6"):
         build_backbone("resnet18", out_levels=("c6",))
+    for name in ("resnet18", "timm:resnet18"):  # one name alone is that level (it was read as 'c' and '5')
+        assert [f.name for f in build_backbone(name, out_levels="c5").feature_info] == ["c5"]
+    with pytest.raises(ValueError, match=r"out_levels=\['c6'\]"):
+        build_backbone("resnet18", out_levels="c6")
 
 
 @pytest.mark.parametrize("frozen_stages", [-1, 0, 2, 4])
