@@ -1,9 +1,22 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
-import pytest
-import torch
+# Each xdist worker takes its share of the cores, as torchrun's processes take one thread each: two workers of
+# torch's default 2 threads on 2 cores ran 4 spinning OpenMP threads on 2 cores, and the suite took 680 s against
+# 480 s (docs/results.md, "The test suite's time"). Set before torch is imported; a value the user set stays.
+_threads = None
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _threads = max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)  # for the runners' core plan and every subprocess
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if _threads is not None:  # in case torch was imported before this file
+    torch.set_num_threads(_threads)
 
 
 @pytest.fixture(autouse=True)
