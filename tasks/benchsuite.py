@@ -46,6 +46,7 @@ class Settings:
     ceiling_rounds: int = 10
     memory: bool = True
     gpu_backbone: tuple[str, int, int, int] = ("resnet50", 256, 224, 20)  # arch, batch, side, rounds
+    gpu_detector: tuple[int, tuple[int, int], int, int] = (2, (480, 640), 800, 10)  # images, (H, W), min_size, rounds
     # the time budget of each task's runs, the data's scale, the sets (None: every reporting set); "multitask":
     # each single-task run's budget, the multitask run having three times as long
     learning: tuple[dict[str, str], float, tuple[str, ...] | None] = (
@@ -81,6 +82,7 @@ QUICK = Settings(
     learning=({"classify": "2s", "multitask": "2s"}, 0.1, ("faces", "coins")),
     weightings=("fixed",),
     gpu_backbone=("resnet18", 2, 64, 2),
+    gpu_detector=(1, (128, 128), 128, 1),
 )
 
 
@@ -524,6 +526,16 @@ GPU_VARIANTS = (
 )
 
 
+GPU_DETECTOR_STEPS = (
+    ("inference", "torchvision"),
+    ("inference", "ours"),
+    ("inference", "ours (fast backbone, channels-last)"),
+    ("train step", "torchvision"),
+    ("train step", "ours"),
+    ("train step", "ours (channels-last)"),
+)
+
+
 def gpu_section(s: Settings, peak: float, *, device: str = "cuda", variants: Sequence[str] | None = None) -> Section:
     """The backbone on a GPU in float32, with AMP and channels-last, and compiled, against torchvision at the
     same settings, beside the published anchors. ``peak`` is this device's float16 matmul throughput."""
@@ -570,6 +582,41 @@ def gpu_section(s: Settings, peak: float, *, device: str = "cuda", variants: Seq
         "lllrrrrr",
         body,
     )
+    images, (height, width), min_size, detector_rounds = s.gpu_detector
+    detector_body = []
+    for label, amp in (("float32", False), ("AMP", True)):
+        if variants is not None and not any(v.startswith(label) for v in variants):
+            continue
+        rows = bench.detector_benchmark(
+            images=images,
+            size=(height, width),
+            rounds=detector_rounds,
+            min_size=min_size,
+            memory=False,  # resident memory says nothing of a GPU's
+            device=device,
+            amp=amp,
+            candidates=GPU_DETECTOR_STEPS,
+        )
+        for r in rows:
+            detector_body.append(
+                [
+                    label,
+                    str(r["mode"]),
+                    str(r["candidate"]),
+                    f"{r['seconds_per_image']:.4f}",
+                    _ratio(r["ratio"]),
+                    *_flop_columns(r["gflop_per_image"], 1 / r["seconds_per_image"], peak),
+                ]
+            )
+            if r["candidate"] != "torchvision":
+                headlines.append(
+                    (f"GPU Faster R-CNN {r['mode']}, {label}, {r['candidate']} vs torchvision", _ratio(r["ratio"]))
+                )
+    detector_table = _table(
+        ["detector settings", "step", "candidate", "s/image", "ratio", "GFLOP/s", "of float16 peak"],
+        "lllrrrr",
+        detector_body,
+    )
     name = torch.cuda.get_device_name(0) if device == "cuda" else device
     text = (
         f"{arch}, batch {batch}, {side}×{side} on {name}, median of {rounds} interleaved rounds after 3 warm-up "
@@ -577,10 +624,17 @@ def gpu_section(s: Settings, peak: float, *, device: str = "cuda", variants: Seq
         "float16 matmul throughput, measured in the same run. Published anchors: NVIDIA's ResNet-50 v1.5 reference "
         "trains at 2,470 images/s on an A100 with AMP (batch 256, their whole training step with DALI data "
         'loading); detectron2\'s R50-FPN Faster R-CNN infers at 0.038 s/image on a V100. The "train" rows here are '
-        "forward and backward of the trunk, without optimizer or data loading."
+        "forward and backward of the trunk, without optimizer or data loading.\n\n"
+        f"The second table is Faster R-CNN R50-FPN as in the CPU's detector part ({images} image(s) of "
+        f"{width}×{height} resized to {min_size} px, torchvision's weights in both, median of {detector_rounds} "
+        "interleaved rounds), on the GPU in float32 and under float16 autocast (AMP, with a gradient scaler for the "
+        "train step): torchvision's model and ours as built, ours in the form `eval` and `predict` run on a GPU "
+        "(`fast_model_inference`: BatchNorm folded, the trunk frozen, every convolution channels-last), and ours "
+        "training channels-last. Every step ends with `torch.cuda.synchronize()`, so each time is the device's work."
     )
     title = f"GPU: {arch} with AMP, channels_last and torch.compile"
-    return Section(title, text, lambda _: text_table, headlines)  # rated against its own float16 peak
+    tables = text_table + "\n\n" + detector_table
+    return Section(title, text, lambda _: tables, headlines)  # rated against its own float16 peak
 
 
 def learning_section(s: Settings) -> Section:
@@ -809,7 +863,8 @@ def run_suite(
         ""
         if torch.cuda.is_available()
         else "\nNo GPU was present, so there are no GPU tables; on a GPU machine run "
-        "`python -m backbones.bench --device cuda --amp --channels-last [--compile]`.\n"
+        "`python -m tasks.bench.gpu` (the backbone and Faster R-CNN against torchvision, float32 and AMP, into "
+        "docs/benchmarks-gpu.md, in minutes).\n"
     )
     whole = tuple(sections) == SECTIONS
     written = "Written" if whole else "Last written"

@@ -218,7 +218,7 @@ def test_one_benchmark_prints_its_table_and_an_unknown_name_is_refused(tmp_path,
 
 
 def test_gpu_section_runs_its_settings_against_torchvision_on_any_device() -> None:
-    from tasks.benchsuite import QUICK, gpu_section
+    from tasks.benchsuite import GPU_DETECTOR_STEPS, QUICK, gpu_section
 
     section = gpu_section(QUICK, 100.0, device="cpu", variants=("float32", "AMP + channels_last"))
     rows = _table_rows(section.table(0.0), "| settings |")  # rated against the GPU's own peak, given above
@@ -230,6 +230,50 @@ def test_gpu_section_runs_its_settings_against_torchvision_on_any_device() -> No
     ]
     assert all(r["ratio"] == "1.00×" for r in rows if r["candidate"] == "torchvision")
     assert "2,470 images/s" in section.text and "0.038 s/image" in section.text
+    detector = _table_rows(section.table(0.0), "| detector settings |")  # Faster R-CNN on the device, both precisions
+    assert [(r["detector settings"], r["step"], r["candidate"]) for r in detector] == [
+        (settings, step, candidate) for settings in ("float32", "AMP") for step, candidate in GPU_DETECTOR_STEPS
+    ]
+    for row in detector:  # each ratio is torchvision's time over the row's, within the printed rounding
+        reference = next(
+            r
+            for r in detector
+            if (r["detector settings"], r["step"], r["candidate"])
+            == (row["detector settings"], row["step"], "torchvision")
+        )
+        bounds = _ratio_bounds(_interval(reference["s/image"]), _interval(row["s/image"]))
+        assert _agrees(row["ratio"], *bounds), row
+    assert {h[0] for h in section.headlines} >= {
+        "GPU Faster R-CNN inference, AMP, ours (fast backbone, channels-last) vs torchvision",
+        "GPU Faster R-CNN train step, float32, ours (channels-last) vs torchvision",
+    }
+
+
+def test_the_gpu_part_alone_writes_its_own_document_or_says_there_is_no_gpu(tmp_path, monkeypatch, capsys) -> None:
+    import tasks.benchsuite
+    from tasks.bench import gpu
+    from tasks.benchsuite import Section
+
+    calls = []
+
+    def part(settings, peak, *, device):  # the part itself is run for real by the test above
+        calls.append((settings.name, device))
+        return Section("GPU: a part", "what it measures", lambda p: f"| step |\n|---|\n| {p:.1f} |", [])
+
+    monkeypatch.setattr(tasks.benchsuite, "gpu_section", part)
+    output = tmp_path / "benchmarks-gpu.md"
+    assert gpu.main(["--quick", "--device", "cpu", "--output", str(output)]) == 0
+    text = output.read_text()
+    assert calls == [("quick", "cpu")]
+    assert text.startswith("# Benchmarks on a GPU\n\nWritten by `python -m tasks.bench.gpu --quick` on ")
+    peak = re.search(r"float32 matmul ([\d,]+) GFLOP/s", text).group(1)
+    assert "## GPU: a part\n\n```\npython -m tasks.bench.gpu --quick\n```\n\nwhat it measures\n\n| step |" in text
+    assert _agrees(re.search(r"^\| ([\d.]+) \|$", text, flags=re.M).group(1), *_interval(peak.replace(",", "")))
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert gpu.main(["--output", str(tmp_path / "other.md")]) == 2
+        assert capsys.readouterr().err.strip() == "error: --device cuda: no CUDA device is available here"
+        assert not (tmp_path / "other.md").exists()
 
 
 def test_update_replaces_the_named_sections_the_header_and_their_summary_rows() -> None:

@@ -130,9 +130,21 @@ DETECTOR_STEPS = (
 
 
 def _detector_step(
-    *, mode: str, candidate: str, images: int, size: tuple[int, int], min_size: int, threads: int
+    *,
+    mode: str,
+    candidate: str,
+    images: int,
+    size: tuple[int, int],
+    min_size: int,
+    threads: int,
+    device: str = "cpu",
+    amp: bool = False,
 ) -> Callable[[], None]:
-    """One benchmark step, ready to call: the same seeded weights and inputs for every candidate."""
+    """One benchmark step, ready to call: the same seeded weights and inputs for every candidate, on ``device``,
+    under float16 autocast on a GPU (bfloat16 on the CPU) where ``amp``. On a GPU each call waits for the device
+    at its end, so that the caller's clock times the work, not its launch."""
+    import contextlib
+
     import torch
     import torchvision
 
@@ -147,6 +159,7 @@ def _detector_step(
         ours = build_model("resnet50", 91, min_size=min_size)
         ours.load_state_dict(from_torchvision_state_dict(model.state_dict()))
         model = ours
+    model.to(device)
     if candidate == "ours (fast backbone)":  # the detect runner's eval and predict with AVX2 alone
         fast_model_inference(model, channels_last=False)
     elif candidate == "ours (fast backbone, channels-last)":  # the same with AVX-512
@@ -154,38 +167,59 @@ def _detector_step(
     elif candidate == "ours (channels-last)":  # as the engine trains with train.channels_last=true
         model.to(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(0)
-    batch = [torch.rand(3, *size, generator=generator) for _ in range(images)]
+    batch = [torch.rand(3, *size, generator=generator).to(device) for _ in range(images)]
+    kind = torch.device(device).type
+    wait = torch.cuda.synchronize if kind == "cuda" else (lambda: None)
+
+    def autocast() -> contextlib.AbstractContextManager[Any]:
+        return torch.autocast(kind, dtype=torch.float16 if kind == "cuda" else torch.bfloat16, enabled=amp)
+
     if mode == "inference":
         model.eval()
 
         def infer() -> None:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast():
                 model(batch)
+            wait()
 
         return infer
     targets = [
         {
-            "boxes": torch.tensor([[40.0, 60.0, 200.0, 220.0], [300.0, 100.0, 420.0, 300.0]]),
-            "labels": torch.tensor([3, 17]),
+            "boxes": torch.tensor([[40.0, 60.0, 200.0, 220.0], [300.0, 100.0, 420.0, 300.0]], device=device),
+            "labels": torch.tensor([3, 17], device=device),
         }
         for _ in range(images)
     ]
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-5)
+    scaler = torch.amp.GradScaler(kind, enabled=amp and kind == "cuda")  # float16 needs it; bfloat16 does not
     model.train()
 
     def train() -> None:
-        losses = model(batch, targets)
+        with autocast():
+            losses = model(batch, targets)
         optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
+        scaler.scale(sum(losses.values())).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        wait()
 
     return train
 
 
 def detector_benchmark(
-    *, images: int, size: tuple[int, int], rounds: int, min_size: int, memory: bool = True
+    *,
+    images: int,
+    size: tuple[int, int],
+    rounds: int,
+    min_size: int,
+    memory: bool = True,
+    device: str = "cpu",
+    amp: bool = False,
+    candidates: Sequence[tuple[str, str]] = DETECTOR_STEPS,
 ) -> list[dict[str, Any]]:
-    """Faster R-CNN R50-FPN inference and one SGD training step: ours against torchvision, same weights.
+    """Faster R-CNN R50-FPN inference and one SGD training step: ours against torchvision, same weights, on
+    ``device`` (with ``amp``, both under autocast). ``candidates``: which of :data:`DETECTOR_STEPS` (each mode's
+    torchvision row among them).
 
     Speed is the median over interleaved rounds. Peak memory is the growth of resident memory
     during each candidate's first step in a fresh interpreter (see backbones.bench).
@@ -196,12 +230,20 @@ def detector_benchmark(
 
     specs = {
         key: dict(
-            mode=key[0], candidate=key[1], images=images, size=size, min_size=min_size, threads=torch.get_num_threads()
+            mode=key[0],
+            candidate=key[1],
+            images=images,
+            size=size,
+            min_size=min_size,
+            threads=torch.get_num_threads(),
+            device=device,
+            amp=amp,
         )
-        for key in DETECTOR_STEPS
+        for key in candidates
     }
     steps = {key: _detector_step(**spec) for key, spec in specs.items()}  # type: ignore[arg-type]
-    flops = {mode: count_flops(steps[(mode, "torchvision")]) / images for mode in ("inference", "train step")}
+    modes = sorted({mode for mode, _ in specs})
+    flops = {mode: count_flops(steps[(mode, "torchvision")]) / images for mode in modes}
     times = interleaved(steps, rounds)
     rows = []
     for (mode, name), values in times.items():
