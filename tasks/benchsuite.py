@@ -297,7 +297,7 @@ def _steps(count: int, noun: str = "step") -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def training_section(s: Settings) -> Section:
+def training_section(s: Settings, device: str = "cpu") -> Section:
     steps, rounds = s.training
     rows = []
     for task in bench.TRAINING_RECIPES:
@@ -308,6 +308,7 @@ def training_section(s: Settings) -> Section:
             backbone=s.training_backbone,
             overrides=s.training_overrides,
             numerics_steps=s.numerics_steps,
+            device=device,
         )
 
     def table(peak: float) -> str:

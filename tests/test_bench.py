@@ -260,11 +260,17 @@ def test_the_gpu_part_alone_writes_its_own_document_or_says_there_is_no_gpu(tmp_
         calls.append((settings.name, device))
         return Section("GPU: a part", "what it measures", lambda p: f"| step |\n|---|\n| {p:.1f} |", [])
 
+    def training(settings, *, device):  # run for real on the CPU by the quick suite's test
+        calls.append(("training", device))
+        return Section("Training", "each recipe's step", lambda p: "| recipe |\n|---|\n| a |", [])
+
     monkeypatch.setattr(tasks.benchsuite, "gpu_section", part)
+    monkeypatch.setattr(tasks.benchsuite, "training_section", training)
     output = tmp_path / "benchmarks-gpu.md"
     assert gpu.main(["--quick", "--device", "cpu", "--output", str(output)]) == 0
     text = output.read_text()
-    assert calls == [("quick", "cpu")]
+    assert calls == [("quick", "cpu"), ("training", "cpu")]
+    assert "\n## Training on the GPU: seconds per iteration and time waiting for data\n\neach recipe's step\n" in text
     assert text.startswith("# Benchmarks on a GPU\n\nWritten by `python -m tasks.bench.gpu --quick` on ")
     peak = re.search(r"float32 matmul ([\d,]+) GFLOP/s", text).group(1)
     assert "## GPU: a part\n\n```\npython -m tasks.bench.gpu --quick\n```\n\nwhat it measures\n\n| step |" in text

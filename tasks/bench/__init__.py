@@ -472,6 +472,7 @@ def training_benchmark(
     backbone: str | None = None,
     overrides: Sequence[str] = (),
     numerics_steps: int = 3,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """Seconds per training iteration and the fraction spent waiting for the DataLoader: our engine's loop
     (``Engine.train_epoch``: autocast, loss check, scaler, schedule, logging) against a bare PyTorch loop
@@ -479,7 +480,8 @@ def training_benchmark(
     recipe, data, model weights, loss and optimizer. Each round runs ``steps`` iterations of each, in turn. The
     engine trains in the recipe's precision and memory format (``train.amp``, ``train.channels_last``) with the
     optimizer's fused step, the bare loop in float32 NCHW with torch's default step; :func:`precision_drift`
-    measures what that changes in the loss."""
+    measures what that changes in the loss. On ``device`` (``train.device``; on a GPU each loop's clock stops after
+    a device sync, and the engine's precision is the recipe's there: float16 autocast with a gradient scaler)."""
     import contextlib
     import io
     import tempfile
@@ -488,12 +490,14 @@ def training_benchmark(
     import torch
 
     from backbones.bench import count_flops
-    from tasks.engine import Engine, EpochStats, build_optimizer
+    from tasks.engine import Engine, EpochStats, build_optimizer, resolve_device
 
-    overrides = [f"model.backbone={backbone or TRAINING_RECIPES[task][1]}", *overrides]
+    overrides = [f"model.backbone={backbone or TRAINING_RECIPES[task][1]}", f"train.device={device}", *overrides]
     cfg, ours = _runner_setup(task, overrides)
     _, plain = _runner_setup(task, overrides)  # the same seeded weights, its own loader
-    device = torch.device("cpu")
+    where = resolve_device(cfg.train.device)
+    plain.model.to(where)
+    wait = torch.cuda.synchronize if where.type == "cuda" else (lambda: None)
     stats: dict[str, list[EpochStats]] = {"our engine": [], "bare PyTorch loop": []}
     optimizer = build_optimizer(plain.model, cfg.train, fused=False)  # torch's default step, as a plain loop has
 
@@ -504,7 +508,7 @@ def training_benchmark(
         start = last = time.perf_counter()
         for batch in plain.train_loader:
             data += time.perf_counter() - last
-            loss = plain.task.losses(plain.model, plain.task.to_device(batch, device))["loss"]
+            loss = plain.task.losses(plain.model, plain.task.to_device(batch, where))["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -512,6 +516,7 @@ def training_benchmark(
             last = time.perf_counter()
             if step >= steps:
                 break
+        wait()
         stats["bare PyTorch loop"].append(EpochStats(step, images, time.perf_counter() - start, data))
 
     with tempfile.TemporaryDirectory() as folder:
@@ -526,7 +531,7 @@ def training_benchmark(
             with contextlib.redirect_stdout(io.StringIO()):  # the engine's per-epoch log line
                 stats["our engine"].append(engine.train_epoch(ours.train_loader, len(stats["our engine"]), steps))
 
-        batch = plain.task.to_device(next(iter(plain.train_loader)), device)
+        batch = plain.task.to_device(next(iter(plain.train_loader)), where)
         flops = count_flops(lambda: plain.task.losses(plain.model, batch)["loss"].backward()) / batch["batch_size"]
         plain.model.zero_grad(set_to_none=True)
         drift = precision_drift(plain, cfg.train, steps=numerics_steps)
@@ -547,7 +552,7 @@ def training_benchmark(
                 data_fraction=sum(s.data_seconds for s in timed) / sum(s.seconds for s in timed),
                 ratio=reference / seconds,
                 gflop_per_image=flops / 1e9,
-                precision=precision_name(cfg.train) if name == "our engine" else "float32",
+                precision=precision_name(cfg.train, where.type) if name == "our engine" else "float32",
                 loss_drift=drift if name == "our engine" else None,
                 numerics_steps=numerics_steps,
             )
@@ -555,17 +560,17 @@ def training_benchmark(
     return rows
 
 
-def precision_name(train: Any) -> str:
-    """How a resolved train config computes: its autocast dtype and memory format."""
-    dtype = "bfloat16" if train.amp else "float32"  # the CPU's autocast dtype (this section runs on the CPU)
+def precision_name(train: Any, device_type: str = "cpu") -> str:
+    """How a resolved train config computes on a device: its autocast dtype and memory format."""
+    from tasks.recipes import amp_dtype
+
+    dtype = str(amp_dtype(device_type)).removeprefix("torch.") if train.amp else "float32"
     return f"{dtype}{', channels-last' if train.channels_last else ''}"
 
 
 def first_batches(parts: Any, count: int) -> list[dict[str, Any]]:
     """The first ``count`` batches of a runner Setup's training loader (fewer where it holds fewer), on the CPU."""
-    import torch
-
-    device = torch.device("cpu")
+    device = next(parts.model.parameters()).device  # the runner's setup puts it on train.device
     return [parts.task.to_device(b, device) for b, _ in zip(parts.train_loader, range(count))]
 
 
@@ -580,19 +585,23 @@ def training_stepper(
     import torch
 
     from tasks.engine import build_optimizer
+    from tasks.recipes import amp_dtype
 
     model = copy.deepcopy(parts.model).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, train, fused=fused)
+    kind = next(model.parameters()).device.type
+    scaler = torch.amp.GradScaler(kind, enabled=amp and kind == "cuda")  # as the engine scales float16's loss
 
     def step(batch: dict[str, Any], update: bool = True) -> Any:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(kind, dtype=amp_dtype(kind), enabled=amp):
             loss = parts.task.losses(model, batch)["loss"]
         if update:
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         return loss
 
     return step

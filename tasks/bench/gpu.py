@@ -5,7 +5,8 @@
 The whole suite (``python -m tasks.bench``) runs its CPU parts first, for most of an hour, and adds this part only
 at the end on a CUDA machine; a GPU lent for minutes needs this part alone. It writes the backbone with AMP,
 channels-last and ``torch.compile``, and Faster R-CNN in float32 and with AMP, each against torchvision at the same
-settings, rated against the device's own float16 matmul throughput (``tasks.benchsuite.gpu_section``).
+settings (``tasks.benchsuite.gpu_section``), and each task recipe's training step through our engine against a bare
+loop (``training_section``), rated against the device's own float16 matmul throughput.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         from tasks import bench
-        from tasks.benchsuite import FULL, QUICK, gpu_section
+        from tasks.benchsuite import FULL, QUICK, gpu_section, training_section
         from tasks.cli import ArgumentParser
         from tasks.errors import UserError
         from tasks.io import write_text
@@ -40,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         peak = bench.matmul_gflops(size=size, rounds=settings.ceiling_rounds, device=args.device, dtype=dtype)
         section = gpu_section(settings, peak, device=args.device)
         section.command = "python -m tasks.bench.gpu" + (" --quick" if args.quick else "")
+        training = training_section(settings, device=args.device)
         minutes = (time.perf_counter() - started) / 60
         versions = f"torch {torch.__version__}, CUDA {torch.version.cuda}"
         header = (
@@ -48,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "tables are in [benchmarks.md](benchmarks.md).\n\n"
         )
         body = f"## {section.title}\n\n```\n{section.command}\n```\n\n{section.text}\n\n{section.table(peak)}\n"
+        body += (
+            f"\n## Training on the GPU: seconds per iteration and time waiting for data\n\n{training.text}\n\n"
+            f'On this device the engine trains in the recipe\'s precision there, and "of peak" divides by the '
+            f"{dtype} matmul throughput above.\n\n{training.table(peak)}\n"
+        )
         write_text(args.output, header + body)
         print(f"wrote {args.output}")
         return 0
