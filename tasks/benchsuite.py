@@ -982,7 +982,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return 0
     unknown = [name for name in args.benchmarks if name not in SECTIONS]
     if unknown:
-        raise UserError(f"unknown benchmark {unknown[0]!r}: choose from {', '.join(SECTIONS)}")
+        hint = "; the GPU part alone is python -m tasks.bench.gpu" if unknown[0].lower() in ("gpu", "cuda") else ""
+        raise UserError(f"unknown benchmark {unknown[0]!r}: choose from {', '.join(SECTIONS)}{hint}")
     sections = [name for name in SECTIONS if name in args.benchmarks] or list(SECTIONS)
     output = args.output or ("docs/benchmarks.md" if len(sections) == len(SECTIONS) or args.update else None)
     if args.update and not Path(output).is_file():

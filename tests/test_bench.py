@@ -207,6 +207,8 @@ def test_one_benchmark_prints_its_table_and_an_unknown_name_is_refused(tmp_path,
         "error: unknown benchmark 'detectr': "
         "choose from backbone, detector, coco-eval, training, optimizer, multitask, export, learning\n"
     )
+    assert main(["gpu"]) == 2  # the GPU part has a command of its own, named
+    assert capsys.readouterr().err.endswith("; the GPU part alone is python -m tasks.bench.gpu\n")
     assert main(["--quick", "--rounds", "3"]) == 2  # an unknown option: one line too
     assert capsys.readouterr().err.count("\n") == 1
     blocker = tmp_path / "file"
