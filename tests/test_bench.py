@@ -282,6 +282,8 @@ def test_the_gpu_part_alone_writes_its_own_document_or_says_there_is_no_gpu(tmp_
         assert gpu.main(["--output", str(tmp_path / "other.md")]) == 2
         assert capsys.readouterr().err.strip() == "error: --device cuda: no CUDA device is available here"
         assert not (tmp_path / "other.md").exists()
+    assert gpu.main(["--device", "tpu"]) == 2  # argparse's one line, not torch.device's traceback
+    assert "argument --device: invalid choice: 'tpu'" in capsys.readouterr().err
 
 
 def test_update_replaces_the_named_sections_the_header_and_their_summary_rows() -> None:

@@ -29,14 +29,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         parser = ArgumentParser(prog="python -m tasks.bench.gpu", description=__doc__.splitlines()[0])
         parser.add_argument("--output", default="docs/benchmarks-gpu.md", help="the Markdown file to write")
-        parser.add_argument("--device", default="cuda", help="cuda (default), or cpu to check the part runs")
+        parser.add_argument(
+            "--device", choices=("cuda", "cpu"), default="cuda", help="cuda (default), or cpu to check the part runs"
+        )
         parser.add_argument("--quick", action="store_true", help="small inputs and one round: checks the part runs")
         args = parser.parse_args(argv)
-        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        if args.device == "cuda" and not torch.cuda.is_available():
             raise UserError(f"--device {args.device}: no CUDA device is available here")
         settings = QUICK if args.quick else FULL
         started = time.perf_counter()
-        dtype = "float16" if torch.device(args.device).type == "cuda" else "float32"
+        dtype = "float16" if args.device == "cuda" else "float32"
         size = 1024 if args.quick else 8192
         peak = bench.matmul_gflops(size=size, rounds=settings.ceiling_rounds, device=args.device, dtype=dtype)
         section = gpu_section(settings, peak, device=args.device)
