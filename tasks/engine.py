@@ -33,7 +33,7 @@ from tasks.data.images import DecodedCache, plan_cache
 from tasks.data.sampling import EpochSampler, GroupedBatchSampler
 from tasks.errors import UserError
 from tasks.io import write_json
-from tasks.recipes import Recipe, amp_dtype
+from tasks.recipes import Recipe, amp_dtype, amp_scaler
 from tasks.run_log import RunLog, scalars
 
 Batch = dict[str, Any]
@@ -342,7 +342,7 @@ class Engine:
                 find_unused_parameters=getattr(task, "find_unused_parameters", False),
             )
         self.amp_dtype = amp_dtype(self.device.type)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp and self.device.type == "cuda")
+        self.scaler = amp_scaler(self.device.type, bool(cfg.amp))
         self.writer: Any = None
         self.best_metric = -math.inf
         self.start_epoch = 0

@@ -520,6 +520,12 @@ def amp_dtype(device_type: str) -> torch.dtype:
     return torch.float16 if device_type == "cuda" else torch.bfloat16
 
 
+def amp_scaler(device_type: str, amp: bool) -> torch.amp.GradScaler:
+    """The gradient scaler of ``train.amp`` on a device: float16's on CUDA; for bfloat16 or float32 a disabled one,
+    whose ``scale`` and ``step`` pass straight through."""
+    return torch.amp.GradScaler(device_type, enabled=amp and device_type == "cuda")
+
+
 def cpu_bf16_units() -> str | None:
     """The bfloat16 matrix instructions of this CPU that oneDNN's convolutions use, where its bf16 kernels outrun
     float32 ones: "AMX" (Intel's tiles), "AVX-512 bf16" (dot products, e.g. AMD Zen 4 and 5), or None."""

@@ -129,6 +129,13 @@ DETECTOR_STEPS = (
 )
 
 
+def _device_wait(device_type: str) -> Callable[[], None]:
+    """What ends a timed step on a device: a CUDA sync, so the clock times the work and not its launch; else nothing."""
+    import torch
+
+    return torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
+
+
 def _detector_step(
     *,
     mode: str,
@@ -151,6 +158,7 @@ def _detector_step(
     from backbones.inference import fast_model_inference
     from heads.detection import from_torchvision_state_dict
     from tasks.detect import build_model
+    from tasks.recipes import amp_dtype, amp_scaler
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -169,10 +177,10 @@ def _detector_step(
     generator = torch.Generator().manual_seed(0)
     batch = [torch.rand(3, *size, generator=generator).to(device) for _ in range(images)]
     kind = torch.device(device).type
-    wait = torch.cuda.synchronize if kind == "cuda" else (lambda: None)
+    wait = _device_wait(kind)
 
     def autocast() -> contextlib.AbstractContextManager[Any]:
-        return torch.autocast(kind, dtype=torch.float16 if kind == "cuda" else torch.bfloat16, enabled=amp)
+        return torch.autocast(kind, dtype=amp_dtype(kind), enabled=amp)
 
     if mode == "inference":
         model.eval()
@@ -191,7 +199,7 @@ def _detector_step(
         for _ in range(images)
     ]
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-5)
-    scaler = torch.amp.GradScaler(kind, enabled=amp and kind == "cuda")  # float16 needs it; bfloat16 does not
+    scaler = amp_scaler(kind, amp)
     model.train()
 
     def train() -> None:
@@ -487,8 +495,6 @@ def training_benchmark(
     import tempfile
     from pathlib import Path
 
-    import torch
-
     from backbones.bench import count_flops
     from tasks.engine import Engine, EpochStats, build_optimizer, resolve_device
 
@@ -497,7 +503,7 @@ def training_benchmark(
     _, plain = _runner_setup(task, overrides)  # the same seeded weights, its own loader
     where = resolve_device(cfg.train.device)
     plain.model.to(where)
-    wait = torch.cuda.synchronize if where.type == "cuda" else (lambda: None)
+    wait = _device_wait(where.type)
     stats: dict[str, list[EpochStats]] = {"our engine": [], "bare PyTorch loop": []}
     optimizer = build_optimizer(plain.model, cfg.train, fused=False)  # torch's default step, as a plain loop has
 
@@ -569,7 +575,8 @@ def precision_name(train: Any, device_type: str = "cpu") -> str:
 
 
 def first_batches(parts: Any, count: int) -> list[dict[str, Any]]:
-    """The first ``count`` batches of a runner Setup's training loader (fewer where it holds fewer), on the CPU."""
+    """The first ``count`` batches of a runner Setup's training loader (fewer where it holds fewer), on the device
+    of its model."""
     device = next(parts.model.parameters()).device  # the runner's setup puts it on train.device
     return [parts.task.to_device(b, device) for b, _ in zip(parts.train_loader, range(count))]
 
@@ -585,14 +592,14 @@ def training_stepper(
     import torch
 
     from tasks.engine import build_optimizer
-    from tasks.recipes import amp_dtype
+    from tasks.recipes import amp_dtype, amp_scaler
 
     model = copy.deepcopy(parts.model).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, train, fused=fused)
     kind = next(model.parameters()).device.type
-    scaler = torch.amp.GradScaler(kind, enabled=amp and kind == "cuda")  # as the engine scales float16's loss
+    scaler = amp_scaler(kind, amp)  # as the engine scales float16's loss
 
     def step(batch: dict[str, Any], update: bool = True) -> Any:
         with torch.autocast(kind, dtype=amp_dtype(kind), enabled=amp):
