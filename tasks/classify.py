@@ -44,7 +44,15 @@ from tasks.data.embedded import digits_imagefolder
 from tasks.data.folders import ClassificationDataset, Sample, collate_classification, load_split
 from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.transforms import classification_eval, classification_train
-from tasks.engine import Setup, build_optimizer, make_loader, resolve_device, seed_everything, start_processes
+from tasks.engine import (
+    Setup,
+    build_optimizer,
+    evaluate_split,
+    make_loader,
+    resolve_device,
+    seed_everything,
+    start_processes,
+)
 from tasks.errors import UserError, name_list
 from tasks.explain import add_cam_options, cam_class_index, grad_cam, input_view, wants_cam
 from tasks.export import (
@@ -393,9 +401,12 @@ def evaluate(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     device = resolve_device(cfg.train.device)
     model.to(device)
     task = ClassifyTask(class_names)
-    with torch.inference_mode():
-        metrics = task.evaluate(model, _loader(cfg, _dataset(cfg, samples, train=False), train=False), device)
+    metrics, skipped = evaluate_split(
+        task, model, _loader(cfg, _dataset(cfg, samples, train=False), train=False), device
+    )
     if distributed.is_main():
+        if skipped is not None:
+            print(skipped)
         write_json(run_dir / "metrics.json", metrics)
         _report(metrics, class_names, run_dir, samples=samples, mistakes=task.mistakes)
     return 0

@@ -44,7 +44,7 @@ from tasks.data.embedded import shapes_dataset
 from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.sampling import aspect_ratio_groups
 from tasks.data.transforms import detection_eval, detection_train
-from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
+from tasks.engine import Setup, evaluate_split, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
 from tasks.explain import add_cam_options, eigen_cam, wants_cam
 from tasks.export import (
@@ -183,14 +183,17 @@ class DetectTask:
 
     def evaluate(self, model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device) -> dict[str, Any]:
         results: list[dict[str, Any]] = []
+        read: list[int | str] = []
         for batch in loader:
             if batch["batch_size"] == 0:
                 continue
             outputs = model(self.to_device(batch, device)["images"])
             for index, output in zip(batch["indices"], outputs):
                 results += to_results(self.data.samples[index], output, self.data)
+                read.append(self.data.samples[index].image_id)
         self.last_results = [r for part in distributed.gather(results) for r in part]
-        return score(self.data, self.last_results, backend=self.backend)
+        scored = self.data.only({image for part in distributed.gather(read) for image in part})
+        return score(scored, self.last_results, backend=self.backend)
 
 
 def _model_args(cfg: DetectConfig, num_classes: int) -> dict[str, Any]:
@@ -474,9 +477,10 @@ def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
     run_dir = new_run_dir(cfg.output, TASK, "eval")
     write_config(run_dir, cfg)
     task = DetectTask(val, backend=cfg.coco_backend)
-    with torch.inference_mode():
-        metrics = task.evaluate(model.to(device), _loader(cfg, val, train=False), device)
+    metrics, skipped = evaluate_split(task, model.to(device), _loader(cfg, val, train=False), device)
     if distributed.is_main():
+        if skipped is not None:
+            print(skipped)
         _report(metrics, task.last_results, val, run_dir, show=cfg.show_score_thresh, backend=cfg.coco_backend)
     return 0
 

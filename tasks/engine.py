@@ -14,7 +14,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,6 +61,40 @@ class Task(Protocol):
     def evaluate(self, model: nn.Module, loader: Iterable[Batch], device: torch.device) -> dict[str, Any]:
         """Metrics over the loader's whole split, gathered across processes."""
         ...
+
+
+class SkipCount:
+    """A loader's batches, as they pass, adding up the images read and those skipped as unreadable (each batch's
+    ``batch_size`` and ``skipped``), so that an evaluation can say what its metrics are over."""
+
+    def __init__(self, loader: Iterable[Batch]) -> None:
+        self.loader = loader
+        self.read = self.skipped = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.loader:
+            self.read += int(batch["batch_size"])
+            self.skipped += int(batch.get("skipped", 0))
+            yield batch
+
+    def warning(self) -> str | None:
+        """Every process's count in one line, or None where nothing was skipped (a collective: call it on every
+        process)."""
+        read, skipped = (sum(counts) for counts in zip(*distributed.gather((self.read, self.skipped))))
+        if not skipped:
+            return None
+        return f"warning: skipped {skipped} unreadable validation image(s); the metrics are over the {read} read"
+
+
+def evaluate_split(
+    task: Task, model: nn.Module, loader: Iterable[Batch], device: torch.device
+) -> tuple[dict[str, Any], str | None]:
+    """``task.evaluate`` of ``loader`` in inference mode, and the line that says how many unreadable images it
+    skipped (None where none were): the ``eval`` commands print it, the engine logs it after an epoch."""
+    counted = SkipCount(loader)
+    with torch.inference_mode():
+        metrics = task.evaluate(model, counted, device)
+    return metrics, counted.warning()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -306,6 +340,7 @@ class Engine:
         self.shorten_epochs = shorten_epochs
         self.shares: list[float] = [1.0] * self.epochs  # each epoch's share of a whole epoch's steps
         self.full_steps = 1  # optimizer steps in a whole epoch (set by prepare)
+        self.skip_warning: str | None = None  # the last evaluation's unreadable images, as logged
         self.most_steps = 1  # the most steps an epoch may be lengthened to: one pass over the data (set by fit)
         self.elapsed = 0.0  # training and evaluation seconds so far, over resumes
         self.durations: list[float] = []  # this process's epochs, for the budget's pace
@@ -701,8 +736,11 @@ class Engine:
         if self.cfg.channels_last:  # in place, so the optimizer's parameters stay the same tensors
             model.to(memory_format=torch.contiguous_format)
         try:
-            with torch.inference_mode():
-                return self.task.evaluate(model, loader, self.device)
+            metrics, warning = evaluate_split(self.task, model, loader, self.device)
+            if warning is not None and warning != self.skip_warning:  # said again only when the count changes
+                self._log(warning)
+            self.skip_warning = warning
+            return metrics
         finally:
             if self.cfg.channels_last:
                 model.to(memory_format=torch.channels_last)

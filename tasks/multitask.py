@@ -59,7 +59,7 @@ from tasks.data.multitask import (
 )
 from tasks.detect import DetectionHeadConfig
 from tasks.detect import write_figures as detection_figures
-from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
+from tasks.engine import Setup, evaluate_split, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
 from tasks.explain import add_cam_options, cam_class_index, grad_cam, wants_cam
 from tasks.export import (
@@ -212,6 +212,7 @@ class MultiTaskTask:
         segment = SegmentationMeter(len(names["segment"])) if "segment" in tasks else None
         mistakes = Mistakes()
         results: list[dict[str, Any]] = []
+        read: list[int | str] = []  # the detection images scored: those that could be read
         for batch in loader:
             if batch["batch_size"] == 0:
                 continue
@@ -228,6 +229,7 @@ class MultiTaskTask:
                 if "detect" in outputs and sample.detection is not None:
                     output = rescale_detections(outputs["detect"][n], size, original)
                     results += to_results(sample.detection, output, self.data.detection)  # type: ignore[arg-type]
+                    read.append(sample.detection.image_id)
                 if segment is not None and batch["original_masks"][n] is not None:
                     predicted = resize_segmentation(outputs["segment"][n], size, original).argmax(dim=0)
                     segment.update(predicted, batch["original_masks"][n])
@@ -237,7 +239,9 @@ class MultiTaskTask:
             self.mistakes = mistakes.gather(names["classify"])
         if "detect" in tasks:
             self.detections = [r for part in distributed.gather(results) for r in part]
-            metrics["detect"] = score(self.data.detection, self.detections, backend=self.backend)  # type: ignore[arg-type]
+            read_ids = {image for part in distributed.gather(read) for image in part}
+            scored = self.data.detection.only(read_ids)  # type: ignore[union-attr]
+            metrics["detect"] = score(scored, self.detections, backend=self.backend)
         if segment is not None:
             metrics["segment"] = segment.compute(names["segment"])
         metrics["main"] = main_score(metrics)
@@ -478,9 +482,10 @@ def evaluate(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
     write_config(run_dir, cfg)
     device = resolve_device(cfg.train.device)
     task = MultiTaskTask(val, backend=cfg.coco_backend)
-    with torch.inference_mode():
-        metrics = task.evaluate(model.to(device), _loader(cfg, val, train=False), device)
+    metrics, skipped = evaluate_split(task, model.to(device), _loader(cfg, val, train=False), device)
     if distributed.is_main():
+        if skipped is not None:
+            print(skipped)
         _report(metrics, task, run_dir)
     return 0
 

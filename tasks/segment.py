@@ -50,7 +50,7 @@ from tasks.data.segmentation import (
     load_segmentation,
 )
 from tasks.data.transforms import segmentation_eval, segmentation_train
-from tasks.engine import Setup, make_loader, resolve_device, seed_everything, start_processes
+from tasks.engine import Setup, evaluate_split, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
 from tasks.export import (
     Exported,
@@ -383,9 +383,10 @@ def evaluate(cfg: SegmentConfig, args: argparse.Namespace) -> int:
     write_config(run_dir, cfg)
     device = resolve_device(cfg.train.device)
     task = SegmentTask(class_names, _loss(cfg), keep_masks=None, tile=_tile(cfg))
-    with torch.inference_mode():
-        metrics = task.evaluate(model.to(device), _loader(cfg, val, train=False), device)
+    metrics, skipped = evaluate_split(task, model.to(device), _loader(cfg, val, train=False), device)
     if distributed.is_main():
+        if skipped is not None:
+            print(skipped)
         _write_masks(task.masks, val, run_dir, overlays=PNG_COUNT)
         _report(metrics, run_dir)
     return 0

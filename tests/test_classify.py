@@ -304,10 +304,16 @@ def test_corrupt_image_is_skipped_and_counted(data, tmp_path, capsys) -> None:
     copy = tmp_path / "data"
     shutil.copytree(data, copy)
     (copy / "train" / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    assert main(["--data", str(copy), "--epochs", "1", "--output", str(tmp_path / "r"), *FAST]) == 0
+    (copy / "val" / "blue" / "empty.png").write_bytes(b"")
+    assert main(["--data", str(copy), "--epochs", "2", "--output", str(tmp_path / "r"), *FAST]) == 0
     captured = capsys.readouterr()
-    assert "skipping unreadable image" in captured.err and "broken.png" in captured.err
-    assert "skipped 1 unreadable image(s)" in captured.out
+    assert captured.err.count("skipping unreadable image") == 2  # each file named once, not once an epoch
+    assert "broken.png" in captured.err and "empty.png" in captured.err
+    assert "skipped 1 unreadable image(s) in epoch 1" in captured.out
+    assert "skipped 1 unreadable image(s) in epoch 2" in captured.out
+    # the val split's 12 readable images are scored, and the skip is said once (the count did not change)
+    assert captured.out.count("skipped 1 unreadable validation image(s); the metrics are over the 12 read") == 1
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["num_samples"] == 12
 
 
 # ---- bad input: one line, exit code 2, nothing lost ----

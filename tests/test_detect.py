@@ -469,3 +469,40 @@ def test_eval_predictions_file_on_voc_data(coco_root, tmp_path) -> None:
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["voc"]["mAP"] == pytest.approx(1.0) and metrics["coco"]["AP"] < 0.99
+
+
+def test_eval_scores_the_images_it_read_as_if_an_unreadable_one_were_not_in_the_split(
+    trained, coco_root, tmp_path, capsys
+) -> None:
+    """One corrupt val image: skipped and counted, and scored as torchvision's reference evaluator scores the
+    images it was given, so its objects are not counted as missed. The reference is the same predictions scored
+    by pycocotools on the split's annotations with that image removed."""
+    broken = tmp_path / "broken"
+    shutil.copytree(coco_root, broken)
+    annotations = json.loads((broken / "annotations" / "instances_val.json").read_text())
+    lost = annotations["images"][0]
+    assert any(a["image_id"] == lost["id"] for a in annotations["annotations"])  # it has objects to miss
+    (broken / "val" / lost["file_name"]).write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "eval"
+    flags = ["--output", str(out), "--workers", "0", "--set", "model.min_size=64", "--coco-backend", "pycocotools"]
+    assert main(["eval", "--checkpoint", str(trained / "best.pt"), "--data", str(broken), *flags]) == 0
+    printed = capsys.readouterr()
+    assert lost["file_name"] in printed.err
+    assert "skipped 1 unreadable validation image(s); the metrics are over the 3 read" in printed.out
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["num_images"] == len(annotations["images"]) - 1
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert predictions and all(p["image_id"] != lost["id"] for p in predictions)
+
+    without = tmp_path / "without"  # the reference: the split as if the image had never been in it
+    shutil.copytree(coco_root, without)
+    annotations["images"] = annotations["images"][1:]
+    annotations["annotations"] = [a for a in annotations["annotations"] if a["image_id"] != lost["id"]]
+    (without / "annotations" / "instances_val.json").write_text(json.dumps(annotations))
+    scored = tmp_path / "scored"
+    args = ["eval", "--predictions", str(out / "predictions.json"), "--data", str(without), "--output", str(scored)]
+    assert main([*args, "--coco-backend", "pycocotools"]) == 0
+    want = json.loads((scored / "metrics.json").read_text())
+    assert got["voc"] == want["voc"]
+    for key in ("AP", "AP50", "AP75", "AR100"):
+        assert got["coco"][key] == pytest.approx(want["coco"][key], abs=1e-6)

@@ -7,8 +7,8 @@ back to the dataset's own id for every output.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,14 @@ class DetectionData:
     category_ids: list[int]  # label k (1-based) -> category_ids[k - 1]
     source: str
     fixes: FixCounts = field(default_factory=FixCounts)
+
+    def only(self, image_ids: Collection[int | str]) -> DetectionData:
+        """The split restricted to the images ``image_ids`` names, in its own order: what an evaluation scores,
+        when some images could not be read. Like torchvision's reference evaluator (which scores the images the
+        model was given), an unreadable image's objects are then not counted as missed."""
+        if len(image_ids) >= len(self.samples):
+            return self
+        return replace(self, samples=[s for s in self.samples if s.image_id in image_ids])
 
     def coco_image_ids(self) -> dict[int | str, int]:
         """Each sample's id for COCO's evaluators: its own when it is an integer (COCO), else its

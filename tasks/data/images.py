@@ -63,7 +63,16 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+_NAMED: set[str] = set()  # the files this process has warned about
+
+
 def warn_unreadable(path: str | Path, error: BaseException) -> None:
+    """Name an unreadable file and why, once per loading process: training meets the same corrupt file every
+    epoch, and the engine counts the skips each epoch (a DataLoader worker keeps its own record, so a file may be
+    named once by each worker that meets it)."""
+    if str(path) in _NAMED:
+        return
+    _NAMED.add(str(path))
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     print(f"warning: skipping unreadable image {path}: {reason}", file=sys.stderr, flush=True)
 
