@@ -78,17 +78,17 @@ def step_flops(arch: str, mode: str, image_size: int) -> float:
         return count_flops(lambda: model(x)) / 2
 
 
+TORCHSCRIPT = "ours (best, TorchScript)"  # optimize_for_inference(onednn=False): the fusion by TorchScript's freezing
 INDUCTOR = "ours (best, Inductor)"  # optimize_for_inference(compile=True): Inductor with frozen weights
-BEST = ("ours (best)", INDUCTOR)
+BEST = ("ours (best)", TORCHSCRIPT, INDUCTOR)
 
 
 def _build(name: str, arch: str, *, channels_last: bool, compile_model: bool, device: torch.device) -> nn.Module:
     if name == "ours":
         model: nn.Module = build_backbone(arch, out_levels=("c5",))
-    elif name == "ours (best)":
-        model = optimize_for_inference(build_backbone(arch, out_levels=("c5",)).eval())
-    elif name == INDUCTOR:
-        model = optimize_for_inference(build_backbone(arch, out_levels=("c5",)).eval(), compile=True)
+    elif name in BEST:  # built on its device: the fused form depends on it
+        trunk = build_backbone(arch, out_levels=("c5",)).to(device).eval()
+        model = optimize_for_inference(trunk, onednn=False if name == TORCHSCRIPT else None, compile=name == INDUCTOR)
     elif name.startswith("torchvision"):
         import torchvision
 

@@ -206,10 +206,13 @@ def backbone_section(s: Settings) -> Section:
         '"forward" runs under `torch.no_grad()`; "train" is forward plus backward of the c5 map. Every candidate '
         "computes the same trunk (stem, layer1..layer4; ours returns c5 only): "
         f"{flops['forward']:.2f} GFLOP per image forward, {flops['train']:.2f} forward and backward. "
-        '"ours (best)" is `backbones.optimize_for_inference` (BatchNorm folded, channels-last, frozen TorchScript '
-        'graph), and "ours (best, Inductor)" the same with `compile=True`: `torch.compile` with weight freezing '
-        "and the C++ wrapper instead of TorchScript (its compile, once per input shape, is not timed, but its "
-        "first step's peak memory includes it), both compared with torchvision's default eager model. Peak "
+        '"ours (best)" is `backbones.optimize_for_inference` (BatchNorm folded, channels-last, each convolution '
+        "fused with its ReLU and residual addition by oneDNN's operators in an FX graph, for any input size), "
+        '"ours (best, TorchScript)" the same with the fusion left to TorchScript\'s freezing (the form before '
+        '2026-12-07; TorchScript is deprecated from torch 2.14), and "ours (best, Inductor)" the same with '
+        "`compile=True`: `torch.compile` with weight freezing and the C++ wrapper (its compile, once per input "
+        "shape, is not timed, but its first step's peak memory includes it), all compared with torchvision's "
+        "default eager model. Peak "
         "memory is the growth of resident memory during each candidate's first step, built alone in a fresh "
         "interpreter."
     )

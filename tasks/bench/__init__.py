@@ -118,6 +118,10 @@ def coco_eval_benchmark(num_images: int, detections: int, rounds: int) -> dict[s
     )
 
 
+# the fast channels-last form with TorchScript's fusion in place of oneDNN's: for a one-off comparison
+# (docs/results.md, "oneDNN's fused convolutions without TorchScript"), not one of DETECTOR_STEPS
+FAST_TORCHSCRIPT = "ours (fast backbone, channels-last, TorchScript)"
+
 DETECTOR_STEPS = (
     ("inference", "torchvision"),
     ("inference", "ours"),
@@ -155,7 +159,7 @@ def _detector_step(
     import torch
     import torchvision
 
-    from backbones.inference import fast_model_inference
+    from backbones.inference import fast_model_inference, optimize_for_inference
     from heads.detection import from_torchvision_state_dict
     from tasks.detect import build_model
     from tasks.recipes import amp_dtype, amp_scaler
@@ -172,6 +176,9 @@ def _detector_step(
         fast_model_inference(model, channels_last=False)
     elif candidate == "ours (fast backbone, channels-last)":  # the same with AVX-512
         fast_model_inference(model, channels_last=True)
+    elif candidate == FAST_TORCHSCRIPT:  # the form before oneDNN's fused convolutions (not a default row)
+        model.eval().to(memory_format=torch.channels_last)
+        model.backbone = optimize_for_inference(model.backbone, onednn=False)
     elif candidate == "ours (channels-last)":  # as the engine trains with train.channels_last=true
         model.to(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(0)
