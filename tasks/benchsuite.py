@@ -563,7 +563,7 @@ def gpu_section(s: Settings, peak: float, *, device: str = "cuda", variants: Seq
             device=torch.device(device),
             references=("torchvision",),
             memory=s.memory,
-            best=False,  # the frozen TorchScript form is a CPU recipe
+            best=False,  # the fused inference forms are CPU recipes (oneDNN's operators, Inductor's C++ wrapper)
             **options,  # type: ignore[arg-type]
         )
         for r in rows:
