@@ -341,6 +341,7 @@ class Engine:
         self.shares: list[float] = [1.0] * self.epochs  # each epoch's share of a whole epoch's steps
         self.full_steps = 1  # optimizer steps in a whole epoch (set by prepare)
         self.skip_warning: str | None = None  # the last evaluation's unreadable images, as logged
+        self.train_skipped = 0  # the last training epoch's unreadable images
         self.most_steps = 1  # the most steps an epoch may be lengthened to: one pass over the data (set by fit)
         self.elapsed = 0.0  # training and evaluation seconds so far, over resumes
         self.durations: list[float] = []  # this process's epochs, for the budget's pace
@@ -692,8 +693,11 @@ class Engine:
         if self.writer is not None:
             self.writer.add_scalar("train/images_per_second", images / elapsed, epoch + 1)
             self.writer.add_scalar("train/data_wait_fraction", data_time / elapsed, epoch + 1)
-        if skipped:
-            self._log(f"warning: skipped {skipped} unreadable image(s) in epoch {epoch + 1}")
+        if skipped and skipped != self.train_skipped:  # the same corrupt files every epoch: said when it changes
+            self._log(
+                f"warning: skipped {skipped} unreadable image(s) in epoch {epoch + 1} (said again if that changes)"
+            )
+        self.train_skipped = skipped
         self._log(
             f"epoch {epoch + 1}/{self.epochs}: loss {loss_sum.item() / max(step, 1):.4f}, "
             f"lr {self.optimizer.param_groups[0]['lr']:.2e}, {images / elapsed:.1f} img/s, "
