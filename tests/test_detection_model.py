@@ -122,7 +122,10 @@ def test_head_rejects_missing_levels_and_bad_anchor_levels() -> None:
 
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_threaded_roi_align_equals_torchvision_to_the_bit(threads: int, dtype: torch.dtype, monkeypatch) -> None:
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_threaded_roi_align_equals_torchvision_to_the_bit(
+    threads: int, dtype: torch.dtype, layout: torch.memory_format, monkeypatch
+) -> None:
     from torchvision.ops import MultiScaleRoIAlign
 
     import heads.detection as detection
@@ -130,7 +133,8 @@ def test_threaded_roi_align_equals_torchvision_to_the_bit(threads: int, dtype: t
     generator = torch.Generator().manual_seed(0)
     names, sides = ["p2", "p3", "p4", "p5"], [200, 100, 50, 25]  # an 800 px image's FPN levels
     features = {
-        n: torch.randn(2, 96, s, s, generator=generator).to(dtype).requires_grad_() for n, s in zip(names, sides)
+        n: torch.randn(2, 96, s, s, generator=generator).to(dtype).contiguous(memory_format=layout).requires_grad_()
+        for n, s in zip(names, sides)
     }
     corners = torch.rand(2, 60, 2, generator=generator) * 200
     extent = 8 + torch.rand(2, 60, 2, generator=generator) * 600  # from 8 to 600 px a side: every level
@@ -154,7 +158,10 @@ def test_threaded_roi_align_equals_torchvision_to_the_bit(threads: int, dtype: t
     finally:
         torch.set_num_threads(previous)
     assert len(set(ours.map_levels(boxes).tolist())) == 4  # the boxes reach every level
-    assert splits == [threads] * 8  # the threaded path ran: 4 levels, forward and backward
+    # the threaded path ran: 4 levels, forward and backward; a channels-last level is first made NCHW, an image
+    # per thread
+    forward = [2, threads] if layout == torch.channels_last else [threads]
+    assert splits == forward * 4 + [threads] * 4
     assert outputs[0].dtype == outputs[1].dtype == dtype and torch.equal(outputs[0], outputs[1])
     for a, b in zip(*gradients):
         assert a.dtype == dtype and a.abs().sum() > 0 and torch.equal(a, b)
@@ -203,3 +210,23 @@ def test_the_inference_form_lays_the_heads_out_channels_last_only_on_avx512_cpus
     model = fast_model_inference(model, device=device)  # laid out for the device named, its parameters left put
     conv3x3 = next(m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
     assert conv3x3.weight.is_contiguous(memory_format=torch.channels_last) is nhwc
+
+
+def test_a_channels_last_map_is_made_nchw_exactly_in_and_out_of_inference_mode() -> None:
+    """RoIAlign's CPU kernels read NCHW; the copy that makes a channels-last map NCHW (an image per thread, as
+    transposed matrices) must hold the same values, also in inference mode, which the pool's threads do not
+    inherit."""
+    from heads.detection import _nchw
+
+    nchw = torch.randn(3, 40, 17, 23, generator=torch.Generator().manual_seed(0))
+    assert _nchw(nchw) is nchw
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for inference in (False, True):
+            with torch.inference_mode(inference):
+                nhwc = nchw.contiguous(memory_format=torch.channels_last)
+                got = _nchw(nhwc)
+            assert got.is_contiguous() and torch.equal(got, nchw)
+    finally:
+        torch.set_num_threads(previous)
