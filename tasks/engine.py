@@ -693,6 +693,7 @@ class Engine:
         if self.writer is not None:
             self.writer.add_scalar("train/images_per_second", images / elapsed, epoch + 1)
             self.writer.add_scalar("train/data_wait_fraction", data_time / elapsed, epoch + 1)
+        skipped = sum(distributed.gather(skipped))  # every process's, under torchrun
         if skipped and skipped != self.train_skipped:  # the same corrupt files every epoch: said when it changes
             self._log(
                 f"warning: skipped {skipped} unreadable image(s) in epoch {epoch + 1} (said again if that changes)"

@@ -39,13 +39,21 @@ def _metrics(folder) -> dict:
 
 
 def test_classify_under_torchrun_and_evaluation_independent_of_process_count(tmp_path) -> None:
-    data = make_image_folder(tmp_path / "data", per_class=(8, 5))  # 15 val images: shards of 8 and 7
+    data = make_image_folder(tmp_path / "data", per_class=(7, 5))  # 15 val images
+    # 21 readable and 3 unreadable training files: 12 a process, 3 batches of 4, none dropped; each unreadable file
+    # skipped on whichever process the sampler gives it to
+    for name in ("red/broken.png", "green/broken.png", "blue/empty.png"):
+        (data / "train" / name).write_bytes(b"" if "empty" in name else b"\x89PNG\r\n\x1a\n not really")
+    (data / "val" / "green" / "broken.png").write_bytes(b"")  # 16 val files, 15 readable: shards of 8 and 8
     common = ["--data", str(data), "--backbone", "resnet18", "--workers", "0", "--device", "cpu", "--image-size", "32"]
     train = tmp_path / "train"
     result = torchrun(
         2, "-m", "tasks.classify", *common, "--epochs", "1", "--batch-size", "4", "--output", str(train), cwd=tmp_path
     )
     assert "1 classes" not in result.stdout and (train / "best.pt").is_file() and (train / "last.pt").is_file()
+    # the counts are every process's, said once by the first
+    assert result.stdout.count("skipped 3 unreadable image(s) in epoch 1") == 1
+    assert result.stdout.count("skipped 1 unreadable validation image(s); the metrics are over the 15 read") == 1
     assert not list(tmp_path.glob("runs"))  # every rank used the given folder
     one, two = tmp_path / "eval1", tmp_path / "eval2"
     torchrun(
