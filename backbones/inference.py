@@ -47,6 +47,7 @@ def _passes_through(graph: torch.fx.GraphModule, node: torch.fx.Node | None) -> 
 
 
 _FRESH_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+_FRESH_FUNCTIONS = (*_ADDS, torch.cat, torch.relu, nn.functional.relu, torch.ops.mkldnn._convolution_pointwise.default)
 
 
 def _returns_its_input(graph: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
@@ -62,8 +63,7 @@ def _reads_into_new_tensor(graph: torch.fx.GraphModule, node: torch.fx.Node) -> 
     for it): the layers and functions of convolutional backbones; anything else counts as a possible view."""
     if node.op == "call_module":
         return isinstance(_module(graph, node), _FRESH_MODULES)
-    fresh = (*_ADDS, torch.cat, torch.relu, nn.functional.relu, torch.ops.mkldnn._convolution_pointwise.default)
-    return node.op == "call_function" and node.target in fresh and not node.kwargs.get("inplace")
+    return node.op == "call_function" and node.target in _FRESH_FUNCTIONS and not node.kwargs.get("inplace")
 
 
 def _overwritable(graph: torch.fx.GraphModule, tensor: torch.fx.Node, at: torch.fx.Node, reader: Any) -> bool:
@@ -135,21 +135,23 @@ def fuse_conv_pointwise(graph: torch.fx.GraphModule) -> int:
         end, user = node, _only_user(node)
         while _passes_through(graph, user):
             end, user = user, _only_user(user)  # type: ignore[arg-type]
-        options = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        shortcut: torch.fx.Node | None = None
+        if _is_relu(graph, user):
+            replaced = user
+        elif (residual := _residual_relu(graph, node, end, user)) is not None:
+            shortcut, replaced = residual
+        else:
+            continue
         with graph.graph.inserting_before(node):
             weight = graph.graph.get_attr(f"{node.target}.weight")
             bias = graph.graph.get_attr(f"{node.target}.bias") if conv.bias is not None else None
-        replaced: torch.fx.Node | None = None
-        if _is_relu(graph, user):
-            replaced, op = user, torch.ops.mkldnn._convolution_pointwise.default
-            args = (node.args[0], weight, bias, *options, "relu", [], "")
-        elif (residual := _residual_relu(graph, node, end, user)) is not None:
-            shortcut, replaced = residual
-            op = torch.ops.mkldnn._convolution_pointwise_.binary
-            args = (shortcut, node.args[0], weight, bias, *options, "add", 1.0, "relu", [], "")
-        if replaced is None:
-            continue
+        convolution = (node.args[0], weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation))
         with graph.graph.inserting_after(replaced):
+            if shortcut is None:
+                op, args = torch.ops.mkldnn._convolution_pointwise.default, (*convolution, conv.groups, "relu", [], "")
+            else:
+                op = torch.ops.mkldnn._convolution_pointwise_.binary
+                args = (shortcut, *convolution, conv.groups, "add", 1.0, "relu", [], "")
             fused_node = graph.graph.call_function(op, args)
         replaced.replace_all_uses_with(fused_node)
         fused += 1
