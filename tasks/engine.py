@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.optim.sgd import sgd
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
@@ -231,6 +232,95 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
 FUSED_DEVICES = ("cpu", "cuda")  # where torch's SGD and AdamW have a fused step
 
 
+def _dense_order(tensors: Sequence[Tensor]) -> list[int] | None:
+    """The order of dimensions in which ``tensors`` (a parameter, its gradient and its optimizer state) are laid
+    out contiguously, where that is not their own order and all share one layout on the CPU (a channels-last
+    convolution weight: (0, 2, 3, 1)); else None."""
+    first = tensors[0]
+    if first.device.type != "cpu" or first.is_contiguous() or any(t.stride() != first.stride() for t in tensors):
+        return None
+    order = sorted(range(first.dim()), key=lambda d: -first.stride(d))
+    return order if first.permute(order).is_contiguous() else None
+
+
+def _permuted(tensors: Sequence[Any], orders: Sequence[list[int] | None], *, back: bool = False) -> list[Any]:
+    """Each tensor permuted into its ``orders`` entry (or out of it, ``back``); None entries stay."""
+    out = []
+    for tensor, order in zip(tensors, orders):
+        if tensor is not None and order is not None:
+            tensor = tensor.permute([order.index(d) for d in range(len(order))] if back else order)
+        out.append(tensor)
+    return out
+
+
+class FusedSGD(torch.optim.SGD):
+    """torch's SGD with its fused step (``fused=True``), handing the kernel each channels-last tensor as a
+    contiguous permutation of itself: the same storage, the same update to the bit. torch's fused CPU kernels
+    update each tensor as one flat array, whatever its layout, but first copy every gradient that is not
+    contiguous, then leave the copy unused; in the detector's channels-last training step those copies took
+    about 14 of 426 ms (docs/results.md, "The optimizers' copies of channels-last gradients")."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            buffers: list[Tensor | None] = []  # empty without momentum
+            sparse = self._init_group(group, params, grads, buffers)
+            orders = [
+                _dense_order([p, g] + ([b] if buffers and b is not None else []))
+                for p, g, b in zip(params, grads, buffers or params)
+            ]
+            dense_buffers = _permuted(buffers, orders)
+            sgd(
+                _permuted(params, orders),
+                _permuted(grads, orders),
+                dense_buffers,
+                weight_decay=group["weight_decay"],
+                momentum=group["momentum"],
+                lr=group["lr"],
+                dampening=group["dampening"],
+                nesterov=group["nesterov"],
+                maximize=group["maximize"],
+                has_sparse_grad=sparse,
+                foreach=group["foreach"],
+                fused=group["fused"],
+                grad_scale=getattr(self, "grad_scale", None),
+                found_inf=getattr(self, "found_inf", None),
+            )
+            # torch's step makes the buffers on the first step, each like the (permuted) gradient
+            created = _permuted(dense_buffers, orders, back=True)
+            for p, old, new in zip(params, buffers, created):
+                self.state[p]["momentum_buffer"] = new if old is None else old
+        return loss
+
+
+class FusedAdamW(torch.optim.AdamW):
+    """torch's AdamW with its fused step, handing the kernel each channels-last tensor as a contiguous
+    permutation of itself, as :class:`FusedSGD` does. Its state is torch's, updated in place through the views."""
+
+    def _init_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], *state: Any) -> Any:
+        result = super()._init_group(group, params, grads, *state)
+        # the moments (and amsgrad's maxima), each shaped as its parameter; not the step counts
+        moments = [
+            values
+            for values in state
+            if isinstance(values, list)
+            and len(values) == len(params)
+            and all(v.shape == p.shape for v, p in zip(values, params))
+        ]
+        orders = [
+            _dense_order([p, g] + [values[i] for values in moments]) for i, (p, g) in enumerate(zip(params, grads))
+        ]
+        for values in (params, grads, *moments):
+            values[:] = _permuted(values, orders)
+        return result
+
+
 def build_optimizer(
     model: nn.Module, cfg: TrainConfig, *, fused: bool | None = None, foreach: bool = False
 ) -> torch.optim.Optimizer:
@@ -246,8 +336,8 @@ def build_optimizer(
         fused = not foreach and all(p.device.type in FUSED_DEVICES for group in groups for p in group["params"])
     options = {"fused": True} if fused else {"foreach": True} if foreach else {}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **options)
-    return torch.optim.AdamW(groups, lr=cfg.lr, **options)
+        return (FusedSGD if fused else torch.optim.SGD)(groups, lr=cfg.lr, momentum=cfg.momentum, **options)
+    return (FusedAdamW if fused else torch.optim.AdamW)(groups, lr=cfg.lr, **options)
 
 
 def lr_factor(step: int, *, total: int, warmup: int, cfg: TrainConfig, steps_per_epoch: int) -> float:

@@ -7,10 +7,11 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader
 
 from tasks.config import TrainConfig, apply
-from tasks.engine import Engine, build_optimizer
+from tasks.engine import Engine, build_optimizer, param_groups
 
 
 class _Square:
@@ -363,6 +364,61 @@ def test_the_fused_optimizer_step_is_torchs_default_step_to_float_rounding(optim
     with torch.no_grad():
         moved = [float((a - b).abs().max()) for a, b in zip(models["default"].parameters(), start.parameters())]
     assert min(moved) > 1e-4  # every parameter took steps far larger than the tolerance
+
+
+def _copies_of(shape: torch.Size, step) -> int:
+    """How many ``aten::clone`` calls on a tensor of ``shape`` ``step()`` makes, torch's kernels' own included."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as recorded:
+        step()
+    return sum(e.name == "aten::clone" and e.input_shapes[:1] == [list(shape)] for e in recorded.events())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_fused_step_on_channels_last_weights_is_torchs_to_the_bit_without_copying_them(optimizer) -> None:
+    """build_optimizer's fused step hands torch's kernel each channels-last tensor as a contiguous permutation of
+    itself. The parameters and state equal torch's own fused optimizer's to the bit, keep their layout, and load
+    from its state dict; and no weight-sized tensor is copied (torch's kernel copies each such gradient)."""
+    torch.manual_seed(0)
+    model = _Pooled().to(memory_format=torch.channels_last)
+    weight = model.backbone[0].weight
+    assert not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+    cfg = apply(TrainConfig(), {"optimizer": optimizer, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.01,
+                                "backbone_lr_scale": 0.1}, source="t")  # fmt: skip
+    models = {"ours": model, "torch": copy.deepcopy(model)}
+    torch_class = torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW
+    torch_options = {"momentum": cfg.momentum} if optimizer == "sgd" else {}
+    optimizers = {
+        "ours": build_optimizer(models["ours"], cfg),
+        "torch": torch_class(param_groups(models["torch"], cfg), lr=cfg.lr, fused=True, **torch_options),
+    }
+    assert type(optimizers["ours"]) is not torch_class and optimizers["ours"].defaults["fused"]
+    copies = {}
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(4, 3, 8, 8, generator=generator).to(memory_format=torch.channels_last)
+        for name, net in models.items():
+            optimizers[name].zero_grad(set_to_none=True)
+            net(x).pow(2).mean().backward()
+            copies[name] = copies.get(name, 0) + _copies_of(weight.shape, optimizers[name].step)
+    assert copies == {"ours": 0, "torch": 3}
+    for got, want in zip(models["ours"].parameters(), models["torch"].parameters()):
+        assert torch.equal(got, want) and got.stride() == want.stride()
+    ours, theirs = optimizers["ours"].state_dict(), optimizers["torch"].state_dict()
+    assert ours["state"].keys() == theirs["state"].keys()
+    for index, state in theirs["state"].items():
+        for key, want in state.items():
+            got = ours["state"][index][key]
+            assert torch.equal(got, want) and got.stride() == want.stride(), (index, key)
+    assert weight.stride() == models["torch"].backbone[0].weight.stride()
+    # a run resumed from torch's own state goes on as torch's (a copy: loading keeps the tensors it is given)
+    optimizers["ours"].load_state_dict(copy.deepcopy(theirs))
+    x = torch.randn(4, 3, 8, 8, generator=generator).to(memory_format=torch.channels_last)
+    for name, net in models.items():
+        optimizers[name].zero_grad(set_to_none=True)
+        net(x).pow(2).mean().backward()
+        optimizers[name].step()
+    for got, want in zip(models["ours"].parameters(), models["torch"].parameters()):
+        assert torch.equal(got, want)
 
 
 def test_the_engine_gives_the_datasets_a_decoded_image_cache_within_train_cache_mb(tmp_path, monkeypatch) -> None:
