@@ -399,9 +399,11 @@ def optimizer_section(s: Settings) -> Section:
             [
                 r["model"],
                 r["optimizer"],
+                r["layout"],
                 r["step"],
                 f"{r['ms']:.1f}",
                 _ratio(r["ratio"]),
+                r["against"],
                 "reference" if r["difference"] is None else f"{r['difference']:.1e}",
             ]
             for r in rows
@@ -410,12 +412,14 @@ def optimizer_section(s: Settings) -> Section:
             [
                 "model",
                 "optimizer",
+                "weights",
                 "step",
                 "ms",
-                "speed vs torch's default",
-                f"parameters after {rows[0]['steps']} steps, max difference",
+                "speed",
+                "against",
+                f"parameters after {rows[0]['steps']} steps, max difference from it",
             ],
-            "lllrrr",
+            "llllrrlr",
             body,
         )
 
@@ -427,15 +431,24 @@ def optimizer_section(s: Settings) -> Section:
         "One optimizer step over every parameter of torchvision's model, with random gradients, in the groups the "
         "engine makes (`tasks.engine.param_groups`: no weight decay on norms and biases). Ours is "
         "`tasks.engine.build_optimizer`, which takes torch's fused step on the CPU and CUDA (one kernel over all the "
-        "parameters); the reference is the same optimizer with torch's default step (on the CPU a Python loop over "
-        "the parameters, one small operation after another), and foreach is torch's CUDA default. Each step runs on "
+        "parameters). On NCHW weights the reference is the same optimizer with torch's default step (on the CPU a "
+        "Python loop over the parameters, one small operation after another), and foreach is torch's CUDA default. "
+        "On channels-last weights, the layout the engine trains in with bfloat16, the reference is torch's own "
+        "fused optimizer: its CPU kernel copies every gradient that is not contiguous and leaves the copy unused, "
+        "and ours hands it each such tensor as a contiguous permutation of itself (`tasks.engine.FusedSGD` and "
+        "`FusedAdamW`). Each step runs on "
         f"its own copy of the model; median of {rounds} interleaved rounds after one warm-up step ({settings}). "
         "Every copy takes the same steps with the same gradients, so the last column is how far its parameters end "
-        "from the default step's: float rounding. An optimizer step is memory-bound elementwise work, so it has no "
-        "GFLOP/s column."
+        "from its reference's: float rounding, or none. An optimizer step is memory-bound elementwise work, so it "
+        "has no GFLOP/s column."
     )
     headlines = [
-        (f"optimizer step, {r['model']} {r['optimizer']}, ours (fused) vs torch's default", _ratio(r["ratio"]))
+        (
+            f"optimizer step, {r['model']} {r['optimizer']}"
+            + (", channels-last" if r["layout"] == "channels-last" else "")
+            + f", ours (fused) vs {r['against']}",
+            _ratio(r["ratio"]),
+        )
         for r in rows
         if r["step"] == "ours (fused)"
     ]

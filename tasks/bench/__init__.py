@@ -641,7 +641,15 @@ def precision_drift(parts: Any, train: Any, *, steps: int) -> float:
     return abs(candidate - reference) / max(abs(reference), 1e-12)
 
 
-OPTIMIZER_STEPS = ("torch's default", "foreach", "ours (fused)")
+# (layout, step, the step its speed and parameters are compared with); ours on channels-last weights against
+# torch's own fused step on them, which copies every such gradient (tasks.engine.FusedSGD)
+OPTIMIZER_STEPS = (
+    ("NCHW", "torch's default", "torch's default"),
+    ("NCHW", "foreach", "torch's default"),
+    ("NCHW", "ours (fused)", "torch's default"),
+    ("channels-last", "torch's fused", "torch's fused"),
+    ("channels-last", "ours (fused)", "torch's fused"),
+)
 OPTIMIZER_SETTINGS = {  # TrainConfig fields of each optimizer: the digits and shapes recipes' kind of values
     "sgd": dict(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4),
     "adamw": dict(optimizer="adamw", lr=1e-3, weight_decay=0.05),
@@ -650,18 +658,19 @@ OPTIMIZER_SETTINGS = {  # TrainConfig fields of each optimizer: the digits and s
 
 def optimizer_benchmark(*, arch: str, optimizer: str, rounds: int, seed: int = 0) -> list[dict[str, Any]]:
     """Milliseconds of one optimizer step over the parameters of torchvision's ``arch`` (random gradients), in
-    the groups :func:`tasks.engine.param_groups` makes (no decay on norms and biases): ours
-    (:func:`tasks.engine.build_optimizer`, torch's fused step on the CPU) against torch's default step (the
-    same groups, ``fused=False``: a Python loop over the parameters on the CPU) and ``foreach=True`` (torch's
-    CUDA default), each on its own copy of the model, interleaved. Every copy takes the same number of steps
-    with the same gradients, so each row also states how far its parameters end from the default step's."""
+    the groups :func:`tasks.engine.param_groups` makes (no decay on norms and biases), each on its own copy of
+    the model, interleaved. On NCHW weights, ours (:func:`tasks.engine.build_optimizer`, torch's fused step on
+    the CPU) against torch's default step (``fused=False``: a Python loop over the parameters on the CPU) and
+    ``foreach=True`` (torch's CUDA default); on channels-last weights, as the engine trains with bfloat16, ours
+    against torch's own fused optimizer. Every copy takes the same number of steps with the same gradients, so
+    each row also states how far its parameters end from its reference's."""
     import copy
 
     import torch
     import torchvision
 
     from tasks.config import TrainConfig
-    from tasks.engine import build_optimizer
+    from tasks.engine import build_optimizer, param_groups
 
     cfg = TrainConfig(**OPTIMIZER_SETTINGS[optimizer])
     torch.manual_seed(seed)
@@ -669,29 +678,37 @@ def optimizer_benchmark(*, arch: str, optimizer: str, rounds: int, seed: int = 0
     generator = torch.Generator().manual_seed(seed)
     grads = [torch.randn(p.shape, generator=generator) * 1e-2 for p in model.parameters()]
     models, steps = {}, {}
-    for name in OPTIMIZER_STEPS:
-        models[name] = copy.deepcopy(model)
-        for param, grad in zip(models[name].parameters(), grads):
-            param.grad = grad.clone()
-        fused = None if name == "ours (fused)" else False
-        steps[name] = build_optimizer(models[name], cfg, fused=fused, foreach=name == "foreach").step
+    for layout, name, _ in OPTIMIZER_STEPS:
+        key = (layout, name)
+        form = torch.channels_last if layout == "channels-last" else torch.contiguous_format
+        models[key] = copy.deepcopy(model).to(memory_format=form)
+        for param, grad in zip(models[key].parameters(), grads):
+            param.grad = grad.clone(memory_format=form if grad.dim() == 4 else torch.contiguous_format)
+        if name == "torch's fused":
+            kind = torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW
+            options = {"momentum": cfg.momentum} if optimizer == "sgd" else {}
+            steps[key] = kind(param_groups(models[key], cfg), lr=cfg.lr, fused=True, **options).step
+        else:
+            fused = None if name == "ours (fused)" else False
+            steps[key] = build_optimizer(models[key], cfg, fused=fused, foreach=name == "foreach").step
     times = interleaved(steps, rounds)
-    reference = statistics.median(times["torch's default"])
-    after = {name: torch.cat([p.detach().flatten() for p in m.parameters()]) for name, m in models.items()}
+    after = {key: torch.cat([p.detach().flatten() for p in m.parameters()]) for key, m in models.items()}
     rows = []
-    for name in OPTIMIZER_STEPS:
-        seconds = statistics.median(times[name])
+    for layout, name, against in OPTIMIZER_STEPS:
+        seconds = statistics.median(times[layout, name])
         rows.append(
             dict(
                 model=arch,
                 optimizer={"sgd": "SGD", "adamw": "AdamW"}[optimizer],
+                layout=layout,
                 step=name,
                 ms=seconds * 1000,
-                ratio=reference / seconds,
+                against=against,
+                ratio=statistics.median(times[layout, against]) / seconds,
                 steps=rounds + 1,
                 difference=None
-                if name == "torch's default"
-                else float((after[name] - after["torch's default"]).abs().max()),
+                if name == against
+                else float((after[layout, name] - after[layout, against]).abs().max()),
             )
         )
     return rows
