@@ -217,3 +217,91 @@ def test_the_training_batch_is_normalised_as_albumentations_normalises_each_imag
     assert batch.dtype == torch.float32 and batch.shape == want.shape == (len(samples), 3, 16, 16)
     assert want.abs().max() > 1.5  # normalised, not in [0, 1]
     torch.testing.assert_close(batch, want, rtol=0, atol=1e-5)
+
+
+def _segmentation_set(tmp_path, sides: list[tuple[int, int]]):
+    """Random RGB PNGs with palette-free masks of classes 0..2 and some void; the last mask holds a value 7 that
+    is no class."""
+    from tasks.data.segmentation import SegmentationData, SegmentationSample
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for index, (height, width) in enumerate(sides):
+        image, mask = tmp_path / f"{index}.png", tmp_path / f"{index}_mask.png"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(image)
+        values = rng.choice(np.array([0, 1, 2, 255], dtype=np.uint8), size=(height, width))
+        if index == len(sides) - 1:
+            values[0, 0] = 7
+        Image.fromarray(values).save(mask)
+        samples.append(SegmentationSample(str(index), image, mask))
+    return SegmentationData(samples, ["a", "b", "c"], str(tmp_path))
+
+
+def test_the_segmentation_training_batch_is_normalised_as_albumentations_normalises_each_image(tmp_path) -> None:
+    """The segmentation training pipeline leaves uint8 and the collate normalises the batch at once; images and
+    masks equal the same seeded augmentations followed by albumentations' own Normalize on each image."""
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    from tasks.data.segmentation import SegmentationDataset, collate_segmentation
+    from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, SegmentationPipeline, segmentation_train
+
+    data = _segmentation_set(tmp_path, [(40, 48), (30, 36), (50, 40), (36, 36), (20, 20)])
+    data.samples = data.samples[:-1]  # every mask valid
+    ours = segmentation_train(32, scale=(0.5, 2.0), hflip=0.5, color_jitter=0.3, seed=3)
+    steps = list(segmentation_train(32, scale=(0.5, 2.0), hflip=0.5, color_jitter=0.3).compose.transforms)
+    reference = SegmentationPipeline([*steps, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()], seed=3)
+    items = [SegmentationDataset(data, ours)[index] for index in range(len(data.samples))]
+    assert all(item["image"].dtype == torch.uint8 for item in items)
+    batch = collate_segmentation(items)
+    want = [SegmentationDataset(data, reference)[index] for index in range(len(data.samples))]
+    images = torch.stack([item["image"] for item in want])
+    assert batch["images"].dtype == torch.float32 and batch["images"].shape == images.shape == (4, 3, 32, 32)
+    assert images.abs().max() > 1.5  # normalised, not in [0, 1]
+    torch.testing.assert_close(batch["images"], images, rtol=0, atol=1e-5)
+    masks = torch.stack([item["mask"] for item in want])
+    assert batch["masks"].dtype == torch.int64 and torch.equal(batch["masks"], masks)
+    assert (masks == 255).any()  # the scale's padding is void
+
+
+def test_evaluation_batches_pad_normalised_images_with_zero_and_masks_with_void(tmp_path) -> None:
+    from tasks.data.segmentation import SegmentationDataset, collate_segmentation
+    from tasks.data.transforms import segmentation_eval
+
+    data = _segmentation_set(tmp_path, [(40, 48), (30, 36), (20, 20)])
+    items = [SegmentationDataset(data, segmentation_eval())[index] for index in range(2)]
+    batch = collate_segmentation(items)
+    assert batch["images"].shape == (2, 3, 64, 64) and batch["sizes"] == [(40, 48), (30, 36)]
+    for index, (height, width) in enumerate(batch["sizes"]):
+        assert torch.equal(batch["images"][index, :, :height, :width], items[index]["image"])
+        assert torch.equal(batch["masks"][index, :height, :width], items[index]["mask"])
+        assert not batch["images"][index, :, height:].any() and not batch["images"][index, :, :, width:].any()
+        assert (batch["masks"][index, height:] == 255).all() and (batch["masks"][index, :, width:] == 255).all()
+
+
+def test_the_decoded_cache_keeps_checked_masks_and_rereads_a_bad_one(tmp_path, monkeypatch, capsys) -> None:
+    """Masks go through the decoded cache as checked uint8 arrays: each valid mask is read once, and items equal
+    an uncached dataset's; a mask with a value that is no class is not kept, so it is read, named and skipped each
+    time, as before."""
+    import tasks.data.segmentation as segmentation
+    from tasks.data.images import DecodedCache
+    from tasks.data.transforms import segmentation_eval
+
+    data = _segmentation_set(tmp_path, [(20, 24), (16, 16), (12, 20)])
+    expected = [segmentation.SegmentationDataset(data, segmentation_eval())[index] for index in range(3)]
+    assert expected[-1] is None
+    capsys.readouterr()
+    reads: list[str] = []
+    real = segmentation.load_mask
+    monkeypatch.setattr(segmentation, "load_mask", lambda path: reads.append(Path(path).name) or real(path))
+    cached = segmentation.SegmentationDataset(data, segmentation_eval())
+    cached.decoded = DecodedCache(2**20)
+    for _ in range(3):
+        items = [cached[index] for index in range(3)]
+        assert items[-1] is None and "are neither a class" in capsys.readouterr().err
+        for got, want in zip(items[:-1], expected[:-1]):
+            assert torch.equal(got["image"], want["image"]) and torch.equal(got["mask"], want["mask"])
+            got["mask"][0, 0] = 1  # each item's mask is its own: writing it leaves the kept one as it was
+    assert reads == ["0_mask.png", "1_mask.png", "2_mask.png", "2_mask.png", "2_mask.png"]
+    kept = cached.decoded.arrays[str(data.samples[0].mask)]
+    assert kept.dtype == np.uint8 and not kept.flags.writeable

@@ -66,7 +66,12 @@ def test_eval_reproduces_training_and_writes_every_mask(trained, shapes_root, tm
         main(["eval", "--checkpoint", str(trained / "best.pt"), "--data", str(shapes_root), "--output", str(out)]) == 0
     )
     got, expected = (json.loads((d / "metrics.json").read_text()) for d in (out, trained))
-    assert got["confusion_matrix"] == expected["confusion_matrix"]
+    matrix, trained_matrix = np.array(got["confusion_matrix"]), np.array(expected["confusion_matrix"])
+    assert (matrix.sum(1) == trained_matrix.sum(1)).all()  # the same pixels of each true class
+    # eval runs the backbone folded and fused (fast_inference), training's evaluation the eager model: float
+    # rounding may move a pixel whose two best classes tie to the other one (each move changes two cells by 1)
+    moved = np.abs(matrix - trained_matrix).sum() // 2
+    assert moved <= matrix.sum() // 1000, (matrix, trained_matrix)
     written = {p.name: np.asarray(Image.open(p)) for p in (out / "masks").glob("*.png")}
     assert len(written) == 4
     # The written masks are the predictions the metrics were computed from.

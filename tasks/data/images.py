@@ -82,7 +82,7 @@ CACHE_MAX_MB = 4096  # ... and at most this much, all loading processes of the m
 
 
 class DecodedCache:
-    """Decoded images kept in memory after their first read, while they fit a byte budget.
+    """Decoded images (and segmentation masks) kept in memory after their first read, while they fit a byte budget.
 
     Training reads every image once an epoch. From the second epoch on, a cached image skips the file's read and
     its PNG or JPEG decode and goes straight to the augmentations, which draw afresh each time. The arrays are
@@ -99,17 +99,26 @@ class DecodedCache:
 
     def load(self, path: str | Path) -> np.ndarray:
         """:func:`load_rgb` of ``path``, from memory where it was read before."""
-        key = str(path)
-        image = self.arrays.get(key)
-        if image is not None:
-            self.hits += 1
-            return image
-        image = load_rgb(path)
-        if self.used + image.nbytes <= self.budget:
-            image.flags.writeable = False
-            self.arrays[key] = image
-            self.used += image.nbytes
+        image = self.get(path)
+        if image is None:
+            image = load_rgb(path)
+            self.keep(path, image)
         return image
+
+    def get(self, path: str | Path) -> np.ndarray | None:
+        """The read-only array kept for ``path``, or None."""
+        array = self.arrays.get(str(path))
+        if array is not None:
+            self.hits += 1
+        return array
+
+    def keep(self, path: str | Path, array: np.ndarray) -> None:
+        """Keep ``array``, read from ``path`` (an image, or a segmentation mask once checked), made read-only, where
+        it fits the budget."""
+        if self.used + array.nbytes <= self.budget:
+            array.flags.writeable = False
+            self.arrays[str(path)] = array
+            self.used += array.nbytes
 
 
 def available_memory() -> int | None:

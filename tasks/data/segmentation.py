@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from tasks.data.coco_masks import coco_semantic_masks, has_coco_polygons
 from tasks.data.images import READ_ERRORS, DecodedCache, is_image_file, warn_unreadable
 from tasks.data.images import image_size as shown_size
+from tasks.data.transforms import normalize_batch
 from tasks.data.voc import read_split_file
 from tasks.errors import UserError
 from tasks.io import read_text
@@ -233,16 +234,21 @@ class SegmentationDataset(Dataset[dict[str, Any] | None]):
             return None
         mask = None
         if sample.mask is not None:
-            try:
-                mask = load_mask(sample.mask)
-            except READ_ERRORS as error:
-                warn_unreadable(sample.mask, error)
-                return None
-            bad = invalid_values(mask, self.num_classes)
-            if bad.size:
-                warn_bad_mask(sample.mask, bad, self.num_classes)
-                return None
-            mask = mask.astype(np.uint8)  # every value is now below 256; OpenCV's warps need a small dtype
+            kept = self.decoded.get(sample.mask)  # checked on its first read
+            if kept is not None:
+                mask = kept.copy()  # of its own memory, as the transforms may hand it to torch unchanged
+            else:
+                try:
+                    mask = load_mask(sample.mask)
+                except READ_ERRORS as error:
+                    warn_unreadable(sample.mask, error)
+                    return None
+                bad = invalid_values(mask, self.num_classes)
+                if bad.size:
+                    warn_bad_mask(sample.mask, bad, self.num_classes)
+                    return None
+                mask = mask.astype(np.uint8)  # every value is now below 256; OpenCV's warps need a small dtype
+                self.decoded.keep(sample.mask, mask.copy())
         height, width = image.shape[:2]
         tensor, target = self.transform(image, mask)
         return {"image": tensor, "mask": target, "index": index, "size": (height, width)}
@@ -250,23 +256,36 @@ class SegmentationDataset(Dataset[dict[str, Any] | None]):
 
 def collate_segmentation(items: list[dict[str, Any] | None], *, multiple: int = 32) -> dict[str, Any]:
     """Images padded (bottom and right) to a common size, a multiple of ``multiple``; masks padded
-    with void. ``sizes`` keeps each image's own (H, W) before padding, ``skipped`` the unreadable count."""
+    with void. ``sizes`` keeps each image's own (H, W) before padding, ``skipped`` the unreadable count.
+    uint8 images (the training pipeline's) are ImageNet-normalised here, the batch at once
+    (:func:`normalize_batch`), before the padding, which is zero in normalised values."""
     good = [item for item in items if item is not None]
     out: dict[str, Any] = {"batch_size": len(good), "skipped": len(items) - len(good)}
     if not good:
         return {**out, "images": torch.zeros(0, 3, multiple, multiple), "masks": None, "indices": [], "sizes": []}
     height = -(-max(int(item["image"].shape[-2]) for item in good) // multiple) * multiple
     width = -(-max(int(item["image"].shape[-1]) for item in good) // multiple) * multiple
-    images, masks = [], []
-    for item in good:
-        h, w = item["image"].shape[-2:]
-        images.append(F.pad(item["image"], (0, width - w, 0, height - h)))
-        if item["mask"] is not None:
-            masks.append(F.pad(item["mask"], (0, width - w, 0, height - h), value=IGNORE_INDEX))
+    sizes = [tuple(item["image"].shape[-2:]) for item in good]
+    if all(size == (height, width) for size in sizes):  # training crops: nothing to pad
+        images = normalize_batch(torch.stack([item["image"] for item in good]))
+    else:
+        images = torch.stack(
+            [F.pad(normalize_batch(item["image"][None])[0], (0, width - w, 0, height - h)) for item, (h, w) in
+             zip(good, sizes)]
+        )  # fmt: skip
+    masks = None
+    if all(item["mask"] is not None for item in good):
+        masks = torch.stack(
+            [
+                item["mask"] if (h, w) == (height, width) else F.pad(item["mask"], (0, width - w, 0, height - h),
+                                                                     value=IGNORE_INDEX)
+                for item, (h, w) in zip(good, sizes)
+            ]
+        )  # fmt: skip
     return {
         **out,
-        "images": torch.stack(images),  # (N, 3, H, W)
-        "masks": torch.stack(masks) if len(masks) == len(good) else None,  # (N, H, W) int64
+        "images": images,  # (N, 3, H, W) float32
+        "masks": masks,  # (N, H, W) int64
         "indices": [item["index"] for item in good],
-        "sizes": [tuple(item["image"].shape[-2:]) for item in good],
+        "sizes": sizes,
     }
