@@ -27,6 +27,7 @@ from albumentations.pytorch import ToTensorV2
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from heads.multitask import TASKS
 from tasks.config import load_yaml
 from tasks.data.detection import DetectionData, DetectionSample
 from tasks.data.detection_splits import load_detection_splits
@@ -66,7 +67,7 @@ class MultiTaskData:
     counts: dict[str, int] = field(default_factory=dict)  # labelled images per task
 
 
-DATASET_TASKS = ("classify", "detect", "segment")  # the keys of a multi-task dataset YAML
+DATASET_TASKS = TASKS  # the keys of a multi-task dataset YAML: the heads' tasks
 
 
 def parse_sources(data: Path, tasks: Sequence[str]) -> dict[str, TaskSource]:
