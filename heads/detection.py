@@ -8,6 +8,7 @@ checkpoint onto this head with renaming alone.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -62,16 +63,42 @@ _POOL: dict[int, ThreadPoolExecutor] = {}
 _POOL_LOCK = threading.Lock()
 
 
+def _one_openmp_thread() -> None:
+    """A pool thread's start: ATen's own set-up for a new thread first (it sets the thread's OpenMP team to
+    torch's thread count), then an OpenMP team of one for this thread alone (the setting is per thread in
+    libgomp; ``torch.set_num_threads`` would change every thread's). The pool's work runs beside torch's threads,
+    one slice a core: the zero fills and copies inside it would otherwise start a team of their own, whose
+    threads spin on the same cores between calls. The main job's training ran 8.4-8.8 images/s with the split
+    RoIAlign and 10.1-10.2 without it; 10.6 with this (docs/results.md, "The split RoIAlign's own OpenMP
+    threads")."""
+    torch.get_num_threads()
+    try:
+        set_threads = ctypes.CDLL(None).omp_set_num_threads
+    except (AttributeError, OSError, TypeError):  # no OpenMP runtime in the process, or no global symbol table
+        return
+    set_threads(1)
+
+
 def _run_split(work: Any, parts: Sequence[Any]) -> list[Tensor]:
     """``work`` on each part, the first in this thread and the others in a pool's threads at the same time:
-    torchvision's RoIAlign kernels run on one core and release the GIL."""
+    torchvision's RoIAlign kernels run on one core and release the GIL. Each pool thread runs with one OpenMP
+    thread (:func:`_one_openmp_thread`)."""
     if len(parts) == 1:
         return [work(parts[0])]
     with _POOL_LOCK:
         if len(parts) - 1 not in _POOL:
-            _POOL[len(parts) - 1] = ThreadPoolExecutor(len(parts) - 1)
+            _POOL[len(parts) - 1] = ThreadPoolExecutor(len(parts) - 1, initializer=_one_openmp_thread)
         pool = _POOL[len(parts) - 1]
-    pending = [pool.submit(work, part) for part in parts[1:]]
+    # a new thread starts outside inference mode and with autograd on, whatever this one's: an autograd Function's
+    # forward runs without autograd, and two threads' recorded copies into views of one tensor race (a flaky
+    # "leaf Variable ... in-place" error in the channels-last RoIAlign test)
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def in_mode(part: Any) -> Tensor:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return work(part)
+
+    pending = [pool.submit(in_mode, part) for part in parts[1:]]
     first = work(parts[0])
     return [first, *(future.result() for future in pending)]
 
@@ -87,11 +114,9 @@ def _nchw(features: Tensor) -> Tensor:
     n, c, h, w = features.shape
     out = torch.empty((n, c, h, w), dtype=features.dtype, device=features.device)
     rows = features.permute(0, 2, 3, 1)  # each image's pixels by channels, contiguous
-    inference = torch.is_inference_mode_enabled()  # the pool's threads start outside it
 
     def transpose(image: int) -> Tensor:
-        with torch.inference_mode(inference):
-            return out[image].view(c, h * w).copy_(rows[image].reshape(h * w, c).t())
+        return out[image].view(c, h * w).copy_(rows[image].reshape(h * w, c).t())
 
     _run_split(transpose, range(n))
     return out

@@ -230,3 +230,28 @@ def test_a_channels_last_map_is_made_nchw_exactly_in_and_out_of_inference_mode()
             assert got.is_contiguous() and torch.equal(got, nchw)
     finally:
         torch.set_num_threads(previous)
+
+
+def test_the_split_roi_aligns_pool_threads_run_with_one_openmp_thread_and_leave_torchs_count() -> None:
+    """The pool threads beside torch's own run their parallel operations (zero fills, copies) on a one-thread
+    OpenMP team: a team of torch's size in each would spin on the same cores. torch's count is unchanged."""
+    import ctypes
+
+    import heads.detection as detection
+
+    try:
+        max_threads = ctypes.CDLL(None).omp_get_max_threads
+    except (AttributeError, OSError):
+        pytest.skip("no OpenMP runtime in the process's global symbols")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # new threads start with torch's count: 2, whatever the test runner set
+    try:
+        with detection._POOL_LOCK:
+            for pool in detection._POOL.values():
+                pool.shutdown()
+            detection._POOL.clear()
+        seen = detection._run_split(lambda _: (max_threads(), torch.get_num_threads()), [0, 1, 2])
+        assert seen[0] == (2, 2) and seen[1:] == [(1, 1), (1, 1)]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
