@@ -272,8 +272,8 @@ class FusedSGD(torch.optim.SGD):
             buffers: list[Tensor | None] = []  # empty without momentum
             sparse = self._init_group(group, params, grads, buffers)
             orders = [
-                _dense_order([p, g] + ([b] if buffers and b is not None else []))
-                for p, g, b in zip(params, grads, buffers or params)
+                _dense_order([p, g] + ([b] if b is not None else []))
+                for p, g, b in zip(params, grads, buffers or [None] * len(params))
             ]
             dense_buffers = _permuted(buffers, orders)
             sgd(

@@ -234,10 +234,8 @@ class SegmentationDataset(Dataset[dict[str, Any] | None]):
             return None
         mask = None
         if sample.mask is not None:
-            kept = self.decoded.get(sample.mask)  # checked on its first read
-            if kept is not None:
-                mask = kept.copy()  # of its own memory, as the transforms may hand it to torch unchanged
-            else:
+            mask = self.decoded.get(sample.mask)  # checked on its first read
+            if mask is None:
                 try:
                     mask = load_mask(sample.mask)
                 except READ_ERRORS as error:
@@ -248,7 +246,9 @@ class SegmentationDataset(Dataset[dict[str, Any] | None]):
                     warn_bad_mask(sample.mask, bad, self.num_classes)
                     return None
                 mask = mask.astype(np.uint8)  # every value is now below 256; OpenCV's warps need a small dtype
-                self.decoded.keep(sample.mask, mask.copy())
+                self.decoded.keep(sample.mask, mask)
+            if not mask.flags.writeable:  # a kept array: the transforms may hand it to torch unchanged
+                mask = mask.copy()
         height, width = image.shape[:2]
         tensor, target = self.transform(image, mask)
         return {"image": tensor, "mask": target, "index": index, "size": (height, width)}

@@ -53,8 +53,12 @@ class Uint8Pipeline(Pipeline):
     image kept in memory is read-only, and a crop may pass it through unchanged)."""
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        out = self.compose(image=image)["image"]
-        return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+        return _chw_tensor(self.compose(image=image)["image"])
+
+
+def _chw_tensor(image: np.ndarray) -> torch.Tensor:
+    """An (H, W, 3) array as a (3, H, W) tensor of its own memory, in its dtype."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 _MEAN_255 = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
@@ -176,8 +180,7 @@ class Uint8SegmentationPipeline(SegmentationPipeline):
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None):  # type: ignore[override]
         out = self.compose(image=image) if mask is None else self.compose(image=image, mask=mask)
-        tensor = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
-        return tensor, None if mask is None else torch.from_numpy(out["mask"].astype(np.int64))
+        return _chw_tensor(out["image"]), None if mask is None else torch.from_numpy(out["mask"].astype(np.int64))
 
 
 def segmentation_eval() -> SegmentationPipeline:
