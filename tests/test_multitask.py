@@ -445,3 +445,97 @@ def test_export_of_a_bad_checkpoint_is_one_line(tmp_path, capsys) -> None:
     rc = main(["export", "--checkpoint", str(bad), "--format", "onnx"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith(f"error: checkpoint {bad}") and "\n" not in err
+
+
+def _multitask_set(tmp_path, sides: list[tuple[int, int]]):
+    """Random RGB PNGs, each with an image label and a mask of classes 0..2 and some void; the last mask holds a
+    value 7 that is no class."""
+    from PIL import Image
+
+    from tasks.data.multitask import MultiTaskData, MultiTaskSample
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for index, (height, width) in enumerate(sides):
+        image, mask = tmp_path / f"{index}.png", tmp_path / f"{index}_mask.png"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(image)
+        values = rng.choice(np.array([0, 1, 2, 255], dtype=np.uint8), size=(height, width))
+        if index == len(sides) - 1:
+            values[0, 0] = 7
+        Image.fromarray(values).save(mask)
+        samples.append(MultiTaskSample(image, label=index % 2, mask=mask))
+    names = {"classify": ["a", "b"], "segment": ["x", "y", "z"]}
+    return MultiTaskData(samples, ("classify", "segment"), names)
+
+
+@pytest.mark.parametrize(
+    ("sides", "padded"),
+    [([(40, 48), (30, 36), (48, 40), (36, 36), (20, 20)], True), ([(36, 36), (40, 40), (20, 20)], False)],
+    ids=["padded", "one-size"],
+)
+def test_the_multitask_training_batch_is_normalised_as_albumentations_normalises_each_image(
+    tmp_path, sides, padded
+) -> None:
+    """The multi-task training pipeline leaves uint8 and the collate normalises the batch at once: images, masks
+    and sizes equal the same seeded augmentations followed by albumentations' own Normalize on each image, padded
+    as before (zero in normalised values, void in masks)."""
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    from tasks.data.multitask import MultiTaskDataset, MultiTaskPipeline, collate_multitask
+    from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    data = _multitask_set(tmp_path, sides)
+    data.samples = data.samples[:-1]  # every mask valid
+    options = dict(train=True, hflip=0.5, scale_jitter=0.3, color_jitter=0.3, seed=3)
+    ours = MultiTaskPipeline(32, **options)
+    reference = MultiTaskPipeline(32, **options)
+    reference.compose = A.Compose(
+        [*reference.compose.transforms, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()],
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, min_area=1.0),
+        seed=3,
+    )
+    reference.uint8 = False
+    items = [MultiTaskDataset(data, ours, train=True)[index] for index in range(len(data.samples))]
+    assert all(item["image"].dtype == torch.uint8 for item in items)
+    batch = collate_multitask(items)
+    want = [MultiTaskDataset(data, reference, train=True)[index] for index in range(len(data.samples))]
+    sizes = [tuple(item["image"].shape[-2:]) for item in want]
+    assert batch["sizes"] == sizes and (len(set(sizes)) > 1) == padded
+    images = torch.stack([F.pad(item["image"], (0, 32 - w, 0, 32 - h)) for item, (h, w) in zip(want, sizes)])
+    assert batch["images"].dtype == torch.float32 and batch["images"].shape == images.shape
+    assert images.abs().max() > 1.5  # normalised, not in [0, 1]
+    torch.testing.assert_close(batch["images"], images, rtol=0, atol=1e-5)
+    masks = torch.stack([F.pad(item["mask"], (0, 32 - w, 0, 32 - h), value=255) for item, (h, w) in zip(want, sizes)])
+    positions, got = batch["targets"]["segment"]
+    assert positions.tolist() == list(range(len(want))) and got.dtype == torch.int64 and torch.equal(got, masks)
+    assert batch["targets"]["classify"][1].tolist() == [index % 2 for index in range(len(want))]
+
+
+def test_the_multitask_decoded_cache_keeps_checked_masks_and_rereads_a_bad_one(tmp_path, monkeypatch, capsys) -> None:
+    """Masks go through the decoded cache as checked uint8 arrays: each valid mask is read once and items equal an
+    uncached dataset's; a mask with a value that is no class is not kept, so it is read, named and ignored each
+    time (its image keeps its other labels), as before."""
+    import tasks.data.multitask as multitask
+    from tasks.data.images import DecodedCache
+
+    data = _multitask_set(tmp_path, [(20, 24), (16, 16), (12, 20)])
+    pipeline = multitask.MultiTaskPipeline(32, train=False)
+    expected = [multitask.MultiTaskDataset(data, pipeline, train=False)[index] for index in range(3)]
+    assert expected[-1]["mask"] is None and expected[-1]["label"] == 0
+    capsys.readouterr()
+    reads: list[str] = []
+    real = multitask.load_mask
+    monkeypatch.setattr(multitask, "load_mask", lambda path: reads.append(path.name) or real(path))
+    cached = multitask.MultiTaskDataset(data, pipeline, train=False)
+    cached.decoded = DecodedCache(2**20)
+    for _ in range(3):
+        items = [cached[index] for index in range(3)]
+        assert items[-1]["mask"] is None and "ignoring mask" in capsys.readouterr().err
+        for got, want in zip(items, expected):
+            assert torch.equal(got["image"], want["image"]) and got["label"] == want["label"]
+            for key in ("mask", "original_mask"):
+                assert (got[key] is None and want[key] is None) or torch.equal(got[key], want[key])
+    assert reads == ["0_mask.png", "1_mask.png", "2_mask.png", "2_mask.png", "2_mask.png"]
+    kept = cached.decoded.arrays[str(data.samples[0].mask)]
+    assert kept.dtype == np.uint8 and not kept.flags.writeable

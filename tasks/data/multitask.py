@@ -34,7 +34,7 @@ from tasks.data.detection_splits import load_detection_splits
 from tasks.data.folders import load_split
 from tasks.data.images import READ_ERRORS, DecodedCache, warn_unreadable
 from tasks.data.segmentation import IGNORE_INDEX, SegmentationData, invalid_values, load_mask, load_segmentation
-from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, zoom
+from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, chw_tensor, normalize_batch, zoom
 from tasks.errors import UserError
 
 TASK_NAMES = ("classify", "detect", "segment")
@@ -193,7 +193,9 @@ def load_multitask(
 class MultiTaskPipeline:
     """Longest side resized to ``image_size``, then (training) scale jitter (a zoom about the centre that
     keeps the size; what it brings in from outside is void in the mask), flip and colour jitter, moving
-    boxes and masks with the image; normalised for the backbone."""
+    boxes and masks with the image. An evaluation image leaves normalised for the backbone (float); a training
+    image leaves as a (3, H, W) uint8 tensor of its own memory, for ``collate_multitask`` to normalise the batch at
+    once, as classification and segmentation do (:func:`tasks.data.transforms.normalize_batch`)."""
 
     def __init__(
         self,
@@ -212,7 +214,9 @@ class MultiTaskPipeline:
             steps.append(A.HorizontalFlip(p=hflip))
         if train and color_jitter > 0:
             steps.append(A.ColorJitter(color_jitter, color_jitter, color_jitter, 0.0, p=0.5))
-        steps += [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()]
+        self.uint8 = train
+        if not train:
+            steps += [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()]
         self.compose = A.Compose(
             steps,
             bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, min_area=1.0),
@@ -223,11 +227,15 @@ class MultiTaskPipeline:
         self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, mask: np.ndarray
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, torch.Tensor]:
         out = self.compose(image=image, bboxes=boxes, labels=labels, mask=mask)
+        if self.uint8:
+            tensor, mask_tensor = chw_tensor(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
+        else:
+            tensor, mask_tensor = out["image"], out["mask"].long()
         return (
-            out["image"],
+            tensor,
             np.asarray(out["bboxes"], np.float32).reshape(-1, 4),
             np.asarray(out["labels"], np.int64),
-            out["mask"].long(),
+            mask_tensor,
         )
 
     def reseed(self, seed: int) -> None:
@@ -265,20 +273,26 @@ class MultiTaskDataset(Dataset[dict[str, Any] | None]):
         mask = np.full((height, width), IGNORE_INDEX, np.uint8)
         has_mask = False
         if sample.mask is not None:
-            try:
-                values = load_mask(sample.mask)
-            except READ_ERRORS as error:
-                warn_unreadable(sample.mask, error)
-                return None
-            if values.shape == mask.shape and not invalid_values(values, self.num_seg_classes).size:
-                mask, has_mask = values.astype(np.uint8), True
-            else:
-                print(
-                    f"warning: ignoring mask {sample.mask}: values outside the classes (0..{self.num_seg_classes - 1}, "
-                    "255 void); its image trains without a segmentation label",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            values = self.decoded.get(sample.mask)  # kept once checked, on its first read
+            if values is None:
+                try:
+                    values = load_mask(sample.mask)
+                except READ_ERRORS as error:
+                    warn_unreadable(sample.mask, error)
+                    return None
+                if values.shape == mask.shape and not invalid_values(values, self.num_seg_classes).size:
+                    values = values.astype(np.uint8)  # every value is now below 256; OpenCV's warps need a small dtype
+                    self.decoded.keep(sample.mask, values)
+                else:  # not kept: read, named and ignored again each time
+                    values = None
+                    print(
+                        f"warning: ignoring mask {sample.mask}: values outside the classes "
+                        f"(0..{self.num_seg_classes - 1}, 255 void); its image trains without a segmentation label",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            if values is not None:  # a kept array is read-only, and the transforms may hand it on unchanged
+                mask, has_mask = (values if values.flags.writeable else values.copy()), True
         tensor, boxes, labels, mask_tensor = self.transform(image, boxes, labels, mask)
         item = {
             "image": tensor,
@@ -296,16 +310,22 @@ class MultiTaskDataset(Dataset[dict[str, Any] | None]):
 
 
 def collate_multitask(items: list[dict[str, Any] | None], *, multiple: int = 32) -> dict[str, Any]:
-    """One padded image tensor, each image's unpadded size, and per task the labelled positions."""
+    """One padded image tensor, each image's unpadded size, and per task the labelled positions. uint8 images (the
+    training pipeline's) are ImageNet-normalised here, the batch at once (:func:`normalize_batch`)."""
     good = [item for item in items if item is not None]
     out: dict[str, Any] = {"batch_size": len(good), "skipped": len(items) - len(good)}
     if not good:
         return {**out, "images": torch.zeros(0, 3, multiple, multiple), "sizes": [], "indices": [], "targets": {}}
     height = -(-max(int(i["image"].shape[-2]) for i in good) // multiple) * multiple
     width = -(-max(int(i["image"].shape[-1]) for i in good) // multiple) * multiple
-    images = torch.stack(
-        [F.pad(i["image"], (0, width - i["image"].shape[-1], 0, height - i["image"].shape[-2])) for i in good]
-    )
+    sizes = [(int(i["image"].shape[-2]), int(i["image"].shape[-1])) for i in good]
+    if all(size == (height, width) for size in sizes):  # nothing to pad
+        images = normalize_batch(torch.stack([i["image"] for i in good]))
+    else:  # normalised before the padding, which is zero in normalised values
+        images = torch.stack(
+            [F.pad(normalize_batch(i["image"][None])[0], (0, width - w, 0, height - h)) for i, (h, w) in
+             zip(good, sizes)]
+        )  # fmt: skip
     targets: dict[str, tuple[torch.Tensor, Any]] = {}
     labelled = [n for n, i in enumerate(good) if i["label"] is not None]
     targets["classify"] = (
@@ -316,11 +336,9 @@ def collate_multitask(items: list[dict[str, Any] | None], *, multiple: int = 32)
     targets["detect"] = (torch.tensor(boxed, dtype=torch.long), [good[n]["detection"] for n in boxed])
     masked = [n for n, i in enumerate(good) if i["mask"] is not None]
     masks = [
-        F.pad(
-            good[n]["mask"],
-            (0, width - good[n]["mask"].shape[-1], 0, height - good[n]["mask"].shape[-2]),
-            value=IGNORE_INDEX,
-        )
+        good[n]["mask"]
+        if sizes[n] == (height, width)
+        else F.pad(good[n]["mask"], (0, width - sizes[n][1], 0, height - sizes[n][0]), value=IGNORE_INDEX)
         for n in masked
     ]
     targets["segment"] = (
@@ -330,7 +348,7 @@ def collate_multitask(items: list[dict[str, Any] | None], *, multiple: int = 32)
     return {
         **out,
         "images": images,  # (N, 3, H, W)
-        "sizes": [tuple(int(v) for v in i["image"].shape[-2:]) for i in good],
+        "sizes": sizes,
         "original_sizes": [i["original_size"] for i in good],
         "indices": [i["index"] for i in good],
         "targets": targets,

@@ -53,10 +53,10 @@ class Uint8Pipeline(Pipeline):
     image kept in memory is read-only, and a crop may pass it through unchanged)."""
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        return _chw_tensor(self.compose(image=image)["image"])
+        return chw_tensor(self.compose(image=image)["image"])
 
 
-def _chw_tensor(image: np.ndarray) -> torch.Tensor:
+def chw_tensor(image: np.ndarray) -> torch.Tensor:
     """An (H, W, 3) array as a (3, H, W) tensor of its own memory, in its dtype."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
@@ -180,7 +180,7 @@ class Uint8SegmentationPipeline(SegmentationPipeline):
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None):  # type: ignore[override]
         out = self.compose(image=image) if mask is None else self.compose(image=image, mask=mask)
-        return _chw_tensor(out["image"]), None if mask is None else torch.from_numpy(out["mask"].astype(np.int64))
+        return chw_tensor(out["image"]), None if mask is None else torch.from_numpy(out["mask"].astype(np.int64))
 
 
 def segmentation_eval() -> SegmentationPipeline:
