@@ -448,24 +448,14 @@ def test_export_of_a_bad_checkpoint_is_one_line(tmp_path, capsys) -> None:
 
 
 def _multitask_set(tmp_path, sides: list[tuple[int, int]]):
-    """Random RGB PNGs, each with an image label and a mask of classes 0..2 and some void; the last mask holds a
-    value 7 that is no class."""
-    from PIL import Image
-
+    """test_images' random RGB PNGs and masks of classes 0..2 and void (the last mask holds a value 7 that is no
+    class), each image also with an image label."""
     from tasks.data.multitask import MultiTaskData, MultiTaskSample
+    from tests.test_images import _segmentation_set
 
-    rng = np.random.default_rng(0)
-    samples = []
-    for index, (height, width) in enumerate(sides):
-        image, mask = tmp_path / f"{index}.png", tmp_path / f"{index}_mask.png"
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(image)
-        values = rng.choice(np.array([0, 1, 2, 255], dtype=np.uint8), size=(height, width))
-        if index == len(sides) - 1:
-            values[0, 0] = 7
-        Image.fromarray(values).save(mask)
-        samples.append(MultiTaskSample(image, label=index % 2, mask=mask))
-    names = {"classify": ["a", "b"], "segment": ["x", "y", "z"]}
-    return MultiTaskData(samples, ("classify", "segment"), names)
+    masks = _segmentation_set(tmp_path, sides)
+    samples = [MultiTaskSample(s.image, label=index % 2, mask=s.mask) for index, s in enumerate(masks.samples)]
+    return MultiTaskData(samples, ("classify", "segment"), {"classify": ["a", "b"], "segment": masks.class_names})
 
 
 @pytest.mark.parametrize(
