@@ -507,6 +507,7 @@ def test_the_multitask_decoded_cache_keeps_checked_masks_and_rereads_a_bad_one(t
     uncached dataset's; a mask with a value that is no class is not kept, so it is read, named and ignored each
     time (its image keeps its other labels), as before."""
     import tasks.data.multitask as multitask
+    import tasks.data.segmentation as segmentation
     from tasks.data.images import DecodedCache
 
     data = _multitask_set(tmp_path, [(20, 24), (16, 16), (12, 20)])
@@ -515,13 +516,15 @@ def test_the_multitask_decoded_cache_keeps_checked_masks_and_rereads_a_bad_one(t
     assert expected[-1]["mask"] is None and expected[-1]["label"] == 0
     capsys.readouterr()
     reads: list[str] = []
-    real = multitask.load_mask
-    monkeypatch.setattr(multitask, "load_mask", lambda path: reads.append(path.name) or real(path))
+    real = segmentation.load_mask
+    monkeypatch.setattr(segmentation, "load_mask", lambda path: reads.append(path.name) or real(path))
     cached = multitask.MultiTaskDataset(data, pipeline, train=False)
     cached.decoded = DecodedCache(2**20)
     for _ in range(3):
         items = [cached[index] for index in range(3)]
-        assert items[-1]["mask"] is None and "ignoring mask" in capsys.readouterr().err
+        assert items[-1]["mask"] is None and "ignoring mask 2_mask.png" in capsys.readouterr().err.replace(
+            f"{tmp_path}/", ""
+        )
         for got, want in zip(items, expected):
             assert torch.equal(got["image"], want["image"]) and got["label"] == want["label"]
             for key in ("mask", "original_mask"):
@@ -529,3 +532,21 @@ def test_the_multitask_decoded_cache_keeps_checked_masks_and_rereads_a_bad_one(t
     assert reads == ["0_mask.png", "1_mask.png", "2_mask.png", "2_mask.png", "2_mask.png"]
     kept = cached.decoded.arrays[str(data.samples[0].mask)]
     assert kept.dtype == np.uint8 and not kept.flags.writeable
+
+
+def test_a_multitask_mask_of_another_size_than_its_image_is_named_and_ignored(tmp_path, capsys) -> None:
+    """The image keeps its other labels, and the warning names the mask and both sizes."""
+    from PIL import Image
+
+    from tasks.data.images import DecodedCache
+    from tasks.data.multitask import MultiTaskDataset, MultiTaskPipeline
+
+    data = _multitask_set(tmp_path, [(12, 20), (16, 16), (8, 8)])  # the last mask holds a value that is no class
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(data.samples[0].mask)
+    dataset = MultiTaskDataset(data, MultiTaskPipeline(32, train=False), train=False)
+    dataset.decoded = DecodedCache(2**20)
+    for _ in range(2):  # not kept: named again on the next read
+        item = dataset[0]
+        assert item["mask"] is None and item["original_mask"] is None and item["label"] == 0
+        assert f"ignoring mask {data.samples[0].mask}: 10x10 px where its image is 20x12 px;" in capsys.readouterr().err
+    assert dataset[1]["mask"] is not None

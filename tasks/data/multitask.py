@@ -33,7 +33,7 @@ from tasks.data.detection import DetectionData, DetectionSample
 from tasks.data.detection_splits import load_detection_splits
 from tasks.data.folders import load_split
 from tasks.data.images import READ_ERRORS, DecodedCache, warn_unreadable
-from tasks.data.segmentation import IGNORE_INDEX, SegmentationData, invalid_values, load_mask, load_segmentation
+from tasks.data.segmentation import IGNORE_INDEX, SegmentationData, checked_mask, load_segmentation
 from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, chw_tensor, normalize_batch, zoom
 from tasks.errors import UserError
 
@@ -273,26 +273,19 @@ class MultiTaskDataset(Dataset[dict[str, Any] | None]):
         mask = np.full((height, width), IGNORE_INDEX, np.uint8)
         has_mask = False
         if sample.mask is not None:
-            values = self.decoded.get(sample.mask)  # kept once checked, on its first read
-            if values is None:
-                try:
-                    values = load_mask(sample.mask)
-                except READ_ERRORS as error:
-                    warn_unreadable(sample.mask, error)
-                    return None
-                if values.shape == mask.shape and not invalid_values(values, self.num_seg_classes).size:
-                    values = values.astype(np.uint8)  # every value is now below 256; OpenCV's warps need a small dtype
-                    self.decoded.keep(sample.mask, values)
-                else:  # not kept: read, named and ignored again each time
-                    values = None
-                    print(
-                        f"warning: ignoring mask {sample.mask}: values outside the classes "
-                        f"(0..{self.num_seg_classes - 1}, 255 void); its image trains without a segmentation label",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-            if values is not None:  # a kept array is read-only, and the transforms may hand it on unchanged
-                mask, has_mask = (values if values.flags.writeable else values.copy()), True
+            try:
+                checked = checked_mask(self.decoded, sample.mask, self.num_seg_classes, shape=(height, width))
+            except READ_ERRORS as error:
+                warn_unreadable(sample.mask, error)
+                return None
+            if isinstance(checked, str):
+                print(
+                    f"warning: ignoring mask {sample.mask}: {checked}; its image trains without a segmentation label",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            else:
+                mask, has_mask = checked, True
         tensor, boxes, labels, mask_tensor = self.transform(image, boxes, labels, mask)
         item = {
             "image": tensor,

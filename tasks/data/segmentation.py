@@ -203,13 +203,25 @@ def _find_image(folder: Path, image_id: str) -> Path | None:
     return None
 
 
-def warn_bad_mask(path: Path, values: np.ndarray, num_classes: int) -> None:
-    shown = ", ".join(str(int(v)) for v in values[:5])
-    print(
-        f"warning: skipping {path}: values {shown} are neither a class (0..{num_classes - 1}) nor void (255)",
-        file=sys.stderr,
-        flush=True,
-    )
+def checked_mask(
+    decoded: DecodedCache, path: Path, num_classes: int, *, shape: tuple[int, int] | None = None
+) -> np.ndarray | str:
+    """The mask at ``path`` as a uint8 array of its own memory, read and checked on its first use and kept in
+    ``decoded`` from then on; or, where its values are not all classes or void (or its size is not ``shape``),
+    what is wrong with it, in words. Such a mask is not kept, so each use reads and reports it again. Read errors
+    propagate, for the caller to skip and count."""
+    mask = decoded.get(path)
+    if mask is None:
+        mask = load_mask(path)
+        if shape is not None and mask.shape != shape:
+            return f"{mask.shape[1]}x{mask.shape[0]} px where its image is {shape[1]}x{shape[0]} px"
+        bad = invalid_values(mask, num_classes)
+        if bad.size:
+            shown = ", ".join(str(int(v)) for v in bad[:5])
+            return f"values {shown} are neither a class (0..{num_classes - 1}) nor void (255)"
+        mask = mask.astype(np.uint8)  # every value is now below 256; OpenCV's warps need a small dtype
+        decoded.keep(path, mask)
+    return mask if mask.flags.writeable else mask.copy()  # a kept array: the transforms may hand it on unchanged
 
 
 class SegmentationDataset(Dataset[dict[str, Any] | None]):
@@ -234,21 +246,14 @@ class SegmentationDataset(Dataset[dict[str, Any] | None]):
             return None
         mask = None
         if sample.mask is not None:
-            mask = self.decoded.get(sample.mask)  # checked on its first read
-            if mask is None:
-                try:
-                    mask = load_mask(sample.mask)
-                except READ_ERRORS as error:
-                    warn_unreadable(sample.mask, error)
-                    return None
-                bad = invalid_values(mask, self.num_classes)
-                if bad.size:
-                    warn_bad_mask(sample.mask, bad, self.num_classes)
-                    return None
-                mask = mask.astype(np.uint8)  # every value is now below 256; OpenCV's warps need a small dtype
-                self.decoded.keep(sample.mask, mask)
-            if not mask.flags.writeable:  # a kept array: the transforms may hand it to torch unchanged
-                mask = mask.copy()
+            try:
+                mask = checked_mask(self.decoded, sample.mask, self.num_classes)
+            except READ_ERRORS as error:
+                warn_unreadable(sample.mask, error)
+                return None
+            if isinstance(mask, str):
+                print(f"warning: skipping {sample.mask}: {mask}", file=sys.stderr, flush=True)
+                return None
         height, width = image.shape[:2]
         tensor, target = self.transform(image, mask)
         return {"image": tensor, "mask": target, "index": index, "size": (height, width)}
