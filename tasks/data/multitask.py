@@ -24,7 +24,6 @@ import albumentations as A
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
-from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from heads.multitask import TASKS
@@ -33,8 +32,16 @@ from tasks.data.detection import DetectionData, DetectionSample
 from tasks.data.detection_splits import load_detection_splits
 from tasks.data.folders import load_split
 from tasks.data.images import READ_ERRORS, DecodedCache, warn_unreadable
-from tasks.data.segmentation import IGNORE_INDEX, SegmentationData, checked_mask, load_segmentation
-from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, chw_tensor, normalize_batch, zoom
+from tasks.data.segmentation import (
+    IGNORE_INDEX,
+    SegmentationData,
+    checked_mask,
+    load_segmentation,
+    normalized_padded,
+    padded_shape,
+    stack_padded,
+)
+from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, chw_tensor, zoom
 from tasks.errors import UserError
 
 TASK_NAMES = ("classify", "detect", "segment")
@@ -304,21 +311,14 @@ class MultiTaskDataset(Dataset[dict[str, Any] | None]):
 
 def collate_multitask(items: list[dict[str, Any] | None], *, multiple: int = 32) -> dict[str, Any]:
     """One padded image tensor, each image's unpadded size, and per task the labelled positions. uint8 images (the
-    training pipeline's) are ImageNet-normalised here, the batch at once (:func:`normalize_batch`)."""
+    training pipeline's) are ImageNet-normalised here (:func:`normalized_padded`)."""
     good = [item for item in items if item is not None]
     out: dict[str, Any] = {"batch_size": len(good), "skipped": len(items) - len(good)}
     if not good:
         return {**out, "images": torch.zeros(0, 3, multiple, multiple), "sizes": [], "indices": [], "targets": {}}
-    height = -(-max(int(i["image"].shape[-2]) for i in good) // multiple) * multiple
-    width = -(-max(int(i["image"].shape[-1]) for i in good) // multiple) * multiple
     sizes = [(int(i["image"].shape[-2]), int(i["image"].shape[-1])) for i in good]
-    if all(size == (height, width) for size in sizes):  # nothing to pad
-        images = normalize_batch(torch.stack([i["image"] for i in good]))
-    else:  # normalised before the padding, which is zero in normalised values
-        images = torch.stack(
-            [F.pad(normalize_batch(i["image"][None])[0], (0, width - w, 0, height - h)) for i, (h, w) in
-             zip(good, sizes)]
-        )  # fmt: skip
+    shape = padded_shape(sizes, multiple)
+    images = normalized_padded([i["image"] for i in good], sizes, shape)
     targets: dict[str, tuple[torch.Tensor, Any]] = {}
     labelled = [n for n, i in enumerate(good) if i["label"] is not None]
     targets["classify"] = (
@@ -328,15 +328,11 @@ def collate_multitask(items: list[dict[str, Any] | None], *, multiple: int = 32)
     boxed = [n for n, i in enumerate(good) if i["detection"] is not None]
     targets["detect"] = (torch.tensor(boxed, dtype=torch.long), [good[n]["detection"] for n in boxed])
     masked = [n for n, i in enumerate(good) if i["mask"] is not None]
-    masks = [
-        good[n]["mask"]
-        if sizes[n] == (height, width)
-        else F.pad(good[n]["mask"], (0, width - sizes[n][1], 0, height - sizes[n][0]), value=IGNORE_INDEX)
-        for n in masked
-    ]
     targets["segment"] = (
         torch.tensor(masked, dtype=torch.long),
-        torch.stack(masks) if masks else torch.zeros(0, height, width, dtype=torch.long),
+        stack_padded([good[n]["mask"] for n in masked], [sizes[n] for n in masked], shape, IGNORE_INDEX)
+        if masked
+        else torch.zeros(0, *shape, dtype=torch.long),
     )
     return {
         **out,

@@ -259,34 +259,47 @@ class SegmentationDataset(Dataset[dict[str, Any] | None]):
         return {"image": tensor, "mask": target, "index": index, "size": (height, width)}
 
 
+def padded_shape(sizes: Sequence[tuple[int, int]], multiple: int) -> tuple[int, int]:
+    """The batch's (H, W): the largest height and width among ``sizes``, each rounded up to ``multiple``."""
+    return (-(-max(h for h, _ in sizes) // multiple) * multiple, -(-max(w for _, w in sizes) // multiple) * multiple)
+
+
+def stack_padded(
+    tensors: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]], shape: tuple[int, int], value: float = 0
+) -> torch.Tensor:
+    """``tensors`` (..., H, W) of ``sizes`` padded bottom and right with ``value`` to ``shape``, where they need it,
+    and stacked."""
+    height, width = shape
+    return torch.stack(
+        [t if (h, w) == shape else F.pad(t, (0, width - w, 0, height - h), value=value) for t, (h, w) in
+         zip(tensors, sizes)]
+    )  # fmt: skip
+
+
+def normalized_padded(
+    images: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]], shape: tuple[int, int]
+) -> torch.Tensor:
+    """Images stacked to ``shape``: uint8 ones (the training pipelines') ImageNet-normalised (:func:`normalize_batch`),
+    the batch at once where nothing needs padding, and each before its padding, which is zero in normalised values."""
+    if all(size == shape for size in sizes):
+        return normalize_batch(torch.stack(list(images)))
+    return stack_padded([normalize_batch(image[None])[0] for image in images], sizes, shape)
+
+
 def collate_segmentation(items: list[dict[str, Any] | None], *, multiple: int = 32) -> dict[str, Any]:
     """Images padded (bottom and right) to a common size, a multiple of ``multiple``; masks padded
     with void. ``sizes`` keeps each image's own (H, W) before padding, ``skipped`` the unreadable count.
-    uint8 images (the training pipeline's) are ImageNet-normalised here, the batch at once
-    (:func:`normalize_batch`), before the padding, which is zero in normalised values."""
+    uint8 images (the training pipeline's) are ImageNet-normalised here (:func:`normalized_padded`)."""
     good = [item for item in items if item is not None]
     out: dict[str, Any] = {"batch_size": len(good), "skipped": len(items) - len(good)}
     if not good:
         return {**out, "images": torch.zeros(0, 3, multiple, multiple), "masks": None, "indices": [], "sizes": []}
-    height = -(-max(int(item["image"].shape[-2]) for item in good) // multiple) * multiple
-    width = -(-max(int(item["image"].shape[-1]) for item in good) // multiple) * multiple
-    sizes = [tuple(item["image"].shape[-2:]) for item in good]
-    if all(size == (height, width) for size in sizes):  # training crops: nothing to pad
-        images = normalize_batch(torch.stack([item["image"] for item in good]))
-    else:
-        images = torch.stack(
-            [F.pad(normalize_batch(item["image"][None])[0], (0, width - w, 0, height - h)) for item, (h, w) in
-             zip(good, sizes)]
-        )  # fmt: skip
+    sizes = [(int(item["image"].shape[-2]), int(item["image"].shape[-1])) for item in good]
+    shape = padded_shape(sizes, multiple)
+    images = normalized_padded([item["image"] for item in good], sizes, shape)
     masks = None
     if all(item["mask"] is not None for item in good):
-        masks = torch.stack(
-            [
-                item["mask"] if (h, w) == (height, width) else F.pad(item["mask"], (0, width - w, 0, height - h),
-                                                                     value=IGNORE_INDEX)
-                for item, (h, w) in zip(good, sizes)
-            ]
-        )  # fmt: skip
+        masks = stack_padded([item["mask"] for item in good], sizes, shape, IGNORE_INDEX)
     return {
         **out,
         "images": images,  # (N, 3, H, W) float32
