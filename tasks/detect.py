@@ -590,7 +590,7 @@ FLAGS = {**COMMON_FLAGS, "image_size": "model.min_size", "coco_backend": "coco_b
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = common_parser(TASK, "Train, evaluate and predict Faster R-CNN detectors on COCO or VOC data.")
+    parser = common_parser(TASK, "Train, evaluate and predict Faster R-CNN detectors on COCO, VOC or YOLO data.")
     parser.add_argument("--predictions", help="eval: score this COCO-results file, with no model")
     parser.add_argument("--coco-backend", choices=("faster-coco-eval", "pycocotools"))
     add_cam_options(parser, by_class=False)

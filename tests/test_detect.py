@@ -269,6 +269,35 @@ def test_voc_layout_end_to_end(coco_root, tmp_path, capsys) -> None:
         assert p["category_id"] in (1, 2, 3)
 
 
+def test_yolo_layout_end_to_end_in_the_datasets_own_ids(coco_root, tmp_path, capsys) -> None:
+    """Ultralytics' layout trains and scores; predictions.json speaks YOLO's ids (classes from 0, image ids the
+    file stems), and a results file in those ids scores as the ground truth with either COCO evaluator."""
+    from tests.test_data_yolo import NAMES, coco_to_yolo
+
+    root = coco_to_yolo(coco_root, tmp_path / "yolo")
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["voc"]["per_class_AP"]) == set(metrics["coco"]["per_class_AP"]) == set(NAMES)
+    for p in json.loads((out / "predictions.json").read_text()):
+        assert p["image_id"] in ("00001", "00002", "00003", "00004") and p["category_name"] == NAMES[p["category_id"]]
+    results = []
+    for label_file in sorted((root / "labels" / "val").glob("*.txt")):
+        for line in label_file.read_text().splitlines():
+            cls, cx, cy, w, h = (float(v) for v in line.split())
+            box = [(cx - w / 2) * 64, (cy - h / 2) * 64, w * 64, h * 64]
+            results.append({"image_id": label_file.stem, "category_id": int(cls), "bbox": box, "score": 0.9})
+    assert {r["category_id"] for r in results} >= {0}  # class id 0 is a class here, not the background
+    (tmp_path / "perfect.json").write_text(json.dumps(results))
+    for backend in ("faster-coco-eval", "pycocotools"):
+        scored = tmp_path / backend
+        argv = ["eval", "--predictions", str(tmp_path / "perfect.json"), "--data", str(root), "--output", str(scored)]
+        assert main([*argv, "--coco-backend", backend]) == 0
+        metrics = json.loads((scored / "metrics.json").read_text())
+        assert metrics["coco"]["AP"] == pytest.approx(1.0) and metrics["voc"]["mAP"] == pytest.approx(1.0)
+        assert all(metrics["coco"]["per_class_AP"][name] == pytest.approx(1.0) for name in NAMES)
+
+
 def test_predict_writes_boxes_and_pictures(trained, coco_root, tmp_path) -> None:
     out = tmp_path / "pred"
     assert (
@@ -338,6 +367,17 @@ def test_malformed_json_and_missing_image(coco_root, tmp_path, capsys) -> None:
     shutil.copy(coco_root / "annotations" / "instances_val.json", root / "annotations" / "instances_val.json")
     next((root / "train").glob("*.png")).unlink()
     _one_line_error(capsys, main(["--data", str(root), *FAST]), "does not exist", "instances_train.json")
+
+
+def test_a_bad_yolo_label_line_is_one_line_naming_file_and_line(coco_root, tmp_path, capsys) -> None:
+    from tests.test_data_yolo import coco_to_yolo
+
+    root = coco_to_yolo(coco_root, tmp_path / "yolo")
+    label = next((root / "labels" / "train").glob("*.txt"))
+    label.write_text(label.read_text() + "7 0.5 0.5 0.1 0.1\n")
+    rc = main(["--data", str(root), "--output", str(tmp_path / "run"), *FAST])
+    _one_line_error(capsys, rc, str(label), "class id 7 is past the 3 classes of dataset file")
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_class_name_and_empty_split(coco_root, tmp_path, capsys) -> None:

@@ -51,17 +51,21 @@ class FixCounts:
     dropped: int = 0
     derived: int = 0  # boxes derived from a segmentation (a COCO annotation without a bbox)
     sized: int = 0  # images whose size was read from the file (an entry without width and height)
+    duplicates: int = 0  # repeated object lines (YOLO labels), kept once
+    unlabelled: int = 0  # images without a label file (YOLO), read as showing no objects
+    unreadable: int = 0  # images left out because their size could not be read (YOLO labels need it)
 
     def report(self, source: str) -> str | None:
-        parts = []
-        if self.derived:
-            parts.append(f"derived {self.derived} box(es) from their segmentation (no bbox given)")
-        if self.sized:
-            parts.append(f"read the size of {self.sized} image(s) from the file (no width/height given)")
-        if self.clipped:
-            parts.append(f"clipped {self.clipped} box(es) that left the image")
-        if self.dropped:
-            parts.append(f"dropped {self.dropped} zero-area or inverted box(es)")
+        said = (
+            (self.derived, "derived {} box(es) from their segmentation (no bbox given)"),
+            (self.sized, "read the size of {} image(s) from the file (no width/height given)"),
+            (self.clipped, "clipped {} box(es) that left the image"),
+            (self.dropped, "dropped {} zero-area or inverted box(es)"),
+            (self.duplicates, "removed {} duplicate label line(s)"),
+            (self.unlabelled, "{} image(s) have no label file and are read as showing no objects"),
+            (self.unreadable, "left out {} unreadable image(s)"),
+        )
+        parts = [text.format(count) for count, text in said if count]
         return f"warning: {source}: " + "; ".join(parts) if parts else None
 
 

@@ -9,25 +9,32 @@ from tasks.config import load_yaml
 from tasks.data.coco import find_coco_split, read_coco
 from tasks.data.detection import DetectionData
 from tasks.data.voc import choose_classes, is_voc_root, read_voc, split_ids
+from tasks.data.yolo import is_yolo_root, is_yolo_spec, read_yolo_splits
 from tasks.errors import UserError
 
 DEFAULT_SPLITS = {"voc": (("trainval", "train"), ("test", "val")), "coco": (("train2017", "train"), ("val2017", "val"))}
 
 
+FORMATS = ("coco", "voc", "yolo")
+
+
 def detect_format(root: Path, given: str) -> str:
-    if given in ("coco", "voc"):
+    """coco, voc or yolo; or yaml for a dataset YAML of COCO files (``train: {annotations, images}``)."""
+    if given in FORMATS:
         return given
     if given != "auto":
-        raise UserError(f"--format {given!r} is invalid for detection: choose coco or voc")
+        raise UserError(f"--format {given!r} is invalid for detection: choose coco, voc or yolo")
     if root.is_file() and root.suffix in (".yaml", ".yml"):
-        return "yaml"
+        return "yolo" if is_yolo_spec(load_yaml(root)) else "yaml"
     if is_voc_root(root):
         return "voc"
     if (root / "annotations").is_dir():
         return "coco"
+    if is_yolo_root(root):
+        return "yolo"
     raise UserError(
-        f"--data {root}: neither a COCO root (annotations/instances_<split>.json) nor a VOC root "
-        f"(Annotations/, ImageSets/Main/)"
+        f"--data {root}: neither a COCO root (annotations/instances_<split>.json), a VOC root "
+        f"(Annotations/, ImageSets/Main/) nor YOLO data (a data.yaml, or images/<split>/ and labels/<split>/)"
     )
 
 
@@ -60,6 +67,10 @@ def load_detection_splits(
     kind = detect_format(root, fmt)
     if kind == "yaml":
         return _from_yaml(root, train_split, val_split, need_train)
+    if kind == "yolo":
+        return read_yolo_splits(
+            root, train_split=train_split, val_split=val_split, classes=classes, need_train=need_train
+        )
     train_name = _default_split(root, kind, 0, train_split)
     val_name = _default_split(root, kind, 1, val_split)
     if kind == "voc":

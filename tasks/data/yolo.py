@@ -1,0 +1,279 @@
+"""YOLO-format detection data, as Ultralytics and Roboflow write it.
+
+- Each image has a label file: the image's path with its last ``images`` folder turned into ``labels`` and its
+  suffix into ``.txt`` (``images/train/a.jpg`` -> ``labels/train/a.txt``), or beside the image where the path has
+  no ``images`` folder. One object a line: ``class x_center y_center width height``, normalised to the image
+  as shown (EXIF orientation applied); a segmentation line ``class x1 y1 x2 y2 ...`` gives the box around its
+  polygon, and a pose line (the data YAML has ``kpt_shape``) its leading box. An image without a label file
+  has no objects.
+- A data YAML names the classes (``names``: a list, or a mapping from 0..K-1) and the splits (``train``,
+  ``val``: a folder of images, a text file listing image paths, or a list of these), relative to ``path`` (by
+  default the YAML's folder). Without one, a folder with ``images/<split>/`` and ``labels/<split>/``
+  (Ultralytics) or ``<split>/images/`` and ``<split>/labels/`` (Roboflow) is read, and classes are named by
+  their ids.
+
+Labels are the YOLO class ids plus one (0 is torchvision's background), and ``category_ids`` are the YOLO ids, so
+``predictions.json`` speaks the dataset's own ids. Image ids are the paths under the split's folder, without the
+suffix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.data.detection import DetectionData, DetectionSample, FixCounts, clean_boxes
+from tasks.data.images import READ_ERRORS, image_size, is_image_file
+from tasks.errors import UserError
+from tasks.io import read_text
+
+YAML_NAMES = ("data.yaml", "dataset.yaml")
+DEFAULT_SPLITS = (("train",), ("val", "valid"))
+TOLERANCE = 1e-3  # normalised coordinates a little past 0..1 are clipped (and counted), not refused
+
+
+def find_yaml(root: Path) -> Path | None:
+    """The data YAML inside a dataset folder, if it has one."""
+    for name in YAML_NAMES:
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def is_yolo_spec(spec: dict[str, Any]) -> bool:
+    """A data YAML in Ultralytics' form (class ``names`` or ``nc``), not a COCO-files one."""
+    return "names" in spec or "nc" in spec
+
+
+def is_yolo_root(root: Path) -> bool:
+    return root.is_dir() and (
+        find_yaml(root) is not None
+        or ((root / "images").is_dir() and (root / "labels").is_dir())
+        or any((root / split / "images").is_dir() for names in DEFAULT_SPLITS for split in names)
+    )
+
+
+def label_path(image: Path) -> Path:
+    """Where Ultralytics looks for an image's labels."""
+    parts = image.parts
+    folders = [i for i, part in enumerate(parts[:-1]) if part == "images"]
+    if not folders:
+        return image.with_suffix(".txt")
+    i = folders[-1]
+    return Path(*parts[:i], "labels", *parts[i + 1 :]).with_suffix(".txt")
+
+
+def class_names(spec: dict[str, Any], where: str) -> list[str] | None:
+    """The YAML's class names in id order (``names`` as a list or an id mapping; or ``nc`` alone)."""
+    names, count = spec.get("names"), spec.get("nc")
+    if names is None:
+        if count is None:
+            return None
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise UserError(f"{where}: 'nc' is {count!r}; expected a positive number of classes")
+        return [f"class{i}" for i in range(count)]
+    if isinstance(names, dict):
+        if sorted(names) != list(range(len(names))):
+            raise UserError(f"{where}: 'names' must map the ids 0..{len(names) - 1}; its keys are {sorted(names)!r}")
+        names = [names[i] for i in range(len(names))]
+    if not isinstance(names, list) or not names:
+        raise UserError(f"{where}: 'names' must be a list of class names, or a mapping from 0, 1, ...")
+    if count is not None and count != len(names):
+        raise UserError(f"{where}: 'nc' is {count!r} but 'names' lists {len(names)} classes")
+    return [str(name) for name in names]
+
+
+class _Split:
+    """A split's images, and the folder their ids are relative to."""
+
+    def __init__(self, images: list[Path], base: Path, source: str) -> None:
+        self.images, self.base, self.source = images, base, source
+
+
+def _listed(entry: Path, where: str) -> list[Path]:
+    """The images that a split entry names: a folder (searched through), a list file, or one image."""
+    if entry.is_dir():
+        return sorted(p for p in entry.rglob("*") if p.is_file() and is_image_file(p))
+    if entry.is_file() and entry.suffix.lower() == ".txt":
+        lines = [line.strip() for line in read_text(entry, kind="image list").splitlines()]
+        return [entry.parent / line for line in lines if line]  # absolute lines stay absolute
+    if entry.is_file() and is_image_file(entry):
+        return [entry]
+    raise UserError(f"{where}: {entry} is neither a folder of images, a .txt list of them, nor an image")
+
+
+def _from_spec(spec: dict[str, Any], yaml_path: Path, split: str) -> _Split:
+    where = f"dataset file {yaml_path}"
+    entry = spec.get(split)
+    entries = [entry] if isinstance(entry, str) else entry
+    if not entry or not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise UserError(f"{where} needs '{split}:' naming a folder of images, a .txt list of them, or a list of these")
+    root = yaml_path.parent
+    if spec.get("path"):
+        given = Path(str(spec["path"]))
+        candidates = [given] if given.is_absolute() else [root / given, Path.cwd() / given]
+        root = next((p for p in candidates if p.exists()), candidates[0])
+    paths = []
+    for text in entries:
+        path = root / text
+        if not path.exists() and text.startswith("../"):  # Roboflow writes '../valid/images' beside data.yaml
+            path = root / text[3:]
+        if not path.exists():
+            raise UserError(f"{where}: {split} entry {text!r} does not exist (looked for {path})")
+        paths.append(path)
+    images = [image for path in paths for image in _listed(path, where)]
+    base = paths[0] if len(paths) == 1 and paths[0].is_dir() else root
+    return _Split(images, base, f"{yaml_path} ({split})")
+
+
+def _from_folder(root: Path, split: str | None, which: int) -> _Split:
+    names = (split,) if split else DEFAULT_SPLITS[which]
+    for name in names:
+        for folder in (root / "images" / name, root / name / "images"):
+            if folder.is_dir():
+                return _Split(_listed(folder, f"--data {root}"), folder, f"{root} ({name})")
+    looked = ", ".join(f"images/{n}/ or {n}/images/" for n in names)
+    raise UserError(f"--data {root} has no YOLO split '{names[0]}': looked for {looked}")
+
+
+def _rows(path: Path, keypoints: bool) -> list[tuple[int, list[float], int]]:
+    """(class id, [x1, y1, x2, y2] normalised, line number) for each object line of a label file."""
+    rows = []
+    for number, line in enumerate(read_text(path, kind="label file").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"label file {path}, line {number}"
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            raise UserError(f"{where}: {line.strip()!r} is not numbers") from None
+        if not all(np.isfinite(values)) or values[0] < 0 or values[0] != int(values[0]):
+            raise UserError(f"{where}: the class id {fields[0]!r} is not a whole number from 0")
+        coords = values[1:]
+        if (len(coords) == 4 or keypoints) and len(coords) >= 4:
+            cx, cy, w, h = coords[:4]
+            if w < 0 or h < 0:
+                raise UserError(f"{where}: width {w} and height {h} must not be negative")
+            box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+            checked = coords[:4]
+        elif len(coords) >= 6 and len(coords) % 2 == 0:
+            xs, ys = coords[0::2], coords[1::2]
+            box = [min(xs), min(ys), max(xs), max(ys)]
+            checked = coords
+        else:
+            raise UserError(
+                f"{where}: {len(fields)} values; expected 'class x_center y_center width height' "
+                "or a polygon 'class x1 y1 x2 y2 x3 y3 ...'"
+            )
+        outside = [v for v in checked if not -TOLERANCE <= v <= 1 + TOLERANCE]
+        if outside:
+            raise UserError(f"{where}: coordinate {outside[0]:g} is not normalised to 0..1 (YOLO labels are)")
+        rows.append((int(values[0]), box, number))
+    return rows
+
+
+def _ids(split: _Split) -> list[str]:
+    """Each image's id: its path under the split's folder without the suffix (with it, where two would clash)."""
+    relative = []
+    for image in split.images:
+        try:
+            relative.append(image.relative_to(split.base))
+        except ValueError:
+            relative.append(image)
+    stems = [path.with_suffix("").as_posix() for path in relative]
+    return stems if len(set(stems)) == len(stems) else [path.as_posix() for path in relative]
+
+
+def _read_split(split: _Split, names: list[str] | None, keypoints: bool, names_from: str) -> tuple[DetectionData, int]:
+    """The split with labels 1..K (K = len(names), or ids as read when ``names`` is None; relabelled by the
+    caller), and the largest class id it holds."""
+    if not split.images:
+        raise UserError(f"{split.source} holds no images")
+    fixes = FixCounts()
+    samples, missing, unreadable, largest = [], 0, 0, -1
+    for image, image_id in zip(split.images, _ids(split)):
+        if not image.is_file():
+            raise UserError(f"image {image} listed for {split.source} does not exist")
+        try:
+            width, height = image_size(image)
+        except READ_ERRORS:
+            unreadable += 1
+            continue
+        labels_file = label_path(image)
+        rows = _rows(labels_file, keypoints) if labels_file.is_file() else []
+        missing += not labels_file.is_file()
+        unique = list(dict.fromkeys((cls, tuple(box)) for cls, box, _ in rows))
+        fixes.duplicates += len(rows) - len(unique)
+        for cls, _, number in rows:
+            if names is not None and cls >= len(names):
+                raise UserError(
+                    f"label file {labels_file}, line {number}: class id {cls} is past the {len(names)} classes "
+                    f"of {names_from} (ids 0..{len(names) - 1})"
+                )
+            largest = max(largest, cls)
+        boxes = np.array([box for _, box in unique], dtype=np.float32).reshape(-1, 4) * [width, height, width, height]
+        boxes = boxes.astype(np.float32)
+        labels = np.array([cls + 1 for cls, _ in unique], dtype=np.int64)
+        valid = clean_boxes(boxes, width, height, fixes)
+        empty = np.zeros(int(valid.sum()), bool)
+        samples.append(
+            DetectionSample(image_id, image, width, height, boxes[valid], labels[valid], empty, empty.copy())
+        )
+    if not samples:
+        raise UserError(f"{split.source}: none of its {len(split.images)} images could be read")
+    if missing == len(samples):
+        raise UserError(
+            f"{split.source}: none of its {missing} images has a label file (looked for {label_path(samples[0].path)})"
+        )
+    fixes.unlabelled, fixes.unreadable = missing, unreadable
+    count = len(names) if names is not None else largest + 1
+    return DetectionData(samples, list(names or []), list(range(count)), source=split.source, fixes=fixes), largest
+
+
+def read_yolo_splits(
+    source: Path,
+    *,
+    train_split: str | None,
+    val_split: str | None,
+    classes: Sequence[str] | None,
+    need_train: bool = True,
+) -> tuple[DetectionData | None, DetectionData]:
+    """(train, val) from a data YAML or a YOLO dataset folder; train is None when ``need_train`` is False.
+    ``classes`` names the classes where no data YAML does (the checkpoint's, in eval)."""
+    from tasks.config import load_yaml
+
+    yaml_path = source if source.is_file() else find_yaml(source)
+    spec = load_yaml(yaml_path) if yaml_path is not None else {}
+    if yaml_path is not None and not is_yolo_spec(spec):
+        raise UserError(f"dataset file {yaml_path} has neither 'names' nor 'nc' (the classes of YOLO data)")
+    names = class_names(spec, f"dataset file {yaml_path}")
+    names_from = f"dataset file {yaml_path}"
+    if names is None and classes:
+        names, names_from = list(classes), "the configured class list"
+    elif names is not None and classes and list(classes) != names:
+        print(f"warning: the class names of {yaml_path} are used; the configured list {list(classes)} differs")
+    elif names is not None:
+        print(f"classes ({names_from}): {', '.join(names)}")
+    splits = [(train_split or "train", 0)] if need_train else []
+    splits.append((val_split or (None if yaml_path is None else "val"), 1))
+    read = []
+    for name, which in splits:
+        split = _from_spec(spec, yaml_path, name) if yaml_path is not None else _from_folder(source, name, which)
+        read.append(_read_split(split, names, bool(spec.get("kpt_shape")), names_from))
+    if names is None:  # no YAML: the ids found name the classes
+        count = max(largest for _, largest in read) + 1
+        if count == 0:
+            raise UserError(f"--data {source}: its label files hold no objects, and with no data YAML no classes")
+        names = [str(i) for i in range(count)]
+        print(f"classes (no data YAML: named by the ids in the label files): {', '.join(names)}")
+        for data, _ in read:
+            data.class_names, data.category_ids = list(names), list(range(count))
+    train = read[0][0] if need_train else None
+    return train, read[-1][0]
+
+
+__all__ = ["find_yaml", "is_yolo_root", "is_yolo_spec", "label_path", "read_yolo_splits"]
