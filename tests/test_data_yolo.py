@@ -108,6 +108,16 @@ def test_list_files_a_path_key_and_names_as_a_mapping(coco_root, tmp_path) -> No
     assert val.samples[0].image_id == "images/val/00001"  # relative to `path`: the splits are list files
 
 
+def test_a_path_that_does_not_exist_reads_from_the_yamls_folder(coco_root, tmp_path, capsys) -> None:
+    root = coco_to_yolo(coco_root, tmp_path / "yolo")
+    spec = yaml.safe_load((root / "data.yaml").read_text())
+    (root / "data.yaml").write_text(yaml.safe_dump({**spec, "path": "../datasets/shapes"}))  # Ultralytics' folder
+    train, val = _read(root / "data.yaml")
+    _same_as_coco(coco_root, train, val)
+    out = capsys.readouterr().out
+    assert out.count("its path '../datasets/shapes' does not exist; reading from") == 1, out
+
+
 def test_label_files_sit_where_ultralytics_looks() -> None:
     assert label_path(Path("/d/images/train/a.jpg")) == Path("/d/labels/train/a.txt")
     assert label_path(Path("/d/train/images/sub/a.b.png")) == Path("/d/train/labels/sub/a.b.txt")

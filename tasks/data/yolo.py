@@ -105,17 +105,26 @@ def _listed(entry: Path, where: str) -> list[Path]:
     raise UserError(f"{where}: {entry} is neither a folder of images, a .txt list of them, nor an image")
 
 
-def _from_spec(spec: dict[str, Any], yaml_path: Path, split: str) -> _Split:
+def data_root(spec: dict[str, Any], yaml_path: Path) -> Path:
+    """The folder that a data YAML's splits are relative to: its ``path`` (tried from the YAML's folder, then from
+    the working directory), or the YAML's folder where it has none or that path does not exist."""
+    here = yaml_path.parent
+    if not spec.get("path"):
+        return here
+    given = Path(str(spec["path"]))
+    candidates = [given] if given.is_absolute() else [here / given, Path.cwd() / given]
+    found = next((p for p in candidates if p.exists()), None)
+    if found is None:  # a YAML moved with its data, or one that names Ultralytics' own datasets folder
+        print(f"note: dataset file {yaml_path}: its path {str(spec['path'])!r} does not exist; reading from {here}")
+    return found or here
+
+
+def _from_spec(spec: dict[str, Any], yaml_path: Path, root: Path, split: str) -> _Split:
     where = f"dataset file {yaml_path}"
     entry = spec.get(split)
     entries = [entry] if isinstance(entry, str) else entry
     if not entry or not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
         raise UserError(f"{where} needs '{split}:' naming a folder of images, a .txt list of them, or a list of these")
-    root = yaml_path.parent
-    if spec.get("path"):
-        given = Path(str(spec["path"]))
-        candidates = [given] if given.is_absolute() else [root / given, Path.cwd() / given]
-        root = next((p for p in candidates if p.exists()), candidates[0])
     paths = []
     for text in entries:
         path = root / text
@@ -258,11 +267,12 @@ def read_yolo_splits(
         print(f"warning: the class names of {yaml_path} are used; the configured list {list(classes)} differs")
     elif names is not None:
         print(f"classes ({names_from}): {', '.join(names)}")
+    root = data_root(spec, yaml_path) if yaml_path is not None else source
     splits = [(train_split or "train", 0)] if need_train else []
     splits.append((val_split or (None if yaml_path is None else "val"), 1))
     read = []
     for name, which in splits:
-        split = _from_spec(spec, yaml_path, name) if yaml_path is not None else _from_folder(source, name, which)
+        split = _from_spec(spec, yaml_path, root, name) if yaml_path is not None else _from_folder(root, name, which)
         read.append(_read_split(split, names, bool(spec.get("kpt_shape")), names_from))
     if names is None:  # no YAML: the ids found name the classes
         count = max(largest for _, largest in read) + 1
