@@ -137,7 +137,7 @@ class ModelConfig(DetectionHeadConfig):
 @dataclass
 class DataConfig:
     root: str | None = None
-    format: Literal["auto", "coco", "voc"] = "auto"
+    format: Literal["auto", "coco", "voc", "yolo"] = "auto"
     train_split: str | None = None
     val_split: str | None = None
     classes: list[str] | None = None

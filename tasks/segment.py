@@ -111,7 +111,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     root: str | None = None
-    format: Literal["auto", "voc", "masks", "coco"] = "auto"
+    format: Literal["auto", "voc", "masks", "coco", "yolo"] = "auto"
     train_split: str | None = None
     val_split: str | None = None
     classes: list[str] | None = None
@@ -216,8 +216,8 @@ def _shrunk(scale: float) -> str:
 def _root(cfg: SegmentConfig) -> Path:
     if cfg.data.root is not None:
         root = Path(cfg.data.root)
-        if not root.is_dir():
-            raise UserError(f"--data {root} is not a folder")
+        if not (root.is_dir() or (root.is_file() and root.suffix in (".yaml", ".yml"))):
+            raise UserError(f"--data {root} is neither a folder nor a data YAML")
         return root
     root = shapes_dataset()
     if distributed.is_main():

@@ -198,3 +198,87 @@ def test_a_folder_that_is_no_known_layout_names_all_three(tmp_path) -> None:
         _read(tmp_path)
     with pytest.raises(UserError, match=r"choose coco, voc or yolo"):
         _read(tmp_path, fmt="darknet")
+
+
+# ---- segmentation: polygon lines become semantic masks ----
+
+
+def polygon_set(yolo: Path, coco: Path | None = None, *, splits=(("val", 4),), seed: int = 0) -> Path:
+    """Random five-point polygons of the three classes on 64 x 48 images, as YOLO segmentation data under
+    ``yolo`` (with a data.yaml) and, where ``coco`` is given, as a COCO instances file of the same polygons."""
+    rng = np.random.default_rng(seed)
+    width, height = 64, 48
+    yaml_splits = {}
+    for split, count in splits:
+        for folder in (yolo / "images" / split, yolo / "labels" / split):
+            folder.mkdir(parents=True)
+        yaml_splits[split] = f"images/{split}"
+        images, annotations = [], []
+        for n in range(1, count + 1):
+            name = f"{n:03d}.png"
+            Image.fromarray(rng.integers(0, 255, (height, width, 3), np.uint8)).save(yolo / "images" / split / name)
+            images.append({"id": n, "file_name": name, "width": width, "height": height})
+            lines = []
+            for _ in range(int(rng.integers(1, 4))):
+                cls = int(rng.integers(0, 3))
+                points = np.stack([rng.integers(0, width + 1, 5), rng.integers(0, height + 1, 5)], 1).astype(float)
+                xs, ys = points[:, 0], points[:, 1]
+                area = 0.5 * abs(float(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))))
+                normalised = (points / [width, height]).ravel()
+                lines.append(" ".join([str(cls), *(repr(float(v)) for v in normalised)]))
+                annotations.append(
+                    {"id": len(annotations) + 1, "image_id": n, "category_id": cls + 1, "iscrowd": 0, "area": area,
+                     "segmentation": [points.ravel().tolist()]}
+                )  # fmt: skip
+            (yolo / "labels" / split / f"{n:03d}.txt").write_text("\n".join(lines) + "\n")
+        if coco is not None:
+            (coco / split).mkdir(parents=True)
+            (coco / "annotations").mkdir(exist_ok=True)
+            for image in images:
+                shutil.copy(yolo / "images" / split / image["file_name"], coco / split / image["file_name"])
+            categories = [{"id": i + 1, "name": name} for i, name in enumerate(NAMES)]
+            document = {"images": images, "annotations": annotations, "categories": categories}
+            (coco / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
+    (yolo / "data.yaml").write_text(yaml.safe_dump({**yaml_splits, "names": NAMES}))
+    return yolo
+
+
+def test_polygons_become_the_masks_the_same_coco_polygons_give(tmp_path, monkeypatch) -> None:
+    """Random polygons written as YOLO lines and as a COCO instances file: pycocotools draws the same semantic
+    masks through both readers, larger objects first."""
+    from tasks.data.segmentation import load_segmentation
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    yolo = polygon_set(tmp_path / "yolo", tmp_path / "coco")
+    ours = load_segmentation(yolo, "val", classes=None)
+    theirs = load_segmentation(tmp_path / "coco", "val", classes=None)
+    assert ours.class_names == theirs.class_names == ["background", *NAMES]
+    assert [s.image_id for s in ours.samples] == ["001", "002", "003", "004"]
+    drawn = 0
+    for a, b in zip(ours.samples, theirs.samples):
+        mask = np.asarray(Image.open(a.mask))
+        np.testing.assert_array_equal(mask, np.asarray(Image.open(b.mask)))
+        assert mask.shape == (48, 64)
+        drawn += int((mask > 0).sum())
+    assert drawn > 1000  # the polygons cover something
+    assert load_segmentation(yolo / "data.yaml", "val", classes=None).samples[0].mask == ours.samples[0].mask  # cached
+
+
+def test_a_box_line_is_void_in_a_mask_and_a_missing_label_file_all_background(tmp_path, monkeypatch, capsys) -> None:
+    from tasks.data.segmentation import load_segmentation
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    rectangle = "1 0.1 0.25 0.5 0.25 0.5 0.75 0.1 0.75\n"  # x 8..40, y 10..30 of the 80 x 40 image
+    box = "0 0.5 0.5 0.25 0.5\n"  # x 30..50, y 10..30: smaller, so drawn over the rectangle
+    root = _one_split(tmp_path / "d", rectangle + box)
+    Image.new("RGB", (80, 40)).save(root / "images" / "b.png")  # no label file
+    data = load_segmentation(root, "val", classes=None, fmt="yolo")
+    assert data.class_names == ["background", "a", "b"]
+    mask = np.asarray(Image.open(data.samples[0].mask))
+    expected = np.zeros((40, 80), np.uint8)
+    expected[10:30, 8:40] = 2
+    expected[10:30, 30:50] = 255
+    np.testing.assert_array_equal(mask, expected)
+    assert not np.asarray(Image.open(data.samples[1].mask)).any()
+    out = capsys.readouterr().out
+    assert "1 image(s) have no label file" in out and "1 object(s) given as a box, not a polygon" in out

@@ -232,6 +232,26 @@ def test_runner_trains_on_partial_labels_from_a_dataset_yaml(shapes_root, tmp_pa
     assert counts[:, :3].sum() <= len(predictions)  # a column counts kept detections, each at most once
 
 
+def test_a_yolo_segmentation_yaml_serves_detect_and_segment_from_its_polygons(tmp_path, monkeypatch, capsys) -> None:
+    """Ultralytics' data YAML as the whole --data: each image's polygons give its boxes and its mask, joined by
+    path; classify has no labels there, which is one line."""
+    from tests.test_data_yolo import NAMES, polygon_set
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    root = polygon_set(tmp_path / "yolo", splits=(("train", 6), ("val", 4)))
+    out = tmp_path / "run"
+    argv = ["--tasks", "detect,segment", "--data", str(root / "data.yaml"), "--output", str(out), *FAST]
+    assert main(argv) == 0
+    assert "6 train images (labelled for detect 6, segment 6)" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["detect"]["coco"]["per_class_AP"]) == set(NAMES)
+    assert list(metrics["segment"]["per_class_iou"]) == ["background", *NAMES]
+    assert metrics["segment"]["num_pixels"] == 4 * 48 * 64 and metrics["detect"]["num_images"] == 4
+    rc = main(["--data", str(root / "data.yaml"), "--output", str(tmp_path / "other"), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "is YOLO data: boxes and polygons for detect and segment" in err, err
+
+
 def test_each_task_reads_its_own_split_names_from_the_dataset_yaml(shapes_root, tmp_path, capsys) -> None:
     """VOC2007 detection (trainval/test) joined as it is with VOC2012 segmentation (train/val): per-task splits."""
     seg = tmp_path / "seg"

@@ -261,6 +261,25 @@ def test_missing_split_and_checkpoint_of_another_task(shapes_root, trained, tmp_
     _one_line_error(capsys, rc, "'segment' model, not a 'classify' model")
 
 
+def test_yolo_segmentation_data_end_to_end(tmp_path, monkeypatch, capsys) -> None:
+    """An Ultralytics segmentation data YAML trains, evaluates on its masks drawn from the polygons, and names its
+    classes after background; `--format yolo` reads the folder the same way."""
+    from tests.test_data_yolo import NAMES, polygon_set
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    root = polygon_set(tmp_path / "yolo", splits=(("train", 6), ("val", 4)))
+    out = tmp_path / "run"
+    assert main(["--data", str(root / "data.yaml"), "--output", str(out), *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["per_class_iou"]) == ["background", *NAMES]
+    assert metrics["num_pixels"] == 4 * 48 * 64
+    assert "classes (dataset file" in capsys.readouterr().out
+    evaluated = tmp_path / "eval"
+    argv = ["eval", "--checkpoint", str(out / "best.pt"), "--data", str(root), "--format", "yolo"]
+    assert main([*argv, "--output", str(evaluated), "--image-size", "64"]) == 0
+    assert json.loads((evaluated / "metrics.json").read_text())["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-6)
+
+
 def test_coco_polygons_become_semantic_masks(tmp_path, monkeypatch) -> None:
     """A COCO root without masks/: polygons and RLEs are rasterised once into the cache, larger instances first."""
     from pycocotools import mask as mask_utils

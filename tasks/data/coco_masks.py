@@ -15,6 +15,7 @@ import hashlib
 import io
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,9 @@ def coco_semantic_masks(root: Path, split: str) -> tuple[Path, Path, list[str]]:
     names = ["background", *(str(c.get("name", c["id"])) for c in categories)]
     stat = annotation_file.stat()
     key = hashlib.sha1(f"{annotation_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_root() / "coco-masks" / key
-    if (target / split).is_dir():
-        return image_dir, target / split, names
+    cached = cache_root() / "coco-masks" / key / split
+    if cached.is_dir():
+        return image_dir, cached, names
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for annotation in data.get("annotations", []):
         by_image.setdefault(annotation.get("image_id"), []).append(annotation)
@@ -55,9 +56,8 @@ def coco_semantic_masks(root: Path, split: str) -> tuple[Path, Path, list[str]]:
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # its "creating index..." lines
         coco.createIndex()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
-    try:
+
+    def draw(folder: Path) -> None:
         for image in data["images"]:
             height, width = int(image["height"]), int(image["width"])
             mask = np.zeros((height, width), np.uint8)
@@ -68,12 +68,26 @@ def coco_semantic_masks(root: Path, split: str) -> tuple[Path, Path, list[str]]:
                     continue
                 pixels = coco.annToMask(annotation).astype(bool)  # polygons, RLE or uncompressed RLE
                 mask[pixels] = IGNORE_INDEX if annotation.get("iscrowd") else label_of[annotation["category_id"]]
-            out = staging / split / Path(image["file_name"]).with_suffix(".png")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask).save(out)
-        target.mkdir(exist_ok=True)
+            save_mask(folder / Path(image["file_name"]).with_suffix(".png"), mask)
+
+    return image_dir, masks_once(cached, draw), names
+
+
+def save_mask(path: Path, mask: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(path)
+
+
+def masks_once(target: Path, draw: Callable[[Path], None]) -> Path:
+    """``target``, a cache folder of mask PNGs, drawn by ``draw(folder)`` into a staging folder beside it and
+    renamed into place, so that a run stopped half way, or two runs at once, never leave half a folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.parent.name}-", dir=target.parent.parent))
+    try:
+        draw(staging / target.name)
+        (staging / target.name).mkdir(exist_ok=True)  # a split without images
         with contextlib.suppress(OSError):  # another process finished first
-            (staging / split).rename(target / split)
+            (staging / target.name).rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return image_dir, target / split, names
+    return target

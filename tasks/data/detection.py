@@ -54,6 +54,7 @@ class FixCounts:
     duplicates: int = 0  # repeated object lines (YOLO labels), kept once
     unlabelled: int = 0  # images without a label file (YOLO), read as showing no objects
     unreadable: int = 0  # images left out because their size could not be read (YOLO labels need it)
+    voided: int = 0  # YOLO box lines read for segmentation: an object without its shape, its box void
 
     def report(self, source: str) -> str | None:
         said = (
@@ -64,6 +65,7 @@ class FixCounts:
             (self.duplicates, "removed {} duplicate label line(s)"),
             (self.unlabelled, "{} image(s) have no label file and are read as showing no objects"),
             (self.unreadable, "left out {} unreadable image(s)"),
+            (self.voided, "{} object(s) given as a box, not a polygon: their boxes are void (ignored)"),
         )
         parts = [text.format(count) for count, text in said if count]
         return f"warning: {source}: " + "; ".join(parts) if parts else None

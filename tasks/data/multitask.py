@@ -42,6 +42,7 @@ from tasks.data.segmentation import (
     stack_padded,
 )
 from tasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, chw_tensor, zoom
+from tasks.data.yolo import is_yolo_spec
 from tasks.errors import UserError
 
 TASK_NAMES = ("classify", "detect", "segment")
@@ -81,6 +82,13 @@ def parse_sources(data: Path, tasks: Sequence[str]) -> dict[str, TaskSource]:
     """Where each task's labels live: the YAML's entries, or the one root for every task."""
     if data.is_file() and data.suffix in (".yaml", ".yml"):
         document = load_yaml(data)
+        if is_yolo_spec(document):  # Ultralytics' data YAML: its boxes and polygons serve detect and segment
+            if "classify" in tasks:
+                raise UserError(
+                    f"dataset file {data} is YOLO data: boxes and polygons for detect and segment, no image labels "
+                    "for classify: pass --tasks detect,segment, or name each task's root in a multi-task YAML"
+                )
+            return {name: TaskSource(data) for name in tasks}
         unknown_tasks = sorted(str(key) for key in document if key not in DATASET_TASKS)
         if unknown_tasks:  # a misspelt task would leave its labels out without a word
             raise UserError(

@@ -26,6 +26,8 @@ from tasks.data.images import READ_ERRORS, DecodedCache, is_image_file, warn_unr
 from tasks.data.images import image_size as shown_size
 from tasks.data.transforms import normalize_batch
 from tasks.data.voc import read_split_file
+from tasks.data.yolo import is_yolo_root
+from tasks.data.yolo_masks import yolo_segmentation
 from tasks.errors import UserError
 from tasks.io import read_text
 
@@ -158,7 +160,8 @@ def load_mask(path: Path) -> np.ndarray:
 
 def load_segmentation(root: Path, split: str, *, classes: Sequence[str] | None, fmt: str = "auto") -> SegmentationData:
     """One split of any layout (``fmt`` ``"voc"``, ``"masks"``, ``"coco"`` (masks rasterised from the
-    instances file's polygons, see :mod:`tasks.data.coco_masks`), or ``"auto"`` to detect it), its
+    instances file's polygons, see :mod:`tasks.data.coco_masks`), ``"yolo"`` (a data YAML or YOLO folder, masks
+    rasterised from its polygon lines, see :mod:`tasks.data.yolo_masks`), or ``"auto"`` to detect it), its
     masks checked, with its class names.
 
     Class names are the given list; else VOC's 21 for the VOC layout; else the lines of
@@ -167,10 +170,13 @@ def load_segmentation(root: Path, split: str, *, classes: Sequence[str] | None, 
     voc = is_voc_segmentation(root)
     if fmt == "voc" and not voc:
         raise UserError(f"--format voc: {root} has no SegmentationClass/ and ImageSets/Segmentation/")
-    coco = fmt == "coco" or (
-        fmt == "auto" and mask_folder_layout(root, split) is None and has_coco_polygons(root, split)
-    )
-    if voc and fmt in ("auto", "voc"):
+    masks = mask_folder_layout(root, split) is not None
+    coco = fmt == "coco" or (fmt == "auto" and not masks and has_coco_polygons(root, split))
+    yolo = fmt == "yolo" or (fmt == "auto" and not (voc or masks or coco) and (root.is_file() or is_yolo_root(root)))
+    if yolo:
+        found, names, source = yolo_segmentation(root, split, classes=classes)
+        samples = [SegmentationSample(image_id, image, mask) for image_id, image, mask in found]
+    elif voc and fmt in ("auto", "voc"):
         samples = read_voc_segmentation(root, split)
         names = list(classes) if classes is not None else list(VOC_SEGMENTATION_CLASSES)
     elif coco:
@@ -193,7 +199,7 @@ def load_segmentation(root: Path, split: str, *, classes: Sequence[str] | None, 
             f"{root} defines {len(names)} class(es); segmentation needs 2 to 255 (background included; 255 is void)"
         )
     check_masks(samples)
-    return SegmentationData(samples, names, f"{root} ({split})")
+    return SegmentationData(samples, names, source if yolo else f"{root} ({split})")
 
 
 def _find_image(folder: Path, image_id: str) -> Path | None:

@@ -20,6 +20,7 @@ suffix.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ def _from_spec(spec: dict[str, Any], yaml_path: Path, root: Path, split: str) ->
 
 
 def _from_folder(root: Path, split: str | None, which: int) -> _Split:
-    names = (split,) if split else DEFAULT_SPLITS[which]
+    names = DEFAULT_SPLITS[which] if split in (None, DEFAULT_SPLITS[which][0]) else (split,)
     for name in names:
         for folder in (root / "images" / name, root / name / "images"):
             if folder.is_dir():
@@ -148,8 +149,19 @@ def _from_folder(root: Path, split: str | None, which: int) -> _Split:
     raise UserError(f"--data {root} has no YOLO split '{names[0]}': looked for {looked}")
 
 
-def _rows(path: Path, keypoints: bool) -> list[tuple[int, list[float], int]]:
-    """(class id, [x1, y1, x2, y2] normalised, line number) for each object line of a label file."""
+@dataclass(frozen=True)
+class LabelLine:
+    """One object of a label file: its class id, its box [x1, y1, x2, y2] and, for a segmentation line, its
+    polygon [x1, y1, x2, y2, ...], normalised to 0..1."""
+
+    cls: int
+    box: tuple[float, float, float, float]
+    polygon: tuple[float, ...] | None
+    number: int
+
+
+def read_label_file(path: Path, keypoints: bool) -> list[LabelLine]:
+    """The object lines of a label file; a line of another form is a one-line error naming the file and line."""
     rows = []
     for number, line in enumerate(read_text(path, kind="label file").splitlines(), start=1):
         fields = line.split()
@@ -163,16 +175,16 @@ def _rows(path: Path, keypoints: bool) -> list[tuple[int, list[float], int]]:
         if not all(np.isfinite(values)) or values[0] < 0 or values[0] != int(values[0]):
             raise UserError(f"{where}: the class id {fields[0]!r} is not a whole number from 0")
         coords = values[1:]
+        polygon = None
         if (len(coords) == 4 or keypoints) and len(coords) >= 4:
             cx, cy, w, h = coords[:4]
             if w < 0 or h < 0:
                 raise UserError(f"{where}: width {w} and height {h} must not be negative")
-            box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+            box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
             checked = coords[:4]
         elif len(coords) >= 6 and len(coords) % 2 == 0:
             xs, ys = coords[0::2], coords[1::2]
-            box = [min(xs), min(ys), max(xs), max(ys)]
-            checked = coords
+            box, polygon, checked = (min(xs), min(ys), max(xs), max(ys)), tuple(coords), coords
         else:
             raise UserError(
                 f"{where}: {len(fields)} values; expected 'class x_center y_center width height' "
@@ -181,7 +193,7 @@ def _rows(path: Path, keypoints: bool) -> list[tuple[int, list[float], int]]:
         outside = [v for v in checked if not -TOLERANCE <= v <= 1 + TOLERANCE]
         if outside:
             raise UserError(f"{where}: coordinate {outside[0]:g} is not normalised to 0..1 (YOLO labels are)")
-        rows.append((int(values[0]), box, number))
+        rows.append(LabelLine(int(values[0]), box, polygon, number))
     return rows
 
 
@@ -197,62 +209,82 @@ def _ids(split: _Split) -> list[str]:
     return stems if len(set(stems)) == len(stems) else [path.as_posix() for path in relative]
 
 
-def _read_split(split: _Split, names: list[str] | None, keypoints: bool, names_from: str) -> tuple[DetectionData, int]:
-    """The split with labels 1..K (K = len(names), or ids as read when ``names`` is None; relabelled by the
-    caller), and the largest class id it holds."""
-    if not split.images:
-        raise UserError(f"{split.source} holds no images")
-    fixes = FixCounts()
-    samples, missing, unreadable, largest = [], 0, 0, -1
-    for image, image_id in zip(split.images, _ids(split)):
-        if not image.is_file():
-            raise UserError(f"image {image} listed for {split.source} does not exist")
-        try:
-            width, height = image_size(image)
-        except READ_ERRORS:
-            unreadable += 1
-            continue
-        labels_file = label_path(image)
-        rows = _rows(labels_file, keypoints) if labels_file.is_file() else []
-        missing += not labels_file.is_file()
-        unique = list(dict.fromkeys((cls, tuple(box)) for cls, box, _ in rows))
-        fixes.duplicates += len(rows) - len(unique)
-        for cls, _, number in rows:
-            if names is not None and cls >= len(names):
-                raise UserError(
-                    f"label file {labels_file}, line {number}: class id {cls} is past the {len(names)} classes "
-                    f"of {names_from} (ids 0..{len(names) - 1})"
-                )
-            largest = max(largest, cls)
-        boxes = np.array([box for _, box in unique], dtype=np.float32).reshape(-1, 4) * [width, height, width, height]
-        boxes = boxes.astype(np.float32)
-        labels = np.array([cls + 1 for cls, _ in unique], dtype=np.int64)
-        valid = clean_boxes(boxes, width, height, fixes)
-        empty = np.zeros(int(valid.sum()), bool)
-        samples.append(
-            DetectionSample(image_id, image, width, height, boxes[valid], labels[valid], empty, empty.copy())
-        )
-    if not samples:
-        raise UserError(f"{split.source}: none of its {len(split.images)} images could be read")
-    if missing == len(samples):
-        raise UserError(
-            f"{split.source}: none of its {missing} images has a label file (looked for {label_path(samples[0].path)})"
-        )
-    fixes.unlabelled, fixes.unreadable = missing, unreadable
-    count = len(names) if names is not None else largest + 1
-    return DetectionData(samples, list(names or []), list(range(count)), source=split.source, fixes=fixes), largest
+@dataclass
+class LabelledImage:
+    image: Path
+    image_id: str
+    width: int  # as shown: EXIF orientation applied
+    height: int
+    lines: list[LabelLine]  # empty where the image has no label file
+    label_file: Path | None  # None where it has none
 
 
-def read_yolo_splits(
-    source: Path,
-    *,
-    train_split: str | None,
-    val_split: str | None,
-    classes: Sequence[str] | None,
-    need_train: bool = True,
-) -> tuple[DetectionData | None, DetectionData]:
-    """(train, val) from a data YAML or a YOLO dataset folder; train is None when ``need_train`` is False.
-    ``classes`` names the classes where no data YAML does (the checkpoint's, in eval)."""
+@dataclass
+class YoloSource:
+    """A YOLO dataset as found: its data YAML (if any), the folder its splits are relative to, its classes."""
+
+    given: Path
+    yaml_path: Path | None
+    spec: dict[str, Any]
+    root: Path
+    names: list[str] | None  # None: no YAML and none configured, so the label files' ids name them
+    names_from: str
+
+    @property
+    def keypoints(self) -> bool:
+        return bool(self.spec.get("kpt_shape"))
+
+    def split(self, name: str | None, which: int) -> _Split:
+        """A split by its YAML key or folder name (None: the default of ``which``, 0 train or 1 val)."""
+        if self.yaml_path is not None:
+            return _from_spec(self.spec, self.yaml_path, self.root, name or DEFAULT_SPLITS[which][0])
+        return _from_folder(self.root, name, which)
+
+    def labelled(self, split: _Split) -> tuple[list[LabelledImage], int]:
+        """The split's readable images with their label lines (class ids checked against the classes, where
+        known), and how many images were left out as unreadable."""
+        if not split.images:
+            raise UserError(f"{split.source} holds no images")
+        found, unreadable = [], 0
+        for image, image_id in zip(split.images, _ids(split)):
+            if not image.is_file():
+                raise UserError(f"image {image} listed for {split.source} does not exist")
+            try:
+                width, height = image_size(image)
+            except READ_ERRORS:
+                unreadable += 1
+                continue
+            label_file = label_path(image)
+            has_labels = label_file.is_file()
+            lines = read_label_file(label_file, self.keypoints) if has_labels else []
+            for line in lines:
+                if self.names is not None and line.cls >= len(self.names):
+                    raise UserError(
+                        f"label file {label_file}, line {line.number}: class id {line.cls} is past the "
+                        f"{len(self.names)} classes of {self.names_from} (ids 0..{len(self.names) - 1})"
+                    )
+            found.append(LabelledImage(image, image_id, width, height, lines, label_file if has_labels else None))
+        if not found:
+            raise UserError(f"{split.source}: none of its {len(split.images)} images could be read")
+        if all(item.label_file is None for item in found):
+            raise UserError(
+                f"{split.source}: none of its {len(found)} images has a label file "
+                f"(looked for {label_path(found[0].image)})"
+            )
+        return found, unreadable
+
+    def name_by_ids(self, largest: int) -> list[str]:
+        """Where no YAML or configured list names the classes: the ids up to the ``largest`` found, printed."""
+        if largest < 0:
+            raise UserError(f"--data {self.given}: its label files hold no objects, and with no data YAML no classes")
+        names = [str(i) for i in range(largest + 1)]
+        print(f"classes (no data YAML: named by the ids in the label files): {', '.join(names)}")
+        return names
+
+
+def open_source(source: Path, classes: Sequence[str] | None) -> YoloSource:
+    """A data YAML, or a YOLO dataset folder (with a data.yaml inside or none). ``classes`` names the classes
+    where no data YAML does (the checkpoint's, in eval); the class list is printed."""
     from tasks.config import load_yaml
 
     yaml_path = source if source.is_file() else find_yaml(source)
@@ -268,22 +300,50 @@ def read_yolo_splits(
     elif names is not None:
         print(f"classes ({names_from}): {', '.join(names)}")
     root = data_root(spec, yaml_path) if yaml_path is not None else source
-    splits = [(train_split or "train", 0)] if need_train else []
-    splits.append((val_split or (None if yaml_path is None else "val"), 1))
-    read = []
-    for name, which in splits:
-        split = _from_spec(spec, yaml_path, root, name) if yaml_path is not None else _from_folder(root, name, which)
-        read.append(_read_split(split, names, bool(spec.get("kpt_shape")), names_from))
-    if names is None:  # no YAML: the ids found name the classes
-        count = max(largest for _, largest in read) + 1
-        if count == 0:
-            raise UserError(f"--data {source}: its label files hold no objects, and with no data YAML no classes")
-        names = [str(i) for i in range(count)]
-        print(f"classes (no data YAML: named by the ids in the label files): {', '.join(names)}")
+    return YoloSource(source, yaml_path, spec, root, names, names_from)
+
+
+def _detection(source: YoloSource, split: _Split) -> tuple[DetectionData, int]:
+    """The split with labels 1..K, and the largest class id it holds (the caller names the classes where the
+    source does not)."""
+    images, unreadable = source.labelled(split)
+    fixes = FixCounts(unlabelled=sum(item.label_file is None for item in images), unreadable=unreadable)
+    samples, largest = [], -1
+    for item in images:
+        unique = list(dict.fromkeys((line.cls, line.box) for line in item.lines))
+        fixes.duplicates += len(item.lines) - len(unique)
+        largest = max([largest, *(cls for cls, _ in unique)])
+        scale = [item.width, item.height, item.width, item.height]
+        boxes = (np.array([box for _, box in unique], dtype=np.float64).reshape(-1, 4) * scale).astype(np.float32)
+        labels = np.array([cls + 1 for cls, _ in unique], dtype=np.int64)
+        valid = clean_boxes(boxes, item.width, item.height, fixes)
+        none = np.zeros(int(valid.sum()), bool)  # YOLO has no crowd or difficult flags
+        samples.append(
+            DetectionSample(item.image_id, item.image, item.width, item.height, boxes[valid], labels[valid], none, none)
+        )
+    names = source.names or []
+    return DetectionData(samples, list(names), list(range(len(names))), source=split.source, fixes=fixes), largest
+
+
+def read_yolo_splits(
+    source: Path,
+    *,
+    train_split: str | None,
+    val_split: str | None,
+    classes: Sequence[str] | None,
+    need_train: bool = True,
+) -> tuple[DetectionData | None, DetectionData]:
+    """(train, val) detection data from a data YAML or a YOLO dataset folder; train is None when
+    ``need_train`` is False."""
+    yolo = open_source(source, classes)
+    splits = [(train_split, 0)] if need_train else []
+    read = [_detection(yolo, yolo.split(name, which)) for name, which in [*splits, (val_split, 1)]]
+    if yolo.names is None:
+        names = yolo.name_by_ids(max(largest for _, largest in read))
         for data, _ in read:
-            data.class_names, data.category_ids = list(names), list(range(count))
-    train = read[0][0] if need_train else None
-    return train, read[-1][0]
+            data.class_names, data.category_ids = list(names), list(range(len(names)))
+    return (read[0][0] if need_train else None), read[-1][0]
 
 
-__all__ = ["find_yaml", "is_yolo_root", "is_yolo_spec", "label_path", "read_yolo_splits"]
+__all__ = ["LabelLine", "YoloSource", "find_yaml", "is_yolo_root", "is_yolo_spec", "label_path", "open_source"]
+__all__ += ["read_label_file", "read_yolo_splits"]
