@@ -87,11 +87,13 @@ def class_names(spec: dict[str, Any], where: str) -> list[str] | None:
     return [str(name) for name in names]
 
 
+@dataclass(frozen=True)
 class _Split:
-    """A split's images, and the folder their ids are relative to."""
+    """A split's images, the folder their ids are relative to, and its name in messages."""
 
-    def __init__(self, images: list[Path], base: Path, source: str) -> None:
-        self.images, self.base, self.source = images, base, source
+    images: list[Path]
+    base: Path
+    source: str
 
 
 def _listed(entry: Path, where: str) -> list[Path]:
