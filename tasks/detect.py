@@ -44,6 +44,7 @@ from tasks.data.embedded import shapes_dataset
 from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.sampling import aspect_ratio_groups
 from tasks.data.transforms import detection_eval, detection_train
+from tasks.data.yolo import yolo_lines
 from tasks.engine import Setup, evaluate_split, make_loader, resolve_device, seed_everything, start_processes
 from tasks.errors import UserError
 from tasks.explain import add_cam_options, eigen_cam, wants_cam
@@ -56,7 +57,7 @@ from tasks.export import (
     quantize_and_report,
     serving_model,
 )
-from tasks.io import atomic_write, write_json
+from tasks.io import atomic_write, write_json, write_text
 from tasks.metrics.coco import Backend
 from tasks.metrics.detection import (
     detection_confusion,
@@ -513,6 +514,12 @@ def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
             heat = eigen_cam(eager, to_tensor(image)[0])
             save_png(overlay_cam(image, heat), run_dir / "cam" / picture)
             entry["cam"] = f"cam/{picture}"
+        if args.save_txt:
+            lines = yolo_lines(
+                boxes.numpy(), labels.numpy() - 1, image.shape[:2], scores.numpy() if args.save_conf else None
+            )
+            entry["labels"] = f"labels/{images.output_name(image_path)}.txt"
+            write_text(run_dir / entry["labels"], lines)
         results.append(entry)
         save_png(
             draw_detections(image, boxes.numpy(), [d["class"] for d in detections], scores.tolist()),
@@ -525,6 +532,7 @@ def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
     write_json(run_dir / "predictions.json", results)
     skipped = f", {images.skipped} unreadable skipped" if images.skipped else ""
     cams = " and EigenCAM heat maps" if eager is not None else ""
+    cams += ", YOLO label files in labels/" if args.save_txt else ""
     print(f"{len(results)} image(s) predicted{skipped}; wrote {run_dir / 'predictions.json'}, drawn PNGs{cams}")
     return 0
 
@@ -594,7 +602,16 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument("--predictions", help="eval: score this COCO-results file, with no model")
     parser.add_argument("--coco-backend", choices=("faster-coco-eval", "pycocotools"))
     add_cam_options(parser, by_class=False)
+    parser.add_argument(
+        "--save-txt",
+        action="store_true",
+        help="predict: also write labels/<image>.txt in YOLO's form (class x_center y_center width height, "
+        "normalised), which --data reads back",
+    )
+    parser.add_argument("--save-conf", action="store_true", help="predict --save-txt: end each line with the score")
     args = parser.parse_args(argv)
+    if args.save_conf and not args.save_txt:
+        parser.error("--save-conf adds the score to the lines of --save-txt; give both")
     cfg = resolve_config(DetectConfig(), args, command_flags(args, FLAGS), embedded="detect/shapes")
     if args.command in ("train", "eval"):
         start_processes(cfg.train)  # joins torchrun's process group, if any

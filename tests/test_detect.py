@@ -337,6 +337,31 @@ def test_predict_writes_boxes_and_pictures(trained, coco_root, tmp_path) -> None
     assert sorted(shown) == [s for s in scores if s >= middle]  # one setting: what is listed is what is drawn
 
 
+def test_predict_save_txt_writes_yolo_label_files_that_data_reads_back(trained, coco_root, tmp_path, capsys) -> None:
+    from tasks.data.yolo import read_label_file
+
+    categories = json.loads((coco_root / "annotations" / "instances_val.json").read_text())["categories"]
+    names = [c["name"] for c in sorted(categories, key=lambda c: c["id"])]  # the class ids 0, 1, 2
+    argv = ["predict", str(coco_root / "val"), "--checkpoint", str(trained / "best.pt"), "--set", "show_score_thresh=0"]
+    out = tmp_path / "pred"
+    assert main([*argv, "--output", str(out), "--save-txt"]) == 0
+    results = json.loads((out / "predictions.json").read_text())
+    assert sum(len(r["detections"]) for r in results) > 0
+    for result in results:
+        lines = read_label_file(out / result["labels"], keypoints=False)  # the reader of --data's YOLO labels
+        assert len(lines) == len(result["detections"])
+        for line, detection in zip(lines, result["detections"]):
+            assert names[line.cls] == detection["class"] and line.polygon is None
+            np.testing.assert_allclose(np.array(line.box) * 64, detection["box"], atol=0.006)  # json: 2 decimals
+    scored = tmp_path / "scored"
+    assert main([*argv, "--output", str(scored), "--save-txt", "--save-conf"]) == 0
+    result = next(r for r in json.loads((scored / "predictions.json").read_text()) if r["detections"])
+    first = (scored / result["labels"]).read_text().splitlines()[0].split()
+    assert len(first) == 6 and float(first[5]) == pytest.approx(result["detections"][0]["score"], rel=1e-5)
+    capsys.readouterr()
+    _one_line_error(capsys, main([*argv, "--save-conf"]), "--save-conf adds the score to the lines of --save-txt")
+
+
 def test_predict_cam_writes_eigen_cam_maps_at_each_images_size(trained, coco_root, tmp_path, capsys) -> None:
     from PIL import Image
 

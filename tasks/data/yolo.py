@@ -211,6 +211,20 @@ def _ids(split: _Split) -> list[str]:
     return stems if len(set(stems)) == len(stems) else [path.as_posix() for path in relative]
 
 
+def yolo_lines(boxes: np.ndarray, classes: np.ndarray, shape: tuple[int, int], scores: np.ndarray | None = None) -> str:
+    """A label file's text for ``boxes`` (x1, y1, x2, y2 in pixels of an image of ``shape``, (H, W)) of the class
+    ids ``classes``: ``class x_center y_center width height`` normalised, six significant digits as Ultralytics
+    writes them, each line ended by its score where ``scores`` are given (a prediction's file, not one to train
+    on)."""
+    height, width = shape
+    lines = []
+    for index, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, np.float64).reshape(-1, 4)):
+        values = [(x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height]
+        line = " ".join([str(int(classes[index])), *(f"{v:.6g}" for v in values)])
+        lines.append(line if scores is None else f"{line} {float(scores[index]):.6g}")
+    return "".join(line + "\n" for line in lines)
+
+
 @dataclass
 class LabelledImage:
     image: Path
@@ -348,4 +362,4 @@ def read_yolo_splits(
 
 
 __all__ = ["LabelLine", "YoloSource", "find_yaml", "is_yolo_root", "is_yolo_spec", "label_path", "open_source"]
-__all__ += ["read_label_file", "read_yolo_splits"]
+__all__ += ["read_label_file", "read_yolo_splits", "yolo_lines"]
