@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -231,6 +232,23 @@ def test_csv_layout(data, tmp_path) -> None:
     out = tmp_path / "csvrun"
     assert main(["--data", str(tmp_path), "--format", "csv", "--epochs", "1", "--output", str(out), *FAST]) == 0
     assert json.loads((out / "metrics.json").read_text())["num_samples"] == 12
+
+
+@pytest.mark.parametrize("stand_in", ["valid", "test"])
+def test_a_valid_or_test_folder_stands_in_for_a_missing_val(data, tmp_path, capsys, stand_in) -> None:
+    """Roboflow's folder export has train/, valid/ and test/; Ultralytics' classification sets often train/ and
+    test/ only."""
+    root = tmp_path / "exported"
+    shutil.copytree(data / "train", root / "train")
+    shutil.copytree(data / "val", root / stand_in)
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--epochs", "1", "--output", str(out), *FAST]) == 0
+    assert f"has no 'val' split: evaluating on its '{stand_in}' split" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["num_samples"] == 12
+    shutil.rmtree(root / stand_in)
+    rc = main(["--data", str(root), "--epochs", "1", "--output", str(tmp_path / "none"), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--data {root} has no 'val' split: expected" in err, err
 
 
 @pytest.mark.parametrize(

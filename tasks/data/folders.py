@@ -88,14 +88,30 @@ def read_label_csv(path: Path, classes: Sequence[str] | None = None) -> tuple[li
     return samples, class_names
 
 
+VAL_STAND_INS = ("valid", "test")  # Roboflow's folder export (train, valid, test), Ultralytics' (train, test)
+
+
 def find_split(root: Path, split: str, *, fmt: str = "auto") -> tuple[Path, str]:
     """Where a split lives: ``root/<split>/`` (folder) or ``root/<split>.csv`` (csv). With ``auto``, a
     ``<split>/`` of loose images beside ``<split>.csv`` (the layout that also holds boxes and masks, as the
-    built-in shapes set's) is the CSV's image folder, not an ImageFolder."""
+    built-in shapes set's) is the CSV's image folder, not an ImageFolder. Where there is no ``val`` split, a
+    ``valid`` or ``test`` one stands in for it, with a note."""
     if not root.exists():
         raise UserError(f"--data {root} does not exist")
     if root.is_file() and root.suffix == ".csv":
         return root, "csv"
+    found = _split_location(root, split, fmt)
+    for stand_in in VAL_STAND_INS if found is None and split == "val" else ():
+        found = _split_location(root, stand_in, fmt)
+        if found is not None:
+            print(f"note: --data {root} has no 'val' split: evaluating on its '{stand_in}' split")
+            break
+    if found is None:
+        raise UserError(f"--data {root} has no '{split}' split: expected {root}/{split}/<class>/ or {root}/{split}.csv")
+    return found
+
+
+def _split_location(root: Path, split: str, fmt: str) -> tuple[Path, str] | None:
     candidates = []
     if fmt in ("auto", "folder"):
         candidates.append((root / split, "folder"))
@@ -108,7 +124,7 @@ def find_split(root: Path, split: str, *, fmt: str = "auto") -> tuple[Path, str]
                 return candidate, kind
         if kind == "csv" and candidate.is_file():
             return candidate, kind
-    raise UserError(f"--data {root} has no '{split}' split: expected {root}/{split}/<class>/ or {root}/{split}.csv")
+    return None
 
 
 def load_split(root: Path, split: str, *, fmt: str, classes: Sequence[str] | None) -> tuple[list[Sample], list[str]]:
