@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -182,3 +183,50 @@ def test_box_clean_up_through_torchvision_ops_matches_the_hand_written_rules() -
     np.testing.assert_array_equal(boxes, expected)  # clipped in place
     assert (fixes.clipped, fixes.dropped) == (clipped, int((~valid).sum())) and 0 < fixes.dropped < 400
     assert boxes.dtype == np.float32
+
+
+def _roboflow(root, *, umbrella: bool = True):
+    """The same images and boxes as Roboflow exports them: <split>/_annotations.coco.json beside the images, the
+    splits train and valid, and (``umbrella``) the dataset's name as category 0, the others' supercategory."""
+    for split, coco_split in (("train", "train2017"), ("valid", "val2017")):
+        write_coco(root / "coco" / coco_split, split=coco_split)
+        source = root / "coco" / coco_split
+        data = json.loads((source / "annotations" / f"instances_{coco_split}.json").read_text())
+        if umbrella:
+            for category in data["categories"]:
+                category["supercategory"] = "vehicles"
+            data["categories"].insert(0, {"id": 0, "name": "vehicles", "supercategory": "none"})
+        shutil.copytree(source / coco_split, root / "export" / split)
+        (root / "export" / split / "_annotations.coco.json").write_text(json.dumps(data))
+    return root / "export"
+
+
+def test_roboflow_exports_read_as_coco_without_their_umbrella_category(tmp_path, capsys) -> None:
+    from tasks.data.detection_splits import detect_format, load_detection_splits
+
+    root = _roboflow(tmp_path)
+    assert detect_format(root, "auto") == "coco"
+    train, val = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
+    assert (
+        "category 0 ('vehicles') labels nothing and is the supercategory of all the others" in capsys.readouterr().out
+    )
+    assert train.class_names == val.class_names == ["car", "zebra"] and val.category_ids == [3, 90]
+    assert val.source.endswith("valid/_annotations.coco.json")  # valid stands in for val
+    expected = read_coco(*find_coco_split(tmp_path / "coco" / "val2017", "val2017"))
+    for ours, theirs in zip(val.samples, expected.samples):
+        assert ours.path.relative_to(root / "valid") == theirs.path.relative_to(
+            tmp_path / "coco" / "val2017" / "val2017"
+        )
+        np.testing.assert_array_equal(ours.boxes, theirs.boxes)
+        np.testing.assert_array_equal(ours.labels, theirs.labels)
+
+
+def test_an_unused_category_that_is_not_an_umbrella_stays(tmp_path) -> None:
+    root = write_coco(tmp_path)
+    path = root / "annotations" / "instances_val2017.json"
+    data = json.loads(path.read_text())
+    data["categories"].append({"id": 50, "name": "bus", "supercategory": "other"})  # labels nothing, a class still
+    path.write_text(json.dumps(data))
+    assert read_coco(*find_coco_split(root, "val2017")).class_names == ["car", "bus", "zebra"]
+    with pytest.raises(UserError, match=r"expected .*instances_test.json or .*test/_annotations.coco.json"):
+        find_coco_split(root, "test")

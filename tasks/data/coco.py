@@ -1,4 +1,5 @@
-"""COCO-format detection data: ``annotations/instances_<split>.json`` and the images."""
+"""COCO-format detection data: ``annotations/instances_<split>.json`` (or Roboflow's
+``<split>/_annotations.coco.json``) and the images."""
 
 from __future__ import annotations
 
@@ -13,12 +14,34 @@ from tasks.data.images import READ_ERRORS, image_size
 from tasks.errors import UserError
 from tasks.io import read_text
 
+ROBOFLOW_FILE = "_annotations.coco.json"  # Roboflow's COCO export: <split>/ holds it beside the split's images
+
+
+def coco_split_file(root: Path, split: str) -> Path | None:
+    """The annotation file of ``split``: ``annotations/instances_<split>.json`` (COCO 2017's layout) or
+    ``<split>/_annotations.coco.json`` (Roboflow's export), if either exists."""
+    for path in (root / "annotations" / f"instances_{split}.json", root / split / ROBOFLOW_FILE):
+        if path.is_file():
+            return path
+    return None
+
+
+def is_coco_root(root: Path) -> bool:
+    return (root / "annotations").is_dir() or any(
+        (root / split / ROBOFLOW_FILE).is_file() for split in ("train", "valid", "val", "test")
+    )
+
 
 def find_coco_split(root: Path, split: str) -> tuple[Path, Path]:
-    """The annotation file and image folder of ``split`` in a COCO 2017-style root."""
-    annotations = root / "annotations" / f"instances_{split}.json"
-    if not annotations.is_file():
-        raise UserError(f"--data {root} has no COCO split '{split}': expected {annotations}")
+    """The annotation file and image folder of ``split`` in a COCO 2017-style root or a Roboflow export."""
+    annotations = coco_split_file(root, split)
+    if annotations is None:
+        raise UserError(
+            f"--data {root} has no COCO split '{split}': expected {root / 'annotations' / f'instances_{split}.json'} "
+            f"or {root / split / ROBOFLOW_FILE}"
+        )
+    if annotations.name == ROBOFLOW_FILE:
+        return annotations, annotations.parent
     for images in (root / split, root / "images" / split, root / "images"):
         if images.is_dir():
             return annotations, images
@@ -47,7 +70,7 @@ def read_coco(annotation_file: Path, image_dir: Path) -> DetectionData:
     for index, category in enumerate(data["categories"]):
         if not isinstance(category, dict) or not _is_int(category.get("id")):
             raise bad("categories", index, "needs an integer 'id'")
-    categories = sorted(data["categories"], key=lambda c: int(c["id"]))
+    categories = _without_umbrella(sorted(data["categories"], key=lambda c: int(c["id"])), data, annotation_file)
     category_ids = [int(c["id"]) for c in categories]
     label_of = {cid: index + 1 for index, cid in enumerate(category_ids)}
     by_image: dict[Any, list[dict[str, Any]]] = {}
@@ -100,6 +123,22 @@ def read_coco(annotation_file: Path, image_dir: Path) -> DetectionData:
         )
     names = [str(c.get("name", c["id"])) for c in categories]
     return DetectionData(samples, names, category_ids, source=str(annotation_file), fixes=fixes)
+
+
+def _without_umbrella(categories: list[dict[str, Any]], data: dict[str, Any], source: Path) -> list[dict[str, Any]]:
+    """The categories less Roboflow's umbrella: its COCO exports list the dataset's name as a category of its own
+    (id 0), the supercategory of every other one, that no annotation uses. Kept, it would be a class with no
+    examples; it is left out, with a note."""
+    used = {a.get("category_id") for a in data.get("annotations", []) if isinstance(a, dict)}
+    for category in categories if len(categories) > 1 else ():
+        others = [c for c in categories if c is not category]
+        if category["id"] not in used and all(c.get("supercategory") == category.get("name") for c in others):
+            print(
+                f"note: {source}: category {category['id']} ({category.get('name')!r}) labels nothing and is the "
+                "supercategory of all the others (Roboflow's dataset name): left out of the classes"
+            )
+            return others
+    return categories
 
 
 def is_number(value: Any) -> bool:

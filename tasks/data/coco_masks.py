@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tasks.data.coco import find_coco_split, read_json
+from tasks.data.coco import coco_split_file, find_coco_split, read_json
 from tasks.data.embedded import cache_root
 from tasks.errors import UserError
 
@@ -30,7 +30,7 @@ IGNORE_INDEX = 255
 
 
 def has_coco_polygons(root: Path, split: str) -> bool:
-    return (root / "annotations" / f"instances_{split}.json").is_file()
+    return coco_split_file(root, split) is not None
 
 
 def coco_semantic_masks(root: Path, split: str) -> tuple[Path, Path, list[str]]:

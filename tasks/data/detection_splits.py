@@ -6,13 +6,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tasks.config import load_yaml
-from tasks.data.coco import find_coco_split, read_coco
+from tasks.data.coco import coco_split_file, find_coco_split, is_coco_root, read_coco
 from tasks.data.detection import DetectionData
 from tasks.data.voc import choose_classes, is_voc_root, read_voc, split_ids
 from tasks.data.yolo import is_yolo_root, is_yolo_spec, read_yolo_splits
 from tasks.errors import UserError
 
-DEFAULT_SPLITS = {"voc": (("trainval", "train"), ("test", "val")), "coco": (("train2017", "train"), ("val2017", "val"))}
+DEFAULT_SPLITS = {
+    "voc": (("trainval", "train"), ("test", "val")),
+    "coco": (("train2017", "train"), ("val2017", "val", "valid")),  # valid: Roboflow's exports
+}
 
 
 FORMATS = ("coco", "voc", "yolo")
@@ -28,12 +31,13 @@ def detect_format(root: Path, given: str) -> str:
         return "yolo" if is_yolo_spec(load_yaml(root)) else "yaml"
     if is_voc_root(root):
         return "voc"
-    if (root / "annotations").is_dir():
+    if is_coco_root(root):
         return "coco"
     if is_yolo_root(root):
         return "yolo"
     raise UserError(
-        f"--data {root}: neither a COCO root (annotations/instances_<split>.json), a VOC root "
+        f"--data {root}: neither a COCO root (annotations/instances_<split>.json, or Roboflow's "
+        f"<split>/_annotations.coco.json), a VOC root "
         f"(Annotations/, ImageSets/Main/) nor YOLO data (a data.yaml, or images/<split>/ and labels/<split>/)"
     )
 
@@ -45,7 +49,7 @@ def _default_split(root: Path, fmt: str, which: int, given: str | None) -> str:
         exists = (
             (root / "ImageSets" / "Main" / f"{candidate}.txt").is_file()
             if fmt == "voc"
-            else (root / "annotations" / f"instances_{candidate}.json").is_file()
+            else coco_split_file(root, candidate) is not None
         )
         if exists:
             return candidate
