@@ -212,6 +212,11 @@ def test_roboflow_exports_read_as_coco_without_their_umbrella_category(tmp_path,
     )
     assert train.class_names == val.class_names == ["car", "zebra"] and val.category_ids == [3, 90]
     assert val.source.endswith("valid/_annotations.coco.json")  # valid stands in for val
+    _, named = load_detection_splits(
+        root, fmt="auto", train_split=None, val_split="val", classes=None, need_train=False
+    )
+    assert named.source == val.source  # as the multi-task runner asks for it: val, by name
+    assert "has no 'val' split: evaluating on its 'valid' split" in capsys.readouterr().out
     expected = read_coco(*find_coco_split(tmp_path / "coco" / "val2017", "val2017"))
     for ours, theirs in zip(val.samples, expected.samples):
         assert ours.path.relative_to(root / "valid") == theirs.path.relative_to(

@@ -345,3 +345,54 @@ def test_coco_polygons_become_semantic_masks(tmp_path, monkeypatch) -> None:
     np.testing.assert_array_equal(mask, expected)
     again = load_segmentation(root, "val", classes=None)  # read back from the cache
     assert again.samples[0].mask == data.samples[0].mask
+
+
+def test_a_valid_split_stands_in_for_a_missing_val(shapes_root, tmp_path, capsys) -> None:
+    """Roboflow's exports name the evaluation split valid: without a val split it is evaluated on, with a note."""
+    root = _copy(shapes_root, tmp_path / "data")
+    (root / "val").rename(root / "valid")
+    (root / "masks" / "val").rename(root / "masks" / "valid")
+    (root / "annotations" / "instances_val.json").rename(root / "annotations" / "instances_valid.json")
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    assert "has no 'val' split: evaluating on its 'valid' split" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["num_pixels"] == 4 * 64 * 64
+    assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(p.name for p in (root / "valid").iterdir())
+
+
+def test_a_roboflow_coco_export_gives_the_masks_of_its_coco_file_without_the_umbrella(tmp_path, monkeypatch, capsys):
+    """Roboflow's COCO export (<split>/_annotations.coco.json, valid for val, the dataset's name as category 0 and
+    every other category's supercategory) draws the same masks as the same polygons in COCO 2017's layout, with
+    the same classes: the umbrella category is no class."""
+    from tasks.data.segmentation import load_segmentation
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    polygons = {"car": [[10, 10, 30, 10, 30, 30, 10, 30]], "road": [[0, 0, 40, 0, 40, 20, 0, 20]]}
+    document = {
+        "images": [{"id": 7, "file_name": "a.png", "width": 60, "height": 40}],
+        "annotations": [
+            {"id": i, "image_id": 7, "category_id": cid, "segmentation": polygons[name], "area": area, "iscrowd": 0}
+            for i, (cid, name, area) in enumerate(((5, "car", 400), (9, "road", 800)), 1)
+        ],
+        "categories": [{"id": 9, "name": "road"}, {"id": 5, "name": "car"}],
+    }
+    plain = tmp_path / "coco"
+    (plain / "annotations").mkdir(parents=True)
+    (plain / "val").mkdir()
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(plain / "val" / "a.png")
+    (plain / "annotations" / "instances_val.json").write_text(json.dumps(document))
+    export = tmp_path / "export"
+    shutil.copytree(plain / "val", export / "valid")
+    for category in document["categories"]:
+        category["supercategory"] = "streets"
+    document["categories"].insert(0, {"id": 0, "name": "streets", "supercategory": "none"})
+    (export / "valid" / "_annotations.coco.json").write_text(json.dumps(document))
+
+    expected = load_segmentation(plain, "val", classes=None)
+    data = load_segmentation(export, "val", classes=None)
+    out = capsys.readouterr().out
+    assert "has no 'val' split: evaluating on its 'valid' split" in out and "category 0 ('streets')" in out
+    assert data.class_names == expected.class_names == ["background", "car", "road"]
+    drawn, reference = (np.asarray(Image.open(d.samples[0].mask)) for d in (data, expected))
+    assert set(np.unique(drawn)) == {0, 1, 2}
+    np.testing.assert_array_equal(drawn, reference)

@@ -70,7 +70,7 @@ def read_coco(annotation_file: Path, image_dir: Path) -> DetectionData:
     for index, category in enumerate(data["categories"]):
         if not isinstance(category, dict) or not _is_int(category.get("id")):
             raise bad("categories", index, "needs an integer 'id'")
-    categories = _without_umbrella(sorted(data["categories"], key=lambda c: int(c["id"])), data, annotation_file)
+    categories = without_umbrella(sorted(data["categories"], key=lambda c: int(c["id"])), data, annotation_file)
     category_ids = [int(c["id"]) for c in categories]
     label_of = {cid: index + 1 for index, cid in enumerate(category_ids)}
     by_image: dict[Any, list[dict[str, Any]]] = {}
@@ -125,7 +125,7 @@ def read_coco(annotation_file: Path, image_dir: Path) -> DetectionData:
     return DetectionData(samples, names, category_ids, source=str(annotation_file), fixes=fixes)
 
 
-def _without_umbrella(categories: list[dict[str, Any]], data: dict[str, Any], source: Path) -> list[dict[str, Any]]:
+def without_umbrella(categories: list[dict[str, Any]], data: dict[str, Any], source: Path) -> list[dict[str, Any]]:
     """The categories less Roboflow's umbrella: its COCO exports list the dataset's name as a category of its own
     (id 0), the supercategory of every other one, that no annotation uses. Kept, it would be a class with no
     examples; it is left out, with a note."""

@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tasks.data.coco import coco_split_file, find_coco_split, read_json
+from tasks.data.coco import coco_split_file, find_coco_split, read_json, without_umbrella
 from tasks.data.embedded import cache_root
 from tasks.errors import UserError
 
 IGNORE_INDEX = 255
+MASKS_VERSION = 2  # in the cache key: 2 left Roboflow's umbrella category out of the classes
 
 
 def has_coco_polygons(root: Path, split: str) -> bool:
@@ -41,11 +42,12 @@ def coco_semantic_masks(root: Path, split: str) -> tuple[Path, Path, list[str]]:
     data = read_json(annotation_file, kind="annotation file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise UserError(f"annotation file {annotation_file} has no 'images' list")
-    categories = sorted(data.get("categories", []), key=lambda c: c["id"])
+    categories = without_umbrella(sorted(data.get("categories", []), key=lambda c: c["id"]), data, annotation_file)
     label_of = {int(c["id"]): i + 1 for i, c in enumerate(categories)}
     names = ["background", *(str(c.get("name", c["id"])) for c in categories)]
     stat = annotation_file.stat()
-    key = hashlib.sha1(f"{annotation_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    identity = f"{MASKS_VERSION}|{annotation_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = hashlib.sha1(identity.encode()).hexdigest()[:16]
     cached = cache_root() / "coco-masks" / key / split
     if cached.is_dir():
         return image_dir, cached, names

@@ -8,6 +8,7 @@ from pathlib import Path
 from tasks.config import load_yaml
 from tasks.data.coco import coco_split_file, find_coco_split, is_coco_root, read_coco
 from tasks.data.detection import DetectionData
+from tasks.data.folders import val_or_stand_in
 from tasks.data.voc import choose_classes, is_voc_root, read_voc, split_ids
 from tasks.data.yolo import is_yolo_root, is_yolo_spec, read_yolo_splits
 from tasks.errors import UserError
@@ -43,17 +44,14 @@ def detect_format(root: Path, given: str) -> str:
 
 
 def _default_split(root: Path, fmt: str, which: int, given: str | None) -> str:
+    def exists(candidate: str) -> bool:
+        if fmt == "voc":
+            return (root / "ImageSets" / "Main" / f"{candidate}.txt").is_file()
+        return coco_split_file(root, candidate) is not None
+
     if given:
-        return given
-    for candidate in DEFAULT_SPLITS[fmt][which]:
-        exists = (
-            (root / "ImageSets" / "Main" / f"{candidate}.txt").is_file()
-            if fmt == "voc"
-            else coco_split_file(root, candidate) is not None
-        )
-        if exists:
-            return candidate
-    return DEFAULT_SPLITS[fmt][which][0]
+        return val_or_stand_in(root, given, exists)
+    return next((c for c in DEFAULT_SPLITS[fmt][which] if exists(c)), DEFAULT_SPLITS[fmt][which][0])
 
 
 def load_detection_splits(

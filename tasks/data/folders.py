@@ -91,6 +91,19 @@ def read_label_csv(path: Path, classes: Sequence[str] | None = None) -> tuple[li
 VAL_STAND_INS = ("valid", "test")  # Roboflow's folder export (train, valid, test), Ultralytics' (train, test)
 
 
+def val_or_stand_in(root: Path, split: str, present: Callable[[str], bool]) -> str:
+    """``split``; or, where that is ``val`` and ``present`` finds no such split in ``root``, the first of its
+    stand-ins that ``present`` finds (``valid``, then ``test``), with a note. Otherwise ``split`` unchanged, for
+    the reader to report as missing."""
+    if split != "val" or present(split):
+        return split
+    for stand_in in VAL_STAND_INS:
+        if present(stand_in):
+            print(f"note: --data {root} has no 'val' split: evaluating on its '{stand_in}' split")
+            return stand_in
+    return split
+
+
 def find_split(root: Path, split: str, *, fmt: str = "auto") -> tuple[Path, str]:
     """Where a split lives: ``root/<split>/`` (folder) or ``root/<split>.csv`` (csv). With ``auto``, a
     ``<split>/`` of loose images beside ``<split>.csv`` (the layout that also holds boxes and masks, as the
@@ -100,12 +113,8 @@ def find_split(root: Path, split: str, *, fmt: str = "auto") -> tuple[Path, str]
         raise UserError(f"--data {root} does not exist")
     if root.is_file() and root.suffix == ".csv":
         return root, "csv"
+    split = val_or_stand_in(root, split, lambda name: _split_location(root, name, fmt) is not None)
     found = _split_location(root, split, fmt)
-    for stand_in in VAL_STAND_INS if found is None and split == "val" else ():
-        found = _split_location(root, stand_in, fmt)
-        if found is not None:
-            print(f"note: --data {root} has no 'val' split: evaluating on its '{stand_in}' split")
-            break
     if found is None:
         raise UserError(f"--data {root} has no '{split}' split: expected {root}/{split}/<class>/ or {root}/{split}.csv")
     return found

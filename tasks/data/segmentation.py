@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from tasks.data.coco_masks import coco_semantic_masks, has_coco_polygons
+from tasks.data.folders import val_or_stand_in
 from tasks.data.images import READ_ERRORS, DecodedCache, is_image_file, warn_unreadable
 from tasks.data.images import image_size as shown_size
 from tasks.data.transforms import normalize_batch
@@ -165,11 +166,14 @@ def load_segmentation(root: Path, split: str, *, classes: Sequence[str] | None, 
     masks checked, with its class names.
 
     Class names are the given list; else VOC's 21 for the VOC layout; else the lines of
-    ``classes.txt`` in the root; else ``"0"``..``"K-1"`` with K read from the masks.
+    ``classes.txt`` in the root; else ``"0"``..``"K-1"`` with K read from the masks. Where ``split`` is ``val``
+    and the root has none, its ``valid`` or ``test`` split stands in, with a note.
     """
     voc = is_voc_segmentation(root)
     if fmt == "voc" and not voc:
         raise UserError(f"--format voc: {root} has no SegmentationClass/ and ImageSets/Segmentation/")
+    if root.is_dir() and fmt != "yolo":  # YOLO data names its splits (a YAML), or reads valid/ for val itself
+        split = val_or_stand_in(root, split, lambda name: _has_split(root, name, fmt, voc=voc))
     masks = mask_folder_layout(root, split) is not None
     coco = fmt == "coco" or (fmt == "auto" and not masks and has_coco_polygons(root, split))
     yolo = fmt == "yolo" or (fmt == "auto" and not (voc or masks or coco) and (root.is_file() or is_yolo_root(root)))
@@ -200,6 +204,14 @@ def load_segmentation(root: Path, split: str, *, classes: Sequence[str] | None, 
         )
     check_masks(samples)
     return SegmentationData(samples, names, source if yolo else f"{root} ({split})")
+
+
+def _has_split(root: Path, split: str, fmt: str, *, voc: bool) -> bool:
+    """Whether ``split`` is in ``root`` in a layout that ``fmt`` reads (YOLO data names its own splits)."""
+    if voc and fmt in ("auto", "voc"):
+        return (root / "ImageSets" / "Segmentation" / f"{split}.txt").is_file()
+    masks = mask_folder_layout(root, split) is not None
+    return masks if fmt == "masks" else masks or has_coco_polygons(root, split)
 
 
 def _find_image(folder: Path, image_id: str) -> Path | None:
