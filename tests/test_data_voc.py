@@ -103,3 +103,52 @@ def test_voc_ids_with_spaces_and_non_ascii_class_names(tmp_path) -> None:
     data = read_voc(root, "trainval", classes)
     assert [s.path.name for s in data.samples] == ["holiday photo.jpg", "000002.jpg"]
     assert [s.labels.tolist() for s in data.samples] == [[1], [1]]
+
+
+def test_xml_beside_the_images_reads_as_the_same_data_in_vocs_layout(tmp_path, capsys) -> None:
+    """Roboflow's Pascal VOC export (train/, valid/, test/, each image with its XML beside it) and LabelImg's
+    folders: the same boxes, labels, difficult flags and classes as the same files in VOC's own layout; an XML
+    whose <filename> is the image's old name finds the image of its own stem; valid is the default val split."""
+    import shutil
+
+    from tasks.data.detection_splits import detect_format, load_detection_splits
+
+    objects = {
+        "a": [("dog", (1, 1, 10, 20), 0), ("cat", (5, 5, 60, 30), 1)],
+        "b": [("cat", (3, 4, 30, 35), 0)],
+        "c": [],
+        "d": [("dog", (10, 10, 40, 30), 0)],
+    }
+    voc = write_voc(tmp_path / "voc", objects, {"train": ["a", "b"], "val": ["c", "d"]})
+    export = tmp_path / "export"
+    for split, ids in (("train", ["a", "b"]), ("valid", ["c", "d"]), ("test", ["d"])):
+        (export / split / "sub").mkdir(parents=True)
+        for i in ids:
+            folder = export / split / ("sub" if i == "b" else "")
+            shutil.copy(voc / "JPEGImages" / f"{i}.jpg", folder)
+            shutil.copy(voc / "Annotations" / f"{i}.xml", folder)
+    labelled = export / "train" / "a.xml"
+    labelled.write_text(labelled.read_text().replace("<filename>a.jpg", "<filename>IMG_0001.JPG"))
+    assert detect_format(export, "auto") == "voc" and detect_format(voc, "auto") == "voc"
+
+    expected = load_detection_splits(voc, fmt="auto", train_split="train", val_split="val", classes=None)
+    got = load_detection_splits(export, fmt="auto", train_split=None, val_split=None, classes=None)
+    assert capsys.readouterr().out.count("classes (the 20 Pascal VOC classes)") == 2
+    for theirs, ours in zip(expected, got, strict=True):
+        assert ours.class_names == theirs.class_names == list(VOC_CLASSES)
+        assert len(ours.samples) == len(theirs.samples) == 2
+        for mine, reference in zip(ours.samples, theirs.samples, strict=True):
+            assert mine.path.stem == reference.path.stem and mine.path.is_file()
+            np.testing.assert_array_equal(mine.boxes, reference.boxes)
+            np.testing.assert_array_equal(mine.labels, reference.labels)
+            np.testing.assert_array_equal(mine.difficult, reference.difficult)
+    assert [s.image_id for s in got[0].samples] == ["a", "sub/b"] and got[1].source.endswith("(valid)")
+
+    shutil.rmtree(export / "valid")  # then test stands in for val
+    _, tested = load_detection_splits(export, fmt="voc", train_split=None, val_split=None, classes=None)
+    assert [s.image_id for s in tested.samples] == ["d"]
+    (export / "test" / "d.jpg").unlink()
+    with pytest.raises(UserError, match=r"d.jpg named by .*test/d.xml does not exist"):
+        load_detection_splits(export, fmt="voc", train_split=None, val_split=None, classes=["dog", "cat"])
+    with pytest.raises(UserError, match=r"no VOC split 'extra': expected .*extra/ with XML files"):
+        load_detection_splits(export, fmt="voc", train_split=None, val_split="extra", classes=["dog", "cat"])

@@ -536,6 +536,42 @@ def test_eval_predictions_file_on_voc_data(coco_root, tmp_path) -> None:
     assert metrics["voc"]["mAP"] == pytest.approx(1.0) and metrics["coco"]["AP"] < 0.99
 
 
+def test_xml_beside_the_images_trains_and_a_perfect_results_file_scores_1(coco_root, tmp_path, capsys) -> None:
+    """Roboflow's Pascal VOC export (train/ and valid/, each image beside its XML file) trains end to end, and a
+    results file of its own boxes scores AP 1.0: the boxes and ids read as in VOC's layout."""
+    import xml.etree.ElementTree as ET
+
+    voc = coco_to_voc(coco_root, tmp_path / "voc")
+    export = tmp_path / "export"
+    for voc_split, split in (("trainval", "train"), ("test", "valid")):
+        (export / split).mkdir(parents=True)
+        for image_id in (voc / "ImageSets" / "Main" / f"{voc_split}.txt").read_text().split():
+            shutil.copy(voc / "JPEGImages" / f"{image_id}.jpg", export / split)
+            shutil.copy(voc / "Annotations" / f"{image_id}.xml", export / split)
+    out = tmp_path / "run"
+    assert main(["--data", str(export), "--output", str(out), *FAST]) == 0
+    assert "names found in the annotations" in capsys.readouterr().out
+    assert set(json.loads((out / "metrics.json").read_text())["voc"]["per_class_AP"]) == {
+        "circle",
+        "square",
+        "triangle",
+    }
+    classes = ["circle", "square", "triangle"]
+    results = []
+    for xml in sorted((export / "valid").glob("*.xml")):
+        for obj in ET.parse(xml).findall("object"):
+            b = {k: float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")}
+            box = [b["xmin"] - 1, b["ymin"] - 1, b["xmax"] - b["xmin"] + 1, b["ymax"] - b["ymin"] + 1]
+            results.append({"image_id": xml.stem, "category_id": classes.index(obj.findtext("name")) + 1,
+                            "bbox": box, "score": 0.9})  # fmt: skip
+    (tmp_path / "perfect.json").write_text(json.dumps(results))
+    scored = tmp_path / "scored"
+    argv = ["eval", "--predictions", str(tmp_path / "perfect.json"), "--data", str(export), "--output", str(scored)]
+    assert main(argv) == 0
+    metrics = json.loads((scored / "metrics.json").read_text())
+    assert metrics["voc"]["mAP"] == pytest.approx(1.0) and metrics["coco"]["AP"] == pytest.approx(1.0)
+
+
 def test_eval_scores_the_images_it_read_as_if_an_unreadable_one_were_not_in_the_split(
     trained, coco_root, tmp_path, capsys
 ) -> None:

@@ -9,7 +9,15 @@ from tasks.config import load_yaml
 from tasks.data.coco import coco_split_file, find_coco_split, is_coco_root, read_coco
 from tasks.data.detection import DetectionData
 from tasks.data.folders import val_or_stand_in
-from tasks.data.voc import choose_classes, is_voc_root, read_voc, split_ids
+from tasks.data.voc import (
+    PAIRED_SPLITS,
+    choose_classes,
+    has_split,
+    is_paired_voc_root,
+    is_voc_root,
+    read_voc,
+    split_ids,
+)
 from tasks.data.yolo import is_yolo_root, is_yolo_spec, read_yolo_splits
 from tasks.errors import UserError
 
@@ -36,22 +44,23 @@ def detect_format(root: Path, given: str) -> str:
         return "coco"
     if is_yolo_root(root):
         return "yolo"
+    if is_paired_voc_root(root):
+        return "voc"
     raise UserError(
         f"--data {root}: neither a COCO root (annotations/instances_<split>.json, or Roboflow's "
-        f"<split>/_annotations.coco.json), a VOC root "
-        f"(Annotations/, ImageSets/Main/) nor YOLO data (a data.yaml, or images/<split>/ and labels/<split>/)"
+        f"<split>/_annotations.coco.json), a VOC root (Annotations/ and ImageSets/Main/, or <split>/ with XML "
+        f"files beside its images) nor YOLO data (a data.yaml, or images/<split>/ and labels/<split>/)"
     )
 
 
 def _default_split(root: Path, fmt: str, which: int, given: str | None) -> str:
     def exists(candidate: str) -> bool:
-        if fmt == "voc":
-            return (root / "ImageSets" / "Main" / f"{candidate}.txt").is_file()
-        return coco_split_file(root, candidate) is not None
+        return has_split(root, candidate) if fmt == "voc" else coco_split_file(root, candidate) is not None
 
     if given:
         return val_or_stand_in(root, given, exists)
-    return next((c for c in DEFAULT_SPLITS[fmt][which] if exists(c)), DEFAULT_SPLITS[fmt][which][0])
+    defaults = PAIRED_SPLITS[which] if fmt == "voc" and not is_voc_root(root) else DEFAULT_SPLITS[fmt][which]
+    return next((c for c in defaults if exists(c)), defaults[0])
 
 
 def load_detection_splits(

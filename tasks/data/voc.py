@@ -1,4 +1,6 @@
-"""Pascal VOC detection data: ``Annotations/*.xml``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``.
+"""Pascal VOC detection data: ``Annotations/*.xml``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``; or each
+split a folder of images with their XML files beside them (``train/a.jpg`` and ``train/a.xml``: Roboflow's Pascal
+VOC export, and LabelImg's folders once split).
 
 VOC boxes are 1-based inclusive pixels; they become continuous corners here
 (``x1 = xmin - 1``, ``x2 = xmax``) and go back the same way for VOC's evaluator.
@@ -6,6 +8,7 @@ VOC boxes are 1-based inclusive pixels; they become continuous corners here
 
 from __future__ import annotations
 
+import glob
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -15,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.data.detection import DetectionData, DetectionSample, FixCounts, clean_boxes
-from tasks.data.images import READ_ERRORS, image_size
+from tasks.data.images import READ_ERRORS, image_size, is_image_file
 from tasks.errors import UserError
 from tasks.io import read_text
 
@@ -32,8 +35,49 @@ class _VocObject:
     difficult: bool
 
 
+PAIRED_SPLITS = (("train",), ("val", "valid", "test"))  # the paired layout's default splits, in order
+
+
 def is_voc_root(root: Path) -> bool:
     return (root / "Annotations").is_dir() and (root / "ImageSets" / "Main").is_dir()
+
+
+def paired_split(root: Path, split: str) -> Path | None:
+    """``root/<split>/`` where it holds VOC XML files beside its images (the paired layout), else None."""
+    folder = root / split
+    return folder if folder.is_dir() and next(folder.rglob("*.xml"), None) is not None else None
+
+
+def is_paired_voc_root(root: Path) -> bool:
+    return not is_voc_root(root) and any(paired_split(root, s) for names in PAIRED_SPLITS for s in names)
+
+
+def has_split(root: Path, split: str) -> bool:
+    if is_voc_root(root):
+        return (root / "ImageSets" / "Main" / f"{split}.txt").is_file()
+    return paired_split(root, split) is not None
+
+
+def _entries(root: Path, split: str) -> list[tuple[str, Path, Path]]:
+    """(image id, XML file, the folder its image is in) of each image of ``split``. In the paired layout the id is
+    the XML's path under the split folder, without its suffix."""
+    if is_voc_root(root):
+        return [(i, root / "Annotations" / f"{i}.xml", root / "JPEGImages") for i in split_ids(root, split)]
+    folder = paired_split(root, split)
+    if folder is None:
+        raise UserError(f"--data {root} has no VOC split '{split}': expected {root / split}/ with XML files")
+    xmls = sorted(folder.rglob("*.xml"))
+    return [(x.relative_to(folder).with_suffix("").as_posix(), x, x.parent) for x in xmls]
+
+
+def _image_of(xml_path: Path, filename: str | None, image_id: str, folder: Path, *, paired: bool) -> Path:
+    """The image an XML file describes: its ``<filename>`` in the image folder; in the paired layout, where no
+    such file is there (LabelImg keeps the name the image had when labelled), the image of the XML's stem."""
+    named = folder / (filename or f"{Path(image_id).name}.jpg")
+    if named.is_file() or not paired:
+        return named
+    beside = sorted(p for p in folder.glob(f"{glob.escape(xml_path.stem)}.*") if is_image_file(p))
+    return beside[0] if beside else named
 
 
 def read_split_file(path: Path) -> list[str]:
@@ -63,12 +107,7 @@ def choose_classes(root: Path, splits: Sequence[str], given: Sequence[str] | Non
     """The class list and where it came from: the user's list, VOC's 20, or the names found."""
     if given:
         return list(given), "the configured class list"
-    found = {
-        obj.name
-        for split in splits
-        for image_id in split_ids(root, split)
-        for obj in _parse(root / "Annotations" / f"{image_id}.xml")[1]
-    }
+    found = {obj.name for split in splits for _, xml_path, _ in _entries(root, split) for obj in _parse(xml_path)[1]}
     if found <= set(VOC_CLASSES):
         return list(VOC_CLASSES), "the 20 Pascal VOC classes"
     return sorted(found), "the names found in the annotations"
@@ -80,10 +119,10 @@ def read_voc(root: Path, split: str, class_names: Sequence[str], *, strict_class
     label_of = {name: index + 1 for index, name in enumerate(class_names)}
     fixes = FixCounts()
     samples = []
-    for image_id in split_ids(root, split):
-        xml_path = root / "Annotations" / f"{image_id}.xml"
+    paired = not is_voc_root(root)
+    for image_id, xml_path, folder in _entries(root, split):
         (filename, size), objects = _parse(xml_path)
-        image_path = root / "JPEGImages" / (filename or f"{image_id}.jpg")
+        image_path = _image_of(xml_path, filename, image_id, folder, paired=paired)
         if not image_path.is_file():
             raise UserError(f"image {image_path} named by {xml_path} does not exist")
         width, height = size or _image_size(image_path)
