@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -49,6 +50,10 @@ def setup_from_env(device: torch.device) -> None:
             rank=rank,
             world_size=world_size,
         )
+        if rank != 0:
+            # rank 0 speaks for all: the data readers' notes once, and the counts it gathers from every rank;
+            # errors and warnings still reach stderr from each
+            sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (open for the process's life)
 
 
 def shutdown(*, wait: bool = False) -> None:

@@ -45,6 +45,7 @@ def test_classify_under_torchrun_and_evaluation_independent_of_process_count(tmp
     for name in ("red/broken.png", "green/broken.png", "blue/empty.png"):
         (data / "train" / name).write_bytes(b"" if "empty" in name else b"\x89PNG\r\n\x1a\n not really")
     (data / "val" / "green" / "broken.png").write_bytes(b"")  # 16 val files, 15 readable: shards of 8 and 8
+    (data / "val").rename(data / "valid")  # Roboflow's name: a data reader's note, said by rank 0 alone
     common = ["--data", str(data), "--backbone", "resnet18", "--workers", "0", "--device", "cpu", "--image-size", "32"]
     train = tmp_path / "train"
     result = torchrun(
@@ -54,6 +55,7 @@ def test_classify_under_torchrun_and_evaluation_independent_of_process_count(tmp
     # the counts are every process's, said once by the first
     assert result.stdout.count("skipped 3 unreadable image(s) in epoch 1") == 1
     assert result.stdout.count("skipped 1 unreadable validation image(s); the metrics are over the 15 read") == 1
+    assert result.stdout.count("has no 'val' split: evaluating on its 'valid' split") == 1
     assert not list(tmp_path.glob("runs"))  # every rank used the given folder
     one, two = tmp_path / "eval1", tmp_path / "eval2"
     torchrun(
