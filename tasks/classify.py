@@ -42,6 +42,7 @@ from tasks.cli import (
 from tasks.config import Auto, TrainConfig, to_dict
 from tasks.data.embedded import digits_imagefolder
 from tasks.data.folders import ClassificationDataset, Sample, collate_classification, load_split
+from tasks.data.holdout import DEFAULT_FRACTION, fraction_for_eval
 from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.transforms import classification_eval, classification_train
 from tasks.engine import (
@@ -92,6 +93,7 @@ class DataConfig:
     format: Literal["auto", "folder", "csv"] = "auto"
     train_split: str = "train"
     val_split: str = "val"
+    val_fraction: float = DEFAULT_FRACTION  # held out for validation where the data has no val split
     classes: list[str] | None = None
     image_size: int | Auto = "auto"
     crop_pct: float | Auto = "auto"
@@ -306,8 +308,11 @@ def setup(cfg: ClassifyConfig, *, resumed: frozenset[str] = frozenset()) -> Setu
     check_backbone_name(cfg.model.backbone)
     seed_everything(cfg.train.seed)
     root = _data_root(cfg)
-    train_samples, class_names = load_split(root, cfg.data.train_split, fmt=cfg.data.format, classes=cfg.data.classes)
-    val_samples, _ = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=class_names)
+    d = cfg.data
+    train_samples, class_names = load_split(
+        root, d.train_split, fmt=d.format, classes=d.classes, val_fraction=d.val_fraction
+    )
+    val_samples, _ = load_split(root, d.val_split, fmt=d.format, classes=class_names, val_fraction=d.val_fraction)
     facts = recipes.run_facts(
         TASK,
         cfg,
@@ -390,7 +395,10 @@ def evaluate(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
     # As training reads its val split: labelled in the model's class order; a class the split lacks is scored
     # as absent (see the metrics section), a class the model does not know is a one-line error.
     try:
-        samples, _ = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=class_names)
+        fraction = fraction_for_eval(cfg.data.val_fraction, checkpoint)
+        samples, _ = load_split(
+            root, cfg.data.val_split, fmt=cfg.data.format, classes=class_names, val_fraction=fraction
+        )
     except UserError as error:
         raise UserError(
             f"{error}; checkpoint {path} knows {len(class_names)} classes: {name_list(class_names)}"
@@ -478,8 +486,9 @@ def export(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
         class_names = list(checkpoint["class_names"])
         cfg.data.image_size, cfg.data.crop_pct = checkpoint["image_size"], checkpoint["crop_pct"]
         root = _data_root(cfg)
-        train_samples, _ = load_split(root, cfg.data.train_split, fmt=cfg.data.format, classes=class_names)
-        val_samples, _ = load_split(root, cfg.data.val_split, fmt=cfg.data.format, classes=class_names)
+        d, fraction = cfg.data, fraction_for_eval(cfg.data.val_fraction, checkpoint)
+        train_samples, _ = load_split(root, d.train_split, fmt=d.format, classes=class_names, val_fraction=fraction)
+        val_samples, _ = load_split(root, d.val_split, fmt=d.format, classes=class_names, val_fraction=fraction)
         calibration = calibration_inputs(
             _dataset(cfg, train_samples, train=False), args.calibration_images, lambda item: item["image"][None]
         )

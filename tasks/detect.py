@@ -41,6 +41,7 @@ from tasks.data.coco import is_number, read_json
 from tasks.data.detection import DetectionData, DetectionDataset, collate_detection
 from tasks.data.detection_splits import load_detection_splits
 from tasks.data.embedded import shapes_dataset
+from tasks.data.holdout import DEFAULT_FRACTION, fraction_for_eval
 from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.sampling import aspect_ratio_groups
 from tasks.data.transforms import detection_eval, detection_train
@@ -141,6 +142,7 @@ class DataConfig:
     format: Literal["auto", "coco", "voc", "yolo"] = "auto"
     train_split: str | None = None
     val_split: str | None = None
+    val_fraction: float = DEFAULT_FRACTION  # held out for validation where the data has no val split
     classes: list[str] | None = None
     hflip: float = 0.5
     scale_jitter: float | Auto = "auto"
@@ -232,6 +234,7 @@ def _data(cfg: DetectConfig, *, need_train: bool) -> tuple[DetectionData | None,
         val_split=cfg.data.val_split,
         classes=cfg.data.classes,
         need_train=need_train,
+        val_fraction=cfg.data.val_fraction,
     )
     for data in (train, val):
         message = data.fixes.report(data.source) if data is not None else None
@@ -473,6 +476,7 @@ def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
     model, checkpoint = _load_model(Path(args.checkpoint), device=device)  # laid out for where it will run
     if cfg.data.classes is None:  # VOC labels must follow the model's class list (COCO files carry their own)
         cfg.data.classes = list(checkpoint["class_names"])
+    cfg.data.val_fraction = fraction_for_eval(cfg.data.val_fraction, checkpoint)
     _, val = _data(cfg, need_train=False)
     check_num_classes(checkpoint, len(val.class_names) + 1, path=args.checkpoint)
     run_dir = new_run_dir(cfg.output, TASK, "eval")
@@ -573,6 +577,7 @@ def export(cfg: DetectConfig, args: argparse.Namespace) -> int:
     if args.quantize:
         if cfg.data.classes is None:
             cfg.data.classes = list(checkpoint["class_names"])
+        cfg.data.val_fraction = fraction_for_eval(cfg.data.val_fraction, checkpoint)
         train_data, val = _data(cfg, need_train=True)
         assert train_data is not None
         calibration = calibration_inputs(

@@ -42,6 +42,7 @@ from tasks.cli import (
 )
 from tasks.config import Auto, TrainConfig, to_dict
 from tasks.data.embedded import shapes_dataset
+from tasks.data.holdout import DEFAULT_FRACTION, fraction_for_eval
 from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.segmentation import (
     SegmentationData,
@@ -114,6 +115,7 @@ class DataConfig:
     format: Literal["auto", "voc", "masks", "coco", "yolo"] = "auto"
     train_split: str | None = None
     val_split: str | None = None
+    val_fraction: float = DEFAULT_FRACTION  # held out for validation where the data has no val split
     classes: list[str] | None = None
     crop_size: int | Auto = "auto"
     scale_min: float | Auto = "auto"
@@ -235,9 +237,10 @@ def _tile(cfg: SegmentConfig) -> int:
 
 def _data(cfg: SegmentConfig, *, need_train: bool) -> tuple[SegmentationData | None, SegmentationData]:
     root, d = _root(cfg), cfg.data
-    train = load_segmentation(root, d.train_split or "train", classes=d.classes, fmt=d.format) if need_train else None
+    options = dict(fmt=d.format, val_fraction=d.val_fraction)
+    train = load_segmentation(root, d.train_split or "train", classes=d.classes, **options) if need_train else None
     classes = train.class_names if train is not None else d.classes
-    val = load_segmentation(root, d.val_split or "val", classes=classes, fmt=d.format)
+    val = load_segmentation(root, d.val_split or "val", classes=classes, **options)
     return train, val
 
 
@@ -377,6 +380,7 @@ def evaluate(cfg: SegmentConfig, args: argparse.Namespace) -> int:
     class_names = list(checkpoint["class_names"])
     if cfg.data.classes is None:
         cfg.data.classes = class_names
+    cfg.data.val_fraction = fraction_for_eval(cfg.data.val_fraction, checkpoint)
     _, val = _data(cfg, need_train=False)
     check_num_classes(checkpoint, len(val.class_names), path=path)
     run_dir = new_run_dir(cfg.output, TASK, "eval")
@@ -445,6 +449,7 @@ def export(cfg: SegmentConfig, args: argparse.Namespace) -> int:
     if args.quantize:
         if cfg.data.classes is None:
             cfg.data.classes = class_names
+        cfg.data.val_fraction = fraction_for_eval(cfg.data.val_fraction, checkpoint)
         train_data, val = _data(cfg, need_train=True)
         assert train_data is not None
         calibration = calibration_inputs(

@@ -245,10 +245,54 @@ def test_a_valid_or_test_folder_stands_in_for_a_missing_val(data, tmp_path, caps
     assert main(["--data", str(root), "--epochs", "1", "--output", str(out), *FAST]) == 0
     assert f"has no 'val' split: evaluating on its '{stand_in}' split" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["num_samples"] == 12
-    shutil.rmtree(root / stand_in)
+    shutil.rmtree(root / stand_in)  # then a fifth of each class of train/ is held out
+    out = tmp_path / "held"
+    assert main(["--data", str(root), "--epochs", "1", "--output", str(out), *FAST]) == 0
+    assert "holding out 20% of each class for validation (15 of 72 images" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["num_samples"] == 15
+
+
+def test_a_root_of_class_folders_holds_out_each_classs_share_by_the_hash_of_its_paths(data, tmp_path, capsys) -> None:
+    """An ImageFolder without splits (Kaggle's downloads): data.val_fraction of each class is held out, the files
+    of the smallest SHA-1 of their path under the root; eval of the checkpoint scores the same files again."""
+    import hashlib
+
+    from tasks.data.folders import load_split
+
+    root = tmp_path / "unsplit"
+    for split in ("train", "val"):
+        for image in sorted((data / split).rglob("*.png")):
+            target = root / image.parent.name / f"{split}-{image.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, target)  # 28 images a class
+    out = tmp_path / "run"
+    argv = ["--data", str(root), "--epochs", "1", "--output", str(out), "--set", "data.val_fraction=0.25", *FAST]
+    assert main(argv) == 0
+    assert "holding out 25% of each class for validation (21 of 84 images" in capsys.readouterr().out
+    trained = json.loads((out / "metrics.json").read_text())
+    assert trained["num_samples"] == 21
+    train, names = load_split(root, "train", fmt="auto", classes=None, val_fraction=0.25)
+    val, _ = load_split(root, "val", fmt="auto", classes=None, val_fraction=0.25)
+    assert names == ["blue", "green", "red"] and len(train) == 63
+    for label, name in enumerate(names):
+        files = sorted((root / name).iterdir(), key=lambda p: hashlib.sha1(f"{name}/{p.name}".encode()).hexdigest())
+        assert {s.path for s in val if s.label == label} == set(files[:7])
+        assert {s.path for s in train if s.label == label} == set(files[7:])
+    evaluated = tmp_path / "eval"
+    argv = ["eval", "--checkpoint", str(out / "best.pt"), "--data", str(root), "--output", str(evaluated)]
+    assert main([*argv, "--image-size", "32"]) == 0  # the checkpoint's 0.25, not the default 0.2
+    again = json.loads((evaluated / "metrics.json").read_text())
+    assert again["num_samples"] == 21 and again["accuracy"] == pytest.approx(trained["accuracy"], abs=1e-6)
+
+    (root / "red").rename(root / "Train")  # a split named in another case is no class: the old error stands
     rc = main(["--data", str(root), "--epochs", "1", "--output", str(tmp_path / "none"), *FAST])
     err = capsys.readouterr().err
-    assert rc == 2 and f"--data {root} has no 'val' split: expected" in err, err
+    assert rc == 2 and f"--data {root} has no 'train' split" in err, err
+    from tasks.data.holdout import held_out
+    from tasks.errors import UserError
+
+    with pytest.raises(UserError, match=r"data.val_fraction=1.0: the share held out for validation must be in"):
+        held_out(["a", "b"], 1.0)
 
 
 @pytest.mark.parametrize(

@@ -235,3 +235,21 @@ def test_an_unused_category_that_is_not_an_umbrella_stays(tmp_path) -> None:
     assert read_coco(*find_coco_split(root, "val2017")).class_names == ["car", "bus", "zebra"]
     with pytest.raises(UserError, match=r"expected .*instances_test.json or .*test/_annotations.coco.json"):
         find_coco_split(root, "test")
+
+
+def test_an_export_with_a_train_split_alone_holds_out_a_share_of_it(tmp_path, capsys) -> None:
+    """Roboflow exports a train split alone when asked to: val is held out of it by the hash of each path, and
+    named splits that do not exist are still errors."""
+    from tasks.data.detection_splits import load_detection_splits
+
+    root = _roboflow(tmp_path)
+    shutil.rmtree(root / "valid")
+    _, whole = load_detection_splits(root, fmt="auto", train_split=None, val_split="train", classes=None)
+    train, val = load_detection_splits(
+        root, fmt="auto", train_split=None, val_split=None, classes=None, val_fraction=0.5
+    )
+    assert "holding out 50% for validation (2 of 3 images" in capsys.readouterr().out
+    assert sorted(s.image_id for s in train.samples + val.samples) == sorted(s.image_id for s in whole.samples)
+    assert train.class_names == val.class_names == ["car", "zebra"] and val.source.endswith("(50% held out)")
+    with pytest.raises(UserError, match="no COCO split 'valid'"):
+        load_detection_splits(root, fmt="auto", train_split=None, val_split="valid", classes=None)

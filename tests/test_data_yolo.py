@@ -282,3 +282,48 @@ def test_a_box_line_is_void_in_a_mask_and_a_missing_label_file_all_background(tm
     assert not np.asarray(Image.open(data.samples[1].mask)).any()
     out = capsys.readouterr().out
     assert "1 image(s) have no label file" in out and "1 object(s) given as a box, not a polygon" in out
+
+
+# ---- no val split: a share held out by the hash of each path ----
+
+
+def _hashed(names: list[str], count: int) -> set[str]:
+    import hashlib
+
+    return set(sorted(names, key=lambda n: hashlib.sha1(n.encode()).hexdigest())[:count])
+
+
+def test_without_a_val_split_a_fifth_is_held_out_of_the_train_split_or_the_whole_folder(coco_root, tmp_path, capsys):
+    """A data YAML with train only, images/train/ alone, and images/ with labels/ and no split folders: the
+    held-out images are those of the smallest SHA-1 of their path under the root, the rest train; together they
+    are the split they came from, boxes and all."""
+    root = coco_to_yolo(coco_root, tmp_path / "yolo")
+    (root / "data.yaml").write_text(yaml.safe_dump({"train": "images/train", "names": NAMES}))
+    whole = _read(root, val_split="train", need_train=False)[1]
+    train, val = _read(root)
+    assert "holding out 20% for validation (1 of 6 images" in capsys.readouterr().out
+    held = _hashed([f"images/train/{s.path.name}" for s in whole.samples], 1)
+    assert {f"images/train/{s.path.name}" for s in val.samples} == held
+    assert sorted(s.path for s in train.samples + val.samples) == sorted(s.path for s in whole.samples)
+    by_path = {s.path: s for s in whole.samples}
+    for s in train.samples + val.samples:
+        np.testing.assert_array_equal(s.boxes, by_path[s.path].boxes)
+    assert val.class_names == NAMES and val.source.endswith("(20% held out)")
+
+    (root / "data.yaml").unlink()
+    shutil.rmtree(root / "images" / "val")
+    assert [s.path for s in _read(root)[1].samples] == [s.path for s in val.samples]  # images/train/ alone
+
+    flat, source = tmp_path / "flat", coco_to_yolo(coco_root, tmp_path / "again", data_yaml=False)
+    for kind in ("images", "labels"):
+        (flat / kind).mkdir(parents=True)
+        for path in sorted((source / kind).rglob("*.*")):
+            shutil.copy(path, flat / kind / f"{path.parent.name}-{path.name}")  # 10 images, no split folders
+    assert detect_format(flat, "auto") == "yolo"
+    train, val = _read(flat, val_fraction=0.5)
+    names = [p.relative_to(flat).as_posix() for p in (flat / "images").iterdir()]
+    assert {s.path.relative_to(flat).as_posix() for s in val.samples} == _hashed(names, 5)
+    assert len(train.samples) == 5 and "holding out 50% for validation (5 of 10 images" in capsys.readouterr().out
+    assert sum(len(s.boxes) for s in train.samples + val.samples) == sum(
+        len(s.boxes) for s in [*_read(source)[0].samples, *_read(source)[1].samples]
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -570,6 +571,33 @@ def test_xml_beside_the_images_trains_and_a_perfect_results_file_scores_1(coco_r
     assert main(argv) == 0
     metrics = json.loads((scored / "metrics.json").read_text())
     assert metrics["voc"]["mAP"] == pytest.approx(1.0) and metrics["coco"]["AP"] == pytest.approx(1.0)
+
+
+def test_a_labelimg_folder_holds_out_a_fifth_by_hash_and_eval_scores_the_same_images(coco_root, tmp_path, capsys):
+    """One folder of images with their XML files beside them (LabelImg's) has no val split: a fifth of the images,
+    those of the smallest SHA-1 of their file name, are held out; eval of the checkpoint scores them again."""
+    import hashlib
+
+    voc = coco_to_voc(coco_root, tmp_path / "voc")
+    folder = tmp_path / "labelled"
+    folder.mkdir()
+    for path in [*(voc / "JPEGImages").iterdir(), *(voc / "Annotations").iterdir()]:
+        shutil.copy(path, folder)
+    out = tmp_path / "run"
+    assert main(["--data", str(folder), "--output", str(out), *FAST, "--set", "model.box_score_thresh=0.0"]) == 0
+    assert "holding out 20% for validation (2 of 10 images" in capsys.readouterr().out
+    names = sorted((p.name for p in folder.glob("*.jpg")), key=lambda n: hashlib.sha1(n.encode()).hexdigest())
+    held = {Path(n).stem for n in names[:2]}
+    predicted = {p["image_id"] for p in json.loads((out / "predictions.json").read_text())}
+    assert predicted == held
+    trained = json.loads((out / "metrics.json").read_text())
+    evaluated = tmp_path / "eval"
+    argv = ["eval", "--checkpoint", str(out / "best.pt"), "--data", str(folder), "--output", str(evaluated)]
+    assert main([*argv, "--set", "model.box_score_thresh=0.0"]) == 0
+    again = json.loads((evaluated / "metrics.json").read_text())
+    assert again["voc"]["mAP"] == pytest.approx(trained["voc"]["mAP"], abs=1e-6)
+    assert again["coco"]["AP"] == pytest.approx(trained["coco"]["AP"], abs=1e-6)
+    assert {p["image_id"] for p in json.loads((evaluated / "predictions.json").read_text())} == predicted
 
 
 def test_eval_scores_the_images_it_read_as_if_an_unreadable_one_were_not_in_the_split(

@@ -252,6 +252,27 @@ def test_a_yolo_segmentation_yaml_serves_detect_and_segment_from_its_polygons(tm
     assert rc == 2 and "\n" not in err and "is YOLO data: boxes and polygons for detect and segment" in err, err
 
 
+def test_a_yolo_folder_without_split_folders_holds_out_the_same_images_for_both_tasks(tmp_path, monkeypatch, capsys):
+    """images/ and labels/ with no split folders: detect and segment hold out the same fifth, so no image trains
+    one head and validates the other."""
+    from tests.test_data_yolo import polygon_set
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    source = polygon_set(tmp_path / "yolo", splits=(("train", 6), ("val", 4)))
+    flat = tmp_path / "flat"
+    for kind in ("images", "labels"):
+        (flat / kind).mkdir(parents=True)
+        for path in sorted((source / kind).rglob("*.*")):
+            shutil.copy(path, flat / kind / f"{path.parent.name}-{path.name}")
+    out = tmp_path / "run"
+    assert main(["--tasks", "detect,segment", "--data", str(flat), "--output", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "8 train images (labelled for detect 8, segment 8)" in printed
+    assert "holding out 20% for validation (2 of 10 images" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["segment"]["num_pixels"] == 2 * 48 * 64 and metrics["detect"]["num_images"] == 2
+
+
 def test_each_task_reads_its_own_split_names_from_the_dataset_yaml(shapes_root, tmp_path, capsys) -> None:
     """VOC2007 detection (trainval/test) joined as it is with VOC2012 segmentation (train/val): per-task splits."""
     seg = tmp_path / "seg"

@@ -396,3 +396,30 @@ def test_a_roboflow_coco_export_gives_the_masks_of_its_coco_file_without_the_umb
     drawn, reference = (np.asarray(Image.open(d.samples[0].mask)) for d in (data, expected))
     assert set(np.unique(drawn)) == {0, 1, 2}
     np.testing.assert_array_equal(drawn, reference)
+
+
+def test_images_and_masks_without_split_folders_hold_out_a_fifth_by_hash(shapes_root, tmp_path, capsys) -> None:
+    """images/ beside masks/ with no split folders: a fifth of the images, those of the smallest SHA-1 of their
+    path under the root, are evaluated on; eval of the checkpoint scores the same ones again."""
+    import hashlib
+
+    root = tmp_path / "flat"
+    for kind, source in (("images", ""), ("masks", "masks")):
+        (root / kind).mkdir(parents=True)
+        for split in ("train", "val"):
+            for path in sorted((shapes_root / source / split).glob("*.png")):
+                shutil.copy(path, root / kind / f"{split}-{path.name}")
+    shutil.copy(shapes_root / "classes.txt", root)
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    assert "holding out 20% for validation (2 of 10 images" in capsys.readouterr().out
+    names = sorted(
+        (p.name for p in (root / "images").iterdir()), key=lambda n: hashlib.sha1(f"images/{n}".encode()).hexdigest()
+    )
+    assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(names[:2])
+    trained = json.loads((out / "metrics.json").read_text())
+    assert trained["num_pixels"] == 2 * 64 * 64
+    evaluated = tmp_path / "eval"
+    argv = ["eval", "--checkpoint", str(out / "best.pt"), "--data", str(root), "--output", str(evaluated)]
+    assert main([*argv, "--image-size", "64"]) == 0
+    assert json.loads((evaluated / "metrics.json").read_text())["mIoU"] == pytest.approx(trained["mIoU"], abs=1e-6)

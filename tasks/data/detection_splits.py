@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from tasks.config import load_yaml
+from tasks.data import holdout
 from tasks.data.coco import coco_split_file, find_coco_split, is_coco_root, read_coco
 from tasks.data.detection import DetectionData
 from tasks.data.folders import val_or_stand_in
@@ -18,7 +20,7 @@ from tasks.data.voc import (
     read_voc,
     split_ids,
 )
-from tasks.data.yolo import is_yolo_root, is_yolo_spec, read_yolo_splits
+from tasks.data.yolo import is_yolo_root, is_yolo_spec, read_yolo_splits, yolo_has_split
 from tasks.errors import UserError
 
 DEFAULT_SPLITS = {
@@ -63,6 +65,32 @@ def _default_split(root: Path, fmt: str, which: int, given: str | None) -> str:
     return next((c for c in defaults if exists(c)), defaults[0])
 
 
+def _has_split(root: Path, kind: str, name: str) -> bool:
+    if kind == "voc":
+        return has_split(root, name)
+    if kind == "coco":
+        return coco_split_file(root, name) is not None
+    if root.is_file():  # a data YAML: Ultralytics' or one of COCO files
+        return name in load_yaml(root)
+    return yolo_has_split(root, name)
+
+
+def _holdout_split(root: Path, kind: str, train_split: str | None, val_split: str | None) -> str | None:
+    """The split that the default train and val splits are held out of, where the data has no val split (nor
+    a stand-in): its default train split, or the whole root; None where there is a val split or the splits
+    are named."""
+    if train_split not in (None, "train") or val_split not in (None, "val"):
+        return None
+    paired = kind == "voc" and not is_voc_root(root)
+    trains, vals = PAIRED_SPLITS if paired else DEFAULT_SPLITS.get(kind, (("train",), ("val", "valid")))
+
+    def present(name: str) -> bool:
+        return any(_has_split(root, kind, n) for n in {"train": trains, "val": vals}.get(name, (name,)))
+
+    whole = holdout.source_split("val", present)
+    return next(n for n in trains if _has_split(root, kind, n)) if whole == "train" else whole
+
+
 def load_detection_splits(
     root: Path,
     *,
@@ -71,11 +99,30 @@ def load_detection_splits(
     val_split: str | None,
     classes: Sequence[str] | None,
     need_train: bool = True,
+    val_fraction: float = holdout.DEFAULT_FRACTION,
 ) -> tuple[DetectionData | None, DetectionData]:
-    """(train, val) data; train is None when ``need_train`` is False."""
+    """(train, val) data; train is None when ``need_train`` is False. Where the data has no val split, the two
+    are held out of its train split, or of the whole root (``val_fraction`` of the images to val, see
+    :mod:`tasks.data.holdout`)."""
     if not root.exists():
         raise UserError(f"--data {root} does not exist")
     kind = detect_format(root, fmt)
+    whole = _holdout_split(root, kind, train_split, val_split)
+    if whole is not None:
+        _, data = load_detection_splits(
+            root, fmt=kind, train_split=None, val_split=whole, classes=classes, need_train=False
+        )
+        base = root.parent if root.is_file() else root
+        keys = [holdout.key_of(s.path, base) for s in data.samples]
+        val = holdout.held_out(keys, val_fraction)
+        holdout.note(root, val_fraction, len(val), len(keys))
+        parts = [[s for i, s in enumerate(data.samples) if (i in val) == held] for held in (False, True)]
+        origin = data.source.removesuffix(f" ({whole})")
+        train, val_data = (
+            replace(data, samples=samples, source=f"{origin} ({name})")
+            for samples, name in zip(parts, ("the rest", f"{val_fraction:.0%} held out"))
+        )
+        return (train if need_train else None), val_data
     if kind == "yaml":
         return _from_yaml(root, train_split, val_split, need_train)
     if kind == "yolo":

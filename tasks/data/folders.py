@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tasks.data import holdout
 from tasks.data.images import READ_ERRORS, DecodedCache, is_image_file, warn_unreadable
 from tasks.data.transforms import normalize_batch
 from tasks.errors import UserError
@@ -88,7 +89,7 @@ def read_label_csv(path: Path, classes: Sequence[str] | None = None) -> tuple[li
     return samples, class_names
 
 
-VAL_STAND_INS = ("valid", "test")  # Roboflow's folder export (train, valid, test), Ultralytics' (train, test)
+VAL_STAND_INS = holdout.STAND_INS  # Roboflow's folder export (train, valid, test), Ultralytics' (train, test)
 
 
 def val_or_stand_in(root: Path, split: str, present: Callable[[str], bool]) -> str:
@@ -136,11 +137,45 @@ def _split_location(root: Path, split: str, fmt: str) -> tuple[Path, str] | None
     return None
 
 
-def load_split(root: Path, split: str, *, fmt: str, classes: Sequence[str] | None) -> tuple[list[Sample], list[str]]:
-    location, kind = find_split(root, split, fmt=fmt)
-    if kind == "csv":
-        return read_label_csv(location, classes)
-    return scan_image_folder(location, classes)
+def load_split(
+    root: Path,
+    split: str,
+    *,
+    fmt: str,
+    classes: Sequence[str] | None,
+    val_fraction: float = holdout.DEFAULT_FRACTION,
+) -> tuple[list[Sample], list[str]]:
+    """The samples of ``split`` and the class names. Where the root has no ``val`` split (nor a stand-in), the
+    default splits ``train`` and ``val`` are held out of its train split, or of the root itself as an ImageFolder
+    of class folders: ``val_fraction`` of each class (see :mod:`tasks.data.holdout`)."""
+    source = _holdout_source(root, split, fmt)
+    if source is None:
+        location, kind = find_split(root, split, fmt=fmt)
+        return read_label_csv(location, classes) if kind == "csv" else scan_image_folder(location, classes)
+    location, kind = source
+    samples, class_names = read_label_csv(location, classes) if kind == "csv" else scan_image_folder(location, classes)
+    val = holdout.held_out([holdout.key_of(s.path, root) for s in samples], val_fraction, [s.label for s in samples])
+    if split == "val":
+        holdout.note(root, val_fraction, len(val), len(samples), per=" of each class")
+    return [s for i, s in enumerate(samples) if (i in val) == (split == "val")], class_names
+
+
+def _holdout_source(root: Path, split: str, fmt: str) -> tuple[Path, str] | None:
+    """The data a default split is held out of (the train split, or the root as an ImageFolder of class folders
+    none of which is named like a split), or None where the root has a val split or a stand-in, or is no folder."""
+    if not root.is_dir():
+        return None
+
+    def present(name: str) -> bool:
+        if name != holdout.WHOLE:
+            return _split_location(root, name, fmt) is not None
+        folders = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        return fmt in ("auto", "folder") and bool(folders) and not holdout.names_a_split(folders)
+
+    whole = holdout.source_split(split, present)
+    if whole is None:
+        return None
+    return (root, "folder") if whole == holdout.WHOLE else _split_location(root, whole, fmt)
 
 
 class ClassificationDataset(Dataset[dict[str, Any] | None]):

@@ -174,14 +174,24 @@ def load_multitask(
         counts["classify"] = len(samples)
     if "detect" in sources:
         src = sources["detect"]
-        _, detection = load_detection_splits(
-            src.root,
-            fmt=src.format,
-            train_split=src.train_split or train_split,
-            val_split=split_of(src),
-            classes=given.get("detect"),
-            need_train=False,
-        )
+        if role == "train":  # read as the training split, so that a val split held out of it is left out
+            detection, _ = load_detection_splits(
+                src.root,
+                fmt=src.format,
+                train_split=split_of(src),
+                val_split=src.val_split,
+                classes=given.get("detect"),
+            )
+        else:
+            _, detection = load_detection_splits(
+                src.root,
+                fmt=src.format,
+                train_split=src.train_split or train_split,
+                val_split=split_of(src),
+                classes=given.get("detect"),
+                need_train=False,
+            )
+        assert detection is not None
         names["detect"] = list(detection.class_names)
         for d in detection.samples:
             sample(d.path).detection = d

@@ -21,13 +21,15 @@ from PIL import Image
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from tasks.config import load_yaml
+from tasks.data import holdout
 from tasks.data.coco_masks import coco_semantic_masks, has_coco_polygons
 from tasks.data.folders import val_or_stand_in
 from tasks.data.images import READ_ERRORS, DecodedCache, is_image_file, warn_unreadable
 from tasks.data.images import image_size as shown_size
 from tasks.data.transforms import normalize_batch
 from tasks.data.voc import read_split_file
-from tasks.data.yolo import is_yolo_root
+from tasks.data.yolo import is_yolo_root, yolo_has_split
 from tasks.data.yolo_masks import yolo_segmentation
 from tasks.errors import UserError
 from tasks.io import read_text
@@ -159,7 +161,14 @@ def load_mask(path: Path) -> np.ndarray:
         return np.asarray(mask).astype(np.int64)
 
 
-def load_segmentation(root: Path, split: str, *, classes: Sequence[str] | None, fmt: str = "auto") -> SegmentationData:
+def load_segmentation(
+    root: Path,
+    split: str,
+    *,
+    classes: Sequence[str] | None,
+    fmt: str = "auto",
+    val_fraction: float = holdout.DEFAULT_FRACTION,
+) -> SegmentationData:
     """One split of any layout (``fmt`` ``"voc"``, ``"masks"``, ``"coco"`` (masks rasterised from the
     instances file's polygons, see :mod:`tasks.data.coco_masks`), ``"yolo"`` (a data YAML or YOLO folder, masks
     rasterised from its polygon lines, see :mod:`tasks.data.yolo_masks`), or ``"auto"`` to detect it), its
@@ -167,13 +176,33 @@ def load_segmentation(root: Path, split: str, *, classes: Sequence[str] | None, 
 
     Class names are the given list; else VOC's 21 for the VOC layout; else the lines of
     ``classes.txt`` in the root; else ``"0"``..``"K-1"`` with K read from the masks. Where ``split`` is ``val``
-    and the root has none, its ``valid`` or ``test`` split stands in, with a note.
+    and the root has none, its ``valid`` or ``test`` split stands in, with a note; where it has none of these,
+    the default splits ``train`` and ``val`` are held out of its train split, or of ``images/`` with ``masks/``
+    (or YOLO's ``labels/``) without split folders: ``val_fraction`` of the images to val (:mod:`tasks.data.holdout`).
     """
     voc = is_voc_segmentation(root)
     if fmt == "voc" and not voc:
         raise UserError(f"--format voc: {root} has no SegmentationClass/ and ImageSets/Segmentation/")
-    if root.is_dir() and fmt != "yolo":  # YOLO data names its splits (a YAML), or reads valid/ for val itself
-        split = val_or_stand_in(root, split, lambda name: _has_split(root, name, fmt, voc=voc))
+
+    def present(name: str) -> bool:
+        return _has_split(root, name, fmt, voc=voc)
+
+    if root.is_dir():  # a data YAML names its splits
+        split = val_or_stand_in(root, split, present)
+    whole = holdout.source_split(split, present)
+    if whole is None:
+        return _read_split(root, split, classes, fmt, voc=voc)
+    data = _read_split(root, whole, classes, fmt, voc=voc)
+    base = root.parent if root.is_file() else root
+    val = holdout.held_out([holdout.key_of(s.image, base) for s in data.samples], val_fraction)
+    if split == "val":
+        holdout.note(root, val_fraction, len(val), len(data.samples))
+    samples = [s for i, s in enumerate(data.samples) if (i in val) == (split == "val")]
+    part = f"{val_fraction:.0%} held out" if split == "val" else "the rest"
+    return SegmentationData(samples, data.class_names, f"{data.source.removesuffix(f' ({whole})')} ({part})")
+
+
+def _read_split(root: Path, split: str, classes: Sequence[str] | None, fmt: str, *, voc: bool) -> SegmentationData:
     masks = mask_folder_layout(root, split) is not None
     coco = fmt == "coco" or (fmt == "auto" and not masks and has_coco_polygons(root, split))
     yolo = fmt == "yolo" or (fmt == "auto" and not (voc or masks or coco) and (root.is_file() or is_yolo_root(root)))
@@ -207,11 +236,20 @@ def load_segmentation(root: Path, split: str, *, classes: Sequence[str] | None, 
 
 
 def _has_split(root: Path, split: str, fmt: str, *, voc: bool) -> bool:
-    """Whether ``split`` is in ``root`` in a layout that ``fmt`` reads (YOLO data names its own splits)."""
+    """Whether ``split`` is in ``root`` in a layout that ``fmt`` reads; :data:`holdout.WHOLE`: whether the root is
+    one split, ``images/`` beside ``masks/`` or YOLO's ``labels/``."""
+    if root.is_file():
+        return split in load_yaml(root)
+    if split == holdout.WHOLE:
+        return (root / "images").is_dir() and ((root / "masks").is_dir() or (root / "labels").is_dir())
     if voc and fmt in ("auto", "voc"):
         return (root / "ImageSets" / "Segmentation" / f"{split}.txt").is_file()
+    if fmt == "yolo":
+        return yolo_has_split(root, split)
     masks = mask_folder_layout(root, split) is not None
-    return masks if fmt == "masks" else masks or has_coco_polygons(root, split)
+    if fmt == "masks":
+        return masks
+    return masks or has_coco_polygons(root, split) or (fmt == "auto" and yolo_has_split(root, split))
 
 
 def _find_image(folder: Path, image_id: str) -> Path | None:

@@ -49,7 +49,10 @@ def paired_split(root: Path, split: str) -> Path | None:
 
 
 def is_paired_voc_root(root: Path) -> bool:
-    return not is_voc_root(root) and any(paired_split(root, s) for names in PAIRED_SPLITS for s in names)
+    if is_voc_root(root) or not root.is_dir():
+        return False
+    flat = next(root.glob("*.xml"), None) is not None  # LabelImg's folder: one split, held out of (holdout.py)
+    return flat or any(paired_split(root, s) for names in PAIRED_SPLITS for s in names)
 
 
 def has_split(root: Path, split: str) -> bool:

@@ -151,6 +151,16 @@ def _from_folder(root: Path, split: str | None, which: int) -> _Split:
     raise UserError(f"--data {root} has no YOLO split '{names[0]}': looked for {looked}")
 
 
+def yolo_has_split(root: Path, name: str) -> bool:
+    """Whether a YOLO folder (or the folder of its data YAML) has the split ``name``."""
+    from tasks.config import load_yaml
+
+    yaml_path = find_yaml(root)
+    if yaml_path is not None:
+        return name in load_yaml(yaml_path)
+    return (root / "images" / name).is_dir() or (root / name / "images").is_dir()
+
+
 @dataclass(frozen=True)
 class LabelLine:
     """One object of a label file: its class id, its box [x1, y1, x2, y2] and, for a segmentation line, its
@@ -362,4 +372,4 @@ def read_yolo_splits(
 
 
 __all__ = ["LabelLine", "YoloSource", "find_yaml", "is_yolo_root", "is_yolo_spec", "label_path", "open_source"]
-__all__ += ["read_label_file", "read_yolo_splits", "yolo_lines"]
+__all__ += ["read_label_file", "read_yolo_splits", "yolo_has_split", "yolo_lines"]
