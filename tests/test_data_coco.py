@@ -253,3 +253,19 @@ def test_an_export_with_a_train_split_alone_holds_out_a_share_of_it(tmp_path, ca
     assert train.class_names == val.class_names == ["car", "zebra"] and val.source.endswith("(50% held out)")
     with pytest.raises(UserError, match="no COCO split 'valid'"):
         load_detection_splits(root, fmt="auto", train_split=None, val_split="valid", classes=None)
+
+
+@pytest.mark.parametrize("images", ["images", "images/default"])
+def test_cvats_coco_export_of_one_subset_is_held_out_of(tmp_path, capsys, images) -> None:
+    """CVAT exports a task without subsets as annotations/instances_default.json with images/ (or
+    images/default/): it trains on the rest of its images and validates on the held-out share of them."""
+    from tasks.data.detection_splits import load_detection_splits
+
+    root = write_coco(tmp_path / "cvat", split="default")
+    (root / images).parent.mkdir(parents=True, exist_ok=True)
+    (root / "default").rename(root / images)
+    train, val = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
+    assert "holding out 20% for validation (1 of 3 images" in capsys.readouterr().out
+    assert sorted(s.image_id for s in train.samples + val.samples) == [7, 9, 11]
+    assert len(val.samples) == 1 and all(s.path.is_file() for s in train.samples + val.samples)
+    assert val.source.endswith("instances_default.json (20% held out)")

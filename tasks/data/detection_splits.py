@@ -11,6 +11,7 @@ from tasks.data import holdout
 from tasks.data.coco import coco_split_file, find_coco_split, is_coco_root, read_coco
 from tasks.data.detection import DetectionData
 from tasks.data.folders import val_or_stand_in
+from tasks.data.holdout import CVAT_SUBSET
 from tasks.data.voc import (
     PAIRED_SPLITS,
     choose_classes,
@@ -23,9 +24,9 @@ from tasks.data.voc import (
 from tasks.data.yolo import is_yolo_root, is_yolo_spec, read_yolo_splits, yolo_has_split
 from tasks.errors import UserError
 
-DEFAULT_SPLITS = {
-    "voc": (("trainval", "train"), ("test", "val")),
-    "coco": (("train2017", "train"), ("val2017", "val", "valid")),  # valid: Roboflow's exports
+DEFAULT_SPLITS = {  # valid: Roboflow's exports; default: CVAT's, of a task without subsets (val held out of it)
+    "voc": (("trainval", "train", CVAT_SUBSET), ("test", "val")),
+    "coco": (("train2017", "train", CVAT_SUBSET), ("val2017", "val", "valid")),
 }
 
 

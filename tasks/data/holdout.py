@@ -48,12 +48,15 @@ def held_out(keys: Sequence[str], fraction: float, groups: Sequence[Hashable] | 
     return chosen
 
 
-def source_split(split: str, present: Callable[[str], bool]) -> str | None:
-    """The split that the default ``split`` (``train`` or ``val``) is held out of: the train split, or the whole
-    root (:data:`WHOLE`), where ``present`` finds neither val nor a stand-in; else None."""
+CVAT_SUBSET = "default"  # the subset name of CVAT's exports (COCO, Pascal VOC, segmentation masks) of one task
+
+
+def source_split(split: str, present: Callable[[str], bool], trains: Sequence[str] = ("train",)) -> str | None:
+    """The split that the default ``split`` (``train`` or ``val``) is held out of: the first of ``trains`` that
+    ``present`` finds, or the whole root (:data:`WHOLE`), where it finds neither val nor a stand-in; else None."""
     if split not in ("train", "val") or any(present(name) for name in ("val", *STAND_INS)):
         return None
-    return next((name for name in ("train", WHOLE) if present(name)), None)
+    return next((name for name in (*trains, WHOLE) if present(name)), None)
 
 
 def key_of(path: Path, root: Path) -> str:

@@ -189,7 +189,7 @@ def load_segmentation(
 
     if root.is_dir():  # a data YAML names its splits
         split = val_or_stand_in(root, split, present)
-    whole = holdout.source_split(split, present)
+    whole = holdout.source_split(split, present, ("train", holdout.CVAT_SUBSET))
     if whole is None:
         return _read_split(root, split, classes, fmt, voc=voc)
     data = _read_split(root, whole, classes, fmt, voc=voc)
