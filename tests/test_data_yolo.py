@@ -91,6 +91,15 @@ def test_a_folder_without_a_data_yaml_names_the_classes_by_their_ids(coco_root, 
     assert val.class_names == NAMES
     with pytest.raises(UserError, match=r"class id 2 is past the 2 classes of the configured class list"):
         _read(root, classes=NAMES[:2], need_train=False)
+    (root / "labels" / "classes.txt").write_text("\n".join(NAMES) + "\n\n")  # LabelImg's and Label Studio's list
+    train, val = _read(root)
+    assert (
+        f"classes (class list {root / 'labels' / 'classes.txt'}): square, circle, triangle" in capsys.readouterr().out
+    )
+    assert train.class_names == val.class_names == NAMES
+    (root / "labels" / "classes.txt").write_text("square\ncircle\n")
+    with pytest.raises(UserError, match=r"class id 2 is past the 2 classes of class list .*classes.txt"):
+        _read(root)
 
 
 def test_list_files_a_path_key_and_names_as_a_mapping(coco_root, tmp_path) -> None:

@@ -302,9 +302,11 @@ class YoloSource:
     def name_by_ids(self, largest: int) -> list[str]:
         """Where no YAML or configured list names the classes: the ids up to the ``largest`` found, printed."""
         if largest < 0:
-            raise UserError(f"--data {self.given}: its label files hold no objects, and with no data YAML no classes")
+            raise UserError(
+                f"--data {self.given}: its label files hold no objects, and with no data YAML or classes.txt no classes"
+            )
         names = [str(i) for i in range(largest + 1)]
-        print(f"classes (no data YAML: named by the ids in the label files): {', '.join(names)}")
+        print(f"classes (no data YAML or classes.txt: named by the ids in the label files): {', '.join(names)}")
         return names
 
 
@@ -319,14 +321,28 @@ def open_source(source: Path, classes: Sequence[str] | None) -> YoloSource:
         raise UserError(f"dataset file {yaml_path} has neither 'names' nor 'nc' (the classes of YOLO data)")
     names = class_names(spec, f"dataset file {yaml_path}")
     names_from = f"dataset file {yaml_path}"
+    listing = _class_listing(source) if yaml_path is None else None
+    if listing is not None:  # Label Studio's YOLO export, LabelImg's YOLO mode: one name a line, by id
+        names = [line.strip() for line in read_text(listing, kind="class list").splitlines() if line.strip()]
+        names_from = f"class list {listing}"
+        if not names:
+            raise UserError(f"class list {listing} names no classes")
     if names is None and classes:
         names, names_from = list(classes), "the configured class list"
     elif names is not None and classes and list(classes) != names:
-        print(f"warning: the class names of {yaml_path} are used; the configured list {list(classes)} differs")
+        print(f"warning: the class names of {names_from} are used; the configured list {list(classes)} differs")
     elif names is not None:
         print(f"classes ({names_from}): {', '.join(names)}")
     root = data_root(spec, yaml_path) if yaml_path is not None else source
     return YoloSource(source, yaml_path, spec, root, names, names_from)
+
+
+def _class_listing(folder: Path) -> Path | None:
+    """A YOLO folder's ``classes.txt``, where it has no data YAML: beside ``images/`` or in ``labels/``."""
+    for path in (folder / "classes.txt", folder / "labels" / "classes.txt"):
+        if path.is_file():
+            return path
+    return None
 
 
 def _detection(source: YoloSource, split: _Split) -> tuple[DetectionData, int]:
