@@ -11,6 +11,7 @@ from PIL import Image
 
 from tasks.data.embedded import shapes_dataset
 from tasks.data.segmentation import VOC_SEGMENTATION_CLASSES
+from tasks.errors import UserError
 from tasks.segment import main
 
 FAST = ["--backbone", "resnet18", "--epochs", "1", "--batch-size", "2", "--workers", "0", "--image-size", "64"]
@@ -453,3 +454,85 @@ def test_cvats_coco_export_of_one_subset_gives_train_and_val_masks(tmp_path, mon
         i = int(sample.image.stem)
         mask = np.asarray(Image.open(sample.mask))
         assert mask[20, 20 + i] == 1 and mask[5, 5] == 0 and (mask == 1).sum() == 400
+
+
+COLOURS = {"background": (0, 0, 0), "square": (250, 50, 83), "circle": (36, 179, 83), "triangle": (0, 0, 255)}
+
+
+def _paint(mask_path, target) -> np.ndarray:
+    """The mask's class indices painted in COLOURS, saved at ``target``; returns the indices."""
+    indices = np.asarray(Image.open(mask_path))
+    palette = np.array(list(COLOURS.values()), np.uint8)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(palette[indices]).save(target)
+    return indices
+
+
+def test_cvats_colour_coded_masks_train_through_their_labelmap(shapes_root, tmp_path, monkeypatch, capsys) -> None:
+    """CVAT's Segmentation mask export: VOC's layout with ImageSets/Segmentation/default.txt, RGB masks in the
+    colours of labelmap.txt. The masks read as the class indices they were painted from, val is held out of
+    the one subset, and a colour the map does not list is one line naming the mask and the colour."""
+    from tasks.data.segmentation import load_segmentation
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cvat"
+    (root / "JPEGImages").mkdir(parents=True)
+    ids, painted = [], {}
+    for split in ("train", "val"):
+        for image in sorted((shapes_root / split).glob("*.png")):
+            image_id = f"{split}_{image.stem}"
+            ids.append(image_id)
+            Image.open(image).convert("RGB").save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+            target = root / "SegmentationClass" / f"{image_id}.png"
+            painted[image_id] = _paint(shapes_root / "masks" / split / image.name, target)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "default.txt").write_text("\n".join(ids) + "\n")
+    labelmap = "# label:color_rgb:parts:actions\n" + "".join(f"{n}:{r},{g},{b}::\n" for n, (r, g, b) in COLOURS.items())
+    (root / "labelmap.txt").write_text(labelmap)
+
+    train = load_segmentation(root, "train", classes=None)
+    val = load_segmentation(root, "val", classes=None)
+    assert train.class_names == val.class_names == list(COLOURS)
+    assert len(train.samples) == 8 and len(val.samples) == 2
+    for sample in train.samples + val.samples:
+        np.testing.assert_array_equal(np.asarray(Image.open(sample.mask)), painted[sample.image_id])
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["per_class_iou"]) == list(COLOURS) and metrics["num_pixels"] == 2 * 64 * 64
+
+    bad = root / "SegmentationClass" / f"{ids[0]}.png"
+    pixels = np.asarray(Image.open(bad)).copy()
+    pixels[0, 0] = (1, 2, 3)
+    Image.fromarray(pixels).save(bad)
+    rc = main(["--data", str(root), "--output", str(tmp_path / "bad"), *FAST])
+    _one_line_error(capsys, rc, str(bad), "1 pixel(s) of colour (1, 2, 3)", "labelmap.txt does not list")
+
+
+def test_rgb_masks_with_a_class_dict_csv_read_as_their_classes(shapes_root, tmp_path, monkeypatch) -> None:
+    """CamVid's layout: RGB masks beside a class_dict.csv of name,r,g,b; the splits keep their own folders."""
+    from tasks.data.segmentation import load_segmentation
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "camvid"
+    painted = {}
+    for split in ("train", "val"):
+        for image in sorted((shapes_root / split).glob("*.png")):
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, root / "images" / split / image.name)
+            painted[split, image.stem] = _paint(
+                shapes_root / "masks" / split / image.name, root / "masks" / split / image.name
+            )
+    rows = "".join(f"{n},{r},{g},{b}\n" for n, (r, g, b) in COLOURS.items())
+    (root / "class_dict.csv").write_text("name,r,g,b\n" + rows)
+    for split in ("train", "val"):
+        data = load_segmentation(root, split, classes=None)
+        assert data.class_names == list(COLOURS) and len(data.samples) == {"train": 6, "val": 4}[split]
+        for sample in data.samples:
+            np.testing.assert_array_equal(np.asarray(Image.open(sample.mask)), painted[split, sample.image_id])
+    (root / "class_dict.csv").write_text("name,r,g,b\nbackground,0,0,0\nsquare,0,0,0\n")
+    with pytest.raises(UserError, match="gives two classes the same colour"):
+        load_segmentation(root, "val", classes=None)
+    (root / "class_dict.csv").write_text("name,r,g,b\nbackground,0,0\n")
+    with pytest.raises(UserError, match=r"class_dict.csv, line 2: expected 'name,r,g,b'"):
+        load_segmentation(root, "val", classes=None)

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from tasks.config import load_yaml
 from tasks.data import holdout
 from tasks.data.coco_masks import coco_semantic_masks, has_coco_polygons
+from tasks.data.colour_masks import find_colour_map, indexed_samples, read_colour_map
 from tasks.data.folders import val_or_stand_in
 from tasks.data.images import READ_ERRORS, DecodedCache, is_image_file, warn_unreadable
 from tasks.data.images import image_size as shown_size
@@ -206,6 +207,7 @@ def _read_split(root: Path, split: str, classes: Sequence[str] | None, fmt: str,
     masks = mask_folder_layout(root, split) is not None
     coco = fmt == "coco" or (fmt == "auto" and not masks and has_coco_polygons(root, split))
     yolo = fmt == "yolo" or (fmt == "auto" and not (voc or masks or coco) and (root.is_file() or is_yolo_root(root)))
+    colour_map = find_colour_map(root) if root.is_dir() and not (yolo or coco) else None
     if yolo:
         found, names, source = yolo_segmentation(root, split, classes=classes)
         samples = [SegmentationSample(image_id, image, mask) for image_id, image, mask in found]
@@ -219,7 +221,9 @@ def _read_split(root: Path, split: str, classes: Sequence[str] | None, fmt: str,
     else:
         samples = read_mask_folders(root, split)
         listing = root / "classes.txt"
-        if classes is not None:
+        if colour_map is not None:
+            names = []  # the colour map's, below
+        elif classes is not None:
             names = list(classes)
         elif listing.is_file():
             names = [line.strip() for line in read_text(listing, kind="class list").splitlines() if line.strip()]
@@ -227,6 +231,14 @@ def _read_split(root: Path, split: str, classes: Sequence[str] | None, fmt: str,
             names = [str(i) for i in range(scan_num_classes(samples))]
     if not samples:
         raise UserError(f"split {split!r} of {root} has no images")
+    if colour_map is not None:  # CVAT's segmentation masks, CamVid's class_dict.csv: classes are colours
+        names, colours = read_colour_map(colour_map)
+        if classes is not None and list(classes) != names:
+            print(
+                f"warning: the classes of colour map {colour_map} are used; the configured list {list(classes)} differs"
+            )
+        print(f"classes (colour map {colour_map}): {', '.join(names)}")
+        samples = indexed_samples(samples, colour_map, colours)
     if not 2 <= len(names) <= IGNORE_INDEX:
         raise UserError(
             f"{root} defines {len(names)} class(es); segmentation needs 2 to 255 (background included; 255 is void)"
