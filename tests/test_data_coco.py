@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,3 +270,27 @@ def test_cvats_coco_export_of_one_subset_is_held_out_of(tmp_path, capsys, images
     assert sorted(s.image_id for s in train.samples + val.samples) == [7, 9, 11]
     assert len(val.samples) == 1 and all(s.path.is_file() for s in train.samples + val.samples)
     assert val.source.endswith("instances_default.json (20% held out)")
+
+
+def test_label_studios_coco_export_reads_its_windows_names_and_holds_out_val(tmp_path, capsys) -> None:
+    """Label Studio's COCO export: result.json beside images/, file names written 'images\\\\<name>' on Windows
+    (or with its project folder between); the one split is held out of."""
+    from tasks.data.detection_splits import detect_format, load_detection_splits
+
+    source = write_coco(tmp_path / "coco")
+    reference = read_coco(*find_coco_split(source, "val2017"))
+    root = tmp_path / "export"
+    (root / "images").mkdir(parents=True)
+    data = json.loads((source / "annotations" / "instances_val2017.json").read_text())
+    for image, written in zip(data["images"], ("images\\a.png", "images\\1/b.png", "c.png")):
+        shutil.copy(source / "val2017" / image["file_name"], root / "images" / Path(image["file_name"]).name)
+        image["file_name"] = written
+    (root / "result.json").write_text(json.dumps(data))
+    assert detect_format(root, "auto") == "coco"
+    train, val = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
+    assert "holding out 20% for validation (1 of 3 images" in capsys.readouterr().out
+    got = sorted(train.samples + val.samples, key=lambda s: s.image_id)
+    assert [s.path for s in got] == [root / "images" / name for name in ("a.png", "b.png", "c.png")]
+    for ours, theirs in zip(got, reference.samples, strict=True):
+        np.testing.assert_array_equal(ours.boxes, theirs.boxes)
+        np.testing.assert_array_equal(ours.labels, theirs.labels)

@@ -426,24 +426,28 @@ def test_images_and_masks_without_split_folders_hold_out_a_fifth_by_hash(shapes_
     assert json.loads((evaluated / "metrics.json").read_text())["mIoU"] == pytest.approx(trained["mIoU"], abs=1e-6)
 
 
-def test_cvats_coco_export_of_one_subset_gives_train_and_val_masks(tmp_path, monkeypatch, capsys) -> None:
-    """annotations/instances_default.json with images/ (CVAT's COCO export of a task without subsets): the masks
-    of its polygons, a fifth of the images held out for val, the rest trained on."""
+@pytest.mark.parametrize("tool", ["cvat", "label-studio"])
+def test_coco_exports_of_one_subset_give_train_and_val_masks(tmp_path, monkeypatch, capsys, tool) -> None:
+    """annotations/instances_default.json with images/ (CVAT's COCO export of a task without subsets), or
+    result.json beside images/ with Windows names (Label Studio's): the masks of its polygons, a fifth of the
+    images held out for val, the rest trained on."""
     from tasks.data.segmentation import load_segmentation
 
     monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "cvat"
-    (root / "annotations").mkdir(parents=True)
-    (root / "images").mkdir()
+    root = tmp_path / tool
+    (root / "images").mkdir(parents=True)
     images, annotations = [], []
     for i in range(5):
         Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(root / "images" / f"{i}.png")
-        images.append({"id": i + 1, "file_name": f"{i}.png", "width": 60, "height": 40})
+        name = f"{i}.png" if tool == "cvat" else f"images\\{i}.png"
+        images.append({"id": i + 1, "file_name": name, "width": 60, "height": 40})
         square = [10 + i, 10, 30 + i, 10, 30 + i, 30, 10 + i, 30]
         annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "segmentation": [square],
                             "area": 400, "iscrowd": 0})  # fmt: skip
     document = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "box"}]}
-    (root / "annotations" / "instances_default.json").write_text(json.dumps(document))
+    written = root / ("annotations/instances_default.json" if tool == "cvat" else "result.json")
+    written.parent.mkdir(exist_ok=True)
+    written.write_text(json.dumps(document))
     train = load_segmentation(root, "train", classes=None)
     val = load_segmentation(root, "val", classes=None)
     assert "holding out 20% for validation (1 of 5 images" in capsys.readouterr().out

@@ -10,26 +10,51 @@ from typing import Any
 import numpy as np
 
 from tasks.data.detection import DetectionData, DetectionSample, FixCounts, clean_boxes
+from tasks.data.holdout import WHOLE
 from tasks.data.images import READ_ERRORS, image_size
 from tasks.errors import UserError
 from tasks.io import read_text
 
 ROBOFLOW_FILE = "_annotations.coco.json"  # Roboflow's COCO export: <split>/ holds it beside the split's images
+LABEL_STUDIO_FILE = "result.json"  # Label Studio's COCO export: one file beside images/, names relative to it
 
 
 def coco_split_file(root: Path, split: str) -> Path | None:
     """The annotation file of ``split``: ``annotations/instances_<split>.json`` (COCO 2017's layout) or
-    ``<split>/_annotations.coco.json`` (Roboflow's export), if either exists."""
+    ``<split>/_annotations.coco.json`` (Roboflow's export), if either exists; for the whole root
+    (:data:`holdout.WHOLE`), Label Studio's ``result.json``."""
+    if split == WHOLE:
+        return root / LABEL_STUDIO_FILE if _is_label_studio(root) else None
     for path in (root / "annotations" / f"instances_{split}.json", root / split / ROBOFLOW_FILE):
         if path.is_file():
             return path
     return None
 
 
+def _is_label_studio(root: Path) -> bool:
+    return (root / LABEL_STUDIO_FILE).is_file() and (root / "images").is_dir()
+
+
 def is_coco_root(root: Path) -> bool:
-    return (root / "annotations").is_dir() or any(
-        (root / split / ROBOFLOW_FILE).is_file() for split in ("train", "valid", "val", "test")
+    return (
+        (root / "annotations").is_dir()
+        or _is_label_studio(root)
+        or any((root / split / ROBOFLOW_FILE).is_file() for split in ("train", "valid", "val", "test"))
     )
+
+
+def resolve_image(image_dir: Path, file_name: str) -> Path:
+    """Where an images entry's file is: its ``file_name`` under the image folder; else, as exporters on Windows
+    write it (Label Studio: ``images\\<name>``, or a path to its own media folder), that name with forward
+    slashes, or its last part in ``images/`` or the image folder. The first candidate where none exists."""
+    given = image_dir / file_name
+    if given.is_file():
+        return given
+    name = file_name.replace("\\", "/")
+    for candidate in (image_dir / name, image_dir / "images" / Path(name).name, image_dir / Path(name).name):
+        if candidate.is_file():
+            return candidate
+    return given
 
 
 def find_coco_split(root: Path, split: str) -> tuple[Path, Path]:
@@ -40,7 +65,7 @@ def find_coco_split(root: Path, split: str) -> tuple[Path, Path]:
             f"--data {root} has no COCO split '{split}': expected {root / 'annotations' / f'instances_{split}.json'} "
             f"or {root / split / ROBOFLOW_FILE}"
         )
-    if annotations.name == ROBOFLOW_FILE:
+    if annotations.name in (ROBOFLOW_FILE, LABEL_STUDIO_FILE):
         return annotations, annotations.parent
     for images in (root / split, root / "images" / split, root / "images"):
         if images.is_dir():
@@ -91,7 +116,7 @@ def read_coco(annotation_file: Path, image_dir: Path) -> DetectionData:
     for index, image in enumerate(data["images"]):
         if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
             raise bad("images", index, "needs an 'id' and a 'file_name'")
-        path = image_dir / image["file_name"]
+        path = resolve_image(image_dir, image["file_name"])
         if not path.is_file():
             raise UserError(f"image {path} listed in {annotation_file} does not exist")
         width, height = _size(image, path, fixes, f"annotation file {annotation_file}: images entry {index}")

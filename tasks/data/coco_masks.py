@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tasks.data.coco import coco_split_file, find_coco_split, read_json, without_umbrella
+from tasks.data.coco import coco_split_file, find_coco_split, read_json, resolve_image, without_umbrella
 from tasks.data.embedded import cache_root
 from tasks.errors import UserError
 
 IGNORE_INDEX = 255
-MASKS_VERSION = 2  # in the cache key: 2 left Roboflow's umbrella category out of the classes
+MASKS_VERSION = 3  # in the cache key: 2 left Roboflow's umbrella category out of the classes, 3 resolved names
 
 
 def has_coco_polygons(root: Path, split: str) -> bool:
@@ -70,9 +70,19 @@ def coco_semantic_masks(root: Path, split: str) -> tuple[Path, Path, list[str]]:
                     continue
                 pixels = coco.annToMask(annotation).astype(bool)  # polygons, RLE or uncompressed RLE
                 mask[pixels] = IGNORE_INDEX if annotation.get("iscrowd") else label_of[annotation["category_id"]]
-            save_mask(folder / Path(image["file_name"]).with_suffix(".png"), mask)
+            save_mask(
+                folder / _relative(resolve_image(image_dir, image["file_name"]), image_dir).with_suffix(".png"), mask
+            )
 
     return image_dir, masks_once(cached, draw), names
+
+
+def _relative(path: Path, folder: Path) -> Path:
+    """The image's path under the image folder, where the masks folder mirrors it."""
+    try:
+        return path.relative_to(folder)
+    except ValueError:
+        return Path(path.name)
 
 
 def save_mask(path: Path, mask: np.ndarray) -> None:

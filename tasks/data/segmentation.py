@@ -253,7 +253,8 @@ def _has_split(root: Path, split: str, fmt: str, *, voc: bool) -> bool:
     if root.is_file():
         return split in load_yaml(root)
     if split == holdout.WHOLE:
-        return (root / "images").is_dir() and ((root / "masks").is_dir() or (root / "labels").is_dir())
+        folders = (root / "images").is_dir() and ((root / "masks").is_dir() or (root / "labels").is_dir())
+        return folders or (fmt in ("auto", "coco") and has_coco_polygons(root, split))
     if voc and fmt in ("auto", "voc"):
         return (root / "ImageSets" / "Segmentation" / f"{split}.txt").is_file()
     if fmt == "yolo":
