@@ -91,24 +91,18 @@ def indexed_samples(
     samples: Sequence[SegmentationSample], map_path: Path, colours: np.ndarray
 ) -> list[SegmentationSample]:
     """``samples`` with their masks turned into class indices once, in the cache."""
+    present = [s.mask is not None and s.mask.is_file() for s in samples]  # a missing mask is reported later
+    painted = [s for s, p in zip(samples, present) if p]
     identity = [f"{VERSION}", map_path.read_bytes().hex()]
-    for sample in samples:
-        if sample.mask is not None and sample.mask.is_file():
-            stat = sample.mask.stat()
-            identity.append(f"{sample.mask.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
+    for sample in painted:
+        stat = sample.mask.stat()
+        identity.append(f"{sample.mask.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
     key = hashlib.sha1("\n".join(identity).encode()).hexdigest()[:16]
     target = cache_root() / "colour-masks" / key
 
-    def relative(sample: SegmentationSample) -> Path:
-        return Path(f"{sample.image_id}.png")
-
     def draw(folder: Path) -> None:
-        for sample in samples:
-            if sample.mask is not None and sample.mask.is_file():
-                save_mask(folder / relative(sample), index_mask(sample.mask, colours, map_path))
+        for sample in painted:
+            save_mask(folder / f"{sample.image_id}.png", index_mask(sample.mask, colours, map_path))
 
     folder = target if target.is_dir() else masks_once(target, draw)
-    return [
-        replace(sample, mask=folder / relative(sample)) if sample.mask is not None and sample.mask.is_file() else sample
-        for sample in samples
-    ]
+    return [replace(s, mask=folder / f"{s.image_id}.png") if p else s for s, p in zip(samples, present)]

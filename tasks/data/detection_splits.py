@@ -56,14 +56,11 @@ def detect_format(root: Path, given: str) -> str:
     )
 
 
-def _default_split(root: Path, fmt: str, which: int, given: str | None) -> str:
-    def exists(candidate: str) -> bool:
-        return has_split(root, candidate) if fmt == "voc" else coco_split_file(root, candidate) is not None
-
-    if given:
-        return val_or_stand_in(root, given, exists)
-    defaults = PAIRED_SPLITS[which] if fmt == "voc" and not is_voc_root(root) else DEFAULT_SPLITS[fmt][which]
-    return next((c for c in defaults if exists(c)), defaults[0])
+def _defaults(root: Path, kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The default (train, val) split names of ``kind``, in the order they are looked for."""
+    if kind == "voc" and not is_voc_root(root):
+        return PAIRED_SPLITS
+    return DEFAULT_SPLITS.get(kind, (("train",), ("val", "valid")))
 
 
 def _has_split(root: Path, kind: str, name: str) -> bool:
@@ -71,9 +68,17 @@ def _has_split(root: Path, kind: str, name: str) -> bool:
         return has_split(root, name)
     if kind == "coco":
         return coco_split_file(root, name) is not None
-    if root.is_file():  # a data YAML: Ultralytics' or one of COCO files
-        return name in load_yaml(root)
-    return yolo_has_split(root, name)
+    return yolo_has_split(root, name)  # YOLO data, or a data YAML of COCO files (by its keys)
+
+
+def _default_split(root: Path, fmt: str, which: int, given: str | None) -> str:
+    def exists(candidate: str) -> bool:
+        return _has_split(root, fmt, candidate)
+
+    if given:
+        return val_or_stand_in(root, given, exists)
+    defaults = _defaults(root, fmt)[which]
+    return next((c for c in defaults if exists(c)), defaults[0])
 
 
 def _holdout_split(root: Path, kind: str, train_split: str | None, val_split: str | None) -> str | None:
@@ -82,14 +87,12 @@ def _holdout_split(root: Path, kind: str, train_split: str | None, val_split: st
     are named."""
     if train_split not in (None, "train") or val_split not in (None, "val"):
         return None
-    paired = kind == "voc" and not is_voc_root(root)
-    trains, vals = PAIRED_SPLITS if paired else DEFAULT_SPLITS.get(kind, (("train",), ("val", "valid")))
+    trains, vals = _defaults(root, kind)
 
     def present(name: str) -> bool:
-        return any(_has_split(root, kind, n) for n in {"train": trains, "val": vals}.get(name, (name,)))
+        return any(_has_split(root, kind, n) for n in (vals if name == "val" else (name,)))
 
-    whole = holdout.source_split("val", present)
-    return next(n for n in trains if _has_split(root, kind, n)) if whole == "train" else whole
+    return holdout.source_split("val", present, trains)
 
 
 def load_detection_splits(
@@ -114,16 +117,11 @@ def load_detection_splits(
             root, fmt=kind, train_split=None, val_split=whole, classes=classes, need_train=False
         )
         base = root.parent if root.is_file() else root
-        keys = [holdout.key_of(s.path, base) for s in data.samples]
-        val = holdout.held_out(keys, val_fraction)
-        holdout.note(root, val_fraction, len(val), len(keys))
-        parts = [[s for i, s in enumerate(data.samples) if (i in val) == held] for held in (False, True)]
+        rest, held = holdout.parts(data.samples, [holdout.key_of(s.path, base) for s in data.samples], val_fraction)
+        holdout.note(root, val_fraction, len(held), len(data.samples))
         origin = data.source.removesuffix(f" ({whole})")
-        train, val_data = (
-            replace(data, samples=samples, source=f"{origin} ({name})")
-            for samples, name in zip(parts, ("the rest", f"{val_fraction:.0%} held out"))
-        )
-        return (train if need_train else None), val_data
+        train = replace(data, samples=rest, source=f"{origin} (the rest)") if need_train else None
+        return train, replace(data, samples=held, source=f"{origin} ({val_fraction:.0%} held out)")
     if kind == "yaml":
         return _from_yaml(root, train_split, val_split, need_train)
     if kind == "yolo":

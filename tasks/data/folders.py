@@ -154,10 +154,12 @@ def load_split(
         return read_label_csv(location, classes) if kind == "csv" else scan_image_folder(location, classes)
     location, kind = source
     samples, class_names = read_label_csv(location, classes) if kind == "csv" else scan_image_folder(location, classes)
-    val = holdout.held_out([holdout.key_of(s.path, root) for s in samples], val_fraction, [s.label for s in samples])
+    keys = [holdout.key_of(s.path, root) for s in samples]
+    rest, held = holdout.parts(samples, keys, val_fraction, [s.label for s in samples])
     if split == "val":
-        holdout.note(root, val_fraction, len(val), len(samples), per=" of each class")
-    return [s for i, s in enumerate(samples) if (i in val) == (split == "val")], class_names
+        holdout.note(root, val_fraction, len(held), len(samples), per=" of each class")
+        return held, class_names
+    return rest, class_names
 
 
 def _holdout_source(root: Path, split: str, fmt: str) -> tuple[Path, str] | None:

@@ -16,9 +16,11 @@ import hashlib
 import math
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tasks.errors import UserError
+
+T = TypeVar("T")
 
 DEFAULT_FRACTION = 0.2
 WHOLE = "."  # the split name of a root that is one split: LabelImg's folder, YOLO's images/ and labels/
@@ -46,6 +48,14 @@ def held_out(keys: Sequence[str], fraction: float, groups: Sequence[Hashable] | 
         ranked = sorted(indices, key=lambda i: hashlib.sha1(keys[i].encode("utf-8")).hexdigest())
         chosen.update(ranked[:take])
     return chosen
+
+
+def parts(
+    items: Sequence[T], keys: Sequence[str], fraction: float, groups: Sequence[Hashable] | None = None
+) -> tuple[list[T], list[T]]:
+    """(the rest, the held out) of ``items``, each in their order; ``keys`` and ``groups`` as for :func:`held_out`."""
+    held = held_out(keys, fraction, groups)
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
 CVAT_SUBSET = "default"  # the subset name of CVAT's exports (COCO, Pascal VOC, segmentation masks) of one task

@@ -21,7 +21,6 @@ from PIL import Image
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from tasks.config import load_yaml
 from tasks.data import holdout
 from tasks.data.coco_masks import coco_semantic_masks, has_coco_polygons
 from tasks.data.colour_masks import find_colour_map, indexed_samples, read_colour_map
@@ -195,12 +194,12 @@ def load_segmentation(
         return _read_split(root, split, classes, fmt, voc=voc)
     data = _read_split(root, whole, classes, fmt, voc=voc)
     base = root.parent if root.is_file() else root
-    val = holdout.held_out([holdout.key_of(s.image, base) for s in data.samples], val_fraction)
+    rest, held = holdout.parts(data.samples, [holdout.key_of(s.image, base) for s in data.samples], val_fraction)
+    origin = data.source.removesuffix(f" ({whole})")
     if split == "val":
-        holdout.note(root, val_fraction, len(val), len(data.samples))
-    samples = [s for i, s in enumerate(data.samples) if (i in val) == (split == "val")]
-    part = f"{val_fraction:.0%} held out" if split == "val" else "the rest"
-    return SegmentationData(samples, data.class_names, f"{data.source.removesuffix(f' ({whole})')} ({part})")
+        holdout.note(root, val_fraction, len(held), len(data.samples))
+        return SegmentationData(held, data.class_names, f"{origin} ({val_fraction:.0%} held out)")
+    return SegmentationData(rest, data.class_names, f"{origin} (the rest)")
 
 
 def _read_split(root: Path, split: str, classes: Sequence[str] | None, fmt: str, *, voc: bool) -> SegmentationData:
@@ -250,8 +249,8 @@ def _read_split(root: Path, split: str, classes: Sequence[str] | None, fmt: str,
 def _has_split(root: Path, split: str, fmt: str, *, voc: bool) -> bool:
     """Whether ``split`` is in ``root`` in a layout that ``fmt`` reads; :data:`holdout.WHOLE`: whether the root is
     one split, ``images/`` beside ``masks/`` or YOLO's ``labels/``."""
-    if root.is_file():
-        return split in load_yaml(root)
+    if root.is_file():  # a data YAML
+        return yolo_has_split(root, split)
     if split == holdout.WHOLE:
         folders = (root / "images").is_dir() and ((root / "masks").is_dir() or (root / "labels").is_dir())
         return folders or (fmt in ("auto", "coco") and has_coco_polygons(root, split))

@@ -152,10 +152,10 @@ def _from_folder(root: Path, split: str | None, which: int) -> _Split:
 
 
 def yolo_has_split(root: Path, name: str) -> bool:
-    """Whether a YOLO folder (or the folder of its data YAML) has the split ``name``."""
+    """Whether a data YAML, or a YOLO folder (by its data YAML, or else its folders), has the split ``name``."""
     from tasks.config import load_yaml
 
-    yaml_path = find_yaml(root)
+    yaml_path = root if root.is_file() else find_yaml(root)
     if yaml_path is not None:
         return name in load_yaml(yaml_path)
     return (root / "images" / name).is_dir() or (root / name / "images").is_dir()
