@@ -450,7 +450,7 @@ def export_benchmark(*, rounds: int, models: dict[str, tuple[str, int]] | None =
 TRAINING_RECIPES = {
     # task: (packaged recipe, backbone, what the recipe trains on)
     "classify": ("classify/digits", "resnet18", "digits, 32 px, batch 64, AdamW"),
-    "detect": ("detect/shapes", "resnet50", "shapes, 128 px, batch 4, SGD (the main job)"),
+    "detect": ("detect/shapes", "resnet50", "shapes, 128 px, batch 8, SGD (the main job)"),
     "segment": ("segment/shapes", "resnet34", "shapes, 128 px crops, batch 8, AdamW"),
     "multitask": ("multitask/shapes", "resnet50", "shapes, 128 px, batch 4, SGD, three heads"),
 }
