@@ -32,7 +32,7 @@ GOALS = {
         1.25,
         tried='"Mixed precision on the CPU", "The detector in channels-last" (float32 on AVX2: level with the bare '
         'loop; the profile), "Cores", "The main job at batch 8" (detect 1.43× to 1.25×: the bare loop gains more from '
-        'the batch)',
+        "the batch)",
     ),
     "peak": Goal(
         "training: detect and segment at least 60% of the float32 ceiling",
