@@ -273,6 +273,39 @@ def test_a_yolo_folder_without_split_folders_holds_out_the_same_images_for_both_
     assert metrics["segment"]["num_pixels"] == 2 * 48 * 64 and metrics["detect"]["num_images"] == 2
 
 
+def test_a_coco_2017_root_serves_detect_and_segment_from_train2017_and_val2017(
+    shapes_root, tmp_path, monkeypatch, capsys
+):
+    """COCO's own layout (train2017/, val2017/, annotations/instances_<split>2017.json with polygons): both tasks
+    find the release-named splits without a dataset YAML, and join on their images. A file of boxes alone is one
+    line for segmentation, not masks of background."""
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train", "val"):
+        shutil.copytree(shapes_root / split, root / f"{split}2017")
+        document = json.loads((shapes_root / "annotations" / f"instances_{split}.json").read_text())
+        for a in document["annotations"]:  # each box as a polygon
+            x, y, w, h = a["bbox"]
+            a["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+        (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(document))
+    out = tmp_path / "run"
+    assert main(["--tasks", "detect,segment", "--data", str(root), "--output", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "6 train images (labelled for detect 6, segment 6)" in printed and "held out" not in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["detect"]["num_images"] == 4 and metrics["segment"]["num_pixels"] == 4 * 64 * 64
+    boxes_only = root / "annotations" / "instances_train2017.json"
+    document = json.loads(boxes_only.read_text())
+    for a in document["annotations"]:
+        del a["segmentation"]
+    boxes_only.write_text(json.dumps(document))
+    assert main(["--tasks", "detect,segment", "--data", str(root), "--output", str(tmp_path / "bad"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"annotation file {boxes_only}: none of its " in err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_each_task_reads_its_own_split_names_from_the_dataset_yaml(shapes_root, tmp_path, capsys) -> None:
     """VOC2007 detection (trainval/test) joined as it is with VOC2012 segmentation (train/val): per-task splits."""
     seg = tmp_path / "seg"

@@ -51,8 +51,14 @@ def coco_semantic_masks(root: Path, split: str) -> tuple[Path, Path, list[str]]:
     cached = cache_root() / "coco-masks" / key / split
     if cached.is_dir():
         return image_dir, cached, names
+    annotations = data.get("annotations") or []
+    if annotations and not any(isinstance(a, dict) and a.get("segmentation") for a in annotations):
+        raise UserError(
+            f"annotation file {annotation_file}: none of its {len(annotations)} annotations has a 'segmentation' "
+            "(polygons or RLE), which segmentation needs: a detection-only export? (detection reads its boxes)"
+        )
     by_image: dict[Any, list[dict[str, Any]]] = {}
-    for annotation in data.get("annotations", []):
+    for annotation in annotations:
         by_image.setdefault(annotation.get("image_id"), []).append(annotation)
     coco = COCO()  # pycocotools' own decoding of every segmentation format, from the file already read
     coco.dataset = data

@@ -93,12 +93,16 @@ VAL_STAND_INS = holdout.STAND_INS  # Roboflow's folder export (train, valid, tes
 
 
 def val_or_stand_in(root: Path, split: str, present: Callable[[str], bool]) -> str:
-    """``split``; or, where that is ``val`` and ``present`` finds no such split in ``root``, the first of its
-    stand-ins that ``present`` finds (``valid``, then ``test``), with a note. Otherwise ``split`` unchanged, for
-    the reader to report as missing."""
-    if split != "val" or present(split):
+    """``split``; or, where that is ``train`` or ``val`` and ``present`` finds no such split in ``root``, the
+    same split under COCO's release names (``train2017``, ``val2017``, then 2014's), silently; or else, for ``val``,
+    the first of its stand-ins that ``present`` finds (``valid``, then ``test``), with a note. Otherwise ``split``
+    unchanged, for the reader to report as missing."""
+    if split not in ("train", "val") or present(split):
         return split
-    for stand_in in VAL_STAND_INS:
+    released = next((name for name in holdout.release_names(split) if present(name)), None)
+    if released is not None:
+        return released
+    for stand_in in VAL_STAND_INS if split == "val" else ():
         if present(stand_in):
             print(f"note: --data {root} has no 'val' split: evaluating on its '{stand_in}' split")
             return stand_in

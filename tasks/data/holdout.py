@@ -25,6 +25,7 @@ T = TypeVar("T")
 DEFAULT_FRACTION = 0.2
 WHOLE = "."  # the split name of a root that is one split: LabelImg's folder, YOLO's images/ and labels/
 STAND_INS = ("valid", "test")  # what stands in for a missing val split, in order (folders.val_or_stand_in)
+RELEASES = ("2017", "2014")  # COCO names its default splits by release: train2017 and val2017 are train and val
 SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing"})
 
 
@@ -58,13 +59,19 @@ def parts(
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
+def release_names(split: str) -> tuple[str, ...]:
+    """The names that the default ``split`` (``train`` or ``val``) goes by in COCO's releases, newest first:
+    ``train2017``, ``train2014``."""
+    return tuple(f"{split}{year}" for year in RELEASES) if split in ("train", "val") else ()
+
+
 CVAT_SUBSET = "default"  # the subset name of CVAT's exports (COCO, Pascal VOC, segmentation masks) of one task
 
 
 def source_split(split: str, present: Callable[[str], bool], trains: Sequence[str] = ("train",)) -> str | None:
     """The split that the default ``split`` (``train`` or ``val``) is held out of: the first of ``trains`` that
     ``present`` finds, or the whole root (:data:`WHOLE`), where it finds neither val nor a stand-in; else None."""
-    if split not in ("train", "val") or any(present(name) for name in ("val", *STAND_INS)):
+    if split not in ("train", "val") or any(present(name) for name in ("val", *release_names("val"), *STAND_INS)):
         return None
     return next((name for name in (*trains, WHOLE) if present(name)), None)
 
