@@ -608,7 +608,8 @@ def _detector_sizes(r: Resolver, facts: RunFacts, short: float, *, revise: bool 
     anchors = [[base * 2**i] for i in range(5)]
     r.decide(prefix + "anchor_sizes", anchors, why, fixed=[[32], [64], [128], [256], [512]], revise=revise)
     # torchvision's proposal and RoI counts are for 800x1333 images; fewer pixels need fewer of them.
-    scaled = f"torchvision's, scaled to {area_ratio:.0%} of the pixels of 800x1333"
+    percent = 100 * area_ratio
+    share = f"{percent:.2g}%" if percent < 10 else f"{percent:.0f}%"  # 0.38%, not 0%
     for key, full, low in (
         ("rpn_pre_nms_top_n_train", 2000, 400),
         ("rpn_post_nms_top_n_train", 2000, 200),
@@ -617,7 +618,9 @@ def _detector_sizes(r: Resolver, facts: RunFacts, short: float, *, revise: bool 
         ("box_batch_size_per_image", 512, 64),
     ):
         value = int(min(max(round(full * area_ratio), low), full))
-        r.decide(prefix + key, value, scaled if value < full else "torchvision's", fixed=full, revise=revise)
+        why = f"torchvision's {full}, scaled to {share} of the pixels of 800x1333"
+        why += f", at least {low}" if value == low and value < full else ""
+        r.decide(prefix + key, value, why if value < full else "torchvision's", fixed=full, revise=revise)
 
 
 def resolve_length(

@@ -216,9 +216,13 @@ def test_recipe_fixed_gives_the_generic_values_of_before() -> None:
 def test_detection_sizes_anchors_and_proposals_follow_the_data() -> None:
     """On 128 px images with 15-60 px objects the rules give what configs/detect/shapes.yaml sets by hand."""
     boxes = tuple(float(b) for b in range(15, 61))
-    config, _ = _resolve(DetectConfig(), _facts("detect", n=320, sizes=((128, 128),), batch=4, box_sizes=boxes))
+    config, recipe = _resolve(DetectConfig(), _facts("detect", n=320, sizes=((128, 128),), batch=4, box_sizes=boxes))
     m = config.model
     assert (m.min_size, m.max_size) == (128, 128)
+    reasons = {c.key: c.reason for c in recipe.choices}  # 128 * 128 / (800 * 1333) = 1.54% of the pixels
+    assert reasons["model.rpn_pre_nms_top_n_train"] == (
+        "torchvision's 2000, scaled to 1.5% of the pixels of 800x1333, at least 400"
+    )
     assert m.anchor_sizes == [[16], [32], [64], [128], [256]]
     counts = (m.rpn_pre_nms_top_n_train, m.rpn_post_nms_top_n_train, m.rpn_pre_nms_top_n_test)
     assert counts + (m.rpn_post_nms_top_n_test, m.box_batch_size_per_image) == (400, 200, 300, 100, 64)
@@ -226,10 +230,12 @@ def test_detection_sizes_anchors_and_proposals_follow_the_data() -> None:
     assert (t.optimizer, t.lr, t.clip_grad) == ("sgd", 0.01, 10.0)  # 0.02 at batch 16, x sqrt(4 / 16)
 
     photos = _facts("detect", sizes=((800, 600),), batch=16, box_sizes=tuple(float(b) for b in range(40, 400)))
-    big, _ = _resolve(DetectConfig(), photos)
+    big, big_recipe = _resolve(DetectConfig(), photos)
     assert (big.model.min_size, big.model.max_size) == (608, 800)
     assert big.model.anchor_sizes == [[32], [64], [128], [256], [512]]  # torchvision's, capped
     assert big.model.rpn_pre_nms_top_n_train == round(2000 * 608 * 800 / (800 * 1333))
+    reasons = {c.key: c.reason for c in big_recipe.choices}
+    assert reasons["model.rpn_pre_nms_top_n_train"] == "torchvision's 2000, scaled to 46% of the pixels of 800x1333"
 
 
 @pytest.mark.parametrize(("task", "config_class"), [("detect", DetectConfig), ("multitask", MultiTaskConfig)])
