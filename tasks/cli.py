@@ -15,6 +15,7 @@ from backbones import BackboneError, WeightsError, list_backbones
 from tasks import distributed, threads
 from tasks.checkpoint import load_checkpoint
 from tasks.config import apply, dump_yaml, load_yaml, merge_dicts, nested_update, packaged_config, parse_set_option
+from tasks.data import holdout
 from tasks.data.images import READ_ERRORS, image_size, is_image_file, load_rgb, warn_unreadable
 from tasks.engine import Engine, Setup, resolve_device
 from tasks.errors import UserError
@@ -378,6 +379,7 @@ def fit(task: str, cfg: Any, parts: Setup, resume: Path | None) -> tuple[dict[st
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
     """Call ``main``; a user's mistake becomes one line on stderr and exit code 2."""
+    holdout.forget_notes()
     try:
         code = main(argv)
         distributed.shutdown(wait=True)  # every rank done before any leaves the group

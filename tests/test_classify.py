@@ -252,6 +252,22 @@ def test_a_valid_or_test_folder_stands_in_for_a_missing_val(data, tmp_path, caps
     assert json.loads((out / "metrics.json").read_text())["num_samples"] == 15
 
 
+@pytest.mark.parametrize(("train", "val"), [("training", "validation"), ("train2017", "val2017")])
+def test_a_split_under_its_other_name_is_read_not_held_out_of(data, tmp_path, capsys, train, val) -> None:
+    """training/ and validation/ (many Kaggle sets), train2017/ and val2017/ (COCO's naming) are the train and val
+    splits: read as they are, with no hold-out."""
+    from tasks.data.folders import load_split
+
+    root = tmp_path / "named"
+    shutil.copytree(data / "train", root / train)
+    shutil.copytree(data / "val", root / val)
+    for split, folder in (("train", train), ("val", val)):
+        samples, names = load_split(root, split, fmt="auto", classes=None)
+        assert names == ["blue", "green", "red"]
+        assert {s.path for s in samples} == set((root / folder).rglob("*.png"))
+    assert "holding out" not in capsys.readouterr().out
+
+
 def test_a_root_of_class_folders_holds_out_each_classs_share_by_the_hash_of_its_paths(data, tmp_path, capsys) -> None:
     """An ImageFolder without splits (Kaggle's downloads): data.val_fraction of each class is held out, the files
     of the smallest SHA-1 of their path under the root; eval of the checkpoint scores the same files again."""

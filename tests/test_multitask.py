@@ -268,7 +268,7 @@ def test_a_yolo_folder_without_split_folders_holds_out_the_same_images_for_both_
     assert main(["--tasks", "detect,segment", "--data", str(flat), "--output", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
     assert "8 train images (labelled for detect 8, segment 8)" in printed
-    assert "holding out 20% for validation (2 of 10 images" in printed
+    assert printed.count("holding out 20% for validation (2 of 10 images") == 1  # once, not per task and read
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["segment"]["num_pixels"] == 2 * 48 * 64 and metrics["detect"]["num_images"] == 2
 
@@ -295,6 +295,19 @@ def test_a_coco_2017_root_serves_detect_and_segment_from_train2017_and_val2017(
     assert "6 train images (labelled for detect 6, segment 6)" in printed and "held out" not in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["detect"]["num_images"] == 4 and metrics["segment"]["num_pixels"] == 4 * 64 * 64
+    # train2017 alone: both tasks hold the same images out of it, and train on the rest
+    from tasks.data.detection_splits import load_detection_splits
+    from tasks.data.segmentation import load_segmentation
+
+    shutil.rmtree(root / "val2017")
+    (root / "annotations" / "instances_val2017.json").unlink()
+    segment = {
+        split: {s.image for s in load_segmentation(root, split, classes=None).samples} for split in ("train", "val")
+    }
+    train, val = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
+    detect = {"train": {s.path for s in train.samples}, "val": {s.path for s in val.samples}}
+    assert segment == detect and len(segment["val"]) == 1 and len(segment["train"]) == 5
+    assert segment["train"] | segment["val"] == set((root / "train2017").iterdir())
     boxes_only = root / "annotations" / "instances_train2017.json"
     document = json.loads(boxes_only.read_text())
     for a in document["annotations"]:

@@ -540,3 +540,84 @@ def test_rgb_masks_with_a_class_dict_csv_read_as_their_classes(shapes_root, tmp_
     (root / "class_dict.csv").write_text("name,r,g,b\nbackground,0,0\n")
     with pytest.raises(UserError, match=r"class_dict.csv, line 2: expected 'name,r,g,b'"):
         load_segmentation(root, "val", classes=None)
+
+
+def _label_image(path, values, *, rgb=False) -> np.ndarray:
+    """A 24 × 32 image (RGB noise) or mask (L): rows of ``values`` in turn."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = np.resize(np.asarray(values, np.uint8), 24)[:, None].repeat(32, axis=1)
+    if rgb:
+        Image.fromarray(np.random.default_rng(len(str(path))).integers(0, 255, (24, 32, 3), np.uint8)).save(path)
+    else:
+        Image.fromarray(rows, "L").save(path)
+    return rows
+
+
+@pytest.mark.parametrize("class_file", ["objectInfo150.txt", "objectInfo150.csv"])
+def test_ade20k_as_downloaded_scores_its_classes_and_voids_other_objects(tmp_path, monkeypatch, class_file) -> None:
+    """ADEChallengeData2016: images/ and annotations/ under training/ and validation/, the names in objectInfo150;
+    a mask's 0 ("other objects") is void and class k is k - 1 (mmsegmentation's reduce_zero_label)."""
+    from tasks.data.segmentation import load_segmentation
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "ADEChallengeData2016"
+    truth = {}
+    for split, names in (("training", ["a", "b", "c"]), ("validation", ["d", "e"])):
+        for i, name in enumerate(names):
+            image = f"ADE_{split[:5]}_{name}"
+            _label_image(root / "images" / split / f"{image}.jpg", [0], rgb=True)
+            truth[image] = _label_image(root / "annotations" / split / f"{image}.png", [0, 1, 2, 3][i:] + [0])
+    if class_file.endswith(".txt"):
+        lines = ["Idx\tRatio\tTrain\tVal\tName", "1\t0.15\t11664\t1172\twall", "2\t0.10\t6046\t612\tbuilding, edifice"]
+        lines.append("3\t0.09\t8265\t796\tsky")
+    else:
+        lines = ["Idx,Ratio,Train,Val,Stuff,Name", '1,0.15,11664,1172,1,"wall"', '2,0.10,6046,612,1,"building;edifice"']
+        lines.append('3,0.09,8265,796,1,"sky"')
+    (root / class_file).write_text("\n".join(lines) + "\n")
+    for split, count in (("train", 3), ("val", 2)):
+        data = load_segmentation(root, split, classes=None)
+        assert data.class_names == ["wall", "building", "sky"]
+        assert len(data.samples) == count
+        for sample in data.samples:
+            expected = np.where(truth[sample.image_id] == 0, 255, truth[sample.image_id].astype(int) - 1)
+            np.testing.assert_array_equal(np.asarray(Image.open(sample.mask)), expected)
+
+
+def test_cityscapes_as_downloaded_trains_on_its_19_train_ids(tmp_path, monkeypatch, capsys) -> None:
+    """leftImg8bit/ and gtFine/ by city: labelIds masks become the benchmark's train ids (the table of
+    cityscapesscripts' labels.py, written out here by hand), and a labelTrainIds mask beside is read as it is."""
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cityscapes"
+    train_id = {0: 255, 1: 255, 7: 0, 8: 1, 9: 255, 11: 2, 24: 11, 26: 13, 31: 16, 33: 18}  # labels.py's trainId
+    label_ids = {}
+    for split, city, frames in (("train", "aachen", 3), ("train", "bochum", 1), ("val", "lindau", 2)):
+        for frame in range(frames):
+            stem = f"{city}_{frame:06d}_000019"
+            _label_image(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", [0], rgb=True)
+            ids = list(train_id)[frame * 3 : frame * 3 + 4]
+            label_ids[split, f"{city}/{stem}"] = _label_image(
+                root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", ids
+            )
+            _label_image(root / "gtFine" / split / city / f"{stem}_gtFine_color.png", [0], rgb=True)
+    ready = _label_image(
+        root / "gtFine" / "train" / "bochum" / "bochum_000000_000019_gtFine_labelTrainIds.png", [5, 255]
+    )
+    from tasks.data.segmentation import load_segmentation
+
+    data = load_segmentation(root, "train", classes=None)
+    assert data.class_names[:3] == ["road", "sidewalk", "building"] and len(data.class_names) == 19
+    assert data.class_names[13] == "car" and data.class_names[18] == "bicycle"
+    assert [s.image_id for s in data.samples] == [f"aachen/aachen_{i:06d}_000019" for i in range(3)] + [
+        "bochum/bochum_000000_000019"
+    ]
+    as_train_ids = np.vectorize(train_id.get)
+    for sample in data.samples:
+        mask = np.asarray(Image.open(sample.mask))
+        expected = ready if sample.image_id.startswith("bochum") else as_train_ids(label_ids["train", sample.image_id])
+        np.testing.assert_array_equal(mask, expected)
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["per_class_iou"]) == 19
+    scored = sum(int((as_train_ids(ids) != 255).sum()) for (split, _), ids in label_ids.items() if split == "val")
+    assert metrics["num_pixels"] == scored  # every val pixel but the void ones

@@ -12,7 +12,7 @@ colour the map does not list stops the run with one line naming the mask and the
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,18 +91,28 @@ def indexed_samples(
     samples: Sequence[SegmentationSample], map_path: Path, colours: np.ndarray
 ) -> list[SegmentationSample]:
     """``samples`` with their masks turned into class indices once, in the cache."""
-    present = [s.mask is not None and s.mask.is_file() for s in samples]  # a missing mask is reported later
+    identity = f"{VERSION}\n{map_path.read_bytes().hex()}"
+    return converted_samples(samples, "colour-masks", identity, lambda path: index_mask(path, colours, map_path))
+
+
+def converted_samples(
+    samples: Sequence[SegmentationSample], kind: str, identity: str, convert: Callable[[Path], np.ndarray]
+) -> list[SegmentationSample]:
+    """``samples`` with each mask that exists replaced by ``convert(mask)`` (class indices, 255 void), written
+    once as PNGs under ``<cache>/<kind>/<key>``: the key follows ``identity`` (what the conversion depends on) and
+    each mask's path, size and modification time. A missing mask is left for the reader's check to name."""
+    present = [s.mask is not None and s.mask.is_file() for s in samples]
     painted = [s for s, p in zip(samples, present) if p]
-    identity = [f"{VERSION}", map_path.read_bytes().hex()]
+    parts = [identity]
     for sample in painted:
         stat = sample.mask.stat()
-        identity.append(f"{sample.mask.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
-    key = hashlib.sha1("\n".join(identity).encode()).hexdigest()[:16]
-    target = cache_root() / "colour-masks" / key
+        parts.append(f"{sample.mask.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
+    key = hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
+    target = cache_root() / kind / key
 
     def draw(folder: Path) -> None:
         for sample in painted:
-            save_mask(folder / f"{sample.image_id}.png", index_mask(sample.mask, colours, map_path))
+            save_mask(folder / f"{sample.image_id}.png", convert(sample.mask))
 
     folder = target if target.is_dir() else masks_once(target, draw)
     return [replace(s, mask=folder / f"{s.image_id}.png") if p else s for s, p in zip(samples, present)]

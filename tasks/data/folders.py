@@ -94,14 +94,14 @@ VAL_STAND_INS = holdout.STAND_INS  # Roboflow's folder export (train, valid, tes
 
 def val_or_stand_in(root: Path, split: str, present: Callable[[str], bool]) -> str:
     """``split``; or, where that is ``train`` or ``val`` and ``present`` finds no such split in ``root``, the
-    same split under COCO's release names (``train2017``, ``val2017``, then 2014's), silently; or else, for ``val``,
-    the first of its stand-ins that ``present`` finds (``valid``, then ``test``), with a note. Otherwise ``split``
-    unchanged, for the reader to report as missing."""
+    same split under another of its names (COCO's ``train2017``/``val2017`` and 2014's, ``training``/``validation``:
+    :func:`holdout.other_names`), silently; or else, for ``val``, the first of its stand-ins that ``present`` finds
+    (``valid``, then ``test``), with a note. Otherwise ``split`` unchanged, for the reader to report as missing."""
     if split not in ("train", "val") or present(split):
         return split
-    released = next((name for name in holdout.release_names(split) if present(name)), None)
-    if released is not None:
-        return released
+    other = next((name for name in holdout.other_names(split) if present(name)), None)
+    if other is not None:
+        return other
     for stand_in in VAL_STAND_INS if split == "val" else ():
         if present(stand_in):
             print(f"note: --data {root} has no 'val' split: evaluating on its '{stand_in}' split")
@@ -178,7 +178,7 @@ def _holdout_source(root: Path, split: str, fmt: str) -> tuple[Path, str] | None
         folders = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
         return fmt in ("auto", "folder") and bool(folders) and not holdout.names_a_split(folders)
 
-    whole = holdout.source_split(split, present)
+    whole = holdout.source_split(split, present, ("train", *holdout.other_names("train")))
     if whole is None:
         return None
     return (root, "folder") if whole == holdout.WHOLE else _split_location(root, whole, fmt)

@@ -59,10 +59,13 @@ def parts(
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
-def release_names(split: str) -> tuple[str, ...]:
-    """The names that the default ``split`` (``train`` or ``val``) goes by in COCO's releases, newest first:
-    ``train2017``, ``train2014``."""
-    return tuple(f"{split}{year}" for year in RELEASES) if split in ("train", "val") else ()
+def other_names(split: str) -> tuple[str, ...]:
+    """The names that the default ``split`` (``train`` or ``val``) goes by elsewhere, in the order they are looked
+    for: COCO's releases, newest first (``train2017``, ``train2014``), then ``training`` / ``validation`` (ADE20K's,
+    and many a Kaggle set's)."""
+    if split not in ("train", "val"):
+        return ()
+    return (*(f"{split}{year}" for year in RELEASES), "training" if split == "train" else "validation")
 
 
 CVAT_SUBSET = "default"  # the subset name of CVAT's exports (COCO, Pascal VOC, segmentation masks) of one task
@@ -71,7 +74,7 @@ CVAT_SUBSET = "default"  # the subset name of CVAT's exports (COCO, Pascal VOC, 
 def source_split(split: str, present: Callable[[str], bool], trains: Sequence[str] = ("train",)) -> str | None:
     """The split that the default ``split`` (``train`` or ``val``) is held out of: the first of ``trains`` that
     ``present`` finds, or the whole root (:data:`WHOLE`), where it finds neither val nor a stand-in; else None."""
-    if split not in ("train", "val") or any(present(name) for name in ("val", *release_names("val"), *STAND_INS)):
+    if split not in ("train", "val") or any(present(name) for name in ("val", *other_names("val"), *STAND_INS)):
         return None
     return next((name for name in (*trains, WHOLE) if present(name)), None)
 
@@ -85,15 +88,29 @@ def key_of(path: Path, root: Path) -> str:
 
 
 def names_a_split(folder_names: Sequence[str]) -> bool:
-    """Whether a folder name looks like a split (in any case): such a root is mis-named, not un-split."""
-    return any(name.lower() in SPLIT_NAMES for name in folder_names)
+    """Whether a folder name looks like a split (in any case, ``train2017`` as well): such a root is mis-named,
+    not un-split."""
+    return any(name.lower().removesuffix(year) in SPLIT_NAMES for name in folder_names for year in ("", *RELEASES))
+
+
+_SAID: set[str] = set()  # the notes this command has printed (:func:`forget_notes` at each command's start)
 
 
 def note(root: Path, fraction: float, held: int, total: int, *, per: str = "") -> None:
-    print(
+    """The note that a val split is held out, printed once a command: the multi-task runner reads a task's data
+    for training and then for validation, and two tasks may hold out of one root."""
+    text = (
         f"note: --data {root} has no 'val' split: holding out {fraction:.0%}{per} for validation ({held} of "
         f"{total} images, the same ones every run: chosen by a hash of each path; data.val_fraction sets the share)"
     )
+    if text not in _SAID:
+        _SAID.add(text)
+        print(text)
+
+
+def forget_notes() -> None:
+    """A new command (``tasks.cli.run``) says its notes again."""
+    _SAID.clear()
 
 
 def fraction_for_eval(given: float, checkpoint: dict[str, Any]) -> float:

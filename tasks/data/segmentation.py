@@ -1,4 +1,5 @@
-"""Semantic segmentation data: Pascal VOC's layout and a generic images/ + masks/ layout.
+"""Semantic segmentation data: Pascal VOC's layout, a generic images/ + masks/ layout, COCO's and YOLO's polygons
+(drawn as masks), colour-coded masks, and ADE20K's and Cityscapes' own layouts (:mod:`tasks.data.public_sets`).
 
 Masks hold one class index per pixel (palette or single-channel PNGs); 255 is void and is
 ignored by the losses and the metrics. Problems a reader can see without decoding pixels
@@ -27,6 +28,8 @@ from tasks.data.colour_masks import find_colour_map, indexed_samples, read_colou
 from tasks.data.folders import val_or_stand_in
 from tasks.data.images import READ_ERRORS, DecodedCache, is_image_file, warn_unreadable
 from tasks.data.images import image_size as shown_size
+from tasks.data.public_sets import has_split as public_has_split
+from tasks.data.public_sets import public_set, read_public_split
 from tasks.data.transforms import normalize_batch
 from tasks.data.voc import read_split_file
 from tasks.data.yolo import is_yolo_root, yolo_has_split
@@ -187,10 +190,11 @@ def load_segmentation(
     def present(name: str) -> bool:
         return _has_split(root, name, fmt, voc=voc)
 
-    if root.is_dir():  # a data YAML names its splits
-        split = val_or_stand_in(root, split, present)
-    whole = holdout.source_split(split, present, ("train", holdout.CVAT_SUBSET))
+    trains = ("train", *holdout.other_names("train"), holdout.CVAT_SUBSET)
+    whole = holdout.source_split(split, present, trains)
     if whole is None:
+        if root.is_dir():  # a data YAML names its splits
+            split = val_or_stand_in(root, split, present)
         return _read_split(root, split, classes, fmt, voc=voc)
     data = _read_split(root, whole, classes, fmt, voc=voc)
     base = root.parent if root.is_file() else root
@@ -203,11 +207,17 @@ def load_segmentation(
 
 
 def _read_split(root: Path, split: str, classes: Sequence[str] | None, fmt: str, *, voc: bool) -> SegmentationData:
-    masks = mask_folder_layout(root, split) is not None
-    coco = fmt == "coco" or (fmt == "auto" and not masks and has_coco_polygons(root, split))
-    yolo = fmt == "yolo" or (fmt == "auto" and not (voc or masks or coco) and (root.is_file() or is_yolo_root(root)))
-    colour_map = find_colour_map(root) if root.is_dir() and not (yolo or coco) else None
-    if yolo:
+    public = public_set(root) if fmt == "auto" else None
+    masks = public is None and mask_folder_layout(root, split) is not None
+    coco = fmt == "coco" or (fmt == "auto" and not (public or masks) and has_coco_polygons(root, split))
+    yolo = fmt == "yolo" or (
+        fmt == "auto" and not (public or voc or masks or coco) and (root.is_file() or is_yolo_root(root))
+    )
+    colour_map = find_colour_map(root) if root.is_dir() and not (public or yolo or coco) else None
+    if public is not None:  # ADE20K's or Cityscapes' own layout
+        samples, names = read_public_split(root, public, split)
+        names = list(classes) if classes is not None else names
+    elif yolo:
         found, names, source = yolo_segmentation(root, split, classes=classes)
         samples = [SegmentationSample(image_id, image, mask) for image_id, image, mask in found]
     elif voc and fmt in ("auto", "voc"):
@@ -256,6 +266,8 @@ def _has_split(root: Path, split: str, fmt: str, *, voc: bool) -> bool:
         return folders or (fmt in ("auto", "coco") and has_coco_polygons(root, split))
     if voc and fmt in ("auto", "voc"):
         return (root / "ImageSets" / "Segmentation" / f"{split}.txt").is_file()
+    if fmt == "auto" and (public := public_set(root)) is not None:
+        return public_has_split(root, public, split)
     if fmt == "yolo":
         return yolo_has_split(root, split)
     masks = mask_folder_layout(root, split) is not None
