@@ -49,7 +49,8 @@ def test_detect_without_data_uses_the_shapes_and_their_recipe(tmp_path, monkeypa
     assert detect_main([*args, "--set", "train.max_iters_per_epoch=2"]) == 0
     assert "built-in shapes dataset" in capsys.readouterr().out
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["model"]["min_size"] == 128 and config["train"]["lr"] == 0.01  # the packaged recipe
+    train = config["train"]  # the packaged recipe
+    assert config["model"]["min_size"] == 128 and (train["batch_size"], train["lr"]) == (8, 0.02)
     root = shapes_dataset(tmp_path / "cache")
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 80
     assert len(json.loads((root / "annotations" / "instances_train.json").read_text())["images"]) == 320
