@@ -302,9 +302,29 @@ def _report(metrics: dict[str, Any], run_dir: Path) -> None:
     for key in ("mIoU", "mDice", "pixel_accuracy", "mean_class_accuracy"):
         value = metrics[key]
         print(f"  {key:<20} {'n/a' if value is None else f'{value:.4f}'}")
-    iou = ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in metrics["per_class_iou"].items())
-    print(f"  per-class IoU: {iou}")
+    print(f"  {per_class_line(metrics['per_class_iou'])}")
     print(f"metrics, masks/, overlays/, per_class_iou.png and the confusion matrix are in {run_dir}")
+
+
+SHOWN_CLASSES = 20  # more classes than this (ADE20K's 150) are summed up by the lowest and highest IoUs
+
+
+def per_class_line(per_class: dict[str, float | None], shown: int = SHOWN_CLASSES) -> str:
+    """The summary's per-class IoU line: every class where there are at most ``shown``, else the five lowest and
+    five highest of the scored ones (a class with no IoU is absent from the ground truth and the predictions)."""
+
+    def item(name: str, value: float | None) -> str:
+        return f"{name} {'n/a' if value is None else f'{value:.3f}'}"
+
+    if len(per_class) <= shown:
+        return "per-class IoU: " + ", ".join(item(k, v) for k, v in per_class.items())
+    scored = sorted(((v, k) for k, v in per_class.items() if v is not None), key=lambda pair: pair[0])
+    head = f"per-class IoU of {len(scored)} scored class(es) of {len(per_class)} (all in metrics.json)"
+    if len(scored) <= 10:
+        return f"{head}: " + ", ".join(item(k, v) for v, k in scored)
+    lowest = ", ".join(item(k, v) for v, k in scored[:5])
+    highest = ", ".join(item(k, v) for v, k in reversed(scored[-5:]))
+    return f"{head}: lowest {lowest}; highest {highest}"
 
 
 def setup(cfg: SegmentConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:

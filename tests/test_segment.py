@@ -621,3 +621,21 @@ def test_cityscapes_as_downloaded_trains_on_its_19_train_ids(tmp_path, monkeypat
     assert len(metrics["per_class_iou"]) == 19
     scored = sum(int((as_train_ids(ids) != 255).sum()) for (split, _), ids in label_ids.items() if split == "val")
     assert metrics["num_pixels"] == scored  # every val pixel but the void ones
+
+
+def test_the_summary_names_every_class_up_to_20_and_the_lowest_and_highest_beyond() -> None:
+    from tasks.segment import per_class_line
+
+    few = {"background": 0.9, "road": None, "car": 0.25}
+    assert per_class_line(few) == "per-class IoU: background 0.900, road n/a, car 0.250"
+    many = {f"c{i}": (None if i % 10 == 3 else i / 200) for i in range(150)}  # 135 scored: c0 0.000 .. c149 0.745
+    assert per_class_line(many) == (
+        "per-class IoU of 135 scored class(es) of 150 (all in metrics.json): "
+        "lowest c0 0.000, c1 0.005, c2 0.010, c4 0.020, c5 0.025; "
+        "highest c149 0.745, c148 0.740, c147 0.735, c146 0.730, c145 0.725"
+    )
+    some = {f"c{i}": (i / 10 if i < 3 else None) for i in range(30)}
+    assert (
+        per_class_line(some)
+        == "per-class IoU of 3 scored class(es) of 30 (all in metrics.json): c0 0.000, c1 0.100, c2 0.200"
+    )
