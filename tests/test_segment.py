@@ -639,3 +639,20 @@ def test_the_summary_names_every_class_up_to_20_and_the_lowest_and_highest_beyon
         per_class_line(some)
         == "per-class IoU of 3 scored class(es) of 30 (all in metrics.json): c0 0.000, c1 0.100, c2 0.200"
     )
+
+
+def test_a_broken_ade20k_class_list_is_one_line(tmp_path, capsys) -> None:
+    root = tmp_path / "ade"
+    _label_image(root / "images" / "training" / "a.jpg", [0], rgb=True)
+    _label_image(root / "annotations" / "training" / "a.png", [0, 1])
+    shutil.copytree(root / "images" / "training", root / "images" / "validation")
+    shutil.copytree(root / "annotations" / "training", root / "annotations" / "validation")
+    listing = root / "objectInfo150.txt"
+    for lines, problem in (
+        (["Idx\tName", "1\twall", "3\tsky"], "expected indices 1..K (K ≥ 2) with no gaps, got 2 rows"),
+        (["Idx\tName", "1\twall", "wall"], "line 3: expected a new index from 1 and a name, got 'wall'"),
+    ):
+        listing.write_text("\n".join(lines) + "\n")
+        rc = main(["--data", str(root), "--output", str(tmp_path / "run"), *FAST])
+        _one_line_error(capsys, rc, str(listing), problem)
+        assert not (tmp_path / "run").exists()

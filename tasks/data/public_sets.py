@@ -79,12 +79,12 @@ def ade_class_names(path: Path) -> list[str]:
     """The class names of ``objectInfo150.txt`` (tab-separated ``Idx Ratio Train Val Name``) or of its ``.csv``
     (``Idx,Ratio,Train,Val,Stuff,Name``), in index order: each name's first synonym (``building, edifice`` or
     ``building;edifice`` is ``building``)."""
-    csv = path.suffix == ".csv"
+    is_csv = path.suffix == ".csv"
     rows: dict[int, str] = {}
     for number, line in enumerate(read_text(path, kind="class list").splitlines(), start=1):
         if not line.strip() or number == 1:  # the header
             continue
-        fields = _csv_fields(line) if csv else line.split("\t")
+        fields = _csv_fields(line) if is_csv else line.split("\t")
         try:
             index = int(fields[0])
         except ValueError:
