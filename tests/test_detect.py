@@ -635,3 +635,49 @@ def test_eval_scores_the_images_it_read_as_if_an_unreadable_one_were_not_in_the_
     assert got["voc"] == want["voc"]
     for key in ("AP", "AP50", "AP75", "AR100"):
         assert got["coco"][key] == pytest.approx(want["coco"][key], abs=1e-6)
+
+
+def test_kitti_as_downloaded_reads_as_torchvisions_kitti_and_trains_with_val_held_out(tmp_path, capsys) -> None:
+    """training/image_2/ with training/label_2/ (torchvision.datasets.Kitti's layout under Kitti/raw/): the same
+    boxes and types as torchvision reads, DontCare regions left out and counted, a fifth held out for val."""
+    from torchvision.datasets import Kitti
+
+    from tasks.data.detection_splits import load_detection_splits
+    from tasks.data.kitti import CLASSES
+
+    root = tmp_path / "Kitti" / "raw"
+    rng = np.random.default_rng(0)
+    types = ["Car", "Pedestrian", "Cyclist", "Van", "DontCare"]
+    for i in range(10):
+        (root / "training" / "image_2").mkdir(parents=True, exist_ok=True)
+        (root / "training" / "label_2").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 96, 3), np.uint8)).save(
+            root / "training" / "image_2" / f"{i:06d}.png"
+        )
+        lines = []
+        for j in range(1 + i % 3):
+            x, y = 5.0 + 20 * j + i, 4.0 + 2 * j
+            kind = types[(i + j) % len(types)]
+            lines.append(f"{kind} 0.00 0 -1.58 {x:.2f} {y:.2f} {x + 17.5:.2f} {y + 30.25:.2f} 1.6 1.6 3.9 1 2 30 -1.6")
+        (root / "training" / "label_2" / f"{i:06d}.txt").write_text("\n".join(lines) + "\n")
+    reference = Kitti(str(tmp_path), train=True)
+    expected = {}
+    for index, image in enumerate(reference.images):
+        objects = [o for o in reference._parse_target(index) if o["type"] != "DontCare"]
+        expected[Path(image).stem] = ([o["bbox"] for o in objects], [CLASSES.index(o["type"]) + 1 for o in objects])
+    train, val = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
+    printed = capsys.readouterr().out
+    assert "holding out 20% for validation (2 of 10 images" in printed and "DontCare region(s)" in printed
+    assert len(train.samples) == 8 and len(val.samples) == 2 and train.class_names == list(CLASSES)
+    for sample in train.samples + val.samples:
+        boxes, labels = expected[sample.image_id]
+        np.testing.assert_allclose(sample.boxes, np.array(boxes, np.float32).reshape(-1, 4), atol=1e-4)
+        assert sample.labels.tolist() == labels
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_images"] == 2
+    (root / "training" / "label_2" / "000003.txt").write_text("Car 0.00 0 -1.58 5 4 22 34\n")
+    assert main(["--data", str(root), "--output", str(tmp_path / "bad"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "000003.txt, line 1: expected 15 fields" in err
+    assert not (tmp_path / "bad").exists()

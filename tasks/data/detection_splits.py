@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tasks.config import load_yaml
-from tasks.data import holdout
+from tasks.data import holdout, kitti
 from tasks.data.coco import coco_split_file, find_coco_split, is_coco_root, read_coco
 from tasks.data.detection import DetectionData
 from tasks.data.folders import val_or_stand_in
@@ -27,18 +27,19 @@ from tasks.errors import UserError
 DEFAULT_SPLITS = {  # valid: Roboflow's exports; default: CVAT's, of a task without subsets (val held out of it)
     "voc": (("trainval", "train", CVAT_SUBSET), ("test", "val")),
     "coco": (("train2017", "train", CVAT_SUBSET), ("val2017", "val", "valid")),
+    "kitti": kitti.SPLITS,
 }
 
 
-FORMATS = ("coco", "voc", "yolo")
+FORMATS = ("coco", "voc", "yolo", "kitti")
 
 
 def detect_format(root: Path, given: str) -> str:
-    """coco, voc or yolo; or yaml for a dataset YAML of COCO files (``train: {annotations, images}``)."""
+    """coco, voc, yolo or kitti; or yaml for a dataset YAML of COCO files (``train: {annotations, images}``)."""
     if given in FORMATS:
         return given
     if given != "auto":
-        raise UserError(f"--format {given!r} is invalid for detection: choose coco, voc or yolo")
+        raise UserError(f"--format {given!r} is invalid for detection: choose coco, voc, yolo or kitti")
     if root.is_file() and root.suffix in (".yaml", ".yml"):
         return "yolo" if is_yolo_spec(load_yaml(root)) else "yaml"
     if is_voc_root(root):
@@ -47,12 +48,15 @@ def detect_format(root: Path, given: str) -> str:
         return "coco"
     if is_yolo_root(root):
         return "yolo"
+    if kitti.is_kitti_root(root):
+        return "kitti"
     if is_paired_voc_root(root):
         return "voc"
     raise UserError(
         f"--data {root}: neither a COCO root (annotations/instances_<split>.json, or Roboflow's "
         f"<split>/_annotations.coco.json), a VOC root (Annotations/ and ImageSets/Main/, or <split>/ with XML "
-        f"files beside its images) nor YOLO data (a data.yaml, or images/<split>/ and labels/<split>/)"
+        f"files beside its images), YOLO data (a data.yaml, or images/<split>/ and labels/<split>/) nor KITTI's "
+        f"(training/image_2/ and training/label_2/)"
     )
 
 
@@ -68,6 +72,8 @@ def _has_split(root: Path, kind: str, name: str) -> bool:
         return has_split(root, name)
     if kind == "coco":
         return coco_split_file(root, name) is not None
+    if kind == "kitti":
+        return kitti.has_split(root, name)
     return yolo_has_split(root, name)  # YOLO data, or a data YAML of COCO files (by its keys)
 
 
@@ -130,6 +136,9 @@ def load_detection_splits(
         )
     train_name = _default_split(root, kind, 0, train_split)
     val_name = _default_split(root, kind, 1, val_split)
+    if kind == "kitti":
+        train = _check_nonempty(kitti.read_kitti(root, train_name)) if need_train else None
+        return train, _check_nonempty(kitti.read_kitti(root, val_name))
     if kind == "voc":
         splits = [val_name] + ([train_name] if need_train else [])
         names, origin = choose_classes(root, splits, classes)

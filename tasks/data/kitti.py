@@ -1,0 +1,87 @@
+"""KITTI's 2D object detection layout, as downloaded (``data_object_image_2`` and ``data_object_label_2``).
+
+``<split>/image_2/<id>.png`` with ``<split>/label_2/<id>.txt``: one object a line, ``type truncated occluded alpha
+left top right bottom h w l x y z rotation_y`` (15 fields; 16 with a score), the box in pixels, as
+``torchvision.datasets.Kitti`` reads it. The classes are KITTI's eight, in the benchmark's order. ``DontCare``
+lines mark regions whose objects were not labelled; they name no class, so they are left out (as mmdetection's
+KITTI conversion does), and they are counted. KITTI releases only ``training`` with labels (``testing`` has none):
+the runners hold out a val split of it (:mod:`tasks.data.holdout`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tasks.data.detection import DetectionData, DetectionSample, FixCounts, clean_boxes
+from tasks.data.images import READ_ERRORS, image_size, is_image_file
+from tasks.errors import UserError
+from tasks.io import read_text
+
+CLASSES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc")
+IGNORED = "DontCare"
+SPLITS = (("training", "train"), ("validation", "val"))  # default (train, val) names: KITTI has training alone
+
+
+def is_kitti_root(root: Path) -> bool:
+    return root.is_dir() and has_split(root, "training")
+
+
+def has_split(root: Path, split: str) -> bool:
+    return (root / split / "image_2").is_dir() and (root / split / "label_2").is_dir()
+
+
+def read_kitti(root: Path, split: str) -> DetectionData:
+    """The split's images with their labelled objects (labels 1..8 in :data:`CLASSES` order)."""
+    if not has_split(root, split):
+        raise UserError(f"--data {root} (KITTI) has no split {split!r}: expected {split}/image_2/ and {split}/label_2/")
+    images = sorted(p for p in (root / split / "image_2").iterdir() if p.is_file() and is_image_file(p))
+    if not images:
+        raise UserError(f"{root / split / 'image_2'} holds no images")
+    label_of = {name: index + 1 for index, name in enumerate(CLASSES)}
+    fixes, samples, ignored = FixCounts(), [], 0
+    for image in images:
+        label_file = root / split / "label_2" / f"{image.stem}.txt"
+        if not label_file.is_file():
+            raise UserError(f"label file {label_file} of image {image} does not exist")
+        try:
+            width, height = image_size(image)
+        except READ_ERRORS:
+            fixes.unreadable += 1
+            continue
+        boxes, labels = [], []
+        for number, line in enumerate(read_text(label_file, kind="label file").splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) not in (15, 16):
+                raise UserError(
+                    f"label file {label_file}, line {number}: expected 15 fields (type truncated occluded alpha "
+                    f"left top right bottom h w l x y z rotation_y), got {len(fields)}"
+                )
+            if fields[0] == IGNORED:
+                ignored += 1
+                continue
+            if fields[0] not in label_of:
+                raise UserError(
+                    f"label file {label_file}, line {number}: type {fields[0]!r} is none of KITTI's "
+                    f"{', '.join(CLASSES)} or {IGNORED}"
+                )
+            try:
+                boxes.append([float(v) for v in fields[4:8]])
+            except ValueError:
+                raise UserError(
+                    f"label file {label_file}, line {number}: the box {fields[4:8]} is not 4 numbers"
+                ) from None
+            labels.append(label_of[fields[0]])
+        box_array = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+        valid = clean_boxes(box_array, width, height, fixes)
+        none = np.zeros(int(valid.sum()), bool)  # KITTI's difficulty levels are not taken: every box counts
+        label_array = np.array(labels, dtype=np.int64)[valid]
+        samples.append(DetectionSample(image.stem, image, width, height, box_array[valid], label_array, none, none))
+    if not samples:
+        raise UserError(f"{root / split / 'image_2'}: none of its {len(images)} images could be read")
+    if ignored:
+        print(f"note: {root} ({split}): left out {ignored} DontCare region(s), which name no class")
+    return DetectionData(samples, list(CLASSES), list(range(1, len(CLASSES) + 1)), f"{root} ({split})", fixes)
