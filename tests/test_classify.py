@@ -577,3 +577,48 @@ def test_the_most_confident_mistakes_are_kept_in_order() -> None:
     ]  # fmt: skip
     assert task.mistakes[0]["confidence"] == pytest.approx(torch.tensor([0.0, 5.0]).softmax(0)[1].item())
     assert MISTAKES >= 3
+
+
+def test_kaggles_imagenet_layout_reads_its_flat_val_folder_through_the_solution_file(tmp_path, capsys) -> None:
+    """ILSVRC/Data/CLS-LOC/train/<wnid>/ and a flat val/ labelled by LOC_val_solution.csv (each image's boxes'
+    wnid), classes in LOC_synset_mapping.txt's order: the labels written here by hand come back."""
+    import numpy as np
+    from PIL import Image
+
+    from tasks.data.folders import load_split
+
+    root = tmp_path / "imagenet"
+    images = root / "ILSVRC" / "Data" / "CLS-LOC"
+    wnids = ["n01440764", "n01443537", "n01484850"]
+    (root / "ILSVRC" / "Data" / "CLS-LOC").mkdir(parents=True)
+    names = ["tench, Tinca tinca", "goldfish, Carassius auratus", "great white shark, white shark, man-eater"]
+    (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} {n}\n" for w, n in zip(wnids, names)))
+    rng = np.random.default_rng(0)
+
+    def picture(path, label) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        colour = np.zeros((32, 32, 3), np.uint8)
+        colour[..., label] = 200  # the class is the colour channel, as the colours fixture's
+        Image.fromarray(colour + rng.integers(0, 40, colour.shape, np.uint8)).save(path, format="JPEG")
+
+    for label, wnid in enumerate(wnids):
+        for i in range(8):
+            picture(images / "train" / wnid / f"{wnid}_{i}.JPEG", label)
+    truth = {f"ILSVRC2012_val_{i:08d}": i % 3 for i in range(1, 7)}
+    rows = ["ImageId,PredictionString"]
+    for image_id, label in truth.items():
+        picture(images / "val" / f"{image_id}.JPEG", label)
+        rows.append(f"{image_id},{wnids[label]} 1 2 30 31 {wnids[label]} 0 0 10 12 ")
+    (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    train, classes = load_split(root, "train", fmt="auto", classes=None)
+    assert classes == wnids and len(train) == 24 and {s.label for s in train} == {0, 1, 2}
+    val, _ = load_split(root, "val", fmt="auto", classes=classes)
+    assert {s.path.stem: s.label for s in val} == truth
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--epochs", "1", "--output", str(out), *FAST]) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_samples"] == 6
+    rows[3] = "ILSVRC2012_val_00000003,n09999999 1 2 3 4"
+    (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    rc = main(["--data", str(root), "--epochs", "1", "--output", str(tmp_path / "bad"), *FAST])
+    _one_line_error(capsys, rc, "LOC_val_solution.csv, line 4: expected 'ImageId,wnid x1 y1 x2 y2 ...'")
+    assert not (tmp_path / "bad").exists()
