@@ -201,11 +201,11 @@ def test_bad_labels_and_data_yamls_are_one_line_errors(tmp_path, lines, spec_ext
     assert "\n" not in str(raised.value)
 
 
-def test_a_folder_that_is_no_known_layout_names_all_four(tmp_path) -> None:
+def test_a_folder_that_is_no_known_layout_names_every_format(tmp_path) -> None:
     (tmp_path / "pictures").mkdir()
-    with pytest.raises(UserError, match=r"YOLO data \(a data.yaml, or images/<split>/ and labels/<split>/\) nor KITTI"):
+    with pytest.raises(UserError, match=r"YOLO data \(a data.yaml, or images/<split>/ and labels/<split>/\), KITTI's"):
         _read(tmp_path)
-    with pytest.raises(UserError, match=r"choose coco, voc, yolo or kitti"):
+    with pytest.raises(UserError, match=r"choose coco, voc, yolo, kitti or labelme"):
         _read(tmp_path, fmt="darknet")
 
 

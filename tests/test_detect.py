@@ -681,3 +681,50 @@ def test_kitti_as_downloaded_reads_as_torchvisions_kitti_and_trains_with_val_hel
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "000003.txt, line 1: expected 15 fields" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_labelme_files_beside_their_images_give_the_boxes_around_their_shapes(tmp_path, capsys) -> None:
+    """LabelMe's JSON beside each image (one flat folder, val held out): a rectangle's corners, a polygon's and a
+    line's extent, a circle's disc (hand-computed here); points skipped and counted; classes from labels.txt."""
+    from tasks.data.detection_splits import load_detection_splits
+
+    root = tmp_path / "labelme"
+    root.mkdir()
+    (root / "labels.txt").write_text("__ignore__\n_background_\ncat\ndog\n")
+    rng = np.random.default_rng(0)
+    expected = {}
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3), np.uint8)).save(root / f"photo{i}.jpg")
+        shapes = [
+            {"label": "cat", "points": [[30 + i, 40], [10 + i, 5]], "shape_type": "rectangle"},
+            {"label": "dog", "points": [[50, 10], [70, 12], [60, 30 + i]], "shape_type": "polygon"},
+            {"label": "dog", "points": [[20, 30], [20, 30 + 1 + i % 4]], "shape_type": "circle"},
+            {"label": "cat", "points": [[5, 5]], "shape_type": "point"},
+        ]
+        expected[f"photo{i}"] = (
+            [[10 + i, 5, 30 + i, 40], [50, 10, 70, 30 + i], [19 - i % 4, 29 - i % 4, 21 + i % 4, 31 + i % 4]],
+            [1, 2, 2],
+        )
+        document = {"version": "5.5.0", "flags": {}, "shapes": shapes, "imagePath": f"photo{i}.jpg", "imageData": None}
+        (root / f"photo{i}.json").write_text(json.dumps({**document, "imageHeight": 60, "imageWidth": 80}))
+    train, val = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
+    printed = capsys.readouterr().out
+    assert (
+        f"classes ({root / 'labels.txt'}): cat, dog" in printed and "holding out 20% for validation (2 of 10" in printed
+    )
+    assert "skipped 10 point shape(s)" in printed  # one read of the folder, then split
+    assert len(train.samples) == 8 and len(val.samples) == 2
+    for sample in train.samples + val.samples:
+        boxes, labels = expected[sample.image_id]
+        np.testing.assert_allclose(sample.boxes, np.array(boxes, np.float32), atol=1e-5)
+        assert sample.labels.tolist() == labels
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_images"] == 2
+    broken = json.loads((root / "photo4.json").read_text())
+    broken["shapes"][0]["label"] = "bird"
+    (root / "photo4.json").write_text(json.dumps(broken))
+    assert main(["--data", str(root), "--output", str(tmp_path / "bad"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "photo4.json: label 'bird' is not a class (cat, dog)" in err
+    assert not (tmp_path / "bad").exists()

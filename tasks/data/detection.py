@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tasks.data.images import READ_ERRORS, DecodedCache, warn_unreadable
+from tasks.data.images import READ_ERRORS, DecodedCache, image_size, warn_unreadable
 
 
 @dataclass
@@ -136,6 +136,27 @@ def clean_boxes(boxes: np.ndarray, width: int, height: int, fixes: FixCounts) ->
     fixes.dropped += int((~valid).sum())
     boxes[:] = clipped
     return valid
+
+
+def readable_size(image: Path, fixes: FixCounts) -> tuple[int, int] | None:
+    """(width, height) from the image's header; None, counted as unreadable, where it cannot be read."""
+    try:
+        return image_size(image)
+    except READ_ERRORS:
+        fixes.unreadable += 1
+        return None
+
+
+def unflagged_sample(
+    image_id: str, image: Path, size: tuple[int, int], boxes: list[list[float]], labels: list[int], fixes: FixCounts
+) -> DetectionSample:
+    """A sample of pixel boxes with no crowd or difficult flags, clipped to the image (:func:`clean_boxes`)."""
+    width, height = size
+    box_array = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+    valid = clean_boxes(box_array, width, height, fixes)
+    none = np.zeros(int(valid.sum()), bool)
+    label_array = np.array(labels, dtype=np.int64)[valid]
+    return DetectionSample(image_id, image, width, height, box_array[valid], label_array, none, none)
 
 
 def empty_targets(count: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

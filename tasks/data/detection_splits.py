@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tasks.config import load_yaml
-from tasks.data import holdout, kitti
+from tasks.data import holdout, kitti, labelme
 from tasks.data.coco import coco_split_file, find_coco_split, is_coco_root, read_coco
 from tasks.data.detection import DetectionData
 from tasks.data.folders import val_or_stand_in
@@ -28,18 +28,20 @@ DEFAULT_SPLITS = {  # valid: Roboflow's exports; default: CVAT's, of a task with
     "voc": (("trainval", "train", CVAT_SUBSET), ("test", "val")),
     "coco": (("train2017", "train", CVAT_SUBSET), ("val2017", "val", "valid")),
     "kitti": kitti.SPLITS,
+    "labelme": labelme.SPLITS,
 }
 
 
-FORMATS = ("coco", "voc", "yolo", "kitti")
+FORMATS = ("coco", "voc", "yolo", "kitti", "labelme")
 
 
 def detect_format(root: Path, given: str) -> str:
-    """coco, voc, yolo or kitti; or yaml for a dataset YAML of COCO files (``train: {annotations, images}``)."""
+    """coco, voc, yolo, kitti or labelme; or yaml for a dataset YAML of COCO files (``train: {annotations,
+    images}``)."""
     if given in FORMATS:
         return given
     if given != "auto":
-        raise UserError(f"--format {given!r} is invalid for detection: choose coco, voc, yolo or kitti")
+        raise UserError(f"--format {given!r} is invalid for detection: choose coco, voc, yolo, kitti or labelme")
     if root.is_file() and root.suffix in (".yaml", ".yml"):
         return "yolo" if is_yolo_spec(load_yaml(root)) else "yaml"
     if is_voc_root(root):
@@ -50,13 +52,15 @@ def detect_format(root: Path, given: str) -> str:
         return "yolo"
     if kitti.is_kitti_root(root):
         return "kitti"
+    if labelme.is_labelme_root(root):
+        return "labelme"
     if is_paired_voc_root(root):
         return "voc"
     raise UserError(
         f"--data {root}: neither a COCO root (annotations/instances_<split>.json, or Roboflow's "
         f"<split>/_annotations.coco.json), a VOC root (Annotations/ and ImageSets/Main/, or <split>/ with XML "
-        f"files beside its images), YOLO data (a data.yaml, or images/<split>/ and labels/<split>/) nor KITTI's "
-        f"(training/image_2/ and training/label_2/)"
+        f"files beside its images), YOLO data (a data.yaml, or images/<split>/ and labels/<split>/), KITTI's "
+        f"(training/image_2/ and training/label_2/) nor LabelMe's (a .json file beside each image)"
     )
 
 
@@ -74,6 +78,8 @@ def _has_split(root: Path, kind: str, name: str) -> bool:
         return coco_split_file(root, name) is not None
     if kind == "kitti":
         return kitti.has_split(root, name)
+    if kind == "labelme":
+        return labelme.has_split(root, name)
     return yolo_has_split(root, name)  # YOLO data, or a data YAML of COCO files (by its keys)
 
 
@@ -139,6 +145,16 @@ def load_detection_splits(
     if kind == "kitti":
         train = _check_nonempty(kitti.read_kitti(root, train_name)) if need_train else None
         return train, _check_nonempty(kitti.read_kitti(root, val_name))
+    if kind == "labelme":
+        names, origin = (
+            (list(classes), "the configured list")
+            if classes
+            else labelme.class_names(root, [val_name] + ([train_name] if need_train else []))
+        )
+        if not classes:
+            print(f"classes ({origin}): {', '.join(names)}")
+        train = _check_nonempty(labelme.read_labelme(root, train_name, names)) if need_train else None
+        return train, _check_nonempty(labelme.read_labelme(root, val_name, names))
     if kind == "voc":
         splits = [val_name] + ([train_name] if need_train else [])
         names, origin = choose_classes(root, splits, classes)

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from tasks.data.detection import DetectionData, DetectionSample, FixCounts, clean_boxes
-from tasks.data.images import READ_ERRORS, image_size, is_image_file
+from tasks.data.detection import DetectionData, FixCounts, readable_size, unflagged_sample
+from tasks.data.images import is_image_file
 from tasks.errors import UserError
 from tasks.io import read_text
 
@@ -45,10 +43,8 @@ def read_kitti(root: Path, split: str) -> DetectionData:
         label_file = root / split / "label_2" / f"{image.stem}.txt"
         if not label_file.is_file():
             raise UserError(f"label file {label_file} of image {image} does not exist")
-        try:
-            width, height = image_size(image)
-        except READ_ERRORS:
-            fixes.unreadable += 1
+        size = readable_size(image, fixes)
+        if size is None:
             continue
         boxes, labels = [], []
         for number, line in enumerate(read_text(label_file, kind="label file").splitlines(), start=1):
@@ -75,11 +71,7 @@ def read_kitti(root: Path, split: str) -> DetectionData:
                     f"label file {label_file}, line {number}: the box {fields[4:8]} is not 4 numbers"
                 ) from None
             labels.append(label_of[fields[0]])
-        box_array = np.array(boxes, dtype=np.float32).reshape(-1, 4)
-        valid = clean_boxes(box_array, width, height, fixes)
-        none = np.zeros(int(valid.sum()), bool)  # KITTI's difficulty levels are not taken: every box counts
-        label_array = np.array(labels, dtype=np.int64)[valid]
-        samples.append(DetectionSample(image.stem, image, width, height, box_array[valid], label_array, none, none))
+        samples.append(unflagged_sample(image.stem, image, size, boxes, labels, fixes))  # KITTI's levels not taken
     if not samples:
         raise UserError(f"{root / split / 'image_2'}: none of its {len(images)} images could be read")
     if ignored:

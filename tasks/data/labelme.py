@@ -1,0 +1,144 @@
+"""LabelMe's annotation files, for detection: one JSON beside each image, in split folders or one flat folder.
+
+A LabelMe file (``{"shapes": [{"label", "points", "shape_type"}, ...], "imagePath", "imageHeight", "imageWidth"}``)
+draws each object as a rectangle (two corners), a polygon, a circle (its centre and a point on it) or a line;
+its box is the box around those points (a circle's around its disc). Point shapes have no extent and are skipped,
+counted. The classes are the lines of a ``labels.txt`` beside the splits (labelme2coco's, whose ``__ignore__``
+and ``_background_`` lines are not classes), else the sorted labels found. The image is the one ``imagePath``
+names, relative to the JSON, else the image of the JSON's stem. Splits are ``train`` and then ``val``, ``valid``
+or ``test`` folders, or a flat folder that val is held out of (:mod:`tasks.data.holdout`).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.data.detection import DetectionData, FixCounts, readable_size, unflagged_sample
+from tasks.data.images import is_image_file
+from tasks.errors import UserError
+from tasks.io import read_text
+
+SPLITS = (("train",), ("val", "valid", "test"))
+NOT_CLASSES = ("__ignore__", "_background_")
+EXTENT = ("rectangle", "polygon", "circle", "line", "linestrip")
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.json"))
+
+
+def _is_labelme_file(path: Path) -> bool:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(document, dict) and "shapes" in document and "imagePath" in document
+
+
+def has_split(root: Path, split: str) -> bool:
+    folder = root / split
+    files = _files(folder) if folder.is_dir() else []
+    return bool(files) and _is_labelme_file(files[0])
+
+
+def is_labelme_root(root: Path) -> bool:
+    return root.is_dir() and any(has_split(root, s) for s in (".", *SPLITS[0], *SPLITS[1]))
+
+
+def class_names(root: Path, splits: Sequence[str]) -> tuple[list[str], str]:
+    """The classes and where they came from: ``labels.txt``, else the sorted labels of ``splits``."""
+    listing = root / "labels.txt"
+    if listing.is_file():
+        names = [n.strip() for n in read_text(listing, kind="class list").splitlines() if n.strip()]
+        return [n for n in names if n not in NOT_CLASSES], str(listing)
+    found = {
+        str(shape.get("label", "")) for split in splits for path in _files(root / split) for shape in _shapes(path)
+    }
+    return sorted(found), "the sorted labels of the LabelMe files"
+
+
+def _document(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(read_text(path, kind="LabelMe file"))
+    except ValueError as error:
+        raise UserError(f"LabelMe file {path} is not valid JSON ({error})") from None
+    shapes = document.get("shapes") if isinstance(document, dict) else None
+    if not isinstance(shapes, list) or not all(isinstance(s, dict) for s in shapes):
+        raise UserError(f"LabelMe file {path} has no 'shapes' list of objects")
+    return document
+
+
+def _shapes(path: Path) -> list[dict[str, Any]]:
+    return _document(path)["shapes"]
+
+
+def _box(shape: dict[str, Any], path: Path, index: int) -> list[float] | None:
+    """The box around a shape's points (a circle's disc); None for a shape without extent."""
+    kind = shape.get("shape_type") or "polygon"
+    if kind not in EXTENT:
+        return None
+    try:
+        points = np.array(shape.get("points"), dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        points = np.zeros((0, 2))
+    if len(points) < 2:
+        raise UserError(f"LabelMe file {path}, shape {index + 1} ({kind}): expected at least 2 points")
+    if kind == "circle":
+        (cx, cy), edge = points[0], points[1]
+        r = math.dist((cx, cy), edge)
+        return [cx - r, cy - r, cx + r, cy + r]
+    return [*points.min(axis=0).tolist(), *points.max(axis=0).tolist()]
+
+
+def _image_of(document: dict[str, Any], path: Path) -> Path:
+    named = document.get("imagePath")
+    if isinstance(named, str) and named:
+        candidate = path.parent / named.replace("\\", "/")
+        if candidate.is_file():
+            return candidate
+    beside = sorted(p for p in path.parent.glob(f"{glob.escape(path.stem)}.*") if is_image_file(p))
+    if not beside:
+        raise UserError(f"LabelMe file {path}: its image {named!r} is not beside it, nor an image named {path.stem}.*")
+    return beside[0]
+
+
+def read_labelme(root: Path, split: str, names: Sequence[str]) -> DetectionData:
+    """One split (``.``: the root's own files), labels 1..K in ``names``' order; a label not among them is an
+    error naming the file."""
+    folder = root / split
+    files = _files(folder) if folder.is_dir() else []
+    if not files:
+        raise UserError(f"--data {root} has no LabelMe split '{split}': expected {folder}/ with .json files")
+    label_of = {name: index + 1 for index, name in enumerate(names)}
+    fixes, samples, pointless = FixCounts(), [], 0
+    for path in files:
+        document = _document(path)
+        shapes, image = document["shapes"], _image_of(document, path)
+        size = readable_size(image, fixes)
+        if size is None:
+            continue
+        boxes, labels = [], []
+        for index, shape in enumerate(shapes):
+            label = str(shape.get("label", ""))
+            if label in NOT_CLASSES:
+                continue
+            if label not in label_of:
+                raise UserError(f"LabelMe file {path}: label {label!r} is not a class ({', '.join(names)})")
+            box = _box(shape, path, index)
+            if box is None:
+                pointless += 1
+                continue
+            boxes.append(box)
+            labels.append(label_of[label])
+        image_id = path.relative_to(folder).with_suffix("").as_posix()
+        samples.append(unflagged_sample(image_id, image, size, boxes, labels, fixes))
+    if pointless:
+        print(f"note: {folder}: skipped {pointless} point shape(s), which have no box")
+    return DetectionData(samples, list(names), list(range(1, len(names) + 1)), f"{root} ({split})", fixes)
