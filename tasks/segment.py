@@ -112,7 +112,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     root: str | None = None
-    format: Literal["auto", "voc", "masks", "coco", "yolo"] = "auto"
+    format: Literal["auto", "voc", "masks", "coco", "yolo", "labelme"] = "auto"
     train_split: str | None = None
     val_split: str | None = None
     val_fraction: float = DEFAULT_FRACTION  # held out for validation where the data has no val split

@@ -656,3 +656,60 @@ def test_a_broken_ade20k_class_list_is_one_line(tmp_path, capsys) -> None:
         rc = main(["--data", str(root), "--output", str(tmp_path / "run"), *FAST])
         _one_line_error(capsys, rc, str(listing), problem)
         assert not (tmp_path / "run").exists()
+
+
+def test_labelme_polygons_draw_the_masks_a_coco_file_of_the_same_polygons_draws(tmp_path, monkeypatch, capsys) -> None:
+    """LabelMe's JSON beside each image (one flat folder, val held out): its polygons and rectangles give the
+    same masks as the COCO mask path gives for the same polygons in a COCO file; a circle is its disc and an
+    __ignore__ shape is void; trained end to end."""
+    from tasks.data.coco_masks import coco_semantic_masks
+    from tasks.data.segmentation import load_segmentation
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    root, coco = tmp_path / "labelme", tmp_path / "coco"
+    root.mkdir()
+    (coco / "annotations").mkdir(parents=True)
+    (root / "labels.txt").write_text("__ignore__\n_background_\nroad\ncar\nsign\n")
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for i in range(10):
+        name = f"street{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), np.uint8)).save(root / name)
+        road = [[0, 20 + i % 3], [50, 20 + i % 3], [50, 40], [0, 40]]
+        car = (rng.uniform(5, 35, (5, 2)) * [1.2, 0.9]).round(2).tolist()
+        shapes = [
+            {"label": "road", "points": road, "shape_type": "polygon"},
+            {"label": "car", "points": car, "shape_type": "polygon"},
+            {"label": "sign", "points": [[40.0, 8.0], [40.0, 12.0]], "shape_type": "circle"},
+            {"label": "__ignore__", "points": [[0, 0], [6, 4]], "shape_type": "rectangle"},
+        ]
+        document = {"shapes": shapes, "imagePath": name, "imageHeight": 40, "imageWidth": 50, "imageData": None}
+        (root / f"street{i}.json").write_text(json.dumps(document))
+        images.append({"id": i, "file_name": name, "width": 50, "height": 40})
+        for label, points in ((1, road), (2, car)):  # the same polygons as COCO annotations
+            flat = np.array(points, float).ravel().tolist()
+            xs, ys = flat[0::2], flat[1::2]
+            area = 0.5 * abs(float(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))))
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": label, "area": area,
+                                "segmentation": [flat], "bbox": [0, 0, 1, 1], "iscrowd": 0})  # fmt: skip
+    categories = [{"id": 1, "name": "road"}, {"id": 2, "name": "car"}]
+    (coco / "annotations" / "instances_val.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
+    shutil.copytree(root, coco / "val", ignore=shutil.ignore_patterns("*.json", "*.txt"))
+    _, reference_masks, _ = coco_semantic_masks(coco, "val")
+    train = load_segmentation(root, "train", classes=None)
+    val = load_segmentation(root, "val", classes=train.class_names)
+    assert "holding out 20% for validation (2 of 10 images" in capsys.readouterr().out
+    assert train.class_names == ["background", "road", "car", "sign"] and len(val.samples) == 2
+    ys, xs = np.mgrid[0:40, 0:50]
+    disc = (xs + 0.5 - 40) ** 2 + (ys + 0.5 - 8) ** 2 <= 16  # radius 4 about (40, 8)
+    for sample in train.samples + val.samples:
+        mask = np.asarray(Image.open(sample.mask))
+        expected = np.asarray(Image.open(reference_masks / f"{sample.image_id}.png")).copy()
+        expected[disc] = 3  # the smallest shapes last: the sign's disc, then the void corner
+        expected[0:4, 0:6] = 255
+        np.testing.assert_array_equal(mask, expected)
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_pixels"] == 2 * (40 * 50 - 24)

@@ -1,4 +1,5 @@
-"""LabelMe's annotation files, for detection: one JSON beside each image, in split folders or one flat folder.
+"""LabelMe's annotation files, for detection and segmentation: one JSON beside each image, in split folders or one
+flat folder.
 
 A LabelMe file (``{"shapes": [{"label", "points", "shape_type"}, ...], "imagePath", "imageHeight", "imageWidth"}``)
 draws each object as a rectangle (two corners), a polygon, a circle (its centre and a point on it) or a line;
@@ -16,14 +17,18 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tasks.data.coco_masks import IGNORE_INDEX
 from tasks.data.detection import DetectionData, FixCounts, readable_size, unflagged_sample
-from tasks.data.images import is_image_file
+from tasks.data.images import image_size, is_image_file
 from tasks.errors import UserError
 from tasks.io import read_text
+
+if TYPE_CHECKING:
+    from tasks.data.segmentation import SegmentationSample
 
 SPLITS = (("train",), ("val", "valid", "test"))
 NOT_CLASSES = ("__ignore__", "_background_")
@@ -142,3 +147,80 @@ def read_labelme(root: Path, split: str, names: Sequence[str]) -> DetectionData:
     if pointless:
         print(f"note: {folder}: skipped {pointless} point shape(s), which have no box")
     return DetectionData(samples, list(names), list(range(1, len(names) + 1)), f"{root} ({split})", fixes)
+
+
+# ---- segmentation: the shapes drawn as masks ----
+
+MASKS_VERSION = 1  # in the cache key
+
+
+def _area(kind: str, points: np.ndarray) -> float:
+    if kind == "circle":
+        return math.pi * math.dist(points[0], points[1]) ** 2
+    if kind == "rectangle":
+        (x1, y1), (x2, y2) = points.min(axis=0), points.max(axis=0)
+        return float((x2 - x1) * (y2 - y1))
+    xs, ys = points[:, 0], points[:, 1]
+    return 0.5 * abs(float(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))))  # the shoelace formula
+
+
+def semantic_mask(path: Path, label_of: dict[str, int]) -> np.ndarray:
+    """The (H, W) uint8 mask of one LabelMe file: each pixel the class of the shape on it (larger shapes first, so
+    that small ones stay visible), 0 background, ``__ignore__`` shapes void (255). Polygons and rectangles are
+    rasterised by pycocotools, as the COCO masks are; a circle is its disc; lines and points have no area."""
+    from pycocotools import mask as coco_mask
+
+    document = _document(path)
+    height, width = document.get("imageHeight"), document.get("imageWidth")
+    if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
+        width, height = image_size(_image_of(document, path))
+    mask = np.zeros((height, width), np.uint8)
+    drawn = []
+    for index, shape in enumerate(document["shapes"]):
+        kind = shape.get("shape_type") or "polygon"
+        if kind not in ("polygon", "rectangle", "circle"):
+            continue
+        label = str(shape.get("label", ""))
+        value = IGNORE_INDEX if label == NOT_CLASSES[0] else label_of.get(label)
+        if value is None:
+            names = ", ".join(n for n in label_of if n not in NOT_CLASSES)
+            raise UserError(f"LabelMe file {path}: label {label!r} is not a class ({names})")
+        _box(shape, path, index)  # checks the points
+        points = np.array(shape["points"], dtype=np.float64).reshape(-1, 2)
+        drawn.append((_area(kind, points), kind, points, value))
+    for _, kind, points, value in sorted(drawn, key=lambda item: -item[0]):
+        if kind == "circle":
+            ys, xs = np.mgrid[0:height, 0:width]
+            (cx, cy), radius = points[0], math.dist(points[0], points[1])
+            pixels = (xs + 0.5 - cx) ** 2 + (ys + 0.5 - cy) ** 2 <= radius**2  # pixel centres in the disc
+        else:
+            if kind == "rectangle":
+                (x1, y1), (x2, y2) = points.min(axis=0), points.max(axis=0)
+                points = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
+            polygon = coco_mask.frPyObjects([points.ravel().tolist()], height, width)
+            pixels = coco_mask.decode(polygon)[:, :, 0].astype(bool)
+        mask[pixels] = value
+    return mask
+
+
+def labelme_segmentation(
+    root: Path, split: str, classes: Sequence[str] | None
+) -> tuple[list[SegmentationSample], list[str]]:
+    """The split's images with masks drawn from their LabelMe files once, into the cache, and the class names:
+    ``background`` then the classes (the given list, which names the background first, else labels.txt's or the
+    sorted labels)."""
+    from tasks.data.colour_masks import converted_samples
+    from tasks.data.segmentation import SegmentationSample
+
+    folder = root / split
+    files = _files(folder) if folder.is_dir() else []
+    if not files:
+        raise UserError(f"--data {root} has no LabelMe split '{split}': expected {folder}/ with .json files")
+    names = list(classes) if classes else ["background", *class_names(root, [split])[0]]
+    label_of = {name: index for index, name in enumerate(names)} | {NOT_CLASSES[1]: 0}
+    samples = [
+        SegmentationSample(path.relative_to(folder).with_suffix("").as_posix(), _image_of(_document(path), path), path)
+        for path in files
+    ]
+    identity = f"labelme|{MASKS_VERSION}|{'|'.join(names)}"
+    return converted_samples(samples, "labelme-masks", identity, lambda path: semantic_mask(path, label_of)), names

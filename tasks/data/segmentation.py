@@ -28,6 +28,8 @@ from tasks.data.colour_masks import find_colour_map, indexed_samples, read_colou
 from tasks.data.folders import val_or_stand_in
 from tasks.data.images import READ_ERRORS, DecodedCache, is_image_file, warn_unreadable
 from tasks.data.images import image_size as shown_size
+from tasks.data.labelme import has_split as labelme_has_split
+from tasks.data.labelme import labelme_segmentation
 from tasks.data.public_sets import has_split as public_has_split
 from tasks.data.public_sets import public_set, read_public_split
 from tasks.data.transforms import normalize_batch
@@ -213,10 +215,15 @@ def _read_split(root: Path, split: str, classes: Sequence[str] | None, fmt: str,
     yolo = fmt == "yolo" or (
         fmt == "auto" and not (public or voc or masks or coco) and (root.is_file() or is_yolo_root(root))
     )
-    colour_map = find_colour_map(root) if root.is_dir() and not (public or yolo or coco) else None
+    labelme = fmt == "labelme" or (
+        fmt == "auto" and not (public or masks or coco or yolo) and labelme_has_split(root, split)
+    )
+    colour_map = find_colour_map(root) if root.is_dir() and not (public or yolo or coco or labelme) else None
     if public is not None:  # ADE20K's or Cityscapes' own layout
         samples, names = read_public_split(root, public, split)
         names = list(classes) if classes is not None else names
+    elif labelme:
+        samples, names = labelme_segmentation(root, split, classes)
     elif yolo:
         found, names, source = yolo_segmentation(root, split, classes=classes)
         samples = [SegmentationSample(image_id, image, mask) for image_id, image, mask in found]
@@ -261,6 +268,8 @@ def _has_split(root: Path, split: str, fmt: str, *, voc: bool) -> bool:
     one split, ``images/`` beside ``masks/`` or YOLO's ``labels/``."""
     if root.is_file():  # a data YAML
         return yolo_has_split(root, split)
+    if fmt in ("auto", "labelme") and labelme_has_split(root, split):
+        return True
     if split == holdout.WHOLE:
         folders = (root / "images").is_dir() and ((root / "masks").is_dir() or (root / "labels").is_dir())
         return folders or (fmt in ("auto", "coco") and has_coco_polygons(root, split))
