@@ -622,3 +622,6 @@ def test_kaggles_imagenet_layout_reads_its_flat_val_folder_through_the_solution_
     rc = main(["--data", str(root), "--epochs", "1", "--output", str(tmp_path / "bad"), *FAST])
     _one_line_error(capsys, rc, "LOC_val_solution.csv, line 4: expected 'ImageId,wnid x1 y1 x2 y2 ...'")
     assert not (tmp_path / "bad").exists()
+    (root / "LOC_val_solution.csv").unlink()
+    rc = main(["--data", str(root), "--epochs", "1", "--output", str(tmp_path / "bad"), *FAST])
+    _one_line_error(capsys, rc, "(Kaggle's ImageNet) has no LOC_val_solution.csv")

@@ -55,6 +55,10 @@ def read_imagenet_split(root: Path, split: str, classes: Sequence[str] | None) -
     if split != "val":
         return scan_image_folder(root / IMAGES / split, names)
     folder, solution = root / IMAGES / "val", root / SOLUTION
+    if not solution.is_file():
+        raise UserError(
+            f"--data {root} (Kaggle's ImageNet) has no {SOLUTION}: the flat val/ folder takes its labels from it"
+        )
     label_of = {wnid: index for index, wnid in enumerate(names)}
     samples = []
     rows = list(csv.reader(read_text(solution, kind="solution file").splitlines()))
