@@ -683,7 +683,8 @@ def test_labelme_polygons_draw_the_masks_a_coco_file_of_the_same_polygons_draws(
             {"label": "sign", "points": [[40.0, 8.0], [40.0, 12.0]], "shape_type": "circle"},
             {"label": "__ignore__", "points": [[0, 0], [6, 4]], "shape_type": "rectangle"},
         ]
-        document = {"shapes": shapes, "imagePath": name, "imageHeight": 40, "imageWidth": 50, "imageData": None}
+        height = 40 if i else 99  # a stale imageHeight: the shapes are in the image's own pixels
+        document = {"shapes": shapes, "imagePath": name, "imageHeight": height, "imageWidth": 50, "imageData": None}
         (root / f"street{i}.json").write_text(json.dumps(document))
         images.append({"id": i, "file_name": name, "width": 50, "height": 40})
         for label, points in ((1, road), (2, car)):  # the same polygons as COCO annotations

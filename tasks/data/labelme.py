@@ -23,7 +23,7 @@ import numpy as np
 
 from tasks.data.coco_masks import IGNORE_INDEX
 from tasks.data.detection import DetectionData, FixCounts, readable_size, unflagged_sample
-from tasks.data.images import image_size, is_image_file
+from tasks.data.images import READ_ERRORS, image_size, is_image_file
 from tasks.errors import UserError
 from tasks.io import read_text
 
@@ -171,9 +171,12 @@ def semantic_mask(path: Path, label_of: dict[str, int]) -> np.ndarray:
     from pycocotools import mask as coco_mask
 
     document = _document(path)
-    height, width = document.get("imageHeight"), document.get("imageWidth")
-    if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
+    try:  # the image's own size: the shapes are in its pixels, whatever imageHeight and imageWidth say
         width, height = image_size(_image_of(document, path))
+    except READ_ERRORS:  # the loader skips and counts the image; its mask need only exist
+        height, width = document.get("imageHeight"), document.get("imageWidth")
+        if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
+            height = width = 1
     mask = np.zeros((height, width), np.uint8)
     drawn = []
     for index, shape in enumerate(document["shapes"]):
