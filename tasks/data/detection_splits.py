@@ -145,16 +145,14 @@ def load_detection_splits(
     if kind == "kitti":
         train = _check_nonempty(kitti.read_kitti(root, train_name)) if need_train else None
         return train, _check_nonempty(kitti.read_kitti(root, val_name))
-    if kind == "labelme":
-        names, origin = (
-            (list(classes), "the configured list")
-            if classes
-            else labelme.class_names(root, [val_name] + ([train_name] if need_train else []))
-        )
+    if kind == "labelme":  # each file read once, for the classes and the boxes
+        read = {name: labelme.split_documents(root, name) for name in [val_name] + ([train_name] if need_train else [])}
+        names = list(classes or [])
         if not classes:
+            names, origin = labelme.class_names(root, list(read.values()))
             print(f"classes ({origin}): {', '.join(names)}")
-        train = _check_nonempty(labelme.read_labelme(root, train_name, names)) if need_train else None
-        return train, _check_nonempty(labelme.read_labelme(root, val_name, names))
+        train = _check_nonempty(labelme.read_labelme(root, train_name, names, read[train_name])) if need_train else None
+        return train, _check_nonempty(labelme.read_labelme(root, val_name, names, read[val_name]))
     if kind == "voc":
         splits = [val_name] + ([train_name] if need_train else [])
         names, origin = choose_classes(root, splits, classes)

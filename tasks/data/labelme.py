@@ -57,19 +57,19 @@ def is_labelme_root(root: Path) -> bool:
     return root.is_dir() and any(has_split(root, s) for s in (".", *SPLITS[0], *SPLITS[1]))
 
 
-def class_names(root: Path, splits: Sequence[str]) -> tuple[list[str], str]:
-    """The classes and where they came from: ``labels.txt``, else the sorted labels of ``splits``."""
+def class_names(root: Path, splits: Sequence[Sequence[tuple[Path, dict[str, Any]]]]) -> tuple[list[str], str]:
+    """The classes and where they came from: ``labels.txt``, else the sorted labels of the splits' documents
+    (:func:`split_documents`)."""
     listing = root / "labels.txt"
     if listing.is_file():
         names = [n.strip() for n in read_text(listing, kind="class list").splitlines() if n.strip()]
         return [n for n in names if n not in NOT_CLASSES], str(listing)
-    found = {
-        str(shape.get("label", "")) for split in splits for path in _files(root / split) for shape in _shapes(path)
-    }
+    found = {str(shape.get("label", "")) for split in splits for _, document in split for shape in document["shapes"]}
     return sorted(found), "the sorted labels of the LabelMe files"
 
 
 def _document(path: Path) -> dict[str, Any]:
+    """A LabelMe file, checked, without its ``imageData`` (an embedded copy of the image, often most of the file)."""
     try:
         document = json.loads(read_text(path, kind="LabelMe file"))
     except ValueError as error:
@@ -77,11 +77,17 @@ def _document(path: Path) -> dict[str, Any]:
     shapes = document.get("shapes") if isinstance(document, dict) else None
     if not isinstance(shapes, list) or not all(isinstance(s, dict) for s in shapes):
         raise UserError(f"LabelMe file {path} has no 'shapes' list of objects")
+    document.pop("imageData", None)
     return document
 
 
-def _shapes(path: Path) -> list[dict[str, Any]]:
-    return _document(path)["shapes"]
+def split_documents(root: Path, split: str) -> list[tuple[Path, dict[str, Any]]]:
+    """Each LabelMe file of ``split`` (``.``: the root's own files) with its document, each file read once."""
+    folder = root / split
+    files = _files(folder) if folder.is_dir() else []
+    if not files:
+        raise UserError(f"--data {root} has no LabelMe split '{split}': expected {folder}/ with .json files")
+    return [(path, _document(path)) for path in files]
 
 
 def _box(shape: dict[str, Any], path: Path, index: int) -> list[float] | None:
@@ -114,17 +120,15 @@ def _image_of(document: dict[str, Any], path: Path) -> Path:
     return beside[0]
 
 
-def read_labelme(root: Path, split: str, names: Sequence[str]) -> DetectionData:
-    """One split (``.``: the root's own files), labels 1..K in ``names``' order; a label not among them is an
+def read_labelme(
+    root: Path, split: str, names: Sequence[str], documents: Sequence[tuple[Path, dict[str, Any]]]
+) -> DetectionData:
+    """One split from its :func:`split_documents`, labels 1..K in ``names``' order; a label not among them is an
     error naming the file."""
     folder = root / split
-    files = _files(folder) if folder.is_dir() else []
-    if not files:
-        raise UserError(f"--data {root} has no LabelMe split '{split}': expected {folder}/ with .json files")
     label_of = {name: index + 1 for index, name in enumerate(names)}
     fixes, samples, pointless = FixCounts(), [], 0
-    for path in files:
-        document = _document(path)
+    for path, document in documents:
         shapes, image = document["shapes"], _image_of(document, path)
         size = readable_size(image, fixes)
         if size is None:
@@ -164,13 +168,12 @@ def _area(kind: str, points: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))))  # the shoelace formula
 
 
-def semantic_mask(path: Path, label_of: dict[str, int]) -> np.ndarray:
+def semantic_mask(path: Path, document: dict[str, Any], label_of: dict[str, int]) -> np.ndarray:
     """The (H, W) uint8 mask of one LabelMe file: each pixel the class of the shape on it (larger shapes first, so
     that small ones stay visible), 0 background, ``__ignore__`` shapes void (255). Polygons and rectangles are
     rasterised by pycocotools, as the COCO masks are; a circle is its disc; lines and points have no area."""
     from pycocotools import mask as coco_mask
 
-    document = _document(path)
     try:  # the image's own size: the shapes are in its pixels, whatever imageHeight and imageWidth say
         width, height = image_size(_image_of(document, path))
     except READ_ERRORS:  # the loader skips and counts the image; its mask need only exist
@@ -215,15 +218,17 @@ def labelme_segmentation(
     from tasks.data.colour_masks import converted_samples
     from tasks.data.segmentation import SegmentationSample
 
-    folder = root / split
-    files = _files(folder) if folder.is_dir() else []
-    if not files:
-        raise UserError(f"--data {root} has no LabelMe split '{split}': expected {folder}/ with .json files")
-    names = list(classes) if classes else ["background", *class_names(root, [split])[0]]
+    folder, documents = root / split, split_documents(root, split)
+    names = list(classes) if classes else ["background", *class_names(root, [documents])[0]]
     label_of = {name: index for index, name in enumerate(names)} | {NOT_CLASSES[1]: 0}
     samples = [
-        SegmentationSample(path.relative_to(folder).with_suffix("").as_posix(), _image_of(_document(path), path), path)
-        for path in files
+        SegmentationSample(path.relative_to(folder).with_suffix("").as_posix(), _image_of(document, path), path)
+        for path, document in documents
     ]
+    by_path = dict(documents)
+
+    def draw(path: Path) -> np.ndarray:
+        return semantic_mask(path, by_path[path], label_of)
+
     identity = f"labelme|{MASKS_VERSION}|{'|'.join(names)}"
-    return converted_samples(samples, "labelme-masks", identity, lambda path: semantic_mask(path, label_of)), names
+    return converted_samples(samples, "labelme-masks", identity, draw), names

@@ -151,8 +151,10 @@ def _cityscapes(root: Path, split: str) -> tuple[list[SegmentationSample], list[
 
 def _looked_up(path: Path, table: np.ndarray) -> np.ndarray:
     """The (H, W) uint8 mask of ``table[value]`` for each pixel of the single-channel PNG at ``path``."""
+    from tasks.data.segmentation import MASK_MODES
+
     with Image.open(path) as mask:
-        if mask.mode not in ("L", "P", "I", "I;16"):
+        if mask.mode not in MASK_MODES:
             raise UserError(f"mask {path} is {mask.mode}: expected a single-channel PNG of label ids")
         values = np.asarray(mask, dtype=np.int64)  # a palette PNG's indices are its values
     if values.min() < 0 or values.max() > 255:
