@@ -728,3 +728,57 @@ def test_labelme_files_beside_their_images_give_the_boxes_around_their_shapes(tm
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "photo4.json: label 'bird' is not a class (cat, dog)" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_labelme_files_that_embed_their_images_are_read_without_the_image_files(tmp_path, monkeypatch, capsys) -> None:
+    """LabelMe's default save embeds the image (imageData, base64 of a PNG or JPEG file's bytes). With only the JSON
+    files, each embedded image is written once into the cache with the suffix of its format, and read to the
+    pixel; a file beside the JSON wins over the copy; an undecodable copy is skipped and counted; imageData that is
+    not base64 stops the run with one line naming the file."""
+    import base64
+    import io
+
+    from tasks.data.detection_splits import load_detection_splits
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MTB_CACHE", str(cache))
+    root = tmp_path / "labelme"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    pixels, encoded = {}, {}
+    for i in range(10):
+        image = rng.integers(0, 255, (30 + i, 40, 3), np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG" if i % 2 else "JPEG", quality=95)
+        pixels[f"shot{i}"] = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")) if i else image
+        encoded[f"shot{i}"] = buffer.getvalue()
+        if i == 0:  # the image file beside it, as well as embedded: the file is read
+            Image.fromarray(image).save(root / "shot0.png")
+        shapes = [{"label": "cat", "points": [[2, 3], [12 + i, 20]], "shape_type": "rectangle"}]
+        data = base64.b64encode(buffer.getvalue()).decode()
+        document = {"shapes": shapes, "imagePath": f"../gone/shot{i}.jpg", "imageData": data}
+        (root / f"shot{i}.json").write_text(json.dumps({**document, "imageHeight": 30 + i, "imageWidth": 40}))
+    train, val = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
+    capsys.readouterr()
+    samples = train.samples + val.samples
+    assert len(samples) == 10 and train.class_names == ["cat"]
+    written = sorted(cache.glob("labelme-images/*"))
+    assert len(written) == 9 and {p.suffix for p in written} == {".png", ".jpg"}
+    for sample in samples:
+        assert (Path(sample.path).parent == root) == (sample.image_id == "shot0")
+        np.testing.assert_allclose(sample.boxes, [[2, 3, 12 + int(sample.image_id[4:]), 20]])
+        np.testing.assert_array_equal(np.asarray(Image.open(sample.path).convert("RGB")), pixels[sample.image_id])
+        if sample.image_id != "shot0":
+            assert Path(sample.path).read_bytes() == encoded[sample.image_id]  # the embedded file's own bytes
+    load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
+    assert sorted(cache.glob("labelme-images/*")) == written  # written once
+    broken = json.loads((root / "shot3.json").read_text())
+    (root / "shot3.json").write_text(json.dumps({**broken, "imageData": base64.b64encode(b"not an image").decode()}))
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    assert "1 unreadable image(s)" in capsys.readouterr().out
+    (root / "shot5.json").write_text(json.dumps({**broken, "imageData": "@@ not base64 @@!"}))
+    assert main(["--data", str(root), "--output", str(tmp_path / "bad"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "shot5.json: its imageData is not valid base64" in err
+    assert not (tmp_path / "bad").exists()

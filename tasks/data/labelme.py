@@ -6,13 +6,18 @@ draws each object as a rectangle (two corners), a polygon, a circle (its centre 
 its box is the box around those points (a circle's around its disc). Point shapes have no extent and are skipped,
 counted. The classes are the lines of a ``labels.txt`` beside the splits (labelme2coco's, whose ``__ignore__``
 and ``_background_`` lines are not classes), else the sorted labels found. The image is the one ``imagePath``
-names, relative to the JSON, else the image of the JSON's stem. Splits are ``train`` and then ``val``, ``valid``
-or ``test`` folders, or a flat folder that val is held out of (:mod:`tasks.data.holdout`).
+names, relative to the JSON, else the image of the JSON's stem, else the copy that the file embeds (``imageData``,
+LabelMe's default when it saves), written once into the cache (:func:`embedded_image`). Splits are ``train`` and
+then ``val``, ``valid`` or ``test`` folders, or a flat folder that val is held out of (:mod:`tasks.data.holdout`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import glob
+import hashlib
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -23,9 +28,10 @@ import numpy as np
 
 from tasks.data.coco_masks import IGNORE_INDEX
 from tasks.data.detection import DetectionData, FixCounts, readable_size, unflagged_sample
+from tasks.data.embedded import cache_root
 from tasks.data.images import READ_ERRORS, image_size, is_image_file
 from tasks.errors import UserError
-from tasks.io import read_text
+from tasks.io import atomic_write, read_text
 
 if TYPE_CHECKING:
     from tasks.data.segmentation import SegmentationSample
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
 SPLITS = (("train",), ("val", "valid", "test"))
 NOT_CLASSES = ("__ignore__", "_background_")
 EXTENT = ("rectangle", "polygon", "circle", "line", "linestrip")
+EMBEDDED = "_embedded_image"  # the document key (not LabelMe's) of the cached copy of its imageData
 
 
 def _files(folder: Path) -> list[Path]:
@@ -69,7 +76,8 @@ def class_names(root: Path, splits: Sequence[Sequence[tuple[Path, dict[str, Any]
 
 
 def _document(path: Path) -> dict[str, Any]:
-    """A LabelMe file, checked, without its ``imageData`` (an embedded copy of the image, often most of the file)."""
+    """A LabelMe file, checked, without its ``imageData`` (an embedded copy of the image, often most of the file):
+    where no image file is found for it, that copy is written to the cache and named under ``EMBEDDED``."""
     try:
         document = json.loads(read_text(path, kind="LabelMe file"))
     except ValueError as error:
@@ -77,8 +85,38 @@ def _document(path: Path) -> dict[str, Any]:
     shapes = document.get("shapes") if isinstance(document, dict) else None
     if not isinstance(shapes, list) or not all(isinstance(s, dict) for s in shapes):
         raise UserError(f"LabelMe file {path} has no 'shapes' list of objects")
-    document.pop("imageData", None)
+    data = document.pop("imageData", None)
+    if data and _image_file(document, path) is None:
+        document[EMBEDDED] = str(embedded_image(path, data))
     return document
+
+
+def embedded_image(path: Path, data: Any) -> Path:
+    """The image a LabelMe file embeds (``imageData``: the base64 of an image file's bytes, as LabelMe saves it),
+    written once under ``<cache>/labelme-images/``, named by the file's path, size and modification time and
+    suffixed by the format its bytes hold (an undecodable image is written all the same: the loader skips and
+    counts it, as it does an unreadable image file)."""
+    from PIL import Image
+
+    if not isinstance(data, str):
+        raise UserError(f"LabelMe file {path}: its imageData is not a base64 string")
+    try:
+        raw = base64.b64decode(data)
+    except (binascii.Error, ValueError):
+        raise UserError(f"LabelMe file {path}: its imageData is not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            suffix = {"JPEG": ".jpg", "MPO": ".jpg", "TIFF": ".tif"}.get(str(image.format), f".{image.format}".lower())
+    except (OSError, ValueError):
+        suffix = ".png"
+    if not is_image_file(Path(f"image{suffix}")):
+        suffix = ".png"
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
+    target = cache_root() / "labelme-images" / f"{key}{suffix}"
+    if not target.is_file():
+        atomic_write(target, lambda handle: handle.write(raw))
+    return target
 
 
 def split_documents(root: Path, split: str) -> list[tuple[Path, dict[str, Any]]]:
@@ -108,16 +146,26 @@ def _box(shape: dict[str, Any], path: Path, index: int) -> list[float] | None:
     return [*points.min(axis=0).tolist(), *points.max(axis=0).tolist()]
 
 
-def _image_of(document: dict[str, Any], path: Path) -> Path:
+def _image_file(document: dict[str, Any], path: Path) -> Path | None:
+    """The image file ``imagePath`` names, relative to the LabelMe file, else one of the file's stem beside it."""
     named = document.get("imagePath")
     if isinstance(named, str) and named:
         candidate = path.parent / named.replace("\\", "/")
         if candidate.is_file():
             return candidate
     beside = sorted(p for p in path.parent.glob(f"{glob.escape(path.stem)}.*") if is_image_file(p))
-    if not beside:
-        raise UserError(f"LabelMe file {path}: its image {named!r} is not beside it, nor an image named {path.stem}.*")
-    return beside[0]
+    return beside[0] if beside else None
+
+
+def _image_of(document: dict[str, Any], path: Path) -> Path:
+    found = _image_file(document, path) or (Path(document[EMBEDDED]) if EMBEDDED in document else None)
+    if found is None:
+        named = document.get("imagePath")
+        raise UserError(
+            f"LabelMe file {path}: its image {named!r} is not beside it, nor an image named {path.stem}.*, "
+            "and it embeds none (imageData)"
+        )
+    return found
 
 
 def read_labelme(
