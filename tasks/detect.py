@@ -313,8 +313,8 @@ def _report(
             boxes,
             [r["category_name"] for r in found],
             [r["score"] for r in found],
-            truth_boxes=sample.boxes,
-            truth_labels=[data.class_names[i - 1] for i in sample.labels],
+            truth_boxes=sample.boxes[~sample.crowd],  # a crowd region (COCO's, KITTI's DontCare) is no object
+            truth_labels=[data.class_names[i - 1] for i in sample.labels[~sample.crowd]],
         )
         save_png(picture, run_dir / "images" / f"{Path(str(sample.image_id)).name}.png")
     coco, voc = metrics["coco"], metrics["voc"]
@@ -339,7 +339,7 @@ def setup(cfg: DetectConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:
     seed_everything(cfg.train.seed)
     train_data, val_data = _data(cfg, need_train=True)
     assert train_data is not None
-    boxes = [b for s in train_data.samples for b in s.boxes]
+    boxes = [b for s in train_data.samples for b in s.boxes[~s.crowd]]  # a crowd region is no object's size
     facts = recipes.run_facts(
         TASK,
         cfg,

@@ -384,7 +384,7 @@ def setup(cfg: MultiTaskConfig, *, resumed: frozenset[str] = frozenset()) -> Set
     val = load_multitask(
         sources, cfg.data.val_split, class_names=train_data.class_names, train_split=cfg.data.train_split
     )
-    boxes = [b for sample in train_data.samples if sample.detection is not None for b in sample.detection.boxes]
+    boxes = [b for s in train_data.samples if s.detection is not None for b in s.detection.boxes[~s.detection.crowd]]
     facts = recipes.run_facts(
         TASK,
         cfg,

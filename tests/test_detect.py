@@ -639,7 +639,8 @@ def test_eval_scores_the_images_it_read_as_if_an_unreadable_one_were_not_in_the_
 
 def test_kitti_as_downloaded_reads_as_torchvisions_kitti_and_trains_with_val_held_out(tmp_path, capsys) -> None:
     """training/image_2/ with training/label_2/ (torchvision.datasets.Kitti's layout under Kitti/raw/): the same
-    boxes and types as torchvision reads, DontCare regions left out and counted, a fifth held out for val."""
+    boxes and types as torchvision reads, DontCare regions counted and kept as crowd regions of every class (not
+    trained on), a fifth held out for val."""
     from torchvision.datasets import Kitti
 
     from tasks.data.detection_splits import load_detection_splits
@@ -664,15 +665,25 @@ def test_kitti_as_downloaded_reads_as_torchvisions_kitti_and_trains_with_val_hel
     expected = {}
     for index, image in enumerate(reference.images):
         objects = [o for o in reference._parse_target(index) if o["type"] != "DontCare"]
-        expected[Path(image).stem] = ([o["bbox"] for o in objects], [CLASSES.index(o["type"]) + 1 for o in objects])
+        regions = [o["bbox"] for o in reference._parse_target(index) if o["type"] == "DontCare"]
+        expected[Path(image).stem] = (
+            [o["bbox"] for o in objects],
+            [CLASSES.index(o["type"]) + 1 for o in objects],
+            regions,
+        )
     train, val = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
     printed = capsys.readouterr().out
     assert "holding out 20% for validation (2 of 10 images" in printed and "DontCare region(s)" in printed
     assert len(train.samples) == 8 and len(val.samples) == 2 and train.class_names == list(CLASSES)
+    assert sum(len(regions) for _, _, regions in expected.values()) == 4
     for sample in train.samples + val.samples:
-        boxes, labels = expected[sample.image_id]
-        np.testing.assert_allclose(sample.boxes, np.array(boxes, np.float32).reshape(-1, 4), atol=1e-4)
-        assert sample.labels.tolist() == labels
+        boxes, labels, regions = expected[sample.image_id]
+        trained_boxes, trained_labels = sample.training_targets()
+        np.testing.assert_allclose(trained_boxes, np.array(boxes, np.float32).reshape(-1, 4), atol=1e-4)
+        assert trained_labels.tolist() == labels
+        crowd = np.array(regions, np.float32).reshape(-1, 1, 4).repeat(len(CLASSES), axis=1).reshape(-1, 4)
+        np.testing.assert_allclose(sample.boxes[sample.crowd], crowd, atol=1e-4)
+        assert sample.labels[sample.crowd].tolist() == list(range(1, len(CLASSES) + 1)) * len(regions)
     out = tmp_path / "run"
     assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 2
@@ -681,6 +692,52 @@ def test_kitti_as_downloaded_reads_as_torchvisions_kitti_and_trains_with_val_hel
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "000003.txt, line 1: expected 15 fields" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_detection_inside_a_kitti_dontcare_region_costs_nothing_in_either_protocol(tmp_path) -> None:
+    """A DontCare region ignores a detection of any class inside it: with the region, a perfect detector plus one
+    confident false detection in the region scores COCO AP50 and VOC mAP 1; the same label file with the region
+    dropped scores that false detection as a false positive (hand-computed)."""
+    from tasks.data.kitti import read_kitti
+    from tasks.metrics.detection import score
+
+    def kitti(root: Path, region: bool) -> Path:
+        (root / "training" / "image_2").mkdir(parents=True)
+        (root / "training" / "label_2").mkdir()
+        Image.new("RGB", (100, 60)).save(root / "training" / "image_2" / "000000.png")
+        lines = [
+            "Car 0.00 0 -1.58 10 10 30 30 1.6 1.6 3.9 1 2 30 -1.6",
+            "Pedestrian 0.00 0 -1.58 35 5 45 40 1.6 1.6 3.9 1 2 30 -1.6",
+            "Cyclist 0.00 0 -1.58 45 10 60 40 1.6 1.6 3.9 1 2 30 -1.6",
+        ]
+        if region:
+            lines.append("DontCare -1 -1 -10 60 5 99 55 -1 -1 -1 -1000 -1000 -1000 -10")
+        (root / "training" / "label_2" / "000000.txt").write_text("\n".join(lines) + "\n")
+        return root
+
+    truth = [("Car", [10, 10, 20, 20]), ("Pedestrian", [35, 5, 10, 35]), ("Cyclist", [45, 10, 15, 30])]
+    results = [
+        {"image_id": "000000", "category_name": name, "bbox": box, "score": 0.9 - 0.1 * n}
+        for n, (name, box) in enumerate(truth)
+    ]
+
+    def scores(region: bool, false_box: list[float]) -> tuple[float, float]:
+        data = read_kitti(kitti(tmp_path / f"{region}{false_box}", region), "training")
+        labels = {name: data.class_names.index(name) + 1 for name in data.class_names}
+        false = [  # one false detection of each class, ranked above the true ones, inside the region
+            {"image_id": "000000", "category_name": name, "bbox": false_box, "score": 0.95} for name, _ in truth
+        ]
+        scored = [{**r, "category_id": labels[r["category_name"]]} for r in results + false]
+        metrics = score(data, scored, backend="pycocotools")
+        return metrics["coco"]["AP50"], metrics["voc"]["mAP"]
+
+    large, small = [62, 8, 35, 45], [70, 10, 10, 20]  # IoU with the region (60-99, 5-55) 0.81 and 0.10
+    assert scores(True, large) == pytest.approx((1.0, 1.0), abs=1e-6)
+    # each class without the region: the false detection first, then the true one: precision 1/2 at recall 1
+    assert scores(False, large) == pytest.approx((0.5, 0.5), abs=1e-6)
+    # a small detection in a large region: COCO's crowd rule (the share of the detection inside) ignores it, the
+    # VOC devkit's difficult rule (IoU 0.5) does not
+    assert scores(True, small) == pytest.approx((1.0, 0.5), abs=1e-6)
 
 
 def test_labelme_files_beside_their_images_give_the_boxes_around_their_shapes(tmp_path, capsys) -> None:

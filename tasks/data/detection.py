@@ -147,16 +147,25 @@ def readable_size(image: Path, fixes: FixCounts) -> tuple[int, int] | None:
         return None
 
 
-def unflagged_sample(
-    image_id: str, image: Path, size: tuple[int, int], boxes: list[list[float]], labels: list[int], fixes: FixCounts
+def pixel_sample(
+    image_id: str,
+    image: Path,
+    size: tuple[int, int],
+    boxes: list[list[float]],
+    labels: list[int],
+    fixes: FixCounts,
+    *,
+    crowd: Sequence[bool] = (),
 ) -> DetectionSample:
-    """A sample of pixel boxes with no crowd or difficult flags, clipped to the image (:func:`clean_boxes`)."""
+    """A sample of pixel boxes clipped to the image (:func:`clean_boxes`), with no difficult flags; ``crowd`` flags
+    the boxes that are regions to ignore (none where it is empty)."""
     width, height = size
     box_array = np.array(boxes, dtype=np.float32).reshape(-1, 4)
     valid = clean_boxes(box_array, width, height, fixes)
-    none = np.zeros(int(valid.sum()), bool)
+    flags = np.array(crowd, bool) if len(crowd) else np.zeros(len(box_array), bool)
     label_array = np.array(labels, dtype=np.int64)[valid]
-    return DetectionSample(image_id, image, width, height, box_array[valid], label_array, none, none)
+    none = np.zeros(int(valid.sum()), bool)
+    return DetectionSample(image_id, image, width, height, box_array[valid], label_array, flags[valid], none)
 
 
 def empty_targets(count: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -3,16 +3,20 @@
 ``<split>/image_2/<id>.png`` with ``<split>/label_2/<id>.txt``: one object a line, ``type truncated occluded alpha
 left top right bottom h w l x y z rotation_y`` (15 fields; 16 with a score), the box in pixels, as
 ``torchvision.datasets.Kitti`` reads it. The classes are KITTI's eight, in the benchmark's order. ``DontCare``
-lines mark regions whose objects were not labelled; they name no class, so they are left out (as mmdetection's
-KITTI conversion does), and they are counted. KITTI releases only ``training`` with labels (``testing`` has none):
-the runners hold out a val split of it (:mod:`tasks.data.holdout`).
+lines mark regions whose objects were not labelled: they are not trained on (as mmdetection's KITTI conversion
+leaves them out), and a detection of any class inside one is ignored by the evaluators, as KITTI's own evaluation
+ignores it (each region is a crowd region of every class: COCO's evaluator ignores a detection that lies mostly
+inside a crowd region of its class; the VOC protocol one that overlaps it by its IoU threshold). KITTI releases only
+``training`` with labels (``testing`` has none): the runners hold out a val split of it (:mod:`tasks.data.holdout`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.data.detection import DetectionData, FixCounts, readable_size, unflagged_sample
+import numpy as np
+
+from tasks.data.detection import DetectionData, FixCounts, clean_boxes, pixel_sample, readable_size
 from tasks.data.images import is_image_file
 from tasks.errors import UserError
 from tasks.io import read_text
@@ -46,7 +50,7 @@ def read_kitti(root: Path, split: str) -> DetectionData:
         size = readable_size(image, fixes)
         if size is None:
             continue
-        boxes, labels = [], []
+        boxes, labels, regions = [], [], []
         for number, line in enumerate(read_text(label_file, kind="label file").splitlines(), start=1):
             fields = line.split()
             if not fields:
@@ -56,24 +60,34 @@ def read_kitti(root: Path, split: str) -> DetectionData:
                     f"label file {label_file}, line {number}: expected 15 fields (type truncated occluded alpha "
                     f"left top right bottom h w l x y z rotation_y), got {len(fields)}"
                 )
-            if fields[0] == IGNORED:
-                ignored += 1
-                continue
-            if fields[0] not in label_of:
+            if fields[0] != IGNORED and fields[0] not in label_of:
                 raise UserError(
                     f"label file {label_file}, line {number}: type {fields[0]!r} is none of KITTI's "
                     f"{', '.join(CLASSES)} or {IGNORED}"
                 )
             try:
-                boxes.append([float(v) for v in fields[4:8]])
+                box = [float(v) for v in fields[4:8]]
             except ValueError:
                 raise UserError(
                     f"label file {label_file}, line {number}: the box {fields[4:8]} is not 4 numbers"
                 ) from None
+            if fields[0] == IGNORED:
+                regions.append(box)
+                continue
+            boxes.append(box)
             labels.append(label_of[fields[0]])
-        samples.append(unflagged_sample(image.stem, image, size, boxes, labels, fixes))  # KITTI's levels not taken
+        region_array = np.array(regions, np.float32).reshape(-1, 4)
+        regions = region_array[clean_boxes(region_array, *size, FixCounts())].tolist()  # not counted as objects
+        ignored += len(regions)
+        crowd = [False] * len(boxes) + [True] * (len(regions) * len(CLASSES))
+        boxes += [box for box in regions for _ in CLASSES]
+        labels += [label for _ in regions for label in range(1, len(CLASSES) + 1)]
+        samples.append(pixel_sample(image.stem, image, size, boxes, labels, fixes, crowd=crowd))  # no KITTI levels
     if not samples:
         raise UserError(f"{root / split / 'image_2'}: none of its {len(images)} images could be read")
     if ignored:
-        print(f"note: {root} ({split}): left out {ignored} DontCare region(s), which name no class")
+        print(
+            f"note: {root} ({split}): {ignored} DontCare region(s) are not trained on, and detections inside them "
+            "are ignored in evaluation"
+        )
     return DetectionData(samples, list(CLASSES), list(range(1, len(CLASSES) + 1)), f"{root} ({split})", fixes)

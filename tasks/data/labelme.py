@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tasks.data.coco_masks import IGNORE_INDEX
-from tasks.data.detection import DetectionData, FixCounts, readable_size, unflagged_sample
+from tasks.data.detection import DetectionData, FixCounts, pixel_sample, readable_size
 from tasks.data.embedded import cache_root
 from tasks.data.images import READ_ERRORS, image_size, is_image_file
 from tasks.errors import UserError
@@ -195,7 +195,7 @@ def read_labelme(
             boxes.append(box)
             labels.append(label_of[label])
         image_id = path.relative_to(folder).with_suffix("").as_posix()
-        samples.append(unflagged_sample(image_id, image, size, boxes, labels, fixes))
+        samples.append(pixel_sample(image_id, image, size, boxes, labels, fixes))
     if pointless:
         print(f"note: {folder}: skipped {pointless} point shape(s), which have no box")
     return DetectionData(samples, list(names), list(range(1, len(names) + 1)), f"{root} ({split})", fixes)
