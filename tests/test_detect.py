@@ -839,3 +839,55 @@ def test_labelme_files_that_embed_their_images_are_read_without_the_image_files(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "shot5.json: its imageData is not valid base64" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_cityscapes_as_downloaded_gives_boxes_around_each_instances_visible_pixels(tmp_path, capsys) -> None:
+    """leftImg8bit/ with gtFine/*_polygons.json: the eight instance classes, each box around the pixels the object
+    keeps once the later polygons are drawn over it (a polygon of whole-pixel corners covers its edges, as PIL
+    draws cityscapesscripts' instance masks); deleted objects and license plates hide nothing; a hidden object, a
+    caravan and the stuff classes give no box; a cargroup is a crowd region of car. Boxes hand-computed."""
+    from tasks.data.detection_splits import load_detection_splits
+    from tasks.data.public_sets import CITYSCAPES_INSTANCES
+
+    root = tmp_path / "cityscapes"
+
+    def rect(x1: int, y1: int, x2: int, y2: int) -> list[list[int]]:
+        return [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]
+
+    objects = [
+        {"label": "road", "polygon": rect(0, 0, 79, 59)},
+        {"label": "car", "polygon": rect(10, 10, 40, 30)},  # its right part behind the person
+        {"label": "rider", "polygon": rect(60, 40, 70, 50)},  # all of it behind the building
+        {"label": "caravan", "polygon": rect(0, 40, 8, 50)},
+        {"label": "cargroup", "polygon": rect(45, 40, 58, 55)},
+        {"label": "person", "polygon": rect(30, 5, 50, 35)},
+        {"label": "license plate", "polygon": rect(12, 12, 16, 28)},  # not drawn: the car shows through
+        {"label": "bicycle", "polygon": rect(20, 20, 30, 40), "deleted": 1},
+        {"label": "building", "polygon": rect(59, 39, 71, 51)},
+    ]
+    for split in ("train", "val"):
+        for k in range(2):
+            name = f"aachen_{k:06d}_000019"
+            (root / "leftImg8bit" / split / "aachen").mkdir(parents=True, exist_ok=True)
+            (root / "gtFine" / split / "aachen").mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (80, 60), (k * 40, 90, 30)).save(
+                root / "leftImg8bit" / split / "aachen" / f"{name}_leftImg8bit.png"
+            )
+            document = {"imgHeight": 60, "imgWidth": 80, "objects": objects}
+            (root / "gtFine" / split / "aachen" / f"{name}_gtFine_polygons.json").write_text(json.dumps(document))
+    train, val = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
+    assert "2 <class>group region(s) are crowds" in capsys.readouterr().out
+    assert train.class_names == list(CITYSCAPES_INSTANCES) and len(train.samples) == len(val.samples) == 2
+    car, person = CITYSCAPES_INSTANCES.index("car") + 1, CITYSCAPES_INSTANCES.index("person") + 1
+    for sample in train.samples + val.samples:
+        assert sample.image_id.startswith("aachen/aachen_00000")
+        np.testing.assert_array_equal(sample.boxes, [[10, 10, 30, 31], [45, 40, 59, 56], [30, 5, 51, 36]])
+        assert sample.labels.tolist() == [car, car, person] and sample.crowd.tolist() == [False, True, False]
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_images"] == 2
+    (root / "gtFine" / "val" / "aachen" / "aachen_000001_000019_gtFine_polygons.json").unlink()
+    assert main(["--data", str(root), "--output", str(tmp_path / "bad"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "aachen_000001_000019_gtFine_polygons.json of image" in err
+    assert not (tmp_path / "bad").exists()

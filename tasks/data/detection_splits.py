@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tasks.config import load_yaml
-from tasks.data import holdout, kitti, labelme
+from tasks.data import holdout, kitti, labelme, public_sets
 from tasks.data.coco import coco_split_file, find_coco_split, is_coco_root, read_coco
 from tasks.data.detection import DetectionData
 from tasks.data.folders import val_or_stand_in
@@ -29,19 +29,22 @@ DEFAULT_SPLITS = {  # valid: Roboflow's exports; default: CVAT's, of a task with
     "coco": (("train2017", "train", CVAT_SUBSET), ("val2017", "val", "valid")),
     "kitti": kitti.SPLITS,
     "labelme": labelme.SPLITS,
+    "cityscapes": (("train",), ("val",)),
 }
 
 
-FORMATS = ("coco", "voc", "yolo", "kitti", "labelme")
+FORMATS = ("coco", "voc", "yolo", "kitti", "labelme", "cityscapes")
 
 
 def detect_format(root: Path, given: str) -> str:
-    """coco, voc, yolo, kitti or labelme; or yaml for a dataset YAML of COCO files (``train: {annotations,
+    """coco, voc, yolo, kitti, labelme or cityscapes; or yaml for a dataset YAML of COCO files (``train: {annotations,
     images}``)."""
     if given in FORMATS:
         return given
     if given != "auto":
-        raise UserError(f"--format {given!r} is invalid for detection: choose coco, voc, yolo, kitti or labelme")
+        raise UserError(
+            f"--format {given!r} is invalid for detection: choose {', '.join(FORMATS[:-1])} or {FORMATS[-1]}"
+        )
     if root.is_file() and root.suffix in (".yaml", ".yml"):
         return "yolo" if is_yolo_spec(load_yaml(root)) else "yaml"
     if is_voc_root(root):
@@ -54,13 +57,16 @@ def detect_format(root: Path, given: str) -> str:
         return "kitti"
     if labelme.is_labelme_root(root):
         return "labelme"
+    if public_sets.public_set(root) == "cityscapes":
+        return "cityscapes"
     if is_paired_voc_root(root):
         return "voc"
     raise UserError(
         f"--data {root}: neither a COCO root (annotations/instances_<split>.json, or Roboflow's "
         f"<split>/_annotations.coco.json), a VOC root (Annotations/ and ImageSets/Main/, or <split>/ with XML "
         f"files beside its images), YOLO data (a data.yaml, or images/<split>/ and labels/<split>/), KITTI's "
-        f"(training/image_2/ and training/label_2/) nor LabelMe's (a .json file beside each image)"
+        f"(training/image_2/ and training/label_2/), LabelMe's (a .json file beside each image) nor Cityscapes' "
+        f"(leftImg8bit/ and gtFine/)"
     )
 
 
@@ -80,6 +86,8 @@ def _has_split(root: Path, kind: str, name: str) -> bool:
         return kitti.has_split(root, name)
     if kind == "labelme":
         return labelme.has_split(root, name)
+    if kind == "cityscapes":
+        return public_sets.has_split(root, kind, name)
     return yolo_has_split(root, name)  # YOLO data, or a data YAML of COCO files (by its keys)
 
 
@@ -145,6 +153,9 @@ def load_detection_splits(
     if kind == "kitti":
         train = _check_nonempty(kitti.read_kitti(root, train_name)) if need_train else None
         return train, _check_nonempty(kitti.read_kitti(root, val_name))
+    if kind == "cityscapes":
+        train = _check_nonempty(public_sets.read_cityscapes_detection(root, train_name)) if need_train else None
+        return train, _check_nonempty(public_sets.read_cityscapes_detection(root, val_name))
     if kind == "labelme":  # each file read once, for the classes and the boxes
         read = {name: labelme.split_documents(root, name) for name in [val_name] + ([train_name] if need_train else [])}
         names = list(classes or [])

@@ -10,6 +10,14 @@ it becomes void (255) and class k becomes k - 1, as mmsegmentation's ``reduce_ze
 it, else ``<name>_gtFine_labelIds.png``, whose 34 label ids become the benchmark's 19 train ids (the others void),
 by the table of cityscapesscripts' ``labels.py``.
 
+For detection, Cityscapes' boxes come from ``gtFine/<split>/<city>/<name>_gtFine_polygons.json``
+(:func:`read_cityscapes_detection`): its eight instance classes (person, rider, car, truck, bus, train, motorcycle,
+bicycle, the benchmark's), each box around the object's visible pixels. The polygons are drawn in the file's order,
+later ones in front, as cityscapesscripts' ``json2instanceImg`` draws the ``instanceIds`` masks (every object
+but the deleted ones and license plates occludes), so a box is the one around the object's pixels in that mask. A
+``<class>group`` polygon (a crowd that was not split into objects) is a crowd region of its class, as the benchmark's
+instance evaluation ignores it; caravans and trailers, which it does not score, are left out.
+
 Masks that need their values changed are changed once, into PNGs under ``<cache>/<set>-masks/<key>`` (as colour
 masks are: :func:`tasks.data.colour_masks.converted_samples`), and read from there like any other masks.
 ``train`` and ``val`` find ADE20K's ``training`` and ``validation`` (:func:`tasks.data.holdout.other_names`).
@@ -17,6 +25,7 @@ masks are: :func:`tasks.data.colour_masks.converted_samples`), and read from the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +38,7 @@ from tasks.errors import UserError
 from tasks.io import read_text
 
 if TYPE_CHECKING:
+    from tasks.data.detection import DetectionData
     from tasks.data.segmentation import SegmentationSample
 
 ADE_CLASS_FILES = ("objectInfo150.txt", "objectInfo150.csv")
@@ -43,6 +53,9 @@ CITYSCAPES_IMAGE, CITYSCAPES_TRAIN_IDS, CITYSCAPES_LABEL_IDS = (
     "_gtFine_labelTrainIds",
     "_gtFine_labelIds",
 )
+CITYSCAPES_POLYGONS = "_gtFine_polygons.json"
+CITYSCAPES_INSTANCES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+CITYSCAPES_UNDRAWN = ("license plate",)  # labels.py's id -1: not drawn into the instance masks
 VERSION = 1  # in the cache keys
 
 
@@ -160,3 +173,81 @@ def _looked_up(path: Path, table: np.ndarray) -> np.ndarray:
     if values.min() < 0 or values.max() > 255:
         raise UserError(f"mask {path} has label ids outside 0..255")
     return table[values]
+
+
+def read_cityscapes_detection(root: Path, split: str) -> DetectionData:
+    """The split's images with the boxes of their objects of :data:`CITYSCAPES_INSTANCES` (labels 1..8 in that
+    order), from the polygon files; ``<class>group`` polygons are crowd regions of their class."""
+    from PIL import ImageDraw
+
+    from tasks.data.detection import DetectionData, FixCounts, pixel_sample, readable_size
+
+    if not has_split(root, "cityscapes", split):
+        raise UserError(
+            f"--data {root} (Cityscapes) has no split {split!r}: expected {split}/ under leftImg8bit/ and gtFine/"
+        )
+    images, annotations = root / "leftImg8bit" / split, root / "gtFine" / split
+    label_of = {name: index + 1 for index, name in enumerate(CITYSCAPES_INSTANCES)}
+    fixes, samples, crowds = FixCounts(), [], 0
+    for image in sorted(images.rglob(f"*{CITYSCAPES_IMAGE}.png")):
+        relative = image.relative_to(images)
+        stem = relative.name.removesuffix(f"{CITYSCAPES_IMAGE}.png")
+        polygons = annotations / relative.parent / f"{stem}{CITYSCAPES_POLYGONS}"
+        if not polygons.is_file():
+            raise UserError(f"polygon file {polygons} of image {image} does not exist")
+        size = readable_size(image, fixes)
+        if size is None:
+            continue
+        objects = _cityscapes_objects(polygons)
+        drawn = Image.new("I", size, 0)  # each object's position + 1, later objects over earlier ones
+        pen = ImageDraw.Draw(drawn)
+        for index, (_, points) in enumerate(objects):
+            pen.polygon([tuple(point) for point in points], fill=index + 1)  # as json2instanceImg draws
+        painted = np.asarray(drawn)
+        boxes, labels, crowd = [], [], []
+        for index, (label, points) in enumerate(objects):
+            group = label.endswith("group") and label.removesuffix("group") in label_of
+            name = label.removesuffix("group") if group else label
+            if name not in label_of:
+                continue
+            (x1, y1), (x2, y2) = np.floor(points.min(axis=0)).astype(int), np.floor(points.max(axis=0)).astype(int)
+            x1, y1 = max(x1, 0), max(y1, 0)
+            ys, xs = np.nonzero(painted[y1 : y2 + 1, x1 : x2 + 1] == index + 1)
+            if len(xs) == 0:  # hidden behind the objects in front of it
+                continue
+            boxes.append([x1 + xs.min(), y1 + ys.min(), x1 + xs.max() + 1, y1 + ys.max() + 1])
+            labels.append(label_of[name])
+            crowd.append(group)
+        crowds += sum(crowd)
+        image_id = (relative.parent / stem).as_posix()
+        samples.append(pixel_sample(image_id, image, size, boxes, labels, fixes, crowd=crowd))
+    if not samples:
+        raise UserError(f"{images} holds no readable {CITYSCAPES_IMAGE}.png images")
+    if crowds:
+        print(f"note: {root} ({split}): {crowds} <class>group region(s) are crowds: not trained on, ignored in scoring")
+    classes = list(CITYSCAPES_INSTANCES)
+    return DetectionData(samples, classes, list(range(1, len(classes) + 1)), f"{root} ({split})", fixes)
+
+
+def _cityscapes_objects(path: Path) -> list[tuple[str, np.ndarray]]:
+    """The drawn objects of a Cityscapes polygon file, in its order: (label, (N, 2) points)."""
+    try:
+        document = json.loads(read_text(path, kind="polygon file"))
+    except ValueError as error:
+        raise UserError(f"polygon file {path} is not valid JSON ({error})") from None
+    found = document.get("objects") if isinstance(document, dict) else None
+    if not isinstance(found, list):
+        raise UserError(f"polygon file {path} has no 'objects' list")
+    objects = []
+    for number, item in enumerate(found, start=1):
+        if not isinstance(item, dict) or item.get("deleted") or item.get("label") in CITYSCAPES_UNDRAWN:
+            continue
+        try:
+            points = np.array(item.get("polygon"), dtype=np.float64).reshape(-1, 2)
+        except (TypeError, ValueError):
+            points = np.zeros((0, 2))
+        if not isinstance(item.get("polygon"), list) or (len(points) == 0 and item["polygon"]):
+            raise UserError(f"polygon file {path}, object {number}: expected a 'polygon' list of [x, y] points")
+        if len(points) >= 3:  # fewer have no area
+            objects.append((str(item.get("label", "")), points))
+    return objects
