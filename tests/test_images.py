@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,50 @@ def test_exif_orientation_is_applied_and_sizes_are_as_shown(tmp_path, orientatio
     pixels = load_rgb(path)
     np.testing.assert_array_equal(pixels, shown(stored))
     assert image_size(path) == (pixels.shape[1], pixels.shape[0])
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, the whole chunk) of each chunk of a PNG file, in order."""
+    chunks, at = [], 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        chunks.append((data[at + 4 : at + 8], data[at : at + 12 + length]))
+        at += 12 + length
+    return chunks
+
+
+@pytest.mark.parametrize("where", ["before the pixels", "after the pixels", "as XMP text after the pixels", "none"])
+def test_a_pngs_size_is_read_without_its_pixels_unless_its_orientation_may_follow_them(
+    tmp_path, monkeypatch, where
+) -> None:
+    """A PNG's size as shown equals its decoded array's (load_rgb, Pillow's full read), wherever its orientation
+    is stored; its pixels are decoded for the size only where a metadata chunk follows them (Pillow reads such a
+    chunk only by decoding)."""
+    from PIL import PngImagePlugin
+
+    path, stored = tmp_path / "o.png", _stored()
+    _with_orientation(path, stored, 6)
+    chunks = _png_chunks(path.read_bytes())
+    exif = next(chunk for kind, chunk in chunks if kind == b"eXIf")
+    rest = [chunk for kind, chunk in chunks if kind != b"eXIf"]
+    if where == "after the pixels":  # just before IEND, where some writers put it
+        rest.insert(len(rest) - 1, exif)
+    elif where == "as XMP text after the pixels":
+        xmp = b'XML:com.adobe.xmp\x00\x00\x00\x00\x00<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+        body = b"iTXt" + xmp
+        crc = zlib.crc32(body).to_bytes(4, "big")
+        rest.insert(len(rest) - 1, len(xmp).to_bytes(4, "big") + body + crc)
+    elif where == "before the pixels":
+        rest.insert(1, exif)  # after IHDR: Pillow reads it when it opens the file
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(rest))
+    pixels = load_rgb(path)
+    turned = where != "none"
+    assert pixels.shape[:2] == ((40, 20) if turned else (20, 40))
+    decodes = []
+    original = PngImagePlugin.PngImageFile.load
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: decodes.append(1) or original(self))
+    assert image_size(path) == (pixels.shape[1], pixels.shape[0])
+    assert bool(decodes) == where.endswith("after the pixels")
 
 
 def test_sixteen_bit_gray_is_rescaled_not_clipped(tmp_path) -> None:

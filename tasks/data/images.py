@@ -27,9 +27,47 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_METADATA = frozenset({b"eXIf", b"tEXt", b"zTXt", b"iTXt"})  # chunks that may hold an orientation (EXIF, XMP)
+
+
+def _png_metadata_after_pixels(image: Image.Image) -> bool:
+    """Whether an opened PNG may hold its orientation in a chunk after its pixel data, which Pillow reads only by
+    decoding the whole image: the file's chunks are walked by their lengths, the pixels skipped. True where the
+    walk fails, so that Pillow decides."""
+    fp = getattr(image, "fp", None)
+    if fp is None:
+        return True
+    where = fp.tell()
+    try:
+        fp.seek(0)
+        if fp.read(8) != PNG_SIGNATURE:
+            return True
+        seen_pixels = False
+        while len(header := fp.read(8)) == 8:
+            length, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if kind == b"IEND":
+                return False
+            seen_pixels = seen_pixels or kind == b"IDAT"
+            if seen_pixels and kind in PNG_METADATA:
+                return True
+            fp.seek(length + 4, 1)  # the data and its CRC
+        return False  # a truncated file: its decode fails where it is read
+    except (OSError, ValueError):
+        return True
+    finally:
+        fp.seek(where)
+
+
 def oriented_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) as the image is shown: EXIF orientations 5-8 turn it a quarter, swapping the two."""
-    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    """(width, height) as the image is shown: EXIF orientations 5-8 turn it a quarter, swapping the two. A PNG is
+    not decoded for it where its metadata all comes before its pixels (nearly always), as Pillow's ``getexif``
+    would decode it: 14 ms for a 2048 × 1024 Cityscapes image."""
+    if image.format == "PNG" and "exif" not in image.info and not _png_metadata_after_pixels(image):
+        exif = Image.Image.getexif(image)  # from the chunks already read: Pillow's own reading, without the decode
+    else:
+        exif = image.getexif()
+    orientation = exif.get(EXIF_ORIENTATION, 1)
     width, height = image.size
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
