@@ -212,10 +212,11 @@ def read_cityscapes_detection(root: Path, split: str) -> DetectionData:
                 continue
             (x1, y1), (x2, y2) = np.floor(points.min(axis=0)).astype(int), np.floor(points.max(axis=0)).astype(int)
             x1, y1 = max(x1, 0), max(y1, 0)
-            ys, xs = np.nonzero(painted[y1 : y2 + 1, x1 : x2 + 1] == index + 1)
+            shown = painted[y1 : y2 + 1, x1 : x2 + 1] == index + 1
+            xs, ys = np.flatnonzero(shown.any(axis=0)), np.flatnonzero(shown.any(axis=1))
             if len(xs) == 0:  # hidden behind the objects in front of it
                 continue
-            boxes.append([x1 + xs.min(), y1 + ys.min(), x1 + xs.max() + 1, y1 + ys.max() + 1])
+            boxes.append([x1 + xs[0], y1 + ys[0], x1 + xs[-1] + 1, y1 + ys[-1] + 1])
             labels.append(label_of[name])
             crowd.append(group)
         crowds += sum(crowd)
