@@ -864,6 +864,7 @@ def test_cityscapes_as_downloaded_gives_boxes_around_each_instances_visible_pixe
         {"label": "license plate", "polygon": rect(12, 12, 16, 28)},  # not drawn: the car shows through
         {"label": "bicycle", "polygon": rect(20, 20, 30, 40), "deleted": 1},
         {"label": "building", "polygon": rect(59, 39, 71, 51)},
+        {"label": "truck", "polygon": rect(-30, -20, -5, -2)},  # wholly outside the image
     ]
     for split in ("train", "val"):
         for k in range(2):

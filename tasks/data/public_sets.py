@@ -211,7 +211,9 @@ def read_cityscapes_detection(root: Path, split: str) -> DetectionData:
             if name not in label_of:
                 continue
             (x1, y1), (x2, y2) = np.floor(points.min(axis=0)).astype(int), np.floor(points.max(axis=0)).astype(int)
-            x1, y1 = max(x1, 0), max(y1, 0)
+            x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, size[0] - 1), min(y2, size[1] - 1)
+            if x2 < x1 or y2 < y1:  # wholly outside the image
+                continue
             shown = painted[y1 : y2 + 1, x1 : x2 + 1] == index + 1
             xs, ys = np.flatnonzero(shown.any(axis=0)), np.flatnonzero(shown.any(axis=1))
             if len(xs) == 0:  # hidden behind the objects in front of it
