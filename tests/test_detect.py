@@ -892,3 +892,66 @@ def test_cityscapes_as_downloaded_gives_boxes_around_each_instances_visible_pixe
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "aachen_000001_000019_gtFine_polygons.json of image" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_bdd100k_as_downloaded_reads_its_ten_classes_with_bdd100ks_own_renames_and_crowds(tmp_path, capsys) -> None:
+    """images/100k/<split>/ with labels/det_20/det_train.json (the 2020 release) and the 2018 release's
+    labels/bdd100k_labels_images_val.json: the ten classes in det.toml's order; 2018 names renamed; other person,
+    other vehicle, trailer and crowd-attributed boxes kept as crowd regions of their classes; labels without a
+    box2d (drivable areas) not objects; a frame without labels has none; a missing image skipped and counted."""
+    from tasks.data.bdd100k import CLASSES
+    from tasks.data.detection_splits import load_detection_splits
+
+    root = tmp_path / "bdd100k"
+    (root / "labels" / "det_20").mkdir(parents=True)
+
+    def box(x1: float, y1: float, x2: float, y2: float) -> dict[str, float]:
+        return {"x1": x1, "y1": y1, "x2": x2, "y2": y2}
+
+    expected = {}
+    for split, count in (("train", 6), ("val", 2)):
+        (root / "images" / "100k" / split).mkdir(parents=True)
+        frames = []
+        for i in range(count):
+            name = f"{split}-{i:04d}.jpg"
+            Image.new("RGB", (128, 72), (i * 30, 60, 90)).save(root / "images" / "100k" / split / name)
+            labels = [
+                {"id": "1", "category": "car", "box2d": box(10 + i, 20, 40 + i, 50.5), "attributes": {"crowd": False}},
+                {"id": "2", "category": "person" if split == "val" else "pedestrian", "box2d": box(50, 10, 60, 40)},
+                {"id": "3", "category": "other vehicle", "box2d": box(70, 30, 90, 45)},
+                {"id": "4", "category": "traffic sign", "box2d": box(100, 5, 110, 15), "attributes": {"crowd": True}},
+                {"id": "5", "category": "drivable area", "poly2d": [{"vertices": [[0, 60], [127, 60], [64, 40]]}]},
+                {"id": "6", "category": "bike", "box2d": box(5, 40, 25, 70)},
+            ]
+            frames.append({"name": name, "attributes": {"weather": "clear"}, "labels": labels if i else None})
+            if i:
+                boxes = [[10 + i, 20, 40 + i, 50.5], [50, 10, 60, 40], [70, 30, 90, 45], [100, 5, 110, 15]]
+                expected[f"{split}-{i:04d}"] = (
+                    [*boxes, [5, 40, 25, 70]],
+                    [3, 1, 3, 10, 8],
+                    [False, False, True, True, False],
+                )
+            else:
+                expected[f"{split}-{i:04d}"] = ([], [], [])
+        frames.append({"name": f"{split}-gone.jpg", "labels": []})  # listed, but its image is missing
+        target = "det_20/det_train.json" if split == "train" else "bdd100k_labels_images_val.json"
+        (root / "labels" / target).write_text(json.dumps(frames))
+    train, val = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
+    printed = capsys.readouterr().out
+    assert "10 crowd or other-class box(es)" in printed and "2 crowd or other-class box(es)" in printed
+    assert train.class_names == list(CLASSES) and len(train.samples) == 6 and len(val.samples) == 2
+    assert train.fixes.unreadable == val.fixes.unreadable == 1
+    for sample in train.samples + val.samples:
+        boxes, labels, crowd = expected[sample.image_id]
+        np.testing.assert_allclose(sample.boxes, np.array(boxes, np.float32).reshape(-1, 4))
+        assert sample.labels.tolist() == labels and sample.crowd.tolist() == crowd
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_images"] == 2
+    frames = json.loads((root / "labels" / "det_20" / "det_train.json").read_text())
+    frames[2]["labels"][0]["category"] = "tram"
+    (root / "labels" / "det_20" / "det_train.json").write_text(json.dumps(frames))
+    assert main(["--data", str(root), "--output", str(tmp_path / "bad"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "det_train.json, frame train-0002.jpg: category 'tram' is none of" in err
+    assert not (tmp_path / "bad").exists()

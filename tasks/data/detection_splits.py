@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tasks.config import load_yaml
-from tasks.data import holdout, kitti, labelme, public_sets
+from tasks.data import bdd100k, holdout, kitti, labelme, public_sets
 from tasks.data.coco import coco_split_file, find_coco_split, is_coco_root, read_coco
 from tasks.data.detection import DetectionData
 from tasks.data.folders import val_or_stand_in
@@ -30,15 +30,15 @@ DEFAULT_SPLITS = {  # valid: Roboflow's exports; default: CVAT's, of a task with
     "kitti": kitti.SPLITS,
     "labelme": labelme.SPLITS,
     "cityscapes": (("train",), ("val",)),
+    "bdd100k": bdd100k.SPLITS,
 }
 
 
-FORMATS = ("coco", "voc", "yolo", "kitti", "labelme", "cityscapes")
+FORMATS = ("coco", "voc", "yolo", "kitti", "labelme", "cityscapes", "bdd100k")
 
 
 def detect_format(root: Path, given: str) -> str:
-    """coco, voc, yolo, kitti, labelme or cityscapes; or yaml for a dataset YAML of COCO files (``train: {annotations,
-    images}``)."""
+    """One of :data:`FORMATS`, or yaml for a dataset YAML of COCO files (``train: {annotations, images}``)."""
     if given in FORMATS:
         return given
     if given != "auto":
@@ -51,6 +51,8 @@ def detect_format(root: Path, given: str) -> str:
         return "voc"
     if is_coco_root(root):
         return "coco"
+    if bdd100k.is_bdd100k_root(root):  # before YOLO's images/ and labels/: BDD100K's are images/100k/, labels/det_20/
+        return "bdd100k"
     if is_yolo_root(root):
         return "yolo"
     if kitti.is_kitti_root(root):
@@ -65,8 +67,8 @@ def detect_format(root: Path, given: str) -> str:
         f"--data {root}: neither a COCO root (annotations/instances_<split>.json, or Roboflow's "
         f"<split>/_annotations.coco.json), a VOC root (Annotations/ and ImageSets/Main/, or <split>/ with XML "
         f"files beside its images), YOLO data (a data.yaml, or images/<split>/ and labels/<split>/), KITTI's "
-        f"(training/image_2/ and training/label_2/), LabelMe's (a .json file beside each image) nor Cityscapes' "
-        f"(leftImg8bit/ and gtFine/)"
+        f"(training/image_2/ and training/label_2/), LabelMe's (a .json file beside each image) Cityscapes' "
+        f"(leftImg8bit/ and gtFine/) nor BDD100K's (images/100k/ and labels/det_20/)"
     )
 
 
@@ -88,6 +90,8 @@ def _has_split(root: Path, kind: str, name: str) -> bool:
         return labelme.has_split(root, name)
     if kind == "cityscapes":
         return public_sets.has_split(root, kind, name)
+    if kind == "bdd100k":
+        return bdd100k.has_split(root, name)
     return yolo_has_split(root, name)  # YOLO data, or a data YAML of COCO files (by its keys)
 
 
@@ -153,6 +157,9 @@ def load_detection_splits(
     if kind == "kitti":
         train = _check_nonempty(kitti.read_kitti(root, train_name)) if need_train else None
         return train, _check_nonempty(kitti.read_kitti(root, val_name))
+    if kind == "bdd100k":
+        train = _check_nonempty(bdd100k.read_bdd100k(root, train_name)) if need_train else None
+        return train, _check_nonempty(bdd100k.read_bdd100k(root, val_name))
     if kind == "cityscapes":
         train = _check_nonempty(public_sets.read_cityscapes_detection(root, train_name)) if need_train else None
         return train, _check_nonempty(public_sets.read_cityscapes_detection(root, val_name))
