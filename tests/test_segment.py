@@ -714,3 +714,45 @@ def test_labelme_polygons_draw_the_masks_a_coco_file_of_the_same_polygons_draws(
     out = tmp_path / "run"
     assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
     assert json.loads((out / "metrics.json").read_text())["num_pixels"] == 2 * (40 * 50 - 24)
+
+
+def test_bdd100k_drivable_areas_train_with_its_boxes_on_one_root_and_its_10k_masks_alone(tmp_path, monkeypatch) -> None:
+    """BDD100K: labels/drivable/masks/ of images/100k/ (0 direct, 1 alternative, 2 background) become background 0,
+    direct 1, alternative 2, other values void; with labels/det_20/ on the same root the multi-task runner trains
+    detection and drivable areas together on the shared images. A root with only labels/sem_seg/masks/ of
+    images/10k/ reads its Cityscapes train ids as they are."""
+    from tasks.data.segmentation import load_segmentation
+    from tasks.multitask import main as multitask_main
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    root, semantic = tmp_path / "bdd100k", tmp_path / "bdd100k-10k"
+    drivable = {}
+    for split, count in (("train", 4), ("val", 2)):
+        frames = []
+        for i in range(count):
+            stem = f"{split}-{i:03d}"
+            _label_image(root / "images" / "100k" / split / f"{stem}.jpg", [0], rgb=True)
+            drivable[stem] = _label_image(root / "labels" / "drivable" / "masks" / split / f"{stem}.png", [2, 0, 1, 7])
+            box = {"x1": 4 + i, "y1": 3, "x2": 20 + i, "y2": 18}
+            frames.append({"name": f"{stem}.jpg", "labels": [{"category": "car", "box2d": box}]})
+            _label_image(semantic / "images" / "10k" / split / f"{stem}.jpg", [0], rgb=True)
+            _label_image(semantic / "labels" / "sem_seg" / "masks" / split / f"{stem}.png", [0, 13, 255, 18])
+        (root / "labels" / "det_20").mkdir(parents=True, exist_ok=True)
+        (root / "labels" / "det_20" / f"det_{split}.json").write_text(json.dumps(frames))
+    data = load_segmentation(root, "train", classes=None)
+    assert data.class_names == ["background", "direct", "alternative"] and len(data.samples) == 4
+    as_classes = np.vectorize({2: 0, 0: 1, 1: 2, 7: 255}.get)
+    for sample in data.samples:
+        assert sample.image.parent == root / "images" / "100k" / "train"
+        np.testing.assert_array_equal(np.asarray(Image.open(sample.mask)), as_classes(drivable[sample.image_id]))
+    assert main(["--data", str(root), "--output", str(tmp_path / "run"), *FAST]) == 0
+    out = tmp_path / "both"
+    assert multitask_main(["--data", str(root), "--tasks", "detect,segment", "--output", str(out), *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"detect", "segment"} <= set(metrics)
+    assert metrics["detect"]["num_images"] == 2 and metrics["segment"]["num_pixels"] == 2 * 24 * 32 * 3 // 4
+    alone = load_segmentation(semantic, "val", classes=None)
+    assert len(alone.class_names) == 19 and alone.class_names[13] == "car" and len(alone.samples) == 2
+    for sample in alone.samples:
+        assert sample.image.parent == semantic / "images" / "10k" / "val"
+        assert np.unique(np.asarray(Image.open(sample.mask))).tolist() == [0, 13, 18, 255]

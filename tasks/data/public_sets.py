@@ -1,4 +1,4 @@
-"""The layouts of two public segmentation benchmarks, read as they are downloaded.
+"""The layouts of three public segmentation benchmarks, read as they are downloaded.
 
 **ADE20K** (the scene-parsing release, ``ADEChallengeData2016``): ``images/{training,validation}/*.jpg`` with
 ``annotations/{training,validation}/*.png`` of the same stem, and ``objectInfo150.txt`` (or the ``.csv`` of the
@@ -9,6 +9,13 @@ it becomes void (255) and class k becomes k - 1, as mmsegmentation's ``reduce_ze
 ``gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png`` where cityscapesscripts' ``createTrainIdLabelImgs`` wrote
 it, else ``<name>_gtFine_labelIds.png``, whose 34 label ids become the benchmark's 19 train ids (the others void),
 by the table of cityscapesscripts' ``labels.py``.
+
+**BDD100K**: the drivable-area masks ``labels/drivable/masks/<split>/<name>.png`` of the images
+``images/100k/<split>/<name>.jpg`` (the 2020 release: 0 direct, 1 alternative, 2 background; here background becomes
+class 0, then direct and alternative), else, where a split has none, the semantic masks
+``labels/sem_seg/masks/<split>/<name>.png`` of ``images/10k/<split>/<name>.jpg`` (Cityscapes' 19 train ids, 255
+void), read as they are. The drivable areas share their images with the detection labels (:mod:`tasks.data.bdd100k`),
+so one root trains the two tasks together.
 
 For detection, Cityscapes' boxes come from ``gtFine/<split>/<city>/<name>_gtFine_polygons.json``
 (:func:`read_cityscapes_detection`): its eight instance classes (person, rider, car, truck, bus, train, motorcycle,
@@ -56,6 +63,8 @@ CITYSCAPES_IMAGE, CITYSCAPES_TRAIN_IDS, CITYSCAPES_LABEL_IDS = (
 CITYSCAPES_POLYGONS = "_gtFine_polygons.json"
 CITYSCAPES_INSTANCES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
 CITYSCAPES_UNDRAWN = ("license plate",)  # labels.py's id -1: not drawn into the instance masks
+BDD_MASKS = {"drivable": "100k", "sem_seg": "10k"}  # BDD100K's mask tasks and their images, in the order looked for
+BDD_DRIVABLE = ("background", "direct", "alternative")  # the masks' 2, 0 and 1
 VERSION = 1  # in the cache keys
 
 
@@ -67,20 +76,39 @@ def public_set(root: Path) -> str | None:
         return "ade20k"
     if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
         return "cityscapes"
+    if any((root / "labels" / task / "masks").is_dir() for task in BDD_MASKS):
+        return "bdd100k"
     return None
 
 
 def has_split(root: Path, kind: str, split: str) -> bool:
     if kind == "ade20k":
         return (root / "images" / split).is_dir() and (root / "annotations" / split).is_dir()
+    if kind == "bdd100k":
+        return _bdd_masks(root, split) is not None
     return (root / "leftImg8bit" / split).is_dir() and (root / "gtFine" / split).is_dir()
+
+
+def _bdd_masks(root: Path, split: str) -> tuple[Path, Path, str] | None:
+    """BDD100K's (images, masks, task) folders of ``split``: the drivable areas', else the semantic masks'."""
+    for task, images in BDD_MASKS.items():
+        masks = root / "labels" / task / "masks" / split
+        if masks.is_dir() and (root / "images" / images / split).is_dir():
+            return root / "images" / images / split, masks, task
+    return None
 
 
 def read_public_split(root: Path, kind: str, split: str) -> tuple[list[SegmentationSample], list[str]]:
     """The samples of ``split``, their masks as class indices with 255 void, and the class names."""
     if not has_split(root, kind, split):
-        folders = "images/ and annotations/" if kind == "ade20k" else "leftImg8bit/ and gtFine/"
+        folders = {
+            "ade20k": "images/ and annotations/",
+            "cityscapes": "leftImg8bit/ and gtFine/",
+            "bdd100k": "images/100k/ and labels/drivable/masks/, or images/10k/ and labels/sem_seg/masks/",
+        }[kind]
         raise UserError(f"--data {root} ({kind}) has no split {split!r}: expected {split}/ under {folders}")
+    if kind == "bdd100k":
+        return _bdd100k(root, split)
     return _ade20k(root, split) if kind == "ade20k" else _cityscapes(root, split)
 
 
@@ -160,6 +188,25 @@ def _cityscapes(root: Path, split: str) -> tuple[list[SegmentationSample], list[
     )
     samples = sorted(ready + converted, key=lambda s: s.image_id)
     return samples, [name for _, name in CITYSCAPES_CLASSES]
+
+
+def _bdd100k(root: Path, split: str) -> tuple[list[SegmentationSample], list[str]]:
+    from tasks.data.segmentation import SegmentationSample
+
+    found = _bdd_masks(root, split)
+    assert found is not None
+    images, masks, task = found
+    samples = [  # a mask without its image is skipped and counted by the loader, as an unreadable image
+        SegmentationSample(mask.stem, images / f"{mask.stem}.jpg", mask) for mask in sorted(masks.glob("*.png"))
+    ]
+    if task == "sem_seg":
+        return samples, [name for _, name in CITYSCAPES_CLASSES]
+    table = np.full(256, 255, np.uint8)
+    table[[2, 0, 1]] = [0, 1, 2]
+    converted = converted_samples(
+        samples, "bdd100k-masks", f"bdd100k-drivable|{VERSION}", lambda path: _looked_up(path, table)
+    )
+    return converted, list(BDD_DRIVABLE)
 
 
 def _looked_up(path: Path, table: np.ndarray) -> np.ndarray:
