@@ -625,3 +625,128 @@ def test_kaggles_imagenet_layout_reads_its_flat_val_folder_through_the_solution_
     (root / "LOC_val_solution.csv").unlink()
     rc = main(["--data", str(root), "--epochs", "1", "--output", str(tmp_path / "bad"), *FAST])
     _one_line_error(capsys, rc, "(Kaggle's ImageNet) has no LOC_val_solution.csv")
+
+
+def _idx_bytes(array) -> bytes:
+    """An IDX file of unsigned bytes, as MNIST's are written."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    return header + array.tobytes()
+
+
+def test_mnist_and_fashion_mnist_as_torchvision_downloads_them_read_as_torchvision_reads_them(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """MNIST/raw/ with the IDX files (torchvision's layout): the same images, labels and classes as
+    torchvision.datasets.MNIST; FashionMNIST/raw/ with only the .gz files: Fashion-MNIST's classes; test stands
+    in for val; trained end to end."""
+    import gzip
+
+    import numpy as np
+    from PIL import Image
+    from torchvision.datasets import MNIST
+
+    from tasks.data.folders import load_split
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for name, gz in (("MNIST", False), ("FashionMNIST", True)):
+        raw = tmp_path / name / "raw"
+        raw.mkdir(parents=True)
+        for prefix, count in (("train", 30), ("t10k", 10)):
+            images = rng.integers(0, 255, (count, 28, 28), np.uint8)
+            labels = (np.arange(count) % 10).astype(np.uint8)
+            for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+                data = _idx_bytes(array)
+                path = raw / f"{prefix}-{kind}-ubyte"
+                if gz:
+                    path.with_name(path.name + ".gz").write_bytes(gzip.compress(data))
+                else:
+                    path.write_bytes(data)
+    reference = MNIST(str(tmp_path), train=False)
+    samples, names = load_split(tmp_path / "MNIST", "val", fmt="auto", classes=None)
+    assert "evaluating on its 'test' split" in capsys.readouterr().out
+    assert names == reference.classes and len(samples) == 10
+    for index, sample in enumerate(samples):
+        np.testing.assert_array_equal(np.asarray(Image.open(sample.path)), reference.data[index].numpy())
+        assert sample.label == int(reference.targets[index])
+    fashion, names = load_split(tmp_path / "FashionMNIST", "train", fmt="auto", classes=None)
+    assert names[0] == "T-shirt/top" and names[9] == "Ankle boot" and len(fashion) == 30
+    assert [s.label for s in fashion] == [i % 10 for i in range(30)]
+    written = sorted((tmp_path / "cache").rglob("*.png"))
+    load_split(tmp_path / "FashionMNIST", "train", fmt="auto", classes=None)
+    assert sorted((tmp_path / "cache").rglob("*.png")) == written  # written once
+    out = tmp_path / "run"
+    assert main(["--data", str(tmp_path / "MNIST"), "--output", str(out), "--epochs", "1", *FAST]) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_samples"] == 10
+
+
+def _cifar_pickle(path, document) -> None:
+    """A CIFAR batch as CIFAR's Python version holds it: a pickled dict, protocol 2."""
+    import pickle
+
+    path.write_bytes(pickle.dumps(document, protocol=2))
+
+
+def test_cifar_as_torchvision_downloads_it_reads_as_torchvision_reads_it_and_refuses_other_pickled_objects(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """cifar-10-batches-py (pickles read by an unpickler of arrays alone): the same images, labels and classes as
+    torchvision.datasets.CIFAR10 (its checksum check patched out for the synthetic files); cifar-100-binary: the
+    fine labels and names; a batch that pickles another object stops the run in one line without running it."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.datasets import CIFAR10
+
+    from tasks.data.folders import load_split
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    cifar10 = tmp_path / "cifar-10-batches-py"
+    cifar10.mkdir()
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    _cifar_pickle(cifar10 / "batches.meta", {"label_names": names, "num_vis": 3072})
+    for batch in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 255, (6, 3072), np.uint8)
+        labels = rng.integers(0, 10, 6).tolist()
+        _cifar_pickle(cifar10 / batch, {"batch_label": batch, "labels": labels, "data": data})
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *args, **kwargs: True)
+    for split, train in (("train", True), ("test", False)):
+        reference = CIFAR10(str(tmp_path), train=train)
+        samples, found = load_split(tmp_path, split, fmt="auto", classes=None)
+        assert found == reference.classes == names and len(samples) == len(reference.data)
+        for index, sample in enumerate(samples):
+            np.testing.assert_array_equal(np.asarray(Image.open(sample.path)), reference.data[index])
+            assert sample.label == reference.targets[index]
+    out = tmp_path / "run"
+    assert main(["--data", str(cifar10), "--output", str(out), "--epochs", "1", *FAST]) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_samples"] == 6
+
+    cifar100 = tmp_path / "c100" / "cifar-100-binary"
+    cifar100.mkdir(parents=True)
+    fine = [f"class{i}" for i in range(100)]
+    (cifar100 / "fine_label_names.txt").write_text("\n".join(fine) + "\n")
+    for name, count in (("train.bin", 8), ("test.bin", 4)):
+        records = rng.integers(0, 255, (count, 3074), np.uint8)
+        records[:, 0] = 7  # the coarse label
+        records[:, 1] = np.arange(count) * 11  # the fine label
+        (cifar100 / name).write_bytes(records.tobytes())
+        if name == "test.bin":
+            expected = records[:, 2:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    samples, found = load_split(tmp_path / "c100", "test", fmt="auto", classes=None)
+    assert found == fine and [s.label for s in samples] == [0, 11, 22, 33]
+    for index, sample in enumerate(samples):
+        np.testing.assert_array_equal(np.asarray(Image.open(sample.path)), expected[index])
+
+    class Exploit:
+        def __reduce__(self):
+            import os
+
+            return os.system, (f"touch {tmp_path / 'ran'}",)
+
+    _cifar_pickle(cifar10 / "data_batch_3", {"data": Exploit(), "labels": [0]})
+    capsys.readouterr()
+    assert main(["--data", str(cifar10), "--output", str(tmp_path / "bad"), "--epochs", "1", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data_batch_3 is not a CIFAR batch of arrays (it names posix.system" in err
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "bad").exists()
