@@ -63,8 +63,8 @@ def _idx_file(folder: Path, name: str) -> Path | None:
 def _cifar(root: Path) -> tuple[Path, str] | None:
     """The folder of a CIFAR set in ``root`` (itself or one of torchvision's folder names under it) and its form."""
     for folder in (root, *(root / name for name in CIFAR_FOLDERS)):
-        for form, (train, test, _) in CIFAR_FILES.items():
-            if (folder / train[0]).is_file() or (folder / test[0]).is_file():
+        for form, (train, test, names) in CIFAR_FILES.items():  # the class names beside a batch: not a stray file
+            if (folder / names).is_file() and ((folder / train[0]).is_file() or (folder / test[0]).is_file()):
                 return folder, form
     return None
 
@@ -148,8 +148,6 @@ def _text(value: Any) -> str:
 
 def _cifar_names(folder: Path, form: str) -> list[str]:
     path = folder / CIFAR_FILES[form][2]
-    if not path.is_file():
-        raise UserError(f"{folder} has no {path.name}, which names the classes")
     if form.endswith("-bin"):
         return [line.strip() for line in _read_bytes(path).decode("utf-8").splitlines() if line.strip()]
     meta = _unpickled(path)
