@@ -750,3 +750,62 @@ def test_cifar_as_torchvision_downloads_it_reads_as_torchvision_reads_it_and_ref
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "data_batch_3 is not a CIFAR batch of arrays (it names posix.system" in err
     assert not (tmp_path / "ran").exists() and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["idx-header", "idx-truncated", "idx-count", "cifar-bin-size", "cifar-no-data", "cifar-label", "cifar-not-pickle"],
+)
+def test_a_broken_mnist_or_cifar_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys, case) -> None:
+    """Each malformed file of the array sets stops the run with exit 2 and one line naming the file (a label past
+    the classes, the data)."""
+    import numpy as np
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    if case.startswith("idx"):
+        root = tmp_path / "MNIST" / "raw"
+        root.mkdir(parents=True)
+        for prefix, count in (("train", 4), ("t10k", 2)):
+            images = np.zeros((count, 28, 28), np.uint8)
+            (root / f"{prefix}-images-idx3-ubyte").write_bytes(_idx_bytes(images))
+            (root / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx_bytes(np.arange(count, dtype=np.uint8)))
+        broken = root / "train-images-idx3-ubyte"
+        data = broken.read_bytes()
+        if case == "idx-header":
+            broken.write_bytes(b"\x00\x00\x09\x03" + data[4:])
+        elif case == "idx-truncated":
+            broken.write_bytes(data[:-5])
+        else:
+            broken = root / "train-labels-idx1-ubyte"
+            broken.write_bytes(_idx_bytes(np.arange(3, dtype=np.uint8)))
+        data_root = tmp_path / "MNIST"
+    else:
+        form = "cifar-10-batches-bin" if case == "cifar-bin-size" else "cifar-10-batches-py"
+        root = tmp_path / form
+        root.mkdir()
+        rng = np.random.default_rng(0)
+        if form.endswith("bin"):
+            (root / "batches.meta.txt").write_text("\n".join(f"c{i}" for i in range(10)) + "\n")
+            for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+                (root / name).write_bytes(rng.integers(0, 10, (2, 3073), np.uint8).tobytes())
+            broken = root / "data_batch_2.bin"
+            broken.write_bytes(broken.read_bytes()[:-1])
+        else:
+            _cifar_pickle(root / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
+            for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+                batch = {"data": rng.integers(0, 255, (2, 3072), np.uint8), "labels": [1, 2]}
+                _cifar_pickle(root / name, batch)
+            broken = root / "data_batch_4"
+            if case == "cifar-no-data":
+                _cifar_pickle(broken, {"labels": [1, 2]})
+            elif case == "cifar-label":
+                _cifar_pickle(broken, {"data": np.zeros((2, 3072), np.uint8), "labels": [1, 10]})
+            else:
+                broken.write_bytes(b"not a pickle at all")
+        data_root = root
+    out = tmp_path / "run"
+    assert main(["--data", str(data_root), "--output", str(out), "--epochs", "1", *FAST]) == 2
+    err = capsys.readouterr().err
+    named = str(broken) if case != "cifar-label" else str(data_root)
+    assert err.count("\n") == 1 and err.startswith("error: ") and named in err, err
+    assert not out.exists()

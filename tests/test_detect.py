@@ -955,3 +955,50 @@ def test_bdd100k_as_downloaded_reads_its_ten_classes_with_bdd100ks_own_renames_a
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "det_train.json, frame train-0002.jpg: category 'tram' is none of" in err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    "case", ["bdd-not-list", "bdd-no-name", "bdd-box", "cityscapes-json", "cityscapes-objects", "cityscapes-polygon"]
+)
+def test_a_broken_bdd100k_or_cityscapes_label_file_is_one_line_naming_it(tmp_path, capsys, case) -> None:
+    """Each malformed label file of BDD100K's and Cityscapes' layouts stops the run with exit 2 and one line naming
+    the file."""
+    if case.startswith("bdd"):
+        root = tmp_path / "bdd100k"
+        (root / "labels" / "det_20").mkdir(parents=True)
+        for split in ("train", "val"):
+            (root / "images" / "100k" / split).mkdir(parents=True)
+            Image.new("RGB", (64, 48)).save(root / "images" / "100k" / split / "a.jpg")
+            label = {"category": "car", "box2d": {"x1": 1, "y1": 2, "x2": 30, "y2": 40}}
+            (root / "labels" / "det_20" / f"det_{split}.json").write_text(
+                json.dumps([{"name": "a.jpg", "labels": [label]}])
+            )
+        broken = root / "labels" / "det_20" / "det_train.json"
+        text = {
+            "bdd-not-list": json.dumps({"name": "a.jpg"}),
+            "bdd-no-name": json.dumps([{"labels": []}]),
+            "bdd-box": json.dumps([{"name": "a.jpg", "labels": [{"category": "car", "box2d": {"x1": "left"}}]}]),
+        }[case]
+    else:
+        root = tmp_path / "cityscapes"
+        for split in ("train", "val"):
+            (root / "leftImg8bit" / split / "ulm").mkdir(parents=True)
+            (root / "gtFine" / split / "ulm").mkdir(parents=True)
+            Image.new("RGB", (64, 48)).save(root / "leftImg8bit" / split / "ulm" / "ulm_000000_000019_leftImg8bit.png")
+            polygon = [[2, 2], [30, 2], [30, 30]]
+            document = {"imgHeight": 48, "imgWidth": 64, "objects": [{"label": "car", "polygon": polygon}]}
+            (root / "gtFine" / split / "ulm" / "ulm_000000_000019_gtFine_polygons.json").write_text(
+                json.dumps(document)
+            )
+        broken = root / "gtFine" / "train" / "ulm" / "ulm_000000_000019_gtFine_polygons.json"
+        text = {
+            "cityscapes-json": "{not json",
+            "cityscapes-objects": json.dumps({"objects": {"car": 1}}),
+            "cityscapes-polygon": json.dumps({"objects": [{"label": "car", "polygon": [[1, 2, 3]]}]}),
+        }[case]
+    broken.write_text(text)
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and str(broken) in err, err
+    assert not out.exists()
