@@ -841,14 +841,20 @@ def test_labelme_files_that_embed_their_images_are_read_without_the_image_files(
     assert not (tmp_path / "bad").exists()
 
 
-def test_cityscapes_as_downloaded_gives_boxes_around_each_instances_visible_pixels(tmp_path, capsys) -> None:
+def test_cityscapes_as_downloaded_gives_boxes_around_each_instances_visible_pixels(
+    tmp_path, monkeypatch, capsys
+) -> None:
     """leftImg8bit/ with gtFine/*_polygons.json: the eight instance classes, each box around the pixels the object
     keeps once the later polygons are drawn over it (a polygon of whole-pixel corners covers its edges, as PIL
     draws cityscapesscripts' instance masks); deleted objects and license plates hide nothing; a hidden object, a
-    caravan and the stuff classes give no box; a cargroup is a crowd region of car. Boxes hand-computed."""
+    caravan and the stuff classes give no box; a cargroup is a crowd region of car. Boxes hand-computed. The boxes
+    are kept in the cache: read back without drawing, drawn again for a file that changed."""
+    from PIL import ImageDraw
+
     from tasks.data.detection_splits import load_detection_splits
     from tasks.data.public_sets import CITYSCAPES_INSTANCES
 
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "cityscapes"
 
     def rect(x1: int, y1: int, x2: int, y2: int) -> list[list[int]]:
@@ -884,6 +890,16 @@ def test_cityscapes_as_downloaded_gives_boxes_around_each_instances_visible_pixe
         assert sample.image_id.startswith("aachen/aachen_00000")
         np.testing.assert_array_equal(sample.boxes, [[10, 10, 30, 31], [45, 40, 59, 56], [30, 5, 51, 36]])
         assert sample.labels.tolist() == [car, car, person] and sample.crowd.tolist() == [False, True, False]
+    drawn = []
+    original = ImageDraw.Draw
+    monkeypatch.setattr(ImageDraw, "Draw", lambda image: drawn.append(1) or original(image))
+    again, _ = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
+    assert not drawn and [s.boxes.tolist() for s in again.samples] == [s.boxes.tolist() for s in train.samples]
+    changed = root / "gtFine" / "train" / "aachen" / "aachen_000001_000019_gtFine_polygons.json"
+    changed.write_text(json.dumps({"objects": objects[:2]}))  # the road and the car, nothing in front of it
+    again, _ = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
+    assert len(drawn) == 1 and again.samples[1].boxes.tolist() == [[10, 10, 41, 31]]
+    assert again.samples[0].boxes.tolist() == train.samples[0].boxes.tolist()
     out = tmp_path / "run"
     assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 2
@@ -960,9 +976,10 @@ def test_bdd100k_as_downloaded_reads_its_ten_classes_with_bdd100ks_own_renames_a
 @pytest.mark.parametrize(
     "case", ["bdd-not-list", "bdd-no-name", "bdd-box", "cityscapes-json", "cityscapes-objects", "cityscapes-polygon"]
 )
-def test_a_broken_bdd100k_or_cityscapes_label_file_is_one_line_naming_it(tmp_path, capsys, case) -> None:
+def test_a_broken_bdd100k_or_cityscapes_label_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys, case) -> None:
     """Each malformed label file of BDD100K's and Cityscapes' layouts stops the run with exit 2 and one line naming
     the file."""
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
     if case.startswith("bdd"):
         root = tmp_path / "bdd100k"
         (root / "labels" / "det_20").mkdir(parents=True)
