@@ -809,3 +809,87 @@ def test_a_broken_mnist_or_cifar_file_is_one_line_naming_it(tmp_path, monkeypatc
     named = str(broken) if case != "cifar-label" else str(data_root)
     assert err.count("\n") == 1 and err.startswith("error: ") and named in err, err
     assert not out.exists()
+
+
+def test_food101_and_oxford_pets_as_torchvision_downloads_them_read_as_torchvision_reads_them(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """food-101/ (meta/train.json, meta/test.json) and oxford-iiit-pet/ (annotations/trainval.txt, test.txt): the
+    same image files, labels and class names as torchvision.datasets.Food101 and OxfordIIITPet on the same synthetic
+    files; test stands in for val; a listed image that is missing is skipped and counted; trained end to end."""
+    from PIL import Image
+    from torchvision.datasets import Food101, OxfordIIITPet
+
+    from tasks.data.folders import load_split
+
+    food = tmp_path / "food-101"
+    dishes = ["apple_pie", "ramen", "baby_back_ribs"]
+    for split, count in (("train", 3), ("test", 1)):
+        listing = {dish: [f"{dish}/{100 * (split == 'test') + k}" for k in range(count)] for dish in dishes}
+        (food / "meta").mkdir(parents=True, exist_ok=True)
+        (food / "meta" / f"{split}.json").write_text(json.dumps(listing))
+        for dish, items in listing.items():
+            for item in items:
+                (food / "images" / dish).mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (40, 30), (len(item), 90, 20)).save(food / "images" / f"{item}.jpg")
+    pets = tmp_path / "oxford-iiit-pet"
+    (pets / "annotations").mkdir(parents=True)
+    (pets / "images").mkdir()
+    breeds = [("Abyssinian", 1), ("american_bulldog", 2), ("Bengal", 1), ("great_pyrenees", 2)]
+    for split, numbers in (("trainval", range(1, 4)), ("test", range(10, 12))):
+        lines = []
+        for label, (breed, species) in enumerate(breeds, start=1):
+            for n in numbers:
+                lines.append(f"{breed}_{n} {label} {species} {label}")
+                Image.new("RGB", (40, 30), (n, label, 20)).save(pets / "images" / f"{breed}_{n}.jpg")
+        (pets / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(OxfordIIITPet, "_check_exists", lambda self: True)
+    for root, reference_of, ours in (
+        (tmp_path, lambda split: Food101(str(tmp_path), split=split), {"train": "train", "test": "test"}),
+        (pets, lambda split: OxfordIIITPet(str(tmp_path), split=split), {"trainval": "train", "test": "val"}),
+    ):
+        for theirs, split in ours.items():
+            reference = reference_of(theirs)
+            samples, names = load_split(root, split, fmt="auto", classes=None)
+            assert names == reference.classes
+            files = reference._image_files if isinstance(reference, Food101) else reference._images
+            assert [(s.path, s.label) for s in samples] == list(zip(files, reference._labels))
+    assert "evaluating on its 'test' split" in capsys.readouterr().out
+    assert load_split(pets, "train", fmt="auto", classes=None)[1][1] == "American Bulldog"
+    (pets / "images" / "Bengal_11.jpg").unlink()
+    out = tmp_path / "run"
+    assert main(["--data", str(pets), "--output", str(out), "--epochs", "1", *FAST]) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_samples"] == 7
+    assert f"warning: skipping unreadable image {pets / 'images' / 'Bengal_11.jpg'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["food-json", "food-shape", "food-class", "pets-line", "pets-id"])
+def test_a_broken_food101_or_pets_list_is_one_line_naming_it(tmp_path, capsys, case) -> None:
+    """A malformed split list of Food-101 or the Pets stops the run with exit 2 and one line naming it."""
+    from PIL import Image
+
+    if case.startswith("food"):
+        root = tmp_path / "food-101"
+        (root / "images" / "ramen").mkdir(parents=True)
+        (root / "meta").mkdir()
+        Image.new("RGB", (20, 20)).save(root / "images" / "ramen" / "1.jpg")
+        for split in ("train", "test"):
+            (root / "meta" / f"{split}.json").write_text(json.dumps({"ramen": ["ramen/1"], "pho": ["ramen/1"]}))
+        broken = root / "meta" / "test.json"
+        broken.write_text(
+            {"food-json": "{", "food-shape": '{"ramen": "ramen/1"}', "food-class": '{"udon": ["ramen/1"]}'}[case]
+        )
+    else:
+        root = tmp_path / "oxford-iiit-pet"
+        (root / "images").mkdir(parents=True)
+        (root / "annotations").mkdir()
+        Image.new("RGB", (20, 20)).save(root / "images" / "Bengal_1.jpg")
+        for split in ("trainval", "test"):
+            (root / "annotations" / f"{split}.txt").write_text("Bengal_1 1 1 1\nBoxer_1 2 2 1\n")
+        broken = root / "annotations" / "test.txt"
+        broken.write_text({"pets-line": "Bengal_1 one 1 1\n", "pets-id": "Bengal_1 9 1 1\n"}[case])
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), "--epochs", "1", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and str(broken) in err, err
+    assert not out.exists()

@@ -188,7 +188,7 @@ def _mnist_names(folder: Path) -> list[str]:
     return list(KMNIST_CLASSES if "kmnist" in named else MNIST_CLASSES)
 
 
-def read_array_split(root: Path, split: str, classes: Sequence[str] | None) -> tuple[list[Any], list[str]]:
+def read_split(root: Path, split: str, classes: Sequence[str] | None) -> tuple[list[Any], list[str]]:
     """The samples of ``split`` (images written once into the cache) and the class names."""
     from tasks.data.folders import Sample
 

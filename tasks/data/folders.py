@@ -152,11 +152,12 @@ def load_split(
     """The samples of ``split`` and the class names. Where the root has no ``val`` split (nor a stand-in), the
     default splits ``train`` and ``val`` are held out of its train split, or of the root itself as an ImageFolder
     of class folders: ``val_fraction`` of each class (see :mod:`tasks.data.holdout`)."""
-    from tasks.data import array_sets, imagenet  # imagenet reads its train split through scan_image_folder
+    from tasks.data import array_sets, imagenet, listed_sets  # imagenet reads its train split through this module
 
-    if fmt in ("auto", "folder") and array_sets.recognise(root):  # MNIST's or CIFAR's files, as torchvision has them
-        split = val_or_stand_in(root, split, lambda name: array_sets.has_split(root, name))
-        return array_sets.read_array_split(root, split, classes)
+    for published in (array_sets, listed_sets):  # MNIST, CIFAR, Food-101, Pets: as torchvision downloads them
+        if fmt in ("auto", "folder") and published.recognise(root):
+            split = val_or_stand_in(root, split, lambda name, sets=published: sets.has_split(root, name))
+            return published.read_split(root, split, classes)
     if fmt in ("auto", "folder") and imagenet.is_kaggle_imagenet(root):  # the flat val folder needs its solution file
         split = val_or_stand_in(root, split, lambda name: imagenet.has_split(root, name))
         return imagenet.read_imagenet_split(root, split, classes)

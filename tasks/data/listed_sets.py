@@ -1,0 +1,114 @@
+"""Classification sets whose splits are lists beside one image folder, read as torchvision downloads them.
+
+- **Food-101** (``food-101/``): ``images/<class>/<id>.jpg`` with ``meta/train.json`` and ``meta/test.json``
+  (``{class: ["<class>/<id>", ...]}``); the classes are the sorted keys, as torchvision's ``Food101`` has them.
+- **Oxford-IIIT Pet** (``oxford-iiit-pet/``): ``images/<Breed_name>_<n>.jpg`` with ``annotations/trainval.txt`` and
+  ``annotations/test.txt`` (``<image> <class 1..37> <species> <breed>`` a line); the classes are named from the
+  image names by class id, as torchvision's ``OxfordIIITPet`` names them ("american_bulldog" → "American Bulldog").
+
+``--data`` names the set's folder or the folder holding it. ``train`` reads Food-101's train and the Pets' trainval;
+``val`` reads their test split, with a note. A listed image that is missing is skipped and counted by the loader.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import UserError
+from tasks.io import read_text
+
+FOLDERS = {"food101": "food-101", "pets": "oxford-iiit-pet"}
+LISTS = {  # each set's split files, by our split name
+    "food101": {"train": "meta/train.json", "test": "meta/test.json"},
+    "pets": {"train": "annotations/trainval.txt", "test": "annotations/test.txt"},
+}
+
+
+def _found(root: Path) -> tuple[Path, str] | None:
+    """The set's own folder (``root`` or torchvision's folder name under it) and which set it is."""
+    for kind, name in FOLDERS.items():
+        for folder in (root, root / name):
+            if (folder / "images").is_dir() and (folder / LISTS[kind]["train"]).is_file():
+                return folder, kind
+    return None
+
+
+def recognise(root: Path) -> str | None:
+    found = _found(root) if root.is_dir() else None
+    return found[1] if found else None
+
+
+def has_split(root: Path, split: str) -> bool:
+    found = _found(root)
+    return found is not None and split in LISTS[found[1]] and (found[0] / LISTS[found[1]][split]).is_file()
+
+
+def _food101(path: Path) -> dict[str, list[str]]:
+    try:
+        listing = json.loads(read_text(path, kind="split list"))
+    except ValueError as error:
+        raise UserError(f"split list {path} is not valid JSON ({error})") from None
+    if not isinstance(listing, dict) or not all(
+        isinstance(v, list) and all(isinstance(i, str) for i in v) for v in listing.values()
+    ):
+        raise UserError(f'split list {path}: expected {{class: ["<class>/<image id>", ...]}}')
+    return listing
+
+
+def _pets(path: Path) -> list[tuple[str, int]]:
+    """(image id, class 0..36) of each line."""
+    entries = []
+    for number, line in enumerate(read_text(path, kind="split list").splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        try:
+            label = int(fields[1]) - 1
+        except (IndexError, ValueError):
+            label = -1
+        if len(fields) != 4 or label < 0:
+            raise UserError(f"split list {path}, line {number}: expected '<image> <class 1..37> <species> <breed>'")
+        entries.append((fields[0], label))
+    return entries
+
+
+def _pet_classes(entries: Sequence[tuple[str, int]]) -> list[str]:
+    named = {label: image.rsplit("_", 1)[0] for image, label in entries}
+    if sorted(named) != list(range(len(named))):
+        raise UserError("the Oxford-IIIT Pet split list skips a class id")
+    return [" ".join(part.title() for part in named[label].split("_")) for label in sorted(named)]
+
+
+def read_split(root: Path, split: str, classes: Sequence[str] | None) -> tuple[list[Any], list[str]]:
+    """The samples of ``split`` and the class names (those of the train list, so that both splits agree)."""
+    from tasks.data.folders import Sample
+
+    found = _found(root)
+    if found is None or split not in LISTS[found[1]]:
+        raise UserError(f"--data {root} has no split {split!r}: Food-101's and the Pets' lists give train and test")
+    folder, kind = found
+    lists = {name: folder / relative for name, relative in LISTS[kind].items()}
+    if not lists[split].is_file():
+        raise UserError(f"--data {root}: its {split} list {lists[split]} does not exist")
+    if kind == "food101":
+        names = sorted(_food101(lists["train"]))
+        index = {name: k for k, name in enumerate(names)}
+        listing = _food101(lists[split])
+        unknown = sorted(set(listing) - set(index))
+        if unknown:
+            raise UserError(f"split list {lists[split]}: class {unknown[0]!r} is not in {lists['train'].name}")
+        samples = [
+            Sample(folder / "images" / f"{item}.jpg", index[name]) for name, items in listing.items() for item in items
+        ]
+    else:
+        names = _pet_classes(_pets(lists["train"]))
+        entries = _pets(lists[split])
+        if any(label >= len(names) for _, label in entries):
+            raise UserError(f"split list {lists[split]}: a class id is past the {len(names)} of the train list")
+        samples = [Sample(folder / "images" / f"{image}.jpg", label) for image, label in entries]
+    if classes is not None and list(classes) != names:
+        raise UserError(f"--data {root}: its classes ({', '.join(names[:5])}, ...) are not the model's")
+    return samples, names
