@@ -756,3 +756,41 @@ def test_bdd100k_drivable_areas_train_with_its_boxes_on_one_root_and_its_10k_mas
     for sample in alone.samples:
         assert sample.image.parent == semantic / "images" / "10k" / "val"
         assert np.unique(np.asarray(Image.open(sample.mask))).tolist() == [0, 13, 18, 255]
+
+
+def test_oxford_pets_trimaps_train_the_pet_against_the_background_and_join_the_breeds_on_one_root(
+    tmp_path, monkeypatch
+) -> None:
+    """oxford-iiit-pet/ as torchvision downloads it: each trimap torchvision's OxfordIIITPet reads gives the pet 1,
+    the background 0 and the border void; with the breed lists on the same root, the multi-task runner trains
+    classification and segmentation together on the same images."""
+    from torchvision.datasets import OxfordIIITPet
+
+    from tasks.data.segmentation import load_segmentation
+    from tasks.multitask import main as multitask_main
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    pets = tmp_path / "oxford-iiit-pet"
+    breeds = [("Abyssinian", 1), ("boxer", 2)]
+    for split, numbers in (("trainval", range(1, 3)), ("test", range(7, 8))):
+        lines = []
+        for label, (breed, species) in enumerate(breeds, start=1):
+            for n in numbers:
+                lines.append(f"{breed}_{n} {label} {species} {label}")
+                _label_image(pets / "images" / f"{breed}_{n}.jpg", [0], rgb=True)
+                _label_image(pets / "annotations" / "trimaps" / f"{breed}_{n}.png", [2, 3, 1, 1, 3, 2][n % 3 :])
+        (pets / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(OxfordIIITPet, "_check_exists", lambda self: True)
+    as_classes = np.vectorize({1: 1, 2: 0, 3: 255}.get)
+    for split, theirs in (("train", "trainval"), ("val", "test")):
+        reference = OxfordIIITPet(str(tmp_path), split=theirs, target_types="segmentation")
+        data = load_segmentation(pets, split, classes=None)
+        assert data.class_names == ["background", "pet"] and len(data.samples) == len(reference)
+        for index, sample in enumerate(data.samples):
+            assert sample.image == reference._images[index]
+            trimap = np.asarray(reference[index][1])
+            np.testing.assert_array_equal(np.asarray(Image.open(sample.mask)), as_classes(trimap))
+    out = tmp_path / "both"
+    assert multitask_main(["--data", str(pets), "--tasks", "classify,segment", "--output", str(out), *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classify"]["num_samples"] == 2 and metrics["segment"]["num_pixels"] > 0

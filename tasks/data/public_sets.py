@@ -1,4 +1,4 @@
-"""The layouts of three public segmentation benchmarks, read as they are downloaded.
+"""The layouts of four public segmentation sets, read as they are downloaded.
 
 **ADE20K** (the scene-parsing release, ``ADEChallengeData2016``): ``images/{training,validation}/*.jpg`` with
 ``annotations/{training,validation}/*.png`` of the same stem, and ``objectInfo150.txt`` (or the ``.csv`` of the
@@ -16,6 +16,11 @@ class 0, then direct and alternative), else, where a split has none, the semanti
 ``labels/sem_seg/masks/<split>/<name>.png`` of ``images/10k/<split>/<name>.jpg`` (Cityscapes' 19 train ids, 255
 void), read as they are. The drivable areas share their images with the detection labels (:mod:`tasks.data.bdd100k`),
 so one root trains the two tasks together.
+
+**Oxford-IIIT Pet** (``oxford-iiit-pet/``, as torchvision downloads it): ``annotations/trimaps/<image>.png`` of
+``images/<image>.jpg``, the images of ``annotations/trainval.txt`` (``train``) and ``test.txt``. A trimap's 1 is the
+pet, 2 the background and 3 the uncertain border: the classes are background 0 and pet 1, the border void. The
+images are those the breed lists name (:mod:`tasks.data.listed_sets`), so one root trains both tasks together.
 
 For detection, Cityscapes' boxes come from ``gtFine/<split>/<city>/<name>_gtFine_polygons.json``
 (:func:`read_cityscapes_detection`): its eight instance classes (person, rider, car, truck, bus, train, motorcycle,
@@ -68,6 +73,7 @@ CITYSCAPES_INSTANCES = ("person", "rider", "car", "truck", "bus", "train", "moto
 CITYSCAPES_UNDRAWN = ("license plate",)  # labels.py's id -1: not drawn into the instance masks
 BDD_MASKS = {"drivable": "100k", "sem_seg": "10k"}  # BDD100K's mask tasks and their images, in the order looked for
 BDD_DRIVABLE = ("background", "direct", "alternative")  # the masks' 2, 0 and 1
+PETS, PETS_LISTS = "oxford-iiit-pet", {"train": "trainval.txt", "test": "test.txt"}
 VERSION = 1  # in the cache keys
 
 
@@ -81,7 +87,15 @@ def public_set(root: Path) -> str | None:
         return "cityscapes"
     if any((root / "labels" / task / "masks").is_dir() for task in BDD_MASKS):
         return "bdd100k"
+    if _pets_folder(root) is not None:
+        return "pets"
     return None
+
+
+def _pets_folder(root: Path) -> Path | None:
+    return next(
+        (f for f in (root, root / PETS) if (f / "annotations" / "trimaps").is_dir() and (f / "images").is_dir()), None
+    )
 
 
 def has_split(root: Path, kind: str, split: str) -> bool:
@@ -89,6 +103,9 @@ def has_split(root: Path, kind: str, split: str) -> bool:
         return (root / "images" / split).is_dir() and (root / "annotations" / split).is_dir()
     if kind == "bdd100k":
         return _bdd_masks(root, split) is not None
+    if kind == "pets":
+        folder = _pets_folder(root)
+        return folder is not None and split in PETS_LISTS and (folder / "annotations" / PETS_LISTS[split]).is_file()
     return (root / "leftImg8bit" / split).is_dir() and (root / "gtFine" / split).is_dir()
 
 
@@ -108,10 +125,13 @@ def read_public_split(root: Path, kind: str, split: str) -> tuple[list[Segmentat
             "ade20k": "images/ and annotations/",
             "cityscapes": "leftImg8bit/ and gtFine/",
             "bdd100k": "images/100k/ and labels/drivable/masks/, or images/10k/ and labels/sem_seg/masks/",
+            "pets": "annotations/ (trainval.txt for train, test.txt for test)",
         }[kind]
         raise UserError(f"--data {root} ({kind}) has no split {split!r}: expected {split}/ under {folders}")
     if kind == "bdd100k":
         return _bdd100k(root, split)
+    if kind == "pets":
+        return _pets(root, split)
     return _ade20k(root, split) if kind == "ade20k" else _cityscapes(root, split)
 
 
@@ -210,6 +230,24 @@ def _bdd100k(root: Path, split: str) -> tuple[list[SegmentationSample], list[str
         samples, "bdd100k-masks", f"bdd100k-drivable|{VERSION}", lambda path: _looked_up(path, table)
     )
     return converted, list(BDD_DRIVABLE)
+
+
+def _pets(root: Path, split: str) -> tuple[list[SegmentationSample], list[str]]:
+    from tasks.data.segmentation import SegmentationSample
+
+    folder = _pets_folder(root)
+    assert folder is not None
+    listing = folder / "annotations" / PETS_LISTS[split]
+    names = [line.split()[0] for line in read_text(listing, kind="split list").splitlines() if line.split()]
+    samples = [  # a missing trimap is named by the reader's check
+        SegmentationSample(name, folder / "images" / f"{name}.jpg", folder / "annotations" / "trimaps" / f"{name}.png")
+        for name in names
+        if not name.startswith("#")
+    ]
+    table = np.full(256, 255, np.uint8)
+    table[[1, 2]] = [1, 0]  # the pet, the background; 3 (the border) and anything else void
+    converted = converted_samples(samples, "pets-masks", f"pets|{VERSION}", lambda path: _looked_up(path, table))
+    return converted, ["background", "pet"]
 
 
 def _looked_up(path: Path, table: np.ndarray) -> np.ndarray:
