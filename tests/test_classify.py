@@ -863,12 +863,19 @@ def test_food101_and_oxford_pets_as_torchvision_downloads_them_read_as_torchvisi
     assert f"warning: skipping unreadable image {pets / 'images' / 'Bengal_11.jpg'}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", ["food-json", "food-shape", "food-class", "pets-line", "pets-id"])
-def test_a_broken_food101_or_pets_list_is_one_line_naming_it(tmp_path, capsys, case) -> None:
-    """A malformed split list of Food-101 or the Pets stops the run with exit 2 and one line naming it."""
+@pytest.mark.parametrize("case", ["food-json", "food-shape", "food-class", "pets-line", "pets-id", "flowers-mat"])
+def test_a_broken_food101_pets_or_flowers_list_is_one_line_naming_it(tmp_path, capsys, case) -> None:
+    """A malformed split list of Food-101, the Pets or Flowers-102 stops the run with exit 2 and one line naming
+    it."""
     from PIL import Image
 
-    if case.startswith("food"):
+    if case == "flowers-mat":
+        root = tmp_path / "flowers-102"
+        (root / "jpg").mkdir(parents=True)
+        (root / "imagelabels.mat").write_bytes(b"MATLAB 5.0 MAT-file, but not really")
+        broken = root / "setid.mat"
+        broken.write_bytes(b"\x00" * 64)
+    elif case.startswith("food"):
         root = tmp_path / "food-101"
         (root / "images" / "ramen").mkdir(parents=True)
         (root / "meta").mkdir()
@@ -893,3 +900,32 @@ def test_a_broken_food101_or_pets_list_is_one_line_naming_it(tmp_path, capsys, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and str(broken) in err, err
     assert not out.exists()
+
+
+def test_flowers102_as_torchvision_downloads_it_reads_as_torchvision_reads_it(tmp_path, monkeypatch) -> None:
+    """flowers-102/ (jpg/, imagelabels.mat, setid.mat): the same image files, labels and class names as
+    torchvision.datasets.Flowers102 (its checksum check patched out for the synthetic files), for its own train,
+    val and test splits."""
+    import numpy as np
+    from PIL import Image
+    from scipy.io import savemat
+    from torchvision.datasets import Flowers102
+
+    from tasks.data.folders import load_split
+
+    flowers = tmp_path / "flowers-102"
+    (flowers / "jpg").mkdir(parents=True)
+    labels = np.array([1, 5, 102, 5, 1, 33, 7, 7, 1], np.uint8)  # imagelabels.mat: image k's class, 1-based
+    for k in range(1, len(labels) + 1):
+        Image.new("RGB", (20, 16), (k, 0, 0)).save(flowers / "jpg" / f"image_{k:05d}.jpg")
+    savemat(flowers / "imagelabels.mat", {"labels": labels[None, :]})
+    savemat(
+        flowers / "setid.mat",
+        {"trnid": np.array([[9, 2, 4, 1]]), "valid": np.array([[3, 6]]), "tstid": np.array([[5, 7, 8]])},
+    )
+    monkeypatch.setattr(Flowers102, "_check_integrity", lambda self: True)
+    for split in ("train", "val", "test"):
+        reference = Flowers102(str(tmp_path), split=split)
+        samples, names = load_split(flowers, split, fmt="auto", classes=None)
+        assert names == reference.classes and len(names) == 102
+        assert [(s.path, s.label) for s in samples] == list(zip(reference._image_files, reference._labels))

@@ -5,9 +5,13 @@
 - **Oxford-IIIT Pet** (``oxford-iiit-pet/``): ``images/<Breed_name>_<n>.jpg`` with ``annotations/trainval.txt`` and
   ``annotations/test.txt`` (``<image> <class 1..37> <species> <breed>`` a line); the classes are named from the
   image names by class id, as torchvision's ``OxfordIIITPet`` names them ("american_bulldog" → "American Bulldog").
+- **Flowers-102** (``flowers-102/``): ``jpg/image_<id>.jpg`` with ``imagelabels.mat`` (each image's class, 1..102)
+  and ``setid.mat`` (the image ids of ``trnid``, ``valid`` and ``tstid``), read with SciPy's ``loadmat`` as
+  torchvision's ``Flowers102`` reads them, and its class names.
 
 ``--data`` names the set's folder or the folder holding it. ``train`` reads Food-101's train and the Pets' trainval;
-``val`` reads their test split, with a note. A listed image that is missing is skipped and counted by the loader.
+``val`` reads their test split, with a note (Flowers-102 has a val split of its own). A listed image that is missing
+is skipped and counted by the loader.
 """
 
 from __future__ import annotations
@@ -17,21 +21,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tasks.errors import UserError
 from tasks.io import read_text
 
-FOLDERS = {"food101": "food-101", "pets": "oxford-iiit-pet"}
+FOLDERS = {"food101": "food-101", "pets": "oxford-iiit-pet", "flowers102": "flowers-102"}
+IMAGES = {"food101": "images", "pets": "images", "flowers102": "jpg"}
 LISTS = {  # each set's split files, by our split name
     "food101": {"train": "meta/train.json", "test": "meta/test.json"},
     "pets": {"train": "annotations/trainval.txt", "test": "annotations/test.txt"},
+    "flowers102": {"train": "setid.mat", "val": "setid.mat", "test": "setid.mat"},
 }
+FLOWER_SETS = {"train": "trnid", "val": "valid", "test": "tstid"}
 
 
 def _found(root: Path) -> tuple[Path, str] | None:
     """The set's own folder (``root`` or torchvision's folder name under it) and which set it is."""
     for kind, name in FOLDERS.items():
         for folder in (root, root / name):
-            if (folder / "images").is_dir() and (folder / LISTS[kind]["train"]).is_file():
+            if (folder / IMAGES[kind]).is_dir() and (folder / LISTS[kind]["train"]).is_file():
                 return folder, kind
     return None
 
@@ -82,18 +91,47 @@ def _pet_classes(entries: Sequence[tuple[str, int]]) -> list[str]:
     return [" ".join(part.title() for part in named[label].split("_")) for label in sorted(named)]
 
 
+def _flowers102(folder: Path, split: str) -> tuple[list[tuple[int, int]], list[str]]:
+    """(image id, class 0..101) of the split's images, and the class names."""
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+    from torchvision.datasets import Flowers102
+
+    def read(name: str) -> dict[str, Any]:
+        try:
+            return loadmat(folder / name, squeeze_me=True)
+        except (MatReadError, OSError, ValueError, TypeError, NotImplementedError) as error:
+            raise UserError(f"{folder / name} is not a MATLAB file SciPy reads ({error})") from None
+
+    sets, labels = read("setid.mat"), read("imagelabels.mat")
+    try:
+        ids = [int(i) for i in np.atleast_1d(sets[FLOWER_SETS[split]])]
+        classes = np.atleast_1d(labels["labels"]).astype(np.int64) - 1
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{folder}: setid.mat needs trnid, valid and tstid, imagelabels.mat labels") from None
+    names = list(Flowers102.classes)
+    if any(not 1 <= i <= len(classes) for i in ids) or classes.min(initial=0) < 0 or classes.max(initial=0) >= 102:
+        raise UserError(f"{folder}: setid.mat names an image past imagelabels.mat's, or a label is outside 1..102")
+    return [(i, int(classes[i - 1])) for i in ids], names
+
+
 def read_split(root: Path, split: str, classes: Sequence[str] | None) -> tuple[list[Any], list[str]]:
     """The samples of ``split`` and the class names (those of the train list, so that both splits agree)."""
     from tasks.data.folders import Sample
 
     found = _found(root)
     if found is None or split not in LISTS[found[1]]:
-        raise UserError(f"--data {root} has no split {split!r}: Food-101's and the Pets' lists give train and test")
+        raise UserError(
+            f"--data {root} has no split {split!r}: its lists give {', '.join(LISTS[found[1]]) if found else 'none'}"
+        )
     folder, kind = found
     lists = {name: folder / relative for name, relative in LISTS[kind].items()}
     if not lists[split].is_file():
         raise UserError(f"--data {root}: its {split} list {lists[split]} does not exist")
-    if kind == "food101":
+    if kind == "flowers102":
+        entries, names = _flowers102(folder, split)
+        samples = [Sample(folder / "jpg" / f"image_{i:05d}.jpg", label) for i, label in entries]
+    elif kind == "food101":
         names = sorted(_food101(lists["train"]))
         index = {name: k for k, name in enumerate(names)}
         listing = _food101(lists[split])
