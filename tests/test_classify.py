@@ -863,13 +863,33 @@ def test_food101_and_oxford_pets_as_torchvision_downloads_them_read_as_torchvisi
     assert f"warning: skipping unreadable image {pets / 'images' / 'Bengal_11.jpg'}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", ["food-json", "food-shape", "food-class", "pets-line", "pets-id", "flowers-mat"])
-def test_a_broken_food101_pets_or_flowers_list_is_one_line_naming_it(tmp_path, capsys, case) -> None:
-    """A malformed split list of Food-101, the Pets or Flowers-102 stops the run with exit 2 and one line naming
-    it."""
+@pytest.mark.parametrize(
+    "case", ["food-json", "food-shape", "food-class", "pets-line", "pets-id", "flowers-mat", "dtd-line", "aircraft"]
+)
+def test_a_broken_food101_pets_flowers_dtd_or_aircraft_list_is_one_line_naming_it(tmp_path, capsys, case) -> None:
+    """A malformed split list of Food-101, the Pets, Flowers-102, DTD or FGVC-Aircraft stops the run with exit 2 and
+    one line naming it."""
     from PIL import Image
 
-    if case == "flowers-mat":
+    if case == "dtd-line":
+        root = tmp_path / "dtd"
+        (root / "images" / "banded").mkdir(parents=True)
+        (root / "labels").mkdir()
+        Image.new("RGB", (20, 20)).save(root / "images" / "banded" / "banded_0001.jpg")
+        for split in ("train", "val"):
+            (root / "labels" / f"{split}1.txt").write_text("banded/banded_0001.jpg\ndotted/banded_0001.jpg\n")
+        broken = root / "labels" / "val1.txt"
+        broken.write_text("banded_0001.jpg\n")
+    elif case == "aircraft":
+        root = tmp_path / "fgvc-aircraft-2013b"
+        (root / "data" / "images").mkdir(parents=True)
+        (root / "data" / "variants.txt").write_text("707-320\nA300B4\n")
+        Image.new("RGB", (20, 20)).save(root / "data" / "images" / "0000001.jpg")
+        for split in ("train", "val"):
+            (root / "data" / f"images_variant_{split}.txt").write_text("0000001 707-320\n0000001 A300B4\n")
+        broken = root / "data" / "images_variant_val.txt"
+        broken.write_text("0000001 Concorde\n")
+    elif case == "flowers-mat":
         root = tmp_path / "flowers-102"
         (root / "jpg").mkdir(parents=True)
         (root / "imagelabels.mat").write_bytes(b"MATLAB 5.0 MAT-file, but not really")
@@ -929,3 +949,47 @@ def test_flowers102_as_torchvision_downloads_it_reads_as_torchvision_reads_it(tm
         samples, names = load_split(flowers, split, fmt="auto", classes=None)
         assert names == reference.classes and len(names) == 102
         assert [(s.path, s.label) for s in samples] == list(zip(reference._image_files, reference._labels))
+
+
+def test_dtd_and_fgvc_aircraft_as_torchvision_downloads_them_read_as_torchvision_reads_them(tmp_path) -> None:
+    """dtd/dtd/ (labels/{train,val,test}1.txt) and fgvc-aircraft-2013b/data/ (images_variant_<split>.txt,
+    variants.txt): the same image files, labels and class names as torchvision.datasets.DTD and FGVCAircraft on the
+    same synthetic files, for each of their splits."""
+    from PIL import Image
+    from torchvision.datasets import DTD, FGVCAircraft
+
+    from tasks.data.folders import load_split
+
+    dtd = tmp_path / "dtd" / "dtd"
+    textures = ["zigzagged", "banded", "dotted"]
+    for split, numbers in (("train", (1, 2)), ("val", (3,)), ("test", (4, 5))):
+        lines = [f"{t}/{t}_{n:04d}.jpg" for n in numbers for t in textures]
+        (dtd / "labels").mkdir(parents=True, exist_ok=True)
+        (dtd / "labels" / f"{split}1.txt").write_text("\n".join(lines) + "\n")
+        for line in lines:
+            (dtd / "images" / line).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (20, 16)).save(dtd / "images" / line)
+    aircraft = tmp_path / "fgvc-aircraft-2013b" / "data"
+    (aircraft / "images").mkdir(parents=True)
+    variants = ["707-320", "A300B4", "Cessna 172", "DHC-1"]
+    (aircraft / "variants.txt").write_text("\n".join(variants) + "\n")
+    for split, ids in (("train", (11, 12, 13)), ("val", (21, 22)), ("trainval", (11, 12, 13, 21, 22)), ("test", (31,))):
+        lines = [f"{i:07d} {variants[i % 4]}" for i in ids]
+        (aircraft / f"images_variant_{split}.txt").write_text("\n".join(lines) + "\n")
+        for i in ids:
+            Image.new("RGB", (20, 16)).save(aircraft / "images" / f"{i:07d}.jpg")
+    for root, reference_of, splits in (
+        (tmp_path / "dtd", lambda split: DTD(str(tmp_path), split=split), ("train", "val", "test")),
+        (
+            tmp_path / "fgvc-aircraft-2013b",
+            lambda split: FGVCAircraft(str(tmp_path), split=split),
+            ("train", "val", "trainval", "test"),
+        ),
+    ):
+        for split in splits:
+            reference = reference_of(split)
+            samples, names = load_split(root, split, fmt="auto", classes=None)
+            assert names == reference.classes
+            assert [(str(s.path), s.label) for s in samples] == [
+                (str(f), label) for f, label in zip(reference._image_files, reference._labels)
+            ]

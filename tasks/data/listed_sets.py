@@ -5,6 +5,11 @@
 - **Oxford-IIIT Pet** (``oxford-iiit-pet/``): ``images/<Breed_name>_<n>.jpg`` with ``annotations/trainval.txt`` and
   ``annotations/test.txt`` (``<image> <class 1..37> <species> <breed>`` a line); the classes are named from the
   image names by class id, as torchvision's ``OxfordIIITPet`` names them ("american_bulldog" → "American Bulldog").
+- **DTD** (``dtd/``): ``images/<class>/<image>.jpg`` with ``labels/{train,val,test}1.txt`` (torchvision's default
+  partition, 1 of 10); the classes are the sorted classes of the train list.
+- **FGVC-Aircraft** (``fgvc-aircraft-2013b/``): ``data/images/<id>.jpg`` with ``data/images_variant_<split>.txt``
+  (``train``, ``val``, ``trainval``, ``test``) and the 100 variants of ``data/variants.txt``; the published protocol
+  trains on ``trainval`` and tests on ``test`` (``--set data.train_split=trainval --set data.val_split=test``).
 - **Flowers-102** (``flowers-102/``): ``jpg/image_<id>.jpg`` with ``imagelabels.mat`` (each image's class, 1..102)
   and ``setid.mat`` (the image ids of ``trnid``, ``valid`` and ``tstid``), read with SciPy's ``loadmat`` as
   torchvision's ``Flowers102`` reads them, and its class names.
@@ -26,12 +31,17 @@ import numpy as np
 from tasks.errors import UserError
 from tasks.io import read_text
 
-FOLDERS = {"food101": "food-101", "pets": "oxford-iiit-pet", "flowers102": "flowers-102"}
-IMAGES = {"food101": "images", "pets": "images", "flowers102": "jpg"}
+FOLDERS = {
+    "food101": "food-101", "pets": "oxford-iiit-pet", "flowers102": "flowers-102", "dtd": "dtd",
+    "aircraft": "fgvc-aircraft-2013b",
+}  # fmt: skip
+IMAGES = {"food101": "images", "pets": "images", "flowers102": "jpg", "dtd": "images", "aircraft": "data/images"}
 LISTS = {  # each set's split files, by our split name
     "food101": {"train": "meta/train.json", "test": "meta/test.json"},
     "pets": {"train": "annotations/trainval.txt", "test": "annotations/test.txt"},
     "flowers102": {"train": "setid.mat", "val": "setid.mat", "test": "setid.mat"},
+    "dtd": {split: f"labels/{split}1.txt" for split in ("train", "val", "test")},  # torchvision's partition 1
+    "aircraft": {split: f"data/images_variant_{split}.txt" for split in ("train", "val", "trainval", "test")},
 }
 FLOWER_SETS = {"train": "trnid", "val": "valid", "test": "tstid"}
 
@@ -39,7 +49,7 @@ FLOWER_SETS = {"train": "trnid", "val": "valid", "test": "tstid"}
 def _found(root: Path) -> tuple[Path, str] | None:
     """The set's own folder (``root`` or torchvision's folder name under it) and which set it is."""
     for kind, name in FOLDERS.items():
-        for folder in (root, root / name):
+        for folder in (root, root / name, root / name / name):  # torchvision keeps DTD's archive in dtd/dtd/
             if (folder / IMAGES[kind]).is_dir() and (folder / LISTS[kind]["train"]).is_file():
                 return folder, kind
     return None
@@ -115,6 +125,42 @@ def _flowers102(folder: Path, split: str) -> tuple[list[tuple[int, int]], list[s
     return [(i, int(classes[i - 1])) for i in ids], names
 
 
+def _lines(folder: Path, kind: str, listing: Path, train: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    """(image file under the images folder, class) of each line of a DTD or FGVC-Aircraft list, and the classes:
+    DTD's the sorted classes of its train list, as torchvision's ``DTD`` has them; FGVC-Aircraft's the lines of
+    ``data/variants.txt``, as torchvision's ``FGVCAircraft`` has them (its default annotation level)."""
+
+    def read(path: Path) -> list[tuple[str, str]]:
+        pairs = []
+        for number, line in enumerate(read_text(path, kind="split list").splitlines(), start=1):
+            if not line.strip():
+                continue
+            if kind == "dtd":
+                parts = line.strip().split("/")
+                if len(parts) != 2 or not all(parts):
+                    raise UserError(f"split list {path}, line {number}: expected '<class>/<image>.jpg'")
+                pairs.append((line.strip(), parts[0]))
+            else:
+                parts = line.strip().split(" ", 1)
+                if len(parts) != 2:
+                    raise UserError(f"split list {path}, line {number}: expected '<image id> <variant>'")
+                pairs.append((f"{parts[0]}.jpg", parts[1]))
+        return pairs
+
+    if kind == "dtd":
+        names = sorted({name for _, name in read(train)})
+    else:
+        variants = folder / "data" / "variants.txt"
+        names = [line.strip() for line in read_text(variants, kind="class list").splitlines() if line.strip()]
+    index = {name: k for k, name in enumerate(names)}
+    entries = []
+    for image, name in read(listing):
+        if name not in index:
+            raise UserError(f"split list {listing}: class {name!r} is not one of the {len(names)} classes")
+        entries.append((image, index[name]))
+    return entries, names
+
+
 def read_split(root: Path, split: str, classes: Sequence[str] | None) -> tuple[list[Any], list[str]]:
     """The samples of ``split`` and the class names (those of the train list, so that both splits agree)."""
     from tasks.data.folders import Sample
@@ -128,7 +174,10 @@ def read_split(root: Path, split: str, classes: Sequence[str] | None) -> tuple[l
     lists = {name: folder / relative for name, relative in LISTS[kind].items()}
     if not lists[split].is_file():
         raise UserError(f"--data {root}: its {split} list {lists[split]} does not exist")
-    if kind == "flowers102":
+    if kind in ("dtd", "aircraft"):
+        entries, names = _lines(folder, kind, lists[split], lists["train"])
+        samples = [Sample(folder / IMAGES[kind] / image, label) for image, label in entries]
+    elif kind == "flowers102":
         entries, names = _flowers102(folder, split)
         samples = [Sample(folder / "jpg" / f"image_{i:05d}.jpg", label) for i, label in entries]
     elif kind == "food101":
