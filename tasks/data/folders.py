@@ -154,7 +154,7 @@ def load_split(
     of class folders: ``val_fraction`` of each class (see :mod:`tasks.data.holdout`)."""
     from tasks.data import array_sets, imagenet, listed_sets  # imagenet reads its train split through this module
 
-    for published in (array_sets, listed_sets):  # MNIST, CIFAR, Food-101, Pets: as torchvision downloads them
+    for published in (array_sets, listed_sets):  # the sets torchvision downloads, in its layouts
         if fmt in ("auto", "folder") and published.recognise(root):
             split = val_or_stand_in(root, split, lambda name, sets=published: sets.has_split(root, name))
             return published.read_split(root, split, classes)
