@@ -754,15 +754,36 @@ def test_cifar_as_torchvision_downloads_it_reads_as_torchvision_reads_it_and_ref
 
 @pytest.mark.parametrize(
     "case",
-    ["idx-header", "idx-truncated", "idx-count", "cifar-bin-size", "cifar-no-data", "cifar-label", "cifar-not-pickle"],
+    ["idx-header", "idx-truncated", "idx-count", "cifar-bin-size", "cifar-no-data", "cifar-label", "cifar-not-pickle"]
+    + ["svhn-mat", "svhn-shape", "stl-size"],
 )
-def test_a_broken_mnist_or_cifar_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys, case) -> None:
+def test_a_broken_mnist_cifar_svhn_or_stl10_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys, case) -> None:
     """Each malformed file of the array sets stops the run with exit 2 and one line naming the file (a label past
     the classes, the data)."""
     import numpy as np
+    from scipy.io import savemat
 
     monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
-    if case.startswith("idx"):
+    if case.startswith("svhn"):
+        root = data_root = tmp_path / "svhn"
+        root.mkdir()
+        for split in ("train", "test"):
+            savemat(root / f"{split}_32x32.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": [[1], [2]]})
+        broken = root / "train_32x32.mat"
+        if case == "svhn-mat":
+            broken.write_bytes(b"\x00" * 200)
+        else:
+            savemat(broken, {"X": np.zeros((32, 32, 2), np.uint8), "y": [[1], [2]]})
+    elif case == "stl-size":
+        root = data_root = tmp_path / "stl10_binary"
+        root.mkdir()
+        (root / "class_names.txt").write_text("a\nb\n")
+        for split in ("train", "test"):
+            (root / f"{split}_X.bin").write_bytes(bytes(2 * 3 * 96 * 96))
+            (root / f"{split}_y.bin").write_bytes(bytes([1, 2]))
+        broken = root / "train_X.bin"
+        broken.write_bytes(bytes(3 * 96 * 96))
+    elif case.startswith("idx"):
         root = tmp_path / "MNIST" / "raw"
         root.mkdir(parents=True)
         for prefix, count in (("train", 4), ("t10k", 2)):
@@ -993,3 +1014,47 @@ def test_dtd_and_fgvc_aircraft_as_torchvision_downloads_them_read_as_torchvision
             assert [(str(s.path), s.label) for s in samples] == [
                 (str(f), label) for f, label in zip(reference._image_files, reference._labels)
             ]
+
+
+def test_svhn_and_stl10_as_torchvision_downloads_them_read_as_torchvision_reads_them(tmp_path, monkeypatch) -> None:
+    """SVHN's *_32x32.mat (label 10 is the digit 0) and STL-10's stl10_binary/ (96 × 96 images stored column by
+    column): the same pixels, labels and classes as torchvision.datasets.SVHN and STL10 on the same synthetic files
+    (their checksum checks patched out); SVHN's extra split too."""
+    import numpy as np
+    from PIL import Image
+    from scipy.io import savemat
+    from torchvision.datasets import STL10, SVHN
+
+    from tasks.data.folders import load_split
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    svhn = tmp_path / "svhn"
+    svhn.mkdir()
+    for split, count in (("train", 5), ("test", 3), ("extra", 2)):
+        digits = np.array([[10], [1], [9], [10], [4]][:count], np.uint8)
+        savemat(svhn / f"{split}_32x32.mat", {"X": rng.integers(0, 255, (32, 32, 3, count), np.uint8), "y": digits})
+    stl = tmp_path / "stl10_binary"
+    stl.mkdir()
+    (stl / "class_names.txt").write_text("airplane\nbird\ncar\n")
+    for split, count in (("train", 4), ("test", 2)):
+        (stl / f"{split}_X.bin").write_bytes(rng.integers(0, 255, (count, 3, 96, 96), np.uint8).tobytes())
+        (stl / f"{split}_y.bin").write_bytes(np.array([1, 3, 2, 1][:count], np.uint8).tobytes())
+    monkeypatch.setattr(SVHN, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(STL10, "_check_integrity", lambda self: True)
+    for root, reference_of, splits in (
+        (svhn, lambda split: SVHN(str(svhn), split=split), ("train", "test", "extra")),
+        (stl, lambda split: STL10(str(tmp_path), split=split), ("train", "test")),
+    ):
+        for split in splits:
+            reference = reference_of(split)
+            samples, names = load_split(root, split, fmt="auto", classes=None)
+            assert len(samples) == len(reference)
+            if isinstance(reference, STL10):
+                assert names == reference.classes
+            else:
+                assert names == [str(d) for d in range(10)]
+            for index, sample in enumerate(samples):
+                image, label = reference[index]
+                np.testing.assert_array_equal(np.asarray(Image.open(sample.path)), np.asarray(image))
+                assert sample.label == label

@@ -9,6 +9,11 @@
   pickles: they are read by an unpickler that builds lists, dicts, strings, numbers and NumPy arrays and refuses
   any other object, so a file that names anything else stops the run instead of running it.
 
+- **SVHN**: ``train_32x32.mat``, ``test_32x32.mat`` (and ``extra_32x32.mat``, the ``extra`` split), read with SciPy's
+  ``loadmat`` as torchvision's ``SVHN`` reads them (its label 10 is the digit 0).
+- **STL-10** (``stl10_binary``): ``{train,test}_X.bin`` (96 × 96 images, stored column by column) with ``_y.bin``
+  and ``class_names.txt``; the unlabelled images are not read.
+
 Splits are ``train`` and ``test`` (``val`` reads ``test``, with a note). Each split's images are written once as PNGs
 under ``<cache>/array-sets/<key>/`` (the key follows the files' paths, sizes and modification times) and read from
 there like any other images.
@@ -69,27 +74,45 @@ def _cifar(root: Path) -> tuple[Path, str] | None:
     return None
 
 
-def recognise(root: Path) -> str | None:
-    """``"mnist"``, a CIFAR form (``"cifar-10-py"`` ...) or None."""
+def _locate(root: Path) -> tuple[Path, str] | None:
+    """The set's folder and kind: ``"mnist"``, a CIFAR form (``"cifar-10-py"`` ...), ``"svhn"`` or ``"stl10"``."""
     if not root.is_dir():
         return None
-    if _mnist_folder(root) is not None:
-        return "mnist"
-    found = _cifar(root)
+    mnist = _mnist_folder(root)
+    if mnist is not None:
+        return mnist, "mnist"
+    cifar = _cifar(root)
+    if cifar is not None:
+        return cifar
+    if any((root / f"{split}_32x32.mat").is_file() for split in SPLITS):
+        return root, "svhn"
+    for folder in (root, root / "stl10_binary"):
+        if (folder / "class_names.txt").is_file() and any((folder / f"{s}_X.bin").is_file() for s in SPLITS):
+            return folder, "stl10"
+    return None
+
+
+def recognise(root: Path) -> str | None:
+    found = _locate(root)
     return found[1] if found else None
 
 
+def _split_files(folder: Path, kind: str, split: str) -> list[Path | None]:
+    """The files that hold ``split``'s images and labels (None where an MNIST file is missing)."""
+    if kind == "mnist":
+        return [_idx_file(folder, name) for name in MNIST_FILES[split]]
+    if kind == "svhn":
+        return [folder / f"{split}_32x32.mat"]
+    if kind == "stl10":
+        return [folder / f"{split}_X.bin", folder / f"{split}_y.bin"]
+    return [folder / name for name in CIFAR_FILES[kind][SPLITS.index(split)]]
+
+
 def has_split(root: Path, split: str) -> bool:
-    if split not in SPLITS:
+    found = _locate(root)
+    if found is None or not (split in SPLITS or (found[1] == "svhn" and split == "extra")):
         return False
-    folder = _mnist_folder(root)
-    if folder is not None:
-        return all(_idx_file(folder, name) for name in MNIST_FILES[split])
-    found = _cifar(root)
-    if found is None:
-        return False
-    files = CIFAR_FILES[found[1]][SPLITS.index(split)]
-    return all((found[0] / name).is_file() for name in files)
+    return all(path is not None and path.is_file() for path in _split_files(*found, split))
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -188,50 +211,74 @@ def _mnist_names(folder: Path) -> list[str]:
     return list(KMNIST_CLASSES if "kmnist" in named else MNIST_CLASSES)
 
 
+def _names(folder: Path, kind: str) -> list[str]:
+    if kind == "mnist":
+        return _mnist_names(folder)
+    if kind == "svhn":
+        return [str(digit) for digit in range(10)]  # torchvision's SVHN labels are the digits themselves
+    if kind == "stl10":
+        text = _read_bytes(folder / "class_names.txt").decode("utf-8", errors="replace")
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    return _cifar_names(folder, kind)
+
+
+def _arrays(kind: str, folder: Path, split: str, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) or (N, H, W, 3) uint8 images and (N,) labels of one split."""
+    if kind == "mnist":
+        images, labels = _idx(files[0], 3), _idx(files[1], 1).astype(np.int64)
+        if len(images) != len(labels):
+            raise UserError(f"{files[0]} holds {len(images)} images but {files[1]} {len(labels)} labels")
+        return images, labels
+    if kind == "svhn":
+        from scipy.io import loadmat
+        from scipy.io.matlab import MatReadError
+
+        try:
+            loaded = loadmat(files[0])
+            pixels, digits = np.asarray(loaded["X"]), np.asarray(loaded["y"]).astype(np.int64).reshape(-1)
+        except (MatReadError, OSError, ValueError, TypeError, KeyError, NotImplementedError) as error:
+            raise UserError(f"{files[0]} is not an SVHN file SciPy reads, with X and y ({error})") from None
+        if pixels.ndim != 4 or pixels.shape[:3] != (32, 32, 3) or pixels.shape[3] != len(digits):
+            raise UserError(f"{files[0]}: X is {pixels.shape}, not 32 x 32 x 3 x {len(digits)} (one per label)")
+        return pixels.transpose(3, 0, 1, 2).astype(np.uint8), np.where(digits == 10, 0, digits)
+    if kind == "stl10":
+        data = np.frombuffer(_read_bytes(files[0]), np.uint8)
+        labels = np.frombuffer(_read_bytes(files[1]), np.uint8).astype(np.int64) - 1
+        if data.size != len(labels) * 3 * 96 * 96:
+            raise UserError(f"{files[0]} holds {data.size} bytes: not {len(labels)} 96 x 96 images, one per label")
+        return data.reshape(-1, 3, 96, 96).transpose(0, 3, 2, 1), labels  # stored column by column
+    return _cifar_split(folder, kind, split)
+
+
 def read_split(root: Path, split: str, classes: Sequence[str] | None) -> tuple[list[Any], list[str]]:
     """The samples of ``split`` (images written once into the cache) and the class names."""
     from tasks.data.folders import Sample
 
-    if not has_split(root, split):
-        raise UserError(f"--data {root} has no split {split!r}: MNIST's and CIFAR's files hold train and test")
-    mnist = _mnist_folder(root)
-    if mnist is not None:
-        files = [_idx_file(mnist, name) for name in MNIST_FILES[split]]
-        names = _mnist_names(mnist)
-    else:
-        found = _cifar(root)
-        assert found is not None
-        folder, form = found
-        files = [folder / name for name in CIFAR_FILES[form][SPLITS.index(split)]]
-        names = _cifar_names(folder, form)
+    found = _locate(root)
+    if found is None or not has_split(root, split):
+        raise UserError(f"--data {root} has no split {split!r}: its files hold train and test")
+    folder, kind = found
+    files = [path for path in _split_files(folder, kind, split) if path is not None]
+    names = _names(folder, kind)
     if classes is not None and list(classes) != names:
         raise UserError(f"--data {root}: its classes ({', '.join(names[:5])}, ...) are not the model's")
     parts = [f"{VERSION}|{split}"]
     for path in files:
-        assert path is not None
         stat = path.stat()
         parts.append(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
     target = cache_root() / "array-sets" / hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
-    def arrays() -> tuple[np.ndarray, np.ndarray]:
-        if mnist is not None:
-            images, labels = _idx(files[0], 3), _idx(files[1], 1).astype(np.int64)  # type: ignore[arg-type]
-            if len(images) != len(labels):
-                raise UserError(f"{files[0]} holds {len(images)} images but {files[1]} {len(labels)} labels")
-            return images, labels
-        return _cifar_split(folder, form, split)
-
     labels_file = target / "labels.npy"
     if not labels_file.is_file():
-        images, labels = arrays()
+        images, labels = _arrays(kind, folder, split, files)
         if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
             raise UserError(f"--data {root} ({split}): a label is outside the {len(names)} classes")
 
-        def write(folder: Path) -> None:
-            folder.mkdir(parents=True)
+        def write(staging: Path) -> None:
+            staging.mkdir(parents=True)
             for index, image in enumerate(images):
-                Image.fromarray(image).save(folder / f"{index:06d}.png", compress_level=1)
-            np.save(folder / "labels.npy", labels)
+                Image.fromarray(image).save(staging / f"{index:06d}.png", compress_level=1)
+            np.save(staging / "labels.npy", labels)
 
         masks_once(target, write)
     labels = np.load(labels_file)
