@@ -139,7 +139,7 @@ class ModelConfig(DetectionHeadConfig):
 @dataclass
 class DataConfig:
     root: str | None = None
-    format: Literal["auto", "coco", "voc", "yolo", "kitti", "labelme", "cityscapes", "bdd100k"] = "auto"
+    format: Literal["auto", "coco", "voc", "yolo", "kitti", "labelme", "cityscapes", "bdd100k", "widerface"] = "auto"
     train_split: str | None = None
     val_split: str | None = None
     val_fraction: float = DEFAULT_FRACTION  # held out for validation where the data has no val split

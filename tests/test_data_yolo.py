@@ -205,7 +205,7 @@ def test_a_folder_that_is_no_known_layout_names_every_format(tmp_path) -> None:
     (tmp_path / "pictures").mkdir()
     with pytest.raises(UserError, match=r"YOLO data \(a data.yaml, or images/<split>/ and labels/<split>/\), KITTI's"):
         _read(tmp_path)
-    with pytest.raises(UserError, match=r"choose coco, voc, yolo, kitti, labelme, cityscapes or bdd100k"):
+    with pytest.raises(UserError, match=r"choose coco, voc, yolo, kitti, labelme, cityscapes, bdd100k or widerface"):
         _read(tmp_path, fmt="darknet")
 
 

@@ -1019,3 +1019,53 @@ def test_a_broken_bdd100k_or_cityscapes_label_file_is_one_line_naming_it(tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and str(broken) in err, err
     assert not out.exists()
+
+
+def test_wider_face_as_downloaded_reads_as_torchvisions_widerface_reads_it(tmp_path, capsys) -> None:
+    """WIDER_<split>/images/ with wider_face_split/wider_face_<split>_bbx_gt.txt: the same images and boxes (x y w h
+    to corners) as torchvision.datasets.WIDERFace on the same files, an image without faces (a count of 0 and its
+    line of zeros) with none, invalid faces as crowd regions; a zero-width face dropped and counted; trained end to
+    end; a face line of 9 numbers is one line with exit 2."""
+    from torchvision.datasets import WIDERFace
+
+    from tasks.data.detection_splits import load_detection_splits
+
+    root = tmp_path / "widerface"
+    for folder in ("WIDER_test", "wider_face_split"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", 4), ("val", 2)):
+        lines = []
+        for i in range(count):
+            name = f"0--Parade/0_Parade_marchingband_1_{i}.jpg"
+            (root / f"WIDER_{split}" / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (64, 48), (i * 40, 10, 10)).save(root / f"WIDER_{split}" / "images" / name)
+            faces = [] if i == 1 else [[5 + i, 6, 10, 12, 0, 0, 0, 0, 0, 0], [30, 20, 8, 9, 1, 0, 0, i % 2, 1, 0]]
+            if i == 2:
+                faces.append([40, 30, 0, 5, 0, 0, 0, 0, 0, 0])  # no width
+            lines += [name, str(len(faces))]
+            lines += [" ".join(map(str, f)) for f in faces] or ["0 0 0 0 0 0 0 0 0 0"]
+        (root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt").write_text("\n".join(lines) + "\n")
+    train, val = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
+    assert "1 face(s) flagged invalid" in capsys.readouterr().out and train.fixes.dropped == 1
+    for data, split in ((train, "train"), (val, "val")):
+        reference = WIDERFace(str(tmp_path), split=split)  # it adds its folder name, widerface
+        assert data.class_names == ["face"] and len(data.samples) == len(reference)
+        for sample, info in zip(data.samples, reference.img_info):
+            assert str(sample.path) == info["img_path"]
+            x, y, w, h = info["annotations"]["bbox"].numpy().astype(np.float32).T
+            valid = (w > 0) & (h > 0)
+            expected = np.stack([x, y, x + w, y + h], axis=1)[valid]
+            np.testing.assert_array_equal(sample.boxes, expected)
+            # the 8th number is "invalid" in WIDER FACE's readme (x y w h blur expression illumination invalid
+            # occlusion pose); torchvision files that column under "occlusion"
+            flagged = info["annotations"]["occlusion"].numpy()[valid] == 1
+            assert sample.crowd.tolist() == flagged.tolist()
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_images"] == 2
+    listing = root / "wider_face_split" / "wider_face_val_bbx_gt.txt"
+    listing.write_text(listing.read_text().replace("30 20 8 9 1 0 0 0 1 0", "30 20 8 9 1 0 0 0 1"))
+    assert main(["--data", str(root), "--output", str(tmp_path / "bad"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "wider_face_val_bbx_gt.txt, line 4: expected 10 numbers" in err
+    assert not (tmp_path / "bad").exists()

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tasks.config import load_yaml
-from tasks.data import bdd100k, holdout, kitti, labelme, public_sets
+from tasks.data import bdd100k, holdout, kitti, labelme, public_sets, widerface
 from tasks.data.coco import coco_split_file, find_coco_split, is_coco_root, read_coco
 from tasks.data.detection import DetectionData
 from tasks.data.folders import val_or_stand_in
@@ -31,10 +31,11 @@ DEFAULT_SPLITS = {  # valid: Roboflow's exports; default: CVAT's, of a task with
     "labelme": labelme.SPLITS,
     "cityscapes": (("train",), ("val",)),
     "bdd100k": bdd100k.SPLITS,
+    "widerface": widerface.SPLITS,
 }
 
 
-FORMATS = ("coco", "voc", "yolo", "kitti", "labelme", "cityscapes", "bdd100k")
+FORMATS = ("coco", "voc", "yolo", "kitti", "labelme", "cityscapes", "bdd100k", "widerface")
 
 
 def detect_format(root: Path, given: str) -> str:
@@ -57,6 +58,8 @@ def detect_format(root: Path, given: str) -> str:
         return "yolo"
     if kitti.is_kitti_root(root):
         return "kitti"
+    if widerface.is_widerface_root(root):
+        return "widerface"
     if labelme.is_labelme_root(root):
         return "labelme"
     if public_sets.public_set(root) == "cityscapes":
@@ -68,7 +71,8 @@ def detect_format(root: Path, given: str) -> str:
         f"<split>/_annotations.coco.json), a VOC root (Annotations/ and ImageSets/Main/, or <split>/ with XML "
         f"files beside its images), YOLO data (a data.yaml, or images/<split>/ and labels/<split>/), KITTI's "
         f"(training/image_2/ and training/label_2/), LabelMe's (a .json file beside each image) Cityscapes' "
-        f"(leftImg8bit/ and gtFine/) nor BDD100K's (images/100k/ and labels/det_20/)"
+        f"(leftImg8bit/ and gtFine/), BDD100K's (images/100k/ and labels/det_20/) nor WIDER FACE's (WIDER_train/ and "
+        f"wider_face_split/)"
     )
 
 
@@ -92,6 +96,8 @@ def _has_split(root: Path, kind: str, name: str) -> bool:
         return public_sets.has_split(root, kind, name)
     if kind == "bdd100k":
         return bdd100k.has_split(root, name)
+    if kind == "widerface":
+        return widerface.has_split(root, name)
     return yolo_has_split(root, name)  # YOLO data, or a data YAML of COCO files (by its keys)
 
 
@@ -157,6 +163,9 @@ def load_detection_splits(
     if kind == "kitti":
         train = _check_nonempty(kitti.read_kitti(root, train_name)) if need_train else None
         return train, _check_nonempty(kitti.read_kitti(root, val_name))
+    if kind == "widerface":
+        train = _check_nonempty(widerface.read_widerface(root, train_name)) if need_train else None
+        return train, _check_nonempty(widerface.read_widerface(root, val_name))
     if kind == "bdd100k":
         train = _check_nonempty(bdd100k.read_bdd100k(root, train_name)) if need_train else None
         return train, _check_nonempty(bdd100k.read_bdd100k(root, val_name))
