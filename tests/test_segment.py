@@ -180,6 +180,32 @@ def test_voc_layout_end_to_end(shapes_root, tmp_path) -> None:
     assert (out / "masks" / "val_00001.png").is_file()
 
 
+def test_voc_trainaug_reads_the_augmented_masks_where_voc_has_none(shapes_root, tmp_path) -> None:
+    """The 10,582-image "trainaug" protocol: ImageSets/Segmentation/trainaug.txt lists images whose masks are in
+    SegmentationClassAug/ (SBD's, as PNGs of class indices) where SegmentationClass/ has none; VOC's own mask wins
+    where both exist; trained with --set data.train_split=trainaug."""
+    from tasks.data.segmentation import load_segmentation
+
+    root = voc_from_shapes(shapes_root, tmp_path / "VOC2012")
+    aug = root / "SegmentationClassAug"
+    aug.mkdir()
+    ids = []
+    for mask in sorted((root / "SegmentationClass").glob("train_*.png")):
+        ids.append(mask.stem)
+        indices = np.asarray(Image.open(mask)).copy()
+        Image.fromarray(indices, "L").save(aug / mask.name)  # the augmented set's form: grayscale indices
+        if len(ids) % 2:
+            mask.unlink()  # an SBD-only image: its mask is in the augmented folder alone
+    (root / "ImageSets" / "Segmentation" / "trainaug.txt").write_text("\n".join(ids) + "\n")
+    data = load_segmentation(root, "trainaug", classes=None)
+    assert [s.image_id for s in data.samples] == ids
+    for index, sample in enumerate(data.samples):
+        assert sample.mask.parent.name == ("SegmentationClassAug" if index % 2 == 0 else "SegmentationClass")
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST, "--set", "data.train_split=trainaug"]) == 0
+    assert list(json.loads((out / "metrics.json").read_text())["per_class_iou"]) == list(VOC_SEGMENTATION_CLASSES)
+
+
 def test_a_timm_backbone_without_a_stride_2_map_trains_and_one_that_cannot_serve_is_one_line(
     shapes_root, tmp_path, capsys
 ) -> None:

@@ -62,12 +62,17 @@ class SegmentationData:
     source: str
 
 
+VOC_MASK_FOLDERS = ("SegmentationClass", "SegmentationClassAug")  # VOC's own, then the SBD-augmented set's
+
+
 def is_voc_segmentation(root: Path) -> bool:
-    return (root / "SegmentationClass").is_dir() and (root / "ImageSets" / "Segmentation").is_dir()
+    return any((root / f).is_dir() for f in VOC_MASK_FOLDERS) and (root / "ImageSets" / "Segmentation").is_dir()
 
 
 def read_voc_segmentation(root: Path, split: str) -> list[SegmentationSample]:
-    """``ImageSets/Segmentation/<split>.txt`` ids with ``JPEGImages/<id>.jpg`` and ``SegmentationClass/<id>.png``."""
+    """``ImageSets/Segmentation/<split>.txt`` ids with ``JPEGImages/<id>.jpg`` and ``SegmentationClass/<id>.png``,
+    else ``SegmentationClassAug/<id>.png``: the 10,582-image "trainaug" set's masks (SBD's, as PNGs of class
+    indices), which train with ``--set data.train_split=trainaug`` and a ``trainaug.txt`` list."""
     listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not listing.is_file():
         raise UserError(f"split file {listing} does not exist")
@@ -77,7 +82,9 @@ def read_voc_segmentation(root: Path, split: str) -> list[SegmentationSample]:
         image = _find_image(root / "JPEGImages", image_id)
         if image is None:
             raise UserError(f"image {root / 'JPEGImages' / image_id}.jpg (listed in {listing}) does not exist")
-        samples.append(SegmentationSample(image_id, image, root / "SegmentationClass" / f"{image_id}.png"))
+        masks = [root / folder / f"{image_id}.png" for folder in VOC_MASK_FOLDERS]
+        mask = next((m for m in masks if m.is_file()), masks[0])  # a missing mask is named by the reader's check
+        samples.append(SegmentationSample(image_id, image, mask))
     return samples
 
 
@@ -188,7 +195,9 @@ def load_segmentation(
     """
     voc = is_voc_segmentation(root)
     if fmt == "voc" and not voc:
-        raise UserError(f"--format voc: {root} has no SegmentationClass/ and ImageSets/Segmentation/")
+        raise UserError(
+            f"--format voc: {root} has no SegmentationClass/ (or SegmentationClassAug/) and ImageSets/Segmentation/"
+        )
 
     def present(name: str) -> bool:
         return _has_split(root, name, fmt, voc=voc)
