@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,6 +36,16 @@ DEFAULT_SPLITS = {  # valid: Roboflow's exports; default: CVAT's, of a task with
 
 
 FORMATS = ("coco", "voc", "yolo", "kitti", "labelme", "cityscapes", "bdd100k", "widerface")
+# the formats whose classes are their benchmark's and whose splits read alone: (has_split, read) of each
+FIXED_CLASS_READERS: dict[str, tuple[Callable[[Path, str], bool], Callable[[Path, str], DetectionData]]] = {
+    "kitti": (kitti.has_split, kitti.read_kitti),
+    "cityscapes": (
+        lambda root, split: public_sets.has_split(root, "cityscapes", split),
+        public_sets.read_cityscapes_detection,
+    ),
+    "bdd100k": (bdd100k.has_split, bdd100k.read_bdd100k),
+    "widerface": (widerface.has_split, widerface.read_widerface),
+}
 
 
 def detect_format(root: Path, given: str) -> str:
@@ -88,16 +98,10 @@ def _has_split(root: Path, kind: str, name: str) -> bool:
         return has_split(root, name)
     if kind == "coco":
         return coco_split_file(root, name) is not None
-    if kind == "kitti":
-        return kitti.has_split(root, name)
+    if kind in FIXED_CLASS_READERS:
+        return FIXED_CLASS_READERS[kind][0](root, name)
     if kind == "labelme":
         return labelme.has_split(root, name)
-    if kind == "cityscapes":
-        return public_sets.has_split(root, kind, name)
-    if kind == "bdd100k":
-        return bdd100k.has_split(root, name)
-    if kind == "widerface":
-        return widerface.has_split(root, name)
     return yolo_has_split(root, name)  # YOLO data, or a data YAML of COCO files (by its keys)
 
 
@@ -160,18 +164,10 @@ def load_detection_splits(
         )
     train_name = _default_split(root, kind, 0, train_split)
     val_name = _default_split(root, kind, 1, val_split)
-    if kind == "kitti":
-        train = _check_nonempty(kitti.read_kitti(root, train_name)) if need_train else None
-        return train, _check_nonempty(kitti.read_kitti(root, val_name))
-    if kind == "widerface":
-        train = _check_nonempty(widerface.read_widerface(root, train_name)) if need_train else None
-        return train, _check_nonempty(widerface.read_widerface(root, val_name))
-    if kind == "bdd100k":
-        train = _check_nonempty(bdd100k.read_bdd100k(root, train_name)) if need_train else None
-        return train, _check_nonempty(bdd100k.read_bdd100k(root, val_name))
-    if kind == "cityscapes":
-        train = _check_nonempty(public_sets.read_cityscapes_detection(root, train_name)) if need_train else None
-        return train, _check_nonempty(public_sets.read_cityscapes_detection(root, val_name))
+    if kind in FIXED_CLASS_READERS:
+        read = FIXED_CLASS_READERS[kind][1]
+        train = _check_nonempty(read(root, train_name)) if need_train else None
+        return train, _check_nonempty(read(root, val_name))
     if kind == "labelme":  # each file read once, for the classes and the boxes
         read = {name: labelme.split_documents(root, name) for name in [val_name] + ([train_name] if need_train else [])}
         names = list(classes or [])
