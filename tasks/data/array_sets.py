@@ -25,7 +25,6 @@ import gzip
 import hashlib
 import io
 import pickle
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +249,7 @@ def _arrays(kind: str, folder: Path, split: str, files: list[Path]) -> tuple[np.
     return _cifar_split(folder, kind, split)
 
 
-def read_split(root: Path, split: str, classes: Sequence[str] | None) -> tuple[list[Any], list[str]]:
+def read_split(root: Path, split: str) -> tuple[list[Any], list[str]]:
     """The samples of ``split`` (images written once into the cache) and the class names."""
     from tasks.data.folders import Sample
 
@@ -260,8 +259,6 @@ def read_split(root: Path, split: str, classes: Sequence[str] | None) -> tuple[l
     folder, kind = found
     files = [path for path in _split_files(folder, kind, split) if path is not None]
     names = _names(folder, kind)
-    if classes is not None and list(classes) != names:
-        raise UserError(f"--data {root}: its classes ({', '.join(names[:5])}, ...) are not the model's")
     parts = [f"{VERSION}|{split}"]
     for path in files:
         stat = path.stat()

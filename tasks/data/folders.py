@@ -157,7 +157,10 @@ def load_split(
     for published in (array_sets, listed_sets):  # the sets torchvision downloads, in its layouts
         if fmt in ("auto", "folder") and published.recognise(root):
             split = val_or_stand_in(root, split, lambda name, sets=published: sets.has_split(root, name))
-            return published.read_split(root, split, classes)
+            samples, names = published.read_split(root, split)
+            if classes is not None and list(classes) != names:
+                raise UserError(f"--data {root}: its classes ({', '.join(names[:5])}, ...) are not the model's")
+            return samples, names
     if fmt in ("auto", "folder") and imagenet.is_kaggle_imagenet(root):  # the flat val folder needs its solution file
         split = val_or_stand_in(root, split, lambda name: imagenet.has_split(root, name))
         return imagenet.read_imagenet_split(root, split, classes)
