@@ -77,7 +77,7 @@ def _food101(path: Path) -> dict[str, list[str]]:
     return listing
 
 
-def _pets(path: Path) -> list[tuple[str, int]]:
+def pet_list(path: Path) -> list[tuple[str, int]]:
     """(image id, class 0..36) of each line."""
     entries = []
     for number, line in enumerate(read_text(path, kind="split list").splitlines(), start=1):
@@ -191,8 +191,8 @@ def read_split(root: Path, split: str) -> tuple[list[Any], list[str]]:
             Sample(folder / "images" / f"{item}.jpg", index[name]) for name, items in listing.items() for item in items
         ]
     else:
-        names = _pet_classes(_pets(lists["train"]))
-        entries = _pets(lists[split])
+        names = _pet_classes(pet_list(lists["train"]))
+        entries = pet_list(lists[split])
         if any(label >= len(names) for _, label in entries):
             raise UserError(f"split list {lists[split]}: a class id is past the {len(names)} of the train list")
         samples = [Sample(folder / "images" / f"{image}.jpg", label) for image, label in entries]

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from tasks.data import listed_sets
 from tasks.data.colour_masks import converted_samples
 from tasks.data.embedded import cache_root
 from tasks.data.images import is_image_file
@@ -73,12 +74,11 @@ CITYSCAPES_INSTANCES = ("person", "rider", "car", "truck", "bus", "train", "moto
 CITYSCAPES_UNDRAWN = ("license plate",)  # labels.py's id -1: not drawn into the instance masks
 BDD_MASKS = {"drivable": "100k", "sem_seg": "10k"}  # BDD100K's mask tasks and their images, in the order looked for
 BDD_DRIVABLE = ("background", "direct", "alternative")  # the masks' 2, 0 and 1
-PETS, PETS_LISTS = "oxford-iiit-pet", {"train": "trainval.txt", "test": "test.txt"}
 VERSION = 1  # in the cache keys
 
 
 def public_set(root: Path) -> str | None:
-    """``"ade20k"``, ``"cityscapes"`` or None, from the layout of ``root``."""
+    """``"ade20k"``, ``"cityscapes"``, ``"bdd100k"``, ``"pets"`` or None, from the layout of ``root``."""
     if not root.is_dir():
         return None
     if (root / "images").is_dir() and (root / "annotations").is_dir() and _ade_class_file(root) is not None:
@@ -94,7 +94,12 @@ def public_set(root: Path) -> str | None:
 
 def _pets_folder(root: Path) -> Path | None:
     return next(
-        (f for f in (root, root / PETS) if (f / "annotations" / "trimaps").is_dir() and (f / "images").is_dir()), None
+        (
+            f
+            for f in (root, root / listed_sets.FOLDERS["pets"])
+            if (f / "annotations" / "trimaps").is_dir() and (f / "images").is_dir()
+        ),
+        None,
     )
 
 
@@ -104,8 +109,8 @@ def has_split(root: Path, kind: str, split: str) -> bool:
     if kind == "bdd100k":
         return _bdd_masks(root, split) is not None
     if kind == "pets":
-        folder = _pets_folder(root)
-        return folder is not None and split in PETS_LISTS and (folder / "annotations" / PETS_LISTS[split]).is_file()
+        folder, lists = _pets_folder(root), listed_sets.LISTS["pets"]
+        return folder is not None and split in lists and (folder / lists[split]).is_file()
     return (root / "leftImg8bit" / split).is_dir() and (root / "gtFine" / split).is_dir()
 
 
@@ -181,10 +186,8 @@ def _ade20k(root: Path, split: str) -> tuple[list[SegmentationSample], list[str]
         )
         for p in sorted(p for p in images.rglob("*") if p.is_file() and is_image_file(p))
     ]
-    table = np.full(256, 255, np.uint8)  # 0 ("other objects") and any value past the classes: void
-    table[1 : len(names) + 1] = np.arange(len(names), dtype=np.uint8)
-    identity = f"ade20k|{VERSION}|{len(names)}"
-    return converted_samples(samples, "ade20k-masks", identity, lambda path: _looked_up(path, table)), names
+    shifted = {k + 1: k for k in range(len(names))}  # 0 ("other objects") and any value past the classes: void
+    return _remapped(samples, "ade20k-masks", f"ade20k|{VERSION}|{len(names)}", shifted), names
 
 
 def _cityscapes(root: Path, split: str) -> tuple[list[SegmentationSample], list[str]]:
@@ -203,12 +206,8 @@ def _cityscapes(root: Path, split: str) -> tuple[list[SegmentationSample], list[
             to_convert.append(
                 SegmentationSample(image_id, image, masks / relative.parent / f"{stem}{CITYSCAPES_LABEL_IDS}.png")
             )
-    table = np.full(256, 255, np.uint8)
-    for train_id, (label_id, _) in enumerate(CITYSCAPES_CLASSES):
-        table[label_id] = train_id
-    converted = converted_samples(
-        to_convert, "cityscapes-masks", f"cityscapes|{VERSION}", lambda path: _looked_up(path, table)
-    )
+    train_ids = {label_id: train_id for train_id, (label_id, _) in enumerate(CITYSCAPES_CLASSES)}
+    converted = _remapped(to_convert, "cityscapes-masks", f"cityscapes|{VERSION}", train_ids)
     samples = sorted(ready + converted, key=lambda s: s.image_id)
     return samples, [name for _, name in CITYSCAPES_CLASSES]
 
@@ -224,12 +223,8 @@ def _bdd100k(root: Path, split: str) -> tuple[list[SegmentationSample], list[str
     ]
     if task == "sem_seg":
         return samples, [name for _, name in CITYSCAPES_CLASSES]
-    table = np.full(256, 255, np.uint8)
-    table[[2, 0, 1]] = [0, 1, 2]
-    converted = converted_samples(
-        samples, "bdd100k-masks", f"bdd100k-drivable|{VERSION}", lambda path: _looked_up(path, table)
-    )
-    return converted, list(BDD_DRIVABLE)
+    drivable = {2: 0, 0: 1, 1: 2}  # background, direct, alternative
+    return _remapped(samples, "bdd100k-masks", f"bdd100k-drivable|{VERSION}", drivable), list(BDD_DRIVABLE)
 
 
 def _pets(root: Path, split: str) -> tuple[list[SegmentationSample], list[str]]:
@@ -237,17 +232,22 @@ def _pets(root: Path, split: str) -> tuple[list[SegmentationSample], list[str]]:
 
     folder = _pets_folder(root)
     assert folder is not None
-    listing = folder / "annotations" / PETS_LISTS[split]
-    names = [line.split()[0] for line in read_text(listing, kind="split list").splitlines() if line.split()]
     samples = [  # a missing trimap is named by the reader's check
         SegmentationSample(name, folder / "images" / f"{name}.jpg", folder / "annotations" / "trimaps" / f"{name}.png")
-        for name in names
-        if not name.startswith("#")
+        for name, _ in listed_sets.pet_list(folder / listed_sets.LISTS["pets"][split])
     ]
+    trimap = {1: 1, 2: 0}  # the pet, the background; 3 (the border) and anything else void
+    return _remapped(samples, "pets-masks", f"pets|{VERSION}", trimap), ["background", "pet"]
+
+
+def _remapped(
+    samples: list[SegmentationSample], kind: str, identity: str, values: dict[int, int]
+) -> list[SegmentationSample]:
+    """``samples`` with their masks' values mapped by ``values`` (any other value void), converted once into
+    ``<cache>/<kind>/`` (:func:`tasks.data.colour_masks.converted_samples`)."""
     table = np.full(256, 255, np.uint8)
-    table[[1, 2]] = [1, 0]  # the pet, the background; 3 (the border) and anything else void
-    converted = converted_samples(samples, "pets-masks", f"pets|{VERSION}", lambda path: _looked_up(path, table))
-    return converted, ["background", "pet"]
+    table[list(values)] = list(values.values())
+    return converted_samples(samples, kind, identity, lambda path: _looked_up(path, table))
 
 
 def _looked_up(path: Path, table: np.ndarray) -> np.ndarray:
