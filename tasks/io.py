@@ -1,4 +1,5 @@
-"""Atomic writes, so an interrupted run never leaves a half-written checkpoint or metrics file."""
+"""Reading and writing files: atomic writes, so an interrupted run never leaves a half-written checkpoint or metrics
+file; UTF-8 text and MATLAB files, read with one-line errors."""
 
 from __future__ import annotations
 
@@ -39,6 +40,18 @@ def read_text(path: str | os.PathLike[str], *, kind: str) -> str:
         return Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise UserError(f"{kind} {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+
+
+def read_mat(path: str | os.PathLike[str], *, kind: str, squeeze: bool = False) -> dict[str, Any]:
+    """A MATLAB file's variables, read by SciPy's ``loadmat`` (``squeeze``: its ``squeeze_me``). A file it cannot
+    read is a one-line error naming the ``kind`` of file."""
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        return loadmat(path, squeeze_me=squeeze)
+    except (MatReadError, OSError, ValueError, TypeError, NotImplementedError) as error:
+        raise UserError(f"{kind} {path} is not a MATLAB file SciPy reads ({error})") from None
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:

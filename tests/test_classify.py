@@ -754,7 +754,8 @@ def test_cifar_as_torchvision_downloads_it_reads_as_torchvision_reads_it_and_ref
 
 @pytest.mark.parametrize(
     "case",
-    ["idx-header", "idx-truncated", "idx-count", "cifar-bin-size", "cifar-no-data", "cifar-label", "cifar-not-pickle"]
+    ["idx-header", "idx-truncated", "idx-count", "cifar-bin-size", "cifar-bin-names", "cifar-no-data", "cifar-label"]
+    + ["cifar-not-pickle"]
     + ["svhn-mat", "svhn-shape", "stl-size"],
 )
 def test_a_broken_mnist_cifar_svhn_or_stl10_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys, case) -> None:
@@ -801,7 +802,7 @@ def test_a_broken_mnist_cifar_svhn_or_stl10_file_is_one_line_naming_it(tmp_path,
             broken.write_bytes(_idx_bytes(np.arange(3, dtype=np.uint8)))
         data_root = tmp_path / "MNIST"
     else:
-        form = "cifar-10-batches-bin" if case == "cifar-bin-size" else "cifar-10-batches-py"
+        form = "cifar-10-batches-bin" if case.startswith("cifar-bin") else "cifar-10-batches-py"
         root = tmp_path / form
         root.mkdir()
         rng = np.random.default_rng(0)
@@ -811,6 +812,9 @@ def test_a_broken_mnist_cifar_svhn_or_stl10_file_is_one_line_naming_it(tmp_path,
                 (root / name).write_bytes(rng.integers(0, 10, (2, 3073), np.uint8).tobytes())
             broken = root / "data_batch_2.bin"
             broken.write_bytes(broken.read_bytes()[:-1])
+            if case == "cifar-bin-names":  # a class list that is not UTF-8 (a traceback before)
+                broken = root / "batches.meta.txt"
+                broken.write_bytes(b"caf\xe9\n" * 10)
         else:
             _cifar_pickle(root / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
             for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:

@@ -34,6 +34,7 @@ from PIL import Image
 from tasks.data.coco_masks import masks_once
 from tasks.data.embedded import cache_root
 from tasks.errors import UserError
+from tasks.io import read_mat, read_text
 
 VERSION = 1  # in the cache key
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -171,7 +172,7 @@ def _text(value: Any) -> str:
 def _cifar_names(folder: Path, form: str) -> list[str]:
     path = folder / CIFAR_FILES[form][2]
     if form.endswith("-bin"):
-        return [line.strip() for line in _read_bytes(path).decode("utf-8").splitlines() if line.strip()]
+        return [line.strip() for line in read_text(path, kind="class list").splitlines() if line.strip()]
     meta = _unpickled(path)
     names = meta.get("label_names" if form == "cifar-10-py" else "fine_label_names")
     if not isinstance(names, list):
@@ -216,7 +217,7 @@ def _names(folder: Path, kind: str) -> list[str]:
     if kind == "svhn":
         return [str(digit) for digit in range(10)]  # torchvision's SVHN labels are the digits themselves
     if kind == "stl10":
-        text = _read_bytes(folder / "class_names.txt").decode("utf-8", errors="replace")
+        text = read_text(folder / "class_names.txt", kind="class list")
         return [line.strip() for line in text.splitlines() if line.strip()]
     return _cifar_names(folder, kind)
 
@@ -229,14 +230,11 @@ def _arrays(kind: str, folder: Path, split: str, files: list[Path]) -> tuple[np.
             raise UserError(f"{files[0]} holds {len(images)} images but {files[1]} {len(labels)} labels")
         return images, labels
     if kind == "svhn":
-        from scipy.io import loadmat
-        from scipy.io.matlab import MatReadError
-
+        loaded = read_mat(files[0], kind="SVHN file")
         try:
-            loaded = loadmat(files[0])
             pixels, digits = np.asarray(loaded["X"]), np.asarray(loaded["y"]).astype(np.int64).reshape(-1)
-        except (MatReadError, OSError, ValueError, TypeError, KeyError, NotImplementedError) as error:
-            raise UserError(f"{files[0]} is not an SVHN file SciPy reads, with X and y ({error})") from None
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"SVHN file {files[0]} has no X of images and y of labels") from None
         if pixels.ndim != 4 or pixels.shape[:3] != (32, 32, 3) or pixels.shape[3] != len(digits):
             raise UserError(f"{files[0]}: X is {pixels.shape}, not 32 x 32 x 3 x {len(digits)} (one per label)")
         return pixels.transpose(3, 0, 1, 2).astype(np.uint8), np.where(digits == 10, 0, digits)

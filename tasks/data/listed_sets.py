@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from tasks.errors import UserError
-from tasks.io import read_text
+from tasks.io import read_mat, read_text
 
 FOLDERS = {
     "food101": "food-101", "pets": "oxford-iiit-pet", "flowers102": "flowers-102", "dtd": "dtd",
@@ -103,17 +103,10 @@ def _pet_classes(entries: Sequence[tuple[str, int]]) -> list[str]:
 
 def _flowers102(folder: Path, split: str) -> tuple[list[tuple[int, int]], list[str]]:
     """(image id, class 0..101) of the split's images, and the class names."""
-    from scipy.io import loadmat
-    from scipy.io.matlab import MatReadError
     from torchvision.datasets import Flowers102
 
-    def read(name: str) -> dict[str, Any]:
-        try:
-            return loadmat(folder / name, squeeze_me=True)
-        except (MatReadError, OSError, ValueError, TypeError, NotImplementedError) as error:
-            raise UserError(f"{folder / name} is not a MATLAB file SciPy reads ({error})") from None
-
-    sets, labels = read("setid.mat"), read("imagelabels.mat")
+    sets = read_mat(folder / "setid.mat", kind="Flowers-102 split list", squeeze=True)
+    labels = read_mat(folder / "imagelabels.mat", kind="Flowers-102 label list", squeeze=True)
     try:
         ids = [int(i) for i in np.atleast_1d(sets[FLOWER_SETS[split]])]
         classes = np.atleast_1d(labels["labels"]).astype(np.int64) - 1
