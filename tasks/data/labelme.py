@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 SPLITS = (("train",), ("val", "valid", "test"))
 NOT_CLASSES = ("__ignore__", "_background_")
 EXTENT = ("rectangle", "polygon", "circle", "line", "linestrip")
-EMBEDDED = "_embedded_image"  # the document key (not LabelMe's) of the cached copy of its imageData
+IMAGE = "_image"  # the document key (not LabelMe's) of its image: the file found, or the cached copy of its imageData
 
 
 def _files(folder: Path) -> list[Path]:
@@ -76,8 +76,9 @@ def class_names(root: Path, splits: Sequence[Sequence[tuple[Path, dict[str, Any]
 
 
 def _document(path: Path) -> dict[str, Any]:
-    """A LabelMe file, checked, without its ``imageData`` (an embedded copy of the image, often most of the file):
-    where no image file is found for it, that copy is written to the cache and named under ``EMBEDDED``."""
+    """A LabelMe file, checked, without its ``imageData`` (an embedded copy of the image, often most of the file),
+    with its image found once and named under ``IMAGE``: the image file, else that copy, written to the cache (absent
+    where there is neither)."""
     try:
         document = json.loads(read_text(path, kind="LabelMe file"))
     except ValueError as error:
@@ -86,8 +87,9 @@ def _document(path: Path) -> dict[str, Any]:
     if not isinstance(shapes, list) or not all(isinstance(s, dict) for s in shapes):
         raise UserError(f"LabelMe file {path} has no 'shapes' list of objects")
     data = document.pop("imageData", None)
-    if data and _image_file(document, path) is None:
-        document[EMBEDDED] = str(embedded_image(path, data))
+    image = _image_file(document, path) or (embedded_image(path, data) if data else None)
+    if image is not None:
+        document[IMAGE] = str(image)
     return document
 
 
@@ -158,14 +160,14 @@ def _image_file(document: dict[str, Any], path: Path) -> Path | None:
 
 
 def _image_of(document: dict[str, Any], path: Path) -> Path:
-    found = _image_file(document, path) or (Path(document[EMBEDDED]) if EMBEDDED in document else None)
-    if found is None:
+    """The image :func:`_document` found for the file; a one-line error where it found none."""
+    if IMAGE not in document:
         named = document.get("imagePath")
         raise UserError(
             f"LabelMe file {path}: its image {named!r} is not beside it, nor an image named {path.stem}.*, "
             "and it embeds none (imageData)"
         )
-    return found
+    return Path(document[IMAGE])
 
 
 def read_labelme(
