@@ -328,6 +328,13 @@ def _report(
     ]
     print("\n".join(f"  {name:<12} {value:.4f}" if value is not None else f"  {name:<12} n/a" for name, value in rows))
     print(f"  {'best F1':<12} {f1['best_f1']:.4f} at confidence {f1['best_confidence']:.2f} (IoU 0.5)")
+    if "kitti" in metrics:  # KITTI's label files: the benchmark's own levels
+        levels = metrics["kitti"]["AP40"]
+        parts = [
+            f"{name} {' / '.join('n/a' if v is None else f'{v:.4f}' for v in by_level.values())}"
+            for name, by_level in levels.items()
+        ]
+        print(f"  {'KITTI AP40':<12} {', '.join(parts)} (easy / moderate / hard)")
     print(
         f"metrics.json, predictions.json, images/, pr_curve.png, f1_curve.png and confusion matrices are in {run_dir}"
     )

@@ -659,10 +659,13 @@ def test_kitti_as_downloaded_reads_as_torchvisions_kitti_and_trains_with_val_hel
         for j in range(1 + i % 3):
             x, y = 5.0 + 20 * j + i, 4.0 + 2 * j
             kind = types[(i + j) % len(types)]
-            lines.append(f"{kind} 0.00 0 -1.58 {x:.2f} {y:.2f} {x + 17.5:.2f} {y + 30.25:.2f} 1.6 1.6 3.9 1 2 30 -1.6")
+            levels = "-1 -1" if kind == "DontCare" else f"{0.15 * j:.2f} {(i + j) % 4}"
+            lines.append(
+                f"{kind} {levels} -1.58 {x:.2f} {y:.2f} {x + 17.5:.2f} {y + 30.25:.2f} 1.6 1.6 3.9 1 2 30 -1.6"
+            )
         (root / "training" / "label_2" / f"{i:06d}.txt").write_text("\n".join(lines) + "\n")
     reference = Kitti(str(tmp_path), train=True)
-    expected = {}
+    expected, truths = {}, {}
     for index, image in enumerate(reference.images):
         objects = [o for o in reference._parse_target(index) if o["type"] != "DontCare"]
         regions = [o["bbox"] for o in reference._parse_target(index) if o["type"] == "DontCare"]
@@ -670,6 +673,13 @@ def test_kitti_as_downloaded_reads_as_torchvisions_kitti_and_trains_with_val_hel
             [o["bbox"] for o in objects],
             [CLASSES.index(o["type"]) + 1 for o in objects],
             regions,
+        )
+        every = reference._parse_target(index)  # what KITTI's own evaluation reads: every line, as written
+        truths[Path(image).stem] = (
+            [o["type"] for o in every],
+            [o["bbox"] for o in every],
+            [o["truncated"] for o in every],
+            [o["occluded"] for o in every],
         )
     train, val = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
     printed = capsys.readouterr().out
@@ -684,14 +694,25 @@ def test_kitti_as_downloaded_reads_as_torchvisions_kitti_and_trains_with_val_hel
         crowd = np.array(regions, np.float32).reshape(-1, 1, 4).repeat(len(CLASSES), axis=1).reshape(-1, 4)
         np.testing.assert_allclose(sample.boxes[sample.crowd], crowd, atol=1e-4)
         assert sample.labels[sample.crowd].tolist() == list(range(1, len(CLASSES) + 1)) * len(regions)
+        types, boxes, truncated, occluded = truths[sample.image_id]
+        assert sample.kitti is not None and list(sample.kitti.types) == types
+        np.testing.assert_allclose(sample.kitti.boxes, np.array(boxes).reshape(-1, 4), atol=1e-9)
+        assert sample.kitti.truncated.tolist() == truncated and sample.kitti.occluded.tolist() == occluded
     out = tmp_path / "run"
     assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
-    assert json.loads((out / "metrics.json").read_text())["num_images"] == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 2
+    assert set(metrics["kitti"]["AP40"]) == {"Car", "Pedestrian", "Cyclist"}
+    assert "KITTI AP40   Car " in capsys.readouterr().out
     (root / "training" / "label_2" / "000003.txt").write_text("Car 0.00 0 -1.58 5 4 22 34\n")
     assert main(["--data", str(root), "--output", str(tmp_path / "bad"), *FAST]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "000003.txt, line 1: expected 15 fields" in err
     assert not (tmp_path / "bad").exists()
+    (root / "training" / "label_2" / "000003.txt").write_text("Car 0.00 partly -1.58 5 4 22 34 1.6 1.6 3.9 1 2 30 0\n")
+    assert main(["--data", str(root), "--output", str(tmp_path / "bad"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "000003.txt, line 1: truncated '0.00' and occluded 'partly'" in err
 
 
 def test_a_detection_inside_a_kitti_dontcare_region_costs_nothing_in_either_protocol(tmp_path) -> None:

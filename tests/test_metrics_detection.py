@@ -333,3 +333,108 @@ def test_detection_confusion_matrix_by_hand() -> None:
     # Above IoU 0.96 the dog called a cat (IoU 380/400 = 0.95) no longer matches: a missed dog and a false cat.
     strict = detection_confusion(data, results, confidence=0.5, iou=0.96)
     np.testing.assert_array_equal(strict, [[1, 0, 0], [0, 0, 2], [1, 2, 0]])
+
+
+def _kitti_cars(count: int = 40, *, kind: str = "Car", shift: float = 0.0):
+    """``count`` images, each one ``kind`` 50 px square at (100, 100), fully seen, and a detection of it shifted
+    right by ``shift`` px, the scores distinct (image i scores (i + 1) / 100)."""
+    from tasks.data.kitti import KittiTruth
+
+    truths, detections = {}, {}
+    for i in range(count):
+        box = [100.0, 100.0, 150.0, 150.0]
+        truths[i] = KittiTruth((kind,), np.array([box]), np.zeros(1), np.zeros(1, np.int64))
+        detections[i] = {
+            "names": [kind],
+            "boxes": np.array([[100.0 + shift, 100.0, 150.0 + shift, 150.0]]),
+            "scores": [(i + 1) / 100],
+        }
+    return truths, detections
+
+
+def _with(truth, kind: str, box: list[float], truncated: float = 0.0, occluded: int = 0):
+    from tasks.data.kitti import KittiTruth
+
+    return KittiTruth(
+        (*truth.types, kind),
+        np.vstack([truth.boxes, [box]]),
+        np.append(truth.truncated, truncated),
+        np.append(truth.occluded, occluded),
+    )
+
+
+def _ap40(metrics: dict, name: str = "Car") -> tuple[float, float, float]:
+    return tuple(metrics["AP40"][name][level] for level in ("easy", "moderate", "hard"))
+
+
+def test_kitti_ap_follows_the_devkits_recall_steps_by_hand() -> None:
+    """KITTI's devkit (getThresholds, 41 points): with 40 objects and 40 hits the thresholds sit at recall
+    1/40 .. 40/40 in points 0..39 and point 40 stays 0, so a perfect detector scores AP40 39/40 and AP11 10/11;
+    one miss leaves 39 thresholds (38/40); one confident false positive makes every point 40/41 (39/41)."""
+    from tasks.metrics.kitti import kitti_box_metrics
+
+    truths, detections = _kitti_cars()
+    metrics = kitti_box_metrics(truths, detections)
+    assert _ap40(metrics) == pytest.approx((39 / 40,) * 3, abs=1e-12)
+    assert metrics["AP11"]["Car"]["moderate"] == pytest.approx(10 / 11, abs=1e-12)
+    assert metrics["AP40"]["Pedestrian"] == {"easy": None, "moderate": None, "hard": None}
+    assert metrics["mAP40_moderate"] == pytest.approx(39 / 40, abs=1e-12)
+
+    missed = {**detections, 0: {"names": [], "boxes": np.zeros((0, 4)), "scores": []}}
+    assert _ap40(kitti_box_metrics(truths, missed)) == pytest.approx((38 / 40,) * 3, abs=1e-12)
+
+    def plus_one(box: list[float], score: float = 1.0, kind: str = "Car") -> dict:
+        first = detections[0]
+        return {
+            **detections,
+            0: {
+                "names": [*first["names"], kind],
+                "boxes": np.vstack([first["boxes"], [box]]),
+                "scores": [*first["scores"], score],
+            },
+        }
+
+    false = plus_one([300.0, 100.0, 350.0, 150.0])
+    assert _ap40(kitti_box_metrics(truths, false)) == pytest.approx((39 / 41,) * 3, abs=1e-12)
+    # the same false positive inside a DontCare region, on a Van (Car's neighbour), or lower than the level's
+    # height (30 px: below easy's 40, above the others' 25) is ignored
+    regions = {**truths, 0: _with(truths[0], "DontCare", [290.0, 90.0, 360.0, 160.0])}
+    assert _ap40(kitti_box_metrics(regions, false)) == pytest.approx((39 / 40,) * 3, abs=1e-12)
+    vans = {**truths, 0: _with(truths[0], "Van", [300.0, 100.0, 350.0, 150.0])}
+    assert _ap40(kitti_box_metrics(vans, false)) == pytest.approx((39 / 40,) * 3, abs=1e-12)
+    trucks = {**truths, 0: _with(truths[0], "Truck", [300.0, 100.0, 350.0, 150.0])}  # no neighbour: counted
+    assert _ap40(kitti_box_metrics(trucks, false)) == pytest.approx((39 / 41,) * 3, abs=1e-12)
+    low = plus_one([300.0, 100.0, 350.0, 130.0])
+    assert _ap40(kitti_box_metrics(truths, low)) == pytest.approx((39 / 40, 39 / 41, 39 / 41), abs=1e-12)
+    # a Pedestrian false positive does not touch Car's figures
+    assert _ap40(kitti_box_metrics(truths, plus_one([300.0, 100.0, 350.0, 150.0], kind="Pedestrian"))) == (
+        pytest.approx((39 / 40,) * 3, abs=1e-12)
+    )
+
+
+def test_kitti_levels_and_overlaps_by_hand() -> None:
+    """Each level counts the objects within its bounds (height above 40/25/25 px, occlusion at most
+    0/1/2, truncation at most 0.15/0.3/0.5); a detection of an object outside the level is ignored. Car needs IoU
+    above 0.7, Pedestrian above 0.5."""
+    from tasks.metrics.kitti import kitti_box_metrics
+
+    truths, detections = _kitti_cars()
+    truths[0] = replace_fields(truths[0], occluded=[1])  # out of easy
+    truths[1] = replace_fields(truths[1], truncated=[0.4])  # out of easy and moderate
+    truths[2] = replace_fields(truths[2], boxes=[[100.0, 100.0, 150.0, 140.0]])  # not above 40 px: out of easy
+    detections[2] = {**detections[2], "boxes": np.array([[100.0, 100.0, 150.0, 140.0]])}
+    truths[3] = replace_fields(truths[3], boxes=[[100.0, 100.0, 150.0, 140.5]])  # above 40 px: in easy
+    detections[3] = {**detections[3], "boxes": np.array([[100.0, 100.0, 150.0, 140.5]])}
+    # easy counts 37 objects (36/40), moderate 39 (38/40), hard 40 (39/40)
+    assert _ap40(kitti_box_metrics(truths, detections)) == pytest.approx((36 / 40, 38 / 40, 39 / 40), abs=1e-12)
+
+    shifted = _kitti_cars(shift=12.5)  # IoU (50 - 12.5) / (50 + 12.5) = 0.6
+    assert _ap40(kitti_box_metrics(*shifted)) == (0.0, 0.0, 0.0)
+    walkers = _kitti_cars(kind="Pedestrian", shift=12.5)
+    assert _ap40(kitti_box_metrics(*walkers), "Pedestrian") == pytest.approx((39 / 40,) * 3, abs=1e-12)
+
+
+def replace_fields(truth, **fields):
+    from dataclasses import replace
+
+    return replace(truth, **{name: np.asarray(value) for name, value in fields.items()})

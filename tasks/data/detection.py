@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from tasks.data.images import READ_ERRORS, DecodedCache, image_size, warn_unreadable
+
+if TYPE_CHECKING:
+    from tasks.data.kitti import KittiTruth
 
 
 @dataclass
@@ -29,6 +32,7 @@ class DetectionSample:
     labels: np.ndarray  # (N,) int64, 1..K
     crowd: np.ndarray  # (N,) bool: left out of training, handled by the COCO evaluator
     difficult: np.ndarray  # (N,) bool: left out of training, ignored by the VOC evaluator
+    kitti: KittiTruth | None = None  # the label file as KITTI's devkit scores it (KITTI's layout only)
 
     def training_targets(self) -> tuple[np.ndarray, np.ndarray]:
         keep = ~(self.crowd | self.difficult)

@@ -8,10 +8,14 @@ leaves them out), and a detection of any class inside one is ignored by the eval
 ignores it (each region is a crowd region of every class: COCO's evaluator ignores a detection that lies mostly
 inside a crowd region of its class; the VOC protocol one that overlaps it by its IoU threshold). KITTI releases only
 ``training`` with labels (``testing`` has none): the runners hold out a val split of it (:mod:`tasks.data.holdout`).
+Each sample also keeps its label file as written (:class:`KittiTruth`: types, unclipped boxes, truncation and
+occlusion), which the evaluation scores with KITTI's own protocol too: easy, moderate and hard AP for Car,
+Pedestrian and Cyclist (:mod:`tasks.metrics.kitti`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +26,19 @@ from tasks.errors import UserError
 from tasks.io import read_text
 
 CLASSES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc")
-IGNORED = "DontCare"
+DONT_CARE = "DontCare"
 SPLITS = (("training", "train"), ("validation", "val"))  # default (train, val) names: KITTI has training alone
+
+
+@dataclass(frozen=True)
+class KittiTruth:
+    """One image's label file as the devkit reads it: every line's type (DontCare too), box as written
+    (x1 y1 x2 y2, not clipped), truncation and occlusion."""
+
+    types: tuple[str, ...]
+    boxes: np.ndarray  # (N, 4) float64
+    truncated: np.ndarray  # (N,) float64
+    occluded: np.ndarray  # (N,) int64
 
 
 def is_kitti_root(root: Path) -> bool:
@@ -51,6 +66,7 @@ def read_kitti(root: Path, split: str) -> DetectionData:
         if size is None:
             continue
         boxes, labels, regions = [], [], []
+        types, written, levels = [], [], []  # every line, as the devkit scores them
         for number, line in enumerate(read_text(label_file, kind="label file").splitlines(), start=1):
             fields = line.split()
             if not fields:
@@ -60,10 +76,10 @@ def read_kitti(root: Path, split: str) -> DetectionData:
                     f"label file {label_file}, line {number}: expected 15 fields (type truncated occluded alpha "
                     f"left top right bottom h w l x y z rotation_y), got {len(fields)}"
                 )
-            if fields[0] != IGNORED and fields[0] not in label_of:
+            if fields[0] != DONT_CARE and fields[0] not in label_of:
                 raise UserError(
                     f"label file {label_file}, line {number}: type {fields[0]!r} is none of KITTI's "
-                    f"{', '.join(CLASSES)} or {IGNORED}"
+                    f"{', '.join(CLASSES)} or {DONT_CARE}"
                 )
             try:
                 box = [float(v) for v in fields[4:8]]
@@ -71,7 +87,16 @@ def read_kitti(root: Path, split: str) -> DetectionData:
                 raise UserError(
                     f"label file {label_file}, line {number}: the box {fields[4:8]} is not 4 numbers"
                 ) from None
-            if fields[0] == IGNORED:
+            try:
+                levels.append((float(fields[1]), int(float(fields[2]))))
+            except ValueError:
+                raise UserError(
+                    f"label file {label_file}, line {number}: truncated {fields[1]!r} and occluded {fields[2]!r} "
+                    "are not two numbers"
+                ) from None
+            types.append(fields[0])
+            written.append(box)
+            if fields[0] == DONT_CARE:
                 regions.append(box)
                 continue
             boxes.append(box)
@@ -82,7 +107,13 @@ def read_kitti(root: Path, split: str) -> DetectionData:
         crowd = [False] * len(boxes) + [True] * (len(regions) * len(CLASSES))
         boxes += [box for box in regions for _ in CLASSES]
         labels += [label for _ in regions for label in range(1, len(CLASSES) + 1)]
-        samples.append(pixel_sample(image.stem, image, size, boxes, labels, fixes, crowd=crowd))  # no KITTI levels
+        truth = KittiTruth(
+            tuple(types),
+            np.array(written, np.float64).reshape(-1, 4),
+            np.array([t for t, _ in levels], np.float64),
+            np.array([o for _, o in levels], np.int64),
+        )
+        samples.append(replace(pixel_sample(image.stem, image, size, boxes, labels, fixes, crowd=crowd), kitti=truth))
     if not samples:
         raise UserError(f"{root / split / 'image_2'}: none of its {len(images)} images could be read")
     if ignored:

@@ -12,6 +12,7 @@ from torchvision.ops import box_iou
 from tasks.data.detection import DetectionData, DetectionSample
 from tasks.errors import UserError
 from tasks.metrics.coco import Backend, coco_box_metrics, coco_pr_curves
+from tasks.metrics.kitti import kitti_box_metrics
 from tasks.metrics.voc import voc_box_metrics
 
 
@@ -53,7 +54,8 @@ def pr_curves(data: DetectionData, results: Sequence[dict[str, Any]], *, backend
 
 
 def score(data: DetectionData, results: Sequence[dict[str, Any]], *, backend: Backend) -> dict[str, Any]:
-    """metrics.json's ``coco`` and ``voc`` sections for ``results`` on ``data``."""
+    """metrics.json's ``coco`` and ``voc`` sections for ``results`` on ``data``, and ``kitti`` (easy, moderate and
+    hard AP, :func:`tasks.metrics.kitti.kitti_box_metrics`) where ``data`` was read from KITTI's label files."""
     labels = resolve_labels(data, results)
     coco_results = _coco_results(data, results, labels)
     ground_truth, detections = {}, {}
@@ -71,12 +73,16 @@ def score(data: DetectionData, results: Sequence[dict[str, Any]], *, backend: Ba
         entry["labels"].append(label - 1)
         entry["scores"].append(r["score"])
     detections = {k: {key: np.asarray(v) for key, v in d.items()} for k, d in detections.items()}
-    return {
+    metrics = {
         "coco": coco_box_metrics(data.coco_ground_truth(), coco_results, backend=backend),
         "voc": voc_box_metrics(ground_truth, detections, data.class_names),
-        "num_images": len(data.samples),
-        "num_detections": len(results),
     }
+    truths = {s.image_id: s.kitti for s in data.samples if s.kitti is not None}
+    if data.samples and len(truths) == len(data.samples):  # KITTI's label files: its own protocol too
+        for found in detections.values():
+            found["names"] = np.array([data.class_names[label] for label in found["labels"]], dtype=object)
+        metrics["kitti"] = kitti_box_metrics(truths, detections)
+    return {**metrics, "num_images": len(data.samples), "num_detections": len(results)}
 
 
 def resolve_labels(data: DetectionData, results: Sequence[dict[str, Any]]) -> list[int]:
