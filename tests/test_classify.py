@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -1018,6 +1019,67 @@ def test_dtd_and_fgvc_aircraft_as_torchvision_downloads_them_read_as_torchvision
             assert [(str(s.path), s.label) for s in samples] == [
                 (str(f), label) for f, label in zip(reference._image_files, reference._labels)
             ]
+
+
+def _stanford_cars(root: Path, *, labelled: bool = True) -> dict[str, list[tuple[str, int]]]:
+    """stanford_cars/ as torchvision reads it: cars_meta.mat's class_names, each split's annotations (a MATLAB
+    struct array of box corners, class 1..K and fname; the test file's without class where not ``labelled``)."""
+    import numpy as np
+    from PIL import Image
+    from scipy.io import savemat
+
+    names = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "smart fortwo Convertible 2012"]
+    (root / "devkit").mkdir(parents=True)
+    savemat(root / "devkit" / "cars_meta.mat", {"class_names": np.array([names], dtype=object)})
+    splits = {"train": [("00001.jpg", 3), ("00002.jpg", 1), ("00003.jpg", 2), ("00004.jpg", 3)]}
+    splits["test"] = [("00001.jpg", 2), ("00002.jpg", 3)]
+    for split, entries in splits.items():
+        fields = [
+            "bbox_x1",
+            "bbox_y1",
+            "bbox_x2",
+            "bbox_y2",
+            *(["class"] if labelled or split == "train" else []),
+            "fname",
+        ]
+        records = np.zeros((1, len(entries)), dtype=[(field, "O") for field in fields])
+        for k, (fname, label) in enumerate(entries):
+            values = {"bbox_x1": 1, "bbox_y1": 2, "bbox_x2": 15, "bbox_y2": 12, "class": label, "fname": fname}
+            for field in fields:
+                records[0, k][field] = values[field]
+            (root / f"cars_{split}").mkdir(exist_ok=True)
+            Image.new("RGB", (20, 16), (k, label, 0)).save(root / f"cars_{split}" / fname)
+        annotations = root / ("devkit/cars_train_annos.mat" if split == "train" else "cars_test_annos_withlabels.mat")
+        savemat(annotations, {"annotations": records})
+    return splits
+
+
+def test_stanford_cars_as_torchvision_keeps_it_reads_as_torchvision_reads_it(tmp_path, capsys) -> None:
+    """stanford_cars/ (devkit/cars_meta.mat, devkit/cars_train_annos.mat with cars_train/,
+    cars_test_annos_withlabels.mat with cars_test/): the same image files, labels and class names as
+    torchvision.datasets.StanfordCars on the same synthetic files; test stands in for val; trained end to end. A test
+    file without its labels (the benchmark's cars_test_annos.mat under the labelled name) is one line naming it."""
+    from torchvision.datasets import StanfordCars
+
+    from tasks.data.folders import load_split
+
+    _stanford_cars(tmp_path / "stanford_cars")
+    for split, ours in (("train", "train"), ("test", "val")):
+        reference = StanfordCars(str(tmp_path), split=split)
+        samples, names = load_split(tmp_path, ours, fmt="auto", classes=None)
+        assert names == reference.classes and len(names) == 3
+        assert [(str(s.path), s.label) for s in samples] == reference._samples
+    assert "evaluating on its 'test' split" in capsys.readouterr().out
+    out = tmp_path / "run"
+    assert main(["--data", str(tmp_path / "stanford_cars"), "--output", str(out), "--epochs", "1", *FAST]) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_samples"] == 2
+    unlabelled = tmp_path / "unlabelled" / "stanford_cars"
+    _stanford_cars(unlabelled, labelled=False)
+    capsys.readouterr()
+    assert main(["--data", str(unlabelled), "--output", str(tmp_path / "bad"), "--epochs", "1", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{unlabelled / 'cars_test_annos_withlabels.mat'}: expected annotations" in err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_svhn_and_stl10_as_torchvision_downloads_them_read_as_torchvision_reads_them(tmp_path, monkeypatch) -> None:

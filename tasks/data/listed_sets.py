@@ -13,16 +13,19 @@
 - **Flowers-102** (``flowers-102/``): ``jpg/image_<id>.jpg`` with ``imagelabels.mat`` (each image's class, 1..102)
   and ``setid.mat`` (the image ids of ``trnid``, ``valid`` and ``tstid``), read with SciPy's ``loadmat`` as
   torchvision's ``Flowers102`` reads them, and its class names.
+- **Stanford Cars** (``stanford_cars/``): ``cars_train/`` with ``devkit/cars_train_annos.mat`` and ``cars_test/``
+  with ``cars_test_annos_withlabels.mat`` (each annotation's ``fname`` and ``class``, 1..196), and the 196
+  ``class_names`` of ``devkit/cars_meta.mat``, read as torchvision's ``StanfordCars`` reads them.
 
-``--data`` names the set's folder or the folder holding it. ``train`` reads Food-101's train and the Pets' trainval;
-``val`` reads their test split, with a note (Flowers-102 has a val split of its own). A listed image that is missing
-is skipped and counted by the loader.
+``--data`` names the set's folder or the folder holding it. ``train`` reads Food-101's, Stanford Cars' and the
+Pets' train (trainval) split; ``val`` reads their test split, with a note (Flowers-102 has a val split of its own).
+A listed image that is missing is skipped and counted by the loader.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +36,21 @@ from tasks.io import read_mat, read_text
 
 FOLDERS = {
     "food101": "food-101", "pets": "oxford-iiit-pet", "flowers102": "flowers-102", "dtd": "dtd",
-    "aircraft": "fgvc-aircraft-2013b",
+    "aircraft": "fgvc-aircraft-2013b", "cars": "stanford_cars",
 }  # fmt: skip
-IMAGES = {"food101": "images", "pets": "images", "flowers102": "jpg", "dtd": "images", "aircraft": "data/images"}
+IMAGES = {  # the images folder (Stanford Cars: the train split's; its test images are in cars_test/)
+    "food101": "images", "pets": "images", "flowers102": "jpg", "dtd": "images", "aircraft": "data/images",
+    "cars": "cars_train",
+}  # fmt: skip
 LISTS = {  # each set's split files, by our split name
     "food101": {"train": "meta/train.json", "test": "meta/test.json"},
     "pets": {"train": "annotations/trainval.txt", "test": "annotations/test.txt"},
     "flowers102": {"train": "setid.mat", "val": "setid.mat", "test": "setid.mat"},
     "dtd": {split: f"labels/{split}1.txt" for split in ("train", "val", "test")},  # torchvision's partition 1
     "aircraft": {split: f"data/images_variant_{split}.txt" for split in ("train", "val", "trainval", "test")},
+    "cars": {"train": "devkit/cars_train_annos.mat", "test": "cars_test_annos_withlabels.mat"},
 }
+Entries = list[tuple[Path, int]]  # (image, class index) of a split
 FLOWER_SETS = {"train": "trnid", "val": "valid", "test": "tstid"}
 
 
@@ -101,8 +109,8 @@ def _pet_classes(entries: Sequence[tuple[str, int]]) -> list[str]:
     return [" ".join(part.title() for part in named[label].split("_")) for label in sorted(named)]
 
 
-def _flowers102(folder: Path, split: str) -> tuple[list[tuple[int, int]], list[str]]:
-    """(image id, class 0..101) of the split's images, and the class names."""
+def _flowers102(folder: Path, lists: dict[str, Path], split: str) -> tuple[Entries, list[str]]:
+    """The split's images with their classes (0..101), and the class names."""
     from torchvision.datasets import Flowers102
 
     sets = read_mat(folder / "setid.mat", kind="Flowers-102 split list", squeeze=True)
@@ -115,13 +123,21 @@ def _flowers102(folder: Path, split: str) -> tuple[list[tuple[int, int]], list[s
     names = list(Flowers102.classes)
     if any(not 1 <= i <= len(classes) for i in ids) or classes.min(initial=0) < 0 or classes.max(initial=0) >= 102:
         raise UserError(f"{folder}: setid.mat names an image past imagelabels.mat's, or a label is outside 1..102")
-    return [(i, int(classes[i - 1])) for i in ids], names
+    return [(folder / "jpg" / f"image_{i:05d}.jpg", int(classes[i - 1])) for i in ids], names
 
 
-def _lines(folder: Path, kind: str, listing: Path, train: Path) -> tuple[list[tuple[str, int]], list[str]]:
-    """(image file under the images folder, class) of each line of a DTD or FGVC-Aircraft list, and the classes:
-    DTD's the sorted classes of its train list, as torchvision's ``DTD`` has them; FGVC-Aircraft's the lines of
-    ``data/variants.txt``, as torchvision's ``FGVCAircraft`` has them (its default annotation level)."""
+def _dtd(folder: Path, lists: dict[str, Path], split: str) -> tuple[Entries, list[str]]:
+    return _lines(folder, "dtd", lists[split], lists["train"])
+
+
+def _aircraft(folder: Path, lists: dict[str, Path], split: str) -> tuple[Entries, list[str]]:
+    return _lines(folder, "aircraft", lists[split], lists["train"])
+
+
+def _lines(folder: Path, kind: str, listing: Path, train: Path) -> tuple[Entries, list[str]]:
+    """(image, class) of each line of a DTD or FGVC-Aircraft list, and the classes: DTD's the sorted classes of its
+    train list, as torchvision's ``DTD`` has them; FGVC-Aircraft's the lines of ``data/variants.txt``, as
+    torchvision's ``FGVCAircraft`` has them (its default annotation level)."""
 
     def read(path: Path) -> list[tuple[str, str]]:
         pairs = []
@@ -150,8 +166,52 @@ def _lines(folder: Path, kind: str, listing: Path, train: Path) -> tuple[list[tu
     for image, name in read(listing):
         if name not in index:
             raise UserError(f"split list {listing}: class {name!r} is not one of the {len(names)} classes")
-        entries.append((image, index[name]))
+        entries.append((folder / IMAGES[kind] / image, index[name]))
     return entries, names
+
+
+def _food(folder: Path, lists: dict[str, Path], split: str) -> tuple[Entries, list[str]]:
+    """The classes are the sorted keys of the train list, as torchvision's ``Food101`` has them."""
+    names = sorted(_food101(lists["train"]))
+    index = {name: k for k, name in enumerate(names)}
+    listing = _food101(lists[split])
+    unknown = sorted(set(listing) - set(index))
+    if unknown:
+        raise UserError(f"split list {lists[split]}: class {unknown[0]!r} is not in {lists['train'].name}")
+    return [
+        (folder / "images" / f"{item}.jpg", index[name]) for name, items in listing.items() for item in items
+    ], names
+
+
+def _pets(folder: Path, lists: dict[str, Path], split: str) -> tuple[Entries, list[str]]:
+    names = _pet_classes(pet_list(lists["train"]))
+    entries = pet_list(lists[split])
+    if any(label >= len(names) for _, label in entries):
+        raise UserError(f"split list {lists[split]}: a class id is past the {len(names)} of the train list")
+    return [(folder / "images" / f"{image}.jpg", label) for image, label in entries], names
+
+
+def _cars(folder: Path, lists: dict[str, Path], split: str) -> tuple[Entries, list[str]]:
+    """Stanford Cars: each annotation's ``fname`` in ``cars_<split>/`` and its ``class`` (1..196), and the
+    ``class_names`` of ``devkit/cars_meta.mat``, read with SciPy's ``loadmat`` as torchvision's ``StanfordCars``
+    reads them."""
+    meta = folder / "devkit" / "cars_meta.mat"
+    classes = read_mat(meta, kind="Stanford Cars class list", squeeze=True)
+    found = read_mat(lists[split], kind="Stanford Cars annotation file", squeeze=True)
+    try:
+        names = [str(name) for name in np.atleast_1d(classes["class_names"])]
+        entries = [(str(a["fname"]), int(a["class"]) - 1) for a in np.atleast_1d(found["annotations"])]
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise UserError(f"{lists[split]}: expected annotations with fname and class, and {meta} class_names") from None
+    if len(names) < 2 or any(not 0 <= label < len(names) for _, label in entries):
+        raise UserError(f"{lists[split]}: a class is outside 1..{len(names)}, the classes of {meta}")
+    images = folder / f"cars_{split}"
+    return [(images / name, label) for name, label in entries], names
+
+
+READERS: dict[str, Callable[[Path, dict[str, Path], str], tuple[Entries, list[str]]]] = {
+    "food101": _food, "pets": _pets, "flowers102": _flowers102, "dtd": _dtd, "aircraft": _aircraft, "cars": _cars,
+}  # fmt: skip
 
 
 def read_split(root: Path, split: str) -> tuple[list[Any], list[str]]:
@@ -167,26 +227,5 @@ def read_split(root: Path, split: str) -> tuple[list[Any], list[str]]:
     lists = {name: folder / relative for name, relative in LISTS[kind].items()}
     if not lists[split].is_file():
         raise UserError(f"--data {root}: its {split} list {lists[split]} does not exist")
-    if kind in ("dtd", "aircraft"):
-        entries, names = _lines(folder, kind, lists[split], lists["train"])
-        samples = [Sample(folder / IMAGES[kind] / image, label) for image, label in entries]
-    elif kind == "flowers102":
-        entries, names = _flowers102(folder, split)
-        samples = [Sample(folder / "jpg" / f"image_{i:05d}.jpg", label) for i, label in entries]
-    elif kind == "food101":
-        names = sorted(_food101(lists["train"]))
-        index = {name: k for k, name in enumerate(names)}
-        listing = _food101(lists[split])
-        unknown = sorted(set(listing) - set(index))
-        if unknown:
-            raise UserError(f"split list {lists[split]}: class {unknown[0]!r} is not in {lists['train'].name}")
-        samples = [
-            Sample(folder / "images" / f"{item}.jpg", index[name]) for name, items in listing.items() for item in items
-        ]
-    else:
-        names = _pet_classes(pet_list(lists["train"]))
-        entries = pet_list(lists[split])
-        if any(label >= len(names) for _, label in entries):
-            raise UserError(f"split list {lists[split]}: a class id is past the {len(names)} of the train list")
-        samples = [Sample(folder / "images" / f"{image}.jpg", label) for image, label in entries]
-    return samples, names
+    entries, names = READERS[kind](folder, lists, split)
+    return [Sample(image, label) for image, label in entries], names
