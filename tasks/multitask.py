@@ -55,6 +55,7 @@ from tasks.data.multitask import (
     MultiTaskPipeline,
     collate_multitask,
     load_multitask,
+    load_multitask_splits,
     parse_sources,
 )
 from tasks.detect import DetectionHeadConfig
@@ -380,10 +381,7 @@ def setup(cfg: MultiTaskConfig, *, resumed: frozenset[str] = frozenset()) -> Set
     check_backbone_name(cfg.model.backbone)
     seed_everything(cfg.train.seed)
     sources = _sources(cfg)
-    train_data = load_multitask(sources, cfg.data.train_split, train_split=cfg.data.train_split)
-    val = load_multitask(
-        sources, cfg.data.val_split, class_names=train_data.class_names, train_split=cfg.data.train_split
-    )
+    train_data, val = load_multitask_splits(sources, cfg.data.train_split, cfg.data.val_split)
     boxes = [b for s in train_data.samples if s.detection is not None for b in s.detection.boxes[~s.detection.crowd]]
     facts = recipes.run_facts(
         TASK,
@@ -686,10 +684,9 @@ def export(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
         cfg.model.tasks = list(model.tasks)
         cfg.data.image_size = int(checkpoint["image_size"])
         sources = _sources(cfg)
-        train_data = load_multitask(
-            sources, cfg.data.train_split, class_names=class_names, train_split=cfg.data.train_split
+        train_data, val = load_multitask_splits(
+            sources, cfg.data.train_split, cfg.data.val_split, class_names=class_names
         )
-        val = load_multitask(sources, cfg.data.val_split, class_names=class_names, train_split=cfg.data.train_split)
         calibration = calibration_inputs(
             MultiTaskDataset(train_data, MultiTaskPipeline(cfg.data.image_size, train=False), train=False),
             args.calibration_images,

@@ -637,3 +637,36 @@ def test_a_multitask_mask_of_another_size_than_its_image_is_named_and_ignored(tm
         assert item["mask"] is None and item["original_mask"] is None and item["label"] == 0
         assert f"ignoring mask {data.samples[0].mask}: 10x10 px where its image is 20x12 px;" in capsys.readouterr().err
     assert dataset[1]["mask"] is not None
+
+
+def test_a_run_reads_its_detection_files_once_for_both_splits(shapes_root, monkeypatch) -> None:
+    """Training setup reads the train and val splits together: the detection files are read once, and each split
+    holds the same images, labels, boxes and masks as reading it alone."""
+    import numpy as np
+
+    import tasks.data.multitask as multitask_data
+    from tasks.data.multitask import load_multitask, load_multitask_splits, parse_sources
+
+    calls = []
+    reader = multitask_data.load_detection_splits
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("val_split"))
+        return reader(*args, **kwargs)
+
+    monkeypatch.setattr(multitask_data, "load_detection_splits", counted)
+    sources = parse_sources(shapes_root, ["classify", "detect", "segment"])
+    train, val = load_multitask_splits(sources, "train", "val")
+    assert len(calls) == 1
+    alone_train = load_multitask(sources, "train", train_split="train")
+    alone_val = load_multitask(sources, "val", class_names=alone_train.class_names, train_split="train")
+    assert len(calls) == 3  # reading each split alone reads the detection files twice
+    for together, alone in ((train, alone_train), (val, alone_val)):
+        assert together.class_names == alone.class_names and together.counts == alone.counts
+        assert [s.path for s in together.samples] == [s.path for s in alone.samples]
+        for a, b in zip(together.samples, alone.samples):
+            assert a.label == b.label and a.mask == b.mask
+            assert (a.detection is None) == (b.detection is None)
+            if a.detection is not None:
+                np.testing.assert_array_equal(a.detection.boxes, b.detection.boxes)
+                np.testing.assert_array_equal(a.detection.labels, b.detection.labels)

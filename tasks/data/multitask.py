@@ -132,18 +132,54 @@ def parse_sources(data: Path, tasks: Sequence[str]) -> dict[str, TaskSource]:
     return {name: TaskSource(data) for name in tasks}
 
 
+def load_multitask_splits(
+    sources: dict[str, TaskSource],
+    train_split: str,
+    val_split: str,
+    *,
+    class_names: dict[str, list[str]] | None = None,
+) -> tuple[MultiTaskData, MultiTaskData]:
+    """The training and the validation data of a run, as :func:`load_multitask` reads each, with the detection
+    files read once for both (one pass gives both splits, and a val split held out of the training images is held
+    out once)."""
+    detection: tuple[DetectionData | None, DetectionData | None] = (None, None)
+    if "detect" in sources:
+        src = sources["detect"]
+        given = (class_names or {}).get("detect")
+        detection = load_detection_splits(
+            src.root,
+            fmt=src.format,
+            train_split=src.train_split or train_split,
+            val_split=src.val_split or val_split,
+            classes=given if given is not None else (list(src.classes) if src.classes is not None else None),
+        )
+    train = load_multitask(
+        sources, train_split, class_names=class_names, train_split=train_split, detection=detection[0]
+    )
+    val = load_multitask(
+        sources,
+        val_split,
+        class_names=class_names or train.class_names,
+        train_split=train_split,
+        detection=detection[1],
+    )
+    return train, val
+
+
 def load_multitask(
     sources: dict[str, TaskSource],
     split: str,
     *,
     class_names: dict[str, list[str]] | None = None,
     train_split: str | None = None,
+    detection: DetectionData | None = None,
 ) -> MultiTaskData:
     """The ``split`` of every task's data, joined by image path.
 
     ``class_names`` (from the training split or a checkpoint) fixes each task's classes. A task whose source
     names its own ``train_split``/``val_split`` reads that split instead (``split`` is the training split when
-    it equals ``train_split``).
+    it equals ``train_split``). ``detection``: the detection data of this split, already read
+    (:func:`load_multitask_splits`).
     """
     role = "train" if split == train_split else "val"
 
@@ -157,7 +193,6 @@ def load_multitask(
     by_path: dict[Path, MultiTaskSample] = {}
     names: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
-    detection: DetectionData | None = None
 
     def sample(path: Path) -> MultiTaskSample:
         key = path.resolve()
@@ -174,7 +209,7 @@ def load_multitask(
         counts["classify"] = len(samples)
     if "detect" in sources:
         src = sources["detect"]
-        if role == "train":  # read as the training split, so that a val split held out of it is left out
+        if detection is None and role == "train":  # as the training split, so that a held-out val is left out
             detection, _ = load_detection_splits(
                 src.root,
                 fmt=src.format,
@@ -182,7 +217,7 @@ def load_multitask(
                 val_split=src.val_split,
                 classes=given.get("detect"),
             )
-        else:
+        elif detection is None:
             _, detection = load_detection_splits(
                 src.root,
                 fmt=src.format,
