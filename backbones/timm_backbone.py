@@ -9,11 +9,46 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from backbones.base import Backbone, BackboneError, FeatureInfo, check_out_levels
+from backbones.base import LEVELS, Backbone, BackboneError, FeatureInfo, check_out_levels
 from backbones.weights import resolve_weights
 
 PREFIX = "timm:"
 TIMM_NORMS = ("bn", "frozen_bn", "sync_bn")  # what ``norm`` can do to a timm model's own layers
+
+
+class SimplePyramid(nn.Module):
+    """Levels c2..c5 (strides 4 to 32) from the one map of a plain, single-scale model such as a ViT: ViTDet's
+    simple feature pyramid (Li et al., 2022, "Exploring Plain Vision Transformer Backbones for Object
+    Detection"). From the map at stride ``2 ** base``, a finer level is made by 2x2 transposed convolutions of
+    stride 2 that halve the channels (a LayerNorm and a GELU between two of them), the map's own level is the map,
+    and a coarser level is max-pooled. The new layers start from torch's default initialisation, as ViTDet's.
+    ``levels``: those to make (of c2..c5)."""
+
+    def __init__(self, channels: int, base: int, levels: tuple[str, ...]) -> None:
+        from timm.layers import LayerNorm2d
+
+        super().__init__()
+        self.base = base
+        self.branches = nn.ModuleDict()
+        for name in levels:
+            steps = base - int(name[1:])  # > 0: upsample that many times; < 0: pool; 0: the map itself
+            layers: list[nn.Module] = []
+            width = channels
+            for step in range(steps):
+                if step:
+                    layers += [LayerNorm2d(width), nn.GELU()]
+                layers.append(nn.ConvTranspose2d(width, width // 2, kernel_size=2, stride=2))
+                width //= 2
+            if steps < 0:
+                layers.append(nn.MaxPool2d(kernel_size=2**-steps, stride=2**-steps))
+            self.branches[name] = nn.Sequential(*layers)
+
+    @staticmethod
+    def channels_at(channels: int, base: int, level: int) -> int:
+        return channels // 2 ** max(base - level, 0)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {name: branch(x) for name, branch in self.branches.items()}
 
 
 class TimmBackbone(Backbone):
@@ -21,7 +56,12 @@ class TimmBackbone(Backbone):
 
     The first map's level is ``log2(stride)``; each later map is the next level, so a
     dilated model (``output_stride=16``) still names its maps c2..c5 and reports their
-    real strides.
+    real strides. A plain model whose maps all share one stride (ViT, DeiT, BEiT, EVA: every block at its
+    patch size) gives c2..c5 at strides 4 to 32 from its last block's map through :class:`SimplePyramid`, as
+    ViTDet serves a detector from a ViT (patch 16: c4 is the map, c5 it pooled, c3 and c2 upsampled), and
+    ``frozen_stages`` 0 freezes its patch embedding, 1 or more the whole model. Where its stride is not a power of
+    two (DINOv2's patch 14) it has no pyramid: its last block's map alone is c5, at its real stride, which
+    classification reads and the FPN and U-Net refuse.
 
     Args:
         model_name: a timm model name, e.g. ``"convnext_tiny"``.
@@ -89,18 +129,35 @@ class TimmBackbone(Backbone):
 
         reductions = self.model.feature_info.reduction()
         channels = self.model.feature_info.channels()
-        first_level = round(math.log2(reductions[0]))
-        names = [f"c{first_level + i}" for i in range(len(reductions))]
-        all_info = [FeatureInfo(n, c, r) for n, c, r in zip(names, channels, reductions)]
+        single = len(reductions) > 1 and len(set(reductions)) == 1  # one stride for every map: a ViT's blocks
+        base = round(math.log2(reductions[-1]))
+        plain = single and 2**base == reductions[-1] and 2 <= base <= 5
+        if single and not plain:  # no pyramid (DINOv2's patch 14): its last map alone, for classification
+            names = ["c5"]
+            all_info = [FeatureInfo("c5", channels[-1], reductions[-1])]
+        elif plain:
+            names = list(LEVELS[1:])
+            sizes = [SimplePyramid.channels_at(channels[-1], base, int(n[1:])) for n in names]
+            all_info = [FeatureInfo(n, c, 2 ** int(n[1:])) for n, c in zip(names, sizes)]
+        else:
+            first_level = round(math.log2(reductions[0]))
+            names = [f"c{first_level + i}" for i in range(len(reductions))]
+            all_info = [FeatureInfo(n, c, r) for n, c, r in zip(names, channels, reductions)]
         wanted = check_out_levels(out_levels if out_levels is not None else names, names)
         self.feature_info = tuple(info for info in all_info if info.name in wanted)
         self._names = names
         self._module_names = self.model.feature_info.module_name()
+        self.pyramid = SimplePyramid(channels[-1], base, self.out_levels) if plain else None
+        self._single = single
         if frozen_stages >= 0:
             self.freeze(self._modules_up_to(frozen_stages + 1))
 
     def _modules_up_to(self, level: int) -> list[nn.Module]:
-        """The stem and every module until the one producing level ``c{level}``."""
+        """The stem and every module until the one producing level ``c{level}``; for a plain model (every level
+        from its last block), its patch embedding for level 1, else the whole model."""
+        if self.pyramid is not None:
+            embedding = getattr(getattr(self.model, "model", self.model), "patch_embed", None)
+            return [embedding] if level <= 1 and embedding is not None else [self.model]
         produced = {name.replace(".", "_"): int(n[1:]) for name, n in zip(self._module_names, self._names)}
         first_level = int(self._names[0][1:])
         modules, current = [], 1 if first_level > 1 else first_level
@@ -116,5 +173,9 @@ class TimmBackbone(Backbone):
         maps = self.model(x)  # one (N, C, H/stride, W/stride) map per timm feature
         if self._nhwc:
             maps = [m.permute(0, 3, 1, 2) for m in maps]
+        if self.pyramid is not None:
+            return self.pyramid(maps[-1])
+        if self._single:
+            return {"c5": maps[-1]}
         wanted = {info.name for info in self.feature_info}
         return {name: m for name, m in zip(self._names, maps) if name in wanted}

@@ -52,7 +52,8 @@ def test_timm_feature_info_is_true(name: str, output_stride: int) -> None:
 
 def test_timm_token_models_give_nchw_maps_at_any_input_size() -> None:
     """Swin returns (N, H, W, C) maps from timm: they reach the heads as (N, C, H, W), the same values. A ViT
-    takes an input of another size than its 224 (timm's dynamic_img_size), where it asserted before."""
+    takes an input of another size than its 224 (timm's dynamic_img_size), where it asserted before, and gives its
+    pyramid there."""
     swin = build_backbone("timm:swin_tiny_patch4_window7_224").eval()
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
@@ -62,8 +63,50 @@ def test_timm_token_models_give_nchw_maps_at_any_input_size() -> None:
         assert torch.equal(ours[info.name], nhwc.permute(0, 3, 1, 2))
     _check_feature_info(swin, 64, 96)
     vit = build_backbone("timm:vit_tiny_patch16_224").eval()
-    assert {info.stride for info in vit.feature_info} == {16}
     _check_feature_info(vit, 64, 96)
+
+
+def test_a_vit_serves_c2_to_c5_through_vitdets_simple_pyramid() -> None:
+    """A plain ViT (every block at stride 16) gives c2..c5 at strides 4..32 (it gave c4, c5 and c6, all at stride
+    16, which no head could read): c4 is timm's own last-block map, c5 that map max-pooled, c3 and c2 its 2x2
+    transposed convolutions with half and a quarter of the channels (ViTDet's simple feature pyramid). Only the
+    asked levels are built; frozen_stages 0 freezes the patch embedding, 1 the whole ViT but not the new layers. A
+    patch size that is not a power of two has no pyramid: its last block's map alone is c5, at its own stride."""
+    import torch.nn.functional as F
+
+    vit = build_backbone("timm:vit_tiny_patch16_224").eval()
+    assert [(i.name, i.channels, i.stride) for i in vit.feature_info] == [
+        ("c2", 48, 4), ("c3", 96, 8), ("c4", 192, 16), ("c5", 192, 32),
+    ]  # fmt: skip
+    _check_feature_info(vit, 224, 160)
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        ours, theirs = vit(x), vit.model(x)[-1]
+    assert torch.equal(ours["c4"], theirs)
+    assert torch.equal(ours["c5"], F.max_pool2d(theirs, 2))
+    up = vit.pyramid.branches
+    assert [type(m).__name__ for m in up["c2"]] == ["ConvTranspose2d", "LayerNorm2d", "GELU", "ConvTranspose2d"]
+    assert [type(m).__name__ for m in up["c3"]] == ["ConvTranspose2d"]
+    with torch.no_grad():
+        assert torch.equal(ours["c3"], up["c3"](theirs)) and torch.equal(ours["c2"], up["c2"](theirs))
+
+    only = build_backbone("timm:vit_tiny_patch16_224", out_levels=("c5",))
+    assert list(only.pyramid.branches) == ["c5"] and not list(only.pyramid.parameters())
+
+    def trainable(backbone) -> set[str]:
+        return {
+            name.split(".")[0 if name.startswith("pyramid") else 2]
+            for name, p in backbone.named_parameters()
+            if p.requires_grad
+        }
+
+    assert "patch_embed" not in trainable(build_backbone("timm:vit_tiny_patch16_224", frozen_stages=0))
+    assert "blocks" in trainable(build_backbone("timm:vit_tiny_patch16_224", frozen_stages=0))
+    assert trainable(build_backbone("timm:vit_tiny_patch16_224", frozen_stages=1)) == {"pyramid"}
+    dino = build_backbone("timm:vit_small_patch14_dinov2").eval()
+    assert [(i.name, i.channels, i.stride) for i in dino.feature_info] == [("c5", 384, 14)]
+    with torch.no_grad():
+        assert torch.equal(dino(x[:, :, :84, :112])["c5"], dino.model(x[:, :, :84, :112])[-1])
 
 
 def test_a_misspelt_timm_name_gets_the_names_it_is_close_to() -> None:

@@ -89,7 +89,7 @@ def test_box_coding_stays_float32_under_bfloat16_autocast() -> None:
     assert out[0]["boxes"].dtype == out[0]["scores"].dtype == torch.float32
 
 
-@pytest.mark.parametrize("backbone", ["resnet50d", "timm:convnext_atto"])
+@pytest.mark.parametrize("backbone", ["resnet50d", "timm:convnext_atto", "timm:vit_tiny_patch16_224"])
 def test_head_is_built_from_feature_info_of_any_backbone(backbone: str) -> None:
     model = build_model(backbone, num_classes=5, min_size=160, max_size=160).eval()
     channels = [info.channels for info in model.backbone.feature_info]
