@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -83,12 +84,28 @@ def _staged(path: Path, write: Callable[[str], None]) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _stdout_discarded() -> Iterator[None]:
+    """Standard output discarded, at its file descriptor too: on an operator that ONNX lacks, torch's TorchScript
+    exporter prints the whole traced graph there from C++ (thousands of lines before the one-line error; its
+    logging switch, ``setup_onnx_logging``, tests a function for truth, not its result, so the log is always on)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(io.StringIO()):
+            os.dup2(sink.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def export_onnx(spec: ExportSpec, path: Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``spec`` as an ONNX graph, with ``metadata`` as JSON strings in its metadata_props."""
     import onnx
 
     def write(staging: str) -> None:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _stdout_discarded():
             warnings.simplefilter("ignore")  # tracer and deprecation chatter
             try:
                 torch.onnx.export(
