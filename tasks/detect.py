@@ -37,6 +37,7 @@ from tasks.cli import (
     write_config,
 )
 from tasks.config import Auto, TrainConfig, to_dict
+from tasks.data import kitti
 from tasks.data.coco import is_number, read_json
 from tasks.data.detection import DetectionData, DetectionDataset, collate_detection
 from tasks.data.detection_splits import load_detection_splits
@@ -298,6 +299,12 @@ def _report(
     metrics, f1 = write_figures(metrics, results, data, run_dir, backend=backend)
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "predictions.json", results)
+    if "kitti" in metrics:  # KITTI's label files: a result file per image too, as its devkit reads them
+        by_id: dict[Any, list[dict[str, Any]]] = {}
+        for r in results:
+            by_id.setdefault(r["image_id"], []).append(r)
+        for sample in data.samples:
+            write_text(run_dir / "kitti" / f"{sample.image_id}.txt", kitti.result_text(by_id.get(sample.image_id, [])))
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for r in results:
         by_image.setdefault(r["image_id"], []).append(r)
@@ -335,9 +342,8 @@ def _report(
             for name, by_level in levels.items()
         ]
         print(f"  {'KITTI AP40':<12} {', '.join(parts)} (easy / moderate / hard)")
-    print(
-        f"metrics.json, predictions.json, images/, pr_curve.png, f1_curve.png and confusion matrices are in {run_dir}"
-    )
+    files = "metrics.json, predictions.json, " + ("kitti/ (a result file per image), " if "kitti" in metrics else "")
+    print(f"{files}images/, pr_curve.png, f1_curve.png and confusion matrices are in {run_dir}")
 
 
 def setup(cfg: DetectConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:

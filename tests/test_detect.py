@@ -703,7 +703,29 @@ def test_kitti_as_downloaded_reads_as_torchvisions_kitti_and_trains_with_val_hel
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 2
     assert set(metrics["kitti"]["AP40"]) == {"Car", "Pedestrian", "Cyclist"}
-    assert "KITTI AP40   Car " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "KITTI AP40   Car " in printed and "kitti/ (a result file per image)" in printed
+    # kitti/<image>.txt, the devkit's input: every val image has one, its lines the predictions, and scoring the
+    # files read back gives metrics.json's figures
+    from tasks.metrics.kitti import kitti_box_metrics
+
+    predictions = json.loads((out / "predictions.json").read_text())
+    files = sorted((out / "kitti").glob("*.txt"))
+    assert [f.stem for f in files] == sorted(s.image_id for s in val.samples)
+    detections = {}
+    for f in files:
+        rows = [line.split() for line in f.read_text().splitlines()]
+        assert all(len(row) == 16 and row[1:4] == ["-1", "-1", "-10"] for row in rows)
+        mine = [p for p in predictions if p["image_id"] == f.stem]
+        assert [row[0] for row in rows] == [p["category_name"] for p in mine]
+        detections[f.stem] = {
+            "names": [row[0] for row in rows],
+            "boxes": np.array([[float(v) for v in row[4:8]] for row in rows]).reshape(-1, 4),
+            "scores": [float(row[15]) for row in rows],
+        }
+    assert sum(len(d["names"]) for d in detections.values()) == len(predictions) > 0
+    again = kitti_box_metrics({s.image_id: s.kitti for s in val.samples}, detections)
+    assert again["AP40"] == metrics["kitti"]["AP40"] and again["AP11"] == metrics["kitti"]["AP11"]
     (root / "training" / "label_2" / "000003.txt").write_text("Car 0.00 0 -1.58 5 4 22 34\n")
     assert main(["--data", str(root), "--output", str(tmp_path / "bad"), *FAST]) == 2
     err = capsys.readouterr().err

@@ -15,8 +15,10 @@ Pedestrian and Cyclist (:mod:`tasks.metrics.kitti`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -122,3 +124,18 @@ def read_kitti(root: Path, split: str) -> DetectionData:
             "are ignored in evaluation"
         )
     return DetectionData(samples, list(CLASSES), list(range(1, len(CLASSES) + 1)), f"{root} ({split})", fixes)
+
+
+def result_text(results: Sequence[dict[str, Any]]) -> str:
+    """One image's detections (COCO results: ``category_name``, ``bbox`` x y w h, ``score``) as the lines of a
+    KITTI result file, the devkit's input and the benchmark's submission format: ``type truncated occluded alpha
+    left top right bottom h w l x y z rotation_y score``, with the fields a 2D detector has no value for as the
+    devkit's placeholders (-1, -10, -1000; an alpha of -10 tells it there is no orientation to score)."""
+    lines = []
+    for r in results:
+        x, y, w, h = r["bbox"]
+        lines.append(
+            f"{r['category_name']} -1 -1 -10 {x:.2f} {y:.2f} {x + w:.2f} {y + h:.2f} -1 -1 -1 -1000 -1000 -1000 -10 "
+            f"{r['score']:.6f}"
+        )
+    return "".join(f"{line}\n" for line in lines)
