@@ -58,9 +58,10 @@ class TimmBackbone(Backbone):
     dilated model (``output_stride=16``) still names its maps c2..c5 and reports their
     real strides. A plain model whose maps all share one stride (ViT, DeiT, BEiT, EVA: every block at its
     patch size) gives c2..c5 at strides 4 to 32 from its last block's map through :class:`SimplePyramid`, as
-    ViTDet serves a detector from a ViT (patch 16: c4 is the map, c5 it pooled, c3 and c2 upsampled), and
-    ``frozen_stages`` 0 freezes its patch embedding, 1 or more the whole model. Where its stride is not a power of
-    two (DINOv2's patch 14) it has no pyramid: its last block's map alone is c5, at its real stride, which
+    ViTDet serves a detector from a ViT (patch 16: c4 is the map, c5 it pooled, c3 and c2 upsampled). Its blocks
+    count as four equal stages for ``frozen_stages``: 0 freezes the patch embedding (with the class token and the
+    position embedding), k the first k quarters of the blocks too. Where its stride is not a power of two
+    (DINOv2's patch 14) it has no pyramid: its last block's map alone is c5, at its real stride, which
     classification reads and the FPN and U-Net refuse.
 
     Args:
@@ -151,13 +152,22 @@ class TimmBackbone(Backbone):
         self._single = single
         if frozen_stages >= 0:
             self.freeze(self._modules_up_to(frozen_stages + 1))
+            if single:  # the stem's own parameters: the class and register tokens, the position embedding
+                trunk = getattr(self.model, "model", self.model)
+                for name in ("cls_token", "reg_token", "pos_embed"):
+                    if isinstance(getattr(trunk, name, None), nn.Parameter):
+                        getattr(trunk, name).requires_grad = False
 
     def _modules_up_to(self, level: int) -> list[nn.Module]:
-        """The stem and every module until the one producing level ``c{level}``; for a plain model (every level
-        from its last block), its patch embedding for level 1, else the whole model."""
-        if self.pyramid is not None:
-            embedding = getattr(getattr(self.model, "model", self.model), "patch_embed", None)
-            return [embedding] if level <= 1 and embedding is not None else [self.model]
+        """The stem and every module until the one producing level ``c{level}``. A plain model makes every level
+        from its last block, so there its blocks count as four equal stages: its patch embedding for level 1, and
+        the first k quarters of its blocks with it for level k + 1 (a quarter of a ViT-B's 12 for the detector's
+        default of freezing stage 1, as a ResNet's stem and first of four stages)."""
+        if self._single:
+            trunk = getattr(self.model, "model", self.model)
+            blocks = list(getattr(trunk, "blocks", []))
+            stem = [m for m in (getattr(trunk, "patch_embed", None),) if m is not None]
+            return stem + blocks[: round(min(level - 1, 4) * len(blocks) / 4)]
         produced = {name.replace(".", "_"): int(n[1:]) for name, n in zip(self._module_names, self._names)}
         first_level = int(self._names[0][1:])
         modules, current = [], 1 if first_level > 1 else first_level

@@ -70,7 +70,7 @@ def test_a_vit_serves_c2_to_c5_through_vitdets_simple_pyramid() -> None:
     """A plain ViT (every block at stride 16) gives c2..c5 at strides 4..32 (it gave c4, c5 and c6, all at stride
     16, which no head could read): c4 is timm's own last-block map, c5 that map max-pooled, c3 and c2 its 2x2
     transposed convolutions with half and a quarter of the channels (ViTDet's simple feature pyramid). Only the
-    asked levels are built; frozen_stages 0 freezes the patch embedding, 1 the whole ViT but not the new layers. A
+    asked levels are built; frozen_stages 0 freezes the patch embedding, k a quarter of the blocks per stage. A
     patch size that is not a power of two has no pyramid: its last block's map alone is c5, at its own stride."""
     import torch.nn.functional as F
 
@@ -93,16 +93,16 @@ def test_a_vit_serves_c2_to_c5_through_vitdets_simple_pyramid() -> None:
     only = build_backbone("timm:vit_tiny_patch16_224", out_levels=("c5",))
     assert list(only.pyramid.branches) == ["c5"] and not list(only.pyramid.parameters())
 
-    def trainable(backbone) -> set[str]:
-        return {
-            name.split(".")[0 if name.startswith("pyramid") else 2]
-            for name, p in backbone.named_parameters()
-            if p.requires_grad
-        }
+    def frozen(stages: int) -> set[str]:
+        backbone = build_backbone("timm:vit_tiny_patch16_224", frozen_stages=stages)
+        names = {name for name, p in backbone.named_parameters() if not p.requires_grad}
+        return {".".join(n.split(".")[2:4]) if ".blocks." in n else n.split(".")[2] for n in names}
 
-    assert "patch_embed" not in trainable(build_backbone("timm:vit_tiny_patch16_224", frozen_stages=0))
-    assert "blocks" in trainable(build_backbone("timm:vit_tiny_patch16_224", frozen_stages=0))
-    assert trainable(build_backbone("timm:vit_tiny_patch16_224", frozen_stages=1)) == {"pyramid"}
+    # the stem (patch embedding, class token, position embedding), then a quarter of the 12 blocks per stage
+    assert frozen(0) == {"patch_embed", "cls_token", "pos_embed"}
+    assert frozen(1) == {"patch_embed", "cls_token", "pos_embed", "blocks.0", "blocks.1", "blocks.2"}
+    assert frozen(4) == {"patch_embed", "cls_token", "pos_embed", *(f"blocks.{i}" for i in range(12))}
+    assert not any(p.requires_grad is False for p in only.parameters())
     dino = build_backbone("timm:vit_small_patch14_dinov2").eval()
     assert [(i.name, i.channels, i.stride) for i in dino.feature_info] == [("c5", 384, 14)]
     with torch.no_grad():
