@@ -469,7 +469,13 @@ def _read_predictions(path: Path) -> list[dict[str, Any]]:
 def evaluate(cfg: DetectConfig, args: argparse.Namespace) -> int:
     if args.predictions is not None:
         _, val = _data(cfg, need_train=False)
-        results = _read_predictions(Path(args.predictions))
+        given = Path(args.predictions)
+        if given.is_dir():  # KITTI's result files, one per image; those of other images are left out
+            results, others = kitti.read_results(given, {str(s.image_id) for s in val.samples})
+            if others:
+                print(f"note: {others} result file(s) in {given} are of images outside {val.source}: left out")
+        else:
+            results = _read_predictions(given)
         try:
             resolve_labels(val, results)  # unknown images and classes, named with the file
         except UserError as error:
@@ -617,7 +623,10 @@ FLAGS = {**COMMON_FLAGS, "image_size": "model.min_size", "coco_backend": "coco_b
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = common_parser(TASK, "Train, evaluate and predict Faster R-CNN detectors on COCO, VOC or YOLO data.")
-    parser.add_argument("--predictions", help="eval: score this COCO-results file, with no model")
+    parser.add_argument(
+        "--predictions",
+        help="eval: score this COCO-results file (or a folder of KITTI result files, <image>.txt), with no model",
+    )
     parser.add_argument("--coco-backend", choices=("faster-coco-eval", "pycocotools"))
     add_cam_options(parser, by_class=False)
     parser.add_argument(

@@ -726,6 +726,24 @@ def test_kitti_as_downloaded_reads_as_torchvisions_kitti_and_trains_with_val_hel
     assert sum(len(d["names"]) for d in detections.values()) == len(predictions) > 0
     again = kitti_box_metrics({s.image_id: s.kitti for s in val.samples}, detections)
     assert again["AP40"] == metrics["kitti"]["AP40"] and again["AP11"] == metrics["kitti"]["AP11"]
+    # eval --predictions <folder of result files>: another tool's KITTI results scored with all three protocols;
+    # files of images outside the split are left out with a note
+    (out / "kitti" / "999999.txt").write_text("Car -1 -1 -10 1 2 30 40 -1 -1 -1 -1000 -1000 -1000 -10 0.9\n")
+    scored = tmp_path / "scored"
+    assert main(["eval", "--data", str(root), "--predictions", str(out / "kitti"), "--output", str(scored)]) == 0
+    assert "note: 1 result file(s) in" in capsys.readouterr().out
+    rescored = json.loads((scored / "metrics.json").read_text())
+    assert metrics["kitti"]["mAP40_moderate"] is not None
+    for protocol, key in (("coco", "AP"), ("coco", "AP50"), ("voc", "mAP"), ("kitti", "mAP40_moderate")):
+        assert rescored[protocol][key] == pytest.approx(metrics[protocol][key], abs=1e-6), (protocol, key)
+    assert rescored["num_detections"] == len(predictions)
+    bad = out / "kitti" / f"{val.samples[0].image_id}.txt"
+    bad.write_text("Car -1 -1 -10 1 2 30 40 -1 -1 -1 -1000 -1000 -1000 -10\n")  # no score
+    assert (
+        main(["eval", "--data", str(root), "--predictions", str(out / "kitti"), "--output", str(tmp_path / "x")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"result file {bad}, line 1: expected 16 fields" in err
     (root / "training" / "label_2" / "000003.txt").write_text("Car 0.00 0 -1.58 5 4 22 34\n")
     assert main(["--data", str(root), "--output", str(tmp_path / "bad"), *FAST]) == 2
     err = capsys.readouterr().err

@@ -15,7 +15,7 @@ Pedestrian and Cyclist (:mod:`tasks.metrics.kitti`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -139,3 +139,30 @@ def result_text(results: Sequence[dict[str, Any]]) -> str:
             f"{r['score']:.6f}"
         )
     return "".join(f"{line}\n" for line in lines)
+
+
+def read_results(folder: Path, images: Collection[str]) -> tuple[list[dict[str, Any]], int]:
+    """A folder of KITTI result files (``<image>.txt``, the devkit's input: 16 fields a line, the last the score),
+    as COCO results with ``category_name``: what another tool wrote for the devkit, scored here like
+    predictions.json. Only the files of ``images`` (the split scored) are read; also how many others were left."""
+    files = sorted(p for p in folder.glob("*.txt") if p.is_file())
+    if not files:
+        raise UserError(f"predictions folder {folder} holds no KITTI result files (<image>.txt)")
+    results = []
+    for path in (p for p in files if p.stem in images):
+        for number, line in enumerate(read_text(path, kind="result file").splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                if len(fields) != 16:
+                    raise ValueError
+                x1, y1, x2, y2, score = (float(v) for v in (*fields[4:8], fields[15]))
+            except ValueError:
+                raise UserError(
+                    f"result file {path}, line {number}: expected 16 fields (type truncated occluded alpha left top "
+                    f"right bottom h w l x y z rotation_y score), got {line.strip()!r}"
+                ) from None
+            box = [x1, y1, x2 - x1, y2 - y1]
+            results.append({"image_id": path.stem, "category_name": fields[0], "bbox": box, "score": score})
+    return results, sum(p.stem not in images for p in files)
