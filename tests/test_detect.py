@@ -755,6 +755,33 @@ def test_kitti_as_downloaded_reads_as_torchvisions_kitti_and_trains_with_val_hel
     assert err.count("\n") == 1 and "000003.txt, line 1: truncated '0.00' and occluded 'partly'" in err
 
 
+def test_kitti_imagesets_lists_give_the_published_train_and_val_split(tmp_path, capsys) -> None:
+    """ImageSets/train.txt and val.txt beside training/ (the 3DOP split that mmdetection3d and OpenPCDet ship): the
+    default splits are those lists, not a held-out fifth; a listed image that is missing is left out and counted;
+    without the lists the val split is held out as before."""
+    from tasks.data.detection_splits import load_detection_splits
+
+    root = tmp_path / "kitti"
+    for folder in ("image_2", "label_2"):
+        (root / "training" / folder).mkdir(parents=True)
+    for i in range(10):
+        Image.new("RGB", (60, 40)).save(root / "training" / "image_2" / f"{i:06d}.png")
+        (root / "training" / "label_2" / f"{i:06d}.txt").write_text(
+            "Car 0.00 0 -1.58 5 4 22 34 1.6 1.6 3.9 1 2 30 -1.6\n"
+        )
+    (root / "ImageSets").mkdir()
+    (root / "ImageSets" / "train.txt").write_text("".join(f"{i:06d}\n" for i in (0, 2, 4, 6, 8, 9)))
+    (root / "ImageSets" / "val.txt").write_text("000001\n000003\n000005\n000007\n000042\n")
+    train, val = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
+    assert [s.image_id for s in train.samples] == ["000000", "000002", "000004", "000006", "000008", "000009"]
+    assert [s.image_id for s in val.samples] == ["000001", "000003", "000005", "000007"]
+    assert val.fixes.unreadable == 1 and "holding out" not in capsys.readouterr().out
+    shutil.rmtree(root / "ImageSets")
+    train, val = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
+    assert len(train.samples) == 8 and len(val.samples) == 2
+    assert "holding out 20% for validation" in capsys.readouterr().out
+
+
 def test_a_detection_inside_a_kitti_dontcare_region_costs_nothing_in_either_protocol(tmp_path) -> None:
     """A DontCare region ignores a detection of any class inside it: with the region, a perfect detector plus one
     confident false detection in the region scores COCO AP50 and VOC mAP 1; the same label file with the region

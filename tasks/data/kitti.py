@@ -29,7 +29,9 @@ from tasks.io import read_text
 
 CLASSES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc")
 DONT_CARE = "DontCare"
-SPLITS = (("training", "train"), ("validation", "val"))  # default (train, val) names: KITTI has training alone
+# default (train, val) names: ImageSets/train.txt and val.txt where a root has them, else the training folder, whose
+# val is held out
+SPLITS = (("train", "training"), ("val", "validation"))
 
 
 @dataclass(frozen=True)
@@ -47,21 +49,46 @@ def is_kitti_root(root: Path) -> bool:
     return root.is_dir() and has_split(root, "training")
 
 
-def has_split(root: Path, split: str) -> bool:
+def _folder(root: Path, split: str) -> bool:
     return (root / split / "image_2").is_dir() and (root / split / "label_2").is_dir()
 
 
+def _listed(root: Path, split: str) -> Path | None:
+    """``ImageSets/<split>.txt`` (one image id a line, ids of ``training/``), where ``split`` is no folder: the
+    3DOP train/val split of 3,712 and 3,769 images that mmdetection3d and OpenPCDet ship and report on."""
+    listing = root / "ImageSets" / f"{split}.txt"
+    return listing if not _folder(root, split) and _folder(root, "training") and listing.is_file() else None
+
+
+def has_split(root: Path, split: str) -> bool:
+    return _folder(root, split) or _listed(root, split) is not None
+
+
 def read_kitti(root: Path, split: str) -> DetectionData:
-    """The split's images with their labelled objects (labels 1..8 in :data:`CLASSES` order)."""
+    """The split's images with their labelled objects (labels 1..8 in :data:`CLASSES` order): a folder's, or those
+    of ``training/`` that ``ImageSets/<split>.txt`` lists."""
     if not has_split(root, split):
-        raise UserError(f"--data {root} (KITTI) has no split {split!r}: expected {split}/image_2/ and {split}/label_2/")
-    images = sorted(p for p in (root / split / "image_2").iterdir() if p.is_file() and is_image_file(p))
+        raise UserError(
+            f"--data {root} (KITTI) has no split {split!r}: expected {split}/image_2/ and {split}/label_2/, or "
+            f"ImageSets/{split}.txt beside training/"
+        )
+    listing = _listed(root, split)
+    folder = root / ("training" if listing is not None else split)
+    if listing is None:
+        images = sorted(p for p in (folder / "image_2").iterdir() if p.is_file() and is_image_file(p))
+    else:
+        found = {p.stem: p for p in (folder / "image_2").iterdir() if p.is_file() and is_image_file(p)}
+        ids = [line.strip() for line in read_text(listing, kind="split list").splitlines() if line.strip()]
+        images = [found.get(i, folder / "image_2" / f"{i}.png") for i in ids]
     if not images:
-        raise UserError(f"{root / split / 'image_2'} holds no images")
+        raise UserError(f"{listing or folder / 'image_2'} holds no images")
     label_of = {name: index + 1 for index, name in enumerate(CLASSES)}
     fixes, samples, ignored = FixCounts(), [], 0
     for image in images:
-        label_file = root / split / "label_2" / f"{image.stem}.txt"
+        if listing is not None and not image.is_file():  # listed, not there: left out, counted as unreadable
+            fixes.unreadable += 1
+            continue
+        label_file = folder / "label_2" / f"{image.stem}.txt"
         if not label_file.is_file():
             raise UserError(f"label file {label_file} of image {image} does not exist")
         size = readable_size(image, fixes)
@@ -117,7 +144,7 @@ def read_kitti(root: Path, split: str) -> DetectionData:
         )
         samples.append(replace(pixel_sample(image.stem, image, size, boxes, labels, fixes, crowd=crowd), kitti=truth))
     if not samples:
-        raise UserError(f"{root / split / 'image_2'}: none of its {len(images)} images could be read")
+        raise UserError(f"{listing or folder / 'image_2'}: none of its {len(images)} images could be read")
     if ignored:
         print(
             f"note: {root} ({split}): {ignored} DontCare region(s) are not trained on, and detections inside them "
