@@ -776,6 +776,11 @@ def test_kitti_imagesets_lists_give_the_published_train_and_val_split(tmp_path, 
     assert [s.image_id for s in train.samples] == ["000000", "000002", "000004", "000006", "000008", "000009"]
     assert [s.image_id for s in val.samples] == ["000001", "000003", "000005", "000007"]
     assert val.fixes.unreadable == 1 and "holding out" not in capsys.readouterr().out
+    (root / "ImageSets" / "test.txt").write_text("000000\n")  # testing/'s ids: never read as training/'s
+    from tasks.errors import UserError
+
+    with pytest.raises(UserError, match=r"has no split 'test'"):
+        load_detection_splits(root, fmt="auto", train_split=None, val_split="test", classes=None)
     shutil.rmtree(root / "ImageSets")
     train, val = load_detection_splits(root, fmt="auto", train_split=None, val_split=None, classes=None)
     assert len(train.samples) == 8 and len(val.samples) == 2

@@ -32,6 +32,7 @@ DONT_CARE = "DontCare"
 # default (train, val) names: ImageSets/train.txt and val.txt where a root has them, else the training folder, whose
 # val is held out
 SPLITS = (("train", "training"), ("val", "validation"))
+TRAINING_LISTS = ("train", "val", "trainval")  # ImageSets' lists of training/ images
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,12 @@ def _folder(root: Path, split: str) -> bool:
 
 
 def _listed(root: Path, split: str) -> Path | None:
-    """``ImageSets/<split>.txt`` (one image id a line, ids of ``training/``), where ``split`` is no folder: the
-    3DOP train/val split of 3,712 and 3,769 images that mmdetection3d and OpenPCDet ship and report on."""
+    """``ImageSets/<split>.txt`` (one image id a line, ids of ``training/``) for ``train``, ``val`` and
+    ``trainval``: the 3DOP split of 3,712 and 3,769 images that mmdetection3d and OpenPCDet ship and report on. Their
+    ``test.txt`` lists ``testing/``'s ids, which are also ``training/``'s numbers, so it is never read here."""
     listing = root / "ImageSets" / f"{split}.txt"
-    return listing if not _folder(root, split) and _folder(root, "training") and listing.is_file() else None
+    listed = split in TRAINING_LISTS and not _folder(root, split) and _folder(root, "training")
+    return listing if listed and listing.is_file() else None
 
 
 def has_split(root: Path, split: str) -> bool:
