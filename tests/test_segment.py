@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -601,6 +602,66 @@ def test_ade20k_as_downloaded_scores_its_classes_and_voids_other_objects(tmp_pat
         for sample in data.samples:
             expected = np.where(truth[sample.image_id] == 0, 255, truth[sample.image_id].astype(int) - 1)
             np.testing.assert_array_equal(np.asarray(Image.open(sample.mask)), expected)
+
+
+def _mapillary(root: Path, version: str, labels: list[dict]) -> dict[str, np.ndarray]:
+    """A Mapillary Vistas layout of ``version`` (its config and labels folder): palette PNG masks of label ids."""
+    config, folder = {"v1.2": ("config_v1.2.json", "v1.2/labels"), "v2.0": ("config_v2.0.json", "v2.0/labels")}[version]
+    (root / config).parent.mkdir(parents=True, exist_ok=True)
+    (root / config).write_text(json.dumps({"labels": labels, "version": version}))
+    truth = {}
+    for split, ids in (("training", ["a", "b", "c"]), ("validation", ["d", "e"])):
+        for i, name in enumerate(ids):
+            _label_image(root / split / "images" / f"{name}.jpg", [0], rgb=True)
+            rows = np.resize(np.arange(i, i + len(labels)) % len(labels), 24)[:, None].repeat(32, axis=1)
+            mask = Image.fromarray(rows.astype(np.uint8), "P")
+            mask.putpalette([v for k in range(256) for v in (k, 255 - k, 7)])
+            (root / split / folder).mkdir(parents=True, exist_ok=True)
+            mask.save(root / split / folder / f"{name}.png")
+            truth[name] = rows
+    return truth
+
+
+def test_mapillary_vistas_reads_its_config_and_voids_what_the_benchmark_does_not_score(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """Mapillary Vistas 2.0's layout: the v1.2 labels (config_v1.2.json) where both label sets are present, else
+    v2.0's; the classes are the config's labels to evaluate, by readable name; an unscored label is void, read from
+    the palette PNGs' ids as they load (no converted copies); trained end to end; a broken config is one line."""
+    from tasks.data.images import DecodedCache
+    from tasks.data.segmentation import checked_mask, load_segmentation
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "mapillary"
+    v12 = [
+        {"name": "animal--bird", "readable": "Bird", "evaluate": True},
+        {"name": "void--unlabeled", "readable": "Unlabeled", "evaluate": False},
+        {"name": "construction--flat--road", "readable": "Road", "evaluate": True},
+        {"name": "nature--sky", "readable": "Sky", "evaluate": True},
+    ]
+    v20 = [{"name": "construction--flat--road", "readable": "Road"}, {"name": "nature--sky", "readable": "Sky"}]
+    truth = _mapillary(root, "v1.2", v12)
+    _mapillary(root, "v2.0", v20)
+    for split, count in (("train", 3), ("val", 2)):
+        data = load_segmentation(root, split, classes=None)
+        assert data.class_names == ["Bird", "Road", "Sky"] and len(data.samples) == count
+        for sample in data.samples:
+            assert sample.mask.parent == root / ("training" if split == "train" else "validation") / "v1.2/labels"
+            expected = np.array([0, 255, 1, 2])[truth[sample.image_id]]  # label 1 (Unlabeled) void, then shifted
+            np.testing.assert_array_equal(checked_mask(DecodedCache(), sample.mask, 3, values=sample.values), expected)
+    assert not (tmp_path / "cache").exists()  # nothing converted
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["per_class_iou"]) == ["Bird", "Road", "Sky"]
+    assert metrics["num_pixels"] == sum(int((truth[name] != 1).sum()) for name in ("d", "e"))  # void left out
+    shutil.rmtree(root / "training" / "v1.2")
+    shutil.rmtree(root / "validation" / "v1.2")
+    assert load_segmentation(root, "train", classes=None).class_names == ["Road", "Sky"]  # evaluate missing: scored
+    (root / "config_v2.0.json").write_text('{"labels": "road, sky"}')
+    capsys.readouterr()
+    rc = main(["--data", str(root), "--output", str(tmp_path / "bad"), *FAST])
+    _one_line_error(capsys, rc, f"Mapillary Vistas config {root / 'config_v2.0.json'}: expected JSON with a labels")
 
 
 def test_cityscapes_as_downloaded_trains_on_its_19_train_ids(tmp_path, monkeypatch, capsys) -> None:

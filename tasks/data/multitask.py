@@ -63,6 +63,7 @@ class MultiTaskSample:
     label: int | None = None  # classify
     detection: DetectionSample | None = None  # detect
     mask: Path | None = None  # segment
+    mask_values: tuple[int, ...] | None = None  # the mask file's ids to classes (SegmentationSample.values)
 
 
 @dataclass
@@ -238,6 +239,7 @@ def load_multitask(
         names["segment"] = list(seg.class_names)
         for s in seg.samples:
             sample(s.image).mask = s.mask
+            sample(s.image).mask_values = s.values
         counts["segment"] = len(seg.samples)
     source = ", ".join(f"{name} {src.root}" for name, src in sources.items())
     return MultiTaskData(
@@ -334,7 +336,9 @@ class MultiTaskDataset(Dataset[dict[str, Any] | None]):
         has_mask = False
         if sample.mask is not None:
             try:
-                checked = checked_mask(self.decoded, sample.mask, self.num_seg_classes, shape=(height, width))
+                checked = checked_mask(
+                    self.decoded, sample.mask, self.num_seg_classes, shape=(height, width), values=sample.mask_values
+                )
             except READ_ERRORS as error:
                 warn_unreadable(sample.mask, error)
                 return None

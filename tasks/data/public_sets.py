@@ -1,4 +1,4 @@
-"""The layouts of four public segmentation sets, read as they are downloaded.
+"""The layouts of five public segmentation sets, read as they are downloaded.
 
 **ADE20K** (the scene-parsing release, ``ADEChallengeData2016``): ``images/{training,validation}/*.jpg`` with
 ``annotations/{training,validation}/*.png`` of the same stem, and ``objectInfo150.txt`` (or the ``.csv`` of the
@@ -21,6 +21,13 @@ so one root trains the two tasks together.
 ``images/<image>.jpg``, the images of ``annotations/trainval.txt`` (``train``) and ``test.txt``. A trimap's 1 is the
 pet, 2 the background and 3 the uncertain border: the classes are background 0 and pet 1, the border void. The
 images are those the breed lists name (:mod:`tasks.data.listed_sets`), so one root trains both tasks together.
+
+**Mapillary Vistas**: ``{training,validation}/images/<id>.jpg`` with the palette PNGs of label ids of the 2.0
+release's ``v1.2/labels/`` (``config_v1.2.json``: the 65 classes most results report), else its ``v2.0/labels/``
+(``config_v2.0.json``), else the 1.0/1.1 releases' ``labels/`` (``config.json``). The classes are the config's
+labels that the benchmark scores (``evaluate``), in id order; an unscored one ("Unlabeled") is void. The masks are
+looked up through that table as they load (:attr:`tasks.data.segmentation.SegmentationSample.values`), not
+converted first.
 
 For detection, Cityscapes' boxes come from ``gtFine/<split>/<city>/<name>_gtFine_polygons.json``
 (:func:`read_cityscapes_detection`): its eight instance classes (person, rider, car, truck, bus, train, motorcycle,
@@ -74,13 +81,23 @@ CITYSCAPES_INSTANCES = ("person", "rider", "car", "truck", "bus", "train", "moto
 CITYSCAPES_UNDRAWN = ("license plate",)  # labels.py's id -1: not drawn into the instance masks
 BDD_MASKS = {"drivable": "100k", "sem_seg": "10k"}  # BDD100K's mask tasks and their images, in the order looked for
 BDD_DRIVABLE = ("background", "direct", "alternative")  # the masks' 2, 0 and 1
+# Mapillary Vistas' label sets: the 2.0 release's v1.2 (the 65 classes most results report) and v2.0, each with its
+# config, then the 1.0/1.1 releases' config.json with <split>/labels/
+MAPILLARY_VERSIONS = (
+    ("config_v1.2.json", "v1.2/labels"),
+    ("config_v2.0.json", "v2.0/labels"),
+    ("config.json", "labels"),
+)
 VERSION = 1  # in the cache keys
 
 
 def public_set(root: Path) -> str | None:
-    """``"ade20k"``, ``"cityscapes"``, ``"bdd100k"``, ``"pets"`` or None, from the layout of ``root``."""
+    """``"ade20k"``, ``"cityscapes"``, ``"bdd100k"``, ``"pets"``, ``"mapillary"`` or None, from the layout of
+    ``root``."""
     if not root.is_dir():
         return None
+    if _mapillary_version(root) is not None:
+        return "mapillary"
     if (root / "images").is_dir() and (root / "annotations").is_dir() and _ade_class_file(root) is not None:
         return "ade20k"
     if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
@@ -103,7 +120,19 @@ def _pets_folder(root: Path) -> Path | None:
     )
 
 
+def _mapillary_version(root: Path) -> tuple[Path, str] | None:
+    """Mapillary Vistas' config file and its labels folder under each split (the first of
+    :data:`MAPILLARY_VERSIONS` that a split has), where ``root`` is its folder."""
+    for config, labels in MAPILLARY_VERSIONS:
+        if (root / config).is_file() and any((root / s / labels).is_dir() for s in ("training", "validation")):
+            return root / config, labels
+    return None
+
+
 def has_split(root: Path, kind: str, split: str) -> bool:
+    if kind == "mapillary":
+        found = _mapillary_version(root)
+        return found is not None and (root / split / "images").is_dir() and (root / split / found[1]).is_dir()
     if kind == "ade20k":
         return (root / "images" / split).is_dir() and (root / "annotations" / split).is_dir()
     if kind == "bdd100k":
@@ -131,12 +160,15 @@ def read_public_split(root: Path, kind: str, split: str) -> tuple[list[Segmentat
             "cityscapes": "leftImg8bit/ and gtFine/",
             "bdd100k": "images/100k/ and labels/drivable/masks/, or images/10k/ and labels/sem_seg/masks/",
             "pets": "annotations/ (trainval.txt for train, test.txt for test)",
+            "mapillary": "images/ and the labels folder of its config",
         }[kind]
         raise UserError(f"--data {root} ({kind}) has no split {split!r}: expected {split}/ under {folders}")
     if kind == "bdd100k":
         return _bdd100k(root, split)
     if kind == "pets":
         return _pets(root, split)
+    if kind == "mapillary":
+        return _mapillary(root, split)
     return _ade20k(root, split) if kind == "ade20k" else _cityscapes(root, split)
 
 
@@ -238,6 +270,46 @@ def _pets(root: Path, split: str) -> tuple[list[SegmentationSample], list[str]]:
     ]
     trimap = {1: 1, 2: 0}  # the pet, the background; 3 (the border) and anything else void
     return _remapped(samples, "pets-masks", f"pets|{VERSION}", trimap), ["background", "pet"]
+
+
+def mapillary_classes(config: Path) -> tuple[list[str], tuple[int, ...]]:
+    """The classes of a Mapillary Vistas config (its ``labels``, in id order: each one's ``readable`` name, else its
+    ``name``) that the benchmark scores (``evaluate``, true where it is missing), and the class of each of the
+    masks' 256 ids: an unscored label ("Unlabeled", v2.0's void ones) and any id past the labels are void."""
+    try:
+        labels = json.loads(read_text(config, kind="Mapillary Vistas config"))["labels"]
+        scored = [label for label in labels if label.get("evaluate", True)]
+        ids = [i for i, label in enumerate(labels) if label.get("evaluate", True)]
+        readable = [str(label.get("readable") or label["name"]) for label in scored]
+        names = readable if len(set(readable)) == len(readable) else [str(label["name"]) for label in scored]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(
+            f"Mapillary Vistas config {config}: expected JSON with a labels list of {{name, readable, evaluate}}"
+        ) from None
+    if len(labels) > 255:
+        raise UserError(f"Mapillary Vistas config {config} has {len(labels)} labels; masks hold 0..254 and void")
+    values = [255] * 256
+    for k, i in enumerate(ids):
+        values[i] = k
+    return names, tuple(values)
+
+
+def _mapillary(root: Path, split: str) -> tuple[list[SegmentationSample], list[str]]:
+    """Each ``<split>/images/<id>.jpg`` with ``<split>/<labels>/<id>.png`` (a palette PNG of label ids), read through
+    the config's table (:func:`mapillary_classes`) as the masks load, not converted first: the set's 18,000
+    training masks are up to 5,000 px wide."""
+    from tasks.data.segmentation import SegmentationSample
+
+    found = _mapillary_version(root)
+    assert found is not None
+    config, labels = found
+    names, values = mapillary_classes(config)
+    images, masks = root / split / "images", root / split / labels
+    samples = [
+        SegmentationSample(p.stem, p, masks / f"{p.stem}.png", values)
+        for p in sorted(p for p in images.iterdir() if p.is_file() and is_image_file(p))
+    ]
+    return samples, names
 
 
 def _remapped(

@@ -53,6 +53,9 @@ class SegmentationSample:
     image_id: str
     image: Path
     mask: Path | None  # None for images predicted without ground truth
+    # the class of each of the mask file's 256 values (255 void), applied as it is read, where the file's values are
+    # a dataset's own ids (Mapillary Vistas'); None where they are the classes
+    values: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -303,15 +306,25 @@ def _find_image(folder: Path, image_id: str) -> Path | None:
 
 
 def checked_mask(
-    decoded: DecodedCache, path: Path, num_classes: int, *, shape: tuple[int, int] | None = None
+    decoded: DecodedCache,
+    path: Path,
+    num_classes: int,
+    *,
+    shape: tuple[int, int] | None = None,
+    values: tuple[int, ...] | None = None,
 ) -> np.ndarray | str:
-    """The mask at ``path`` as a uint8 array of its own memory, read and checked on its first use and kept in
-    ``decoded`` from then on; or, where its values are not all classes or void (or its size is not ``shape``),
-    what is wrong with it, in words. Such a mask is not kept, so each use reads and reports it again. Read errors
-    propagate, for the caller to skip and count."""
+    """The mask at ``path`` as a uint8 array of its own memory, read (its values looked up in ``values`` where
+    given: :attr:`SegmentationSample.values`) and checked on its first use and kept in ``decoded`` from then on; or,
+    where its values are not all classes or void (or its size is not ``shape``), what is wrong with it, in words.
+    Such a mask is not kept, so each use reads and reports it again. Read errors propagate, for the caller to skip
+    and count."""
     mask = decoded.get(path)
     if mask is None:
         mask = load_mask(path)
+        if values is not None:
+            if mask.min(initial=0) < 0 or mask.max(initial=0) >= len(values):
+                return f"values outside 0..{len(values) - 1}, the ids it is read by"
+            mask = np.asarray(values, np.int64)[mask]
         if shape is not None and mask.shape != shape:
             return f"{mask.shape[1]}x{mask.shape[0]} px where its image is {shape[1]}x{shape[0]} px"
         bad = invalid_values(mask, num_classes)
@@ -346,7 +359,7 @@ class SegmentationDataset(Dataset[dict[str, Any] | None]):
         mask = None
         if sample.mask is not None:
             try:
-                mask = checked_mask(self.decoded, sample.mask, self.num_classes)
+                mask = checked_mask(self.decoded, sample.mask, self.num_classes, values=sample.values)
             except READ_ERRORS as error:
                 warn_unreadable(sample.mask, error)
                 return None
