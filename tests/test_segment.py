@@ -606,7 +606,11 @@ def test_ade20k_as_downloaded_scores_its_classes_and_voids_other_objects(tmp_pat
 
 def _mapillary(root: Path, version: str, labels: list[dict]) -> dict[str, np.ndarray]:
     """A Mapillary Vistas layout of ``version`` (its config and labels folder): palette PNG masks of label ids."""
-    config, folder = {"v1.2": ("config_v1.2.json", "v1.2/labels"), "v2.0": ("config_v2.0.json", "v2.0/labels")}[version]
+    config, folder = {
+        "v1.2": ("config_v1.2.json", "v1.2/labels"),
+        "v2.0": ("config_v2.0.json", "v2.0/labels"),
+        "1.1": ("config.json", "labels"),
+    }[version]
     (root / config).parent.mkdir(parents=True, exist_ok=True)
     (root / config).write_text(json.dumps({"labels": labels, "version": version}))
     truth = {}
@@ -629,6 +633,7 @@ def test_mapillary_vistas_reads_its_config_and_voids_what_the_benchmark_does_not
     v2.0's; the classes are the config's labels to evaluate, by readable name; an unscored label is void, read from
     the palette PNGs' ids as they load (no converted copies); trained end to end; a broken config is one line."""
     from tasks.data.images import DecodedCache
+    from tasks.data.public_sets import public_set
     from tasks.data.segmentation import checked_mask, load_segmentation
 
     monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
@@ -658,6 +663,11 @@ def test_mapillary_vistas_reads_its_config_and_voids_what_the_benchmark_does_not
     shutil.rmtree(root / "training" / "v1.2")
     shutil.rmtree(root / "validation" / "v1.2")
     assert load_segmentation(root, "train", classes=None).class_names == ["Road", "Sky"]  # evaluate missing: scored
+    first = tmp_path / "vistas-1.1"  # the first releases: config.json with <split>/labels/
+    _mapillary(first, "1.1", v20)
+    assert load_segmentation(first, "val", classes=None).class_names == ["Road", "Sky"]
+    (first / "config.json").write_text('{"model": "another tool\'s config"}')  # no labels: not Mapillary's
+    assert public_set(first) is None
     (root / "config_v2.0.json").write_text('{"labels": "road, sky"}')
     capsys.readouterr()
     rc = main(["--data", str(root), "--output", str(tmp_path / "bad"), *FAST])

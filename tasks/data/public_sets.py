@@ -125,8 +125,17 @@ def _mapillary_version(root: Path) -> tuple[Path, str] | None:
     :data:`MAPILLARY_VERSIONS` that a split has), where ``root`` is its folder."""
     for config, labels in MAPILLARY_VERSIONS:
         if (root / config).is_file() and any((root / s / labels).is_dir() for s in ("training", "validation")):
+            if config == "config.json" and not _has_labels_list(root / config):  # a name other tools use too
+                continue
             return root / config, labels
     return None
+
+
+def _has_labels_list(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")).get("labels"), list)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def has_split(root: Path, kind: str, split: str) -> bool:
