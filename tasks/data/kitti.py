@@ -7,7 +7,9 @@ lines mark regions whose objects were not labelled: they are not trained on (as 
 leaves them out), and a detection of any class inside one is ignored by the evaluators, as KITTI's own evaluation
 ignores it (each region is a crowd region of every class: COCO's evaluator ignores a detection that lies mostly
 inside a crowd region of its class; the VOC protocol one that overlaps it by its IoU threshold). KITTI releases only
-``training`` with labels (``testing`` has none): the runners hold out a val split of it (:mod:`tasks.data.holdout`).
+``training`` with labels (``testing`` has none): where ``ImageSets/train.txt`` and ``val.txt`` list its images (the
+3DOP split that mmdetection3d and OpenPCDet ship), those are the train and val splits; else the runners hold out a
+val split of it (:mod:`tasks.data.holdout`).
 Each sample also keeps its label file as written (:class:`KittiTruth`: types, unclipped boxes, truncation and
 occlusion), which the evaluation scores with KITTI's own protocol too: easy, moderate and hard AP for Car,
 Pedestrian and Cyclist (:mod:`tasks.metrics.kitti`).
