@@ -525,6 +525,12 @@ def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
     for image_path, image in images:
         with torch.inference_mode():
             out = dict(zip(("boxes", "labels", "scores"), graph(to_tensor(image)[0])))
+        if args.save_kitti:  # every detection the model keeps: the benchmark's AP needs the low-scoring ones too
+            found = [
+                {"category_name": names[int(label) - 1], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)}
+                for (x1, y1, x2, y2), label, score in zip(out["boxes"].tolist(), out["labels"], out["scores"])
+            ]
+            write_text(run_dir / "kitti" / f"{images.output_name(image_path)}.txt", kitti.result_text(found))
         keep = out["scores"] >= cfg.show_score_thresh
         boxes, labels, scores = out["boxes"][keep], out["labels"][keep], out["scores"][keep]
         detections = [
@@ -556,6 +562,7 @@ def predict(cfg: DetectConfig, args: argparse.Namespace) -> int:
     skipped = f", {images.skipped} unreadable skipped" if images.skipped else ""
     cams = " and EigenCAM heat maps" if eager is not None else ""
     cams += ", YOLO label files in labels/" if args.save_txt else ""
+    cams += ", KITTI result files in kitti/" if args.save_kitti else ""
     print(f"{len(results)} image(s) predicted{skipped}; wrote {run_dir / 'predictions.json'}, drawn PNGs{cams}")
     return 0
 
@@ -636,6 +643,12 @@ def _main(argv: Sequence[str] | None) -> int:
         "normalised), which --data reads back",
     )
     parser.add_argument("--save-conf", action="store_true", help="predict --save-txt: end each line with the score")
+    parser.add_argument(
+        "--save-kitti",
+        action="store_true",
+        help="predict: also write kitti/<image>.txt, KITTI result files of every detection the model keeps (not only "
+        "those over show_score_thresh), as the benchmark's server takes them",
+    )
     args = parser.parse_args(argv)
     if args.save_conf and not args.save_txt:
         parser.error("--save-conf adds the score to the lines of --save-txt; give both")

@@ -737,6 +737,20 @@ def test_kitti_as_downloaded_reads_as_torchvisions_kitti_and_trains_with_val_hel
     for protocol, key in (("coco", "AP"), ("coco", "AP50"), ("voc", "mAP"), ("kitti", "mAP40_moderate")):
         assert rescored[protocol][key] == pytest.approx(metrics[protocol][key], abs=1e-6), (protocol, key)
     assert rescored["num_detections"] == len(predictions)
+    # predict --save-kitti: a result file per image with every detection the model keeps, not only those shown
+    shown = tmp_path / "shown"
+    paths = [str(s.path) for s in val.samples]
+    argv = ["predict", *paths, "--checkpoint", str(out / "best.pt"), "--output", str(shown), "--save-kitti"]
+    assert main(argv) == 0
+    assert "KITTI result files in kitti/" in capsys.readouterr().out
+    entries = json.loads((shown / "predictions.json").read_text())
+    written = 0
+    for entry, sample in zip(entries, val.samples):
+        rows = [line.split() for line in (shown / "kitti" / f"{sample.image_id}.txt").read_text().splitlines()]
+        assert all(len(row) == 16 for row in rows) and {row[0] for row in rows} <= set(val.class_names)
+        assert len(rows) >= len(entry["detections"])  # the shown ones are those over show_score_thresh
+        written += len(rows)
+    assert written > 0
     bad = out / "kitti" / f"{val.samples[0].image_id}.txt"
     bad.write_text("Car -1 -1 -10 1 2 30 40 -1 -1 -1 -1000 -1000 -1000 -10\n")  # no score
     assert (
