@@ -674,6 +674,38 @@ def test_mapillary_vistas_reads_its_config_and_voids_what_the_benchmark_does_not
     _one_line_error(capsys, rc, f"Mapillary Vistas config {root / 'config_v2.0.json'}: expected JSON with a labels")
 
 
+def test_coco_stuff_reads_its_182_ids_as_the_171_classes_its_masks_use(tmp_path, monkeypatch) -> None:
+    """COCO-Stuff 164k: images/{train2017,val2017}/ with annotations/ of stuffthingmaps (COCO ids minus one): the
+    171 classes in mmsegmentation's order, an unused id (11, COCO's 'street sign') and 255 void, the ids after an
+    unused one shifted down (hand-computed: 12 'stop sign' is class 11, 91 'banner' class 80, 181 'wood' class
+    170), looked up as the masks load; mmsegmentation's converted _labelTrainIds.png read as it is; trained."""
+    from tasks.data.images import DecodedCache
+    from tasks.data.public_sets import COCO_STUFF_CLASSES
+    from tasks.data.segmentation import checked_mask, load_segmentation
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "coco_stuff164k"
+    ids = [0, 11, 12, 91, 181, 255]
+    for split, names in (("train2017", ["000000000009", "000000000025"]), ("val2017", ["000000000139"])):
+        for name in names:
+            _label_image(root / "images" / split / f"{name}.jpg", [0], rgb=True)
+            _label_image(root / "annotations" / split / f"{name}.png", ids)
+    converted = root / "annotations" / "train2017" / "000000000025_labelTrainIds.png"
+    _label_image(converted, [3, 170, 255])
+    data = load_segmentation(root, "train", classes=None)
+    assert data.class_names == list(COCO_STUFF_CLASSES) and len(data.class_names) == 171
+    assert data.class_names[11] == "stop sign" and data.class_names[80] == "banner" and data.class_names[170] == "wood"
+    first, second = data.samples
+    mapped = np.array([0, 255, 11, 80, 170, 255])[np.resize(np.arange(6), 24)][:, None].repeat(32, axis=1)
+    np.testing.assert_array_equal(checked_mask(DecodedCache(), first.mask, 171, values=first.values), mapped)
+    assert second.mask == converted and second.values is None
+    assert load_segmentation(root, "val", classes=None).samples[0].image_id == "000000000139"
+    out = tmp_path / "run"
+    assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["per_class_iou"]) == 171 and metrics["num_pixels"] == 24 * 32 * 4 // 6
+
+
 def test_cityscapes_as_downloaded_trains_on_its_19_train_ids(tmp_path, monkeypatch, capsys) -> None:
     """leftImg8bit/ and gtFine/ by city: labelIds masks become the benchmark's train ids (the table of
     cityscapesscripts' labels.py, written out here by hand), and a labelTrainIds mask beside is read as it is."""

@@ -1,4 +1,4 @@
-"""The layouts of five public segmentation sets, read as they are downloaded.
+"""The layouts of six public segmentation sets, read as they are downloaded.
 
 **ADE20K** (the scene-parsing release, ``ADEChallengeData2016``): ``images/{training,validation}/*.jpg`` with
 ``annotations/{training,validation}/*.png`` of the same stem, and ``objectInfo150.txt`` (or the ``.csv`` of the
@@ -28,6 +28,11 @@ release's ``v1.2/labels/`` (``config_v1.2.json``: the 65 classes most results re
 labels that the benchmark scores (``evaluate``), in id order; an unscored one ("Unlabeled") is void. The masks are
 looked up through that table as they load (:attr:`tasks.data.segmentation.SegmentationSample.values`), not
 converted first.
+
+**COCO-Stuff** (164k): ``images/{train2017,val2017}/<id>.jpg`` with ``annotations/{train2017,val2017}/<id>.png``,
+the stuffthingmaps (each pixel a COCO category id minus one, 0..181, 255 unlabeled): the 171 classes its masks use,
+in id order, as mmsegmentation's ``COCOStuffDataset`` has them; the 11 unused ids are void. The masks are looked up
+as they load; mmsegmentation's converted ``<id>_labelTrainIds.png`` beside them are read as they are.
 
 For detection, Cityscapes' boxes come from ``gtFine/<split>/<city>/<name>_gtFine_polygons.json``
 (:func:`read_cityscapes_detection`): its eight instance classes (person, rider, car, truck, bus, train, motorcycle,
@@ -88,16 +93,43 @@ MAPILLARY_VERSIONS = (
     ("config_v2.0.json", "v2.0/labels"),
     ("config.json", "labels"),
 )
+# COCO-Stuff 164k's 171 classes (the 80 things and 91 stuff classes that its masks use), in id order; the masks'
+# values are COCO's category ids minus one, 0..181, of which these 11 label nothing (COCO's unused thing ids)
+COCO_STUFF_UNUSED = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
+COCO_STUFF_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant",
+    "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli",
+    "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet",
+    "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush", "banner",
+    "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage", "cardboard", "carpet",
+    "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds", "counter", "cupboard", "curtain", "desk-stuff",
+    "dirt", "door-stuff", "fence", "floor-marble", "floor-other", "floor-stone", "floor-tile", "floor-wood", "flower",
+    "fog", "food-other", "fruit", "furniture-other", "grass", "gravel", "ground-other", "hill", "house", "leaves",
+    "light", "mat", "metal", "mirror-stuff", "moss", "mountain", "mud", "napkin", "net", "paper", "pavement",
+    "pillow", "plant-other", "plastic", "platform", "playingfield", "railing", "railroad", "river", "road", "rock",
+    "roof", "rug", "salad", "sand", "sea", "shelf", "sky-other", "skyscraper", "snow", "solid-other", "stairs",
+    "stone", "straw", "structural-other", "table", "tent", "textile-other", "towel", "tree", "vegetable",
+    "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile", "wall-wood", "water-other",
+    "waterdrops", "window-blind", "window-other", "wood",
+)  # fmt: skip
+COCO_STUFF_SPLITS = ("train2017", "val2017")
+COCO_STUFF_TRAIN_IDS = "_labelTrainIds"  # mmsegmentation's converted masks, already 0..170
 VERSION = 1  # in the cache keys
 
 
 def public_set(root: Path) -> str | None:
-    """``"ade20k"``, ``"cityscapes"``, ``"bdd100k"``, ``"pets"``, ``"mapillary"`` or None, from the layout of
-    ``root``."""
+    """``"ade20k"``, ``"cityscapes"``, ``"bdd100k"``, ``"pets"``, ``"mapillary"``, ``"cocostuff"`` or None, from the
+    layout of ``root``."""
     if not root.is_dir():
         return None
     if _mapillary_version(root) is not None:
         return "mapillary"
+    if any((root / "annotations" / s).is_dir() and (root / "images" / s).is_dir() for s in COCO_STUFF_SPLITS):
+        return "cocostuff"
     if (root / "images").is_dir() and (root / "annotations").is_dir() and _ade_class_file(root) is not None:
         return "ade20k"
     if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
@@ -139,6 +171,8 @@ def _has_labels_list(path: Path) -> bool:
 
 
 def has_split(root: Path, kind: str, split: str) -> bool:
+    if kind == "cocostuff":
+        return (root / "images" / split).is_dir() and (root / "annotations" / split).is_dir()
     if kind == "mapillary":
         found = _mapillary_version(root)
         return found is not None and (root / split / "images").is_dir() and (root / split / found[1]).is_dir()
@@ -170,6 +204,7 @@ def read_public_split(root: Path, kind: str, split: str) -> tuple[list[Segmentat
             "bdd100k": "images/100k/ and labels/drivable/masks/, or images/10k/ and labels/sem_seg/masks/",
             "pets": "annotations/ (trainval.txt for train, test.txt for test)",
             "mapillary": "images/ and the labels folder of its config",
+            "cocostuff": "images/ and annotations/",
         }[kind]
         raise UserError(f"--data {root} ({kind}) has no split {split!r}: expected {split}/ under {folders}")
     if kind == "bdd100k":
@@ -178,6 +213,8 @@ def read_public_split(root: Path, kind: str, split: str) -> tuple[list[Segmentat
         return _pets(root, split)
     if kind == "mapillary":
         return _mapillary(root, split)
+    if kind == "cocostuff":
+        return _coco_stuff(root, split)
     return _ade20k(root, split) if kind == "ade20k" else _cityscapes(root, split)
 
 
@@ -319,6 +356,34 @@ def _mapillary(root: Path, split: str) -> tuple[list[SegmentationSample], list[s
         for p in sorted(p for p in images.iterdir() if p.is_file() and is_image_file(p))
     ]
     return samples, names
+
+
+def coco_stuff_values() -> tuple[int, ...]:
+    """The class of each of COCO-Stuff's mask values: the 182 ids in order, less the 11 unused ones, are classes
+    0..170; the unused ids, 255 (unlabeled) and anything else are void."""
+    used = [v for v in range(182) if v not in COCO_STUFF_UNUSED]
+    values = [255] * 256
+    for k, v in enumerate(used):
+        values[v] = k
+    return tuple(values)
+
+
+def _coco_stuff(root: Path, split: str) -> tuple[list[SegmentationSample], list[str]]:
+    """Each ``images/<split>/<id>.jpg`` with ``annotations/<split>/<id>.png`` (the stuffthingmaps, COCO's ids minus
+    one), read through :func:`coco_stuff_values` as they load; or with mmsegmentation's converted
+    ``<id>_labelTrainIds.png``, read as they are."""
+    from tasks.data.segmentation import SegmentationSample
+
+    images, masks = root / "images" / split, root / "annotations" / split
+    values = coco_stuff_values()
+    samples = []
+    for image in sorted(p for p in images.iterdir() if p.is_file() and is_image_file(p)):
+        converted = masks / f"{image.stem}{COCO_STUFF_TRAIN_IDS}.png"
+        if converted.is_file():
+            samples.append(SegmentationSample(image.stem, image, converted))
+        else:  # a missing mask is named by the reader's check
+            samples.append(SegmentationSample(image.stem, image, masks / f"{image.stem}.png", values))
+    return samples, list(COCO_STUFF_CLASSES)
 
 
 def _remapped(
