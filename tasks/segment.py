@@ -44,6 +44,7 @@ from tasks.config import Auto, TrainConfig, to_dict
 from tasks.data.embedded import shapes_dataset
 from tasks.data.holdout import DEFAULT_FRACTION, fraction_for_eval
 from tasks.data.images import READ_ERRORS, load_rgb
+from tasks.data.public_sets import public_set
 from tasks.data.segmentation import (
     SegmentationData,
     SegmentationDataset,
@@ -218,7 +219,8 @@ def _shrunk(scale: float) -> str:
 def _root(cfg: SegmentConfig) -> Path:
     if cfg.data.root is not None:
         root = Path(cfg.data.root)
-        if not (root.is_dir() or (root.is_file() and root.suffix in (".yaml", ".yml"))):
+        yaml = root.is_file() and root.suffix in (".yaml", ".yml")
+        if not (root.is_dir() or yaml or public_set(root) == "mapillary"):  # or the config of Mapillary's label set
             raise UserError(f"--data {root} is neither a folder nor a data YAML")
         return root
     root = shapes_dataset()

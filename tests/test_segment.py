@@ -629,9 +629,10 @@ def _mapillary(root: Path, version: str, labels: list[dict]) -> dict[str, np.nda
 def test_mapillary_vistas_reads_its_config_and_voids_what_the_benchmark_does_not_score(
     tmp_path, monkeypatch, capsys
 ) -> None:
-    """Mapillary Vistas 2.0's layout: the v1.2 labels (config_v1.2.json) where both label sets are present, else
-    v2.0's; the classes are the config's labels to evaluate, by readable name; an unscored label is void, read from
-    the palette PNGs' ids as they load (no converted copies); trained end to end; a broken config is one line."""
+    """Mapillary Vistas 2.0's layout: the v1.2 labels (config_v1.2.json) where both label sets are present (v2.0's
+    when --data names config_v2.0.json), else v2.0's; the classes are the config's labels to evaluate, by readable
+    name; an unscored label is void, read from the palette PNGs' ids as they load (no converted copies); trained end
+    to end; a broken config is one line."""
     from tasks.data.images import DecodedCache
     from tasks.data.public_sets import public_set
     from tasks.data.segmentation import checked_mask, load_segmentation
@@ -660,6 +661,10 @@ def test_mapillary_vistas_reads_its_config_and_voids_what_the_benchmark_does_not
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["per_class_iou"]) == ["Bird", "Road", "Sky"]
     assert metrics["num_pixels"] == sum(int((truth[name] != 1).sum()) for name in ("d", "e"))  # void left out
+    chosen = load_segmentation(root / "config_v2.0.json", "val", classes=None)  # --data names the label set
+    assert chosen.class_names == ["Road", "Sky"] and chosen.samples[0].mask.parent.parent.name == "v2.0"
+    assert main(["--data", str(root / "config_v2.0.json"), "--output", str(tmp_path / "v2"), *FAST]) == 0
+    assert list(json.loads((tmp_path / "v2" / "metrics.json").read_text())["per_class_iou"]) == ["Road", "Sky"]
     shutil.rmtree(root / "training" / "v1.2")
     shutil.rmtree(root / "validation" / "v1.2")
     assert load_segmentation(root, "train", classes=None).class_names == ["Road", "Sky"]  # evaluate missing: scored

@@ -124,10 +124,10 @@ VERSION = 1  # in the cache keys
 def public_set(root: Path) -> str | None:
     """``"ade20k"``, ``"cityscapes"``, ``"bdd100k"``, ``"pets"``, ``"mapillary"``, ``"cocostuff"`` or None, from the
     layout of ``root``."""
-    if not root.is_dir():
-        return None
     if _mapillary_version(root) is not None:
         return "mapillary"
+    if not root.is_dir():
+        return None
     if any((root / "annotations" / s).is_dir() and (root / "images" / s).is_dir() for s in COCO_STUFF_SPLITS):
         return "cocostuff"
     if (root / "images").is_dir() and (root / "annotations").is_dir() and _ade_class_file(root) is not None:
@@ -152,14 +152,18 @@ def _pets_folder(root: Path) -> Path | None:
     )
 
 
-def _mapillary_version(root: Path) -> tuple[Path, str] | None:
-    """Mapillary Vistas' config file and its labels folder under each split (the first of
-    :data:`MAPILLARY_VERSIONS` that a split has), where ``root`` is its folder."""
+def _mapillary_version(root: Path) -> tuple[Path, Path, str] | None:
+    """Mapillary Vistas' folder, config file and labels folder under each split, where ``root`` is its folder (the
+    first of :data:`MAPILLARY_VERSIONS` that a split has) or one of its config files (that label set:
+    ``--data mapillary-vistas/config_v2.0.json`` reads v2.0 where v1.2 is there too)."""
+    folder = root.parent if root.is_file() else root
     for config, labels in MAPILLARY_VERSIONS:
-        if (root / config).is_file() and any((root / s / labels).is_dir() for s in ("training", "validation")):
-            if config == "config.json" and not _has_labels_list(root / config):  # a name other tools use too
+        if root.is_file() and root.name != config:
+            continue
+        if (folder / config).is_file() and any((folder / s / labels).is_dir() for s in ("training", "validation")):
+            if config == "config.json" and not _has_labels_list(folder / config):  # a name other tools use too
                 continue
-            return root / config, labels
+            return folder, folder / config, labels
     return None
 
 
@@ -175,7 +179,7 @@ def has_split(root: Path, kind: str, split: str) -> bool:
         return (root / "images" / split).is_dir() and (root / "annotations" / split).is_dir()
     if kind == "mapillary":
         found = _mapillary_version(root)
-        return found is not None and (root / split / "images").is_dir() and (root / split / found[1]).is_dir()
+        return found is not None and (found[0] / split / "images").is_dir() and (found[0] / split / found[2]).is_dir()
     if kind == "ade20k":
         return (root / "images" / split).is_dir() and (root / "annotations" / split).is_dir()
     if kind == "bdd100k":
@@ -348,9 +352,9 @@ def _mapillary(root: Path, split: str) -> tuple[list[SegmentationSample], list[s
 
     found = _mapillary_version(root)
     assert found is not None
-    config, labels = found
+    folder, config, labels = found
     names, values = mapillary_classes(config)
-    images, masks = root / split / "images", root / split / labels
+    images, masks = folder / split / "images", folder / split / labels
     samples = [
         SegmentationSample(p.stem, p, masks / f"{p.stem}.png", values)
         for p in sorted(p for p in images.iterdir() if p.is_file() and is_image_file(p))

@@ -208,7 +208,7 @@ def load_segmentation(
     trains = ("train", *holdout.other_names("train"), holdout.CVAT_SUBSET)
     whole = holdout.source_split(split, present, trains)
     if whole is None:
-        if root.is_dir():  # a data YAML names its splits
+        if root.is_dir() or (fmt == "auto" and public_set(root) is not None):  # a data YAML names its splits
             split = val_or_stand_in(root, split, present)
         return _read_split(root, split, classes, fmt, voc=voc)
     data = _read_split(root, whole, classes, fmt, voc=voc)
@@ -279,8 +279,9 @@ def _read_split(root: Path, split: str, classes: Sequence[str] | None, fmt: str,
 def _has_split(root: Path, split: str, fmt: str, *, voc: bool) -> bool:
     """Whether ``split`` is in ``root`` in a layout that ``fmt`` reads; :data:`holdout.WHOLE`: whether the root is
     one split, ``images/`` beside ``masks/`` or YOLO's ``labels/``."""
-    if root.is_file():  # a data YAML
-        return yolo_has_split(root, split)
+    if root.is_file():  # a data YAML, or a Mapillary Vistas config naming its label set
+        public = public_set(root) if fmt == "auto" else None
+        return public_has_split(root, public, split) if public is not None else yolo_has_split(root, split)
     if fmt in ("auto", "labelme") and labelme_has_split(root, split):
         return True
     if split == holdout.WHOLE:
