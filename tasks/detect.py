@@ -299,15 +299,13 @@ def _report(
     metrics, f1 = write_figures(metrics, results, data, run_dir, backend=backend)
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "predictions.json", results)
-    if "kitti" in metrics:  # KITTI's label files: a result file per image too, as its devkit reads them
-        by_id: dict[Any, list[dict[str, Any]]] = {}
-        for r in results:
-            by_id.setdefault(r["image_id"], []).append(r)
-        for sample in data.samples:
-            write_text(run_dir / "kitti" / f"{sample.image_id}.txt", kitti.result_text(by_id.get(sample.image_id, [])))
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for r in results:
         by_image.setdefault(r["image_id"], []).append(r)
+    if "kitti" in metrics:  # KITTI's label files: a result file per image too, as its devkit reads them
+        for sample in data.samples:
+            text = kitti.result_text(by_image.get(sample.image_id, []))
+            write_text(run_dir / "kitti" / f"{sample.image_id}.txt", text)
     for sample in data.samples[:PNG_COUNT]:
         try:
             image = load_rgb(sample.path)

@@ -133,6 +133,15 @@ def parse_sources(data: Path, tasks: Sequence[str]) -> dict[str, TaskSource]:
     return {name: TaskSource(data) for name in tasks}
 
 
+def _given_classes(sources: dict[str, TaskSource], class_names: dict[str, list[str]] | None) -> dict[str, list[str]]:
+    """Each task's fixed classes: ``class_names``' (the training split's or a checkpoint's), else its source's."""
+    given = dict(class_names or {})
+    for name, src in sources.items():
+        if src.classes is not None:
+            given.setdefault(name, list(src.classes))
+    return given
+
+
 def load_multitask_splits(
     sources: dict[str, TaskSource],
     train_split: str,
@@ -146,13 +155,12 @@ def load_multitask_splits(
     detection: tuple[DetectionData | None, DetectionData | None] = (None, None)
     if "detect" in sources:
         src = sources["detect"]
-        given = (class_names or {}).get("detect")
         detection = load_detection_splits(
             src.root,
             fmt=src.format,
             train_split=src.train_split or train_split,
             val_split=src.val_split or val_split,
-            classes=given if given is not None else (list(src.classes) if src.classes is not None else None),
+            classes=_given_classes(sources, class_names).get("detect"),
         )
     train = load_multitask(
         sources, train_split, class_names=class_names, train_split=train_split, detection=detection[0]
@@ -187,10 +195,7 @@ def load_multitask(
     def split_of(src: TaskSource) -> str:
         return (src.train_split if role == "train" else src.val_split) or split
 
-    given = dict(class_names or {})
-    for name, src in sources.items():
-        if src.classes is not None:
-            given.setdefault(name, list(src.classes))
+    given = _given_classes(sources, class_names)
     by_path: dict[Path, MultiTaskSample] = {}
     names: dict[str, list[str]] = {}
     counts: dict[str, int] = {}

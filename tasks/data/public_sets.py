@@ -42,8 +42,9 @@ but the deleted ones and license plates occludes), so a box is the one around th
 ``<class>group`` polygon (a crowd that was not split into objects) is a crowd region of its class, as the benchmark's
 instance evaluation ignores it; caravans and trailers, which it does not score, are left out.
 
-Masks that need their values changed are changed once, into PNGs under ``<cache>/<set>-masks/<key>`` (as colour
-masks are: :func:`tasks.data.colour_masks.converted_samples`), and read from there like any other masks.
+ADE20K's, Cityscapes', BDD100K's drivable and the Pets' masks, whose values need changing, are changed once, into PNGs
+under ``<cache>/<set>-masks/<key>`` (as colour masks are: :func:`tasks.data.colour_masks.converted_samples`), and read
+from there like any other masks; Mapillary's and COCO-Stuff's, far more and larger, are looked up as they load.
 ``train`` and ``val`` find ADE20K's ``training`` and ``validation`` (:func:`tasks.data.holdout.other_names`).
 """
 
@@ -175,12 +176,10 @@ def _has_labels_list(path: Path) -> bool:
 
 
 def has_split(root: Path, kind: str, split: str) -> bool:
-    if kind == "cocostuff":
-        return (root / "images" / split).is_dir() and (root / "annotations" / split).is_dir()
     if kind == "mapillary":
         found = _mapillary_version(root)
         return found is not None and (found[0] / split / "images").is_dir() and (found[0] / split / found[2]).is_dir()
-    if kind == "ade20k":
+    if kind in ("ade20k", "cocostuff"):  # the same folders, told apart by ADE20K's class list
         return (root / "images" / split).is_dir() and (root / "annotations" / split).is_dir()
     if kind == "bdd100k":
         return _bdd_masks(root, split) is not None
@@ -338,10 +337,7 @@ def mapillary_classes(config: Path) -> tuple[list[str], tuple[int, ...]]:
         ) from None
     if len(labels) > 255:
         raise UserError(f"Mapillary Vistas config {config} has {len(labels)} labels; masks hold 0..254 and void")
-    values = [255] * 256
-    for k, i in enumerate(ids):
-        values[i] = k
-    return names, tuple(values)
+    return names, _value_classes({i: k for k, i in enumerate(ids)})
 
 
 def _mapillary(root: Path, split: str) -> tuple[list[SegmentationSample], list[str]]:
@@ -366,10 +362,7 @@ def coco_stuff_values() -> tuple[int, ...]:
     """The class of each of COCO-Stuff's mask values: the 182 ids in order, less the 11 unused ones, are classes
     0..170; the unused ids, 255 (unlabeled) and anything else are void."""
     used = [v for v in range(182) if v not in COCO_STUFF_UNUSED]
-    values = [255] * 256
-    for k, v in enumerate(used):
-        values[v] = k
-    return tuple(values)
+    return _value_classes({v: k for k, v in enumerate(used)})
 
 
 def _coco_stuff(root: Path, split: str) -> tuple[list[SegmentationSample], list[str]]:
@@ -395,9 +388,17 @@ def _remapped(
 ) -> list[SegmentationSample]:
     """``samples`` with their masks' values mapped by ``values`` (any other value void), converted once into
     ``<cache>/<kind>/`` (:func:`tasks.data.colour_masks.converted_samples`)."""
-    table = np.full(256, 255, np.uint8)
-    table[list(values)] = list(values.values())
+    table = np.array(_value_classes(values), np.uint8)
     return converted_samples(samples, kind, identity, lambda path: _looked_up(path, table))
+
+
+def _value_classes(classes: dict[int, int]) -> tuple[int, ...]:
+    """The class of each of a mask's 256 values: ``classes[value]``, any other value void (255). Converted masks
+    are drawn through it (:func:`_remapped`); Mapillary's and COCO-Stuff's are looked up in it as they load."""
+    values = [255] * 256
+    for value, k in classes.items():
+        values[value] = k
+    return tuple(values)
 
 
 def _looked_up(path: Path, table: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Semantic segmentation data: Pascal VOC's layout, a generic images/ + masks/ layout, COCO's and YOLO's polygons
-(drawn as masks), colour-coded masks, and ADE20K's, Cityscapes' and BDD100K's own layouts
-(:mod:`tasks.data.public_sets`).
+(drawn as masks), colour-coded masks, and the own layouts of ADE20K, Cityscapes, BDD100K, Oxford-IIIT Pet, Mapillary
+Vistas and COCO-Stuff (:mod:`tasks.data.public_sets`).
 
 Masks hold one class index per pixel (palette or single-channel PNGs); 255 is void and is
 ignored by the losses and the metrics. Problems a reader can see without decoding pixels
@@ -232,7 +232,7 @@ def _read_split(root: Path, split: str, classes: Sequence[str] | None, fmt: str,
         fmt == "auto" and not (public or masks or coco or yolo) and labelme_has_split(root, split)
     )
     colour_map = find_colour_map(root) if root.is_dir() and not (public or yolo or coco or labelme) else None
-    if public is not None:  # ADE20K's, Cityscapes' or BDD100K's own layout
+    if public is not None:  # a public set's own layout
         samples, names = read_public_split(root, public, split)
         names = list(classes) if classes is not None else names
     elif labelme:

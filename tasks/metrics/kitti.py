@@ -74,11 +74,16 @@ class _Image:
 
 
 def _prepare(
-    truth: KittiTruth, detections: Mapping[str, np.ndarray], name: str, level: int, cross: np.ndarray
+    truth: KittiTruth,
+    detections: Mapping[str, np.ndarray],
+    name: str,
+    level: int,
+    cross: np.ndarray,
+    in_regions: np.ndarray,
 ) -> tuple[_Image, int]:
     """The devkit's ``cleanData`` for one image: which ground truths and detections count, are ignored or are not
-    of class ``name`` at ``level``; ``cross`` is the detections' IoU with the ground truth. Also the number of
-    ground truths that count."""
+    of class ``name`` at ``level``; ``cross`` is the detections' IoU with the ground truth, ``in_regions`` the share
+    of each detection inside each DontCare region. Also the number of ground truths that count."""
     types = np.asarray(truth.types, dtype=object)
     heights = truth.boxes[:, 3] - truth.boxes[:, 1]
     outside = (
@@ -102,8 +107,7 @@ def _prepare(
         column = cross[:, i]
         hits = np.flatnonzero((column > limit) & (ignored_det != -1))
         candidates.append([(int(j), float(column[j])) for j in hits])
-    regions = truth.boxes[types == DONT_CARE]
-    in_dont_care = (overlaps(det_boxes, regions, own_area=True) > limit).any(axis=1)
+    in_dont_care = (in_regions > limit).any(axis=1)
     relevant = np.flatnonzero(ignored_det != -1)
     order = relevant[np.argsort(-scores[relevant], kind="stable")]
     image = _Image(ignored_gt.tolist(), ignored_det, scores, candidates, in_dont_care, order)
@@ -200,10 +204,12 @@ def kitti_box_metrics(truths: Mapping[Any, KittiTruth], detections: Mapping[Any,
             "boxes": np.asarray(found["boxes"], np.float64).reshape(-1, 4),
             "scores": np.asarray(found["scores"], np.float64).reshape(-1),
         }
-        cross = overlaps(dets["boxes"], truth.boxes)
+        cross = overlaps(dets["boxes"], truth.boxes)  # one image's overlaps, the same for every class and level
+        regions = truth.boxes[np.asarray(truth.types, dtype=object) == DONT_CARE]
+        in_regions = overlaps(dets["boxes"], regions, own_area=True)
         for name in CLASSES:
             for level in range(len(LEVELS)):
-                image, counted = _prepare(truth, dets, name, level, cross)
+                image, counted = _prepare(truth, dets, name, level, cross, in_regions)
                 images, total = prepared.get((name, level), ([], 0))
                 images.append(image)
                 prepared[name, level] = (images, total + counted)
