@@ -80,7 +80,7 @@ def detect_format(root: Path, given: str) -> str:
         f"--data {root}: neither a COCO root (annotations/instances_<split>.json, or Roboflow's "
         f"<split>/_annotations.coco.json), a VOC root (Annotations/ and ImageSets/Main/, or <split>/ with XML "
         f"files beside its images), YOLO data (a data.yaml, or images/<split>/ and labels/<split>/), KITTI's "
-        f"(training/image_2/ and training/label_2/), LabelMe's (a .json file beside each image) Cityscapes' "
+        f"(training/image_2/ and training/label_2/), LabelMe's (a .json file beside each image), Cityscapes' "
         f"(leftImg8bit/ and gtFine/), BDD100K's (images/100k/ and labels/det_20/) nor WIDER FACE's (WIDER_train/ and "
         f"wider_face_split/)"
     )
