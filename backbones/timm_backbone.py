@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 from typing import Any
@@ -14,6 +15,30 @@ from backbones.weights import resolve_weights
 
 PREFIX = "timm:"
 TIMM_NORMS = ("bn", "frozen_bn", "sync_bn")  # what ``norm`` can do to a timm model's own layers
+
+
+@functools.cache
+def _normed_feature_getter() -> type[nn.Module]:
+    """timm's feature getter with the model's final norm kept and applied to the maps, as its classifier and
+    ``forward_features`` apply it to the tokens (a class made on first use: timm is imported only when needed)."""
+    from timm.models._features import FeatureGetterNet  # not re-exported by timm.models
+
+    class NormedFeatureGetter(FeatureGetterNet):
+        def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+            super().__init__(model, norm=True, **kwargs)
+
+    return NormedFeatureGetter
+
+
+def _create(model_name: str, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    try:  # ViT-like models take any input size only when asked; the others have no such argument
+        return timm.create_model(model_name, dynamic_img_size=True, **kwargs)
+    except TypeError as error:
+        if "dynamic_img_size" not in str(error):
+            raise
+        return timm.create_model(model_name, **kwargs)
 
 
 class SimplePyramid(nn.Module):
@@ -114,12 +139,13 @@ class TimmBackbone(Backbone):
             kwargs["pretrained"] = True
             if os.fspath(weights) != "timm":
                 kwargs["pretrained_cfg_overlay"] = dict(file=str(resolve_weights(weights, model_name)))
-        try:  # ViT-like models take any input size only when asked; the others have no such argument
-            self.model = timm.create_model(model_name, dynamic_img_size=True, **kwargs)
-        except TypeError as error:
-            if "dynamic_img_size" not in str(error):
-                raise
-            self.model = timm.create_model(model_name, **kwargs)
+        self.model = _create(model_name, kwargs)
+        reductions = self.model.feature_info.reduction()
+        single = len(reductions) > 1 and len(set(reductions)) == 1  # one stride for every map: a ViT's blocks
+        if single and isinstance(self.model, _normed_feature_getter().__base__) and not self.model.norm:
+            # timm's getter drops a plain model's final norm (and its trained weights), which its own head and
+            # forward_features apply to every token: made again with the norm kept
+            self.model = _create(model_name, dict(kwargs, feature_cls=_normed_feature_getter()))
         if norm == "frozen_bn":
             self.model = timm.layers.freeze_batch_norm_2d(self.model)
         elif norm == "sync_bn":
@@ -128,9 +154,7 @@ class TimmBackbone(Backbone):
         self._nhwc = str(getattr(getattr(self.model, "output_fmt", None), "value", "NCHW")) == "NHWC"
         self.norm_eval = norm_eval
 
-        reductions = self.model.feature_info.reduction()
         channels = self.model.feature_info.channels()
-        single = len(reductions) > 1 and len(set(reductions)) == 1  # one stride for every map: a ViT's blocks
         base = round(math.log2(reductions[-1]))
         plain = single and 2**base == reductions[-1] and 2 <= base <= 5
         if single and not plain:  # no pyramid (DINOv2's patch 14): its last map alone, for classification
@@ -157,6 +181,24 @@ class TimmBackbone(Backbone):
                 for name in ("cls_token", "reg_token", "pos_embed"):
                     if isinstance(getattr(trunk, name, None), nn.Parameter):
                         getattr(trunk, name).requires_grad = False
+
+    @property
+    def own_level(self) -> str:
+        """The deepest level the model computes itself: a plain model's own map (c4 for a ViT of patch 16, which
+        its pyramid pools into c5 and upsamples into c3 and c2), else its last level. What a classifier reads."""
+        if self.pyramid is not None:
+            return f"c{self.pyramid.base}"
+        return self._names[-1]
+
+    def keep_levels(self, levels: tuple[str, ...] | list[str] | str) -> None:
+        """Return only ``levels`` (of those built) from now on, dropping the pyramid's layers for the others: a
+        head that reads one level leaves no parameters without a gradient, which DistributedDataParallel
+        refuses."""
+        wanted = check_out_levels(levels, self.out_levels)
+        self.feature_info = tuple(info for info in self.feature_info if info.name in wanted)
+        if self.pyramid is not None:
+            for name in [n for n in self.pyramid.branches if n not in wanted]:
+                del self.pyramid.branches[name]
 
     def _modules_up_to(self, level: int) -> list[nn.Module]:
         """The stem and every module until the one producing level ``c{level}``. A plain model makes every level

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from backbones import Backbone, build_backbone
+from backbones import Backbone, TimmBackbone, build_backbone
 from backbones.inference import fast_inference
 from heads.classification import ClassificationHead, Pool
 from tasks import distributed, recipes
@@ -138,9 +138,12 @@ def build_model(
     ``freeze_backbone=True`` trains the head alone (a linear probe): the backbone gets
     ``requires_grad=False`` and stays in eval mode.
     """
+    chosen = "out_levels" in backbone_options
     if not backbone.startswith("timm:"):
         backbone_options.setdefault("out_levels", ("c5",))
     net = build_backbone(backbone, weights=weights, **backbone_options)
+    if isinstance(net, TimmBackbone) and not chosen:  # a ViT's own map, not its pyramid's pooled or upsampled ones
+        net.keep_levels(net.own_level)
     if freeze_backbone:
         net.freeze([net])
     head = ClassificationHead(net.feature_info, num_classes, pool=pool, dropout=dropout)

@@ -208,6 +208,27 @@ def test_timm_backbone_loads_a_timm_checkpoint_file(tmp_path) -> None:
         torch.testing.assert_close(backbone(x)["c5"], want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_small_patch14_dinov2"])
+def test_a_vits_maps_are_its_tokens_after_its_trained_final_norm(name, tmp_path) -> None:
+    """A plain ViT's last map is timm's ``forward_features`` patch tokens, after the model's final LayerNorm with
+    the checkpoint's weights: timm's feature getter drops that norm, so the map was the last block's raw output
+    and a pretrained norm's weights were thrown away. Checked with a norm whose weights are far from 1 and 0."""
+    reference = timm.create_model(name, dynamic_img_size=True).eval()
+    with torch.no_grad():
+        reference.norm.weight.uniform_(0.5, 2.0)
+        reference.norm.bias.uniform_(-1.0, 1.0)
+    torch.save(reference.state_dict(), tmp_path / "t.pth")
+    backbone = build_backbone(f"timm:{name}", weights=tmp_path / "t.pth").eval()
+    patch = reference.patch_embed.patch_size[0]
+    x = torch.randn(2, 3, 6 * patch, 8 * patch)
+    with torch.no_grad():
+        tokens = reference.forward_features(x)[:, reference.num_prefix_tokens :]  # (N, H * W, C)
+        want = tokens.reshape(2, 6, 8, -1).permute(0, 3, 1, 2)
+        ours = backbone(x)
+    level = "c4" if patch == 16 else "c5"  # patch 14 has no pyramid: the map itself is c5
+    torch.testing.assert_close(ours[level], want, rtol=0, atol=1e-5)
+
+
 def test_a_detector_fine_tuning_timm_weights_freezes_their_batchnorms_as_torchvisions_does(tmp_path) -> None:
     from torchvision.ops import FrozenBatchNorm2d as TimmFrozenBatchNorm2d  # timm's freezing makes these
 

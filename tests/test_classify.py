@@ -342,6 +342,27 @@ def test_timm_backbones_train_and_evaluate(data, tmp_path, backbone) -> None:
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["accuracy"] == trained["accuracy"]
 
 
+@pytest.mark.parametrize("backbone", ["timm:convnext_atto", "timm:vit_tiny_patch16_224"])
+def test_a_timm_classifier_reads_the_models_own_map_and_trains_every_parameter(backbone) -> None:
+    """A ViT's classifier averages its normed patch tokens (timm's ``forward_features``), its own stride-16 map.
+    It read the pyramid's max-pooled c5 and built the pyramid's upsampling layers beside it, which got no gradient:
+    DistributedDataParallel stopped with "Expected to have finished reduction" under torchrun."""
+    import timm
+
+    torch.manual_seed(0)
+    model = build_model(backbone, num_classes=3).eval()
+    x = torch.randn(2, 3, 64, 96)
+    model(x).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    if "vit" in backbone:
+        assert model.head.level == "c4" and [i.name for i in model.backbone.feature_info] == ["c4"]
+        reference = timm.create_model(backbone[5:], dynamic_img_size=True).eval()
+        reference.load_state_dict(model.backbone.model.model.state_dict(), strict=False)  # its head stays unused
+        with torch.no_grad():
+            tokens = reference.forward_features(x)[:, reference.num_prefix_tokens :]
+            torch.testing.assert_close(model(x), model.head.fc(tokens.mean(1)), rtol=0, atol=1e-5)
+
+
 def test_a_batch_of_one_that_batchnorm_cannot_train_on_is_one_line(data, tmp_path, capsys) -> None:
     """At 32 px a ResNet's c5 is 1×1, so a batch of one image leaves BatchNorm one value per channel: torch's
     ValueError came out as a traceback."""
