@@ -329,9 +329,11 @@ def test_a_csv_line_without_a_path_or_a_label_is_named(tmp_path, line, problem) 
 
 
 @pytest.mark.parametrize("backbone", ["timm:convnext_atto", "timm:vit_tiny_patch16_224"])
-def test_timm_backbones_train_and_evaluate(data, tmp_path, backbone) -> None:
+def test_timm_backbones_train_evaluate_and_export(data, tmp_path, backbone, capsys) -> None:
     """The runner gave every timm model the ResNets' ``norm`` option (a TypeError), and a ViT asserted its input
-    was 224 px; both train from the command line now, and eval reads the checkpoint back."""
+    was 224 px; both train from the command line now, and eval reads the checkpoint back. Both export to ONNX, a
+    ViT too (its antialiased resize of the position embedding had no ONNX form at opset 17), checked against the
+    eager model on two input sizes."""
     out = tmp_path / "run"
     args = [*FAST, "--backbone", backbone, "--epochs", "1", "--set", "train.max_iters_per_epoch=1"]  # later wins
     assert main(["--data", str(data), "--output", str(out), *args]) == 0
@@ -340,6 +342,9 @@ def test_timm_backbones_train_and_evaluate(data, tmp_path, backbone) -> None:
         main(["eval", "--checkpoint", str(out / "best.pt"), "--data", str(data), "--output", str(tmp_path / "e")]) == 0
     )
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["accuracy"] == trained["accuracy"]
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(out / "best.pt"), "--output", str(tmp_path / "m.onnx")]) == 0
+    assert "onnxruntime matches eager within" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("backbone", ["timm:convnext_atto", "timm:vit_tiny_patch16_224"])
