@@ -31,14 +31,22 @@ def _normed_feature_getter() -> type[nn.Module]:
 
 
 def _create(model_name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``timm.create_model`` asking ViT-like models to take any input size: their position embedding resized to the
+    input's grid (``dynamic_img_size``), and an input that is not a multiple of the patch (DINOv2's and EVA-02's 14
+    at 64 px) padded to one at the right and bottom (``dynamic_img_pad``), where it stopped on timm's assertion.
+    A model without one of these arguments is made without it."""
     import timm
 
-    try:  # ViT-like models take any input size only when asked; the others have no such argument
-        return timm.create_model(model_name, dynamic_img_size=True, **kwargs)
-    except TypeError as error:
-        if "dynamic_img_size" not in str(error):
-            raise
-        return timm.create_model(model_name, **kwargs)
+    extra = {"dynamic_img_size": True, "dynamic_img_pad": True}
+    while True:
+        try:
+            return timm.create_model(model_name, **extra, **kwargs)
+        except TypeError as error:
+            unknown = [name for name in extra if f"'{name}'" in str(error)]
+            if not unknown:
+                raise
+            for name in unknown:
+                del extra[name]
 
 
 class SimplePyramid(nn.Module):
@@ -174,13 +182,21 @@ class TimmBackbone(Backbone):
         self._module_names = self.model.feature_info.module_name()
         self.pyramid = SimplePyramid(channels[-1], base, self.out_levels) if plain else None
         self._single = single
+        self._name = model_name
+        embed = getattr(self._trunk, "patch_embed", None)  # a model timm gives no dynamic_img_size (BEiT) asserts
+        fixed = getattr(embed, "strict_img_size", False) and getattr(embed, "img_size", None)
+        self._fixed_size = tuple(int(side) for side in fixed) if fixed else None
         if frozen_stages >= 0:
             self.freeze(self._modules_up_to(frozen_stages + 1))
             if single:  # the stem's own parameters: the class and register tokens, the position embedding
-                trunk = getattr(self.model, "model", self.model)
                 for name in ("cls_token", "reg_token", "pos_embed"):
-                    if isinstance(getattr(trunk, name, None), nn.Parameter):
-                        getattr(trunk, name).requires_grad = False
+                    if isinstance(getattr(self._trunk, name, None), nn.Parameter):
+                        getattr(self._trunk, name).requires_grad = False
+
+    @property
+    def _trunk(self) -> nn.Module:
+        """The timm model inside a feature getter (ViT-like models), or the feature wrapper itself."""
+        return getattr(self.model, "model", self.model)
 
     @property
     def own_level(self) -> str:
@@ -206,9 +222,8 @@ class TimmBackbone(Backbone):
         the first k quarters of its blocks with it for level k + 1 (a quarter of a ViT-B's 12 for the detector's
         default of freezing stage 1, as a ResNet's stem and first of four stages)."""
         if self._single:
-            trunk = getattr(self.model, "model", self.model)
-            blocks = list(getattr(trunk, "blocks", []))
-            stem = [m for m in (getattr(trunk, "patch_embed", None),) if m is not None]
+            blocks = list(getattr(self._trunk, "blocks", []))
+            stem = [m for m in (getattr(self._trunk, "patch_embed", None),) if m is not None]
             return stem + blocks[: round(min(level - 1, 4) * len(blocks) / 4)]
         produced = {name.replace(".", "_"): int(n[1:]) for name, n in zip(self._module_names, self._names)}
         first_level = int(self._names[0][1:])
@@ -222,6 +237,13 @@ class TimmBackbone(Backbone):
         return modules
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if self._fixed_size is not None and tuple(x.shape[-2:]) != self._fixed_size:
+            height, width = self._fixed_size
+            raise BackboneError(
+                f"timm model {self._name!r} takes {height} x {width} inputs only (timm has no dynamic_img_size for "
+                f"it); this input is {x.shape[-2]} x {x.shape[-1]}: classify at --image-size {height}, or choose a "
+                "model that takes any size (ViT, DeiT, EVA)"
+            )
         maps = self.model(x)  # one (N, C, H/stride, W/stride) map per timm feature
         if self._nhwc:
             maps = [m.permute(0, 3, 1, 2) for m in maps]

@@ -109,6 +109,31 @@ def test_a_vit_serves_c2_to_c5_through_vitdets_simple_pyramid() -> None:
         assert torch.equal(dino(x[:, :, :84, :112])["c5"], dino.model(x[:, :, :84, :112])[-1])
 
 
+def test_a_patch_that_does_not_divide_the_input_pads_it_and_a_fixed_size_model_says_its_size() -> None:
+    """DINOv2's patch 14 does not divide 64: timm's assertion stopped training with a traceback. The input is now
+    padded with zeros at the right and bottom to a multiple of the patch (timm's ``dynamic_img_pad``), so the map is
+    the model's on the padded input. BEiT, which timm gives no ``dynamic_img_size``, takes 224 x 224 only: another
+    size is one line naming the model and the size, not timm's assertion."""
+    import torch.nn.functional as F
+
+    from backbones import BackboneError
+
+    dino = build_backbone("timm:vit_small_patch14_dinov2").eval()
+    x = torch.randn(1, 3, 64, 72)
+    with torch.no_grad():
+        ours = dino(x)["c5"]
+        padded = dino.model(F.pad(x, (0, 84 - 72, 0, 70 - 64)))[-1]  # 70 = 5 * 14, 84 = 6 * 14
+    assert ours.shape == (1, 384, 5, 6)
+    torch.testing.assert_close(ours, padded, rtol=0, atol=1e-5)
+    beit = build_backbone("timm:beit_base_patch16_224", out_levels=("c5",)).eval()
+    with pytest.raises(BackboneError) as caught:
+        beit(torch.randn(1, 3, 64, 64))
+    assert str(caught.value) == (
+        "timm model 'beit_base_patch16_224' takes 224 x 224 inputs only (timm has no dynamic_img_size for it); this "
+        "input is 64 x 64: classify at --image-size 224, or choose a model that takes any size (ViT, DeiT, EVA)"
+    )
+
+
 def test_a_misspelt_timm_name_gets_the_names_it_is_close_to() -> None:
     from backbones import BackboneError
 
