@@ -420,12 +420,25 @@ def _match_detections(
 
 
 def export_and_check(spec: ExportSpec, fmt: str, target: Path, metadata: dict[str, Any]) -> str:
-    """Export, check against eager, and describe the result in one line."""
+    """Export, check against eager, and describe the result in one line. The file is written and checked in a
+    staging folder beside ``target`` and moved into place only when it passes (an OpenVINO .bin before its .xml),
+    so a failed check leaves an earlier export at ``target`` as it was."""
     check_format(fmt)
     writers = {"onnx": export_onnx, "torchscript": export_torchscript, "openvino": export_openvino}
-    writers[fmt](spec, target, metadata)
-    exported = Exported(target)
-    difference = check_export(spec, exported)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staged = staging / target.name
+    try:
+        writers[fmt](spec, staged, metadata)
+        try:
+            difference = check_export(spec, Exported(staged))
+        except UserError as error:
+            kept = f"{target} is left as it was" if target.exists() else f"{target} is not written"
+            raise UserError(f"{str(error).replace(str(staged), str(target))}; {kept}") from None
+        for written in sorted(staging.iterdir(), key=lambda path: path == staged):  # the named file last
+            os.replace(written, target.parent / written.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return (
         f"wrote {target} ({file_mib(target):.1f} MiB), inputs {', '.join(spec.input_names)}, "
         f"outputs {', '.join(spec.output_names)}; {RUNTIMES[fmt]} matches eager within {difference:.1e} "

@@ -96,6 +96,37 @@ def test_exported_detector_takes_other_image_sizes(checkpoints, tmp_path) -> Non
     assert (boxes[:, 2] <= 90 + 1e-3).all() and (boxes[:, 3] <= 50 + 1e-3).all()  # in the input's own pixels
 
 
+@pytest.mark.parametrize("fmt", ["onnx", OPENVINO])
+def test_an_export_that_fails_its_check_leaves_the_earlier_one_as_it_was(
+    fmt: str, checkpoints, tmp_path, capsys, monkeypatch
+) -> None:
+    """The export was written to its name and then checked: one beyond the tolerance had already replaced a good
+    earlier export (and OpenVINO's .bin beside it). It is checked in a staging folder now and moved only when it
+    passes; the message names the file the user asked for."""
+    import tasks.export
+
+    main, checkpoint, _ = checkpoints["classify"]
+    target = tmp_path / f"model{SUFFIXES[fmt]}"
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(target)]) == 0
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    assert target.name in before and (fmt == "onnx" or "model.bin" in before)
+
+    def beyond(spec, exported):
+        raise UserError(f"exported {exported.path}: output logits differs from the eager model by 1.00e+00")
+
+    monkeypatch.setattr(tasks.export, "check_export", beyond)
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(target)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: exported {target}: output logits differs from the eager model by 1.00e+00; {target} is left as it "
+        "was\n"
+    )
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # no staging folder left either
+    other = tmp_path / "new" / target.name
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(other)]) == 2
+    assert capsys.readouterr().err.endswith(f"; {other} is not written\n") and list(other.parent.iterdir()) == []
+
+
 def test_export_bad_format_and_missing_checkpoint(checkpoints, tmp_path, capsys) -> None:
     main, checkpoint, _ = checkpoints["classify"]
     rc = main(["export", "--checkpoint", str(checkpoint), "--format", "tflite"])
