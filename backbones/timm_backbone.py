@@ -8,7 +8,9 @@ import math
 import os
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from backbones.base import LEVELS, Backbone, BackboneError, FeatureInfo, check_out_levels
 from backbones.weights import resolve_weights
@@ -31,22 +33,26 @@ def _normed_feature_getter() -> type[nn.Module]:
 
 
 def _create(model_name: str, kwargs: dict[str, Any]) -> nn.Module:
-    """``timm.create_model`` asking ViT-like models to take any input size: their position embedding resized to the
-    input's grid (``dynamic_img_size``), and an input that is not a multiple of the patch (DINOv2's and EVA-02's 14
-    at 64 px) padded to one at the right and bottom (``dynamic_img_pad``), where it stopped on timm's assertion.
-    A model without one of these arguments is made without it."""
+    """``timm.create_model`` asking ViT-like models to take any input size (``dynamic_img_size``: their position
+    embedding resized to the input's grid); a model without that argument is made without it."""
     import timm
 
-    extra = {"dynamic_img_size": True, "dynamic_img_pad": True}
-    while True:
-        try:
-            return timm.create_model(model_name, **extra, **kwargs)
-        except TypeError as error:
-            unknown = [name for name in extra if f"'{name}'" in str(error)]
-            if not unknown:
-                raise
-            for name in unknown:
-                del extra[name]
+    try:
+        return timm.create_model(model_name, dynamic_img_size=True, **kwargs)
+    except TypeError as error:
+        if "dynamic_img_size" not in str(error):
+            raise
+        return timm.create_model(model_name, **kwargs)
+
+
+def _pad_to_multiple(x: Tensor, patch: tuple[int, int]) -> Tensor:
+    """``x`` padded with zeros at the right and bottom to a multiple of ``patch`` (where timm asserts). Under
+    tracing (an export) always, with the amounts computed from the traced sizes, so the graph takes any size; timm's
+    own ``dynamic_img_pad`` computes them in Python floats, which an ONNX graph keeps as the example's constants."""
+    height, width = x.shape[-2:]
+    if torch.jit.is_tracing() or height % patch[0] or width % patch[1]:
+        x = F.pad(x, (0, (patch[1] - width % patch[1]) % patch[1], 0, (patch[0] - height % patch[0]) % patch[0]))
+    return x
 
 
 class SimplePyramid(nn.Module):
@@ -186,6 +192,8 @@ class TimmBackbone(Backbone):
         embed = getattr(self._trunk, "patch_embed", None)  # a model timm gives no dynamic_img_size (BEiT) asserts
         fixed = getattr(embed, "strict_img_size", False) and getattr(embed, "img_size", None)
         self._fixed_size = tuple(int(side) for side in fixed) if fixed else None
+        patch = getattr(embed, "patch_size", None) if single and not fixed else None
+        self._patch = tuple(int(side) for side in patch) if patch else None
         if frozen_stages >= 0:
             self.freeze(self._modules_up_to(frozen_stages + 1))
             if single:  # the stem's own parameters: the class and register tokens, the position embedding
@@ -244,6 +252,8 @@ class TimmBackbone(Backbone):
                 f"it); this input is {x.shape[-2]} x {x.shape[-1]}: classify at --image-size {height}, or choose a "
                 "model that takes any size (ViT, DeiT, EVA)"
             )
+        if self._patch is not None:  # padded at the right and bottom to a multiple of the patch (DINOv2's 14)
+            x = _pad_to_multiple(x, self._patch)
         maps = self.model(x)  # one (N, C, H/stride, W/stride) map per timm feature
         if self._nhwc:
             maps = [m.permute(0, 3, 1, 2) for m in maps]
