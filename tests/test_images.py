@@ -337,8 +337,8 @@ def test_the_decoded_cache_keeps_checked_masks_and_rereads_a_bad_one(tmp_path, m
     assert expected[-1] is None
     capsys.readouterr()
     reads: list[str] = []
-    real = segmentation.load_mask
-    monkeypatch.setattr(segmentation, "load_mask", lambda path: reads.append(Path(path).name) or real(path))
+    real = segmentation.read_mask
+    monkeypatch.setattr(segmentation, "read_mask", lambda path: reads.append(Path(path).name) or real(path))
     cached = segmentation.SegmentationDataset(data, segmentation_eval())
     cached.decoded = DecodedCache(2**20)
     for _ in range(3):

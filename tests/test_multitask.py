@@ -603,8 +603,8 @@ def test_the_multitask_decoded_cache_keeps_checked_masks_and_rereads_a_bad_one(t
     assert expected[-1]["mask"] is None and expected[-1]["label"] == 0
     capsys.readouterr()
     reads: list[str] = []
-    real = segmentation.load_mask
-    monkeypatch.setattr(segmentation, "load_mask", lambda path: reads.append(path.name) or real(path))
+    real = segmentation.read_mask
+    monkeypatch.setattr(segmentation, "read_mask", lambda path: reads.append(path.name) or real(path))
     cached = multitask.MultiTaskDataset(data, pipeline, train=False)
     cached.decoded = DecodedCache(2**20)
     for _ in range(3):

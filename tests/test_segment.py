@@ -574,6 +574,16 @@ def _label_image(path, values, *, rgb=False) -> np.ndarray:
     return rows
 
 
+def _as_read(sample, num_classes: int) -> np.ndarray:
+    """A sample's mask as the dataset reads it: its file's values looked up in ``sample.values`` where it has them."""
+    from tasks.data.images import DecodedCache
+    from tasks.data.segmentation import checked_mask
+
+    mask = checked_mask(DecodedCache(), sample.mask, num_classes, values=sample.values)
+    assert not isinstance(mask, str), mask
+    return mask
+
+
 @pytest.mark.parametrize("class_file", ["objectInfo150.txt", "objectInfo150.csv"])
 def test_ade20k_as_downloaded_scores_its_classes_and_voids_other_objects(tmp_path, monkeypatch, class_file) -> None:
     """ADEChallengeData2016: images/ and annotations/ under training/ and validation/, the names in objectInfo150;
@@ -601,7 +611,9 @@ def test_ade20k_as_downloaded_scores_its_classes_and_voids_other_objects(tmp_pat
         assert len(data.samples) == count
         for sample in data.samples:
             expected = np.where(truth[sample.image_id] == 0, 255, truth[sample.image_id].astype(int) - 1)
-            np.testing.assert_array_equal(np.asarray(Image.open(sample.mask)), expected)
+            assert sample.mask.parent == root / "annotations" / ("training" if split == "train" else "validation")
+            np.testing.assert_array_equal(_as_read(sample, 3), expected)
+    assert not (tmp_path / "cache").exists()  # looked up as they load, not converted first
 
 
 def _mapillary(root: Path, version: str, labels: list[dict]) -> dict[str, np.ndarray]:
@@ -740,9 +752,10 @@ def test_cityscapes_as_downloaded_trains_on_its_19_train_ids(tmp_path, monkeypat
     ]
     as_train_ids = np.vectorize(train_id.get)
     for sample in data.samples:
-        mask = np.asarray(Image.open(sample.mask))
         expected = ready if sample.image_id.startswith("bochum") else as_train_ids(label_ids["train", sample.image_id])
-        np.testing.assert_array_equal(mask, expected)
+        assert sample.mask.parent.parent == root / "gtFine" / "train"  # the files themselves, none converted
+        np.testing.assert_array_equal(_as_read(sample, 19), expected)
+    assert not (tmp_path / "cache").exists()
     out = tmp_path / "run"
     assert main(["--data", str(root), "--output", str(out), *FAST]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -872,7 +885,8 @@ def test_bdd100k_drivable_areas_train_with_its_boxes_on_one_root_and_its_10k_mas
     as_classes = np.vectorize({2: 0, 0: 1, 1: 2, 7: 255}.get)
     for sample in data.samples:
         assert sample.image.parent == root / "images" / "100k" / "train"
-        np.testing.assert_array_equal(np.asarray(Image.open(sample.mask)), as_classes(drivable[sample.image_id]))
+        assert sample.mask.parent == root / "labels" / "drivable" / "masks" / "train"
+        np.testing.assert_array_equal(_as_read(sample, 3), as_classes(drivable[sample.image_id]))
     assert main(["--data", str(root), "--output", str(tmp_path / "run"), *FAST]) == 0
     out = tmp_path / "both"
     assert multitask_main(["--data", str(root), "--tasks", "detect,segment", "--output", str(out), *FAST]) == 0
@@ -917,7 +931,9 @@ def test_oxford_pets_trimaps_train_the_pet_against_the_background_and_join_the_b
         for index, sample in enumerate(data.samples):
             assert sample.image == reference._images[index]
             trimap = np.asarray(reference[index][1])
-            np.testing.assert_array_equal(np.asarray(Image.open(sample.mask)), as_classes(trimap))
+            assert sample.mask.parent == pets / "annotations" / "trimaps"
+            np.testing.assert_array_equal(_as_read(sample, 2), as_classes(trimap))
+    assert not (tmp_path / "cache").exists()
     out = tmp_path / "both"
     assert multitask_main(["--data", str(pets), "--tasks", "classify,segment", "--output", str(out), *FAST]) == 0
     metrics = json.loads((out / "metrics.json").read_text())

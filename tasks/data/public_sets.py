@@ -42,9 +42,9 @@ but the deleted ones and license plates occludes), so a box is the one around th
 ``<class>group`` polygon (a crowd that was not split into objects) is a crowd region of its class, as the benchmark's
 instance evaluation ignores it; caravans and trailers, which it does not score, are left out.
 
-ADE20K's, Cityscapes', BDD100K's drivable and the Pets' masks, whose values need changing, are changed once, into PNGs
-under ``<cache>/<set>-masks/<key>`` (as colour masks are: :func:`tasks.data.colour_masks.converted_samples`), and read
-from there like any other masks; Mapillary's and COCO-Stuff's, far more and larger, are looked up as they load.
+Every set's masks whose values are not yet the classes (ADE20K's, Cityscapes' label ids, BDD100K's drivable areas, the
+Pets' trimaps, Mapillary's and COCO-Stuff's) are looked up through a table of their 256 values as they load
+(:attr:`tasks.data.segmentation.SegmentationSample.values`); none is converted into the cache first.
 ``train`` and ``val`` find ADE20K's ``training`` and ``validation`` (:func:`tasks.data.holdout.other_names`).
 """
 
@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,7 +61,6 @@ import numpy as np
 from PIL import Image
 
 from tasks.data import listed_sets
-from tasks.data.colour_masks import converted_samples
 from tasks.data.embedded import cache_root
 from tasks.data.images import is_image_file
 from tasks.errors import UserError
@@ -268,14 +268,14 @@ def _ade20k(root: Path, split: str) -> tuple[list[SegmentationSample], list[str]
         for p in sorted(p for p in images.rglob("*") if p.is_file() and is_image_file(p))
     ]
     shifted = {k + 1: k for k in range(len(names))}  # 0 ("other objects") and any value past the classes: void
-    return _remapped(samples, "ade20k-masks", f"ade20k|{VERSION}|{len(names)}", shifted), names
+    return _looked_up(samples, shifted), names
 
 
 def _cityscapes(root: Path, split: str) -> tuple[list[SegmentationSample], list[str]]:
     from tasks.data.segmentation import SegmentationSample
 
     images, masks = root / "leftImg8bit" / split, root / "gtFine" / split
-    ready, to_convert = [], []
+    ready, label_ids = [], []
     for image in sorted(images.rglob(f"*{CITYSCAPES_IMAGE}.png")):
         relative = image.relative_to(images)
         stem = relative.name.removesuffix(f"{CITYSCAPES_IMAGE}.png")
@@ -284,12 +284,11 @@ def _cityscapes(root: Path, split: str) -> tuple[list[SegmentationSample], list[
         if train_ids.is_file():
             ready.append(SegmentationSample(image_id, image, train_ids))
         else:  # a missing mask is named by the reader's check
-            to_convert.append(
+            label_ids.append(
                 SegmentationSample(image_id, image, masks / relative.parent / f"{stem}{CITYSCAPES_LABEL_IDS}.png")
             )
     train_ids = {label_id: train_id for train_id, (label_id, _) in enumerate(CITYSCAPES_CLASSES)}
-    converted = _remapped(to_convert, "cityscapes-masks", f"cityscapes|{VERSION}", train_ids)
-    samples = sorted(ready + converted, key=lambda s: s.image_id)
+    samples = sorted(ready + _looked_up(label_ids, train_ids), key=lambda s: s.image_id)
     return samples, [name for _, name in CITYSCAPES_CLASSES]
 
 
@@ -305,7 +304,7 @@ def _bdd100k(root: Path, split: str) -> tuple[list[SegmentationSample], list[str
     if task == "sem_seg":
         return samples, [name for _, name in CITYSCAPES_CLASSES]
     drivable = {2: 0, 0: 1, 1: 2}  # background, direct, alternative
-    return _remapped(samples, "bdd100k-masks", f"bdd100k-drivable|{VERSION}", drivable), list(BDD_DRIVABLE)
+    return _looked_up(samples, drivable), list(BDD_DRIVABLE)
 
 
 def _pets(root: Path, split: str) -> tuple[list[SegmentationSample], list[str]]:
@@ -318,7 +317,7 @@ def _pets(root: Path, split: str) -> tuple[list[SegmentationSample], list[str]]:
         for name, _ in listed_sets.pet_list(folder / listed_sets.LISTS["pets"][split])
     ]
     trimap = {1: 1, 2: 0}  # the pet, the background; 3 (the border) and anything else void
-    return _remapped(samples, "pets-masks", f"pets|{VERSION}", trimap), ["background", "pet"]
+    return _looked_up(samples, trimap), ["background", "pet"]
 
 
 def mapillary_classes(config: Path) -> tuple[list[str], tuple[int, ...]]:
@@ -383,35 +382,19 @@ def _coco_stuff(root: Path, split: str) -> tuple[list[SegmentationSample], list[
     return samples, list(COCO_STUFF_CLASSES)
 
 
-def _remapped(
-    samples: list[SegmentationSample], kind: str, identity: str, values: dict[int, int]
-) -> list[SegmentationSample]:
-    """``samples`` with their masks' values mapped by ``values`` (any other value void), converted once into
-    ``<cache>/<kind>/`` (:func:`tasks.data.colour_masks.converted_samples`)."""
-    table = np.array(_value_classes(values), np.uint8)
-    return converted_samples(samples, kind, identity, lambda path: _looked_up(path, table))
+def _looked_up(samples: list[SegmentationSample], classes: dict[int, int]) -> list[SegmentationSample]:
+    """``samples`` whose masks are read through ``classes`` (a mask value's class; any other value void) as they
+    load (:attr:`tasks.data.segmentation.SegmentationSample.values`)."""
+    values = _value_classes(classes)
+    return [replace(sample, values=values) for sample in samples]
 
 
 def _value_classes(classes: dict[int, int]) -> tuple[int, ...]:
-    """The class of each of a mask's 256 values: ``classes[value]``, any other value void (255). Converted masks
-    are drawn through it (:func:`_remapped`); Mapillary's and COCO-Stuff's are looked up in it as they load."""
+    """The class of each of a mask's 256 values: ``classes[value]``, any other value void (255)."""
     values = [255] * 256
     for value, k in classes.items():
         values[value] = k
     return tuple(values)
-
-
-def _looked_up(path: Path, table: np.ndarray) -> np.ndarray:
-    """The (H, W) uint8 mask of ``table[value]`` for each pixel of the single-channel PNG at ``path``."""
-    from tasks.data.segmentation import MASK_MODES
-
-    with Image.open(path) as mask:
-        if mask.mode not in MASK_MODES:
-            raise UserError(f"mask {path} is {mask.mode}: expected a single-channel PNG of label ids")
-        values = np.asarray(mask, dtype=np.int64)  # a palette PNG's indices are its values
-    if values.min() < 0 or values.max() > 255:
-        raise UserError(f"mask {path} has label ids outside 0..255")
-    return table[values]
 
 
 def read_cityscapes_detection(root: Path, split: str) -> DetectionData:

@@ -170,6 +170,16 @@ def invalid_values(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return np.unique(mask[((mask >= num_classes) & (mask != IGNORE_INDEX)) | (mask < 0)])
 
 
+def read_mask(path: Path) -> np.ndarray:
+    """A mask file's values: a palette or greyscale PNG's as a writable uint8 array (a palette's indices, with no
+    lookup), which most masks are, read and looked up without an int64 copy; any other mode's through
+    :func:`load_mask`."""
+    with Image.open(path) as mask:
+        if mask.mode in ("L", "P"):
+            return np.array(mask)
+    return load_mask(path)
+
+
 def load_mask(path: Path) -> np.ndarray:
     """(H, W) int64 class indices from a palette or single-channel PNG, with no palette lookup."""
     with Image.open(path) as mask:
@@ -321,18 +331,23 @@ def checked_mask(
     and count."""
     mask = decoded.get(path)
     if mask is None:
-        mask = load_mask(path)
+        mask = read_mask(path)
         if values is not None:
             if mask.min(initial=0) < 0 or mask.max(initial=0) >= len(values):
                 return f"values outside 0..{len(values) - 1}, the ids it is read by"
-            mask = np.asarray(values, np.int64)[mask]
+            if mask.dtype == np.uint8 and len(values) == 256:  # OpenCV's table lookup: 0.3 ms for 2048 x 1024
+                import cv2
+
+                mask = cv2.LUT(mask, np.asarray(values, np.uint8))
+            else:
+                mask = np.asarray(values, np.int64)[mask]
         if shape is not None and mask.shape != shape:
             return f"{mask.shape[1]}x{mask.shape[0]} px where its image is {shape[1]}x{shape[0]} px"
         bad = invalid_values(mask, num_classes)
         if bad.size:
             shown = ", ".join(str(int(v)) for v in bad[:5])
             return f"values {shown} are neither a class (0..{num_classes - 1}) nor void (255)"
-        mask = mask.astype(np.uint8)  # every value is now below 256; OpenCV's warps need a small dtype
+        mask = mask.astype(np.uint8, copy=False)  # every value is now below 256; OpenCV's warps need a small dtype
         decoded.keep(path, mask)
     return mask if mask.flags.writeable else mask.copy()  # a kept array: the transforms may hand it on unchanged
 
