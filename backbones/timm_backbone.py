@@ -45,6 +45,22 @@ def _create(model_name: str, kwargs: dict[str, Any]) -> nn.Module:
         return timm.create_model(model_name, **kwargs)
 
 
+def _is_plain(model_name: str, kwargs: dict[str, Any]) -> bool:
+    """Whether timm serves the model's features through its feature getter with one stride for every map (ViT,
+    DeiT, BEiT, EVA, DINOv2), told from a copy without weights made on the meta device (a tenth of a second, where
+    a ViT-L's initialisation takes seconds), or on the CPU for a model that cannot be made there."""
+    from timm.models._features import FeatureGetterNet  # not re-exported by timm.models
+
+    bare = {k: v for k, v in kwargs.items() if k not in ("pretrained", "pretrained_cfg_overlay")}
+    try:
+        with torch.device("meta"):
+            probe = _create(model_name, bare)
+    except Exception:  # any failure there is the meta device's; the CPU copy decides
+        probe = _create(model_name, bare)
+    reductions = probe.feature_info.reduction()
+    return isinstance(probe, FeatureGetterNet) and len(reductions) > 1 and len(set(reductions)) == 1
+
+
 def _pad_to_multiple(x: Tensor, patch: tuple[int, int]) -> Tensor:
     """``x`` padded with zeros at the right and bottom to a multiple of ``patch`` (where timm asserts). Under
     tracing (an export) always, with the amounts computed from the traced sizes, so the graph takes any size; timm's
@@ -153,13 +169,13 @@ class TimmBackbone(Backbone):
             kwargs["pretrained"] = True
             if os.fspath(weights) != "timm":
                 kwargs["pretrained_cfg_overlay"] = dict(file=str(resolve_weights(weights, model_name)))
+        if _is_plain(model_name, kwargs):
+            # timm's feature getter drops a plain model's final norm (and its trained weights), which its own head
+            # and forward_features apply to every token: kept
+            kwargs["feature_cls"] = _normed_feature_getter()
         self.model = _create(model_name, kwargs)
         reductions = self.model.feature_info.reduction()
         single = len(reductions) > 1 and len(set(reductions)) == 1  # one stride for every map: a ViT's blocks
-        if single and isinstance(self.model, _normed_feature_getter().__base__) and not self.model.norm:
-            # timm's getter drops a plain model's final norm (and its trained weights), which its own head and
-            # forward_features apply to every token: made again with the norm kept
-            self.model = _create(model_name, dict(kwargs, feature_cls=_normed_feature_getter()))
         if norm == "frozen_bn":
             self.model = timm.layers.freeze_batch_norm_2d(self.model)
         elif norm == "sync_bn":
