@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from backbones import build_backbone
+from backbones import TimmBackbone, build_backbone
 from heads.classification import ClassificationHead
 from heads.detection import DETECTION_LEVELS, FasterRCNNHead
 from heads.multitask import TASKS, MultiTaskModel, Weighting
@@ -112,12 +112,18 @@ def build_model(
         raise ValueError(f"num_classes_per_task has no entry for {missing}")
     levels = {"classify": ("c5",), "detect": DETECTION_LEVELS, "segment": ("c1", "c2", "c3", "c4", "c5")}
     wanted = sorted({level for name in tasks for level in levels[name]})
+    chosen = "out_levels" in backbone_options
     if not backbone.startswith("timm:"):
         backbone_options.setdefault("out_levels", tuple(wanted))
     net = build_backbone(backbone, weights=weights, **backbone_options)
     heads: dict[str, nn.Module] = {}
     if "classify" in tasks:
-        heads["classify"] = ClassificationHead(net.feature_info, num_classes_per_task["classify"])
+        level = None  # the deepest: c5
+        if isinstance(net, TimmBackbone) and not chosen:  # a ViT's own map (c4), as classify's model reads it
+            level = net.own_level
+            if set(tasks) == {"classify"}:
+                net.keep_levels(level)
+        heads["classify"] = ClassificationHead(net.feature_info, num_classes_per_task["classify"], level=level)
     if "detect" in tasks:
         heads["detect"] = FasterRCNNHead(net.feature_info, num_classes_per_task["detect"], **(detection_options or {}))
     if "segment" in tasks:

@@ -175,6 +175,25 @@ def test_build_model_rejects_unknown_tasks() -> None:
         build_model("resnet18", ["classify", "depth"], {"classify": 2, "depth": 1})
 
 
+def test_a_vits_classifier_reads_its_own_map_beside_the_other_heads() -> None:
+    """With a ViT the classification head reads the model's own stride-16 map (c4, its normed tokens), as the
+    classify runner's does, not the pyramid's max-pooled c5; the detector and the U-Net still get c2..c5. Alone,
+    the classifier leaves no pyramid layer without a gradient."""
+    torch.manual_seed(0)
+    model = build_model(
+        "timm:vit_tiny_patch16_224", ["classify", "detect", "segment"], NUM, detection_options=SMALL_DETECTION
+    )
+    assert model.heads["classify"].level == "c4"
+    assert [info.name for info in model.backbone.feature_info] == ["c2", "c3", "c4", "c5"]
+    alone = build_model("resnet18", ["classify"], NUM)
+    assert alone.heads["classify"].level == "c5"  # a ResNet's deepest, as before
+    alone = build_model("timm:vit_tiny_patch16_224", ["classify"], NUM)
+    assert alone.heads["classify"].level == "c4" and [i.name for i in alone.backbone.feature_info] == ["c4"]
+    features = alone.backbone(torch.randn(2, 3, 64, 64))
+    alone.heads["classify"](features).sum().backward()
+    assert [n for n, p in alone.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
 @pytest.fixture(scope="module")
 def shapes_root(tmp_path_factory):
     return shapes_dataset(tmp_path_factory.mktemp("shapes"), size=64, train_images=6, val_images=4)
