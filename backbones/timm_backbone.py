@@ -244,11 +244,13 @@ class TimmBackbone(Backbone):
         """The stem and every module until the one producing level ``c{level}``. A plain model makes every level
         from its last block, so there its blocks count as four equal stages: its patch embedding for level 1, and
         the first k quarters of its blocks with it for level k + 1 (a quarter of a ViT-B's 12 for the detector's
-        default of freezing stage 1, as a ResNet's stem and first of four stages)."""
+        default of freezing stage 1, as a ResNet's stem and first of four stages); all four freeze its final norm
+        too, which every level is made after."""
         if self._single:
             blocks = list(getattr(self._trunk, "blocks", []))
             stem = [m for m in (getattr(self._trunk, "patch_embed", None),) if m is not None]
-            return stem + blocks[: round(min(level - 1, 4) * len(blocks) / 4)]
+            last = [m for m in (getattr(self._trunk, "norm", None),) if m is not None and level > 4]
+            return stem + blocks[: round(min(level - 1, 4) * len(blocks) / 4)] + last
         produced = {name.replace(".", "_"): int(n[1:]) for name, n in zip(self._module_names, self._names)}
         first_level = int(self._names[0][1:])
         modules, current = [], 1 if first_level > 1 else first_level

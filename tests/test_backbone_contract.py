@@ -101,7 +101,9 @@ def test_a_vit_serves_c2_to_c5_through_vitdets_simple_pyramid() -> None:
     # the stem (patch embedding, class token, position embedding), then a quarter of the 12 blocks per stage
     assert frozen(0) == {"patch_embed", "cls_token", "pos_embed"}
     assert frozen(1) == {"patch_embed", "cls_token", "pos_embed", "blocks.0", "blocks.1", "blocks.2"}
-    assert frozen(4) == {"patch_embed", "cls_token", "pos_embed", *(f"blocks.{i}" for i in range(12))}
+    assert frozen(3) == {"patch_embed", "cls_token", "pos_embed", *(f"blocks.{i}" for i in range(9))}
+    # all four: every block and the final norm that every level is made after (kept since timm's getter drops it)
+    assert frozen(4) == {"patch_embed", "cls_token", "pos_embed", *(f"blocks.{i}" for i in range(12)), "norm"}
     assert not any(p.requires_grad is False for p in only.parameters())
     dino = build_backbone("timm:vit_small_patch14_dinov2").eval()
     assert [(i.name, i.channels, i.stride) for i in dino.feature_info] == [("c5", 384, 14)]
