@@ -198,6 +198,13 @@ class TimmBackbone(Backbone):
             first_level = round(math.log2(reductions[0]))
             names = [f"c{first_level + i}" for i in range(len(reductions))]
             all_info = [FeatureInfo(n, c, r) for n, c, r in zip(names, channels, reductions)]
+        asked = (out_levels,) if isinstance(out_levels, str) else tuple(out_levels or ())
+        if single and not plain and set(asked) - {"c5"}:  # the detector asks for c2..c5
+            raise BackboneError(
+                f"timm model {model_name!r} has one map, at stride {reductions[-1]} (its patch), which is not a power "
+                f"of two, so it has no feature pyramid: it returns c5 alone, for classification, where "
+                f"out_levels={list(asked)} was asked (the FPN and the U-Net read c2..c5; a ViT of patch 16 gives them)"
+            )
         wanted = check_out_levels(out_levels if out_levels is not None else names, names)
         self.feature_info = tuple(info for info in all_info if info.name in wanted)
         self._names = names

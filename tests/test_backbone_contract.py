@@ -115,7 +115,8 @@ def test_a_patch_that_does_not_divide_the_input_pads_it_and_a_fixed_size_model_s
     """DINOv2's patch 14 does not divide 64: timm's assertion stopped training with a traceback. The input is now
     padded with zeros at the right and bottom to a multiple of the patch (timm's ``dynamic_img_pad``), so the map is
     the model's on the padded input. BEiT, which timm gives no ``dynamic_img_size``, takes 224 x 224 only: another
-    size is one line naming the model and the size, not timm's assertion."""
+    size is one line naming the model and the size, not timm's assertion. The detector's levels from DINOv2 say why
+    it has only c5."""
     import torch.nn.functional as F
 
     from backbones import BackboneError
@@ -127,6 +128,13 @@ def test_a_patch_that_does_not_divide_the_input_pads_it_and_a_fixed_size_model_s
         padded = dino.model(F.pad(x, (0, 84 - 72, 0, 70 - 64)))[-1]  # 70 = 5 * 14, 84 = 6 * 14
     assert ours.shape == (1, 384, 5, 6)
     torch.testing.assert_close(ours, padded, rtol=0, atol=1e-5)
+    with pytest.raises(BackboneError) as caught:  # the detector's levels: the generic "choose a subset of ['c5']"
+        build_backbone("timm:vit_small_patch14_dinov2", out_levels=("c2", "c3", "c4", "c5"))
+    assert str(caught.value) == (
+        "timm model 'vit_small_patch14_dinov2' has one map, at stride 14 (its patch), which is not a power of two, so "
+        "it has no feature pyramid: it returns c5 alone, for classification, where out_levels=['c2', 'c3', 'c4', "
+        "'c5'] was asked (the FPN and the U-Net read c2..c5; a ViT of patch 16 gives them)"
+    )
     beit = build_backbone("timm:beit_base_patch16_224", out_levels=("c5",)).eval()
     with pytest.raises(BackboneError) as caught:
         beit(torch.randn(1, 3, 64, 64))
