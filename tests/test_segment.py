@@ -900,6 +900,40 @@ def test_bdd100k_drivable_areas_train_with_its_boxes_on_one_root_and_its_10k_mas
         assert np.unique(np.asarray(Image.open(sample.mask))).tolist() == [0, 13, 18, 255]
 
 
+def test_bdd100k_lane_markings_read_their_category_bits_where_the_data_names_their_folder(
+    tmp_path, monkeypatch
+) -> None:
+    """labels/lane/masks/ of images/100k/: each byte holds the direction (32), the style (16), a background bit (8)
+    and the category (the low three bits; bdd100k's eval/lane.py). Background is class 0 and the categories 1..8, in
+    the toolkit's order, whatever the direction and style bits. ``--data bdd100k/labels/lane`` picks them where the
+    drivable areas are there too (the root alone still reads those), and a root with lane masks alone reads them."""
+    from tasks.data.public_sets import BDD_LANES
+    from tasks.data.segmentation import load_segmentation
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "bdd100k"
+    # 255 and 8 | 3 are background; 0 a crosswalk; 32 | 16 | 6 a vertical dashed single white; 7 a single yellow
+    values, classes = [255, 0, 54, 7, 11], [0, 1, 7, 8, 0]
+    for split, count in (("train", 3), ("val", 2)):
+        for i in range(count):
+            stem = f"{split}-{i:03d}"
+            _label_image(root / "images" / "100k" / split / f"{stem}.jpg", [0], rgb=True)
+            _label_image(root / "labels" / "drivable" / "masks" / split / f"{stem}.png", [2, 0, 1])
+            _label_image(root / "labels" / "lane" / "masks" / split / f"{stem}.png", values[i:] + values[:i])
+    assert load_segmentation(root, "train", classes=None).class_names == ["background", "direct", "alternative"]
+    lanes = load_segmentation(root / "labels" / "lane", "train", classes=None)
+    assert lanes.class_names == list(BDD_LANES) and len(BDD_LANES) == 9 and BDD_LANES[7] == "single white"
+    for i, sample in enumerate(lanes.samples):
+        assert sample.mask.parent == root / "labels" / "lane" / "masks" / "train"
+        rows = np.resize(np.array(classes[i:] + classes[:i]), 24)[:, None].repeat(32, axis=1)
+        np.testing.assert_array_equal(_as_read(sample, 9), rows)
+    out = tmp_path / "run"
+    assert main(["--data", str(root / "labels" / "lane"), "--output", str(out), *FAST]) == 0
+    assert list(json.loads((out / "metrics.json").read_text())["per_class_iou"]) == list(BDD_LANES)
+    shutil.rmtree(root / "labels" / "drivable")
+    assert load_segmentation(root, "val", classes=None).class_names == list(BDD_LANES)  # lane masks alone
+
+
 def test_oxford_pets_trimaps_train_the_pet_against_the_background_and_join_the_breeds_on_one_root(
     tmp_path, monkeypatch
 ) -> None:

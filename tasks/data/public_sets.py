@@ -15,7 +15,11 @@ by the table of cityscapesscripts' ``labels.py``.
 class 0, then direct and alternative), else, where a split has none, the semantic masks
 ``labels/sem_seg/masks/<split>/<name>.png`` of ``images/10k/<split>/<name>.jpg`` (Cityscapes' 19 train ids, 255
 void), read as they are. The drivable areas share their images with the detection labels (:mod:`tasks.data.bdd100k`),
-so one root trains the two tasks together.
+so one root trains the two tasks together. ``--data bdd100k/labels/lane`` (or ``drivable``, ``sem_seg``) picks that
+label set: the lane markings ``labels/lane/masks/<split>/<name>.png`` of ``images/100k/``, whose bytes hold the
+direction, the style, a background bit (8) and the category (the low three bits, in the bdd100k toolkit's order):
+background is class 0 and the eight categories 1..8, as the toolkit's lane dataset trains them. A root with lane
+masks alone reads them without naming the folder.
 
 **Oxford-IIIT Pet** (``oxford-iiit-pet/``, as torchvision downloads it): ``annotations/trimaps/<image>.png`` of
 ``images/<image>.jpg``, the images of ``annotations/trainval.txt`` (``train``) and ``test.txt``. A trimap's 1 is the
@@ -85,7 +89,11 @@ CITYSCAPES_IMAGE, CITYSCAPES_TRAIN_IDS, CITYSCAPES_LABEL_IDS = (
 CITYSCAPES_POLYGONS = "_gtFine_polygons.json"
 CITYSCAPES_INSTANCES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
 CITYSCAPES_UNDRAWN = ("license plate",)  # labels.py's id -1: not drawn into the instance masks
-BDD_MASKS = {"drivable": "100k", "sem_seg": "10k"}  # BDD100K's mask tasks and their images, in the order looked for
+BDD_MASKS = {"drivable": "100k", "sem_seg": "10k", "lane": "100k"}  # mask tasks, their images, in the order looked for
+BDD_LANES = (  # background, then the lane markings' categories 0..7 (bdd100k.label.label's lane_marks)
+    "background", "crosswalk", "double other", "double white", "double yellow", "road curb", "single other",
+    "single white", "single yellow",
+)  # fmt: skip
 BDD_DRIVABLE = ("background", "direct", "alternative")  # the masks' 2, 0 and 1
 # Mapillary Vistas' label sets: the 2.0 release's v1.2 (the 65 classes most results report) and v2.0, each with its
 # config, then the 1.0/1.1 releases' config.json with <split>/labels/
@@ -135,7 +143,8 @@ def public_set(root: Path) -> str | None:
         return "ade20k"
     if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
         return "cityscapes"
-    if any((root / "labels" / task / "masks").is_dir() for task in BDD_MASKS):
+    folder, tasks = _bdd_root(root)
+    if any((folder / "labels" / task / "masks").is_dir() for task in tasks):
         return "bdd100k"
     if _pets_folder(root) is not None:
         return "pets"
@@ -189,12 +198,22 @@ def has_split(root: Path, kind: str, split: str) -> bool:
     return (root / "leftImg8bit" / split).is_dir() and (root / "gtFine" / split).is_dir()
 
 
+def _bdd_root(root: Path) -> tuple[Path, tuple[str, ...]]:
+    """BDD100K's folder and the mask tasks to look for: the one ``--data`` names (``bdd100k/labels/lane``), else
+    every one, in :data:`BDD_MASKS`' order."""
+    if root.name in BDD_MASKS and root.parent.name == "labels" and (root.parent.parent / "images").is_dir():
+        return root.parent.parent, (root.name,)
+    return root, tuple(BDD_MASKS)
+
+
 def _bdd_masks(root: Path, split: str) -> tuple[Path, Path, str] | None:
-    """BDD100K's (images, masks, task) folders of ``split``: the drivable areas', else the semantic masks'."""
-    for task, images in BDD_MASKS.items():
-        masks = root / "labels" / task / "masks" / split
-        if masks.is_dir() and (root / "images" / images / split).is_dir():
-            return root / "images" / images / split, masks, task
+    """BDD100K's (images, masks, task) folders of ``split``: the named task's, else the drivable areas', the
+    semantic masks' or the lane markings', the first that the split has."""
+    folder, tasks = _bdd_root(root)
+    for task in tasks:
+        masks, images = folder / "labels" / task / "masks" / split, folder / "images" / BDD_MASKS[task] / split
+        if masks.is_dir() and images.is_dir():
+            return images, masks, task
     return None
 
 
@@ -204,7 +223,8 @@ def read_public_split(root: Path, kind: str, split: str) -> tuple[list[Segmentat
         folders = {
             "ade20k": "images/ and annotations/",
             "cityscapes": "leftImg8bit/ and gtFine/",
-            "bdd100k": "images/100k/ and labels/drivable/masks/, or images/10k/ and labels/sem_seg/masks/",
+            "bdd100k": "images/100k/ with labels/drivable/masks/ or labels/lane/masks/, or images/10k/ with "
+            "labels/sem_seg/masks/",
             "pets": "annotations/ (trainval.txt for train, test.txt for test)",
             "mapillary": "images/ and the labels folder of its config",
             "cocostuff": "images/ and annotations/",
@@ -303,6 +323,8 @@ def _bdd100k(root: Path, split: str) -> tuple[list[SegmentationSample], list[str
     ]
     if task == "sem_seg":
         return samples, [name for _, name in CITYSCAPES_CLASSES]
+    if task == "lane":  # the background bit (8) set: background; else the category in the low three bits, plus one
+        return _looked_up(samples, {v: 0 if v & 8 else (v & 7) + 1 for v in range(256)}), list(BDD_LANES)
     drivable = {2: 0, 0: 1, 1: 2}  # background, direct, alternative
     return _looked_up(samples, drivable), list(BDD_DRIVABLE)
 
