@@ -906,9 +906,11 @@ def test_bdd100k_lane_markings_read_their_category_bits_where_the_data_names_the
     """labels/lane/masks/ of images/100k/: each byte holds the direction (32), the style (16), a background bit (8)
     and the category (the low three bits; bdd100k's eval/lane.py). Background is class 0 and the categories 1..8, in
     the toolkit's order, whatever the direction and style bits. ``--data bdd100k/labels/lane`` picks them where the
-    drivable areas are there too (the root alone still reads those), and a root with lane masks alone reads them."""
+    drivable areas are there too (the root alone still reads those), and a root with lane masks alone reads them.
+    A multi-task YAML trains BDD100K's boxes and its lane markings together on the shared images."""
     from tasks.data.public_sets import BDD_LANES
     from tasks.data.segmentation import load_segmentation
+    from tasks.multitask import main as multitask_main
 
     monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "bdd100k"
@@ -920,6 +922,15 @@ def test_bdd100k_lane_markings_read_their_category_bits_where_the_data_names_the
             _label_image(root / "images" / "100k" / split / f"{stem}.jpg", [0], rgb=True)
             _label_image(root / "labels" / "drivable" / "masks" / split / f"{stem}.png", [2, 0, 1])
             _label_image(root / "labels" / "lane" / "masks" / split / f"{stem}.png", values[i:] + values[:i])
+        frames = [
+            {
+                "name": f"{split}-{i:03d}.jpg",
+                "labels": [{"category": "car", "box2d": {"x1": 4, "y1": 3, "x2": 20, "y2": 18}}],
+            }
+            for i in range(count)
+        ]
+        (root / "labels" / "det_20").mkdir(parents=True, exist_ok=True)
+        (root / "labels" / "det_20" / f"det_{split}.json").write_text(json.dumps(frames))
     assert load_segmentation(root, "train", classes=None).class_names == ["background", "direct", "alternative"]
     lanes = load_segmentation(root / "labels" / "lane", "train", classes=None)
     assert lanes.class_names == list(BDD_LANES) and len(BDD_LANES) == 9 and BDD_LANES[7] == "single white"
@@ -930,6 +941,13 @@ def test_bdd100k_lane_markings_read_their_category_bits_where_the_data_names_the
     out = tmp_path / "run"
     assert main(["--data", str(root / "labels" / "lane"), "--output", str(out), *FAST]) == 0
     assert list(json.loads((out / "metrics.json").read_text())["per_class_iou"]) == list(BDD_LANES)
+    # boxes and lane markings on the same images, as YOLOP trains them: one root per task in a multi-task YAML
+    (tmp_path / "both.yaml").write_text("detect: bdd100k\nsegment: bdd100k/labels/lane\n")
+    both = tmp_path / "both"
+    args = ["--data", str(tmp_path / "both.yaml"), "--tasks", "detect,segment", "--output", str(both), *FAST]
+    assert multitask_main(args) == 0
+    metrics = json.loads((both / "metrics.json").read_text())
+    assert metrics["detect"]["num_images"] == 2 and list(metrics["segment"]["per_class_iou"]) == list(BDD_LANES)
     shutil.rmtree(root / "labels" / "drivable")
     assert load_segmentation(root, "val", classes=None).class_names == list(BDD_LANES)  # lane masks alone
 
