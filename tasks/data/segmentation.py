@@ -335,7 +335,7 @@ def checked_mask(
         if values is not None:
             if mask.min(initial=0) < 0 or mask.max(initial=0) >= len(values):
                 return f"values outside 0..{len(values) - 1}, the ids it is read by"
-            if mask.dtype == np.uint8 and len(values) == 256:  # OpenCV's table lookup: 0.3 ms for 2048 x 1024
+            if mask.dtype == np.uint8 and len(values) == 256 and max(values) <= 255:  # OpenCV's: 0.3 ms a 2048 x 1024
                 import cv2
 
                 mask = cv2.LUT(mask, np.asarray(values, np.uint8))
