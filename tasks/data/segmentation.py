@@ -333,12 +333,12 @@ def checked_mask(
     if mask is None:
         mask = read_mask(path)
         if values is not None:
-            if mask.min(initial=0) < 0 or mask.max(initial=0) >= len(values):
-                return f"values outside 0..{len(values) - 1}, the ids it is read by"
-            if mask.dtype == np.uint8 and len(values) == 256 and max(values) <= 255:  # OpenCV's: 0.3 ms a 2048 x 1024
+            if mask.dtype == np.uint8 and len(values) == 256 and max(values) <= 255:  # every byte has an entry
                 import cv2
 
-                mask = cv2.LUT(mask, np.asarray(values, np.uint8))
+                mask = cv2.LUT(mask, np.asarray(values, np.uint8))  # OpenCV's table lookup: 0.3 ms a 2048 x 1024
+            elif mask.min(initial=0) < 0 or mask.max(initial=0) >= len(values):
+                return f"values outside 0..{len(values) - 1}, the ids it is read by"
             else:
                 mask = np.asarray(values, np.int64)[mask]
         if shape is not None and mask.shape != shape:
