@@ -58,6 +58,7 @@ from tasks.data.multitask import (
     load_multitask_splits,
     parse_sources,
 )
+from tasks.data.public_sets import are_bdd_lanes
 from tasks.detect import DetectionHeadConfig
 from tasks.detect import write_figures as detection_figures
 from tasks.engine import Setup, evaluate_split, make_loader, resolve_device, seed_everything, start_processes
@@ -76,7 +77,9 @@ from tasks.io import atomic_write, write_json
 from tasks.metrics.classification import ClassificationMeter
 from tasks.metrics.coco import Backend
 from tasks.metrics.detection import score, to_results
+from tasks.metrics.lanes import LaneMeter
 from tasks.metrics.segmentation import SegmentationMeter
+from tasks.segment import lane_line
 from tasks.segment import write_figures as segmentation_figures
 from tasks.visualize import draw_detections, overlay_cam, overlay_mask, palette_mask, save_png
 
@@ -217,6 +220,9 @@ class MultiTaskTask:
         tasks = [name for name in TASKS if name in self.data.tasks]
         classify = ClassificationMeter(len(names["classify"])) if "classify" in tasks else None
         segment = SegmentationMeter(len(names["segment"])) if "segment" in tasks else None
+        lanes = None
+        if segment is not None and are_bdd_lanes(names["segment"]):
+            lanes = LaneMeter(names["segment"], ignore_index=segment.ignore_index)
         mistakes = Mistakes()
         results: list[dict[str, Any]] = []
         read: list[int | str] = []  # the detection images scored: those that could be read
@@ -240,6 +246,8 @@ class MultiTaskTask:
                 if segment is not None and batch["original_masks"][n] is not None:
                     predicted = resize_segmentation(outputs["segment"][n], size, original).argmax(dim=0)
                     segment.update(predicted, batch["original_masks"][n])
+                    if lanes is not None:
+                        lanes.update(predicted, batch["original_masks"][n])
         metrics: dict[str, Any] = {}
         if classify is not None:
             metrics["classify"] = classify.compute(names["classify"])
@@ -251,6 +259,8 @@ class MultiTaskTask:
             metrics["detect"] = score(scored, self.detections, backend=self.backend)
         if segment is not None:
             metrics["segment"] = segment.compute(names["segment"])
+            if lanes is not None:
+                metrics["segment"]["lane_f_score"] = lanes.compute()
         metrics["main"] = main_score(metrics)
         return metrics
 
@@ -377,6 +387,8 @@ def _report(metrics: dict[str, Any], task: MultiTaskTask, run_dir: Path) -> None
     if "segment" in metrics:
         seg = metrics["segment"]
         lines.append(f"  segment   mIoU {show(seg['mIoU'])}  mDice {show(seg['mDice'])}")
+        if "lane_f_score" in seg:
+            lines.append(f"            {lane_line(seg['lane_f_score'])}")
     print("\n".join(lines + [f"  main      {metrics['main']:.4f} (mean of the above headline numbers)"]))
     figures = ", ".join(f"{name}/" for name in TASKS if name in metrics)
     print(f"metrics.json and each task's figures ({figures}) are in {run_dir}")

@@ -44,7 +44,7 @@ from tasks.config import Auto, TrainConfig, to_dict
 from tasks.data.embedded import shapes_dataset
 from tasks.data.holdout import DEFAULT_FRACTION, fraction_for_eval
 from tasks.data.images import READ_ERRORS, load_rgb
-from tasks.data.public_sets import public_set
+from tasks.data.public_sets import are_bdd_lanes, public_set
 from tasks.data.segmentation import (
     SegmentationData,
     SegmentationDataset,
@@ -64,6 +64,7 @@ from tasks.export import (
     serving_model,
 )
 from tasks.io import atomic_write, write_json
+from tasks.metrics.lanes import BOUND_PIXELS, LaneMeter
 from tasks.metrics.segmentation import SegmentationMeter
 from tasks.tiles import predict_classes
 from tasks.visualize import bars_png, confusion_png, overlay_mask, palette_mask, save_png
@@ -168,6 +169,9 @@ class SegmentTask:
 
     def evaluate(self, model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device) -> dict[str, Any]:
         meter = SegmentationMeter(len(self.class_names))
+        lanes = None
+        if are_bdd_lanes(self.class_names):  # also the toolkit's lane F-scores
+            lanes = LaneMeter(self.class_names, ignore_index=meter.ignore_index)
         kept: dict[int, bytes] = {}
         for batch in loader:
             if batch["batch_size"] == 0:
@@ -176,11 +180,16 @@ class SegmentTask:
             predicted = predict_classes(model, batch["images"], tile=self.tile)  # (N, H, W), padding included
             if batch["masks"] is not None:
                 meter.update(predicted, batch["masks"])  # padding is void in the masks
+                if lanes is not None:
+                    lanes.update(predicted, batch["masks"])
             for index, (height, width), mask in zip(batch["indices"], batch["sizes"], predicted):
                 if self.keep_masks is None or index < self.keep_masks:
                     kept[index] = encode_mask(mask[:height, :width].cpu().numpy())
         self.masks = {k: v for part in distributed.gather(kept) for k, v in part.items()}
-        return meter.compute(self.class_names)
+        metrics = meter.compute(self.class_names)
+        if lanes is not None:
+            metrics["lane_f_score"] = lanes.compute()
+        return metrics
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
@@ -305,7 +314,17 @@ def _report(metrics: dict[str, Any], run_dir: Path) -> None:
         value = metrics[key]
         print(f"  {key:<20} {'n/a' if value is None else f'{value:.4f}'}")
     print(f"  {per_class_line(metrics['per_class_iou'])}")
+    if "lane_f_score" in metrics:
+        print(f"  {lane_line(metrics['lane_f_score'])}")
     print(f"metrics, masks/, overlays/, per_class_iou.png and the confusion matrix are in {run_dir}")
+
+
+def lane_line(scores: dict[str, Any]) -> str:
+    """The summary's line of BDD100K's lane F-scores (:mod:`tasks.metrics.lanes`)."""
+    values = [scores[f"F1_pix{bound}"] for bound in BOUND_PIXELS]
+    shown = " / ".join("n/a" if v is None else f"{v:.4f}" for v in values)
+    bounds = "/".join(str(bound) for bound in BOUND_PIXELS)
+    return f"lane F1 within {bounds} px: {shown} (BDD100K's lane-marking categories, the toolkit's F-scores)"
 
 
 SHOWN_CLASSES = 20  # more classes than this (ADE20K's 150) are summed up by the lowest and highest IoUs

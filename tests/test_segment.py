@@ -907,9 +907,11 @@ def test_bdd100k_lane_markings_read_their_category_bits_where_the_data_names_the
     and the category (the low three bits; bdd100k's eval/lane.py). Background is class 0 and the categories 1..8, in
     the toolkit's order, whatever the direction and style bits. ``--data bdd100k/labels/lane`` picks them where the
     drivable areas are there too (the root alone still reads those), and a root with lane masks alone reads them.
-    A multi-task YAML trains BDD100K's boxes and its lane markings together on the shared images."""
+    A multi-task YAML trains BDD100K's boxes and its lane markings together on the shared images. Both runners report
+    the toolkit's lane F-scores beside the IoUs."""
     from tasks.data.public_sets import BDD_LANES
     from tasks.data.segmentation import load_segmentation
+    from tasks.metrics.lanes import BOUND_PIXELS, lane_f_scores
     from tasks.multitask import main as multitask_main
 
     monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
@@ -940,7 +942,20 @@ def test_bdd100k_lane_markings_read_their_category_bits_where_the_data_names_the
         np.testing.assert_array_equal(_as_read(sample, 9), rows)
     out = tmp_path / "run"
     assert main(["--data", str(root / "labels" / "lane"), "--output", str(out), *FAST]) == 0
-    assert list(json.loads((out / "metrics.json").read_text())["per_class_iou"]) == list(BDD_LANES)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["per_class_iou"]) == list(BDD_LANES)
+    # the toolkit's lane F-scores beside the IoUs: those of the masks the run wrote, each image's scores averaged
+    val = load_segmentation(root / "labels" / "lane", "val", classes=None)
+    scores = np.mean(
+        [
+            lane_f_scores(_as_read(s, 9), np.asarray(Image.open(out / "masks" / f"{s.image_id}.png")), range(1, 9))
+            for s in val.samples
+        ],
+        axis=0,
+    )
+    assert metrics["lane_f_score"]["images"] == 2 and list(metrics["lane_f_score"]["per_class"]) == list(BDD_LANES[1:])
+    for column, bound in enumerate(BOUND_PIXELS):
+        assert metrics["lane_f_score"][f"F1_pix{bound}"] == pytest.approx(scores[:, column].mean(), abs=1e-9)
     # boxes and lane markings on the same images, as YOLOP trains them: one root per task in a multi-task YAML
     (tmp_path / "both.yaml").write_text("detect: bdd100k\nsegment: bdd100k/labels/lane\n")
     both = tmp_path / "both"
@@ -948,6 +963,7 @@ def test_bdd100k_lane_markings_read_their_category_bits_where_the_data_names_the
     assert multitask_main(args) == 0
     metrics = json.loads((both / "metrics.json").read_text())
     assert metrics["detect"]["num_images"] == 2 and list(metrics["segment"]["per_class_iou"]) == list(BDD_LANES)
+    assert metrics["segment"]["lane_f_score"]["images"] == 2
     shutil.rmtree(root / "labels" / "drivable")
     assert load_segmentation(root, "val", classes=None).class_names == list(BDD_LANES)  # lane masks alone
 

@@ -57,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,6 +96,14 @@ BDD_LANES = (  # background, then the lane markings' categories 0..7 (bdd100k.la
     "single white", "single yellow",
 )  # fmt: skip
 BDD_DRIVABLE = ("background", "direct", "alternative")  # the masks' 2, 0 and 1
+
+
+def are_bdd_lanes(class_names: Sequence[str]) -> bool:
+    """Whether ``class_names`` are BDD100K's lane markings (background, then the eight categories in the toolkit's
+    order): the runners then also score the toolkit's lane F-scores (:mod:`tasks.metrics.lanes`)."""
+    return list(class_names) == list(BDD_LANES)
+
+
 # Mapillary Vistas' label sets: the 2.0 release's v1.2 (the 65 classes most results report) and v2.0, each with its
 # config, then the 1.0/1.1 releases' config.json with <split>/labels/
 MAPILLARY_VERSIONS = (
