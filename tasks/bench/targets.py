@@ -40,14 +40,16 @@ GOALS = {
         tried='"Where the detector\'s training step spends its time" (the profile: convolutions, RoIAlign backward), '
         '"The same goals on an Intel Xeon with AMX" (small convolutions), "The benchmarks re-run on the Intel Xeon '
         'with AMX" (detect 55%, segment 114% on the AMD EPYC), "The split RoIAlign\'s own OpenMP threads" (31% to '
-        '39%), "The main job at batch 8" (40% to 58%; RoIAlign\'s backward a fifth of the step)',
+        '39%), "The main job at batch 8" (40% to 58%; RoIAlign\'s backward a fifth of the step), "The two goals '
+        "still open: what else was tried\" (torchvision's tensor-operation RoIAlign, the casts, denormals)",
     ),
     "wait": Goal(
         "training: waiting for data at most 2% of the step",
         0.02,
         at_most=True,
         tried='"The classification recipe\'s wait for data" (a prefetch thread, the batch normalised at once), "The '
-        "benchmarks re-run on the Intel Xeon with AMX\" (segment's pipeline, image by image)",
+        'benchmarks re-run on the Intel Xeon with AMX" (segment\'s pipeline, image by image), "The two goals still '
+        "open: what else was tried\" (the pipeline step by step: albumentations' calls per image)",
     ),
     "detector train": Goal(
         "Faster R-CNN train step at least 1.1× torchvision's",
