@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +44,12 @@ from tasks.cli import (
 from tasks.config import Auto, TrainConfig, to_dict
 from tasks.data.embedded import shapes_dataset
 from tasks.data.holdout import DEFAULT_FRACTION, fraction_for_eval
-from tasks.data.images import READ_ERRORS, load_rgb
+from tasks.data.images import READ_ERRORS, DecodedCache, load_rgb, warn_unreadable
 from tasks.data.public_sets import are_bdd_lanes, public_set
 from tasks.data.segmentation import (
     SegmentationData,
     SegmentationDataset,
+    checked_mask,
     collate_segmentation,
     load_segmentation,
 )
@@ -65,7 +67,7 @@ from tasks.export import (
 )
 from tasks.io import atomic_write, write_json
 from tasks.metrics.lanes import BOUND_PIXELS, LaneMeter
-from tasks.metrics.segmentation import SegmentationMeter
+from tasks.metrics.segmentation import SegmentationMeter, segmentation_metrics
 from tasks.tiles import predict_classes
 from tasks.visualize import bars_png, confusion_png, overlay_mask, palette_mask, save_png
 
@@ -306,8 +308,8 @@ def write_figures(metrics: dict[str, Any], run_dir: Path) -> None:
         atomic_write(run_dir / name, lambda handle, data=png: handle.write(data))
 
 
-def _report(metrics: dict[str, Any], run_dir: Path) -> None:
-    """metrics.json, the figures of :func:`write_figures`, and the summary."""
+def _report(metrics: dict[str, Any], run_dir: Path, *, masks: bool = True) -> None:
+    """metrics.json, the figures of :func:`write_figures`, and the summary (``masks``: the run wrote masks/)."""
     write_json(run_dir / "metrics.json", metrics)
     write_figures(metrics, run_dir)
     for key in ("mIoU", "mDice", "pixel_accuracy", "mean_class_accuracy"):
@@ -316,7 +318,8 @@ def _report(metrics: dict[str, Any], run_dir: Path) -> None:
     print(f"  {per_class_line(metrics['per_class_iou'])}")
     if "lane_f_score" in metrics:
         print(f"  {lane_line(metrics['lane_f_score'])}")
-    print(f"metrics, masks/, overlays/, per_class_iou.png and the confusion matrix are in {run_dir}")
+    written = "masks/, overlays/, " if masks else ""
+    print(f"metrics, {written}per_class_iou.png and the confusion matrix are in {run_dir}")
 
 
 def lane_line(scores: dict[str, Any]) -> str:
@@ -415,7 +418,64 @@ def _load_model(path: Path) -> tuple[UNet, dict[str, Any]]:
     return model, checkpoint  # type: ignore[return-value]
 
 
+def score_predicted_masks(folder: Path, data: SegmentationData) -> dict[str, Any]:
+    """The metrics of the masks in ``folder``, ``<image id>.png`` of class indices (what ``predict`` and ``eval``
+    write to ``masks/``), against ``data``'s: one line naming the folder where a mask is missing, and one naming a
+    mask whose size or values are wrong. A ground-truth mask that cannot be read is skipped and counted, as
+    evaluation with a model skips it. Scored in this process alone: the same under any number of processes."""
+    if not folder.is_dir():
+        raise UserError(f"--predictions {folder} is not a folder (expected one of <image id>.png masks)")
+    masks = [folder / f"{sample.image_id}.png" for sample in data.samples]
+    missing = [path for path in masks if not path.is_file()]
+    if missing:
+        raise UserError(
+            f"--predictions {folder} lacks the masks of {len(missing)} of the {len(masks)} image(s) of "
+            f"{data.source}, such as {missing[0]} (expected <image id>.png, as predict and eval write them)"
+        )
+    names, decoded = data.class_names, DecodedCache()  # a budget of 0: nothing kept, each mask read once
+    meter = SegmentationMeter(len(names))
+    lanes = LaneMeter(names, ignore_index=meter.ignore_index) if are_bdd_lanes(names) else None
+    unreadable = 0
+    for sample, path in zip(data.samples, masks):
+        truth: np.ndarray | str | None = None
+        try:
+            if sample.mask is not None:
+                truth = checked_mask(decoded, sample.mask, len(names), values=sample.values)
+        except READ_ERRORS as error:
+            warn_unreadable(sample.mask, error)  # type: ignore[arg-type]
+        if isinstance(truth, str):  # named and skipped, as the loader does
+            print(f"warning: skipping {sample.mask}: {truth}", file=sys.stderr, flush=True)
+        if not isinstance(truth, np.ndarray):
+            unreadable += 1
+            continue
+        try:
+            predicted = checked_mask(decoded, path, len(names), shape=truth.shape)
+        except READ_ERRORS as error:
+            raise UserError(f"predicted mask {path} cannot be read: {error}") from None
+        if isinstance(predicted, str) or (predicted == meter.ignore_index).any():
+            problem = predicted if isinstance(predicted, str) else "void (255) where each pixel needs a class"
+            raise UserError(f"predicted mask {path}: {problem}")
+        found, true = torch.from_numpy(predicted.astype(np.int64)), torch.from_numpy(truth.astype(np.int64))
+        meter.update(found, true)
+        if lanes is not None:
+            lanes.update(found, true)
+    if unreadable:
+        print(f"skipped {unreadable} image(s) whose ground-truth mask could not be scored")
+    metrics = segmentation_metrics(meter.confusion.numpy(), names)
+    if lanes is not None:
+        metrics["lane_f_score"] = lanes.compute(across_processes=False)
+    return metrics
+
+
 def evaluate(cfg: SegmentConfig, args: argparse.Namespace) -> int:
+    if args.predictions is not None:
+        _, val = _data(cfg, need_train=False)
+        metrics = score_predicted_masks(Path(args.predictions), val)
+        if distributed.is_main():
+            run_dir = new_run_dir(cfg.output, TASK, "eval")
+            write_config(run_dir, cfg)
+            _report(metrics, run_dir, masks=False)
+        return 0
     path = require_checkpoint(args)
     model, checkpoint = _load_model(path)
     class_names = list(checkpoint["class_names"])
@@ -516,6 +576,11 @@ FLAGS = {**COMMON_FLAGS, "image_size": "data.crop_size"}
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = common_parser(TASK, "Train, evaluate and predict U-Net semantic segmentation.")
+    parser.add_argument(
+        "--predictions",
+        help="eval: score the masks in this folder (<image id>.png of class indices, as predict and eval write them "
+        "to masks/), with no model",
+    )
     args = parser.parse_args(argv)
     cfg = resolve_config(SegmentConfig(), args, command_flags(args, FLAGS), embedded="segment/shapes")
     if args.command in ("train", "eval"):

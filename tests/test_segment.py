@@ -84,6 +84,40 @@ def test_eval_reproduces_training_and_writes_every_mask(trained, shapes_root, tm
     assert confusion.tolist() == got["confusion_matrix"]
 
 
+def test_eval_scores_a_folder_of_predicted_masks_as_it_scores_the_model(trained, shapes_root, tmp_path, capsys) -> None:
+    """``eval --predictions masks/`` with no model: the masks a model's eval wrote give that eval's metrics, to the
+    pixel; masks of other images in the folder are left out. A folder that lacks a mask, a mask of another size,
+    with a value that is no class or with void, is one line naming it; nothing is written."""
+    evaluated = tmp_path / "eval"
+    argv = ["eval", "--data", str(shapes_root)]
+    assert main([*argv, "--checkpoint", str(trained / "best.pt"), "--output", str(evaluated)]) == 0
+    masks = _copy(evaluated / "masks", tmp_path / "masks")
+    Image.new("L", (8, 8)).save(masks / "not-in-val.png")
+    capsys.readouterr()
+    out = tmp_path / "scored"
+    assert main([*argv, "--predictions", str(masks), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and "masks/" not in printed  # nothing but the metrics and figures is written
+    scored, by_model = (json.loads((d / "metrics.json").read_text()) for d in (out, evaluated))
+    assert scored == by_model
+
+    def fails(*needles: str) -> None:
+        _one_line_error(capsys, main([*argv, "--predictions", str(masks), "--output", str(tmp_path / "bad")]), *needles)
+        assert not (tmp_path / "bad").exists()
+
+    original = np.asarray(Image.open(masks / "00002.png")).copy()
+    (masks / "00002.png").unlink()
+    fails(str(masks), "1 of the 4", str(masks / "00002.png"))
+    Image.fromarray(original[:32]).save(masks / "00002.png")
+    fails(str(masks / "00002.png"), "64x32 px", "64x64 px")
+    for value, needle in ((9, "values 9"), (255, "void (255)")):
+        changed = original.copy()
+        changed[0, 0] = value
+        Image.fromarray(changed).save(masks / "00002.png")
+        fails(str(masks / "00002.png"), needle)
+    _one_line_error(capsys, main([*argv, "--predictions", str(tmp_path / "none")]), "is not a folder")
+
+
 def test_predict_writes_masks_overlays_and_class_shares(trained, shapes_root, tmp_path) -> None:
     out = tmp_path / "pred"
     odd = tmp_path / "odd.png"  # a size that is not a multiple of 32
@@ -956,6 +990,18 @@ def test_bdd100k_lane_markings_read_their_category_bits_where_the_data_names_the
     assert metrics["lane_f_score"]["images"] == 2 and list(metrics["lane_f_score"]["per_class"]) == list(BDD_LANES[1:])
     for column, bound in enumerate(BOUND_PIXELS):
         assert metrics["lane_f_score"][f"F1_pix{bound}"] == pytest.approx(scores[:, column].mean(), abs=1e-9)
+    scored = tmp_path / "scored"  # the same masks scored with no model
+    argv = [
+        "eval",
+        "--data",
+        str(root / "labels" / "lane"),
+        "--predictions",
+        str(out / "masks"),
+        "--output",
+        str(scored),
+    ]
+    assert main(argv) == 0
+    assert json.loads((scored / "metrics.json").read_text())["lane_f_score"] == metrics["lane_f_score"]
     # boxes and lane markings on the same images, as YOLOP trains them: one root per task in a multi-task YAML
     (tmp_path / "both.yaml").write_text("detect: bdd100k\nsegment: bdd100k/labels/lane\n")
     both = tmp_path / "both"

@@ -87,8 +87,11 @@ class LaneMeter:
             self.sums += lane_f_scores(truth, found, self.categories, self.bounds)
             self.images += 1
 
-    def compute(self) -> dict[str, Any]:
-        totals = distributed.all_reduce_sum(torch.from_numpy(np.append(self.sums.ravel(), self.images)))
+    def compute(self, *, across_processes: bool = True) -> dict[str, Any]:
+        """The means, over every process's images (``across_processes``), else over this process's alone."""
+        totals = torch.from_numpy(np.append(self.sums.ravel(), self.images))
+        if across_processes:
+            totals = distributed.all_reduce_sum(totals)
         images = int(totals[-1].item())
         means = totals[:-1].numpy().reshape(self.sums.shape) / max(images, 1)
         keys = [f"F1_pix{bound}" for bound in self.bounds]
