@@ -167,6 +167,50 @@ def test_threaded_roi_align_equals_torchvision_to_the_bit(
         assert a.dtype == dtype and a.abs().sum() > 0 and torch.equal(a, b)
 
 
+def test_threaded_roi_align_skips_the_levels_no_roi_maps_to(monkeypatch) -> None:
+    """Small boxes map to the first level alone (the main job's 128 px images): the other levels are neither pooled
+    nor given a gradient of zeros, and the outputs and gradients are torchvision's, to the bit (a level left out of
+    the graph has the zero gradient torchvision adds)."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    import heads.detection as detection
+
+    generator = torch.Generator().manual_seed(0)
+    names, sides = ["p2", "p3", "p4", "p5"], [32, 16, 8, 4]
+    features = {
+        n: torch.randn(2, 64, s, s, generator=generator).bfloat16().contiguous(memory_format=torch.channels_last)
+        for n, s in zip(names, sides)
+    }
+    features = {n: f.requires_grad_() for n, f in features.items()}
+    corners = torch.rand(2, 40, 2, generator=generator) * 90
+    boxes = [torch.cat([c, c + 4 + torch.rand(40, 2, generator=generator) * 30], dim=1) for c in corners]
+    pooled: list[int] = []
+    split = detection._ChannelSplitRoIAlign.apply
+    monkeypatch.setattr(
+        detection._ChannelSplitRoIAlign,
+        "apply",
+        lambda f, rois, *rest: pooled.append(len(rois)) or split(f, rois, *rest),
+    )
+    ours, reference = detection.ThreadedMultiScaleRoIAlign(names, 7, 2), MultiScaleRoIAlign(names, 7, 2)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        outputs, gradients = [], []
+        for pool in (ours, reference):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = pool(features, boxes, [(128, 128)] * 2)
+            weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+            found = torch.autograd.grad((out.float() * weight).sum(), list(features.values()), allow_unused=True)
+            gradients.append([torch.zeros_like(f) if g is None else g for f, g in zip(features.values(), found)])
+            outputs.append(out)
+    finally:
+        torch.set_num_threads(previous)
+    assert set(ours.map_levels(boxes).tolist()) == {0} and pooled == [80]  # one level pooled, every RoI on it
+    assert torch.equal(outputs[0], outputs[1])
+    for level, (a, b) in enumerate(zip(*gradients)):
+        assert torch.equal(a, b) and (a.abs().sum() > 0) == (level == 0)
+
+
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_the_inference_form_detects_what_the_eager_model_detects(channels_last) -> None:
     """``fast_model_inference`` (the detect runner's eval and predict): BatchNorm folded into a frozen backbone,
