@@ -47,6 +47,7 @@ from tasks.data.holdout import DEFAULT_FRACTION, fraction_for_eval
 from tasks.data.images import READ_ERRORS, DecodedCache, load_rgb, warn_unreadable
 from tasks.data.public_sets import are_bdd_lanes, public_set
 from tasks.data.segmentation import (
+    MASK_MODES,
     SegmentationData,
     SegmentationDataset,
     checked_mask,
@@ -449,6 +450,10 @@ def score_predicted_masks(folder: Path, data: SegmentationData) -> dict[str, Any
             unreadable += 1
             continue
         try:
+            with Image.open(path) as header:
+                mode = header.mode
+            if mode not in MASK_MODES:
+                raise UserError(f"predicted mask {path} is a {mode} image; expected a palette or single-channel PNG")
             predicted = checked_mask(decoded, path, len(names), shape=truth.shape)
         except READ_ERRORS as error:
             raise UserError(f"predicted mask {path} cannot be read: {error}") from None

@@ -115,6 +115,10 @@ def test_eval_scores_a_folder_of_predicted_masks_as_it_scores_the_model(trained,
         changed[0, 0] = value
         Image.fromarray(changed).save(masks / "00002.png")
         fails(str(masks / "00002.png"), needle)
+    Image.fromarray(original).convert("RGB").save(masks / "00002.png")  # a colour-coded mask, not class indices
+    fails(str(masks / "00002.png"), "RGB image")
+    (masks / "00002.png").write_bytes(b"not a png")
+    fails(str(masks / "00002.png"), "cannot be read")
     _one_line_error(capsys, main([*argv, "--predictions", str(tmp_path / "none")]), "is not a folder")
 
 
