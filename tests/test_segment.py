@@ -87,7 +87,8 @@ def test_eval_reproduces_training_and_writes_every_mask(trained, shapes_root, tm
 def test_eval_scores_a_folder_of_predicted_masks_as_it_scores_the_model(trained, shapes_root, tmp_path, capsys) -> None:
     """``eval --predictions masks/`` with no model: the masks a model's eval wrote give that eval's metrics, to the
     pixel; masks of other images in the folder are left out. A folder that lacks a mask, a mask of another size,
-    with a value that is no class or with void, is one line naming it; nothing is written."""
+    with a value that is no class or with void, in colour or unreadable, is one line naming it; nothing is
+    written."""
     evaluated = tmp_path / "eval"
     argv = ["eval", "--data", str(shapes_root)]
     assert main([*argv, "--checkpoint", str(trained / "best.pt"), "--output", str(evaluated)]) == 0
