@@ -389,6 +389,20 @@ class Setup:
     input_size: tuple[int, int] | None = None  # (height, width) of a training image, for the model's GFLOPs line
 
 
+def clip_gradients(model: nn.Module, limit: float, device: torch.device) -> None:
+    """Scale ``model``'s gradients to norm ``limit`` where their norm is larger, as ``clip_grad_norm_`` does (the
+    engine's ``train.clip_grad``). On the CPU, where reading the norm costs no device sync, the scaling pass over
+    every gradient is skipped when it would multiply by 1: torch's function always multiplies so as not to sync a
+    GPU (5% of the detector's CPU step, half of it that pass). The same gradients to the bit either way."""
+    parameters = [p for p in model.parameters() if p.grad is not None]
+    if device.type != "cpu":
+        nn.utils.clip_grad_norm_(parameters, limit)
+        return
+    norm = nn.utils.get_total_norm([p.grad for p in parameters])
+    if not bool(limit / (norm + 1e-6) >= 1.0):  # torch's own coefficient, clamped to 1; a NaN norm scales too
+        nn.utils.clip_grads_with_norm_(parameters, limit, norm)
+
+
 class Engine:
     """Trains and evaluates one model for one task.
 
@@ -798,17 +812,7 @@ class Engine:
         return EpochStats(steps=step, images=images, seconds=elapsed, data_seconds=data_time, losses=means)
 
     def _clip_gradients(self, limit: float) -> None:
-        """Scale the gradients to norm ``limit`` where their norm is larger, as ``clip_grad_norm_`` does. On the CPU,
-        where reading the norm costs no device sync, the scaling pass over every gradient is skipped when it would
-        multiply by 1: torch's function always multiplies so as not to sync a GPU (5% of the detector's CPU step,
-        half of it that pass). The same gradients to the bit either way."""
-        parameters = [p for p in self.model.parameters() if p.grad is not None]
-        if self.device.type != "cpu":
-            nn.utils.clip_grad_norm_(parameters, limit)
-            return
-        norm = nn.utils.get_total_norm([p.grad for p in parameters])
-        if not bool(limit / (norm + 1e-6) >= 1.0):  # torch's own coefficient, clamped to 1; a NaN norm scales too
-            nn.utils.clip_grads_with_norm_(parameters, limit, norm)
+        clip_gradients(self.model, limit, self.device)
 
     def _check_finite(self, loss_sum: Tensor, epoch: int, checked: int, step: int) -> None:
         """Stop with one line if a loss since step ``checked`` was not finite (every ``log_every`` steps, where the

@@ -135,6 +135,28 @@ def test_clipping_gives_torchs_gradients_to_the_bit_and_skips_the_multiply_withi
         assert bool(scaled) is multiplies, limit  # within torch's 1e-6 of the limit it scales, as torch does
 
 
+def test_the_benchmarks_training_step_clips_as_the_engine_does(tmp_path) -> None:
+    """``tasks.bench.training_stepper`` (``python -m tasks.bench.profile``'s step) takes the engine's weights after
+    each step, to the bit, with the recipe's clipping; unclipped it leaves them (the main job's detector diverged
+    after about 16 unclipped steps, and its profile timed NaN losses)."""
+    from types import SimpleNamespace
+
+    from tasks.bench import training_stepper
+
+    batches = _batches(3)
+    _, _, free, _ = _run(tmp_path / "free", batches)
+    norms = [float(torch.linalg.vector_norm(torch.stack([g.norm() for g in s["grads"]]))) for s in free]
+    limit = min(norms) / 2  # every step's gradient is above it
+    _, start, seen, _ = _run(tmp_path / "clipped", batches, clip_grad=limit)
+    for clip in (True, False):
+        parts = SimpleNamespace(model=copy.deepcopy(start), task=_Square())
+        step = training_stepper(parts, _config(clip_grad=limit), amp=False, channels_last=False, clip=clip)
+        for batch, engine_step in zip(batches, seen):
+            step(batch)
+            same = all(torch.equal(a, b) for a, b in zip(step.model.parameters(), engine_step["weights"]))
+            assert same is clip
+
+
 def test_ema_is_the_exponential_average_of_the_weights_after_each_step(tmp_path) -> None:
     decay = 0.5
     engine, _, seen, _ = _run(tmp_path, _batches(4), ema=True, ema_decay=decay)
