@@ -108,6 +108,9 @@ def test_a_batchs_padding_is_left_out_of_both_masks() -> None:
     batched = LaneMeter(BDD_LANES, ignore_index=255)
     batched.update(padded_found, padded_truth)
     assert batched.compute() == cropped.compute()
+    as_bytes = LaneMeter(BDD_LANES, ignore_index=255)  # masks read as uint8, as the loader keeps them
+    as_bytes.update(padded_found.to(torch.uint8), padded_truth.to(torch.uint8))
+    assert as_bytes.compute() == cropped.compute()
 
 
 def test_no_images_have_no_scores() -> None:

@@ -82,8 +82,8 @@ class LaneMeter:
             predicted, target = predicted[None], target[None]
         for found, truth in zip(predicted.numpy(), target.numpy()):
             void = truth == self.ignore_index
-            if void.any():  # out of both masks: no category is the void's own
-                truth, found = np.where(void, -1, truth), np.where(void, -1, found)
+            if void.any():  # out of both masks: the void value is no category, in either dtype (uint8 or int64)
+                found = np.where(void, self.ignore_index, found)
             self.sums += lane_f_scores(truth, found, self.categories, self.bounds)
             self.images += 1
 
