@@ -7,13 +7,16 @@ once as an ImageFolder) with the packaged recipe ``configs/classify/digits.yaml`
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -65,8 +68,8 @@ from tasks.export import (
     quantize_and_report,
     serving_model,
 )
-from tasks.io import atomic_write, write_json
-from tasks.metrics.classification import ClassificationMeter
+from tasks.io import atomic_write, read_text, write_json
+from tasks.metrics.classification import ClassificationMeter, metrics_from_confusion
 from tasks.visualize import confusion_png, image_grid_png, overlay_cam, save_png
 
 TASK = "classify"
@@ -298,12 +301,13 @@ def _report(
     *,
     samples: Sequence[Sample] = (),
     mistakes: Sequence[dict[str, Any]] = (),
+    written: str = "metrics, checkpoints, confusion matrices and mistakes.png",
 ) -> None:
     """The summary and the figures (see :func:`write_figures`)."""
     write_figures(metrics, class_names, run_dir, samples=samples, mistakes=mistakes)
     keys = ["accuracy", "top5", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"]
     print("\n".join(f"  {key:<16} {metrics[key]:.4f}" for key in keys if key in metrics))
-    print(f"metrics, checkpoints, confusion matrices and mistakes.png are in {run_dir}")
+    print(f"{written} are in {run_dir}")
 
 
 def setup(cfg: ClassifyConfig, *, resumed: frozenset[str] = frozenset()) -> Setup:
@@ -390,7 +394,102 @@ def _load_model(path: Path, *, fast: bool = True) -> tuple[ClassificationModel, 
     return model, checkpoint
 
 
+def read_predictions(path: Path) -> list[tuple[int, Path, list[str]]]:
+    """(line or entry number, image, classes best first) of a predictions file: ``predict``'s predictions.json
+    (each entry's ``path`` and ``top5``), or a ``path,label`` CSV as the label files are (an optional header; one
+    class a row). A relative image path is the CSV's own folder's, as in a label file; in a JSON it is as given to
+    ``predict``: the current folder's, else the file's folder's."""
+    if not path.is_file():
+        raise UserError(f"--predictions {path} does not exist")
+    rows: list[tuple[int, Path, list[str]]] = []
+    if path.suffix.lower() == ".json":
+        try:
+            entries = json.loads(read_text(path, kind="predictions file"))
+        except json.JSONDecodeError as error:
+            raise UserError(f"predictions file {path} is not valid JSON: {error}") from None
+        expected = (
+            f"predictions file {path} must be a list of {{path, top5: [{{class, probability}}]}}, as predict writes"
+        )
+        if not isinstance(entries, list):
+            raise UserError(expected)
+        for number, entry in enumerate(entries, start=1):
+            ranked = entry.get("top5") if isinstance(entry, dict) else None
+            if not (isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(ranked, list)):
+                raise UserError(f"{expected}; entry {number} is not")
+            if not ranked or not all(isinstance(r, dict) and isinstance(r.get("class"), str) for r in ranked):
+                raise UserError(f"predictions file {path}, entry {number}: top5 holds no {{class, probability}}")
+            image = Path(entry["path"])
+            if not image.is_absolute() and not image.exists():
+                image = path.parent / image
+            rows.append((number, image, [r["class"] for r in ranked]))
+    else:
+        for number, row in enumerate(csv.reader(read_text(path, kind="predictions file").splitlines()), start=1):
+            if not row or row[0].startswith("#"):
+                continue
+            if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                raise UserError(f"predictions file {path}, line {number}: expected 'path,label', got {row!r}")
+            if number == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
+                continue
+            rows.append((number, path.parent / row[0].strip(), [row[1].strip()]))
+    if not rows:
+        raise UserError(f"predictions file {path} predicts no images")
+    return rows
+
+
+def score_predictions(
+    path: Path, samples: Sequence[Sample], class_names: Sequence[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """The metrics of the predictions file at ``path`` (:func:`read_predictions`) against ``samples``, and the class
+    names they are over: the split's, then any class predicted that the split lacks (its recall has no images, its
+    precision is 0). Predictions of images outside the split are left out, with a note; a split image with no
+    prediction, or with two, is one line naming it. top-5 is scored where the file ranks classes (predict's JSON)
+    and there are more than 5 classes, as with a model."""
+    index = {sample.path.resolve(): i for i, sample in enumerate(samples)}
+    ranked: dict[int, list[str]] = {}
+    others = 0
+    for number, image, classes in read_predictions(path):
+        i = index.get(image.resolve())
+        if i is None:
+            others += 1
+        elif i in ranked:
+            raise UserError(f"predictions file {path}: image {samples[i].path} is predicted twice (again at {number})")
+        else:
+            ranked[i] = classes
+    missing = [sample.path for i, sample in enumerate(samples) if i not in ranked]
+    if missing:
+        raise UserError(
+            f"predictions file {path} predicts {len(samples) - len(missing)} of the split's {len(samples)} image(s); "
+            f"none for {missing[0]} and {len(missing) - 1} other(s)"
+        )
+    if others:
+        print(f"note: {others} prediction(s) in {path} are of images outside the split: left out")
+    names = list(class_names)
+    for classes in ranked.values():
+        names += [name for name in classes[:1] if name not in names]
+    position = {name: k for k, name in enumerate(names)}
+    confusion = np.zeros((len(names), len(names)), dtype=np.int64)
+    hits = 0
+    for i, classes in ranked.items():
+        truth = samples[i].label
+        confusion[truth, position[classes[0]]] += 1
+        hits += class_names[truth] in classes[:5]
+    ranks = path.suffix.lower() == ".json"
+    return metrics_from_confusion(confusion, names, top5_hits=hits if ranks and len(names) > 5 else None), names
+
+
 def evaluate(cfg: ClassifyConfig, args: argparse.Namespace) -> int:
+    if args.predictions is not None:
+        samples, class_names = load_split(
+            _data_root(cfg), cfg.data.val_split, fmt=cfg.data.format, classes=cfg.data.classes,
+            val_fraction=cfg.data.val_fraction,
+        )  # fmt: skip
+        metrics, names = score_predictions(Path(args.predictions), samples, class_names)
+        if distributed.is_main():
+            run_dir = new_run_dir(cfg.output, TASK, "eval")
+            write_config(run_dir, cfg)
+            write_json(run_dir / "metrics.json", metrics)
+            _report(metrics, names, run_dir, samples=samples, written="metrics and confusion matrices")
+        return 0
     path = require_checkpoint(args)
     model, checkpoint = _load_model(path)
     class_names = list(checkpoint["class_names"])
@@ -514,6 +613,10 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = common_parser(TASK, "Train, evaluate and predict image classifiers.")
     parser.add_argument("--freeze-backbone", action="store_true", default=None, help="train the head only")
     parser.add_argument("--backbone-lr-scale", type=float, help="backbone learning rate = lr × this")
+    parser.add_argument(
+        "--predictions",
+        help="eval: score this predictions file (predict's predictions.json, or a path,label CSV), with no model",
+    )
     add_cam_options(parser, by_class=True)
     args = parser.parse_args(argv)
     cfg = resolve_config(ClassifyConfig(), args, command_flags(args, FLAGS), embedded="classify/digits")

@@ -117,6 +117,99 @@ def test_predict_prints_and_writes_top_classes(trained, data, tmp_path, capsys) 
     assert f"{image}: " in capsys.readouterr().out
 
 
+def test_eval_scores_a_predictions_file_with_no_model_as_scikit_learn_scores_it(
+    trained, data, tmp_path, capsys
+) -> None:
+    """``eval --predictions``: predict's predictions.json of the val split, or the same as a ``path,label`` CSV
+    (paths relative to it, as label files are), scores as scikit-learn scores the top classes. Predictions of
+    other images are left out; a class the split lacks joins the class list. An image with no prediction or with
+    two, and a file of the wrong shape, are one line naming the file; nothing is written."""
+    import os
+
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    predicted = tmp_path / "pred"
+    assert (
+        main(["predict", "--checkpoint", str(trained / "best.pt"), str(data / "val"), "--output", str(predicted)]) == 0
+    )
+    entries = json.loads((predicted / "predictions.json").read_text())
+    truth = [Path(e["path"]).parent.name for e in entries]
+    guess = [e["top5"][0]["class"] for e in entries]
+    outside = tmp_path / "elsewhere.png"
+    shutil.copy(data / "val" / "red" / "0.png", outside)
+    entries.append({"path": str(outside), "top5": [{"class": "purple", "probability": 1.0}]})
+    given = tmp_path / "predictions.json"
+    given.write_text(json.dumps(entries))
+    capsys.readouterr()
+    argv = ["eval", "--data", str(data), "--workers", "0"]
+    assert main([*argv, "--predictions", str(given), "--output", str(tmp_path / "scored")]) == 0
+    assert "1 prediction(s)" in capsys.readouterr().out  # the image outside the split
+    metrics = json.loads((tmp_path / "scored" / "metrics.json").read_text())
+    names = list(metrics["per_class"])
+    assert sorted(names) == sorted(set(truth))
+    precision, recall, f1, _ = precision_recall_fscore_support(truth, guess, labels=names, zero_division=0)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(truth, guess), abs=1e-12)
+    assert metrics["precision_macro"] == pytest.approx(precision.mean(), abs=1e-12)
+    assert metrics["recall_macro"] == pytest.approx(recall.mean(), abs=1e-12)
+    assert metrics["f1_macro"] == pytest.approx(f1.mean(), abs=1e-12)
+
+    table = tmp_path / "table" / "predictions.csv"
+    table.parent.mkdir()
+    rows = [f"{os.path.relpath(e['path'], table.parent)},{e['top5'][0]['class']}" for e in entries[:-1]]
+    table.write_text("path,label\n" + "\n".join(rows) + "\n")
+    assert main([*argv, "--predictions", str(table), "--output", str(tmp_path / "from-csv")]) == 0
+    assert json.loads((tmp_path / "from-csv" / "metrics.json").read_text()) == metrics
+
+    table.write_text("path,label\n" + "\n".join([rows[0].rsplit(",", 1)[0] + ",purple", *rows[1:]]) + "\n")
+    assert main([*argv, "--predictions", str(table), "--output", str(tmp_path / "purple")]) == 0
+    purple = json.loads((tmp_path / "purple" / "metrics.json").read_text())
+    assert list(purple["per_class"])[-1] == "purple" and purple["per_class"]["purple"]["precision"] == 0.0
+
+    def fails(text: str, *needles: str) -> None:
+        table.write_text(text)
+        rc = main([*argv, "--predictions", str(table), "--output", str(tmp_path / "bad")])
+        _one_line_error(capsys, rc, str(table), *needles)
+        assert not (tmp_path / "bad").exists()
+
+    fails("\n".join(rows[1:]) + "\n", f"predicts {len(rows) - 1} of the split's {len(rows)}")
+    fails("\n".join([*rows, rows[0]]) + "\n", "predicted twice")
+    fails("\n".join([rows[0].split(",")[0], *rows[1:]]) + "\n", "line 1", "expected 'path,label'")
+    given.write_text(json.dumps({"path": "x"}))
+    _one_line_error(capsys, main([*argv, "--predictions", str(given)]), str(given), "must be a list")
+    _one_line_error(capsys, main([*argv, "--predictions", str(tmp_path / "none.json")]), "does not exist")
+
+
+def test_a_predictions_files_top5_is_scikit_learns_top_k_accuracy(tmp_path) -> None:
+    """Over 6 classes, predict's ranked classes give top-5 as scikit-learn's ``top_k_accuracy_score`` of scores in
+    that order; a CSV, one class a row, gives none."""
+    from sklearn.metrics import top_k_accuracy_score
+
+    from tasks.classify import score_predictions
+    from tasks.data.folders import Sample
+
+    names = ["a", "b", "c", "d", "e", "f"]
+    generator = torch.Generator().manual_seed(0)
+    samples = [Sample(tmp_path / f"{i}.png", int(torch.randint(6, (1,), generator=generator))) for i in range(40)]
+    orders = [torch.randperm(6, generator=generator).tolist() for _ in samples]
+    entries = [
+        {"path": str(s.path), "top5": [{"class": names[k], "probability": 0.1} for k in order[:5]]}
+        for s, order in zip(samples, orders)
+    ]
+    given = tmp_path / "predictions.json"
+    given.write_text(json.dumps(entries))
+    metrics, _ = score_predictions(given, samples, names)
+    scores = torch.zeros(len(samples), 6)
+    for row, order in enumerate(orders):
+        scores[row, order] = torch.arange(6, 0, -1, dtype=torch.float32)  # the first ranked highest
+    truth = [s.label for s in samples]
+    assert metrics["top5"] == pytest.approx(top_k_accuracy_score(truth, scores.numpy(), k=5, labels=range(6)))
+    assert metrics["accuracy"] == pytest.approx(top_k_accuracy_score(truth, scores.numpy(), k=1, labels=range(6)))
+    assert 0 < metrics["accuracy"] < metrics["top5"] < 1
+    table = tmp_path / "predictions.csv"
+    table.write_text("".join(f"{s.name},{names[o[0]]}\n" for s, o in zip((x.path for x in samples), orders)))
+    assert "top5" not in score_predictions(table, samples, names)[0]
+
+
 def test_resume_continues_after_the_saved_epoch(data, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     assert main(["--data", str(data), "--epochs", "1", "--output", str(out), *FAST]) == 0
