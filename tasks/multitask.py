@@ -58,7 +58,6 @@ from tasks.data.multitask import (
     load_multitask_splits,
     parse_sources,
 )
-from tasks.data.public_sets import are_bdd_lanes
 from tasks.detect import DetectionHeadConfig
 from tasks.detect import write_figures as detection_figures
 from tasks.engine import Setup, evaluate_split, make_loader, resolve_device, seed_everything, start_processes
@@ -77,7 +76,7 @@ from tasks.io import atomic_write, write_json
 from tasks.metrics.classification import ClassificationMeter
 from tasks.metrics.coco import Backend
 from tasks.metrics.detection import score, to_results
-from tasks.metrics.lanes import LaneMeter
+from tasks.metrics.lanes import lane_meter
 from tasks.metrics.segmentation import SegmentationMeter
 from tasks.segment import lane_line
 from tasks.segment import write_figures as segmentation_figures
@@ -220,9 +219,7 @@ class MultiTaskTask:
         tasks = [name for name in TASKS if name in self.data.tasks]
         classify = ClassificationMeter(len(names["classify"])) if "classify" in tasks else None
         segment = SegmentationMeter(len(names["segment"])) if "segment" in tasks else None
-        lanes = None
-        if segment is not None and are_bdd_lanes(names["segment"]):
-            lanes = LaneMeter(names["segment"], ignore_index=segment.ignore_index)
+        lanes = lane_meter(names["segment"], ignore_index=segment.ignore_index) if segment is not None else None
         mistakes = Mistakes()
         results: list[dict[str, Any]] = []
         read: list[int | str] = []  # the detection images scored: those that could be read

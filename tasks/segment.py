@@ -45,7 +45,7 @@ from tasks.config import Auto, TrainConfig, to_dict
 from tasks.data.embedded import shapes_dataset
 from tasks.data.holdout import DEFAULT_FRACTION, fraction_for_eval
 from tasks.data.images import READ_ERRORS, DecodedCache, load_rgb, warn_unreadable
-from tasks.data.public_sets import are_bdd_lanes, public_set
+from tasks.data.public_sets import public_set
 from tasks.data.segmentation import (
     MASK_MODES,
     SegmentationData,
@@ -67,7 +67,7 @@ from tasks.export import (
     serving_model,
 )
 from tasks.io import atomic_write, write_json
-from tasks.metrics.lanes import BOUND_PIXELS, LaneMeter
+from tasks.metrics.lanes import BOUND_PIXELS, lane_meter
 from tasks.metrics.segmentation import SegmentationMeter, segmentation_metrics
 from tasks.tiles import predict_classes
 from tasks.visualize import bars_png, confusion_png, overlay_mask, palette_mask, save_png
@@ -172,9 +172,7 @@ class SegmentTask:
 
     def evaluate(self, model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device) -> dict[str, Any]:
         meter = SegmentationMeter(len(self.class_names))
-        lanes = None
-        if are_bdd_lanes(self.class_names):  # also the toolkit's lane F-scores
-            lanes = LaneMeter(self.class_names, ignore_index=meter.ignore_index)
+        lanes = lane_meter(self.class_names, ignore_index=meter.ignore_index)  # BDD100K lane data only
         kept: dict[int, bytes] = {}
         for batch in loader:
             if batch["batch_size"] == 0:
@@ -435,7 +433,7 @@ def score_predicted_masks(folder: Path, data: SegmentationData) -> dict[str, Any
         )
     names, decoded = data.class_names, DecodedCache()  # a budget of 0: nothing kept, each mask read once
     meter = SegmentationMeter(len(names))
-    lanes = LaneMeter(names, ignore_index=meter.ignore_index) if are_bdd_lanes(names) else None
+    lanes = lane_meter(names, ignore_index=meter.ignore_index)
     unreadable = 0
     for sample, path in zip(data.samples, masks):
         truth: np.ndarray | str | None = None

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from tasks import distributed
+from tasks.data.public_sets import are_bdd_lanes
 
 BOUND_PIXELS = (1, 2, 5)
 
@@ -61,6 +62,12 @@ def lane_f_scores(
             total = precision + recall
             scores[row, column] = 2.0 * precision * recall / total if total else 0.0
     return scores
+
+
+def lane_meter(class_names: Sequence[str], *, ignore_index: int) -> LaneMeter | None:
+    """A :class:`LaneMeter` where ``class_names`` are BDD100K's lane markings
+    (:func:`tasks.data.public_sets.are_bdd_lanes`), else None: the runners score lane F-scores for those alone."""
+    return LaneMeter(class_names, ignore_index=ignore_index) if are_bdd_lanes(class_names) else None
 
 
 class LaneMeter:
