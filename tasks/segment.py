@@ -68,7 +68,7 @@ from tasks.export import (
 )
 from tasks.io import atomic_write, write_json
 from tasks.metrics.lanes import BOUND_PIXELS, lane_meter
-from tasks.metrics.segmentation import SegmentationMeter, segmentation_metrics
+from tasks.metrics.segmentation import SegmentationMeter
 from tasks.tiles import predict_classes
 from tasks.visualize import bars_png, confusion_png, overlay_mask, palette_mask, save_png
 
@@ -464,7 +464,7 @@ def score_predicted_masks(folder: Path, data: SegmentationData) -> dict[str, Any
             lanes.update(found, true)
     if unreadable:
         print(f"skipped {unreadable} image(s) whose ground-truth mask could not be scored")
-    metrics = segmentation_metrics(meter.confusion.numpy(), names)
+    metrics = meter.compute(names, across_processes=False)
     if lanes is not None:
         metrics["lane_f_score"] = lanes.compute(across_processes=False)
     return metrics

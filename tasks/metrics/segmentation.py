@@ -37,9 +37,12 @@ class SegmentationMeter:
         flat = target[keep] * self.num_classes + predicted[keep]
         self.confusion += torch.bincount(flat, minlength=self.num_classes**2).reshape(self.num_classes, -1)
 
-    def compute(self, class_names: Sequence[str]) -> dict[str, Any]:
-        confusion = distributed.all_reduce_sum(self.confusion.clone()).numpy()
-        return segmentation_metrics(confusion, class_names)
+    def compute(self, class_names: Sequence[str], *, across_processes: bool = True) -> dict[str, Any]:
+        """The metrics over every process's pixels (``across_processes``), else over this process's alone."""
+        confusion = self.confusion.clone()
+        if across_processes:
+            confusion = distributed.all_reduce_sum(confusion)
+        return segmentation_metrics(confusion.numpy(), class_names)
 
 
 def segmentation_metrics(confusion: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
