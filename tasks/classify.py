@@ -7,7 +7,6 @@ once as an ImageFolder) with the packaged recipe ``configs/classify/digits.yaml`
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import time
@@ -44,7 +43,7 @@ from tasks.cli import (
 )
 from tasks.config import Auto, TrainConfig, to_dict
 from tasks.data.embedded import digits_imagefolder
-from tasks.data.folders import ClassificationDataset, Sample, collate_classification, load_split
+from tasks.data.folders import ClassificationDataset, Sample, collate_classification, load_split, path_label_rows
 from tasks.data.holdout import DEFAULT_FRACTION, fraction_for_eval
 from tasks.data.images import READ_ERRORS, load_rgb
 from tasks.data.transforms import classification_eval, classification_train
@@ -423,14 +422,8 @@ def read_predictions(path: Path) -> list[tuple[int, Path, list[str]]]:
                 image = path.parent / image
             rows.append((number, image, [r["class"] for r in ranked]))
     else:
-        for number, row in enumerate(csv.reader(read_text(path, kind="predictions file").splitlines()), start=1):
-            if not row or row[0].startswith("#"):
-                continue
-            if len(row) < 2 or not row[0].strip() or not row[1].strip():
-                raise UserError(f"predictions file {path}, line {number}: expected 'path,label', got {row!r}")
-            if number == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
-                continue
-            rows.append((number, path.parent / row[0].strip(), [row[1].strip()]))
+        for number, image, label in path_label_rows(path, kind="predictions file"):
+            rows.append((number, path.parent / image, [label]))
     if not rows:
         raise UserError(f"predictions file {path} predicts no images")
     return rows

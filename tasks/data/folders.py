@@ -59,21 +59,29 @@ def scan_image_folder(root: Path, classes: Sequence[str] | None = None) -> tuple
     return samples, class_names
 
 
+def path_label_rows(path: Path, *, kind: str) -> list[tuple[int, str, str]]:
+    """(line number, path, label) of each row of a ``path,label`` CSV: blank and ``#`` lines and an optional header
+    skipped, a row without both fields one line naming the ``kind`` of file and the line. Label files and
+    classification's predictions files are such CSVs."""
+    rows = []
+    for number, row in enumerate(csv.reader(read_text(path, kind=kind).splitlines()), start=1):
+        if not row or row[0].startswith("#"):
+            continue
+        if len(row) < 2:
+            raise UserError(f"{kind} {path}, line {number}: expected 'path,label', got {row!r}")
+        if number == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
+            continue
+        if not row[0].strip() or not row[1].strip():  # an empty label would become a class named ''
+            raise UserError(f"{kind} {path}, line {number}: the path or the label is empty in {row!r}")
+        rows.append((number, row[0].strip(), row[1].strip()))
+    return rows
+
+
 def read_label_csv(path: Path, classes: Sequence[str] | None = None) -> tuple[list[Sample], list[str]]:
     """Samples of a ``path,label`` CSV (an optional header is skipped); paths are relative to the CSV."""
     if not path.is_file():
         raise UserError(f"label file {path} does not exist")
-    rows = []
-    for number, row in enumerate(csv.reader(read_text(path, kind="label file").splitlines()), start=1):
-        if not row or row[0].startswith("#"):
-            continue
-        if len(row) < 2:
-            raise UserError(f"label file {path}, line {number}: expected 'path,label', got {row!r}")
-        if number == 1 and row[0].strip().lower() in ("path", "file", "filename", "image"):
-            continue
-        if not row[0].strip() or not row[1].strip():  # an empty label would become a class named ''
-            raise UserError(f"label file {path}, line {number}: the path or the label is empty in {row!r}")
-        rows.append((number, row[0].strip(), row[1].strip()))
+    rows = path_label_rows(path, kind="label file")
     if not rows:
         raise UserError(f"label file {path} lists no images")
     class_names = list(classes) if classes else sorted({label for _, _, label in rows})
