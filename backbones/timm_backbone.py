@@ -57,8 +57,12 @@ def _is_plain(model_name: str, kwargs: dict[str, Any]) -> bool:
             probe = _create(model_name, bare)
     except Exception:  # any failure there is the meta device's; the CPU copy decides
         probe = _create(model_name, bare)
-    reductions = probe.feature_info.reduction()
-    return isinstance(probe, FeatureGetterNet) and len(reductions) > 1 and len(set(reductions)) == 1
+    return isinstance(probe, FeatureGetterNet) and _one_stride(probe.feature_info.reduction())
+
+
+def _one_stride(reductions: list[int]) -> bool:
+    """Whether a timm model's maps all share one stride: a plain model's blocks (ViT, DeiT, BEiT, EVA, DINOv2)."""
+    return len(reductions) > 1 and len(set(reductions)) == 1
 
 
 def _pad_to_multiple(x: Tensor, patch: tuple[int, int]) -> Tensor:
@@ -175,7 +179,7 @@ class TimmBackbone(Backbone):
             kwargs["feature_cls"] = _normed_feature_getter()
         self.model = _create(model_name, kwargs)
         reductions = self.model.feature_info.reduction()
-        single = len(reductions) > 1 and len(set(reductions)) == 1  # one stride for every map: a ViT's blocks
+        single = _one_stride(reductions)
         if norm == "frozen_bn":
             self.model = timm.layers.freeze_batch_norm_2d(self.model)
         elif norm == "sync_bn":
