@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from tasks.cli import (
 from tasks.config import Auto, TrainConfig, to_dict
 from tasks.data.embedded import shapes_dataset
 from tasks.data.holdout import DEFAULT_FRACTION, fraction_for_eval
-from tasks.data.images import READ_ERRORS, DecodedCache, load_rgb, warn_unreadable
+from tasks.data.images import READ_ERRORS, DecodedCache, load_rgb
 from tasks.data.public_sets import public_set
 from tasks.data.segmentation import (
     MASK_MODES,
@@ -53,6 +52,7 @@ from tasks.data.segmentation import (
     checked_mask,
     collate_segmentation,
     load_segmentation,
+    usable_mask,
 )
 from tasks.data.transforms import segmentation_eval, segmentation_train
 from tasks.engine import Setup, evaluate_split, make_loader, resolve_device, seed_everything, start_processes
@@ -436,15 +436,8 @@ def score_predicted_masks(folder: Path, data: SegmentationData) -> dict[str, Any
     lanes = lane_meter(names, ignore_index=meter.ignore_index)
     unreadable = 0
     for sample, path in zip(data.samples, masks):
-        truth: np.ndarray | str | None = None
-        try:
-            if sample.mask is not None:
-                truth = checked_mask(decoded, sample.mask, len(names), values=sample.values)
-        except READ_ERRORS as error:
-            warn_unreadable(sample.mask, error)  # type: ignore[arg-type]
-        if isinstance(truth, str):  # named and skipped, as the loader does
-            print(f"warning: skipping {sample.mask}: {truth}", file=sys.stderr, flush=True)
-        if not isinstance(truth, np.ndarray):
+        truth = usable_mask(decoded, sample, len(names)) if sample.mask is not None else None
+        if truth is None:  # named and skipped, as the loader does
             unreadable += 1
             continue
         try:

@@ -374,17 +374,27 @@ class SegmentationDataset(Dataset[dict[str, Any] | None]):
             return None
         mask = None
         if sample.mask is not None:
-            try:
-                mask = checked_mask(self.decoded, sample.mask, self.num_classes, values=sample.values)
-            except READ_ERRORS as error:
-                warn_unreadable(sample.mask, error)
-                return None
-            if isinstance(mask, str):
-                print(f"warning: skipping {sample.mask}: {mask}", file=sys.stderr, flush=True)
+            mask = usable_mask(self.decoded, sample, self.num_classes)
+            if mask is None:
                 return None
         height, width = image.shape[:2]
         tensor, target = self.transform(image, mask)
         return {"image": tensor, "mask": target, "index": index, "size": (height, width)}
+
+
+def usable_mask(decoded: DecodedCache, sample: SegmentationSample, num_classes: int) -> np.ndarray | None:
+    """``sample``'s mask as :func:`checked_mask` reads it, or None where it cannot be read or its values are no
+    classes: the file named in a warning, for the caller to skip and count."""
+    assert sample.mask is not None
+    try:
+        mask = checked_mask(decoded, sample.mask, num_classes, values=sample.values)
+    except READ_ERRORS as error:
+        warn_unreadable(sample.mask, error)
+        return None
+    if isinstance(mask, str):
+        print(f"warning: skipping {sample.mask}: {mask}", file=sys.stderr, flush=True)
+        return None
+    return mask
 
 
 def padded_shape(sizes: Sequence[tuple[int, int]], multiple: int) -> tuple[int, int]:
