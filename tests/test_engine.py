@@ -135,26 +135,47 @@ def test_clipping_gives_torchs_gradients_to_the_bit_and_skips_the_multiply_withi
         assert bool(scaled) is multiplies, limit  # within torch's 1e-6 of the limit it scales, as torch does
 
 
-def test_the_benchmarks_training_step_clips_as_the_engine_does(tmp_path) -> None:
-    """``tasks.bench.training_stepper`` (``python -m tasks.bench.profile``'s step) takes the engine's weights after
-    each step, to the bit, with the recipe's clipping; unclipped it leaves them (the main job's detector diverged
-    after about 16 unclipped steps, and its profile timed NaN losses)."""
+def test_the_benchmarks_training_steps_clip_as_the_engine_does(tmp_path) -> None:
+    """Both loops that ``python -m tasks.bench training`` times, and the profiler's step, clip to the recipe's
+    ``train.clip_grad``: ``training_stepper`` takes the engine's weights after each step, to the bit, and the bare
+    loop's step (torch's ``clip_grad_norm_`` and default optimizer step) the stepper's with that step. Unclipped,
+    the main job's detector diverged after about 17 steps and both timed NaN steps over fewer boxes; here the
+    unclipped engine's weights differ from every clipped loop's."""
     from types import SimpleNamespace
 
-    from tasks.bench import training_stepper
+    from tasks.bench import bare_loop_step, training_stepper
+    from tasks.engine import build_optimizer
 
     batches = _batches(3)
     _, _, free, _ = _run(tmp_path / "free", batches)
     norms = [float(torch.linalg.vector_norm(torch.stack([g.norm() for g in s["grads"]]))) for s in free]
     limit = min(norms) / 2  # every step's gradient is above it
     _, start, seen, _ = _run(tmp_path / "clipped", batches, clip_grad=limit)
-    for clip in (True, False):
-        parts = SimpleNamespace(model=copy.deepcopy(start), task=_Square())
-        step = training_stepper(parts, _config(clip_grad=limit), amp=False, channels_last=False, clip=clip)
-        for batch, engine_step in zip(batches, seen):
-            step(batch)
-            same = all(torch.equal(a, b) for a, b in zip(step.model.parameters(), engine_step["weights"]))
-            assert same is clip
+    cfg = _config(clip_grad=limit)
+    step = training_stepper(SimpleNamespace(model=copy.deepcopy(start), task=_Square()), cfg, amp=False,
+                            channels_last=False)  # fmt: skip
+    default_step = training_stepper(SimpleNamespace(model=copy.deepcopy(start), task=_Square()), cfg, amp=False,
+                                    channels_last=False, fused=False)  # fmt: skip
+    bare = SimpleNamespace(model=copy.deepcopy(start), task=_Square())
+    bare_step = bare_loop_step(bare, build_optimizer(bare.model, cfg, fused=False), limit)
+    for batch, engine_step, unclipped in zip(batches, seen, free):
+        step(batch)
+        default_step(batch)
+        bare_step(batch)
+        for weights, want in ((step.model.parameters(), engine_step["weights"]),
+                              (bare.model.parameters(), list(default_step.model.parameters()))):  # fmt: skip
+            weights = list(weights)
+            assert all(torch.equal(a, b) for a, b in zip(weights, want))
+            assert not all(torch.equal(a, b) for a, b in zip(weights, unclipped["weights"]))
+
+
+def test_a_timed_loop_with_a_loss_that_is_not_finite_is_refused() -> None:
+    from tasks.bench import finite_losses
+
+    finite_losses([torch.tensor(1.0), torch.tensor(2.0)], "loop")
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(RuntimeError, match=r"^loop: the loss was not finite in 1 of 3 steps"):
+            finite_losses([torch.tensor(1.0), torch.tensor(bad), torch.tensor(3.0)], "loop")
 
 
 def test_ema_is_the_exponential_average_of_the_weights_after_each_step(tmp_path) -> None:

@@ -513,24 +513,24 @@ def training_benchmark(
     wait = _device_wait(where.type)
     stats: dict[str, list[EpochStats]] = {"our engine": [], "bare PyTorch loop": []}
     optimizer = build_optimizer(plain.model, cfg.train, fused=False)  # torch's default step, as a plain loop has
+    bare_step = bare_loop_step(plain, optimizer, cfg.train.clip_grad)
 
     def bare() -> None:
         plain.model.train()
         images = step = 0
         data = 0.0
+        losses = []
         start = last = time.perf_counter()
         for batch in plain.train_loader:
             data += time.perf_counter() - last
-            loss = plain.task.losses(plain.model, plain.task.to_device(batch, where))["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            losses.append(bare_step(plain.task.to_device(batch, where)))
             images, step = images + int(batch["batch_size"]), step + 1
             last = time.perf_counter()
             if step >= steps:
                 break
         wait()
         stats["bare PyTorch loop"].append(EpochStats(step, images, time.perf_counter() - start, data))
+        finite_losses(losses, f"{task}'s bare PyTorch loop")
 
     with tempfile.TemporaryDirectory() as folder:
         engine = Engine(ours.model, ours.task, cfg.train, Path(folder), ours.meta)
@@ -573,6 +573,36 @@ def training_benchmark(
     return rows
 
 
+def bare_loop_step(parts: Any, optimizer: Any, clip_grad: float | None) -> Callable[[dict[str, Any]], Any]:
+    """One step of the training benchmark's bare PyTorch loop over a runner Setup's model: forward, backward,
+    torch's ``clip_grad_norm_`` to the recipe's ``train.clip_grad`` where it sets one (as torchvision's reference
+    scripts clip with ``--clip-grad-norm``), optimizer step. Returns the detached loss, with no sync. Unclipped,
+    the main job's detector (learning rate 0.02 from the first step) diverged after 17-20 steps, and the table
+    timed NaN steps over fewer boxes: about 0.5 s a step against 0.8-1.2 s (2026-12-07, AMD EPYC)."""
+    import torch
+
+    def step(batch: dict[str, Any]) -> Any:
+        loss = parts.task.losses(parts.model, batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad:
+            torch.nn.utils.clip_grad_norm_(parts.model.parameters(), clip_grad)
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def finite_losses(losses: Sequence[Any], loop: str) -> None:
+    """Raise where a timed loop's loss was not finite: its later steps would time NaN arithmetic over other
+    work (the detector keeps fewer boxes), not training. One sync, after the timed steps."""
+    import torch
+
+    if losses and not bool(torch.isfinite(torch.stack(losses)).all()):
+        bad = int((~torch.isfinite(torch.stack(losses))).sum())
+        raise RuntimeError(f"{loop}: the loss was not finite in {bad} of {len(losses)} steps; its timings are void")
+
+
 def precision_name(train: Any, device_type: str = "cpu") -> str:
     """How a resolved train config computes on a device: its autocast dtype and memory format."""
     from tasks.recipes import amp_dtype
@@ -589,15 +619,14 @@ def first_batches(parts: Any, count: int) -> list[dict[str, Any]]:
 
 
 def training_stepper(
-    parts: Any, train: Any, *, amp: bool, channels_last: bool, fused: bool | None = None, clip: bool = True
+    parts: Any, train: Any, *, amp: bool, channels_last: bool, fused: bool | None = None
 ) -> Callable[..., Any]:
     """One training step of a copy of a runner Setup's model, with the optimizer ``train`` builds (its fused step
     unless ``fused=False``), in bfloat16 autocast (``amp``) and channels-last or not, its gradients clipped to
-    ``train.clip_grad`` as the engine clips them unless ``clip=False``: ``step(batch)`` returns the loss after
-    backward and the optimizer step; ``step(batch, update=False)`` only computes it; ``step.model`` is the copy it
-    trains. Unclipped, the main job's
-    detector (learning rate 0.02) diverged after about 16 steps, and a profile of its later steps timed NaN losses
-    over fewer boxes: 290-320 ms a step against 420-440 ms."""
+    ``train.clip_grad`` as the engine clips them: ``step(batch)`` returns the loss after backward and the optimizer
+    step; ``step(batch, update=False)`` only computes it; ``step.model`` is the copy it trains. Unclipped, the main
+    job's detector (learning rate 0.02) diverged after about 16 steps, and a profile of its later steps timed NaN
+    losses over fewer boxes: 290-320 ms a step against 420-440 ms."""
     import copy
 
     import torch
@@ -612,7 +641,7 @@ def training_stepper(
     device = next(model.parameters()).device
     kind = device.type
     scaler = amp_scaler(kind, amp)  # as the engine scales float16's loss
-    limit = train.clip_grad if clip else None
+    limit = train.clip_grad
 
     def step(batch: dict[str, Any], update: bool = True) -> Any:
         with torch.autocast(kind, dtype=amp_dtype(kind), enabled=amp):
@@ -642,8 +671,8 @@ def precision_drift(parts: Any, train: Any, *, steps: int) -> float:
     *batches, last = first_batches(parts, steps + 1)
     losses = []
     for amp, channels_last, fused in ((False, False, False), (bool(train.amp), bool(train.channels_last), None)):
-        # unclipped on both sides, as the bare loop trains: the change is the precision's and the step's alone
-        step = training_stepper(parts, train, amp=amp, channels_last=channels_last, fused=fused, clip=False)
+        # clipped on both sides, as both loops train: the change is the precision's and the step's alone
+        step = training_stepper(parts, train, amp=amp, channels_last=channels_last, fused=fused)
         torch.manual_seed(0)
         for batch in batches:
             step(batch)
