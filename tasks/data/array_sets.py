@@ -275,6 +275,6 @@ def read_split(root: Path, split: str) -> tuple[list[Any], list[str]]:
                 Image.fromarray(image).save(staging / f"{index:06d}.png", compress_level=1)
             np.save(staging / "labels.npy", labels)
 
-        masks_once(target, write)
+        masks_once(target, write, source=f"{root.resolve()} ({split})")
     labels = np.load(labels_file)
     return [Sample(target / f"{index:06d}.png", int(label)) for index, label in enumerate(labels)], names

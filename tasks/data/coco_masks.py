@@ -80,7 +80,7 @@ def coco_semantic_masks(root: Path, split: str) -> tuple[Path, Path, list[str]]:
                 folder / _relative(resolve_image(image_dir, image["file_name"]), image_dir).with_suffix(".png"), mask
             )
 
-    return image_dir, masks_once(cached, draw), names
+    return image_dir, masks_once(cached, draw, source=f"{annotation_file.resolve()} ({split})"), names
 
 
 def _relative(path: Path, folder: Path) -> Path:
@@ -96,9 +96,13 @@ def save_mask(path: Path, mask: np.ndarray) -> None:
     Image.fromarray(mask).save(path)
 
 
-def masks_once(target: Path, draw: Callable[[Path], None]) -> Path:
+def masks_once(target: Path, draw: Callable[[Path], None], *, source: str) -> Path:
     """``target``, a cache folder of mask PNGs, drawn by ``draw(folder)`` into a staging folder beside it and
-    renamed into place, so that a run stopped half way, or two runs at once, never leave half a folder."""
+    renamed into place, so that a run stopped half way, or two runs at once, never leave half a folder. ``source``
+    names what it is made from, without the sizes and times in its key (``tasks.cache``): a line says where the
+    cache still holds older copies of it, made before the source changed."""
+    from tasks.cache import older_copies_note, record_source
+
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.parent.name}-", dir=target.parent.parent))
     try:
@@ -108,4 +112,8 @@ def masks_once(target: Path, draw: Callable[[Path], None]) -> Path:
             (staging / target.name).rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    record_source(target, source)
+    note = older_copies_note(target)
+    if note:
+        print(note)
     return target

@@ -12,6 +12,7 @@ colour the map does not list stops the run with one line naming the mask and the
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -114,5 +115,12 @@ def converted_samples(
         for sample in painted:
             save_mask(folder / f"{sample.image_id}.png", convert(sample.mask))
 
-    folder = target if target.is_dir() else masks_once(target, draw)
+    if target.is_dir():
+        folder = target
+    else:  # the same masks, whatever their content and the conversion's identity: a newer copy replaces this one
+        paths = sorted(str(s.mask.resolve()) for s in painted)
+        common = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else "no folder"
+        digest = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:8]
+        count = f"{len(paths)} mask{'' if len(paths) == 1 else 's'}"
+        folder = masks_once(target, draw, source=f"{count} in {common} ({digest})")
     return [replace(s, mask=folder / f"{s.image_id}.png") if p else s for s, p in zip(samples, present)]

@@ -88,7 +88,7 @@ def yolo_segmentation(
             save_mask(folder / f"{item.image_id}.png", semantic_mask(item))
 
     if not cached.is_dir():
-        masks_once(cached, draw)
+        masks_once(cached, draw, source=f"{Path(source).resolve()} ({split})")
     samples = [(item.image_id, item.image, cached / f"{item.image_id}.png") for item in images]
     return samples, ["background", *names], found.source
 
