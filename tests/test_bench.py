@@ -515,3 +515,28 @@ def test_the_training_profile_ranks_operators_by_their_own_time(tmp_path, monkey
     assert sum(r["share"] for r in rows) <= 1 + 1e-9
     assert any("convolution" in r["operator"] for r in rows)
     assert markdown(step_ms, rows, precision).splitlines()[2].startswith(f"| `{rows[0]['operator']}` |")
+
+
+def test_a_detector_train_step_whose_loss_is_not_finite_voids_the_benchmark(monkeypatch) -> None:
+    """The detector benchmark's train steps keep their losses, and a NaN among them stops it with one line: a
+    diverged step times other work (fewer boxes kept), as the training table's bare loop once did."""
+    import tasks.bench as bench
+
+    step_of = bench._detector_step
+
+    def diverging(**spec):
+        step = step_of(**spec)
+
+        def nan_after() -> None:
+            step()
+            step.losses[-1] = step.losses[-1] * float("nan")
+
+        nan_after.losses = step.losses
+        return nan_after
+
+    kwargs = dict(images=1, size=(64, 64), rounds=1, min_size=64, memory=False)
+    rows = bench.detector_benchmark(**kwargs, candidates=[("train step", "torchvision")])
+    assert [r["candidate"] for r in rows] == ["torchvision"]
+    monkeypatch.setattr(bench, "_detector_step", diverging)
+    with pytest.raises(RuntimeError, match=r"^the detector's train step \(torchvision\): the loss was not finite"):
+        bench.detector_benchmark(**kwargs, candidates=[("train step", "torchvision")])

@@ -211,13 +211,15 @@ def _detector_step(
 
     def train() -> None:
         with autocast():
-            losses = model(batch, targets)
+            loss = sum(model(batch, targets).values())
         optimizer.zero_grad()
-        scaler.scale(sum(losses.values())).backward()
+        scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         wait()
+        train.losses.append(loss.detach())  # type: ignore[attr-defined]
 
+    train.losses = []  # type: ignore[attr-defined]  # every step's, for finite_losses after the rounds
     return train
 
 
@@ -260,6 +262,9 @@ def detector_benchmark(
     modes = sorted({mode for mode, _ in specs})
     flops = {mode: count_flops(steps[(mode, "torchvision")]) / images for mode in modes}
     times = interleaved(steps, rounds)
+    for (mode, name), step in steps.items():
+        if mode != "inference":
+            finite_losses(step.losses, f"the detector's {mode} ({name})")  # type: ignore[attr-defined]
     rows = []
     for (mode, name), values in times.items():
         seconds = statistics.median(values)
