@@ -7,8 +7,9 @@ Masks drawn from COCO polygons or YOLO labels, colour masks turned into class in
 from arrays are written once into the cache (``$MTB_CACHE``, by default ``~/.cache/multitask-backbones``),
 under a key that follows their source's paths, sizes and modification times. A changed annotation file or
 mask is converted again under a new key, and the older copy stays. Each copy records what it was made from in a
-``<copy>.source`` file beside it; an older copy of the same source is one made before the newest, and nothing
-reads it any more unless a run that started before the change is still going. ``prune`` deletes only those, and
+``<copy>.source`` file beside it, written again each time a run reads the copy. A copy is older when a run
+has made or read another copy of the same source since: nothing reads it any more, unless a run that started
+before the change is still going. ``prune`` deletes only those, and
 the folders that earlier versions wrote and no version reads (``RETIRED``).
 """
 
@@ -29,15 +30,16 @@ RETIRED = ("ade20k-masks", "cityscapes-masks", "bdd100k-masks", "pets-masks")
 
 @dataclass(frozen=True)
 class Copy:
-    """One converted copy in the cache: its folder, what it was made from, and when (its marker's time)."""
+    """One converted copy in the cache: its folder, what it was made from, and when a run last made or read it."""
 
     folder: Path
     source: str
-    made: float
+    used: float
 
 
-def record_source(folder: Path, source: str) -> None:
-    """Write beside the cache copy ``folder`` the line naming what it was made from (atomically)."""
+def record_use(folder: Path, source: str) -> None:
+    """Write beside the cache copy ``folder`` the line naming what it was made from (atomically), when a run makes
+    or reads it: the marker's time says which copy of a source was used last."""
     write_text(folder.with_name(folder.name + MARKER), source + "\n")
 
 
@@ -54,11 +56,11 @@ def copies(kind: Path) -> list[Copy]:
 
 
 def older_copies(kind: Path) -> list[Copy]:
-    """The copies of ``kind`` made before the newest copy of the same source."""
+    """The copies of ``kind`` whose source has a copy that a run made or read since."""
     found = copies(kind)
     newest: dict[str, Copy] = {}
     for copy in found:
-        if copy.source not in newest or copy.made > newest[copy.source].made:
+        if copy.source not in newest or copy.used > newest[copy.source].used:
             newest[copy.source] = copy
     return [c for c in found if newest[c.source].folder != c.folder]
 

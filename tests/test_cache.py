@@ -105,3 +105,33 @@ def test_an_unknown_command_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys
     )
     assert main([]) == 0
     assert capsys.readouterr().out.strip() == f"cache: {tmp_path / 'cache'} (empty)"
+
+
+def test_the_copy_a_run_read_last_is_the_one_kept(tmp_path, monkeypatch) -> None:
+    """A mask changed and then restored (its size and time as before) reads its first copy again from the cache:
+    that copy becomes the newest, and the copy of the changed mask the older one."""
+    from tasks.cache import older_copies
+    from tasks.data.colour_masks import converted_samples
+    from tasks.data.segmentation import SegmentationSample
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    mask = tmp_path / "a.png"
+    Image.fromarray(np.full((4, 4), 1, np.uint8)).save(mask)
+    original = mask.read_bytes(), mask.stat().st_mtime_ns
+    samples = [SegmentationSample("a", mask, mask)]
+
+    def convert(path):
+        return np.asarray(Image.open(path))
+
+    first = converted_samples(samples, "test-masks", "v1", convert)[0].mask.parent
+    Image.fromarray(np.full((4, 4), 2, np.uint8)).save(mask)
+    os.utime(mask, ns=(original[1] + 10**9, original[1] + 10**9))
+    second = converted_samples(samples, "test-masks", "v1", convert)[0].mask.parent
+    kind = tmp_path / "cache" / "test-masks"
+    assert [c.folder for c in older_copies(kind)] == [first]
+    mask.write_bytes(original[0])
+    os.utime(mask, ns=(original[1], original[1]))
+    marker = first.with_name(first.name + ".source")
+    os.utime(marker, ns=(0, 0))  # made long ago: the read must refresh it
+    again = converted_samples(samples, "test-masks", "v1", convert)[0].mask.parent
+    assert again == first and [c.folder for c in older_copies(kind)] == [second]

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tasks.cache import record_use
 from tasks.data.coco_masks import masks_once
 from tasks.data.embedded import cache_root
 from tasks.errors import UserError
@@ -264,6 +265,7 @@ def read_split(root: Path, split: str) -> tuple[list[Any], list[str]]:
     target = cache_root() / "array-sets" / hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
     labels_file = target / "labels.npy"
+    source = f"{root.resolve()} ({split})"
     if not labels_file.is_file():
         images, labels = _arrays(kind, folder, split, files)
         if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
@@ -275,6 +277,8 @@ def read_split(root: Path, split: str) -> tuple[list[Any], list[str]]:
                 Image.fromarray(image).save(staging / f"{index:06d}.png", compress_level=1)
             np.save(staging / "labels.npy", labels)
 
-        masks_once(target, write, source=f"{root.resolve()} ({split})")
+        masks_once(target, write, source=source)
+    else:
+        record_use(target, source)
     labels = np.load(labels_file)
     return [Sample(target / f"{index:06d}.png", int(label)) for index, label in enumerate(labels)], names

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tasks.cache import older_copies_note, record_use
 from tasks.data.coco import coco_split_file, find_coco_split, read_json, resolve_image, without_umbrella
 from tasks.data.embedded import cache_root
 from tasks.errors import UserError
@@ -49,7 +50,9 @@ def coco_semantic_masks(root: Path, split: str) -> tuple[Path, Path, list[str]]:
     identity = f"{MASKS_VERSION}|{annotation_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     key = hashlib.sha1(identity.encode()).hexdigest()[:16]
     cached = cache_root() / "coco-masks" / key / split
+    source = f"{annotation_file.resolve()} ({split})"
     if cached.is_dir():
+        record_use(cached, source)
         return image_dir, cached, names
     annotations = data.get("annotations") or []
     if annotations and not any(isinstance(a, dict) and a.get("segmentation") for a in annotations):
@@ -80,7 +83,7 @@ def coco_semantic_masks(root: Path, split: str) -> tuple[Path, Path, list[str]]:
                 folder / _relative(resolve_image(image_dir, image["file_name"]), image_dir).with_suffix(".png"), mask
             )
 
-    return image_dir, masks_once(cached, draw, source=f"{annotation_file.resolve()} ({split})"), names
+    return image_dir, masks_once(cached, draw, source=source), names
 
 
 def _relative(path: Path, folder: Path) -> Path:
@@ -100,9 +103,7 @@ def masks_once(target: Path, draw: Callable[[Path], None], *, source: str) -> Pa
     """``target``, a cache folder of mask PNGs, drawn by ``draw(folder)`` into a staging folder beside it and
     renamed into place, so that a run stopped half way, or two runs at once, never leave half a folder. ``source``
     names what it is made from, without the sizes and times in its key (``tasks.cache``): a line says where the
-    cache still holds older copies of it, made before the source changed."""
-    from tasks.cache import older_copies_note, record_source
-
+    cache still holds older copies of it. A caller that finds ``target`` made calls ``record_use`` instead."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.parent.name}-", dir=target.parent.parent))
     try:
@@ -112,7 +113,7 @@ def masks_once(target: Path, draw: Callable[[Path], None], *, source: str) -> Pa
             (staging / target.name).rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    record_source(target, source)
+    record_use(target, source)
     note = older_copies_note(target)
     if note:
         print(note)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from tasks.cache import record_use
 from tasks.data.coco_masks import masks_once, save_mask
 from tasks.data.embedded import cache_root
 from tasks.errors import UserError
@@ -115,12 +116,15 @@ def converted_samples(
         for sample in painted:
             save_mask(folder / f"{sample.image_id}.png", convert(sample.mask))
 
+    # the same masks, whatever their content and the conversion's identity: a newer copy replaces this one
+    paths = sorted(str(s.mask.resolve()) for s in painted)
+    common = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else "no folder"
+    count = f"{len(paths)} mask{'' if len(paths) == 1 else 's'}"
+    digest = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:8]
+    source = f"{count} in {common} ({digest})"
     if target.is_dir():
+        record_use(target, source)
         folder = target
-    else:  # the same masks, whatever their content and the conversion's identity: a newer copy replaces this one
-        paths = sorted(str(s.mask.resolve()) for s in painted)
-        common = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else "no folder"
-        digest = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:8]
-        count = f"{len(paths)} mask{'' if len(paths) == 1 else 's'}"
-        folder = masks_once(target, draw, source=f"{count} in {common} ({digest})")
+    else:
+        folder = masks_once(target, draw, source=source)
     return [replace(s, mask=folder / f"{s.image_id}.png") if p else s for s, p in zip(samples, present)]
