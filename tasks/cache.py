@@ -7,14 +7,15 @@ Masks drawn from COCO polygons or YOLO labels, colour masks turned into class in
 from arrays are written once into the cache (``$MTB_CACHE``, by default ``~/.cache/multitask-backbones``),
 under a key that follows their source's paths, sizes and modification times. A changed annotation file or
 mask is converted again under a new key, and the older copy stays. Each copy records what it was made from in a
-``<copy>.source`` file beside it, written again each time a run reads the copy. A copy is older when a run
-has made or read another copy of the same source since: nothing reads it any more, unless a run that started
-before the change is still going. ``prune`` deletes only those, and
-the folders that earlier versions wrote and no version reads (``RETIRED``).
+``<copy>.source`` file beside it, written again each time a run reads the copy. A copy is older when a run has
+made or read another copy of the same source since: nothing reads it any more, unless a run that started before
+the change is still going. ``prune`` deletes only those, and the folders that earlier versions wrote and no
+version reads (``RETIRED``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ class Copy:
 
     folder: Path
     source: str
-    used: float
+    used: int  # the marker's modification time, in nanoseconds
 
 
 def record_use(folder: Path, source: str) -> None:
@@ -49,7 +50,7 @@ def copies(kind: Path) -> list[Copy]:
     for marker in [*kind.glob(f"*{MARKER}"), *kind.glob(f"*/*{MARKER}")]:
         folder = marker.with_name(marker.name[: -len(MARKER)])
         try:
-            found.append(Copy(folder, marker.read_text().strip(), marker.stat().st_mtime))
+            found.append(Copy(folder, marker.read_text().strip(), marker.stat().st_mtime_ns))
         except OSError:  # deleted meanwhile by another prune
             continue
     return found
@@ -88,11 +89,7 @@ def older_copies_note(folder: Path) -> str | None:
     older = [c for c in older_copies(kind) if c.source == source]
     if not older:
         return None
-    count, total = len(older), megabytes(sum(size(c.folder) for c in older))
-    return (
-        f"cache: {count} older cop{'y' if count == 1 else 'ies'} of {source} ({total}) remain in {kind}; "
-        "`python -m tasks.cache prune` deletes them"
-    )
+    return f"cache: {_older(older, source)} remain in {kind}; `python -m tasks.cache prune` deletes them"
 
 
 def delete(copy: Copy, kind: Path) -> None:
@@ -100,13 +97,16 @@ def delete(copy: Copy, kind: Path) -> None:
     shutil.rmtree(copy.folder, ignore_errors=True)
     copy.folder.with_name(copy.folder.name + MARKER).unlink(missing_ok=True)
     parent = copy.folder.parent
-    if parent != kind and not any(parent.iterdir()):
-        parent.rmdir()
+    with contextlib.suppress(OSError):  # not empty, or gone: another run's
+        if parent != kind and not any(parent.iterdir()):
+            parent.rmdir()
 
 
-def _older_note(older: Sequence[Copy]) -> str:
+def _older(older: Sequence[Copy], source: str | None = None) -> str:
+    """How many older copies (of ``source``, where given) and their size, in words."""
     count = len(older)
-    return f"{count} older cop{'y' if count == 1 else 'ies'} ({megabytes(sum(size(c.folder) for c in older))})"
+    words = f"{count} older cop{'y' if count == 1 else 'ies'}" + (f" of {source}" if source else "")
+    return f"{words} ({megabytes(sum(size(c.folder) for c in older))})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"cache: {root}" + ("" if kinds else " (empty)"))
             for kind in kinds:
                 older = older_copies(kind)
-                note = f", {_older_note(older)}" if older else ""
+                note = f", {_older(older)}" if older else ""
                 retired = " (no longer read)" if kind.name in RETIRED else ""
                 print(f"  {kind.name}: {megabytes(size(kind))}{note}{retired}")
             return 0
