@@ -40,8 +40,10 @@ class Copy:
 
 def record_use(folder: Path, source: str) -> None:
     """Write beside the cache copy ``folder`` the line naming what it was made from (atomically), when a run makes
-    or reads it: the marker's time says which copy of a source was used last."""
-    write_text(folder.with_name(folder.name + MARKER), source + "\n")
+    or reads it: the marker's time says which copy of a source was used last. Advisory: a cache the run may read
+    but not write (a shared, read-only one) is read as before, with no marker."""
+    with contextlib.suppress(OSError):
+        write_text(folder.with_name(folder.name + MARKER), source + "\n")
 
 
 def copies(kind: Path) -> list[Copy]:
@@ -85,7 +87,10 @@ def older_copies_note(folder: Path) -> str | None:
         kind = root / folder.relative_to(root).parts[0]
     except ValueError:
         return None
-    source = folder.with_name(folder.name + MARKER).read_text().strip()
+    try:
+        source = folder.with_name(folder.name + MARKER).read_text().strip()
+    except OSError:  # not written: a read-only cache
+        return None
     older = [c for c in older_copies(kind) if c.source == source]
     if not older:
         return None

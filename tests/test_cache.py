@@ -135,3 +135,25 @@ def test_the_copy_a_run_read_last_is_the_one_kept(tmp_path, monkeypatch) -> None
     os.utime(marker, ns=(0, 0))  # made long ago: the read must refresh it
     again = converted_samples(samples, "test-masks", "v1", convert)[0].mask.parent
     assert again == first and [c.folder for c in older_copies(kind)] == [second]
+
+
+def test_a_cache_the_run_cannot_write_markers_in_is_read_as_before(tmp_path, monkeypatch) -> None:
+    """The marker is advisory: where writing it fails (a shared, read-only cache), the copy is made or read all
+    the same."""
+    import tasks.cache
+    from tasks.data.colour_masks import converted_samples
+    from tasks.data.segmentation import SegmentationSample
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    mask = tmp_path / "a.png"
+    Image.fromarray(np.full((4, 4), 1, np.uint8)).save(mask)
+
+    def refused(path, text):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(tasks.cache, "write_text", refused)
+    samples = [SegmentationSample("a", mask, mask)]
+    for _ in range(2):  # made, then read
+        converted = converted_samples(samples, "test-masks", "v1", lambda path: np.asarray(Image.open(path)))
+        assert np.asarray(Image.open(converted[0].mask)).tolist() == [[1] * 4] * 4
+    assert not list((tmp_path / "cache" / "test-masks").glob("*.source"))
