@@ -603,8 +603,8 @@ def finite_losses(losses: Sequence[Any], loop: str) -> None:
     work (the detector keeps fewer boxes), not training. One sync, after the timed steps."""
     import torch
 
-    if losses and not bool(torch.isfinite(torch.stack(losses)).all()):
-        bad = int((~torch.isfinite(torch.stack(losses))).sum())
+    bad = int((~torch.isfinite(torch.stack(losses))).sum()) if losses else 0
+    if bad:
         raise RuntimeError(f"{loop}: the loss was not finite in {bad} of {len(losses)} steps; its timings are void")
 
 

@@ -103,7 +103,11 @@ def masks_once(target: Path, draw: Callable[[Path], None], *, source: str) -> Pa
     """``target``, a cache folder of mask PNGs, drawn by ``draw(folder)`` into a staging folder beside it and
     renamed into place, so that a run stopped half way, or two runs at once, never leave half a folder. ``source``
     names what it is made from, without the sizes and times in its key (``tasks.cache``): a line says where the
-    cache still holds older copies of it. A caller that finds ``target`` made calls ``record_use`` instead."""
+    cache still holds older copies of it. Where ``target`` is already made it is only marked as read (a caller that
+    must skip its own work before ``draw`` checks first and calls ``record_use``)."""
+    if target.is_dir():
+        record_use(target, source)
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.parent.name}-", dir=target.parent.parent))
     try:

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from tasks.cache import record_use
 from tasks.data.coco_masks import masks_once, save_mask
 from tasks.data.embedded import cache_root
 from tasks.errors import UserError
@@ -105,10 +104,11 @@ def converted_samples(
     each mask's path, size and modification time. A missing mask is left for the reader's check to name."""
     present = [s.mask is not None and s.mask.is_file() for s in samples]
     painted = [s for s, p in zip(samples, present) if p]
+    resolved = [str(s.mask.resolve()) for s in painted]
     parts = [identity]
-    for sample in painted:
+    for sample, path in zip(painted, resolved):
         stat = sample.mask.stat()
-        parts.append(f"{sample.mask.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
+        parts.append(f"{path}|{stat.st_size}|{stat.st_mtime_ns}")
     key = hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
     target = cache_root() / kind / key
 
@@ -117,14 +117,9 @@ def converted_samples(
             save_mask(folder / f"{sample.image_id}.png", convert(sample.mask))
 
     # the same masks, whatever their content and the conversion's identity: a newer copy replaces this one
-    paths = sorted(str(s.mask.resolve()) for s in painted)
+    paths = sorted(resolved)
     common = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else "no folder"
     count = f"{len(paths)} mask{'' if len(paths) == 1 else 's'}"
     digest = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:8]
-    source = f"{count} in {common} ({digest})"
-    if target.is_dir():
-        record_use(target, source)
-        folder = target
-    else:
-        folder = masks_once(target, draw, source=source)
+    folder = masks_once(target, draw, source=f"{count} in {common} ({digest})")
     return [replace(s, mask=folder / f"{s.image_id}.png") if p else s for s, p in zip(samples, present)]

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.cache import record_use
 from tasks.data.coco_masks import IGNORE_INDEX, masks_once, save_mask
 from tasks.data.detection import FixCounts
 from tasks.data.embedded import cache_root
@@ -88,11 +87,7 @@ def yolo_segmentation(
         for item in images:
             save_mask(folder / f"{item.image_id}.png", semantic_mask(item))
 
-    made_from = f"{Path(source).resolve()} ({split})"
-    if cached.is_dir():
-        record_use(cached, made_from)
-    else:
-        masks_once(cached, draw, source=made_from)
+    masks_once(cached, draw, source=f"{Path(source).resolve()} ({split})")
     samples = [(item.image_id, item.image, cached / f"{item.image_id}.png") for item in images]
     return samples, ["background", *names], found.source
 
