@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 from tasks import bench
-from tasks.bench.markdown import footer_line, part_footer
+from tasks.bench.markdown import ROUND_SHARE, footer_line, part_footer
 
 SECTIONS = ("backbone", "detector", "coco-eval", "training", "optimizer", "multitask", "export", "learning")
 
@@ -312,6 +312,7 @@ def training_section(s: Settings, device: str = "cpu") -> Section:
             overrides=s.training_overrides,
             numerics_steps=s.numerics_steps,
             device=device,
+            ceiling_side=s.ceiling[0],
         )
 
     def table(peak: float) -> str:
@@ -326,6 +327,7 @@ def training_section(s: Settings, device: str = "cpu") -> Section:
                 f"{r['data_fraction']:.1%}",
                 _ratio(r["ratio"]),
                 *_flop_columns(r["gflop_per_image"], r["images_per_s"], peak),
+                f"{r['round_share']:.0%}",
             ]
             for r in rows
         ]
@@ -341,8 +343,9 @@ def training_section(s: Settings, device: str = "cpu") -> Section:
                 "speed vs bare loop",
                 "GFLOP/s",
                 "of peak",
+                ROUND_SHARE,
             ],
-            "llllrrrrrr",
+            "llllrrrrrrr",
             body,
         )
 
@@ -360,7 +363,11 @@ def training_section(s: Settings, device: str = "cpu") -> Section:
         f"decodes each file every time. Each round runs {steps} iterations of each loop in turn, after one warm-up "
         f'round (worker start-up); median of {rounds} round(s). "waiting for data" is the share of the loop\'s wall '
         'time spent blocked on the DataLoader. FLOPs per image are one forward and backward pass; "of peak" divides '
-        "by the float32 ceiling, so a bfloat16 row may pass 100%.\n\n"
+        "by the float32 ceiling, so a bfloat16 row may pass 100%. Each round also times that ceiling's product "
+        f'(best of 3 calls), in turn with the two loops, and "{ROUND_SHARE}" is the median over rounds of a '
+        "loop's GFLOP/s over the ceiling of its own round: a shared host's ceiling moves with its neighbours' load "
+        "(215-403 GFLOP/s within an hour on an AMD EPYC with Zen 5), and a loop timed in a slow spell reads low "
+        'against the run\'s best ceiling, which "of peak" divides by.\n\n'
         "The engine trains in the precision and memory format that the auto recipe resolves on this machine "
         "(`train.amp`, `train.channels_last`: bfloat16 autocast and channels-last on a CPU with AMX or AVX-512 bf16 "
         'for inputs of 64 px or more, float32 otherwise); the bare loop stays in float32 NCHW. "change" is what that '

@@ -493,6 +493,7 @@ def training_benchmark(
     overrides: Sequence[str] = (),
     numerics_steps: int = 3,
     device: str = "cpu",
+    ceiling_side: int = 2048,
 ) -> list[dict[str, Any]]:
     """Seconds per training iteration and the fraction spent waiting for the DataLoader: our engine's loop
     (``Engine.train_epoch``: autocast, loss check, scaler, schedule, logging) against a bare PyTorch loop
@@ -501,7 +502,9 @@ def training_benchmark(
     engine trains in the recipe's precision and memory format (``train.amp``, ``train.channels_last``) with the
     optimizer's fused step, the bare loop in float32 NCHW with torch's default step; :func:`precision_drift`
     measures what that changes in the loss. On ``device`` (``train.device``; on a GPU each loop's clock stops after
-    a device sync, and the engine's precision is the recipe's there: float16 autocast with a gradient scaler)."""
+    a device sync, and the engine's precision is the recipe's there: float16 autocast with a gradient scaler).
+    Every round also times the device's ceiling (:func:`round_ceiling`, ``ceiling_side``), and each row's
+    ``round_share`` is the median over rounds of its FLOP rate over the ceiling of its own round."""
     import contextlib
     import io
     import tempfile
@@ -553,7 +556,10 @@ def training_benchmark(
         flops = count_flops(lambda: plain.task.losses(plain.model, batch)["loss"].backward()) / batch["batch_size"]
         plain.model.zero_grad(set_to_none=True)
         drift = precision_drift(plain, cfg.train, steps=numerics_steps)
-        interleaved({"our engine": engine_epoch, "bare PyTorch loop": bare}, rounds)
+        ceilings: list[float] = []  # each round's, beside its loops
+        ceiling = round_ceiling(where.type, ceiling_side)
+        loops = {"our engine": engine_epoch, "bare PyTorch loop": bare}
+        interleaved({**loops, "ceiling": lambda: ceilings.append(ceiling())}, rounds)
     reference = statistics.median(s.seconds_per_step for s in stats["bare PyTorch loop"][1:])
     rows = []
     for name, runs in stats.items():
@@ -568,6 +574,7 @@ def training_benchmark(
                 seconds_per_iter=seconds,
                 images_per_s=images_per_step / seconds,
                 data_fraction=sum(s.data_seconds for s in timed) / sum(s.seconds for s in timed),
+                round_share=round_share(flops, timed, ceilings[1:]),
                 ratio=reference / seconds,
                 gflop_per_image=flops / 1e9,
                 precision=precision_name(cfg.train, where.type) if name == "our engine" else "float32",
@@ -576,6 +583,27 @@ def training_benchmark(
             )
         )
     return rows
+
+
+def round_ceiling(device_type: str, side: int) -> Callable[[], float]:
+    """The ceiling that each round of the training benchmark times beside its loops (GFLOP/s, the best of 3 calls):
+    on a CPU the float32 ``side`` x ``side`` product as a 1x1 convolution (oneDNN, the machine table's ceiling),
+    on a GPU the float16 matmul of 4 ``side`` (the GPU tables' "of peak")."""
+    if device_type == "cpu":
+        return lambda: gemm_as_conv_gflops(size=side, rounds=3)
+    return lambda: matmul_gflops(size=4 * side, rounds=3, device=device_type, dtype="float16")
+
+
+def round_share(flops_per_image: float, rounds: Sequence[Any], ceilings: Sequence[float]) -> float:
+    """The median over rounds of a loop's FLOP rate (``flops_per_image`` times a round's images over its
+    seconds) divided by the ceiling (GFLOP/s) timed in the same round: the share of what the host gave in that
+    round. A shared host's ceiling moves with its neighbours' load (215-403 GFLOP/s within an hour on an AMD EPYC
+    with Zen 5), so a loop timed in a slow spell reads low against the run's best ceiling."""
+    if len(rounds) != len(ceilings) or not rounds:
+        raise ValueError(f"{len(rounds)} timed round(s) against {len(ceilings)} ceiling(s)")
+    return statistics.median(
+        flops_per_image * r.images / r.seconds / 1e9 / ceiling for r, ceiling in zip(rounds, ceilings, strict=True)
+    )
 
 
 def bare_loop_step(parts: Any, optimizer: Any, clip_grad: float | None) -> Callable[[dict[str, Any]], Any]:

@@ -18,6 +18,10 @@ def join_parts(head: str, parts: list[str]) -> str:
     return head + body.rstrip("\n") + "\n"
 
 
+# The training table's column: a loop's GFLOP/s over the ceiling timed in its own rounds (the Targets part reads it)
+ROUND_SHARE = "of the ceiling in its rounds"
+
+
 # The last line of a part names the float32 ceiling its "of peak" divides by: one CPU model name covers machines of
 # twice the speed (docs/results.md, "The benchmarks on two AVX-512 hosts"), so the name alone cannot tell whether an
 # --update mixed machines. Lines written before the ceiling was named end at the CPU.
