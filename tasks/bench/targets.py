@@ -42,7 +42,8 @@ GOALS = {
         'with AMX" (detect 55%, segment 114% on the AMD EPYC), "The split RoIAlign\'s own OpenMP threads" (31% to '
         '39%), "The main job at batch 8" (40% to 58%; RoIAlign\'s backward a fifth of the step), "The two goals '
         'still open: what else was tried" (torchvision\'s tensor-operation RoIAlign, the casts, denormals), "The '
-        "bare loop's divergence\" (47% on an AMD EPYC with Zen 5: its bfloat16 forward convolutions)",
+        'bare loop\'s divergence" (47% on an AMD EPYC with Zen 5, in a slow spell), "The ceiling timed in each '
+        "round\" (the share of each round's own ceiling: 57-69% for detect on the AMD EPYC with Zen 5)",
     ),
     "wait": Goal(
         "training: waiting for data at most 2% of the step",
