@@ -43,7 +43,8 @@ GOALS = {
         '39%), "The main job at batch 8" (40% to 58%; RoIAlign\'s backward a fifth of the step), "The two goals '
         'still open: what else was tried" (torchvision\'s tensor-operation RoIAlign, the casts, denormals), "The '
         'bare loop\'s divergence" (47% on an AMD EPYC with Zen 5, in a slow spell), "The ceiling timed in each '
-        "round\" (the share of each round's own ceiling: 57-69% for detect on the AMD EPYC with Zen 5)",
+        "round\" (each round's own ceiling; on the AMD EPYC with Zen 5 detect read 48-65% over runs: met in "
+        "quiet spells only)",
     ),
     "wait": Goal(
         "training: waiting for data at most 2% of the step",
