@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -296,6 +297,11 @@ def coco_section(s: Settings) -> Section:
     return Section("COCO evaluation: faster-coco-eval against pycocotools", text, table, headlines)
 
 
+def _median_and_range(shares: Sequence[float]) -> str:
+    """``60% (50-64%)``: the median of per-round shares, and their lowest and highest."""
+    return f"{statistics.median(shares):.0%} ({100 * min(shares):.0f}-{max(shares):.0%})"
+
+
 def _steps(count: int, noun: str = "step") -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
@@ -327,7 +333,7 @@ def training_section(s: Settings, device: str = "cpu") -> Section:
                 f"{r['data_fraction']:.1%}",
                 _ratio(r["ratio"]),
                 *_flop_columns(r["gflop_per_image"], r["images_per_s"], peak),
-                f"{r['round_share']:.0%}",
+                _median_and_range(r["round_shares"]),
             ]
             for r in rows
         ]
@@ -365,7 +371,8 @@ def training_section(s: Settings, device: str = "cpu") -> Section:
         'time spent blocked on the DataLoader. FLOPs per image are one forward and backward pass; "of peak" divides '
         "by the float32 ceiling, so a bfloat16 row may pass 100%. Each round also times that ceiling's product "
         f'(best of 3 calls), in turn with the two loops, and "{ROUND_SHARE}" is the median over rounds of a '
-        "loop's GFLOP/s over the ceiling of its own round: a shared host's ceiling moves with its neighbours' load "
+        "loop's GFLOP/s over the ceiling of its own round, with the lowest and highest round in brackets: a shared "
+        "host's ceiling moves with its neighbours' load "
         "(215-403 GFLOP/s within an hour on an AMD EPYC with Zen 5), and a loop timed in a slow spell reads low "
         'against the run\'s best ceiling, which "of peak" divides by.\n\n'
         "The engine trains in the precision and memory format that the auto recipe resolves on this machine "

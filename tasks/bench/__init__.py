@@ -504,7 +504,7 @@ def training_benchmark(
     measures what that changes in the loss. On ``device`` (``train.device``; on a GPU each loop's clock stops after
     a device sync, and the engine's precision is the recipe's there: float16 autocast with a gradient scaler).
     Every round also times the device's ceiling (:func:`round_ceiling`, ``ceiling_side``), and each row's
-    ``round_share`` is the median over rounds of its FLOP rate over the ceiling of its own round."""
+    ``round_shares`` are its FLOP rate over the ceiling of its own round, a share per timed round."""
     import contextlib
     import io
     import tempfile
@@ -574,7 +574,7 @@ def training_benchmark(
                 seconds_per_iter=seconds,
                 images_per_s=images_per_step / seconds,
                 data_fraction=sum(s.data_seconds for s in timed) / sum(s.seconds for s in timed),
-                round_share=round_share(flops, timed, ceilings[1:]),
+                round_shares=round_shares(flops, timed, ceilings[1:]),
                 ratio=reference / seconds,
                 gflop_per_image=flops / 1e9,
                 precision=precision_name(cfg.train, where.type) if name == "our engine" else "float32",
@@ -594,16 +594,14 @@ def round_ceiling(device_type: str, side: int) -> Callable[[], float]:
     return lambda: matmul_gflops(size=4 * side, rounds=3, device=device_type, dtype="float16")
 
 
-def round_share(flops_per_image: float, rounds: Sequence[Any], ceilings: Sequence[float]) -> float:
-    """The median over rounds of a loop's FLOP rate (``flops_per_image`` times a round's images over its
-    seconds) divided by the ceiling (GFLOP/s) timed in the same round: the share of what the host gave in that
-    round. A shared host's ceiling moves with its neighbours' load (215-403 GFLOP/s within an hour on an AMD EPYC
-    with Zen 5), so a loop timed in a slow spell reads low against the run's best ceiling."""
+def round_shares(flops_per_image: float, rounds: Sequence[Any], ceilings: Sequence[float]) -> list[float]:
+    """A loop's FLOP rate in each round (``flops_per_image`` times the round's images over its seconds) divided by
+    the ceiling (GFLOP/s) timed in the same round: the share of what the host gave in that round. A shared host's
+    ceiling moves with its neighbours' load (215-403 GFLOP/s within an hour on an AMD EPYC with Zen 5), so a loop
+    timed in a slow spell reads low against the run's best ceiling."""
     if len(rounds) != len(ceilings) or not rounds:
         raise ValueError(f"{len(rounds)} timed round(s) against {len(ceilings)} ceiling(s)")
-    return statistics.median(
-        flops_per_image * r.images / r.seconds / 1e9 / ceiling for r, ceiling in zip(rounds, ceilings, strict=True)
-    )
+    return [flops_per_image * r.images / r.seconds / 1e9 / c for r, c in zip(rounds, ceilings, strict=True)]
 
 
 def bare_loop_step(parts: Any, optimizer: Any, clip_grad: float | None) -> Callable[[dict[str, Any]], Any]:

@@ -90,8 +90,9 @@ def _table(part: str) -> list[dict[str, str]]:
 
 
 def _number(text: str) -> float | None:
-    """``1.36×`` -> 1.36, ``7.7%`` -> 0.077, ``—`` or anything else -> None."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([×%]?)\s*", text or "")
+    """``1.36×`` -> 1.36, ``7.7%`` -> 0.077, ``60% (50-64%)`` (a median and its range) -> 0.6, ``—`` or anything
+    else -> None."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([×%]?)\s*(?:\([^()]*\)\s*)?", text or "")
     if match is None:
         return None
     value = float(match.group(1))
