@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from backbones import BackboneError, WeightsError, list_backbones
-from tasks import distributed, threads
+from tasks import distributed, heap, threads
 from tasks.checkpoint import load_checkpoint
 from tasks.config import apply, dump_yaml, load_yaml, merge_dicts, nested_update, packaged_config, parse_set_option
 from tasks.data import holdout
@@ -190,6 +190,7 @@ def resolve_config(
         plan = threads.plan_cores(train.workers, device=resolve_device(train.device).type)
         threads.apply_plan(plan)
         train.workers = plan.workers
+        heap.keep_freed_memory()  # no page faults for the memory each step frees and takes again
     return config
 
 

@@ -3,9 +3,10 @@
     python -m tasks.bench.profile --task detect              # the main job's detector, as the recipe trains it
     python -m tasks.bench.profile --task detect --no-amp     # the same step in float32 NCHW
 
-Runs the packaged recipe's model, loss and optimizer (``python -m tasks.<task>`` with no ``--data``) on its
-built-in data under ``torch.profiler`` for a few steps after warm-up ones, and prints the operators with the most
-self CPU time (their children excluded) as a Markdown table: milliseconds a step, share, calls a step.
+Runs the packaged recipe's model, loss and optimizer (``python -m tasks.<task>`` with no ``--data``), with the
+backbone of its row in the training table (``python -m tasks.bench training``), on its built-in data under
+``torch.profiler`` for a few steps after warm-up ones, and prints the operators with the most self CPU time (their
+children excluded) as a Markdown table: milliseconds a step, share, calls a step.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def profile_training(
 
     from tasks import bench
 
-    cfg, parts = bench._runner_setup(task, list(overrides))
+    # the training table's model: its backbone for the task (classify's is resnet18, where the runner's default is
+    # resnet50), unless an override names another
+    cfg, parts = bench._runner_setup(task, [f"model.backbone={bench.TRAINING_RECIPES[task][1]}", *overrides])
     bf16 = bool(cfg.train.amp) if amp is None else amp
     channels_last = bool(cfg.train.channels_last) if amp is None else amp
     batches = bench.first_batches(parts, warmup + steps)
