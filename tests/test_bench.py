@@ -143,7 +143,7 @@ def test_quick_suite_writes_every_section_with_consistent_numbers(tmp_path, monk
         batch = int(re.search(r"batch (\d+)", row["recipe"]).group(1))
         assert _agrees(row["images/s"], *_ratio_bounds((batch, batch), _interval(row["s/iteration"]))), row
         assert 0 <= float(row["waiting for data"].rstrip("%")) < 100
-        median, low, high = map(float, re.fullmatch(r"(\d+)% \((\d+)%-(\d+)%\)", row[ROUND_SHARE]).groups())
+        median, low, high = map(float, re.fullmatch(r"(\d+)% \((\d+)-(\d+)%\)", row[ROUND_SHARE]).groups())
         assert 0 < low <= median <= high < 1000  # each round's own ceiling (hand case below)
         change = row["loss after 1 step, change"]  # quick mode compares after one step: one rounding of the update
         if row["loop"] == "bare PyTorch loop":
