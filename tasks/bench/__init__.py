@@ -462,8 +462,9 @@ TRAINING_RECIPES = {
 
 
 def _runner_setup(task: str, overrides: Sequence[str]) -> Any:
-    """The runner's resolved config and training Setup under its packaged recipe (the built-in data), plus
-    ``--set`` overrides."""
+    """The runner's resolved config and training Setup under its packaged recipe (the built-in data) and the
+    training table's backbone for the task (``TRAINING_RECIPES``; classify's is resnet18, where the runner's
+    default is resnet50), plus ``--set`` overrides, which win."""
     import contextlib
     import importlib
     import io
@@ -477,7 +478,7 @@ def _runner_setup(task: str, overrides: Sequence[str]) -> Any:
         "segment": "SegmentConfig",
         "multitask": "MultiTaskConfig",
     }[task]
-    args = argparse.Namespace(config=[], set=list(overrides))
+    args = argparse.Namespace(config=[], set=[f"model.backbone={TRAINING_RECIPES[task][1]}", *overrides])
     cfg = resolve_config(getattr(module, defaults)(), args, {}, embedded=TRAINING_RECIPES[task][0])
     with contextlib.redirect_stdout(io.StringIO()):  # "using the built-in data at ..."
         parts = module.setup(cfg)
@@ -513,7 +514,7 @@ def training_benchmark(
     from backbones.bench import count_flops
     from tasks.engine import Engine, EpochStats, build_optimizer, resolve_device
 
-    overrides = [f"model.backbone={backbone or TRAINING_RECIPES[task][1]}", f"train.device={device}", *overrides]
+    overrides = [*([f"model.backbone={backbone}"] if backbone else []), f"train.device={device}", *overrides]
     cfg, ours = _runner_setup(task, overrides)
     _, plain = _runner_setup(task, overrides)  # the same seeded weights, its own loader
     where = resolve_device(cfg.train.device)

@@ -32,9 +32,7 @@ def profile_training(
 
     from tasks import bench
 
-    # the training table's model: its backbone for the task (classify's is resnet18, where the runner's default is
-    # resnet50), unless an override names another
-    cfg, parts = bench._runner_setup(task, [f"model.backbone={bench.TRAINING_RECIPES[task][1]}", *overrides])
+    cfg, parts = bench._runner_setup(task, overrides)  # the training table's model, unless an override names another
     bf16 = bool(cfg.train.amp) if amp is None else amp
     channels_last = bool(cfg.train.channels_last) if amp is None else amp
     batches = bench.first_batches(parts, warmup + steps)
