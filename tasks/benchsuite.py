@@ -366,7 +366,10 @@ def training_section(s: Settings, device: str = "cpu") -> Section:
         "engine takes torch's fused optimizer step (`build_optimizer`), the bare loop "
         "torch's default one, and the engine's datasets keep decoded images in memory (`train.cache_mb`), filled by "
         "one pass over the data before the rounds as a run's first epoch fills them, where the bare loop reads and "
-        f"decodes each file every time. Each round runs {steps} iterations of each loop in turn, after one warm-up "
+        "decodes each file every time. Both loops run in one process after the runner's setup has fixed glibc's "
+        "malloc thresholds (`tasks.heap`), so both keep their freed memory: the ratios leave out that gain, 0-20% of "
+        'a step in results.md ("Freed memory kept for the next step"). '
+        f"Each round runs {steps} iterations of each loop in turn, after one warm-up "
         f'round (worker start-up); median of {rounds} round(s). "waiting for data" is the share of the loop\'s wall '
         'time spent blocked on the DataLoader. FLOPs per image are one forward and backward pass; "of peak" divides '
         "by the float32 ceiling, so a bfloat16 row may pass 100%. Each round also times that ceiling's product "
