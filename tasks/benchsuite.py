@@ -298,8 +298,10 @@ def coco_section(s: Settings) -> Section:
 
 
 def _median_and_range(shares: Sequence[float]) -> str:
-    """``60% (50-64%)``: the median of per-round shares, and their lowest and highest."""
-    return f"{statistics.median(shares):.0%} ({100 * min(shares):.0f}-{max(shares):.0%})"
+    """``60% (50-64%)``: the median of per-round shares, and their lowest and highest, each rounded the same way
+    (so that the three keep their order)."""
+    low = f"{min(shares):.0%}".rstrip("%")
+    return f"{statistics.median(shares):.0%} ({low}-{max(shares):.0%})"
 
 
 def _steps(count: int, noun: str = "step") -> str:
