@@ -520,6 +520,22 @@ def test_the_training_profile_ranks_operators_by_their_own_time(tmp_path, monkey
     assert markdown(step_ms, rows, precision).splitlines()[2].startswith(f"| `{rows[0]['operator']}` |")
 
 
+def test_the_training_profile_refuses_more_steps_than_the_data_holds_in_one_line(tmp_path, monkeypatch, capsys) -> None:
+    from tasks.bench.profile import main
+
+    monkeypatch.setenv("MTB_CACHE", str(tmp_path / "cache"))
+    common = ["--task", "classify", "--set", "train.workers=0"]
+    assert main([*common, "--steps", "0"]) == 2
+    assert capsys.readouterr().err == "error: --steps and --top must be 1 or more, --warmup 0 or more (now 0, 10, 3)\n"
+    assert main([*common, "--steps", "500", "--warmup", "2"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(
+        r"error: --steps 500 with --warmup 2 needs 502 batches, and classify's built-in data holds (\d+): use fewer "
+        r"steps\n",
+        err,
+    ), err
+
+
 def test_a_detector_train_step_whose_loss_is_not_finite_voids_the_benchmark(monkeypatch) -> None:
     """The detector benchmark's train steps keep their losses, and a NaN among them stops it with one line: a
     diverged step times other work (fewer boxes kept), as the training table's bare loop once did."""

@@ -31,13 +31,20 @@ def profile_training(
     from torch.profiler import ProfilerActivity, profile
 
     from tasks import bench
+    from tasks.errors import UserError
+
+    if steps < 1 or warmup < 0 or top < 1:
+        raise UserError(f"--steps and --top must be 1 or more, --warmup 0 or more (now {steps}, {top}, {warmup})")
 
     cfg, parts = bench._runner_setup(task, overrides)  # the training table's model, unless an override names another
     bf16 = bool(cfg.train.amp) if amp is None else amp
     channels_last = bool(cfg.train.channels_last) if amp is None else amp
     batches = bench.first_batches(parts, warmup + steps)
     if len(batches) < warmup + steps:
-        raise ValueError(f"the built-in data holds {len(batches)} batches: fewer than {warmup + steps} steps")
+        raise UserError(
+            f"--steps {steps} with --warmup {warmup} needs {warmup + steps} batches, and {task}'s built-in data holds "
+            f"{len(batches)}: use fewer steps"
+        )
     step = bench.training_stepper(parts, cfg.train, amp=bf16, channels_last=channels_last)
 
     for batch in batches[:warmup]:
