@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import torch
+from PIL import Image
 
-from tasks.visualize import PREDICTED_COLOUR, TRUTH_COLOUR, draw_detections, overlay_mask, pr_curve_png, voc_palette
+from tasks.visualize import (
+    PREDICTED_COLOUR,
+    TRUTH_COLOUR,
+    draw_detections,
+    overlay_mask,
+    pr_curve_png,
+    save_png,
+    voc_palette,
+)
 
 
 def test_overlay_blends_each_class_in_its_voc_colour_as_before() -> None:
@@ -69,3 +80,23 @@ def test_pr_curve_without_any_defined_class_draws_without_a_warning() -> None:
     assert [str(w.message)[:60] for w in caught] == []
     with Image.open(io.BytesIO(png)) as image:
         assert image.format == "PNG" and image.size[0] > 100
+
+
+def _zlib_level_class(png: bytes) -> int:
+    """FLEVEL of the first IDAT chunk's zlib header (RFC 1950): 0 for zlib's fastest level, 2 for its default."""
+    offset = 8  # the PNG signature
+    while True:
+        length, kind = struct.unpack(">I4s", png[offset : offset + 8])
+        if kind == b"IDAT":
+            return png[offset + 9] >> 6
+        offset += 12 + length
+
+
+def test_drawn_pictures_are_written_losslessly_at_zlibs_fastest_level(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    path = save_png(picture, tmp_path / "drawn.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), np.asarray(picture))
+    assert _zlib_level_class(path.read_bytes()) == 0
+    picture.save(tmp_path / "default.png")  # Pillow's default level, 6: the reference the parser must tell apart
+    assert _zlib_level_class((tmp_path / "default.png").read_bytes()) == 2
