@@ -72,7 +72,7 @@ from tasks.export import (
     quantize_and_report,
     serving_model,
 )
-from tasks.io import atomic_write, write_json
+from tasks.io import write_json
 from tasks.metrics.classification import ClassificationMeter
 from tasks.metrics.coco import Backend
 from tasks.metrics.detection import score, to_results
@@ -593,7 +593,7 @@ def predict(cfg: MultiTaskConfig, args: argparse.Namespace) -> int:
         picture = image
         if "segment" in out:
             mask = resize_segmentation(out["segment"][0], size, (height, width)).argmax(dim=0).numpy()
-            atomic_write(run_dir / "masks" / name, lambda h, m=mask: palette_mask(m).save(h, "PNG"))
+            save_png(palette_mask(mask), run_dir / "masks" / name)
             entry["segment"] = f"masks/{name}"
             picture = np.asarray(overlay_mask(image, mask))
         if "detect" in out:

@@ -70,7 +70,7 @@ from tasks.io import atomic_write, write_json
 from tasks.metrics.lanes import BOUND_PIXELS, lane_meter
 from tasks.metrics.segmentation import SegmentationMeter
 from tasks.tiles import predict_classes
-from tasks.visualize import bars_png, confusion_png, overlay_mask, palette_mask, save_png
+from tasks.visualize import PNG_OPTIONS, bars_png, confusion_png, overlay_mask, palette_mask, save_png
 
 TASK = "segment"
 PNG_COUNT = 8
@@ -195,7 +195,7 @@ class SegmentTask:
 
 def encode_mask(mask: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    palette_mask(mask).save(buffer, format="PNG")
+    palette_mask(mask).save(buffer, format="PNG", **PNG_OPTIONS)
     return buffer.getvalue()
 
 
@@ -509,7 +509,7 @@ def predict(cfg: SegmentConfig, args: argparse.Namespace) -> int:
             classes = predict_classes(lambda x: model(x)[0], batch["images"], tile=_tile(cfg))
             mask = classes[0, :height, :width].numpy()
         name = f"{images.output_name(image_path)}.png"
-        atomic_write(run_dir / "masks" / name, lambda h, m=mask: palette_mask(m).save(h, "PNG"))
+        save_png(palette_mask(mask), run_dir / "masks" / name)
         save_png(overlay_mask(image, mask), run_dir / "overlays" / name)
         counts = np.bincount(mask.ravel(), minlength=len(class_names))
         fractions = {class_names[i]: round(float(c) / mask.size, 4) for i, c in enumerate(counts) if c}

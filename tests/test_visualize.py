@@ -92,11 +92,17 @@ def _zlib_level_class(png: bytes) -> int:
         offset += 12 + length
 
 
-def test_drawn_pictures_are_written_losslessly_at_zlibs_fastest_level(tmp_path) -> None:
+def test_pictures_and_palette_masks_are_written_losslessly_at_zlibs_fastest_level(tmp_path) -> None:
+    from tasks.segment import palette_mask
+
     rng = np.random.default_rng(0)
     picture = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
-    path = save_png(picture, tmp_path / "drawn.png")
-    np.testing.assert_array_equal(np.asarray(Image.open(path)), np.asarray(picture))
-    assert _zlib_level_class(path.read_bytes()) == 0
-    picture.save(tmp_path / "default.png")  # Pillow's default level, 6: the reference the parser must tell apart
-    assert _zlib_level_class((tmp_path / "default.png").read_bytes()) == 2
+    mask = palette_mask(rng.choice([0, 1, 2, 15, 255], size=(60, 80)).astype(np.uint8))
+    for name, image in (("drawn", picture), ("mask", mask)):
+        path = save_png(image, tmp_path / f"{name}.png")
+        with Image.open(path) as read:
+            assert read.mode == image.mode and read.getpalette() == image.getpalette()
+            np.testing.assert_array_equal(np.asarray(read), np.asarray(image))
+        assert _zlib_level_class(path.read_bytes()) == 0, name
+        image.save(tmp_path / f"{name}-default.png")  # Pillow's default level, 6: the parser tells the two apart
+        assert _zlib_level_class((tmp_path / f"{name}-default.png").read_bytes()) == 2
