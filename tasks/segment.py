@@ -66,11 +66,11 @@ from tasks.export import (
     quantize_and_report,
     serving_model,
 )
-from tasks.io import atomic_write, write_json
+from tasks.io import PNG_OPTIONS, atomic_write, write_json
 from tasks.metrics.lanes import BOUND_PIXELS, lane_meter
 from tasks.metrics.segmentation import SegmentationMeter
 from tasks.tiles import predict_classes
-from tasks.visualize import PNG_OPTIONS, bars_png, confusion_png, overlay_mask, palette_mask, save_png
+from tasks.visualize import bars_png, confusion_png, overlay_mask, palette_mask, save_png
 
 TASK = "segment"
 PNG_COUNT = 8

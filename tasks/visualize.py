@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,19 +11,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tasks.io import atomic_write
+from tasks.io import PNG_OPTIONS, atomic_write
 
 PREDICTED_COLOUR = (255, 140, 0)
 TRUTH_COLOUR = (40, 200, 40)
-# How every picture and mask a run writes is compressed: zlib's fastest level with its run-length strategy. On 1280 x
-# 960 photos that wrote 3.2-6.4x faster than Pillow's default (level 6), for files from 1% smaller to 4% larger,
-# and palette masks smaller still; PNG is lossless, so the pixels are the same (docs/results.md, "Pictures and masks
-# written at zlib's fastest level")
-PNG_OPTIONS: dict[str, int] = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 
 
 def save_png(image: Image.Image, path: Path) -> Path:
-    """Write ``image`` (RGB, or a palette mask) as a PNG, atomically, with :data:`PNG_OPTIONS`."""
+    """Write ``image`` (RGB, or a palette mask) as a PNG, atomically, with ``tasks.io.PNG_OPTIONS``."""
     return atomic_write(path, lambda handle: image.save(handle, format="PNG", **PNG_OPTIONS))
 
 

@@ -35,7 +35,7 @@ from tasks.cache import record_use
 from tasks.data.coco_masks import masks_once
 from tasks.data.embedded import cache_root
 from tasks.errors import UserError
-from tasks.io import read_mat, read_text
+from tasks.io import PNG_OPTIONS, read_mat, read_text
 
 VERSION = 1  # in the cache key
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -274,7 +274,7 @@ def read_split(root: Path, split: str) -> tuple[list[Any], list[str]]:
         def write(staging: Path) -> None:
             staging.mkdir(parents=True)
             for index, image in enumerate(images):
-                Image.fromarray(image).save(staging / f"{index:06d}.png", compress_level=1)
+                Image.fromarray(image).save(staging / f"{index:06d}.png", format="PNG", **PNG_OPTIONS)
             np.save(staging / "labels.npy", labels)
 
         masks_once(target, write, source=source)

@@ -26,6 +26,7 @@ from tasks.cache import older_copies_note, record_use
 from tasks.data.coco import coco_split_file, find_coco_split, read_json, resolve_image, without_umbrella
 from tasks.data.embedded import cache_root
 from tasks.errors import UserError
+from tasks.io import PNG_OPTIONS
 
 IGNORE_INDEX = 255
 MASKS_VERSION = 3  # in the cache key: 2 left Roboflow's umbrella category out of the classes, 3 resolved names
@@ -96,7 +97,7 @@ def _relative(path: Path, folder: Path) -> Path:
 
 def save_mask(path: Path, mask: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask).save(path)
+    Image.fromarray(mask).save(path, format="PNG", **PNG_OPTIONS)
 
 
 def masks_once(target: Path, draw: Callable[[Path], None], *, source: str) -> Path:
